@@ -1,0 +1,228 @@
+/*
+ * isl: In Silico Labeling (Christiansen et al., Cell 2018) as a C library.
+ *
+ * A deep network predicts fluorescence labels (nuclei, dendrites, axons, ...) from an
+ * unlabeled transmitted-light z-stack, as a per-pixel probability distribution over 256
+ * intensity bins. This header is the whole public API.
+ *
+ * Conventions
+ * - Every fallible function returns an isl_status; ISL_OK is 0. On failure, a readable
+ *   message for the calling thread is available from isl_last_error() until the next
+ *   failing call on that thread. (The message is thread-local rather than per handle
+ *   because one model is meant to be shared by many predicting threads.)
+ * - Handles are opaque, created through out-parameters and released by the matching
+ *   *_free function, which accepts NULL. The caller owns what it creates.
+ * - Threads: a loaded isl_model is immutable; any number of threads may call the
+ *   isl_predict_* functions on it concurrently (each call uses its own buffers).
+ *   isl_model_save may run concurrently with predictions. Options objects and trainers
+ *   belong to one thread at a time.
+ * - Images are row-major; stacks are plane-major (z, y, x). Sizes are in pixels.
+ * - The library never prints, exits or aborts.
+ */
+#ifndef ISL_H
+#define ISL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "isl_version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(ISL_BUILDING_LIBRARY) && defined(__GNUC__)
+#define ISL_API __attribute__((visibility("default")))
+#else
+#define ISL_API
+#endif
+
+/* ---------------------------------------------------------------------------------- */
+/* Versions and errors                                                                 */
+/* ---------------------------------------------------------------------------------- */
+
+/** Run-time library version, ISL_VERSION_NUMBER of the build (major*10000+minor*100+patch). */
+ISL_API int isl_version_number(void);
+/** Run-time library version as "major.minor.patch". */
+ISL_API const char *isl_version_string(void);
+
+/** Status codes. Values are stable across releases. */
+typedef enum isl_status {
+    ISL_OK = 0,
+    ISL_ERROR_INVALID_ARGUMENT = 1, /**< NULL handle, bad size, unknown name, ... */
+    ISL_ERROR_OUT_OF_MEMORY = 2,
+    ISL_ERROR_IO = 3,               /**< a file cannot be opened, read or written */
+    ISL_ERROR_FORMAT = 4,           /**< a file is corrupt, truncated or not in the expected layout */
+    ISL_ERROR_SHAPE = 5,            /**< dimensions do not fit each other or the model */
+    ISL_ERROR_VALUE = 6,            /**< NaN, infinity or an out-of-range value */
+    ISL_ERROR_UNSUPPORTED = 7,      /**< valid but not supported (sample format, CPU feature) */
+    ISL_ERROR_CANCELLED = 8,        /**< a progress callback asked to stop */
+    ISL_ERROR_BACKEND = 9,          /**< oneDNN, HDF5 or libtiff failed unexpectedly */
+    ISL_ERROR_INTERNAL = 10         /**< a bug in isl; please report it */
+} isl_status;
+
+/** Static description of a status code ("invalid argument", ...). Never NULL. */
+ISL_API const char *isl_status_string(isl_status status);
+
+/** Detailed message of the calling thread's last failure ("" if none). Never NULL. */
+ISL_API const char *isl_last_error(void);
+
+/* ---------------------------------------------------------------------------------- */
+/* Models                                                                              */
+/* ---------------------------------------------------------------------------------- */
+
+/** A network with its weights: architecture hyperparameters, label heads and the
+ *  autoencoder head. Immutable once created or loaded. */
+typedef struct isl_model isl_model;
+
+/** Hyperparameters of a new model. Initialise with isl_model_config_init(), then set
+ *  fields; struct_size lets the struct grow without breaking the ABI. */
+typedef struct isl_model_config {
+    size_t struct_size;               /**< sizeof(isl_model_config), set by init */
+    int base_depth;                   /**< 400 in the paper; smaller (e.g. 100) trains faster */
+    int num_z;                        /**< transmitted-light planes per input (13 in the paper) */
+    int num_heads;                    /**< number of label heads */
+    const char *const *head_names;    /**< [num_heads] label names, e.g. "dapi_confocal" */
+    uint64_t seed;                    /**< seed of the random initial weights */
+    const char *input_normalization;  /**< "none" (default) or "global" */
+} isl_model_config;
+
+/** Fills *config with defaults: base 400, 13 planes, no heads, seed 0, "none". */
+ISL_API void isl_model_config_init(isl_model_config *config);
+
+/** Creates a model with random weights (He initialisation; batch norm identity) and an
+ *  autoencoder head. */
+ISL_API isl_status isl_model_create(const isl_model_config *config, isl_model **out);
+
+/** Loads and validates a model file (format "isl-model", version 1, see docs/model-format.md).
+ *  The first problem found is reported with its dataset path. */
+ISL_API isl_status isl_model_load(const char *path, isl_model **out);
+
+/** Writes the model atomically: to a temporary file beside path, then renamed over it. */
+ISL_API isl_status isl_model_save(const isl_model *model, const char *path);
+
+/** Releases a model. NULL is a no-op. The model must not be in use by other threads. */
+ISL_API void isl_model_free(isl_model *model);
+
+ISL_API int isl_model_base_depth(const isl_model *model);
+ISL_API int isl_model_num_z(const isl_model *model);
+/** Number of heads: the label heads, then the autoencoder head (if the model has one). */
+ISL_API int isl_model_num_heads(const isl_model *model);
+/** Name of head i (0 <= i < isl_model_num_heads), or NULL. The autoencoder is "autoencoder". */
+ISL_API const char *isl_model_head_name(const isl_model *model, int head);
+/** Index of the head called name, or -1. */
+ISL_API int isl_model_head_index(const isl_model *model, const char *name);
+/** Output channels of a head: 256 for a label, num_z * 256 for the autoencoder; 0 if invalid. */
+ISL_API int isl_model_head_channels(const isl_model *model, int head);
+/** Number of stored parameters (weights, biases and batch-norm statistics). */
+ISL_API int64_t isl_model_parameter_count(const isl_model *model);
+/** "none" or "global". */
+ISL_API const char *isl_model_input_normalization(const isl_model *model);
+/** Model file format version this library writes (and the newest it reads). */
+ISL_API int isl_model_format_version(void);
+
+/* ---------------------------------------------------------------------------------- */
+/* Prediction options                                                                  */
+/* ---------------------------------------------------------------------------------- */
+
+/** Per-pixel statistics of a predicted distribution. */
+typedef enum isl_stat {
+    ISL_STAT_MEDIAN = 0,    /**< smallest k with cumulative probability >= 0.5, over 255 (the paper's images) */
+    ISL_STAT_MEAN = 1,      /**< sum_k p_k k / 255 */
+    ISL_STAT_MODE = 2,      /**< argmax_k p_k, over 255 */
+    ISL_STAT_STD = 3,       /**< standard deviation of k / 255 */
+    ISL_STAT_ENTROPY = 4,   /**< -sum p_k ln p_k / ln 256: 0 = certain, 1 = uniform */
+    ISL_STAT_P_NONZERO = 5, /**< P(k > 0) = 1 - p_0 */
+    ISL_STAT_COUNT = 6
+} isl_stat;
+
+/** Name of a statistic ("median", ...), or NULL. */
+ISL_API const char *isl_stat_name(isl_stat stat);
+/** Statistic by name, or -1. */
+ISL_API int isl_stat_from_name(const char *name);
+
+typedef enum isl_precision {
+    ISL_PRECISION_FP32 = 0, /**< default */
+    ISL_PRECISION_BF16 = 1  /**< bfloat16 convolutions (AVX512-BF16 or AMX); FP32 elsewhere */
+} isl_precision;
+
+/** Progress of long work: called after each unit of work with done <= total.
+ *  Return non-zero to cancel; the running call then returns ISL_ERROR_CANCELLED. */
+typedef int (*isl_progress_fn)(void *user_data, int64_t done, int64_t total);
+
+/** Receives finished output rows as prediction streams through an image: rows
+ *  [y0, y0 + rows) of statistic `stat` of head `head`, `rows * width` floats (for the
+ *  autoencoder head, `num_z * rows * width`, plane-major). Rows arrive in order, each
+ *  exactly once. Return non-zero to cancel. */
+typedef int (*isl_rows_fn)(void *user_data, int head, isl_stat stat, int y0, int rows,
+                           int width, const float *data);
+
+/** Options of a prediction. Defaults are sensible; set only what you need. */
+typedef struct isl_predict_options isl_predict_options;
+
+ISL_API isl_status isl_predict_options_create(isl_predict_options **out);
+ISL_API void isl_predict_options_free(isl_predict_options *options);
+/** Input side of the tiles (250 + 16m). 0 (default): the largest that fits the memory limit. */
+ISL_API isl_status isl_predict_options_set_tile_size(isl_predict_options *o, int input_side);
+/** Bound on the working memory of one prediction, in bytes (default 1.5 GiB). */
+ISL_API isl_status isl_predict_options_set_memory_limit(isl_predict_options *o, size_t bytes);
+/** Threads used by the calling thread's prediction (0 = all cores, the default). */
+ISL_API isl_status isl_predict_options_set_threads(isl_predict_options *o, int threads);
+ISL_API isl_status isl_predict_options_set_precision(isl_predict_options *o, isl_precision p);
+/** Selects the heads to compute (by index); by default all label heads, no autoencoder. */
+ISL_API isl_status isl_predict_options_set_heads(isl_predict_options *o, int count, const int *heads);
+/** Selects the statistics to compute; by default only ISL_STAT_MEDIAN. */
+ISL_API isl_status isl_predict_options_set_stats(isl_predict_options *o, int count, const isl_stat *stats);
+ISL_API isl_status isl_predict_options_set_progress(isl_predict_options *o, isl_progress_fn fn, void *user_data);
+/** isl_predict_tile: write probabilities (softmax) instead of logits. */
+ISL_API isl_status isl_predict_options_set_probabilities(isl_predict_options *o, int enable);
+
+/* ---------------------------------------------------------------------------------- */
+/* Prediction                                                                          */
+/* ---------------------------------------------------------------------------------- */
+
+/** Sample types of input stacks. Integers are scaled to [0, 1] (uint8 / 255, uint16 / 65535);
+ *  float32 is taken as is. */
+typedef enum isl_dtype { ISL_DTYPE_U8 = 0, ISL_DTYPE_U16 = 1, ISL_DTYPE_F32 = 2 } isl_dtype;
+
+/** A transmitted-light z-stack in memory: num_z planes of height x width, plane-major. */
+typedef struct isl_stack {
+    const void *data;
+    isl_dtype dtype;
+    int num_z, height, width;
+} isl_stack;
+
+/** Runs the network once on one tile without padding. input: num_z x height x width floats
+ *  (already scaled and normalized), height and width each 250 + 16m. For every head h with
+ *  outputs[h] != NULL, writes isl_model_head_channels(h) x (height - 242) x (width - 242)
+ *  floats (channel-major, as PyTorch): logits, or probabilities if the option is set.
+ *  outputs has isl_model_num_heads entries. options may be NULL. */
+ISL_API isl_status isl_predict_tile(const isl_model *model, const isl_predict_options *options,
+                                    const float *input, int height, int width,
+                                    float *const *outputs);
+
+/** Predicts a whole image of any size: mirror-pads it as the spec says, runs it in tiles
+ *  that bound memory (the result does not depend on the tile size) and writes, for each
+ *  selected head and statistic, a height x width image (the autoencoder head:
+ *  num_z x height x width) into outputs[head * ISL_STAT_COUNT + stat]. The outputs array
+ *  has isl_model_num_heads * ISL_STAT_COUNT entries; entries not selected may be NULL. */
+ISL_API isl_status isl_predict_image(const isl_model *model, const isl_predict_options *options,
+                                     const isl_stack *input, float *const *outputs);
+
+/** As isl_predict_image, but streams finished rows to fn instead of holding whole output
+ *  images: memory stays bounded for images of any size (e.g. 10,000 x 10,000). */
+ISL_API isl_status isl_predict_image_rows(const isl_model *model, const isl_predict_options *options,
+                                          const isl_stack *input, isl_rows_fn fn, void *user_data);
+
+/** Statistics of distributions given as logits: `count` distributions of `classes`
+ *  logits each, laid out with `stride` floats between consecutive classes of one
+ *  distribution and 1 between distributions (i.e. a channel-major [classes, count] block
+ *  when stride == count). Writes out[i] for i < count. */
+ISL_API isl_status isl_stats(const float *logits, int classes, int64_t count, int64_t stride,
+                             isl_stat stat, float *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ISL_H */

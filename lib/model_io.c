@@ -1,0 +1,1092 @@
+/* HDF5 model files, format "isl-model" version 1 (docs/model-format.md). */
+#include "model_io.h"
+
+#include "error.h"
+
+#include <hdf5.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define MODEL_FORMAT "isl-model"
+#define MIN_BASE_DEPTH 4
+#define MAX_BASE_DEPTH 4096
+#define MAX_NUM_Z 1024
+#define MAX_HEADS 1024
+#define DETAIL_CAP 256
+#define CORE_INCREMENT (4 << 20) /* growth step of in-memory files being written */
+
+/* ---------------------------------------------------------------------------------- */
+/* HDF5 sessions                                                                       */
+/* ---------------------------------------------------------------------------------- */
+
+/* The HDF5 that distributions ship (Debian's libhdf5-103) is built without
+ * --enable-threadsafe: its identifier tables, free lists, metadata cache and error stack
+ * are unprotected globals, so two threads inside HDF5 at once (even on different files)
+ * corrupt memory. isl_model_save may run while other threads load models, so every HDF5
+ * call sequence in isl runs under this one lock. (Other HDF5 users in the same process
+ * cannot be protected by it.) */
+static pthread_mutex_t h5_lock = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct h5_session {
+    H5E_auto2_t saved_func;
+    void *saved_data;
+    int restore;
+} h5_session;
+
+/* Takes the lock and silences HDF5's automatic error printing (the library never prints;
+ * failures are reported through isl_last_error instead). */
+static void h5_enter(h5_session *s)
+{
+    pthread_mutex_lock(&h5_lock);
+    s->restore = H5Eget_auto2(H5E_DEFAULT, &s->saved_func, &s->saved_data) >= 0;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+
+static void h5_leave(h5_session *s)
+{
+    if (s->restore)
+        H5Eset_auto2(H5E_DEFAULT, s->saved_func, s->saved_data);
+    pthread_mutex_unlock(&h5_lock);
+}
+
+static herr_t innermost_error(unsigned n, const H5E_error2_t *err, void *user)
+{
+    char *buf = user;
+    if (n == 0 && err->desc)
+        snprintf(buf, DETAIL_CAP, "%s", err->desc);
+    return 0;
+}
+
+/* The innermost description on HDF5's error stack ("truncated file: eof = ...", ...),
+ * or "" (walking upward, entry 0 is where the error was detected). Must be called right
+ * after the failing call: the next HDF5 API call clears the stack. */
+static const char *h5_detail(char buf[DETAIL_CAP])
+{
+    buf[0] = '\0';
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, innermost_error, buf);
+    return buf;
+}
+
+/* Closes any HDF5 identifier (ignoring H5I_INVALID_HID), for goto-cleanup paths. */
+static herr_t h5_close(hid_t id)
+{
+    if (id < 0)
+        return 0;
+    switch (H5Iget_type(id)) {
+    case H5I_FILE: return H5Fclose(id);
+    case H5I_GROUP: return H5Gclose(id);
+    case H5I_DATASET: return H5Dclose(id);
+    case H5I_DATASPACE: return H5Sclose(id);
+    case H5I_DATATYPE: return H5Tclose(id);
+    case H5I_ATTR: return H5Aclose(id);
+    case H5I_GENPROP_LST: return H5Pclose(id);
+    default: return -1;
+    }
+}
+
+static herr_t h5_reclaim(hid_t type, hid_t space, void *buf)
+{
+#if H5_VERSION_GE(1, 12, 0)
+    return H5Treclaim(type, space, H5P_DEFAULT, buf);
+#else
+    return H5Dvlen_reclaim(type, space, H5P_DEFAULT, buf);
+#endif
+}
+
+/* A file access property list whose file close also closes objects left open. */
+static hid_t strong_fapl(void)
+{
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl >= 0 && H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG) < 0) {
+        H5Pclose(fapl);
+        return H5I_INVALID_HID;
+    }
+    return fapl;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Checks shared by reading and writing                                                */
+/* ---------------------------------------------------------------------------------- */
+
+static const char *kind_name(isl_module_kind kind)
+{
+    switch (kind) {
+    case ISL_MODULE_IN: return "in";
+    case ISL_MODULE_DOWN: return "down";
+    case ISL_MODULE_UP: return "up";
+    }
+    return "?";
+}
+
+static int valid_normalization(const char *s)
+{
+    return strcmp(s, "none") == 0 || strcmp(s, "global") == 0;
+}
+
+/* Head names become HDF5 path components: non-empty, short, unique, no '/', not ".". */
+static isl_status check_head_names(const char *file, int count, const char *const *names)
+{
+    for (int h = 0; h < count; h++) {
+        const char *name = names[h];
+        size_t len = strlen(name);
+        if (len == 0)
+            return isl_fail(ISL_ERROR_FORMAT, "%s: heads: head %d has an empty name", file, h);
+        if (len >= ISL_MAX_NAME)
+            return isl_fail(ISL_ERROR_FORMAT, "%s: heads: head name \"%.20s...\" is longer than %d bytes",
+                            file, name, ISL_MAX_NAME - 1);
+        if (strchr(name, '/') || strcmp(name, ".") == 0)
+            return isl_fail(ISL_ERROR_FORMAT, "%s: heads: head name \"%s\" is not a valid group name",
+                            file, name);
+        if (strcmp(name, ISL_AUTOENCODER_NAME) == 0 && h != count - 1)
+            return isl_fail(ISL_ERROR_FORMAT, "%s: heads: \"%s\" must be the last head", file,
+                            ISL_AUTOENCODER_NAME);
+        for (int g = 0; g < h; g++)
+            if (strcmp(names[g], name) == 0)
+                return isl_fail(ISL_ERROR_FORMAT, "%s: heads: head name \"%s\" appears twice", file,
+                                name);
+    }
+    return ISL_OK;
+}
+
+static void format_dims(char *buf, size_t cap, int rank, const long long *dims)
+{
+    size_t used = 0;
+    used += (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < rank && used < cap; i++)
+        used += (size_t)snprintf(buf + used, cap - used, "%s%lld", i ? ", " : "", dims[i]);
+    if (used < cap)
+        snprintf(buf + used, cap - used, "]");
+}
+
+static int is_bn_var(const char *path)
+{
+    size_t len = strlen(path);
+    return len >= 4 && strcmp(path + len - 4, "/var") == 0;
+}
+
+/* Every value finite; batch-norm variances >= 0. Names the element by flat and
+ * multi-dimensional index. */
+static isl_status check_values(const char *file, const char *path, int rank, const int64_t *dims,
+                               const float *data)
+{
+    size_t count = 1;
+    for (int i = 0; i < rank; i++)
+        count *= (size_t)dims[i];
+    int var = is_bn_var(path);
+    for (size_t i = 0; i < count; i++) {
+        float v = data[i];
+        const char *problem = !isfinite(v) ? (isnan(v) ? "is NaN" : "is infinite")
+                              : (var && v < 0) ? "is a negative batch-norm variance"
+                                               : NULL;
+        if (!problem)
+            continue;
+        long long index[8] = {0};
+        char where[128];
+        size_t rest = i;
+        for (int d = rank - 1; d >= 0 && d < 8; d--) {
+            index[d] = (long long)(rest % (size_t)dims[d]);
+            rest /= (size_t)dims[d];
+        }
+        format_dims(where, sizeof(where), rank < 8 ? rank : 8, index);
+        return isl_fail(ISL_ERROR_VALUE, "%s: %s: element %zu %s (%g) %s", file, path, i, where,
+                        (double)v, problem);
+    }
+    return ISL_OK;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Reading                                                                             */
+/* ---------------------------------------------------------------------------------- */
+
+typedef struct reader {
+    const char *file;
+    hid_t fid;
+    char detail[DETAIL_CAP];
+} reader;
+
+/* 1 if every component of the absolute path exists as a link, 0 if one does not, -1 on
+ * error. (H5Lexists fails rather than answering 0 when an intermediate group is
+ * missing, so walk the path.) */
+static int path_exists(hid_t fid, const char *path)
+{
+    char prefix[512];
+    size_t len = strlen(path);
+    if (len >= sizeof(prefix))
+        return -1;
+    for (size_t i = 1; i <= len; i++) {
+        if (i < len && path[i] != '/')
+            continue;
+        memcpy(prefix, path, i);
+        prefix[i] = '\0';
+        htri_t e = H5Lexists(fid, prefix, H5P_DEFAULT);
+        if (e <= 0)
+            return e < 0 ? -1 : 0;
+    }
+    return 1;
+}
+
+/* Opens the attribute `name` of `obj` (at `where`, for messages), or fails with FORMAT. */
+static isl_status open_attr(reader *r, hid_t obj, const char *where, const char *name, hid_t *out)
+{
+    htri_t e = H5Aexists(obj, name);
+    if (e < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot look up attribute %s: %s", r->file,
+                        where, name, h5_detail(r->detail));
+    if (e == 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing attribute %s", r->file, where, name);
+    *out = H5Aopen(obj, name, H5P_DEFAULT);
+    if (*out < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot open attribute %s: %s", r->file, where,
+                        name, h5_detail(r->detail));
+    return ISL_OK;
+}
+
+/* Number of elements of an attribute that must be scalar or one-dimensional. */
+static isl_status attr_count(reader *r, hid_t attr, const char *where, const char *name,
+                             hid_t *space, size_t *count)
+{
+    hsize_t dims[1];
+    *space = H5Aget_space(attr);
+    if (*space < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read attribute %s: %s", r->file, where,
+                        name, h5_detail(r->detail));
+    int rank = H5Sget_simple_extent_ndims(*space);
+    if (rank < 0 || rank > 1 || H5Sget_simple_extent_dims(*space, dims, NULL) < 0 ||
+        H5Sget_simple_extent_type(*space) == H5S_NULL)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s must be a scalar or a list",
+                        r->file, where, name);
+    *count = rank == 0 ? 1 : (size_t)dims[0];
+    return ISL_OK;
+}
+
+/* Packs count strings into one malloc'd block: count pointers then the characters, so
+ * that one free() releases everything. NULL entries (empty vlen strings) become "". */
+static char **pack_strings(size_t count, const char *const *items)
+{
+    size_t total = count * sizeof(char *);
+    for (size_t i = 0; i < count; i++)
+        total += (items[i] ? strlen(items[i]) : 0) + 1;
+    char **block = malloc(total ? total : 1);
+    if (!block)
+        return NULL;
+    char *chars = (char *)(block + count);
+    for (size_t i = 0; i < count; i++) {
+        size_t len = items[i] ? strlen(items[i]) : 0;
+        block[i] = chars;
+        memcpy(chars, items[i] ? items[i] : "", len);
+        chars[len] = '\0';
+        chars += len + 1;
+    }
+    return block;
+}
+
+static isl_status read_vlen_strings(reader *r, hid_t attr, hid_t ftype, hid_t space, size_t count,
+                                    const char *where, const char *name, char ***out)
+{
+    isl_status st = ISL_OK;
+    hid_t mtype = H5Tget_native_type(ftype, H5T_DIR_ASCEND);
+    char **items = calloc(count ? count : 1, sizeof(char *));
+    if (!items) {
+        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %s: out of memory reading attribute %s",
+                      r->file, where, name);
+        goto cleanup;
+    }
+    if (mtype < 0 || H5Aread(attr, mtype, items) < 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read attribute %s: %s", r->file, where,
+                      name, h5_detail(r->detail));
+        goto cleanup;
+    }
+    *out = pack_strings(count, (const char *const *)items);
+    if (!*out)
+        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %s: out of memory reading attribute %s",
+                      r->file, where, name);
+    h5_reclaim(mtype, space, items);
+cleanup:
+    free(items);
+    h5_close(mtype);
+    return st;
+}
+
+static isl_status read_fixed_strings(reader *r, hid_t attr, hid_t ftype, size_t count,
+                                     const char *where, const char *name, char ***out)
+{
+    isl_status st = ISL_OK;
+    size_t size = H5Tget_size(ftype) + 1; /* room for a terminator even when space-padded */
+    hid_t mtype = H5Tcopy(ftype);
+    char *chars = calloc(count ? count : 1, size);
+    const char **items = calloc(count ? count : 1, sizeof(char *));
+    if (mtype < 0 || !chars || !items || H5Tset_size(mtype, size) < 0 ||
+        H5Tset_strpad(mtype, H5T_STR_NULLTERM) < 0) {
+        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %s: cannot read attribute %s", r->file, where,
+                      name);
+        goto cleanup;
+    }
+    if (H5Aread(attr, mtype, chars) < 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read attribute %s: %s", r->file, where,
+                      name, h5_detail(r->detail));
+        goto cleanup;
+    }
+    for (size_t i = 0; i < count; i++) {
+        chars[i * size + size - 1] = '\0';
+        items[i] = chars + i * size;
+    }
+    *out = pack_strings(count, items);
+    if (!*out)
+        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %s: out of memory reading attribute %s",
+                      r->file, where, name);
+cleanup:
+    free(items);
+    free(chars);
+    h5_close(mtype);
+    return st;
+}
+
+/* Reads a string attribute (scalar or list; variable-length as h5py writes it, or
+ * fixed-length) as a packed block of *count strings (free(*out)). */
+static isl_status read_string_attr(reader *r, hid_t obj, const char *where, const char *name,
+                                   char ***out, size_t *count)
+{
+    hid_t attr = H5I_INVALID_HID, ftype = H5I_INVALID_HID, space = H5I_INVALID_HID;
+    *out = NULL;
+    isl_status st = open_attr(r, obj, where, name, &attr);
+    if (st != ISL_OK)
+        goto cleanup;
+    ftype = H5Aget_type(attr);
+    if (ftype < 0 || H5Tget_class(ftype) != H5T_STRING) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s is not a string", r->file, where,
+                      name);
+        goto cleanup;
+    }
+    if ((st = attr_count(r, attr, where, name, &space, count)) != ISL_OK)
+        goto cleanup;
+    if (*count > MAX_HEADS) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s has %zu strings (at most %d)",
+                      r->file, where, name, *count, MAX_HEADS);
+        goto cleanup;
+    }
+    htri_t vlen = H5Tis_variable_str(ftype);
+    if (vlen < 0)
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s has an invalid string type: %s",
+                      r->file, where, name, h5_detail(r->detail));
+    else if (vlen)
+        st = read_vlen_strings(r, attr, ftype, space, *count, where, name, out);
+    else
+        st = read_fixed_strings(r, attr, ftype, *count, where, name, out);
+cleanup:
+    h5_close(space);
+    h5_close(ftype);
+    h5_close(attr);
+    return st;
+}
+
+/* A string attribute that must hold exactly one string, copied into buf. */
+static isl_status read_one_string(reader *r, hid_t obj, const char *where, const char *name,
+                                  char *buf, size_t cap)
+{
+    char **items;
+    size_t count;
+    ISL_CHECK(read_string_attr(r, obj, where, name, &items, &count));
+    isl_status st = ISL_OK;
+    if (count != 1)
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s must be one string, not %zu",
+                      r->file, where, name, count);
+    else if (strlen(items[0]) >= cap)
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s is too long (\"%.32s...\")", r->file,
+                      where, name, items[0]);
+    else
+        snprintf(buf, cap, "%s", items[0]);
+    free(items);
+    return st;
+}
+
+static isl_status read_int_attr(reader *r, const char *name, long long *value)
+{
+    hid_t attr = H5I_INVALID_HID, ftype = H5I_INVALID_HID, space = H5I_INVALID_HID;
+    size_t count;
+    isl_status st = open_attr(r, r->fid, "/", name, &attr);
+    if (st != ISL_OK)
+        goto cleanup;
+    ftype = H5Aget_type(attr);
+    if (ftype < 0 || H5Tget_class(ftype) != H5T_INTEGER) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute %s is not an integer", r->file, name);
+        goto cleanup;
+    }
+    if ((st = attr_count(r, attr, "/", name, &space, &count)) != ISL_OK)
+        goto cleanup;
+    if (count != 1) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute %s must be one integer, not %zu", r->file,
+                      name, count);
+        goto cleanup;
+    }
+    if (H5Aread(attr, H5T_NATIVE_LLONG, value) < 0)
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: /: cannot read attribute %s: %s", r->file, name,
+                      h5_detail(r->detail));
+cleanup:
+    h5_close(space);
+    h5_close(ftype);
+    h5_close(attr);
+    return st;
+}
+
+static isl_status read_bounded_int(reader *r, const char *name, long long lo, long long hi,
+                                   int *value)
+{
+    long long v;
+    ISL_CHECK(read_int_attr(r, name, &v));
+    if (v < lo || v > hi) {
+        if (lo == hi)
+            return isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute %s is %lld; isl models have %lld",
+                            r->file, name, v, lo);
+        return isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute %s is %lld, outside %lld..%lld",
+                        r->file, name, v, lo, hi);
+    }
+    *value = (int)v;
+    return ISL_OK;
+}
+
+static isl_status check_format(reader *r)
+{
+    char format[32];
+    long long version;
+    if (H5Aexists(r->fid, "format") == 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: /: missing attribute format (not an isl model)",
+                        r->file);
+    ISL_CHECK(read_one_string(r, r->fid, "/", "format", format, sizeof(format)));
+    if (strcmp(format, MODEL_FORMAT) != 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute format is \"%s\", not \"%s\"", r->file,
+                        format, MODEL_FORMAT);
+    ISL_CHECK(read_int_attr(r, "format_version", &version));
+    if (version > ISL_MODEL_FORMAT_VERSION)
+        return isl_fail(ISL_ERROR_UNSUPPORTED,
+                        "%s: /: format_version %lld: written by a newer isl (this one reads "
+                        "version %d)",
+                        r->file, version, ISL_MODEL_FORMAT_VERSION);
+    if (version < 1)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: /: invalid format_version %lld", r->file, version);
+    return ISL_OK;
+}
+
+typedef struct model_header {
+    int base_depth, num_z, num_classes, projection_depth;
+    char normalization[16];
+    char **heads; /* packed block (free) */
+    size_t num_heads;
+    int has_autoencoder;
+} model_header;
+
+static isl_status read_header(reader *r, model_header *h)
+{
+    ISL_CHECK(check_format(r));
+    ISL_CHECK(read_bounded_int(r, "base_depth", MIN_BASE_DEPTH, MAX_BASE_DEPTH, &h->base_depth));
+    ISL_CHECK(read_bounded_int(r, "num_z", 1, MAX_NUM_Z, &h->num_z));
+    ISL_CHECK(read_bounded_int(r, "num_classes", ISL_NUM_CLASSES, ISL_NUM_CLASSES,
+                               &h->num_classes));
+    ISL_CHECK(read_bounded_int(r, "projection_depth", ISL_PROJECTION_DEPTH, ISL_PROJECTION_DEPTH,
+                               &h->projection_depth));
+    ISL_CHECK(read_one_string(r, r->fid, "/", "input_normalization", h->normalization,
+                              sizeof(h->normalization)));
+    if (!valid_normalization(h->normalization))
+        return isl_fail(ISL_ERROR_FORMAT,
+                        "%s: /: attribute input_normalization is \"%s\" (expected \"none\" or "
+                        "\"global\")",
+                        r->file, h->normalization);
+    ISL_CHECK(read_string_attr(r, r->fid, "/", "heads", &h->heads, &h->num_heads));
+    ISL_CHECK(check_head_names(r->file, (int)h->num_heads, (const char *const *)h->heads));
+    h->has_autoencoder = h->num_heads > 0 &&
+                         strcmp(h->heads[h->num_heads - 1], ISL_AUTOENCODER_NAME) == 0;
+    return ISL_OK;
+}
+
+static isl_status open_group(reader *r, const char *path, hid_t *out)
+{
+    int e = path_exists(r->fid, path);
+    if (e <= 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing group", r->file, path);
+    *out = H5Gopen2(r->fid, path, H5P_DEFAULT);
+    if (*out < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: not a group: %s", r->file, path,
+                        h5_detail(r->detail));
+    return ISL_OK;
+}
+
+static isl_status check_module_kinds(reader *r, const isl_arch *a)
+{
+    char path[32], kind[16];
+    for (int i = 0; i < a->num_modules; i++) {
+        hid_t g;
+        snprintf(path, sizeof(path), "/modules/%03d", i);
+        ISL_CHECK(open_group(r, path, &g));
+        isl_status st = read_one_string(r, g, path, "kind", kind, sizeof(kind));
+        h5_close(g);
+        if (st != ISL_OK)
+            return st;
+        const char *want = kind_name(a->modules[i].kind);
+        if (strcmp(kind, want) != 0)
+            return isl_fail(ISL_ERROR_FORMAT,
+                            "%s: %s: attribute kind is \"%s\" but the architecture (base_depth "
+                            "%d, num_z %d) has \"%s\" here",
+                            r->file, path, kind, a->base_depth, a->num_z, want);
+    }
+    return ISL_OK;
+}
+
+typedef int (*expected_name_fn)(const char *name, const isl_params *p);
+
+static int expected_module(const char *name, const isl_params *p)
+{
+    char canonical[16];
+    char *end;
+    long i = strtol(name, &end, 10);
+    if (*end || i < 0 || i >= p->arch.num_modules)
+        return 0;
+    snprintf(canonical, sizeof(canonical), "%03ld", i);
+    return strcmp(canonical, name) == 0;
+}
+
+static int expected_head(const char *name, const isl_params *p)
+{
+    for (int h = 0; h < p->num_heads; h++)
+        if (strcmp(p->heads[h].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+/* Rejects children of group `path` that the model does not have (a /modules/104 in a
+ * 104-module network means the file and the architecture disagree). */
+static isl_status check_no_extra(reader *r, const char *path, const char *what,
+                                 expected_name_fn expected, const isl_params *p)
+{
+    H5G_info_t info;
+    char name[256];
+    hid_t g;
+    isl_status st = ISL_OK;
+    ISL_CHECK(open_group(r, path, &g));
+    if (H5Gget_info(g, &info) < 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot list group: %s", r->file, path,
+                      h5_detail(r->detail));
+        goto cleanup;
+    }
+    for (hsize_t i = 0; i < info.nlinks; i++) {
+        ssize_t len = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof(name),
+                                         H5P_DEFAULT);
+        if (len < 0) {
+            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot list group: %s", r->file, path,
+                          h5_detail(r->detail));
+            goto cleanup;
+        }
+        if ((size_t)len >= sizeof(name) || !expected(name, p)) {
+            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s/%s: unexpected %s (the model has %d)", r->file,
+                          path, name, what,
+                          expected == expected_module ? p->arch.num_modules : p->num_heads);
+            goto cleanup;
+        }
+    }
+cleanup:
+    h5_close(g);
+    return st;
+}
+
+static isl_status check_dataset_shape(reader *r, hid_t did, const char *path, int rank,
+                                      const int64_t *dims)
+{
+    hid_t space = H5Dget_space(did);
+    hsize_t file_dims[H5S_MAX_RANK];
+    long long have[H5S_MAX_RANK], want[8];
+    char have_s[160], want_s[160];
+    isl_status st = ISL_OK;
+    int file_rank = space < 0 ? -1 : H5Sget_simple_extent_ndims(space);
+    if (file_rank < 0 || H5Sget_simple_extent_dims(space, file_dims, NULL) < 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read the dataspace: %s", r->file, path,
+                      h5_detail(r->detail));
+        goto cleanup;
+    }
+    int same = file_rank == rank;
+    for (int i = 0; i < file_rank; i++) {
+        have[i] = (long long)file_dims[i];
+        same = same && have[i] == dims[i];
+    }
+    if (!same) {
+        for (int i = 0; i < rank && i < 8; i++)
+            want[i] = dims[i];
+        format_dims(have_s, sizeof(have_s), file_rank, have);
+        format_dims(want_s, sizeof(want_s), rank < 8 ? rank : 8, want);
+        st = isl_fail(ISL_ERROR_SHAPE, "%s: %s: has shape %s but the model needs %s", r->file, path,
+                      have_s, want_s);
+    }
+cleanup:
+    h5_close(space);
+    return st;
+}
+
+static isl_status check_dataset_type(reader *r, hid_t did, const char *path)
+{
+    static const char *class_names[] = {"integer", "float", "time", "string", "bitfield", "opaque",
+                                        "compound", "reference", "enum", "variable-length",
+                                        "array"};
+    hid_t type = H5Dget_type(did);
+    H5T_class_t cls = type < 0 ? H5T_NO_CLASS : H5Tget_class(type);
+    h5_close(type);
+    if (cls == H5T_FLOAT)
+        return ISL_OK;
+    const char *name = cls >= 0 && (size_t)cls < sizeof(class_names) / sizeof(class_names[0])
+                           ? class_names[cls]
+                           : "unknown";
+    return isl_fail(ISL_ERROR_FORMAT, "%s: %s: has datatype %s; expected float32 (or float64)",
+                    r->file, path, name);
+}
+
+/* isl_params_visit callback: one dataset into its parameter array. */
+static int read_dataset(void *user, const char *path, int rank, const int64_t *dims, float *data)
+{
+    reader *r = user;
+    isl_status st = ISL_OK;
+    hid_t did = H5I_INVALID_HID;
+    int e = path_exists(r->fid, path);
+    if (e < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot look up dataset: %s", r->file, path,
+                        h5_detail(r->detail));
+    if (e == 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing dataset", r->file, path);
+    did = H5Dopen2(r->fid, path, H5P_DEFAULT);
+    if (did < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: not a dataset: %s", r->file, path,
+                        h5_detail(r->detail));
+    if ((st = check_dataset_type(r, did, path)) != ISL_OK ||
+        (st = check_dataset_shape(r, did, path, rank, dims)) != ISL_OK)
+        goto cleanup;
+    if (H5Dread(did, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read: %s", r->file, path,
+                      h5_detail(r->detail));
+        goto cleanup;
+    }
+    st = check_values(r->file, path, rank, dims, data);
+cleanup:
+    h5_close(did);
+    return (int)st;
+}
+
+/* Opens path with the errors a user can act on: missing/unreadable (IO), not HDF5,
+ * truncated or corrupt (FORMAT). */
+static isl_status open_for_reading(reader *r)
+{
+    struct stat sb;
+    int fd = open(r->file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return isl_fail(ISL_ERROR_IO, "%s: cannot open: %s", r->file, strerror(errno));
+    int stat_ok = fstat(fd, &sb) == 0;
+    int stat_errno = errno;
+    close(fd);
+    if (!stat_ok)
+        return isl_fail(ISL_ERROR_IO, "%s: cannot stat: %s", r->file, strerror(stat_errno));
+    if (!S_ISREG(sb.st_mode))
+        return isl_fail(ISL_ERROR_IO, "%s: not a regular file", r->file);
+
+    htri_t is_hdf5 = H5Fis_hdf5(r->file);
+    if (is_hdf5 < 0)
+        return isl_fail(ISL_ERROR_IO, "%s: cannot read: %s", r->file, h5_detail(r->detail));
+    if (is_hdf5 == 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: not an HDF5 file", r->file);
+    hid_t fapl = strong_fapl();
+    if (fapl < 0)
+        return isl_fail(ISL_ERROR_BACKEND, "%s: HDF5 property list: %s", r->file,
+                        h5_detail(r->detail));
+    r->fid = H5Fopen(r->file, H5F_ACC_RDONLY, fapl);
+    if (r->fid < 0) {
+        isl_fail(ISL_ERROR_FORMAT, "%s: corrupt or truncated HDF5 file: %s", r->file,
+                 h5_detail(r->detail));
+        h5_close(fapl);
+        return ISL_ERROR_FORMAT;
+    }
+    h5_close(fapl);
+    return ISL_OK;
+}
+
+static isl_status read_model(reader *r, isl_params *p)
+{
+    model_header h = {0};
+    isl_status st = open_for_reading(r);
+    if (st != ISL_OK)
+        return st;
+    if ((st = read_header(r, &h)) != ISL_OK)
+        goto cleanup;
+    int num_labels = (int)h.num_heads - (h.has_autoencoder ? 1 : 0);
+    if (isl_params_alloc(p, h.base_depth, h.num_z, num_labels, (const char *const *)h.heads,
+                         h.has_autoencoder) != 0) {
+        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory for a base-%d model", r->file,
+                      h.base_depth);
+        goto cleanup;
+    }
+    snprintf(p->input_normalization, sizeof(p->input_normalization), "%s", h.normalization);
+    if ((st = check_module_kinds(r, &p->arch)) != ISL_OK ||
+        (st = check_no_extra(r, "/modules", "module", expected_module, p)) != ISL_OK)
+        goto cleanup;
+    if (p->num_heads > 0 &&
+        (st = check_no_extra(r, "/heads", "head (not listed in the heads attribute)",
+                             expected_head, p)) != ISL_OK)
+        goto cleanup;
+    st = (isl_status)isl_params_visit(p, read_dataset, r);
+cleanup:
+    free(h.heads);
+    return st;
+}
+
+isl_status isl_model_read_h5(const char *path, isl_params *p)
+{
+    if (!p)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_read_h5: params is NULL");
+    memset(p, 0, sizeof(*p));
+    if (!path)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_read_h5: path is NULL");
+    reader r = {.file = path, .fid = H5I_INVALID_HID};
+    h5_session s;
+    h5_enter(&s);
+    isl_status st = read_model(&r, p);
+    if (r.fid >= 0 && H5Fclose(r.fid) < 0 && st == ISL_OK)
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: cannot close: %s", path, h5_detail(r.detail));
+    h5_leave(&s);
+    if (st != ISL_OK)
+        isl_params_free(p);
+    return st;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Writing                                                                             */
+/* ---------------------------------------------------------------------------------- */
+
+typedef struct writer {
+    const char *file; /* the target, for messages */
+    hid_t fid;
+    hid_t lcpl; /* creates intermediate groups */
+    hid_t str_type; /* variable-length UTF-8, as h5py writes strings */
+    char detail[DETAIL_CAP];
+} writer;
+
+static isl_status write_failed(writer *w, const char *what)
+{
+    return isl_fail(ISL_ERROR_IO, "%s: cannot write %s: %s", w->file, what, h5_detail(w->detail));
+}
+
+/* A scalar (count < 0) or 1-D attribute of variable-length UTF-8 strings. */
+static isl_status write_strings_attr(writer *w, hid_t obj, const char *name, int count,
+                                     const char *const *values)
+{
+    hsize_t dims[1] = {(hsize_t)(count < 0 ? 0 : count)};
+    hid_t space = count < 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, dims, NULL);
+    hid_t attr = space < 0 ? H5I_INVALID_HID
+                           : H5Acreate2(obj, name, w->str_type, space, H5P_DEFAULT, H5P_DEFAULT);
+    isl_status st = ISL_OK;
+    if (attr < 0 || H5Awrite(attr, w->str_type, values) < 0)
+        st = write_failed(w, name);
+    if (h5_close(attr) < 0 && st == ISL_OK)
+        st = write_failed(w, name);
+    h5_close(space);
+    return st;
+}
+
+static isl_status write_string_attr(writer *w, hid_t obj, const char *name, const char *value)
+{
+    return write_strings_attr(w, obj, name, -1, &value);
+}
+
+static isl_status write_int_attr(writer *w, const char *name, int64_t value)
+{
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t attr = space < 0 ? H5I_INVALID_HID
+                           : H5Acreate2(w->fid, name, H5T_STD_I64LE, space, H5P_DEFAULT,
+                                        H5P_DEFAULT);
+    isl_status st = ISL_OK;
+    if (attr < 0 || H5Awrite(attr, H5T_NATIVE_INT64, &value) < 0)
+        st = write_failed(w, name);
+    if (h5_close(attr) < 0 && st == ISL_OK)
+        st = write_failed(w, name);
+    h5_close(space);
+    return st;
+}
+
+static isl_status write_root_attrs(writer *w, const isl_params *p)
+{
+    const char *names[MAX_HEADS];
+    for (int h = 0; h < p->num_heads; h++)
+        names[h] = p->heads[h].name;
+    ISL_CHECK(write_string_attr(w, w->fid, "format", MODEL_FORMAT));
+    ISL_CHECK(write_int_attr(w, "format_version", ISL_MODEL_FORMAT_VERSION));
+    ISL_CHECK(write_int_attr(w, "base_depth", p->arch.base_depth));
+    ISL_CHECK(write_int_attr(w, "num_z", p->arch.num_z));
+    ISL_CHECK(write_int_attr(w, "num_classes", ISL_NUM_CLASSES));
+    ISL_CHECK(write_int_attr(w, "projection_depth", ISL_PROJECTION_DEPTH));
+    ISL_CHECK(write_strings_attr(w, w->fid, "heads", p->num_heads, names));
+    return write_string_attr(w, w->fid, "input_normalization", p->input_normalization);
+}
+
+/* Creates the module groups up front so that each carries its kind attribute. */
+static isl_status write_module_groups(writer *w, const isl_arch *a)
+{
+    char path[32];
+    for (int i = 0; i < a->num_modules; i++) {
+        snprintf(path, sizeof(path), "/modules/%03d", i);
+        hid_t g = H5Gcreate2(w->fid, path, w->lcpl, H5P_DEFAULT, H5P_DEFAULT);
+        if (g < 0)
+            return write_failed(w, path);
+        isl_status st = write_string_attr(w, g, "kind", kind_name(a->modules[i].kind));
+        if (H5Gclose(g) < 0 && st == ISL_OK)
+            st = write_failed(w, path);
+        if (st != ISL_OK)
+            return st;
+    }
+    return ISL_OK;
+}
+
+/* isl_params_visit callback: one contiguous float32 dataset. */
+static int write_dataset(void *user, const char *path, int rank, const int64_t *dims, float *data)
+{
+    writer *w = user;
+    hsize_t hdims[8];
+    for (int i = 0; i < rank; i++)
+        hdims[i] = (hsize_t)dims[i];
+    hid_t space = H5Screate_simple(rank, hdims, NULL);
+    hid_t did = space < 0 ? H5I_INVALID_HID
+                          : H5Dcreate2(w->fid, path, H5T_IEEE_F32LE, space, w->lcpl, H5P_DEFAULT,
+                                       H5P_DEFAULT);
+    isl_status st = ISL_OK;
+    if (did < 0 || H5Dwrite(did, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0)
+        st = write_failed(w, path);
+    if (h5_close(did) < 0 && st == ISL_OK)
+        st = write_failed(w, path);
+    h5_close(space);
+    return (int)st;
+}
+
+static hid_t utf8_string_type(void)
+{
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t >= 0 && (H5Tset_size(t, H5T_VARIABLE) < 0 || H5Tset_cset(t, H5T_CSET_UTF8) < 0)) {
+        H5Tclose(t);
+        return H5I_INVALID_HID;
+    }
+    return t;
+}
+
+/* Builds the whole file in memory (HDF5's core driver, no backing store) and returns its
+ * bytes in *image (malloc'd). Writing the bytes ourselves keeps every disk error
+ * (ENOSPC, EFBIG, EIO) in our hands: when HDF5 itself fails to flush a file, H5Fclose
+ * fails and leaves a half-closed file identifier behind that crashes H5close later.
+ * Costs a transient copy of the model in memory (33 MB at base depth 400). */
+static isl_status build_image(writer *w, const isl_params *p, void **image, size_t *size)
+{
+    isl_status st = ISL_OK;
+    hid_t fapl = strong_fapl();
+    *image = NULL;
+    w->lcpl = H5Pcreate(H5P_LINK_CREATE);
+    w->str_type = utf8_string_type();
+    if (fapl < 0 || w->lcpl < 0 || w->str_type < 0 ||
+        H5Pset_fapl_core(fapl, CORE_INCREMENT, 0) < 0 ||
+        H5Pset_create_intermediate_group(w->lcpl, 1) < 0) {
+        st = isl_fail(ISL_ERROR_BACKEND, "%s: HDF5 setup failed: %s", w->file,
+                      h5_detail(w->detail));
+        goto cleanup;
+    }
+    /* With the core driver and no backing store, the name only identifies the file. */
+    w->fid = H5Fcreate(w->file, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (w->fid < 0) {
+        st = write_failed(w, "the file");
+        goto cleanup;
+    }
+    if ((st = write_root_attrs(w, p)) != ISL_OK || (st = write_module_groups(w, &p->arch)) != ISL_OK)
+        goto cleanup;
+    /* isl_params_visit takes a mutable pointer; write_dataset only reads. */
+    if ((st = (isl_status)isl_params_visit((isl_params *)p, write_dataset, w)) != ISL_OK)
+        goto cleanup;
+    ssize_t n = H5Fget_file_image(w->fid, NULL, 0);
+    if (n <= 0) {
+        st = write_failed(w, "the file image");
+        goto cleanup;
+    }
+    *image = malloc((size_t)n);
+    if (!*image) {
+        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory for a %zd-byte file", w->file, n);
+        goto cleanup;
+    }
+    if (H5Fget_file_image(w->fid, *image, (size_t)n) != n) {
+        st = write_failed(w, "the file image");
+        goto cleanup;
+    }
+    *size = (size_t)n;
+cleanup:
+    if (w->fid >= 0 && H5Fclose(w->fid) < 0 && st == ISL_OK)
+        st = write_failed(w, "the file");
+    w->fid = H5I_INVALID_HID;
+    h5_close(w->str_type);
+    h5_close(w->lcpl);
+    h5_close(fapl);
+    if (st != ISL_OK) {
+        free(*image);
+        *image = NULL;
+    }
+    return st;
+}
+
+/* isl_params_visit callback: refuse to save what the reader would reject. */
+static int check_dataset_values(void *user, const char *path, int rank, const int64_t *dims,
+                                float *data)
+{
+    return (int)check_values(user, path, rank, dims, data);
+}
+
+static isl_status check_params(const char *path, const isl_params *p)
+{
+    const char *names[MAX_HEADS];
+    if (!p->modules || p->arch.num_modules <= 0 || !p->heads || p->num_heads < 0 ||
+        p->num_heads > MAX_HEADS)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: parameters are not allocated", path);
+    if (p->arch.base_depth < MIN_BASE_DEPTH || p->arch.base_depth > MAX_BASE_DEPTH ||
+        p->arch.num_z < 1 || p->arch.num_z > MAX_NUM_Z)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: base_depth %d / num_z %d out of range",
+                        path, p->arch.base_depth, p->arch.num_z);
+    if (!valid_normalization(p->input_normalization))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: invalid input_normalization \"%s\"", path,
+                        p->input_normalization);
+    for (int h = 0; h < p->num_heads; h++)
+        names[h] = p->heads[h].name;
+    isl_status st = check_head_names(path, p->num_heads, names);
+    if (st != ISL_OK)
+        return st == ISL_ERROR_FORMAT ? ISL_ERROR_INVALID_ARGUMENT : st;
+    return (isl_status)isl_params_visit((isl_params *)p, check_dataset_values, (void *)path);
+}
+
+/* mkstemp creates mode 0600; give the model what a plain create would (0666 & ~umask),
+ * or the mode of the file it replaces. The umask is read from /proc, because umask()
+ * can only be read by changing it, which races with other threads. */
+static mode_t target_mode(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode))
+        return sb.st_mode & 07777;
+    mode_t mode = 0644;
+    FILE *f = fopen("/proc/self/status", "re");
+    if (!f)
+        return mode;
+    char line[128];
+    unsigned mask;
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "Umask: %o", &mask) == 1) {
+            mode = 0666 & ~(mode_t)mask;
+            break;
+        }
+    fclose(f);
+    return mode;
+}
+
+/* Makes the rename durable. Filesystems that cannot sync directories answer EINVAL. */
+static int sync_parent_dir(const char *path)
+{
+    char *dir = strdup(path);
+    if (!dir)
+        return -1;
+    char *slash = strrchr(dir, '/');
+    const char *name = dir;
+    if (!slash)
+        name = ".";
+    else if (slash == dir)
+        name = "/";
+    else
+        *slash = '\0';
+    int fd = open(name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = fd < 0 ? -1 : fsync(fd);
+    if (rc != 0 && errno == EINVAL)
+        rc = 0;
+    int saved = errno;
+    if (fd >= 0)
+        close(fd);
+    free(dir);
+    errno = saved;
+    return rc;
+}
+
+static int write_fully(int fd, const char *data, size_t size)
+{
+    while (size > 0) {
+        ssize_t n = write(fd, data, size);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        data += n;
+        size -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Puts image into a new file beside path (same filesystem, so rename is atomic), synced
+ * to disk. On failure removes it again. */
+static isl_status write_temp_file(const char *path, char *tmp, const void *image, size_t size)
+{
+    mode_t mode = target_mode(path);
+    int fd = mkstemp(tmp);
+    if (fd < 0)
+        return isl_fail(ISL_ERROR_IO, "%s: cannot create a temporary file beside it: %s", path,
+                        strerror(errno));
+    const char *step = NULL;
+    if (fchmod(fd, mode) != 0)
+        step = "set permissions of";
+    else if (write_fully(fd, image, size) != 0)
+        step = "write";
+    else if (fsync(fd) != 0)
+        step = "sync";
+    int saved = errno;
+    if (close(fd) != 0 && !step) {
+        step = "close";
+        saved = errno;
+    }
+    if (!step)
+        return ISL_OK;
+    unlink(tmp);
+    return isl_fail(ISL_ERROR_IO, "%s: cannot %s %s: %s", path, step, tmp, strerror(saved));
+}
+
+isl_status isl_model_write_h5(const char *path, const isl_params *p)
+{
+    if (!path || !p)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_write_h5: %s is NULL",
+                        path ? "params" : "path");
+    ISL_CHECK(check_params(path, p));
+
+    static const char suffix[] = ".tmp.XXXXXX";
+    size_t len = strlen(path), size = 0;
+    void *image = NULL;
+    char *tmp = malloc(len + sizeof(suffix));
+    if (!tmp)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+    memcpy(tmp, path, len);
+    memcpy(tmp + len, suffix, sizeof(suffix));
+
+    writer w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
+                .str_type = H5I_INVALID_HID};
+    h5_session s;
+    h5_enter(&s);
+    isl_status st = build_image(&w, p, &image, &size);
+    h5_leave(&s);
+    if (st == ISL_OK)
+        st = write_temp_file(path, tmp, image, size);
+    free(image);
+    if (st == ISL_OK && rename(tmp, path) != 0) {
+        st = isl_fail(ISL_ERROR_IO, "%s: cannot replace it with %s: %s", path, tmp,
+                      strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    if (st != ISL_OK)
+        return st;
+    /* The new file is in place; only its durability across a crash is in doubt. */
+    if (sync_parent_dir(path) != 0)
+        return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
+                        strerror(errno));
+    return ISL_OK;
+}

@@ -1,0 +1,20 @@
+/* HDF5 model files (format "isl-model", version 1; docs/model-format.md). */
+#ifndef ISL_MODEL_IO_H
+#define ISL_MODEL_IO_H
+
+#include "isl.h"
+#include "params.h"
+
+#define ISL_MODEL_FORMAT_VERSION 1
+
+/* Reads and validates path into *p (allocated here; free with isl_params_free).
+ * Validates format, version, attributes, every dataset's presence, dtype-convertibility,
+ * shape (against the architecture derived from base_depth/num_z) and finiteness
+ * (BN var must be >= 0), and reports the first problem with its dataset path. */
+isl_status isl_model_read_h5(const char *path, isl_params *p);
+
+/* Writes *p atomically (temp file in the same directory + rename). Never leaves a
+ * partial file at path; on failure the previous file at path is untouched. */
+isl_status isl_model_write_h5(const char *path, const isl_params *p);
+
+#endif

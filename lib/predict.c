@@ -1,0 +1,605 @@
+/* Prediction: options, single tiles, and whole images streamed through aligned tiles. */
+#include "error.h"
+#include "model.h"
+#include "stats.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PAD_BEFORE 121 /* (250 - 8) / 2: context each output pixel needs on each side */
+#define DEFAULT_MEMORY_LIMIT ((size_t)3 << 29) /* 1.5 GiB */
+
+struct isl_predict_options {
+    int tile_side;
+    size_t memory_limit;
+    int threads;
+    isl_precision precision;
+    int num_heads; /* 0: all label heads */
+    int *heads;
+    unsigned stat_mask;
+    isl_progress_fn progress;
+    void *progress_user;
+    int probabilities;
+};
+
+static const isl_predict_options default_options = {
+    .memory_limit = DEFAULT_MEMORY_LIMIT, .stat_mask = 1u << ISL_STAT_MEDIAN};
+
+isl_status isl_predict_options_create(isl_predict_options **out)
+{
+    if (!out)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_predict_options_create: out is NULL");
+    *out = malloc(sizeof(**out));
+    if (!*out)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    **out = default_options;
+    return ISL_OK;
+}
+
+void isl_predict_options_free(isl_predict_options *o)
+{
+    if (!o)
+        return;
+    free(o->heads);
+    free(o);
+}
+
+#define NEED_OPTIONS(o)                                                                      \
+    do {                                                                                     \
+        if (!(o))                                                                            \
+            return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: options is NULL", __func__);   \
+    } while (0)
+
+isl_status isl_predict_options_set_tile_size(isl_predict_options *o, int input_side)
+{
+    NEED_OPTIONS(o);
+    if (input_side != 0 && isl_arch_output_side(input_side) < 0)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "tile size %d is not 250 + 16m (250, 266, ..., 506, ..., 1018)",
+                        input_side);
+    o->tile_side = input_side;
+    return ISL_OK;
+}
+
+isl_status isl_predict_options_set_memory_limit(isl_predict_options *o, size_t bytes)
+{
+    NEED_OPTIONS(o);
+    o->memory_limit = bytes ? bytes : DEFAULT_MEMORY_LIMIT;
+    return ISL_OK;
+}
+
+isl_status isl_predict_options_set_threads(isl_predict_options *o, int threads)
+{
+    NEED_OPTIONS(o);
+    if (threads < 0 || threads > 4096)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "thread count %d is out of range", threads);
+    o->threads = threads;
+    return ISL_OK;
+}
+
+isl_status isl_predict_options_set_precision(isl_predict_options *o, isl_precision p)
+{
+    NEED_OPTIONS(o);
+    if (p != ISL_PRECISION_FP32 && p != ISL_PRECISION_BF16)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "unknown precision %d", (int)p);
+    o->precision = p;
+    return ISL_OK;
+}
+
+isl_status isl_predict_options_set_heads(isl_predict_options *o, int count, const int *heads)
+{
+    NEED_OPTIONS(o);
+    if (count < 0 || (count > 0 && !heads))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "invalid head list");
+    int *copy = NULL;
+    if (count > 0) {
+        copy = malloc(sizeof(int) * (size_t)count);
+        if (!copy)
+            return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+        memcpy(copy, heads, sizeof(int) * (size_t)count);
+    }
+    free(o->heads);
+    o->heads = copy;
+    o->num_heads = count;
+    return ISL_OK;
+}
+
+isl_status isl_predict_options_set_stats(isl_predict_options *o, int count, const isl_stat *stats)
+{
+    NEED_OPTIONS(o);
+    if (count < 1 || !stats)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "select at least one statistic");
+    unsigned mask = 0;
+    for (int i = 0; i < count; i++) {
+        if ((unsigned)stats[i] >= ISL_STAT_COUNT)
+            return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "unknown statistic %d", (int)stats[i]);
+        mask |= 1u << stats[i];
+    }
+    o->stat_mask = mask;
+    return ISL_OK;
+}
+
+isl_status isl_predict_options_set_progress(isl_predict_options *o, isl_progress_fn fn,
+                                            void *user_data)
+{
+    NEED_OPTIONS(o);
+    o->progress = fn;
+    o->progress_user = user_data;
+    return ISL_OK;
+}
+
+isl_status isl_predict_options_set_probabilities(isl_predict_options *o, int enable)
+{
+    NEED_OPTIONS(o);
+    o->probabilities = enable != 0;
+    return ISL_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Shared helpers                                                                       */
+/* ------------------------------------------------------------------------------------ */
+
+/* Runs with the requested thread count on the calling thread, then restores it. */
+typedef struct thread_scope {
+    int saved;
+} thread_scope;
+
+static thread_scope threads_begin(const isl_predict_options *o)
+{
+    thread_scope t = {omp_get_max_threads()};
+    if (o->threads > 0)
+        omp_set_num_threads(o->threads);
+    return t;
+}
+
+static void threads_end(thread_scope t) { omp_set_num_threads(t.saved); }
+
+static isl_status check_model(const isl_model *m, const char *fn)
+{
+    if (!m)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: model is NULL", fn);
+    return ISL_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* One tile                                                                             */
+/* ------------------------------------------------------------------------------------ */
+
+isl_status isl_predict_tile(const isl_model *m, const isl_predict_options *o, const float *input,
+                            int height, int width, float *const *outputs)
+{
+    ISL_CHECK(check_model(m, "isl_predict_tile"));
+    if (!o)
+        o = &default_options;
+    if (!input || !outputs)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_predict_tile: input or outputs is NULL");
+    if (isl_arch_output_side(height) < 0 || isl_arch_output_side(width) < 0)
+        return isl_fail(ISL_ERROR_SHAPE,
+                        "tile of %dx%d: each side must be 250 + 16m (250, 266, 282, ...)", height,
+                        width);
+    const int nz = m->params.arch.num_z;
+    const size_t n = (size_t)nz * height * width;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(input[i]))
+            return isl_fail(ISL_ERROR_VALUE, "input value %zu (plane %zu) is not finite", i,
+                            i / ((size_t)height * width));
+
+    thread_scope ts = threads_begin(o);
+    isl_plan *plan;
+    isl_exec *exec;
+    isl_status s = isl_model_acquire(m, height, width, o->precision, &plan, &exec);
+    if (s == ISL_OK) {
+        memcpy(isl_exec_input(exec), input, n * sizeof(float));
+        s = isl_exec_run_trunk(exec);
+        for (int h = 0; s == ISL_OK && h < m->params.num_heads; h++)
+            if (outputs[h])
+                s = isl_exec_run_head(exec, h, o->probabilities, outputs[h]);
+        isl_model_release(m, plan, exec);
+    }
+    threads_end(ts);
+    return s;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Whole images                                                                         */
+/* ------------------------------------------------------------------------------------ */
+
+/* numpy.pad 'reflect' index (edge not repeated), for any distance outside [0, n). */
+static int reflect_index(int i, int n)
+{
+    if (n == 1)
+        return 0;
+    int period = 2 * (n - 1);
+    i %= period;
+    if (i < 0)
+        i += period;
+    return i < n ? i : period - i;
+}
+
+/* Per-plane affine input transform: value = clamp(raw * scale + shift) (clamped only for
+ * the paper's global normalization). */
+typedef struct input_transform {
+    float *scale, *shift;
+    int clamp;
+} input_transform;
+
+static double sample_at(const isl_stack *in, size_t i)
+{
+    switch (in->dtype) {
+    case ISL_DTYPE_U8: return ((const uint8_t *)in->data)[i];
+    case ISL_DTYPE_U16: return ((const uint16_t *)in->data)[i];
+    case ISL_DTYPE_F32: return ((const float *)in->data)[i];
+    }
+    return 0.0;
+}
+
+static isl_status check_stack(const isl_model *m, const isl_stack *in)
+{
+    if (!in || !in->data)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "input stack or its data is NULL");
+    if (in->dtype != ISL_DTYPE_U8 && in->dtype != ISL_DTYPE_U16 && in->dtype != ISL_DTYPE_F32)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "unknown input sample type %d", (int)in->dtype);
+    if (in->num_z != m->params.arch.num_z)
+        return isl_fail(ISL_ERROR_SHAPE, "the input has %d z planes but the model needs %d",
+                        in->num_z, m->params.arch.num_z);
+    if (in->height < 1 || in->width < 1 || in->height > (1 << 20) || in->width > (1 << 20))
+        return isl_fail(ISL_ERROR_SHAPE, "input size %dx%d is out of range", in->height,
+                        in->width);
+    return ISL_OK;
+}
+
+static isl_status make_transform(const isl_model *m, const isl_stack *in, input_transform *t)
+{
+    const int nz = in->num_z;
+    const size_t plane = (size_t)in->height * in->width;
+    const int global = !strcmp(m->params.input_normalization, "global");
+    const double unit = in->dtype == ISL_DTYPE_U8 ? 1.0 / 255 : in->dtype == ISL_DTYPE_U16 ? 1.0 / 65535 : 1.0;
+    t->scale = malloc(sizeof(float) * (size_t)nz);
+    t->shift = malloc(sizeof(float) * (size_t)nz);
+    t->clamp = global;
+    if (!t->scale || !t->shift)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (int z = 0; z < nz; z++) {
+        double sum = 0, sum2 = 0, lo = INFINITY, hi = -INFINITY;
+        for (size_t i = 0; i < plane; i++) {
+            double v = sample_at(in, (size_t)z * plane + i);
+            if (!isfinite(v))
+                return isl_fail(ISL_ERROR_VALUE, "input plane %d, pixel (%zu, %zu) is not finite",
+                                z, i / in->width, i % in->width);
+            sum += v;
+            sum2 += v * v;
+            lo = v < lo ? v : lo;
+            hi = v > hi ? v : hi;
+        }
+        if (!global) {
+            if (lo * unit < 0.0 || hi * unit > 1.0)
+                return isl_fail(ISL_ERROR_VALUE,
+                                "input plane %d has values in [%g, %g], outside [0, 1]; scale the "
+                                "stack or use a model with global input normalization",
+                                z, lo, hi);
+            t->scale[z] = (float)unit;
+            t->shift[z] = 0.0f;
+            continue;
+        }
+        double mean = sum / plane, var = sum2 / plane - mean * mean;
+        double sd = var > 0 ? sqrt(var) : 0;
+        if (!(sd > 1e-12 * (fabs(mean) + 1)))
+            return isl_fail(ISL_ERROR_VALUE, "input plane %d is constant: it cannot be normalized",
+                            z);
+        /* The paper: mean 0.5, standard deviation 0.125, clipped to [0, 1]. */
+        t->scale[z] = (float)(0.125 / sd);
+        t->shift[z] = (float)(0.5 - mean * 0.125 / sd);
+    }
+    return ISL_OK;
+}
+
+static void free_transform(input_transform *t)
+{
+    free(t->scale);
+    free(t->shift);
+}
+
+/* Fills the tile input from padded-image rows [py, py + th), columns [px, px + tw). */
+static void fill_tile(float *dst, const isl_stack *in, const input_transform *t, int py, int px,
+                      int th, int tw, int *col_index)
+{
+    const size_t plane = (size_t)in->height * in->width;
+    for (int x = 0; x < tw; x++)
+        col_index[x] = reflect_index(px + x - PAD_BEFORE, in->width);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int z = 0; z < in->num_z; z++) {
+        for (int y = 0; y < th; y++) {
+            const size_t row = (size_t)z * plane +
+                               (size_t)reflect_index(py + y - PAD_BEFORE, in->height) * in->width;
+            float *d = dst + ((size_t)z * th + y) * tw;
+            const float a = t->scale[z], b = t->shift[z];
+            for (int x = 0; x < tw; x++) {
+                float v = (float)sample_at(in, row + col_index[x]) * a + b;
+                if (t->clamp)
+                    v = v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
+                d[x] = v;
+            }
+        }
+    }
+}
+
+/* Tiling of one dimension: the padded image has 250 + 16M pixels (output 8 + 16M, which
+ * covers the image); tiles of 250 + 16m step by 16m, the last one moved back to fit. */
+typedef struct axis {
+    int size;       /* image pixels */
+    int out_total;  /* 8 + 16M >= size */
+    int tile_out;   /* 8 + 16m */
+    int count;      /* tiles */
+} axis;
+
+static axis make_axis(int size, int m)
+{
+    axis a;
+    int pad_extra = ((ISL_PATCH_INPUT - (size + 2 * PAD_BEFORE)) % ISL_STRIDE + ISL_STRIDE) %
+                    ISL_STRIDE;
+    a.size = size;
+    a.out_total = size + pad_extra;
+    int max_m = (a.out_total - ISL_PATCH_OUTPUT) / ISL_STRIDE;
+    if (m < 1)
+        m = 1;
+    if (m > max_m)
+        m = max_m;
+    /* m = 0 (output 8 of every 16 pixels) only covers an image that one tile holds. */
+    a.tile_out = ISL_PATCH_OUTPUT + ISL_STRIDE * m;
+    a.count = m == 0 ? 1 : (a.out_total - a.tile_out + ISL_STRIDE * m - 1) / (ISL_STRIDE * m) + 1;
+    return a;
+}
+
+static int tile_origin(const axis *a, int i)
+{
+    int step = a->tile_out - ISL_PATCH_OUTPUT;
+    int o = step ? i * step : i * ISL_STRIDE;
+    return o + a->tile_out > a->out_total ? a->out_total - a->tile_out : o;
+}
+
+typedef struct selection {
+    int count;
+    int heads[256];
+    unsigned stat_mask;
+    int max_ch;
+} selection;
+
+static isl_status select_heads(const isl_model *m, const isl_predict_options *o, selection *sel)
+{
+    const isl_params *p = &m->params;
+    sel->count = 0;
+    sel->max_ch = 0;
+    sel->stat_mask = o->stat_mask;
+    if (o->num_heads == 0) {
+        for (int h = 0; h < p->num_heads; h++)
+            if (strcmp(p->heads[h].name, ISL_AUTOENCODER_NAME))
+                sel->heads[sel->count++] = h;
+    } else {
+        if (o->num_heads > 256)
+            return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "too many heads selected");
+        for (int i = 0; i < o->num_heads; i++) {
+            if (o->heads[i] < 0 || o->heads[i] >= p->num_heads)
+                return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "head %d does not exist (the model has %d)",
+                                o->heads[i], p->num_heads);
+            sel->heads[sel->count++] = o->heads[i];
+        }
+    }
+    if (sel->count == 0)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "no head selected (the model has no label heads)");
+    for (int i = 0; i < sel->count; i++)
+        if (p->heads[sel->heads[i]].out_ch > sel->max_ch)
+            sel->max_ch = p->heads[sel->heads[i]].out_ch;
+    return ISL_OK;
+}
+
+/* Largest square tile whose working memory fits the limit. */
+static int choose_tile_m(const isl_model *m, const isl_predict_options *o, const selection *sel,
+                         int image_w, int stat_count)
+{
+    if (o->tile_side > ISL_PATCH_INPUT)
+        return (o->tile_side - ISL_PATCH_INPUT) / ISL_STRIDE;
+    int best = 1; /* the smallest tile that covers images: its working memory is ~100 MB */
+    for (int mm = 1; mm <= 64; mm++) {
+        int side = ISL_PATCH_INPUT + ISL_STRIDE * mm;
+        size_t bytes = isl_plan_estimate_bytes(&m->params, &m->layout, side, side, sel->max_ch);
+        /* Row bands of every output. */
+        size_t out_side = (size_t)ISL_PATCH_OUTPUT + ISL_STRIDE * mm;
+        bytes += out_side * (size_t)image_w * sizeof(float) * stat_count * sel->count *
+                 (sel->max_ch / ISL_NUM_CLASSES);
+        if (bytes > o->memory_limit)
+            break;
+        best = mm;
+    }
+    return best;
+}
+
+typedef struct band {
+    float *data[256][ISL_STAT_COUNT]; /* [planes][tile_out_h][width] per head and stat */
+    float *tile_stats[ISL_STAT_COUNT];
+    float *probs;
+    int *col_index;
+} band;
+
+static void free_band(band *b, const selection *sel)
+{
+    for (int i = 0; i < sel->count; i++)
+        for (int s = 0; s < ISL_STAT_COUNT; s++)
+            free(b->data[i][s]);
+    for (int s = 0; s < ISL_STAT_COUNT; s++)
+        free(b->tile_stats[s]);
+    free(b->probs);
+    free(b->col_index);
+}
+
+static isl_status alloc_band(band *b, const isl_model *m, const selection *sel, const axis *ay,
+                             const axis *ax)
+{
+    memset(b, 0, sizeof(*b));
+    const size_t tile_px = (size_t)ay->tile_out * ax->tile_out;
+    for (int i = 0; i < sel->count; i++) {
+        size_t planes = (size_t)m->params.heads[sel->heads[i]].out_ch / ISL_NUM_CLASSES;
+        for (int s = 0; s < ISL_STAT_COUNT; s++)
+            if (sel->stat_mask & (1u << s))
+                if (!(b->data[i][s] = malloc(sizeof(float) * planes * ay->tile_out * ax->size)))
+                    return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for output rows");
+    }
+    for (int s = 0; s < ISL_STAT_COUNT; s++)
+        if (sel->stat_mask & (1u << s))
+            if (!(b->tile_stats[s] = malloc(sizeof(float) * tile_px)))
+                return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    b->probs = malloc(sizeof(float) * tile_px * sel->max_ch);
+    b->col_index = malloc(sizeof(int) * (size_t)(ax->tile_out + ISL_PATCH_INPUT));
+    if (!b->probs || !b->col_index)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for %zu MB of probabilities",
+                        (sizeof(float) * tile_px * sel->max_ch) >> 20);
+    return ISL_OK;
+}
+
+/* Statistics of one tile's head output into the band rows [0, tile_out_h). */
+static void tile_stats_to_band(band *b, int sel_index, int planes, const axis *ay, const axis *ax,
+                               int ox, unsigned stat_mask)
+{
+    const size_t tile_px = (size_t)ay->tile_out * ax->tile_out;
+    const int cols = ox + ax->tile_out > ax->size ? ax->size - ox : ax->tile_out;
+    float *outs[ISL_STAT_COUNT];
+    for (int z = 0; z < planes; z++) {
+        for (int s = 0; s < ISL_STAT_COUNT; s++)
+            outs[s] = (stat_mask & (1u << s)) ? b->tile_stats[s] : NULL;
+        isl_stats_from_probabilities(b->probs + (size_t)z * ISL_NUM_CLASSES * tile_px,
+                                     ISL_NUM_CLASSES, (int64_t)tile_px, (int64_t)tile_px, outs);
+        for (int s = 0; s < ISL_STAT_COUNT; s++) {
+            if (!outs[s])
+                continue;
+            float *dst = b->data[sel_index][s] + (size_t)z * ay->tile_out * ax->size;
+            for (int y = 0; y < ay->tile_out; y++)
+                memcpy(dst + (size_t)y * ax->size + ox, outs[s] + (size_t)y * ax->tile_out,
+                       sizeof(float) * (size_t)cols);
+        }
+    }
+}
+
+/* Hands rows [r0, r1) of the band (band row 0 = image row oy) to the sink. */
+static isl_status deliver_rows(const isl_model *m, const selection *sel, band *b, const axis *ay,
+                               const axis *ax, int oy, int r0, int r1, isl_rows_fn fn, void *user)
+{
+    const int rows = r1 - r0, width = ax->size;
+    for (int i = 0; i < sel->count; i++) {
+        const int planes = m->params.heads[sel->heads[i]].out_ch / ISL_NUM_CLASSES;
+        for (int s = 0; s < ISL_STAT_COUNT; s++) {
+            if (!(sel->stat_mask & (1u << s)))
+                continue;
+            float *data = b->data[i][s];
+            /* Pack planes so the sink gets [planes][rows][width]. */
+            for (int z = 0; z < planes; z++)
+                memmove(data + (size_t)z * rows * width,
+                        data + ((size_t)z * ay->tile_out + (r0 - oy)) * width,
+                        sizeof(float) * (size_t)rows * width);
+            if (fn(user, sel->heads[i], (isl_stat)s, r0, rows, width, data))
+                return isl_fail(ISL_ERROR_CANCELLED, "prediction cancelled by the output callback");
+        }
+    }
+    return ISL_OK;
+}
+
+isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options *o,
+                                  const isl_stack *in, isl_rows_fn fn, void *user)
+{
+    ISL_CHECK(check_model(m, "isl_predict_image_rows"));
+    if (!o)
+        o = &default_options;
+    if (!fn)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_predict_image_rows: callback is NULL");
+    ISL_CHECK(check_stack(m, in));
+    selection sel;
+    ISL_CHECK(select_heads(m, o, &sel));
+    int stat_count = __builtin_popcount(sel.stat_mask);
+    int tile_m = choose_tile_m(m, o, &sel, in->width, stat_count);
+    axis ay = make_axis(in->height, tile_m), ax = make_axis(in->width, tile_m);
+    const int th = ay.tile_out + ISL_PATCH_INPUT - ISL_PATCH_OUTPUT;
+    const int tw = ax.tile_out + ISL_PATCH_INPUT - ISL_PATCH_OUTPUT;
+
+    input_transform t = {0};
+    band b;
+    isl_plan *plan = NULL;
+    isl_exec *exec = NULL;
+    thread_scope ts = threads_begin(o);
+    isl_status s = make_transform(m, in, &t);
+    if (s == ISL_OK)
+        s = alloc_band(&b, m, &sel, &ay, &ax);
+    else
+        memset(&b, 0, sizeof(b));
+    if (s == ISL_OK)
+        s = isl_model_acquire(m, th, tw, o->precision, &plan, &exec);
+
+    const int64_t total = (int64_t)ay.count * ax.count;
+    int delivered = 0;
+    for (int ty = 0; s == ISL_OK && ty < ay.count; ty++) {
+        const int oy = tile_origin(&ay, ty);
+        for (int tx = 0; s == ISL_OK && tx < ax.count; tx++) {
+            const int ox = tile_origin(&ax, tx);
+            fill_tile(isl_exec_input(exec), in, &t, oy, ox, th, tw, b.col_index);
+            s = isl_exec_run_trunk(exec);
+            for (int i = 0; s == ISL_OK && i < sel.count; i++) {
+                const int h = sel.heads[i];
+                s = isl_exec_run_head(exec, h, 1, b.probs);
+                if (s == ISL_OK)
+                    tile_stats_to_band(&b, i, m->params.heads[h].out_ch / ISL_NUM_CLASSES, &ay,
+                                       &ax, ox, sel.stat_mask);
+            }
+            if (s == ISL_OK && o->progress &&
+                o->progress(o->progress_user, (int64_t)ty * ax.count + tx + 1, total))
+                s = isl_fail(ISL_ERROR_CANCELLED, "prediction cancelled by the progress callback");
+        }
+        int r1 = oy + ay.tile_out < in->height ? oy + ay.tile_out : in->height;
+        if (s == ISL_OK && r1 > delivered) {
+            s = deliver_rows(m, &sel, &b, &ay, &ax, oy, delivered, r1, fn, user);
+            delivered = r1;
+        }
+    }
+    isl_model_release(m, plan, exec);
+    threads_end(ts);
+    free_band(&b, &sel);
+    free_transform(&t);
+    return s;
+}
+
+typedef struct image_sink {
+    const isl_model *model;
+    float *const *outputs;
+    int height;
+} image_sink;
+
+static int copy_rows(void *user, int head, isl_stat stat, int y0, int rows, int width,
+                     const float *data)
+{
+    image_sink *is = user;
+    float *dst = is->outputs[head * ISL_STAT_COUNT + stat];
+    int planes = is->model->params.heads[head].out_ch / ISL_NUM_CLASSES;
+    for (int z = 0; z < planes; z++)
+        memcpy(dst + ((size_t)z * is->height + y0) * width, data + (size_t)z * rows * width,
+               sizeof(float) * (size_t)rows * width);
+    return 0;
+}
+
+isl_status isl_predict_image(const isl_model *m, const isl_predict_options *o, const isl_stack *in,
+                             float *const *outputs)
+{
+    ISL_CHECK(check_model(m, "isl_predict_image"));
+    if (!o)
+        o = &default_options;
+    if (!outputs)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_predict_image: outputs is NULL");
+    ISL_CHECK(check_stack(m, in));
+    selection sel;
+    ISL_CHECK(select_heads(m, o, &sel));
+    for (int i = 0; i < sel.count; i++)
+        for (int s = 0; s < ISL_STAT_COUNT; s++)
+            if ((sel.stat_mask & (1u << s)) && !outputs[sel.heads[i] * ISL_STAT_COUNT + s])
+                return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                                "no output array for head '%s', statistic '%s'",
+                                m->params.heads[sel.heads[i]].name, isl_stat_name((isl_stat)s));
+    image_sink sink = {m, outputs, in->height};
+    return isl_predict_image_rows(m, o, in, copy_rows, &sink);
+}

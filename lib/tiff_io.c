@@ -1,0 +1,738 @@
+/* Reading transmitted-light stacks and writing float32 images with libtiff (>= 4.5).
+ *
+ * libtiff's messages are captured per open file (TIFFOpenOptions handlers with a
+ * per-call log) and folded into the isl error message; nothing is printed. Writes go to
+ * a temporary file beside the target that is renamed over it only once complete. */
+#define _POSIX_C_SOURCE 200809L
+
+#include "tiff_io.h"
+
+#include "error.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <tiffio.h>
+
+/* Largest page we read or write, in samples: keeps every size computation far from
+ * overflow and rejects absurd headers before allocating. */
+#define MAX_PAGE_SAMPLES ((uint64_t)1 << 31)
+
+/* Files whose pixel data exceed this are written as BigTIFF (classic TIFF offsets are
+ * 32-bit; the margin leaves room for directories and strip tables). */
+#define BIGTIFF_THRESHOLD ((uint64_t)3900000000u)
+
+/* Target size of one written strip. */
+#define STRIP_BYTES 65536
+
+/* ---------------------------------------------------------------------------------- */
+/* Capturing libtiff messages                                                          */
+/* ---------------------------------------------------------------------------------- */
+
+/* libtiff messages of one open file. The first error after tiff_log_reset is kept: later
+ * ones are usually consequences of it. */
+typedef struct tiff_log {
+    int errors;
+    char text[512];
+} tiff_log;
+
+static void tiff_log_reset(tiff_log *log)
+{
+    log->errors = 0;
+    log->text[0] = '\0';
+}
+
+static int on_tiff_error(TIFF *tif, void *user_data, const char *module, const char *fmt,
+                         va_list ap)
+{
+    (void)tif;
+    tiff_log *log = user_data;
+    if (log->errors++ == 0) {
+        int n = 0;
+        if (module && module[0])
+            n = snprintf(log->text, sizeof(log->text), "%s: ", module);
+        if (n < 0 || (size_t)n >= sizeof(log->text))
+            n = 0;
+        vsnprintf(log->text + n, sizeof(log->text) - (size_t)n, fmt, ap);
+    }
+    return 1; /* handled: do not call the global (stderr) handler */
+}
+
+/* Warnings (unknown tags, guessed photometric, ...) are harmless for us; drop them. */
+static int on_tiff_warning(TIFF *tif, void *user_data, const char *module, const char *fmt,
+                           va_list ap)
+{
+    (void)tif, (void)user_data, (void)module, (void)fmt, (void)ap;
+    return 1;
+}
+
+/* " (libtiff: ...)" when libtiff said something, else "". */
+static const char *log_detail(const tiff_log *log, char *buf, size_t size)
+{
+    if (log->errors == 0 || !log->text[0])
+        return "";
+    snprintf(buf, size, " (libtiff: %s)", log->text);
+    return buf;
+}
+
+/* Opens fd with libtiff, routing its messages into log. Does not take fd on failure. */
+static TIFF *tiff_fdopen(int fd, const char *name, const char *mode, tiff_log *log)
+{
+    TIFFOpenOptions *opts = TIFFOpenOptionsAlloc();
+    if (!opts)
+        return NULL;
+    TIFFOpenOptionsSetErrorHandlerExtR(opts, on_tiff_error, log);
+    TIFFOpenOptionsSetWarningHandlerExtR(opts, on_tiff_warning, log);
+    TIFF *tif = TIFFFdOpenExt(fd, name, mode, opts);
+    TIFFOpenOptionsFree(opts); /* libtiff copies the handlers into tif */
+    return tif;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Reading                                                                             */
+/* ---------------------------------------------------------------------------------- */
+
+/* Layout of one page (directory). */
+typedef struct page_info {
+    uint32_t width, height;
+    isl_dtype dtype;
+} page_info;
+
+static size_t dtype_size(isl_dtype dtype)
+{
+    return dtype == ISL_DTYPE_U8 ? 1 : dtype == ISL_DTYPE_U16 ? 2 : 4;
+}
+
+static const char *dtype_name(isl_dtype dtype)
+{
+    return dtype == ISL_DTYPE_U8 ? "uint8" : dtype == ISL_DTYPE_U16 ? "uint16" : "float32";
+}
+
+/* Maps (bits, sample format) to a dtype, or explains why not. */
+static isl_status sample_dtype(const char *path, int page, uint16_t bits, uint16_t format,
+                               isl_dtype *out)
+{
+    if (format == SAMPLEFORMAT_UINT && (bits == 8 || bits == 16)) {
+        *out = bits == 8 ? ISL_DTYPE_U8 : ISL_DTYPE_U16;
+        return ISL_OK;
+    }
+    if (format == SAMPLEFORMAT_IEEEFP && bits == 32) {
+        *out = ISL_DTYPE_F32;
+        return ISL_OK;
+    }
+    const char *kind = format == SAMPLEFORMAT_UINT     ? "unsigned integer"
+                       : format == SAMPLEFORMAT_INT    ? "signed integer"
+                       : format == SAMPLEFORMAT_IEEEFP ? "floating-point"
+                       : format == SAMPLEFORMAT_VOID   ? "untyped"
+                                                       : "complex or unknown";
+    return isl_fail(ISL_ERROR_UNSUPPORTED,
+                    "%s: page %d has %u-bit %s samples; supported are 8/16-bit unsigned "
+                    "integers and 32-bit floats",
+                    path, page, bits, kind);
+}
+
+/* Reads and checks the tags of the current directory (page is 1-based, for messages). */
+static isl_status page_info_read(TIFF *tif, const char *path, int page, page_info *pi)
+{
+    uint32_t width = 0, height = 0;
+    uint16_t spp = 1, bits = 1, format = SAMPLEFORMAT_UINT, photometric = PHOTOMETRIC_MINISBLACK;
+    uint16_t compression = COMPRESSION_NONE;
+
+    if (!TIFFGetField(tif, TIFFTAG_IMAGEWIDTH, &width) ||
+        !TIFFGetField(tif, TIFFTAG_IMAGELENGTH, &height) || width == 0 || height == 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: page %d has no valid image size", path, page);
+    TIFFGetFieldDefaulted(tif, TIFFTAG_SAMPLESPERPIXEL, &spp);
+    TIFFGetFieldDefaulted(tif, TIFFTAG_BITSPERSAMPLE, &bits);
+    TIFFGetFieldDefaulted(tif, TIFFTAG_SAMPLEFORMAT, &format);
+    TIFFGetFieldDefaulted(tif, TIFFTAG_COMPRESSION, &compression);
+    TIFFGetField(tif, TIFFTAG_PHOTOMETRIC, &photometric); /* absent: grey assumed */
+
+    if (spp != 1)
+        return isl_fail(ISL_ERROR_UNSUPPORTED,
+                        "%s: page %d has %u samples per pixel; only single-channel (grey) "
+                        "images are supported",
+                        path, page, spp);
+    if (photometric != PHOTOMETRIC_MINISBLACK)
+        return isl_fail(ISL_ERROR_UNSUPPORTED,
+                        "%s: page %d has photometric interpretation %u%s; only min-is-black "
+                        "grey images are supported",
+                        path, page, photometric,
+                        photometric == PHOTOMETRIC_PALETTE     ? " (palette)"
+                        : photometric == PHOTOMETRIC_MINISWHITE ? " (min-is-white)"
+                                                                : "");
+    ISL_CHECK(sample_dtype(path, page, bits, format, &pi->dtype));
+    if (!TIFFIsCODECConfigured(compression))
+        return isl_fail(ISL_ERROR_UNSUPPORTED,
+                        "%s: page %d uses compression scheme %u, which this libtiff cannot "
+                        "decode",
+                        path, page, compression);
+    if ((uint64_t)width * height > MAX_PAGE_SAMPLES || width > INT_MAX || height > INT_MAX)
+        return isl_fail(ISL_ERROR_UNSUPPORTED,
+                        "%s: page %d is %" PRIu32 "x%" PRIu32 " pixels, more than the "
+                        "supported 2^31 pixels per page",
+                        path, page, width, height);
+    pi->width = width;
+    pi->height = height;
+    return ISL_OK;
+}
+
+/* Decodes a stripped page straight into dst (height * width samples). */
+static isl_status page_read_strips(TIFF *tif, tiff_log *log, const char *path, int page,
+                                   const page_info *pi, uint8_t *dst)
+{
+    size_t row_bytes = (size_t)pi->width * dtype_size(pi->dtype);
+    uint32_t rps = 0;
+    TIFFGetFieldDefaulted(tif, TIFFTAG_ROWSPERSTRIP, &rps);
+    if (rps == 0 || rps > pi->height)
+        rps = pi->height;
+    uint32_t strips = TIFFNumberOfStrips(tif);
+    uint32_t needed = (pi->height - 1) / rps + 1;
+    char detail[600];
+    if (strips < needed)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: page %d has %" PRIu32 " strips, expected %" PRIu32,
+                        path, page, strips, needed);
+
+    for (uint32_t s = 0; s < needed; s++) {
+        uint32_t y0 = s * rps;
+        uint32_t rows = pi->height - y0 < rps ? pi->height - y0 : rps;
+        tmsize_t want = (tmsize_t)(rows * row_bytes);
+        tiff_log_reset(log);
+        tmsize_t got = TIFFReadEncodedStrip(tif, s, dst + y0 * row_bytes, want);
+        if (got != want)
+            return isl_fail(ISL_ERROR_FORMAT,
+                            "%s: page %d: cannot decode strip %" PRIu32
+                            " (rows %" PRIu32 "-%" PRIu32 "): file truncated or corrupt%s",
+                            path, page, s, y0, y0 + rows - 1,
+                            log_detail(log, detail, sizeof(detail)));
+    }
+    return ISL_OK;
+}
+
+/* Decodes a tiled page into dst, cropping the tiles that stick out of the image. */
+static isl_status page_read_tiles(TIFF *tif, tiff_log *log, const char *path, int page,
+                                  const page_info *pi, uint8_t *dst)
+{
+    size_t sample = dtype_size(pi->dtype);
+    uint32_t tw = 0, th = 0;
+    if (!TIFFGetField(tif, TIFFTAG_TILEWIDTH, &tw) || !TIFFGetField(tif, TIFFTAG_TILELENGTH, &th) ||
+        tw == 0 || th == 0 || (uint64_t)tw * th > MAX_PAGE_SAMPLES)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: page %d has an invalid tile size", path, page);
+    tmsize_t tile_bytes = (tmsize_t)((uint64_t)tw * th * sample);
+    if (TIFFTileSize(tif) != tile_bytes)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: page %d has an inconsistent tile layout", path,
+                        page);
+    uint8_t *buf = malloc((size_t)tile_bytes);
+    if (!buf)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: page %d: cannot allocate a %" PRIu32
+                        "x%" PRIu32 " tile", path, page, tw, th);
+
+    isl_status status = ISL_OK;
+    char detail[600];
+    size_t row_bytes = (size_t)pi->width * sample;
+    for (uint32_t y = 0; y < pi->height && status == ISL_OK; y += th) {
+        for (uint32_t x = 0; x < pi->width; x += tw) {
+            uint32_t tile = TIFFComputeTile(tif, x, y, 0, 0);
+            tiff_log_reset(log);
+            if (TIFFReadEncodedTile(tif, tile, buf, tile_bytes) != tile_bytes) {
+                status = isl_fail(ISL_ERROR_FORMAT,
+                                  "%s: page %d: cannot decode tile %" PRIu32 " at x=%" PRIu32
+                                  ", y=%" PRIu32 ": file truncated or corrupt%s",
+                                  path, page, tile, x, y, log_detail(log, detail, sizeof(detail)));
+                break;
+            }
+            uint32_t rows = pi->height - y < th ? pi->height - y : th;
+            size_t cols = pi->width - x < tw ? pi->width - x : tw;
+            for (uint32_t r = 0; r < rows; r++)
+                memcpy(dst + (y + r) * row_bytes + x * sample, buf + (size_t)r * tw * sample,
+                       cols * sample);
+        }
+    }
+    free(buf);
+    return status;
+}
+
+static isl_status page_read(TIFF *tif, tiff_log *log, const char *path, int page,
+                            const page_info *pi, uint8_t *dst)
+{
+    return TIFFIsTiled(tif) ? page_read_tiles(tif, log, path, page, pi, dst)
+                            : page_read_strips(tif, log, path, page, pi, dst);
+}
+
+/* Explains why libtiff could not open a file we could open: not a TIFF at all, or a TIFF
+ * whose first directory is damaged. */
+static isl_status open_failure(int fd, const char *path, const tiff_log *log)
+{
+    unsigned char magic[4] = {0};
+    char detail[600];
+    ssize_t n = pread(fd, magic, sizeof(magic), 0);
+    int tiff_magic = n == 4 && ((magic[0] == 'I' && magic[1] == 'I' && magic[3] == 0 &&
+                                 (magic[2] == 42 || magic[2] == 43)) ||
+                                (magic[0] == 'M' && magic[1] == 'M' && magic[2] == 0 &&
+                                 (magic[3] == 42 || magic[3] == 43)));
+    if (!tiff_magic)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: not a TIFF file%s", path,
+                        log_detail(log, detail, sizeof(detail)));
+    return isl_fail(ISL_ERROR_FORMAT, "%s: page 1: cannot read the TIFF directory: file "
+                    "truncated or corrupt%s", path, log_detail(log, detail, sizeof(detail)));
+}
+
+/* Opens path for reading. We open the descriptor ourselves to tell a missing file (I/O)
+ * from a bad one (format) and to look at the header when libtiff rejects it. */
+static isl_status reader_open(const char *path, tiff_log *log, TIFF **out)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return isl_fail(ISL_ERROR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
+        isl_status s = isl_fail(ISL_ERROR_IO, "%s: cannot read: %s", path,
+                                S_ISDIR(st.st_mode) ? "is a directory" : strerror(errno));
+        close(fd);
+        return s;
+    }
+    /* "m": no memory mapping, so a file shrinking under us is a read error, not SIGBUS. */
+    TIFF *tif = tiff_fdopen(fd, path, "rm", log);
+    if (!tif) {
+        isl_status s = log->errors ? open_failure(fd, path, log)
+                                   : isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: cannot open with "
+                                              "libtiff (out of memory?)", path);
+        close(fd);
+        return s;
+    }
+    *out = tif;
+    return ISL_OK;
+}
+
+/* Counts pages, complaining when the directory chain is broken: libtiff stops counting
+ * at a damaged link, which would otherwise silently drop the remaining pages. */
+static isl_status count_pages(TIFF *tif, tiff_log *log, const char *path, int *out)
+{
+    char detail[600];
+    tiff_log_reset(log);
+    tdir_t n = TIFFNumberOfDirectories(tif);
+    if (log->errors)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: page %u: cannot read the TIFF directory: file "
+                        "truncated or corrupt%s", path, (unsigned)n + 1,
+                        log_detail(log, detail, sizeof(detail)));
+    if (n == 0 || n > INT_MAX)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: invalid number of pages (%u)", path, (unsigned)n);
+    *out = (int)n;
+    return ISL_OK;
+}
+
+static isl_status check_same_layout(const char *path, int page, const page_info *pi,
+                                    const page_info *first)
+{
+    if (pi->width != first->width || pi->height != first->height)
+        return isl_fail(ISL_ERROR_SHAPE, "%s: page %d is %" PRIu32 "x%" PRIu32
+                        " but page 1 is %" PRIu32 "x%" PRIu32 " (width x height)",
+                        path, page, pi->width, pi->height, first->width, first->height);
+    if (pi->dtype != first->dtype)
+        return isl_fail(ISL_ERROR_SHAPE, "%s: page %d holds %s samples but page 1 holds %s",
+                        path, page, dtype_name(pi->dtype), dtype_name(first->dtype));
+    return ISL_OK;
+}
+
+/* Allocates the whole stack once page 1's layout is known. */
+static isl_status stack_alloc(const char *path, int pages, const page_info *pi, void **out)
+{
+    uint64_t plane = (uint64_t)pi->width * pi->height * dtype_size(pi->dtype);
+    if ((uint64_t)pages > SIZE_MAX / plane)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %d pages of %" PRIu32 "x%" PRIu32
+                        " do not fit in memory", path, pages, pi->width, pi->height);
+    size_t bytes = (size_t)pages * (size_t)plane;
+    *out = malloc(bytes);
+    if (!*out)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes for %d pages "
+                        "of %" PRIu32 "x%" PRIu32, path, bytes, pages, pi->width, pi->height);
+    return ISL_OK;
+}
+
+static isl_status read_pages(TIFF *tif, tiff_log *log, const char *path, int expect_pages,
+                             isl_tiff_stack *out)
+{
+    int pages;
+    char detail[600];
+    ISL_CHECK(count_pages(tif, log, path, &pages));
+    if (expect_pages > 0 && pages != expect_pages)
+        return isl_fail(ISL_ERROR_SHAPE, "%s: has %d page%s, expected %d", path, pages,
+                        pages == 1 ? "" : "s", expect_pages);
+
+    page_info first = {0};
+    size_t plane = 0;
+    for (int i = 0; i < pages; i++) {
+        tiff_log_reset(log);
+        if (i > 0 && !TIFFReadDirectory(tif))
+            return isl_fail(ISL_ERROR_FORMAT, "%s: page %d: cannot read the TIFF directory: "
+                            "file truncated or corrupt%s", path, i + 1,
+                            log_detail(log, detail, sizeof(detail)));
+        page_info pi;
+        ISL_CHECK(page_info_read(tif, path, i + 1, &pi));
+        if (i == 0) {
+            first = pi;
+            plane = (size_t)pi.width * pi.height * dtype_size(pi.dtype);
+            ISL_CHECK(stack_alloc(path, pages, &pi, &out->data));
+        } else {
+            ISL_CHECK(check_same_layout(path, i + 1, &pi, &first));
+        }
+        ISL_CHECK(page_read(tif, log, path, i + 1, &pi, (uint8_t *)out->data + i * plane));
+    }
+    out->dtype = first.dtype;
+    out->num_z = pages;
+    out->height = (int)first.height;
+    out->width = (int)first.width;
+    return ISL_OK;
+}
+
+isl_status isl_tiff_read_stack(const char *path, int expect_pages, isl_tiff_stack *out)
+{
+    if (!out)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_read_stack: out is NULL");
+    memset(out, 0, sizeof(*out));
+    if (!path)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_read_stack: path is NULL");
+    if (expect_pages < 0)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: invalid expected page count %d",
+                        path, expect_pages);
+
+    tiff_log log;
+    tiff_log_reset(&log);
+    TIFF *tif;
+    ISL_CHECK(reader_open(path, &log, &tif));
+    isl_status status = read_pages(tif, &log, path, expect_pages, out);
+    TIFFClose(tif);
+    if (status != ISL_OK)
+        isl_tiff_stack_free(out);
+    return status;
+}
+
+void isl_tiff_stack_free(isl_tiff_stack *s)
+{
+    if (!s)
+        return;
+    free(s->data);
+    memset(s, 0, sizeof(*s));
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Writing                                                                             */
+/* ---------------------------------------------------------------------------------- */
+
+struct isl_tiff_writer {
+    TIFF *tif;
+    int fd;               /* our descriptor of the temp file (libtiff owns a dup of it) */
+    char *path, *tmp_path;
+    tiff_log log;
+    int pages, height, width;
+    uint32_t rows_per_strip;
+    int page, row;        /* where the next appended row goes */
+    float *strip;         /* rows of the strip being assembled */
+    uint32_t strip_rows;
+    isl_status failed;    /* first I/O failure; the writer is then unusable */
+};
+
+static uint64_t splitmix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15u;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9u;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebu;
+    return x ^ (x >> 31);
+}
+
+/* Creates path.tmp.XXXXXX exclusively. Unlike mkstemp the mode is 0666, so the process
+ * umask applies and the renamed file gets the usual permissions. */
+static isl_status create_temp(const char *path, char **tmp_out, int *fd_out)
+{
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    size_t len = strlen(path);
+    char *tmp = malloc(len + sizeof(".tmp.XXXXXX"));
+    if (!tmp)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t seed = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^
+                    ((uint64_t)getpid() << 16) ^ (uint64_t)(uintptr_t)&ts;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        uint64_t r = splitmix64(seed + (uint64_t)attempt);
+        memcpy(tmp, path, len);
+        memcpy(tmp + len, ".tmp.", 5);
+        for (int i = 0; i < 6; i++, r /= 62)
+            tmp[len + 5 + i] = alphabet[r % 62];
+        tmp[len + 11] = '\0';
+        int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd >= 0) {
+            *tmp_out = tmp;
+            *fd_out = fd;
+            return ISL_OK;
+        }
+        if (errno != EEXIST) {
+            isl_status s = isl_fail(ISL_ERROR_IO, "%s: cannot create temporary file %s: %s",
+                                    path, tmp, strerror(errno));
+            free(tmp);
+            return s;
+        }
+    }
+    free(tmp);
+    return isl_fail(ISL_ERROR_IO, "%s: cannot create a unique temporary file", path);
+}
+
+/* Sets the tags of the page about to be written. */
+static isl_status writer_begin_page(isl_tiff_writer *w)
+{
+    TIFF *t = w->tif;
+    if (!TIFFSetField(t, TIFFTAG_IMAGEWIDTH, (uint32_t)w->width) ||
+        !TIFFSetField(t, TIFFTAG_IMAGELENGTH, (uint32_t)w->height) ||
+        !TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, (uint16_t)1) ||
+        !TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, (uint16_t)32) ||
+        !TIFFSetField(t, TIFFTAG_SAMPLEFORMAT, (uint16_t)SAMPLEFORMAT_IEEEFP) ||
+        !TIFFSetField(t, TIFFTAG_PHOTOMETRIC, (uint16_t)PHOTOMETRIC_MINISBLACK) ||
+        !TIFFSetField(t, TIFFTAG_PLANARCONFIG, (uint16_t)PLANARCONFIG_CONTIG) ||
+        !TIFFSetField(t, TIFFTAG_COMPRESSION, (uint16_t)COMPRESSION_NONE) ||
+        !TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, w->rows_per_strip) ||
+        !TIFFSetField(t, TIFFTAG_SOFTWARE, "isl " ISL_VERSION_STRING)) {
+        char detail[600];
+        return isl_fail(ISL_ERROR_BACKEND, "%s: cannot set the TIFF tags of page %d%s",
+                        w->path, w->page + 1, log_detail(&w->log, detail, sizeof(detail)));
+    }
+    return ISL_OK;
+}
+
+/* Records the first failure so that later calls report it again instead of writing on. */
+static isl_status writer_fail(isl_tiff_writer *w, isl_status status)
+{
+    if (w->failed == ISL_OK)
+        w->failed = status;
+    return status;
+}
+
+static isl_status writer_io_error(isl_tiff_writer *w, const char *what)
+{
+    char detail[600];
+    return writer_fail(w, isl_fail(ISL_ERROR_IO, "%s: cannot write %s of page %d (disk full?)%s",
+                                   w->path, what, w->page + 1,
+                                   log_detail(&w->log, detail, sizeof(detail))));
+}
+
+/* Writes the assembled strip, and the page's directory after its last row. */
+static isl_status writer_flush_strip(isl_tiff_writer *w)
+{
+    uint32_t strip = (uint32_t)(w->row - 1) / w->rows_per_strip;
+    tmsize_t bytes = (tmsize_t)((size_t)w->strip_rows * (size_t)w->width * sizeof(float));
+    tiff_log_reset(&w->log);
+    if (TIFFWriteEncodedStrip(w->tif, strip, w->strip, bytes) != bytes)
+        return writer_io_error(w, "a strip");
+    w->strip_rows = 0;
+    if (w->row < w->height)
+        return ISL_OK;
+    tiff_log_reset(&w->log);
+    if (!TIFFWriteDirectory(w->tif))
+        return writer_io_error(w, "the directory");
+    w->row = 0;
+    w->page++;
+    if (w->page < w->pages)
+        return writer_fail(w, writer_begin_page(w));
+    return ISL_OK;
+}
+
+isl_status isl_tiff_writer_open(const char *path, int pages, int height, int width,
+                                isl_tiff_writer **out)
+{
+    if (!out)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_open: out is NULL");
+    *out = NULL;
+    if (!path || !path[0])
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_open: empty path");
+    if (pages < 1 || height < 1 || width < 1 ||
+        (uint64_t)height * (uint64_t)width > MAX_PAGE_SAMPLES)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "%s: cannot write %d pages of %dx%d (need at least one page and at "
+                        "most 2^31 pixels per page)",
+                        path, pages, width, height);
+
+    isl_tiff_writer *w = calloc(1, sizeof(*w));
+    size_t len = strlen(path) + 1;
+    if (w)
+        w->path = malloc(len);
+    if (!w || !w->path) {
+        free(w);
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+    }
+    memcpy(w->path, path, len);
+    w->fd = -1;
+    w->pages = pages;
+    w->height = height;
+    w->width = width;
+    size_t row_bytes = (size_t)width * sizeof(float);
+    w->rows_per_strip = row_bytes >= STRIP_BYTES ? 1 : (uint32_t)(STRIP_BYTES / row_bytes);
+    if (w->rows_per_strip > (uint32_t)height)
+        w->rows_per_strip = (uint32_t)height;
+    tiff_log_reset(&w->log);
+
+    isl_status status = ISL_OK;
+    w->strip = malloc(w->rows_per_strip * row_bytes);
+    if (!w->strip)
+        status = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+    if (status == ISL_OK)
+        status = create_temp(path, &w->tmp_path, &w->fd);
+
+    if (status == ISL_OK) {
+        /* libtiff closes its descriptor in TIFFClose (which returns nothing); keeping our
+         * own lets us fsync and check close(). */
+        int tiff_fd = fcntl(w->fd, F_DUPFD_CLOEXEC, 0);
+        uint64_t data_bytes = (uint64_t)pages * (uint64_t)height * row_bytes;
+        const char *mode = data_bytes > BIGTIFF_THRESHOLD ? "w8" : "w";
+        if (tiff_fd < 0)
+            status = isl_fail(ISL_ERROR_IO, "%s: %s", w->tmp_path, strerror(errno));
+        else if (!(w->tif = tiff_fdopen(tiff_fd, w->tmp_path, mode, &w->log))) {
+            char detail[600];
+            close(tiff_fd);
+            status = isl_fail(ISL_ERROR_IO, "%s: cannot start the TIFF file%s", path,
+                              log_detail(&w->log, detail, sizeof(detail)));
+        }
+    }
+    if (status == ISL_OK)
+        status = writer_begin_page(w);
+    if (status != ISL_OK) {
+        isl_tiff_writer_discard(w);
+        return status;
+    }
+    *out = w;
+    return ISL_OK;
+}
+
+isl_status isl_tiff_writer_append(isl_tiff_writer *w, const float *data, int rows)
+{
+    if (!w)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_append: writer is NULL");
+    if (w->failed != ISL_OK)
+        return isl_fail(w->failed, "%s: an earlier write failed", w->path);
+    int64_t left = (int64_t)(w->pages - w->page) * w->height - w->row;
+    if (rows < 0 || rows > left || (rows > 0 && !data))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "%s: cannot append %d rows (%lld of %d pages x %d rows remain)",
+                        w->path, rows, (long long)left, w->pages, w->height);
+
+    size_t row_floats = (size_t)w->width;
+    while (rows > 0) {
+        uint32_t room = w->rows_per_strip - w->strip_rows;
+        uint32_t page_left = (uint32_t)(w->height - w->row);
+        uint32_t n = (uint32_t)rows;
+        if (n > room)
+            n = room;
+        if (n > page_left)
+            n = page_left;
+        memcpy(w->strip + w->strip_rows * row_floats, data, n * row_floats * sizeof(float));
+        data += n * row_floats;
+        rows -= (int)n;
+        w->strip_rows += n;
+        w->row += (int)n;
+        if (w->strip_rows == w->rows_per_strip || w->row == w->height)
+            ISL_CHECK(writer_flush_strip(w));
+    }
+    return ISL_OK;
+}
+
+/* fsync of the directory makes the rename durable; some file systems refuse it, which is
+ * not worth failing a completed write for. */
+static void sync_parent_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir)
+        return;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+    free(dir);
+}
+
+/* Closes libtiff's handle and our descriptor, reporting any failure on the way. */
+static isl_status writer_finish(isl_tiff_writer *w)
+{
+    char detail[600];
+    tiff_log_reset(&w->log);
+    TIFFClose(w->tif); /* flushes; errors arrive through the log */
+    w->tif = NULL;
+    if (w->log.errors)
+        return isl_fail(ISL_ERROR_IO, "%s: cannot finish the TIFF file%s", w->path,
+                        log_detail(&w->log, detail, sizeof(detail)));
+    if (fsync(w->fd) != 0)
+        return isl_fail(ISL_ERROR_IO, "%s: cannot sync %s: %s", w->path, w->tmp_path,
+                        strerror(errno));
+    int rc = close(w->fd);
+    w->fd = -1;
+    if (rc != 0)
+        return isl_fail(ISL_ERROR_IO, "%s: cannot close %s: %s", w->path, w->tmp_path,
+                        strerror(errno));
+    if (rename(w->tmp_path, w->path) != 0)
+        return isl_fail(ISL_ERROR_IO, "%s: cannot rename %s into place: %s", w->path,
+                        w->tmp_path, strerror(errno));
+    free(w->tmp_path); /* renamed: nothing left to remove */
+    w->tmp_path = NULL;
+    sync_parent_dir(w->path);
+    return ISL_OK;
+}
+
+isl_status isl_tiff_writer_close(isl_tiff_writer *w)
+{
+    if (!w)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_close: writer is NULL");
+    isl_status status;
+    if (w->failed != ISL_OK)
+        status = isl_fail(w->failed, "%s: an earlier write failed; file not written", w->path);
+    else if (w->page < w->pages)
+        status = isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                          "%s: closed after %lld of %lld rows; file not written", w->path,
+                          (long long)w->page * w->height + w->row,
+                          (long long)w->pages * w->height);
+    else
+        status = writer_finish(w);
+    isl_tiff_writer_discard(w); /* removes the temp file unless it was renamed */
+    return status;
+}
+
+void isl_tiff_writer_discard(isl_tiff_writer *w)
+{
+    if (!w)
+        return;
+    if (w->tif)
+        TIFFClose(w->tif);
+    if (w->fd >= 0)
+        close(w->fd);
+    if (w->tmp_path)
+        unlink(w->tmp_path);
+    free(w->tmp_path);
+    free(w->path);
+    free(w->strip);
+    free(w);
+}
+
+isl_status isl_tiff_write_float(const char *path, const float *data, int pages, int height,
+                                int width)
+{
+    if (!data)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_write_float: data is NULL");
+    isl_tiff_writer *w;
+    ISL_CHECK(isl_tiff_writer_open(path, pages, height, width, &w));
+    /* Page by page keeps each count within int. */
+    for (int p = 0; p < pages; p++) {
+        isl_status s = isl_tiff_writer_append(w, data + (size_t)p * height * width, height);
+        if (s != ISL_OK) {
+            isl_tiff_writer_discard(w);
+            return s;
+        }
+    }
+    return isl_tiff_writer_close(w);
+}

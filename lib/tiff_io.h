@@ -1,0 +1,41 @@
+/* Reading transmitted-light stacks and writing float32 images with libtiff. */
+#ifndef ISL_TIFF_IO_H
+#define ISL_TIFF_IO_H
+
+#include "isl.h"
+
+/* A stack read from a multi-page TIFF: pages are z planes, all of one size and one
+ * sample format (8/16-bit unsigned or 32-bit float, one sample per pixel). data holds
+ * num_z * height * width samples of dtype, plane-major. Free with isl_tiff_stack_free. */
+typedef struct isl_tiff_stack {
+    void *data;
+    isl_dtype dtype;
+    int num_z, height, width;
+} isl_tiff_stack;
+
+/* Reads every page of path. Clear errors (with the path and page number) for: missing
+ * file, not a TIFF, truncated or corrupt data, pages of different sizes or sample
+ * formats, unsupported formats (signed, 32-bit int, RGB, tiled + planar combinations
+ * libtiff cannot decode). expect_pages > 0 also checks the page count. Returns ISL_OK. */
+isl_status isl_tiff_read_stack(const char *path, int expect_pages, isl_tiff_stack *out);
+void isl_tiff_stack_free(isl_tiff_stack *s);
+
+/* Writes a float32 image (or stack of `pages` planes) atomically: temp file + rename.
+ * Compression: none (fast, readable everywhere). */
+isl_status isl_tiff_write_float(const char *path, const float *data, int pages, int height,
+                                int width);
+
+/* Streaming writer for images too large to hold: rows are appended in order. The file
+ * appears at path (atomically) only when isl_tiff_writer_close succeeds. */
+typedef struct isl_tiff_writer isl_tiff_writer;
+isl_status isl_tiff_writer_open(const char *path, int pages, int height, int width,
+                                isl_tiff_writer **out);
+/* Appends `rows` rows (rows * width floats) to the current page, moving to the next page
+ * after height rows. */
+isl_status isl_tiff_writer_append(isl_tiff_writer *w, const float *data, int rows);
+/* Finishes and renames into place (ISL_OK), or on failure removes the temp file. */
+isl_status isl_tiff_writer_close(isl_tiff_writer *w);
+/* Abandons the file: removes the temp file. NULL is a no-op. */
+void isl_tiff_writer_discard(isl_tiff_writer *w);
+
+#endif
