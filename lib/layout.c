@@ -1,5 +1,6 @@
 #include "layout.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -71,31 +72,23 @@ static int out_map_shrink(isl_chmap *out, const isl_chmap *x, int count)
 
 static int bn_pad(isl_bn_padded *d, const isl_bn_params *s, const isl_chmap *m)
 {
-    size_t n = (size_t)m->padded;
     d->padded = m->padded;
-    d->gamma = calloc(n, sizeof(float));
-    d->beta = calloc(n, sizeof(float));
-    d->mean = calloc(n, sizeof(float));
-    d->var = malloc(n * sizeof(float));
-    if (!d->gamma || !d->beta || !d->mean || !d->var)
+    d->scale = calloc((size_t)m->padded, sizeof(float));
+    d->shift = calloc((size_t)m->padded, sizeof(float));
+    if (!d->scale || !d->shift)
         return -1;
-    for (size_t i = 0; i < n; i++)
-        d->var[i] = 1.0f;
     for (int c = 0; c < m->count; c++) {
-        d->gamma[m->pos[c]] = s->gamma[c];
-        d->beta[m->pos[c]] = s->beta[c];
-        d->mean[m->pos[c]] = s->mean[c];
-        d->var[m->pos[c]] = s->var[c];
+        double scale = s->gamma[c] / sqrt((double)s->var[c] + ISL_BN_EPSILON);
+        d->scale[m->pos[c]] = (float)scale;
+        d->shift[m->pos[c]] = (float)(s->beta[c] - s->mean[c] * scale);
     }
     return 0;
 }
 
 static void bn_padded_free(isl_bn_padded *b)
 {
-    free(b->gamma);
-    free(b->beta);
-    free(b->mean);
-    free(b->var);
+    free(b->scale);
+    free(b->shift);
     memset(b, 0, sizeof(*b));
 }
 

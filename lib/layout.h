@@ -21,12 +21,15 @@ typedef struct isl_chmap {
     int *pos;     /* [count] padded position of each real channel */
 } isl_chmap;
 
-/* Padded batch norm: scale = gamma, shift = beta, mean, var over P positions
- * (free positions: gamma 0, beta 0, mean 0, var 1, so they stay 0). */
+/* Batch norm at inference, folded and padded to P positions:
+ * y = scale * x + shift, scale = gamma / sqrt(var + 1e-3), shift = beta - mean * scale
+ * (free positions: 0 and 0, so they stay 0). */
 typedef struct isl_bn_padded {
     int padded;
-    float *gamma, *beta, *mean, *var;
+    float *scale, *shift;
 } isl_bn_padded;
+
+#define ISL_BN_EPSILON 1e-3
 
 typedef struct isl_module_layout {
     isl_chmap x, e, out;      /* input, expand output (+ maxpool), module output */

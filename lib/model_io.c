@@ -131,6 +131,8 @@ static int valid_normalization(const char *s)
     return strcmp(s, "none") == 0 || strcmp(s, "global") == 0;
 }
 
+#define HEADS_ATTR "%s: /: attribute heads: "
+
 /* Head names become HDF5 path components: non-empty, short, unique, no '/', not ".". */
 static isl_status check_head_names(const char *file, int count, const char *const *names)
 {
@@ -138,19 +140,20 @@ static isl_status check_head_names(const char *file, int count, const char *cons
         const char *name = names[h];
         size_t len = strlen(name);
         if (len == 0)
-            return isl_fail(ISL_ERROR_FORMAT, "%s: heads: head %d has an empty name", file, h);
+            return isl_fail(ISL_ERROR_FORMAT, HEADS_ATTR "head %d has an empty name", file, h);
         if (len >= ISL_MAX_NAME)
-            return isl_fail(ISL_ERROR_FORMAT, "%s: heads: head name \"%.20s...\" is longer than %d bytes",
-                            file, name, ISL_MAX_NAME - 1);
+            return isl_fail(ISL_ERROR_FORMAT,
+                            HEADS_ATTR "head name \"%.20s...\" is longer than %d bytes", file,
+                            name, ISL_MAX_NAME - 1);
         if (strchr(name, '/') || strcmp(name, ".") == 0)
-            return isl_fail(ISL_ERROR_FORMAT, "%s: heads: head name \"%s\" is not a valid group name",
-                            file, name);
+            return isl_fail(ISL_ERROR_FORMAT,
+                            HEADS_ATTR "head name \"%s\" is not a valid group name", file, name);
         if (strcmp(name, ISL_AUTOENCODER_NAME) == 0 && h != count - 1)
-            return isl_fail(ISL_ERROR_FORMAT, "%s: heads: \"%s\" must be the last head", file,
+            return isl_fail(ISL_ERROR_FORMAT, HEADS_ATTR "\"%s\" must be the last head", file,
                             ISL_AUTOENCODER_NAME);
         for (int g = 0; g < h; g++)
             if (strcmp(names[g], name) == 0)
-                return isl_fail(ISL_ERROR_FORMAT, "%s: heads: head name \"%s\" appears twice", file,
+                return isl_fail(ISL_ERROR_FORMAT, HEADS_ATTR "head name \"%s\" appears twice", file,
                                 name);
     }
     return ISL_OK;
@@ -323,10 +326,14 @@ static isl_status read_fixed_strings(reader *r, hid_t attr, hid_t ftype, size_t 
     hid_t mtype = H5Tcopy(ftype);
     char *chars = calloc(count ? count : 1, size);
     const char **items = calloc(count ? count : 1, sizeof(char *));
-    if (mtype < 0 || !chars || !items || H5Tset_size(mtype, size) < 0 ||
-        H5Tset_strpad(mtype, H5T_STR_NULLTERM) < 0) {
-        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %s: cannot read attribute %s", r->file, where,
-                      name);
+    if (!chars || !items) {
+        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %s: out of memory reading attribute %s",
+                      r->file, where, name);
+        goto cleanup;
+    }
+    if (mtype < 0 || H5Tset_size(mtype, size) < 0 || H5Tset_strpad(mtype, H5T_STR_NULLTERM) < 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s has an unusable string type: %s",
+                      r->file, where, name, h5_detail(r->detail));
         goto cleanup;
     }
     if (H5Aread(attr, mtype, chars) < 0) {
@@ -507,6 +514,7 @@ static isl_status read_header(reader *r, model_header *h)
 
 static isl_status open_group(reader *r, const char *path, hid_t *out)
 {
+    *out = H5I_INVALID_HID;
     int e = path_exists(r->fid, path);
     if (e <= 0)
         return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing group", r->file, path);
@@ -521,7 +529,7 @@ static isl_status check_module_kinds(reader *r, const isl_arch *a)
 {
     char path[32], kind[16];
     for (int i = 0; i < a->num_modules; i++) {
-        hid_t g;
+        hid_t g = H5I_INVALID_HID;
         snprintf(path, sizeof(path), "/modules/%03d", i);
         ISL_CHECK(open_group(r, path, &g));
         isl_status st = read_one_string(r, g, path, "kind", kind, sizeof(kind));
@@ -561,12 +569,12 @@ static int expected_head(const char *name, const isl_params *p)
 
 /* Rejects children of group `path` that the model does not have (a /modules/104 in a
  * 104-module network means the file and the architecture disagree). */
-static isl_status check_no_extra(reader *r, const char *path, const char *what,
-                                 expected_name_fn expected, const isl_params *p)
+static isl_status check_no_extra(reader *r, const char *path, expected_name_fn expected,
+                                 const isl_params *p, const char *complaint)
 {
     H5G_info_t info;
     char name[256];
-    hid_t g;
+    hid_t g = H5I_INVALID_HID;
     isl_status st = ISL_OK;
     ISL_CHECK(open_group(r, path, &g));
     if (H5Gget_info(g, &info) < 0) {
@@ -583,9 +591,7 @@ static isl_status check_no_extra(reader *r, const char *path, const char *what,
             goto cleanup;
         }
         if ((size_t)len >= sizeof(name) || !expected(name, p)) {
-            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s/%s: unexpected %s (the model has %d)", r->file,
-                          path, name, what,
-                          expected == expected_module ? p->arch.num_modules : p->num_heads);
+            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s/%s: %s", r->file, path, name, complaint);
             goto cleanup;
         }
     }
@@ -657,7 +663,7 @@ static int read_dataset(void *user, const char *path, int rank, const int64_t *d
         return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing dataset", r->file, path);
     did = H5Dopen2(r->fid, path, H5P_DEFAULT);
     if (did < 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: not a dataset: %s", r->file, path,
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot open as a dataset: %s", r->file, path,
                         h5_detail(r->detail));
     if ((st = check_dataset_type(r, did, path)) != ISL_OK ||
         (st = check_dataset_shape(r, did, path, rank, dims)) != ISL_OK)
@@ -725,12 +731,15 @@ static isl_status read_model(reader *r, isl_params *p)
         goto cleanup;
     }
     snprintf(p->input_normalization, sizeof(p->input_normalization), "%s", h.normalization);
+    char complaint[96];
+    snprintf(complaint, sizeof(complaint), "unexpected module (the architecture has %d, 000..%03d)",
+             p->arch.num_modules, p->arch.num_modules - 1);
     if ((st = check_module_kinds(r, &p->arch)) != ISL_OK ||
-        (st = check_no_extra(r, "/modules", "module", expected_module, p)) != ISL_OK)
+        (st = check_no_extra(r, "/modules", expected_module, p, complaint)) != ISL_OK)
         goto cleanup;
-    if (p->num_heads > 0 &&
-        (st = check_no_extra(r, "/heads", "head (not listed in the heads attribute)",
-                             expected_head, p)) != ISL_OK)
+    if ((path_exists(r->fid, "/heads") != 0 || p->num_heads > 0) &&
+        (st = check_no_extra(r, "/heads", expected_head, p,
+                             "unexpected head (not listed in the heads attribute)")) != ISL_OK)
         goto cleanup;
     st = (isl_status)isl_params_visit(p, read_dataset, r);
 cleanup:
@@ -899,11 +908,17 @@ static isl_status build_image(writer *w, const isl_params *p, void **image, size
         st = write_failed(w, "the file");
         goto cleanup;
     }
-    if ((st = write_root_attrs(w, p)) != ISL_OK || (st = write_module_groups(w, &p->arch)) != ISL_OK)
+    if ((st = write_root_attrs(w, p)) != ISL_OK ||
+        (st = write_module_groups(w, &p->arch)) != ISL_OK)
         goto cleanup;
     /* isl_params_visit takes a mutable pointer; write_dataset only reads. */
     if ((st = (isl_status)isl_params_visit((isl_params *)p, write_dataset, w)) != ISL_OK)
         goto cleanup;
+    /* H5Fget_file_image does not flush the metadata cache itself. */
+    if (H5Fflush(w->fid, H5F_SCOPE_GLOBAL) < 0) {
+        st = write_failed(w, "the file");
+        goto cleanup;
+    }
     ssize_t n = H5Fget_file_image(w->fid, NULL, 0);
     if (n <= 0) {
         st = write_failed(w, "the file image");
@@ -943,8 +958,8 @@ static int check_dataset_values(void *user, const char *path, int rank, const in
 static isl_status check_params(const char *path, const isl_params *p)
 {
     const char *names[MAX_HEADS];
-    if (!p->modules || p->arch.num_modules <= 0 || !p->heads || p->num_heads < 0 ||
-        p->num_heads > MAX_HEADS)
+    if (!p->modules || p->arch.num_modules <= 0 || (!p->heads && p->num_heads != 0) ||
+        p->num_heads < 0 || p->num_heads > MAX_HEADS)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: parameters are not allocated", path);
     if (p->arch.base_depth < MIN_BASE_DEPTH || p->arch.base_depth > MAX_BASE_DEPTH ||
         p->arch.num_z < 1 || p->arch.num_z > MAX_NUM_Z)
@@ -953,8 +968,12 @@ static isl_status check_params(const char *path, const isl_params *p)
     if (!valid_normalization(p->input_normalization))
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: invalid input_normalization \"%s\"", path,
                         p->input_normalization);
-    for (int h = 0; h < p->num_heads; h++)
+    for (int h = 0; h < p->num_heads; h++) {
+        if (!memchr(p->heads[h].name, '\0', sizeof(p->heads[h].name)))
+            return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: head %d has an unterminated name",
+                            path, h);
         names[h] = p->heads[h].name;
+    }
     isl_status st = check_head_names(path, p->num_heads, names);
     if (st != ISL_OK)
         return st == ISL_ERROR_FORMAT ? ISL_ERROR_INVALID_ARGUMENT : st;

@@ -177,7 +177,7 @@ static int visit_bn(isl_bn_params *bn, const char *prefix, isl_params_visit_fn f
     static const char *names[4] = {"gamma", "beta", "mean", "var"};
     float *data[4] = {bn->gamma, bn->beta, bn->mean, bn->var};
     int64_t dims[1] = {bn->channels};
-    char path[320];
+    char path[400]; /* prefix (< 320) + "/gamma" */
     for (int i = 0; i < 4; i++) {
         snprintf(path, sizeof(path), "%s/%s", prefix, names[i]);
         int rc = fn(user, path, 1, dims, data[i]);

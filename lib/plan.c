@@ -1,6 +1,7 @@
 #include "plan.h"
 
 #include "error.h"
+#include "kernels.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,7 @@ typedef struct plan_arg {
     dnnl_memory_t persistent; /* weights, batch-norm statistics (owned by the plan) */
 } plan_arg;
 
-typedef enum { STEP_PRIMITIVE, STEP_ZERO, STEP_UPSAMPLE } step_kind;
+typedef enum { STEP_PRIMITIVE, STEP_ZERO, STEP_UPSAMPLE, STEP_BNACT } step_kind;
 
 typedef struct plan_step {
     step_kind kind;
@@ -43,6 +44,7 @@ typedef struct plan_step {
     size_t bytes;
     int src_h, src_w, channels; /* upsample: x's size, channels to write */
     const int *keep;            /* upsample: [channels] 1 where the residual is kept */
+    const isl_bn_padded *bn;    /* BNAct: folded batch norm (owned by the model's layout) */
     int probabilities_only;     /* skipped when the caller wants logits */
 } plan_step;
 
@@ -184,18 +186,21 @@ static void arg_persistent(plan_step *s, int arg, dnnl_memory_t mem)
     a->persistent = mem;
 }
 
-static dnnl_primitive_attr_t user_scratchpad_attr(int with_sum)
+/* Attributes: user-mode scratchpad, then optional post-ops (sum, eltwise). */
+static dnnl_primitive_attr_t user_scratchpad_attr(int with_sum, dnnl_alg_kind_t eltwise)
 {
     dnnl_primitive_attr_t attr = NULL;
     if (dnnl_primitive_attr_create(&attr) != dnnl_success)
         return NULL;
     if (dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
         goto fail;
-    if (with_sum) {
+    if (with_sum || eltwise != dnnl_alg_kind_undef) {
         dnnl_post_ops_t po = NULL;
         if (dnnl_post_ops_create(&po) != dnnl_success)
             goto fail;
-        dnnl_status_t s1 = dnnl_post_ops_append_sum(po, 1.0f);
+        dnnl_status_t s1 = with_sum ? dnnl_post_ops_append_sum(po, 1.0f) : dnnl_success;
+        if (s1 == dnnl_success && eltwise != dnnl_alg_kind_undef)
+            s1 = dnnl_post_ops_append_eltwise(po, 1.0f, eltwise, 0.0f, 0.0f);
         dnnl_status_t s2 = s1 == dnnl_success ? dnnl_primitive_attr_set_post_ops(attr, po) : s1;
         dnnl_post_ops_destroy(po);
         if (s2 != dnnl_success)
@@ -209,9 +214,10 @@ fail:
 
 /* Creates the primitive of op_desc; records its scratchpad size. */
 static isl_status make_primitive(builder *b, const_dnnl_op_desc_t op_desc, int with_sum,
-                                 dnnl_primitive_desc_t *pd_out, const char *what)
+                                 dnnl_alg_kind_t eltwise, dnnl_primitive_desc_t *pd_out,
+                                 const char *what)
 {
-    dnnl_primitive_attr_t attr = user_scratchpad_attr(with_sum);
+    dnnl_primitive_attr_t attr = user_scratchpad_attr(with_sum, eltwise);
     if (!attr)
         return isl_fail(ISL_ERROR_BACKEND, "oneDNN: cannot create attributes for %s", what);
     dnnl_status_t s = dnnl_primitive_desc_create(pd_out, op_desc, attr, b->plan->engine, NULL);
@@ -302,7 +308,7 @@ static isl_status add_reorder(builder *b, tref src, const dnnl_memory_desc_t *sr
     plan_step *st = NULL;
     dnnl_primitive_desc_t pd;
     ISL_CHECK(push_step(b, &st));
-    dnnl_primitive_attr_t attr = user_scratchpad_attr(0);
+    dnnl_primitive_attr_t attr = user_scratchpad_attr(0, dnnl_alg_kind_undef);
     if (!attr)
         return isl_fail(ISL_ERROR_BACKEND, "oneDNN: cannot create reorder attributes");
     dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, src_md, b->plan->engine, &dmd,
@@ -326,57 +332,22 @@ static isl_status add_crop(builder *b, tref src, int border, tref dst)
     return add_reorder(b, src, &sub, dst);
 }
 
-static isl_status add_eltwise(builder *b, dnnl_alg_kind_t alg, tref src, tref dst)
-{
-    need(b, dst);
-    if (b->estimate_only)
-        return ISL_OK;
-    dnnl_memory_desc_t md = md_blocked(src.c, src.h, src.w);
-    dnnl_eltwise_desc_t d;
-    plan_step *st = NULL;
-    dnnl_primitive_desc_t pd;
-    DNNL_TRY(dnnl_eltwise_forward_desc_init(&d, dnnl_forward_inference, alg, &md, 0.f, 0.f));
-    ISL_CHECK(make_primitive(b, &d, 0, &pd, "eltwise"));
-    ISL_CHECK(push_step(b, &st));
-    arg_tensor(st, DNNL_ARG_SRC, src, &md);
-    arg_tensor(st, DNNL_ARG_DST, dst, &md);
-    return finish_primitive(b, st, pd);
-}
-
-/* dst = [relu(y), tanh(y)] with y = batchnorm(src): the spec's BNAct. */
+/* dst = [relu(y), tanh(y)] with y = batchnorm(src): the spec's BNAct, in one fused pass
+ * (batch normalization, relu and tanh primitives would take three). */
 static isl_status add_bnact(builder *b, tref src, const isl_bn_padded *bn, tref dst)
 {
-    tref relu = channels(dst, 0, src.c), tanh_half = channels(dst, src.c, src.c);
     need(b, dst);
-    if (!b->estimate_only) {
-        dnnl_memory_desc_t md = md_blocked(src.c, src.h, src.w);
-        dnnl_batch_normalization_desc_t d;
-        plan_step *st = NULL;
-        dnnl_primitive_desc_t pd;
-        dnnl_memory_t mem[4];
-        unsigned flags = dnnl_use_global_stats | dnnl_use_scale | dnnl_use_shift;
-        DNNL_TRY(dnnl_batch_normalization_forward_desc_init(&d, dnnl_forward_inference, &md,
-                                                             1e-3f, flags));
-        ISL_CHECK(make_primitive(b, &d, 0, &pd, "batch normalization"));
-        ISL_CHECK(push_step(b, &st));
-        arg_tensor(st, DNNL_ARG_SRC, src, &md);
-        arg_tensor(st, DNNL_ARG_DST, tanh_half, &md);
-        const float *data[4] = {bn->mean, bn->var, bn->gamma, bn->beta};
-        const int ids[4] = {DNNL_ARG_MEAN, DNNL_ARG_VARIANCE, DNNL_ARG_SCALE, DNNL_ARG_SHIFT};
-        for (int i = 0; i < 4; i++) {
-            isl_status s = vec_memory(b, data[i], bn->padded, &mem[i]);
-            if (s != ISL_OK) {
-                dnnl_primitive_desc_destroy(pd);
-                for (int j = 0; j < i; j++)
-                    dnnl_memory_destroy(mem[j]);
-                return s;
-            }
-            arg_persistent(st, ids[i], mem[i]);
-        }
-        ISL_CHECK(finish_primitive(b, st, pd));
-    }
-    ISL_CHECK(add_eltwise(b, dnnl_eltwise_relu, tanh_half, relu));
-    return add_eltwise(b, dnnl_eltwise_tanh, tanh_half, tanh_half);
+    b->macs += 2.0 * src.c * src.h * src.w;
+    if (b->estimate_only)
+        return ISL_OK;
+    plan_step *st = NULL;
+    ISL_CHECK(push_step(b, &st));
+    st->kind = STEP_BNACT;
+    arg_tensor(st, 0, src, NULL);
+    arg_tensor(st, 1, dst, NULL);
+    st->channels = src.c;
+    st->bn = bn;
+    return ISL_OK;
 }
 
 typedef enum { CONV, DECONV } conv_kind;
@@ -404,14 +375,14 @@ static isl_status add_conv(builder *b, conv_kind kind, tref src, tref dst, int k
         DNNL_TRY(dnnl_convolution_forward_desc_init(&d, dnnl_forward_inference,
                                                     dnnl_convolution_direct, &smd, &wmd,
                                                     bias ? &bmd : NULL, &dmd, strides, pad, pad));
-        ISL_CHECK(make_primitive(b, &d, accumulate, &pd, what));
+        ISL_CHECK(make_primitive(b, &d, accumulate, dnnl_alg_kind_undef, &pd, what));
     } else {
         dnnl_deconvolution_desc_t d;
         DNNL_TRY(dnnl_deconvolution_forward_desc_init(&d, dnnl_forward_inference,
                                                       dnnl_deconvolution_direct, &smd, &wmd,
                                                       bias ? &bmd : NULL, &dmd, strides, pad,
                                                       pad));
-        ISL_CHECK(make_primitive(b, &d, accumulate, &pd, what));
+        ISL_CHECK(make_primitive(b, &d, accumulate, dnnl_alg_kind_undef, &pd, what));
     }
     ISL_CHECK(push_step(b, &st));
     dnnl_memory_t wmem = NULL, bmem = NULL;
@@ -447,7 +418,7 @@ static isl_status add_pool(builder *b, dnnl_alg_kind_t alg, tref src, tref dst, 
     plan_step *st = NULL;
     DNNL_TRY(dnnl_pooling_forward_desc_init(&d, dnnl_forward_inference, alg, &smd, &dmd, strides,
                                             kernel, pad, pad));
-    ISL_CHECK(make_primitive(b, &d, 0, &pd, "pooling"));
+    ISL_CHECK(make_primitive(b, &d, 0, dnnl_alg_kind_undef, &pd, "pooling"));
     ISL_CHECK(push_step(b, &st));
     arg_tensor(st, DNNL_ARG_SRC, src, &smd);
     arg_tensor(st, DNNL_ARG_DST, dst, &dmd);
@@ -592,7 +563,7 @@ static isl_status build_trunk(builder *b, const isl_params *p, const isl_layout 
             DNNL_TRY(dnnl_convolution_forward_desc_init(&d, dnnl_forward_inference,
                                                         dnnl_convolution_direct, &smd, &wmd,
                                                         &bmd, &dmd, one, zero, zero));
-            ISL_CHECK(make_primitive(b, &d, 0, &pd, "projection"));
+            ISL_CHECK(make_primitive(b, &d, 0, dnnl_alg_kind_undef, &pd, "projection"));
             ISL_CHECK(push_step(b, &st));
             isl_status s = persistent_memory(
                 b, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0), &user_w,
@@ -695,7 +666,7 @@ static isl_status build_head(builder *b, const isl_layout *l, int h, int out_ch)
             dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, dnnl_nChw16c);
         }
         DNNL_TRY(dnnl_softmax_forward_desc_init(&d, dnnl_forward_inference, &md, 1));
-        ISL_CHECK(make_primitive(b, &d, 0, &pd, "softmax"));
+        ISL_CHECK(make_primitive(b, &d, 0, dnnl_alg_kind_undef, &pd, "softmax"));
         ISL_CHECK(push_step(b, &st));
         arg_tensor(st, DNNL_ARG_SRC, logits, &md);
         arg_tensor(st, DNNL_ARG_DST, logits, &md);
@@ -705,7 +676,7 @@ static isl_status build_head(builder *b, const isl_layout *l, int h, int out_ch)
     /* Channel-major [out_ch, h, w] into the caller's memory. */
     dnnl_memory_desc_t plain = md_plain4(1, out_ch, trunk.h, trunk.w, dnnl_nchw);
     ISL_CHECK(push_step(b, &st));
-    dnnl_primitive_attr_t attr = user_scratchpad_attr(0);
+    dnnl_primitive_attr_t attr = user_scratchpad_attr(0, dnnl_alg_kind_undef);
     if (!attr)
         return isl_fail(ISL_ERROR_BACKEND, "oneDNN: cannot create reorder attributes");
     dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, &blocked, plan->engine, &plain,
@@ -961,6 +932,15 @@ static isl_status run_steps(isl_exec *e, const step_list *l, dnnl_memory_t *mems
         case STEP_UPSAMPLE:
             run_upsample(s, e->bufs);
             break;
+        case STEP_BNACT: {
+            const plan_arg *src = &s->args[0], *dst = &s->args[1];
+            size_t pixels = (size_t)src->md.dims[2] * src->md.dims[3];
+            float *out = (float *)(e->bufs[dst->buf] + dst->offset);
+            isl_kernel_bnact((const float *)(e->bufs[src->buf] + src->offset), s->bn->scale,
+                             s->bn->shift, s->channels, pixels, out,
+                             out + (size_t)s->channels * pixels);
+            break;
+        }
         case STEP_PRIMITIVE:
             for (int a = 0; a < s->nargs; a++) {
                 const plan_arg *pa = &s->args[a];

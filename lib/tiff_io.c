@@ -76,13 +76,20 @@ static int on_tiff_warning(TIFF *tif, void *user_data, const char *module, const
     return 1;
 }
 
-/* " (libtiff: ...)" when libtiff said something, else "". */
-static const char *log_detail(const tiff_log *log, char *buf, size_t size)
+/* isl_fail with libtiff's own message, if it gave one, appended as " (libtiff: ...)". */
+static isl_status fail_tiff(isl_status status, const tiff_log *log, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static isl_status fail_tiff(isl_status status, const tiff_log *log, const char *fmt, ...)
 {
-    if (log->errors == 0 || !log->text[0])
-        return "";
-    snprintf(buf, size, " (libtiff: %s)", log->text);
-    return buf;
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (log->errors > 0 && log->text[0])
+        return isl_fail(status, "%s (libtiff: %s)", msg, log->text);
+    return isl_fail(status, "%s", msg);
 }
 
 /* Opens fd with libtiff, routing its messages into log. Does not take fd on failure. */
@@ -197,7 +204,6 @@ static isl_status page_read_strips(TIFF *tif, tiff_log *log, const char *path, i
         rps = pi->height;
     uint32_t strips = TIFFNumberOfStrips(tif);
     uint32_t needed = (pi->height - 1) / rps + 1;
-    char detail[600];
     if (strips < needed)
         return isl_fail(ISL_ERROR_FORMAT, "%s: page %d has %" PRIu32 " strips, expected %" PRIu32,
                         path, page, strips, needed);
@@ -209,11 +215,10 @@ static isl_status page_read_strips(TIFF *tif, tiff_log *log, const char *path, i
         tiff_log_reset(log);
         tmsize_t got = TIFFReadEncodedStrip(tif, s, dst + y0 * row_bytes, want);
         if (got != want)
-            return isl_fail(ISL_ERROR_FORMAT,
-                            "%s: page %d: cannot decode strip %" PRIu32
-                            " (rows %" PRIu32 "-%" PRIu32 "): file truncated or corrupt%s",
-                            path, page, s, y0, y0 + rows - 1,
-                            log_detail(log, detail, sizeof(detail)));
+            return fail_tiff(ISL_ERROR_FORMAT, log,
+                             "%s: page %d: cannot decode strip %" PRIu32 " (rows %" PRIu32
+                             "-%" PRIu32 "): file truncated or corrupt",
+                             path, page, s, y0, y0 + rows - 1);
     }
     return ISL_OK;
 }
@@ -237,17 +242,16 @@ static isl_status page_read_tiles(TIFF *tif, tiff_log *log, const char *path, in
                         "x%" PRIu32 " tile", path, page, tw, th);
 
     isl_status status = ISL_OK;
-    char detail[600];
     size_t row_bytes = (size_t)pi->width * sample;
     for (uint32_t y = 0; y < pi->height && status == ISL_OK; y += th) {
         for (uint32_t x = 0; x < pi->width; x += tw) {
             uint32_t tile = TIFFComputeTile(tif, x, y, 0, 0);
             tiff_log_reset(log);
             if (TIFFReadEncodedTile(tif, tile, buf, tile_bytes) != tile_bytes) {
-                status = isl_fail(ISL_ERROR_FORMAT,
-                                  "%s: page %d: cannot decode tile %" PRIu32 " at x=%" PRIu32
-                                  ", y=%" PRIu32 ": file truncated or corrupt%s",
-                                  path, page, tile, x, y, log_detail(log, detail, sizeof(detail)));
+                status = fail_tiff(ISL_ERROR_FORMAT, log,
+                                   "%s: page %d: cannot decode tile %" PRIu32 " at x=%" PRIu32
+                                   ", y=%" PRIu32 ": file truncated or corrupt",
+                                   path, page, tile, x, y);
                 break;
             }
             uint32_t rows = pi->height - y < th ? pi->height - y : th;
@@ -273,17 +277,16 @@ static isl_status page_read(TIFF *tif, tiff_log *log, const char *path, int page
 static isl_status open_failure(int fd, const char *path, const tiff_log *log)
 {
     unsigned char magic[4] = {0};
-    char detail[600];
     ssize_t n = pread(fd, magic, sizeof(magic), 0);
     int tiff_magic = n == 4 && ((magic[0] == 'I' && magic[1] == 'I' && magic[3] == 0 &&
                                  (magic[2] == 42 || magic[2] == 43)) ||
                                 (magic[0] == 'M' && magic[1] == 'M' && magic[2] == 0 &&
                                  (magic[3] == 42 || magic[3] == 43)));
     if (!tiff_magic)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: not a TIFF file%s", path,
-                        log_detail(log, detail, sizeof(detail)));
-    return isl_fail(ISL_ERROR_FORMAT, "%s: page 1: cannot read the TIFF directory: file "
-                    "truncated or corrupt%s", path, log_detail(log, detail, sizeof(detail)));
+        return fail_tiff(ISL_ERROR_FORMAT, log, "%s: not a TIFF file", path);
+    return fail_tiff(ISL_ERROR_FORMAT, log,
+                     "%s: page 1: cannot read the TIFF directory: file truncated or corrupt",
+                     path);
 }
 
 /* Opens path for reading. We open the descriptor ourselves to tell a missing file (I/O)
@@ -294,11 +297,10 @@ static isl_status reader_open(const char *path, tiff_log *log, TIFF **out)
     if (fd < 0)
         return isl_fail(ISL_ERROR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0 || S_ISDIR(st.st_mode)) {
-        isl_status s = isl_fail(ISL_ERROR_IO, "%s: cannot read: %s", path,
-                                S_ISDIR(st.st_mode) ? "is a directory" : strerror(errno));
+    int err = fstat(fd, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : 0;
+    if (err) {
         close(fd);
-        return s;
+        return isl_fail(ISL_ERROR_IO, "%s: cannot read: %s", path, strerror(err));
     }
     /* "m": no memory mapping, so a file shrinking under us is a read error, not SIGBUS. */
     TIFF *tif = tiff_fdopen(fd, path, "rm", log);
@@ -317,13 +319,13 @@ static isl_status reader_open(const char *path, tiff_log *log, TIFF **out)
  * at a damaged link, which would otherwise silently drop the remaining pages. */
 static isl_status count_pages(TIFF *tif, tiff_log *log, const char *path, int *out)
 {
-    char detail[600];
     tiff_log_reset(log);
     tdir_t n = TIFFNumberOfDirectories(tif);
     if (log->errors)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: page %u: cannot read the TIFF directory: file "
-                        "truncated or corrupt%s", path, (unsigned)n + 1,
-                        log_detail(log, detail, sizeof(detail)));
+        return fail_tiff(ISL_ERROR_FORMAT, log,
+                         "%s: page %u: cannot read the TIFF directory: file truncated or "
+                         "corrupt",
+                         path, (unsigned)n + 1);
     if (n == 0 || n > INT_MAX)
         return isl_fail(ISL_ERROR_FORMAT, "%s: invalid number of pages (%u)", path, (unsigned)n);
     *out = (int)n;
@@ -361,8 +363,7 @@ static isl_status stack_alloc(const char *path, int pages, const page_info *pi, 
 static isl_status read_pages(TIFF *tif, tiff_log *log, const char *path, int expect_pages,
                              isl_tiff_stack *out)
 {
-    int pages;
-    char detail[600];
+    int pages = 0;
     ISL_CHECK(count_pages(tif, log, path, &pages));
     if (expect_pages > 0 && pages != expect_pages)
         return isl_fail(ISL_ERROR_SHAPE, "%s: has %d page%s, expected %d", path, pages,
@@ -373,10 +374,11 @@ static isl_status read_pages(TIFF *tif, tiff_log *log, const char *path, int exp
     for (int i = 0; i < pages; i++) {
         tiff_log_reset(log);
         if (i > 0 && !TIFFReadDirectory(tif))
-            return isl_fail(ISL_ERROR_FORMAT, "%s: page %d: cannot read the TIFF directory: "
-                            "file truncated or corrupt%s", path, i + 1,
-                            log_detail(log, detail, sizeof(detail)));
-        page_info pi;
+            return fail_tiff(ISL_ERROR_FORMAT, log,
+                             "%s: page %d: cannot read the TIFF directory: file truncated "
+                             "or corrupt",
+                             path, i + 1);
+        page_info pi = {0};
         ISL_CHECK(page_info_read(tif, path, i + 1, &pi));
         if (i == 0) {
             first = pi;
@@ -407,7 +409,7 @@ isl_status isl_tiff_read_stack(const char *path, int expect_pages, isl_tiff_stac
 
     tiff_log log;
     tiff_log_reset(&log);
-    TIFF *tif;
+    TIFF *tif = NULL;
     ISL_CHECK(reader_open(path, &log, &tif));
     isl_status status = read_pages(tif, &log, path, expect_pages, out);
     TIFFClose(tif);
@@ -500,9 +502,8 @@ static isl_status writer_begin_page(isl_tiff_writer *w)
         !TIFFSetField(t, TIFFTAG_COMPRESSION, (uint16_t)COMPRESSION_NONE) ||
         !TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, w->rows_per_strip) ||
         !TIFFSetField(t, TIFFTAG_SOFTWARE, "isl " ISL_VERSION_STRING)) {
-        char detail[600];
-        return isl_fail(ISL_ERROR_BACKEND, "%s: cannot set the TIFF tags of page %d%s",
-                        w->path, w->page + 1, log_detail(&w->log, detail, sizeof(detail)));
+        return fail_tiff(ISL_ERROR_BACKEND, &w->log, "%s: cannot set the TIFF tags of page %d",
+                         w->path, w->page + 1);
     }
     return ISL_OK;
 }
@@ -517,10 +518,9 @@ static isl_status writer_fail(isl_tiff_writer *w, isl_status status)
 
 static isl_status writer_io_error(isl_tiff_writer *w, const char *what)
 {
-    char detail[600];
-    return writer_fail(w, isl_fail(ISL_ERROR_IO, "%s: cannot write %s of page %d (disk full?)%s",
-                                   w->path, what, w->page + 1,
-                                   log_detail(&w->log, detail, sizeof(detail))));
+    return writer_fail(w, fail_tiff(ISL_ERROR_IO, &w->log,
+                                    "%s: cannot write %s of page %d (disk full?)", w->path,
+                                    what, w->page + 1));
 }
 
 /* Writes the assembled strip, and the page's directory after its last row. */
@@ -594,10 +594,8 @@ isl_status isl_tiff_writer_open(const char *path, int pages, int height, int wid
         if (tiff_fd < 0)
             status = isl_fail(ISL_ERROR_IO, "%s: %s", w->tmp_path, strerror(errno));
         else if (!(w->tif = tiff_fdopen(tiff_fd, w->tmp_path, mode, &w->log))) {
-            char detail[600];
             close(tiff_fd);
-            status = isl_fail(ISL_ERROR_IO, "%s: cannot start the TIFF file%s", path,
-                              log_detail(&w->log, detail, sizeof(detail)));
+            status = fail_tiff(ISL_ERROR_IO, &w->log, "%s: cannot start the TIFF file", path);
         }
     }
     if (status == ISL_OK)
@@ -661,13 +659,11 @@ static void sync_parent_dir(const char *path)
 /* Closes libtiff's handle and our descriptor, reporting any failure on the way. */
 static isl_status writer_finish(isl_tiff_writer *w)
 {
-    char detail[600];
     tiff_log_reset(&w->log);
     TIFFClose(w->tif); /* flushes; errors arrive through the log */
     w->tif = NULL;
     if (w->log.errors)
-        return isl_fail(ISL_ERROR_IO, "%s: cannot finish the TIFF file%s", w->path,
-                        log_detail(&w->log, detail, sizeof(detail)));
+        return fail_tiff(ISL_ERROR_IO, &w->log, "%s: cannot finish the TIFF file", w->path);
     if (fsync(w->fd) != 0)
         return isl_fail(ISL_ERROR_IO, "%s: cannot sync %s: %s", w->path, w->tmp_path,
                         strerror(errno));

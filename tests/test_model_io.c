@@ -1,5 +1,4 @@
 /* Tests of the HDF5 model file reader and writer (lib/model_io.c). */
-#include "error.h"
 #include "model_io.h"
 #include "params.h"
 
@@ -53,7 +52,8 @@ static void remove_scratch(void)
 
 static const char *scratch_path(char *buf, size_t cap, const char *name)
 {
-    snprintf(buf, cap, "%s/%s", scratch, name);
+    int n = snprintf(buf, cap, "%s/%s", scratch, name);
+    ck_assert(n > 0 && (size_t)n < cap);
     return buf;
 }
 
@@ -291,8 +291,10 @@ static void set_string_attr(hid_t f, const char *obj_path, const char *name, int
         ck_assert_int_ge(H5Tset_size(type, fixed_len), 0);
         ck_assert_int_ge(H5Tset_strpad(type, H5T_STR_NULLPAD), 0);
         char *buf = calloc(n, fixed_len);
-        for (size_t i = 0; i < n; i++)
-            strncpy(buf + i * fixed_len, values[i], fixed_len);
+        for (size_t i = 0; i < n; i++) { /* NUL-padded, not necessarily terminated */
+            size_t len = strlen(values[i]);
+            memcpy(buf + i * fixed_len, values[i], len < fixed_len ? len : fixed_len);
+        }
         a = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
         ck_assert_int_ge(a, 0);
         ck_assert_int_ge(H5Awrite(a, type, buf), 0);
@@ -816,7 +818,9 @@ START_TEST(test_concurrent_use)
     for (int t = 0; t < 4; t++) {
         jobs[t].read_path = source;
         jobs[t].status = ISL_OK;
-        snprintf(jobs[t].write_path, sizeof(jobs[t].write_path), "%s/copy%d.h5", scratch, t);
+        char name[32];
+        snprintf(name, sizeof(name), "copy%d.h5", t);
+        scratch_path(jobs[t].write_path, sizeof(jobs[t].write_path), name);
         ck_assert_int_eq(pthread_create(&threads[t], NULL, load_and_save, &jobs[t]), 0);
     }
     for (int t = 0; t < 4; t++) {

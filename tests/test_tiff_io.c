@@ -13,6 +13,7 @@
 #include <ftw.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -849,6 +850,57 @@ START_TEST(test_missing_file)
 }
 END_TEST
 
+/* libtiff messages are captured per file and isl messages per thread: concurrent readers
+ * each see their own file's error. */
+typedef struct reader_job {
+    char good[PATH_MAX], bad[PATH_MAX];
+    int ok;
+} reader_job;
+
+static void *reader_thread(void *arg)
+{
+    reader_job *job = arg;
+    job->ok = 1;
+    for (int i = 0; i < 20; i++) {
+        isl_tiff_stack s;
+        if (isl_tiff_read_stack(job->good, 2, &s) != ISL_OK)
+            job->ok = 0;
+        isl_tiff_stack_free(&s);
+        if (isl_tiff_read_stack(job->bad, 0, &s) != ISL_ERROR_FORMAT ||
+            strstr(isl_last_error(), job->bad) == NULL)
+            job->ok = 0;
+    }
+    return NULL;
+}
+
+START_TEST(test_concurrent_reads)
+{
+    enum { THREADS = 4 };
+    reader_job jobs[THREADS];
+    pthread_t threads[THREADS];
+    fixture f = fixture_make(2, 64, 64, 16, SAMPLEFORMAT_UINT);
+    f.compression = COMPRESSION_ADOBE_DEFLATE;
+    for (int i = 0; i < THREADS; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "good%d.tif", i);
+        snprintf(jobs[i].good, PATH_MAX, "%s", tpath(name));
+        write_fixture(jobs[i].good, &f);
+        snprintf(name, sizeof(name), "bad%d.tif", i);
+        snprintf(jobs[i].bad, PATH_MAX, "%s", tpath(name));
+        FILE *fp = fopen(jobs[i].bad, "w");
+        ck_assert_ptr_nonnull(fp);
+        fprintf(fp, "not a tiff %d\n", i);
+        fclose(fp);
+    }
+    for (int i = 0; i < THREADS; i++)
+        ck_assert_int_eq(pthread_create(&threads[i], NULL, reader_thread, &jobs[i]), 0);
+    for (int i = 0; i < THREADS; i++) {
+        ck_assert_int_eq(pthread_join(threads[i], NULL), 0);
+        ck_assert_msg(jobs[i].ok, "thread %d saw a wrong result or message", i);
+    }
+}
+END_TEST
+
 /* ---------------------------------------------------------------------------------- */
 
 static Suite *tiff_io_suite(void)
@@ -877,6 +929,7 @@ static Suite *tiff_io_suite(void)
     tcase_add_test(tc, test_absurd_dimensions);
     tcase_add_test(tc, test_not_a_tiff);
     tcase_add_test(tc, test_missing_file);
+    tcase_add_test(tc, test_concurrent_reads);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -279,8 +279,12 @@ def architecture(base):
     return specs
 
 
-def build_random(base, nz, heads, seed=0, dtype=torch.float32):
-    """Random weights and random BN statistics (every parameter matters). heads: label names."""
+def build_random(base, nz, heads, seed=0, dtype=torch.float32, head_gain=1.0):
+    """Random weights and random BN statistics (every parameter matters). heads: label names.
+
+    Scales mimic the golden model (weights ~ N(0, 0.7^2 / fan_in), gamma and var ~ U(0.5, 1.5),
+    beta and mean ~ U(-0.2, 0.2)); head_gain keeps logits moderate so softmax is not one-hot.
+    """
     names = list(heads) + ["autoencoder"]
     net = IslNet(base, nz, names, architecture(base), {"input_normalization": "none"})
     g = torch.Generator().manual_seed(seed)
@@ -288,8 +292,8 @@ def build_random(base, nz, heads, seed=0, dtype=torch.float32):
     def u(t, lo, hi):
         t.copy_(torch.rand(t.shape, generator=g, dtype=torch.float64) * (hi - lo) + lo)
 
-    def he(t, fan_in, gain=1.0):
-        t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float64) * gain * math.sqrt(2.0 / fan_in))
+    def normal(t, fan_in, gain):
+        t.copy_(torch.randn(t.shape, generator=g, dtype=torch.float64) * gain / math.sqrt(fan_in))
 
     for name, b in net.named_buffers():
         leaf = name.rsplit(".", 1)[-1]
@@ -297,13 +301,12 @@ def build_random(base, nz, heads, seed=0, dtype=torch.float32):
             u(b, 0.5, 1.5)
         elif leaf in ("beta", "mean", "bias", "proj_b"):
             u(b, -0.2, 0.2)
-        elif leaf == "proj_w":
-            u(b, -0.6, 0.6)
-    for m in net.mods:
-        he(m.expand, m.expand.shape[0] * 16 / 4 if m.kind == "up" else m.expand[0].numel())
-        he(m.reduce, m.reduce.shape[1], 0.7)
+    normal(net.proj_w, nz, 0.75)
+    for m in net.mods:  # fan-in of a transposed 4x4 stride-2 conv output: 2C x 2 x 2 taps
+        normal(m.expand, m.expand.shape[0] * 4 if m.kind == "up" else m.expand[0].numel(), 0.7)
+        normal(m.reduce, m.reduce.shape[1], 0.7)
     for h in net.heads.values():
-        he(h.weight, h.weight.shape[1], 4.0)
+        normal(h.weight, h.weight.shape[1], head_gain)
     return net.to(dtype).eval()
 
 

@@ -1,0 +1,16 @@
+/* Small memory-bound kernels on nChw16c tensors (batch one) that oneDNN has no single
+ * primitive for. Each makes one pass over memory. */
+#ifndef ISL_KERNELS_H
+#define ISL_KERNELS_H
+
+#include <stddef.h>
+
+/* BNAct: y = scale * x + shift per channel; relu_out = max(y, 0), tanh_out = tanh(y).
+ * x, relu_out and tanh_out hold `channels` (a multiple of 16) x `pixels` floats. */
+void isl_kernel_bnact(const float *x, const float *scale, const float *shift, int channels,
+                      size_t pixels, float *relu_out, float *tanh_out);
+
+/* tanh of n floats (exposed for tests: it must track libm's tanhf). */
+void isl_kernel_tanh(const float *x, size_t n, float *out);
+
+#endif
