@@ -1,0 +1,269 @@
+/*
+ * SWIG interface of the Java bindings: package-private classes of org.isl (IslNative,
+ * IslNativeJNI, enums and pointer types) generated from include/isl.h, and the JNI library
+ * libisl_jni. The public API is the hand-written facade in src/org/isl (Model,
+ * IslException, Status); docs/java.md.
+ *
+ * Java-specific helpers at the end replace the functions that take callbacks, structs
+ * or arrays of output pointers: arrays travel as direct NIO buffers (no copies), outputs
+ * as one direct buffer plus a table of offsets.
+ */
+%module IslNative
+
+%{
+#include <stdlib.h>
+#include <string.h>
+#include "isl.h"
+%}
+
+%include "stdint.i"
+%include "enums.swg"
+%include "cpointer.i"
+
+/* Only the facade is public. */
+%pragma(java) moduleclassmodifiers = "final class"
+%pragma(java) jniclassclassmodifiers = "final class"
+%typemap(javaclassmodifiers) SWIGTYPE, SWIGTYPE *, SWIGTYPE &, SWIGTYPE [] "final class"
+%typemap(javaclassmodifiers) enum SWIGTYPE "enum"
+
+/* The JNI library is loaded by the first native call: -Disl.jni.library=/path/libisl_jni.so,
+ * or System.loadLibrary("isl_jni") through java.library.path. */
+%pragma(java) jniclasscode = %{
+  static {
+    String path = System.getProperty("isl.jni.library");
+    if (path != null && !path.isEmpty())
+      System.load(path);
+    else
+      System.loadLibrary("isl_jni");
+  }
+%}
+
+/* Out-parameters: IslNative.new_ModelOut(), ModelOut_value(p), delete_ModelOut(p). */
+%pointer_functions(isl_model *, ModelOut)
+%pointer_functions(isl_predict_options *, OptionsOut)
+
+/* ----------------------------------------------------------------------------------- */
+/* Arrays                                                                               */
+/* ----------------------------------------------------------------------------------- */
+
+%{
+/* Bytes per element of a direct NIO buffer. */
+static size_t islj_element_size(JNIEnv *jenv, jobject buffer)
+{
+    static const struct { const char *name; size_t size; } kinds[] = {
+        {"java/nio/ByteBuffer", 1},  {"java/nio/ShortBuffer", 2}, {"java/nio/CharBuffer", 2},
+        {"java/nio/FloatBuffer", 4}, {"java/nio/IntBuffer", 4},   {"java/nio/DoubleBuffer", 8},
+        {"java/nio/LongBuffer", 8}};
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+        jclass c = (*jenv)->FindClass(jenv, kinds[i].name);
+        int is = c && (*jenv)->IsInstanceOf(jenv, buffer, c);
+        if (c)
+            (*jenv)->DeleteLocalRef(jenv, c);
+        if (is)
+            return kinds[i].size;
+    }
+    return 0;
+}
+%}
+
+/* (void *BUFFER, size_t BYTES): a direct java.nio.Buffer, seen without copying. */
+%typemap(jni) (void *BUFFER, size_t BYTES) "jobject"
+%typemap(jtype) (void *BUFFER, size_t BYTES) "java.nio.Buffer"
+%typemap(jstype) (void *BUFFER, size_t BYTES) "java.nio.Buffer"
+%typemap(javain) (void *BUFFER, size_t BYTES) "$javainput"
+%typemap(in) (void *BUFFER, size_t BYTES) {
+    $1 = $input ? (*jenv)->GetDirectBufferAddress(jenv, $input) : NULL;
+    jlong capacity = $input ? (*jenv)->GetDirectBufferCapacity(jenv, $input) : -1;
+    size_t element = $1 ? islj_element_size(jenv, $input) : 0;
+    if (!$1 || capacity < 0 || !element) {
+        SWIG_JavaThrowException(jenv, SWIG_JavaIllegalArgumentException,
+                                "a direct NIO buffer is required");
+        return $null;
+    }
+    $2 = (size_t)capacity * element;
+}
+
+/* (int count, const int *ARRAY): a Java int[]. */
+%typemap(jni) (int count, const int *heads), (int count, const isl_stat *stats),
+              (int COUNT, const int *ARRAY) "jintArray"
+%typemap(jtype) (int count, const int *heads), (int count, const isl_stat *stats),
+                (int COUNT, const int *ARRAY) "int[]"
+%typemap(jstype) (int count, const int *heads), (int count, const isl_stat *stats),
+                 (int COUNT, const int *ARRAY) "int[]"
+%typemap(javain) (int count, const int *heads), (int count, const isl_stat *stats),
+                 (int COUNT, const int *ARRAY) "$javainput"
+%typemap(in) (int count, const int *heads), (int COUNT, const int *ARRAY) {
+    if (!$input) {
+        SWIG_JavaThrowException(jenv, SWIG_JavaNullPointerException, "null array");
+        return $null;
+    }
+    $1 = (int)(*jenv)->GetArrayLength(jenv, $input);
+    $2 = (int *)(*jenv)->GetIntArrayElements(jenv, $input, NULL);
+    if (!$2)
+        return $null;
+}
+%typemap(freearg) (int count, const int *heads), (int COUNT, const int *ARRAY) {
+    if ($2)
+        (*jenv)->ReleaseIntArrayElements(jenv, $input, (jint *)$2, JNI_ABORT);
+}
+%typemap(in) (int count, const isl_stat *stats) {
+    if (!$input) {
+        SWIG_JavaThrowException(jenv, SWIG_JavaNullPointerException, "null array");
+        return $null;
+    }
+    $1 = (int)(*jenv)->GetArrayLength(jenv, $input);
+    $2 = malloc(sizeof(isl_stat) * (size_t)($1 > 0 ? $1 : 1));
+    if (!$2) {
+        SWIG_JavaThrowException(jenv, SWIG_JavaOutOfMemoryError, "out of memory");
+        return $null;
+    }
+    jint *values = (*jenv)->GetIntArrayElements(jenv, $input, NULL);
+    if (!values) {
+        free($2);
+        return $null;
+    }
+    for (int i = 0; i < $1; i++)
+        $2[i] = (isl_stat)values[i];
+    (*jenv)->ReleaseIntArrayElements(jenv, $input, values, JNI_ABORT);
+}
+%typemap(freearg) (int count, const isl_stat *stats) { free($2); }
+
+/* Replaced by the helpers below. */
+%ignore isl_model_config;
+%ignore isl_model_config_init;
+%ignore isl_model_create;
+%ignore isl_stack;
+%ignore isl_predict_options_set_progress;
+%ignore isl_predict_tile;
+%ignore isl_predict_image;
+%ignore isl_predict_image_rows;
+%ignore isl_stats;
+
+/* isl_version.h is not included: its macros would make a public constants interface;
+ * Model.version() calls isl_version_string(). */
+%include "isl.h"
+
+/* ----------------------------------------------------------------------------------- */
+/* Helpers                                                                              */
+/* ----------------------------------------------------------------------------------- */
+
+%apply (void *BUFFER, size_t BYTES) { (void *stack, size_t stack_bytes), (void *out, size_t out_bytes),
+                                      (void *logits, size_t logits_bytes) };
+%apply (int COUNT, const int *ARRAY) { (int num_offsets, const int *offsets) };
+
+%{
+/* Failures found by the helpers themselves (the library's message is left untouched). */
+static _Thread_local const char *islj_message;
+
+static isl_status islj_fail(isl_status s, const char *message)
+{
+    islj_message = message;
+    return s;
+}
+%}
+
+%inline %{
+/* Message of the last failed helper call on this thread: its own, or isl_last_error(). */
+const char *islj_last_error(void) { return islj_message ? islj_message : isl_last_error(); }
+
+/* isl_model_create with the label heads as one comma-separated string (names cannot
+ * contain commas). */
+isl_status islj_model_create(int base_depth, int num_z, const char *heads_csv, long long seed,
+                             const char *input_normalization, isl_model **out)
+{
+    islj_message = NULL;
+    char *copy = strdup(heads_csv ? heads_csv : "");
+    const char **names = calloc(strlen(copy) / 2 + 2, sizeof(char *));
+    if (!copy || !names) {
+        free(copy);
+        free(names);
+        return islj_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    }
+    int n = 0;
+    for (char *p = copy; *p;) {
+        names[n++] = p;
+        char *comma = strchr(p, ',');
+        if (!comma)
+            break;
+        *comma = '\0';
+        p = comma + 1;
+    }
+    isl_model_config config;
+    isl_model_config_init(&config);
+    config.base_depth = base_depth;
+    config.num_z = num_z;
+    config.num_heads = n;
+    config.head_names = names;
+    config.seed = (uint64_t)seed;
+    if (input_normalization)
+        config.input_normalization = input_normalization;
+    isl_status s = isl_model_create(&config, out);
+    free(names);
+    free(copy);
+    return s;
+}
+
+/* isl_predict_image: output (head, stat) goes to out + offsets[head * ISL_STAT_COUNT + stat]
+ * floats, or nowhere if the offset is negative. Every range is checked against the buffers. */
+isl_status islj_predict_image(const isl_model *model, const isl_predict_options *options,
+                              void *stack, size_t stack_bytes, int dtype, int num_z, int height,
+                              int width, void *out, size_t out_bytes, int num_offsets,
+                              const int *offsets)
+{
+    static const size_t sample_bytes[] = {1, 2, 4};
+    islj_message = NULL;
+    if (!model || dtype < 0 || dtype > 2 || num_z < 1 || height < 1 || width < 1 ||
+        num_offsets != isl_model_num_heads(model) * ISL_STAT_COUNT)
+        return islj_fail(ISL_ERROR_INVALID_ARGUMENT, "invalid stack description or offsets");
+    const size_t pixels = (size_t)height * (size_t)width;
+    if ((size_t)num_z * pixels * sample_bytes[dtype] > stack_bytes)
+        return islj_fail(ISL_ERROR_SHAPE, "the stack buffer is smaller than num_z x height x width");
+    float **outputs = calloc((size_t)num_offsets + 1, sizeof(float *));
+    if (!outputs)
+        return islj_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (int i = 0; i < num_offsets; i++) {
+        if (offsets[i] < 0)
+            continue;
+        size_t planes = (size_t)isl_model_head_channels(model, i / ISL_STAT_COUNT) / 256;
+        if (((size_t)offsets[i] + planes * pixels) * sizeof(float) > out_bytes) {
+            free(outputs);
+            return islj_fail(ISL_ERROR_SHAPE, "an output range exceeds the output buffer");
+        }
+        outputs[i] = (float *)out + offsets[i];
+    }
+    isl_stack st = {stack, (isl_dtype)dtype, num_z, height, width};
+    isl_status s = isl_predict_image(model, options, &st, outputs);
+    free(outputs);
+    return s;
+}
+
+/* isl_predict_tile: input is num_z x height x width floats; head h goes to
+ * out + offsets[h] floats (channels x (height - 242) x (width - 242)), or nowhere. */
+isl_status islj_predict_tile(const isl_model *model, const isl_predict_options *options,
+                             void *stack, size_t stack_bytes, int height, int width, void *out,
+                             size_t out_bytes, int num_offsets, const int *offsets)
+{
+    islj_message = NULL;
+    if (!model || height < 1 || width < 1 || num_offsets != isl_model_num_heads(model))
+        return islj_fail(ISL_ERROR_INVALID_ARGUMENT, "invalid tile description or offsets");
+    if ((size_t)isl_model_num_z(model) * height * width * sizeof(float) > stack_bytes)
+        return islj_fail(ISL_ERROR_SHAPE, "the tile buffer is smaller than num_z x height x width");
+    const size_t pixels = (size_t)(height > 242 ? height - 242 : 0) * (width > 242 ? width - 242 : 0);
+    float **outputs = calloc((size_t)num_offsets + 1, sizeof(float *));
+    if (!outputs)
+        return islj_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (int i = 0; i < num_offsets; i++) {
+        if (offsets[i] < 0)
+            continue;
+        size_t channels = (size_t)isl_model_head_channels(model, i);
+        if (((size_t)offsets[i] + channels * pixels) * sizeof(float) > out_bytes) {
+            free(outputs);
+            return islj_fail(ISL_ERROR_SHAPE, "an output range exceeds the output buffer");
+        }
+        outputs[i] = (float *)out + offsets[i];
+    }
+    isl_status s = isl_predict_tile(model, options, stack, height, width, outputs);
+    free(outputs);
+    return s;
+}
+%}

@@ -1,0 +1,530 @@
+"""In Silico Labeling: predict fluorescence images from transmitted-light z-stacks.
+
+Python bindings of the isl C library (Christiansen et al., Cell 2018). A deep network
+predicts, for every pixel, a probability distribution over 256 intensities of each
+fluorescent label ("head"); predictions are summarised by per-pixel statistics such as
+the median (the paper's images) or the mean.
+
+Example::
+
+    import isl
+    import tifffile
+
+    stack = tifffile.imread("stack.tif")            # (13, y, x) uint16
+    with isl.Model.load("model.h5") as model:
+        out = model.predict(stack, stats=("median", "mean"))
+    nuclei = out["dapi_confocal"]["median"]          # float32 (y, x) in [0, 1]
+
+Errors of the C library raise subclasses of :class:`IslError` (one per status code).
+Long calls release the GIL, so several threads can predict with one model at a time.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _capi
+from ._errors import (
+    BackendError,
+    CancelledError,
+    ClosedModelError,
+    FormatError,
+    InternalError,
+    InvalidArgumentError,
+    InvalidValueError,
+    IslError,
+    IslIOError,
+    OutOfMemoryError,
+    ShapeError,
+    Status,
+    UnsupportedError,
+)
+
+__all__ = [
+    "Model",
+    "stats",
+    "version",
+    "format_version",
+    "STATS",
+    "AUTOENCODER",
+    "TILE_CONTEXT",
+    "Status",
+    "IslError",
+    "InvalidArgumentError",
+    "OutOfMemoryError",
+    "IslIOError",
+    "FormatError",
+    "ShapeError",
+    "InvalidValueError",
+    "UnsupportedError",
+    "CancelledError",
+    "BackendError",
+    "InternalError",
+    "ClosedModelError",
+]
+
+#: Version of the C library, "major.minor.patch".
+__version__: str = _capi.isl_version_string()
+
+#: Names of the per-pixel statistics, in the order of the C enum isl_stat.
+STATS: Tuple[str, ...] = tuple(_capi.isl_stat_name(i) for i in range(_capi.ISL_STAT_COUNT))
+
+#: Name of the autoencoder head (it predicts the input stack itself).
+AUTOENCODER = "autoencoder"
+
+#: A tile of side n (250 + 16 m) predicts n - TILE_CONTEXT output pixels per side.
+TILE_CONTEXT = 242
+
+_NUM_CLASSES = 256
+_PRECISIONS = {"fp32": _capi.ISL_PRECISION_FP32, "bf16": _capi.ISL_PRECISION_BF16}
+
+PathLike = Union[str, "os.PathLike[str]"]
+StatNames = Union[str, Iterable[str]]
+HeadNames = Union[None, str, Iterable[Union[str, int]]]
+ProgressFn = Callable[[int, int], Optional[bool]]
+FloatArray = npt.NDArray[np.float32]
+
+
+def version() -> str:
+    """Version of the C library ("major.minor.patch")."""
+    return _capi.isl_version_string()
+
+
+def format_version() -> int:
+    """Model file format version this library writes (and the newest it reads)."""
+    return _capi.isl_model_format_version()
+
+
+def _stat_index(stat: Union[str, int]) -> int:
+    if isinstance(stat, str):
+        index = _capi.isl_stat_from_name(stat)
+        if index < 0:
+            raise InvalidArgumentError(
+                "unknown statistic %r (one of %s)" % (stat, ", ".join(STATS)))
+        return index
+    if isinstance(stat, (int, np.integer)) and 0 <= int(stat) < len(STATS):
+        return int(stat)
+    raise InvalidArgumentError("unknown statistic %r (one of %s)" % (stat, ", ".join(STATS)))
+
+
+def _stat_list(stats: StatNames) -> List[int]:
+    if isinstance(stats, str):
+        stats = (stats,)
+    result: List[int] = []
+    for s in stats:
+        index = _stat_index(s)
+        if index not in result:
+            result.append(index)
+    if not result:
+        raise InvalidArgumentError("select at least one statistic")
+    return result
+
+
+def stats(logits: npt.ArrayLike, stat: Union[str, int] = "median") -> FloatArray:
+    """A per-pixel statistic of distributions given as logits.
+
+    Args:
+        logits: array of shape (classes, ...), e.g. the (256, h, w) output of
+            :meth:`Model.predict_tile` for one head; converted to float32 C order if needed.
+        stat: one of :data:`STATS` ("median", "mean", "mode", "std", "entropy",
+            "p_nonzero").
+
+    Returns:
+        float32 array of shape ``logits.shape[1:]``. Median, mean and mode are intensities
+        in [0, 1] (bin k is k / (classes - 1)).
+    """
+    array = np.ascontiguousarray(logits, dtype=np.float32)
+    return _capi._stats(array, _stat_index(stat))
+
+
+def _as_stack(stack: npt.ArrayLike) -> np.ndarray:
+    """The stack as a C-contiguous uint8/uint16/float32 (z, y, x) array, copied only if needed."""
+    array = np.asarray(stack)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.dtype in (np.float16, np.float64):
+        array = array.astype(np.float32)
+    elif array.dtype not in (np.uint8, np.uint16, np.float32):
+        raise TypeError(
+            "the stack must be uint8, uint16 or float32 (integers are scaled to [0, 1]), not %s"
+            % array.dtype)
+    if array.ndim != 3:
+        raise ShapeError("the stack must have 3 dimensions (z, y, x), not shape %s"
+                         % (array.shape,))
+    return np.ascontiguousarray(array)  # the same array when it is already contiguous
+
+
+class _Handle:
+    """Owns the C model; frees it once closed and no call is using it."""
+
+    __slots__ = ("_ptr", "_lock", "_users", "_closed")
+
+    def __init__(self, ptr) -> None:
+        self._ptr = ptr
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closed = False
+
+    def __enter__(self):
+        with self._lock:
+            if self._closed:
+                raise ClosedModelError("this isl.Model has been closed")
+            self._users += 1
+            return self._ptr
+
+    def __exit__(self, *exc_info) -> None:
+        with self._lock:
+            self._users -= 1
+            ptr = self._take()
+        if ptr is not None:
+            _capi.isl_model_free(ptr)
+
+    def _take(self):
+        if self._closed and self._users == 0 and self._ptr is not None:
+            ptr, self._ptr = self._ptr, None
+            return ptr
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            ptr = self._take()
+        if ptr is not None:
+            _capi.isl_model_free(ptr)
+
+
+_TOKEN = object()
+
+
+class Model:
+    """A network with its weights: immutable once created or loaded.
+
+    Create one with :meth:`Model.load` or :meth:`Model.create`. A model is safe to share
+    between threads: any number of them may predict at the same time. Release it with
+    :meth:`close` or a ``with`` block (or let it be garbage collected); calls on a closed
+    model raise :class:`ClosedModelError`, while its descriptive properties stay readable.
+    """
+
+    def __init__(self, _handle, _token: object = None) -> None:
+        if _token is not _TOKEN:
+            raise TypeError("use isl.Model.load(path) or isl.Model.create(...)")
+        self._handle = _Handle(_handle)
+        ptr = _handle
+        self._heads: Tuple[str, ...] = tuple(
+            _capi.isl_model_head_name(ptr, i) for i in range(_capi.isl_model_num_heads(ptr)))
+        self._channels: Tuple[int, ...] = tuple(
+            _capi.isl_model_head_channels(ptr, i) for i in range(len(self._heads)))
+        self._num_z: int = _capi.isl_model_num_z(ptr)
+        self._base_depth: int = _capi.isl_model_base_depth(ptr)
+        self._parameter_count: int = _capi.isl_model_parameter_count(ptr)
+        self._input_normalization: str = _capi.isl_model_input_normalization(ptr)
+
+    # -- creation -------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Model":
+        """Loads and validates a model file (format "isl-model", see docs/model-format.md).
+
+        Raises:
+            IslIOError: the file cannot be opened or read.
+            FormatError: the file is not a valid model (the message names the dataset).
+        """
+        return cls(_capi.isl_model_load(os.fsdecode(path)), _TOKEN)
+
+    @classmethod
+    def create(cls, *, base_depth: int = 400, num_z: int = 13, heads: Sequence[str] = (),
+               seed: int = 0, input_normalization: str = "none") -> "Model":
+        """Creates a model with random weights (He initialisation) and an autoencoder head.
+
+        Args:
+            base_depth: width of the network (400 in the paper; 16 or 32 for tests).
+            num_z: transmitted-light planes per input (13 in the paper).
+            heads: names of the label heads, e.g. ``["dapi_confocal"]``.
+            seed: seed of the random weights.
+            input_normalization: "none" (the stack is used as scaled to [0, 1]) or "global"
+                (each plane normalized to mean 0.5, standard deviation 0.125).
+        """
+        if isinstance(heads, str):
+            heads = [heads]
+        return cls(_capi._model_create(int(base_depth), int(num_z), list(heads), int(seed),
+                                       str(input_normalization)), _TOKEN)
+
+    def save(self, path: PathLike) -> None:
+        """Writes the model atomically (to a temporary file renamed over ``path``)."""
+        with self._handle as ptr:
+            _capi.isl_model_save(ptr, os.fsdecode(path))
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Releases the model. Idempotent; a prediction still running keeps it alive until it ends."""
+        handle = getattr(self, "_handle", None)
+        if handle is not None:
+            handle.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._handle.closed
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __getstate__(self):
+        raise TypeError("an isl.Model cannot be pickled; save() it and load() the file instead")
+
+    def __repr__(self) -> str:
+        return "<isl.Model base_depth=%d num_z=%d heads=%r%s>" % (
+            self._base_depth, self._num_z, self._heads, " closed" if self.closed else "")
+
+    # -- description ----------------------------------------------------------------------
+
+    @property
+    def heads(self) -> Tuple[str, ...]:
+        """Names of all heads: the label heads, then "autoencoder" (if the model has one)."""
+        return self._heads
+
+    @property
+    def label_heads(self) -> Tuple[str, ...]:
+        """Names of the label heads (predicted by default)."""
+        return tuple(h for h in self._heads if h != AUTOENCODER)
+
+    @property
+    def num_z(self) -> int:
+        """Number of transmitted-light planes the model needs."""
+        return self._num_z
+
+    @property
+    def base_depth(self) -> int:
+        """Width of the network (400 in the paper)."""
+        return self._base_depth
+
+    @property
+    def parameter_count(self) -> int:
+        """Number of stored parameters (weights, biases and batch-norm statistics)."""
+        return self._parameter_count
+
+    @property
+    def input_normalization(self) -> str:
+        """"none" or "global"."""
+        return self._input_normalization
+
+    def head_channels(self, head: Union[str, int]) -> int:
+        """Output channels of a head: 256, or num_z * 256 for the autoencoder."""
+        return self._channels[self._head_index(head)]
+
+    # -- prediction -----------------------------------------------------------------------
+
+    def _head_index(self, head: Union[str, int]) -> int:
+        if isinstance(head, str):
+            if head in self._heads:
+                return self._heads.index(head)
+        elif isinstance(head, (int, np.integer)) and 0 <= int(head) < len(self._heads):
+            return int(head)
+        raise InvalidArgumentError("unknown head %r (the model has %s)"
+                                   % (head, ", ".join(self._heads)))
+
+    def _head_list(self, heads: HeadNames) -> Optional[List[int]]:
+        """Indices of the selected heads, or None for the default (all label heads)."""
+        if heads is None:
+            return None
+        if isinstance(heads, (str, int, np.integer)):
+            heads = [heads]
+        result: List[int] = []
+        for h in heads:
+            index = self._head_index(h)
+            if index not in result:
+                result.append(index)
+        if not result:
+            raise InvalidArgumentError("select at least one head")
+        return result
+
+    def _options(self, heads: Optional[List[int]], stat_ids: Optional[List[int]], tile: int,
+                 threads: int, memory_limit: Optional[int], precision: str,
+                 probabilities: bool = False):
+        if precision not in _PRECISIONS:
+            raise InvalidArgumentError("precision must be 'fp32' or 'bf16', not %r" % (precision,))
+        options = _capi.isl_predict_options_create()
+        try:
+            if tile:
+                _capi.isl_predict_options_set_tile_size(options, int(tile))
+            if threads:
+                _capi.isl_predict_options_set_threads(options, int(threads))
+            if memory_limit is not None:
+                if int(memory_limit) <= 0:
+                    raise InvalidArgumentError("memory_limit must be a positive number of bytes")
+                _capi.isl_predict_options_set_memory_limit(options, int(memory_limit))
+            _capi.isl_predict_options_set_precision(options, _PRECISIONS[precision])
+            if heads is not None:
+                _capi.isl_predict_options_set_heads(options, heads)
+            if stat_ids is not None:
+                _capi.isl_predict_options_set_stats(options, stat_ids)
+            if probabilities:
+                _capi.isl_predict_options_set_probabilities(options, 1)
+        except BaseException:
+            _capi.isl_predict_options_free(options)
+            raise
+        return options
+
+    @staticmethod
+    def _progress(progress: Optional[ProgressFn], cancel: Optional[threading.Event]):
+        if progress is None and cancel is None:
+            return None
+
+        def call(done: int, total: int) -> bool:
+            if cancel is not None and cancel.is_set():
+                return True
+            return progress is not None and progress(done, total) is True
+
+        return call
+
+    def predict(self, stack: npt.ArrayLike, stats: StatNames = ("median",),
+                heads: HeadNames = None, *, tile: int = 0, threads: int = 0,
+                memory_limit: Optional[int] = None, progress: Optional[ProgressFn] = None,
+                cancel: Optional[threading.Event] = None,
+                precision: str = "fp32") -> Dict[str, Dict[str, FloatArray]]:
+        """Predicts the fluorescence labels of a whole transmitted-light z-stack.
+
+        The image is mirror-padded and run in tiles whose size bounds the memory; the
+        result does not depend on the tile size. The GIL is released meanwhile.
+
+        Args:
+            stack: (num_z, y, x) array of uint8 or uint16 (scaled to [0, 1] by 1/255 or
+                1/65535) or float32 (used as is); any size. A C-contiguous array is used
+                without copying; other layouts, byte orders and float16/float64 are converted.
+            stats: statistic name(s) among :data:`STATS`.
+            heads: head name(s) or indices; default: all label heads (not the autoencoder).
+            tile: input side of the tiles, 250 + 16 m; 0 chooses the largest that fits
+                ``memory_limit``.
+            threads: threads used by this prediction (0 = all cores).
+            memory_limit: bound on the working memory in bytes (default 1.5 GiB).
+            progress: ``progress(done, total)`` is called after each tile (with the GIL);
+                returning True cancels (:class:`CancelledError`), and an exception it raises
+                cancels the prediction and propagates.
+            cancel: a :class:`threading.Event`; setting it (e.g. from another thread)
+                cancels the prediction at the next tile.
+            precision: "fp32" or "bf16" (bfloat16 convolutions on CPUs that have them).
+
+        Returns:
+            ``{head: {stat: image}}``; each image is float32 (y, x), or (num_z, y, x) for
+            the autoencoder head.
+
+        Raises:
+            ShapeError: the stack does not have num_z planes.
+            InvalidValueError: the stack holds NaN or infinity, or floats outside [0, 1]
+                for a model without input normalization.
+            CancelledError: cancelled through ``progress`` or ``cancel``.
+        """
+        array = _as_stack(stack)
+        stat_ids = _stat_list(stats)
+        head_ids = self._head_list(heads)
+        selected = head_ids if head_ids is not None else [
+            i for i, name in enumerate(self._heads) if name != AUTOENCODER]
+        _, height, width = array.shape
+        outputs: List[Optional[np.ndarray]] = [None] * (len(self._heads) * len(STATS))
+        result: Dict[str, Dict[str, FloatArray]] = {}
+        for h in selected:
+            name = self._heads[h]
+            shape: Tuple[int, ...] = (height, width)
+            if name == AUTOENCODER:
+                shape = (self._channels[h] // _NUM_CLASSES, height, width)
+            result[name] = {}
+            for s in stat_ids:
+                image = np.empty(shape, dtype=np.float32)
+                outputs[h * len(STATS) + s] = image
+                result[name][STATS[s]] = image
+        with self._handle as ptr:
+            options = self._options(head_ids, stat_ids, tile, threads, memory_limit, precision)
+            try:
+                _capi._predict_image(ptr, options, array, outputs, self._progress(progress, cancel))
+            finally:
+                _capi.isl_predict_options_free(options)
+        return result
+
+    def predict_rows(self, stack: npt.ArrayLike,
+                     callback: Callable[[str, str, int, FloatArray], Optional[bool]],
+                     stats: StatNames = ("median",), heads: HeadNames = None, *,
+                     tile: int = 0, threads: int = 0, memory_limit: Optional[int] = None,
+                     progress: Optional[ProgressFn] = None,
+                     cancel: Optional[threading.Event] = None, precision: str = "fp32") -> None:
+        """Like :meth:`predict`, but streams finished rows instead of returning whole images.
+
+        Memory stays bounded for images of any size. ``callback(head, stat, y0, rows)``
+        receives rows ``[y0, y0 + len)`` as a float32 array of shape (len, x), or
+        (num_z, len, x) for the autoencoder; rows arrive in order, each exactly once.
+        Returning True cancels (:class:`CancelledError`); an exception propagates.
+        """
+        array = _as_stack(stack)
+        stat_ids = _stat_list(stats)
+        head_ids = self._head_list(heads)
+        names = self._heads
+
+        def rows(head: int, stat: int, y0: int, data: np.ndarray) -> bool:
+            if names[head] != AUTOENCODER:
+                data = data[0]
+            return callback(names[head], STATS[stat], y0, data) is True
+
+        with self._handle as ptr:
+            options = self._options(head_ids, stat_ids, tile, threads, memory_limit, precision)
+            try:
+                _capi._predict_image_rows(ptr, options, array, rows,
+                                          self._progress(progress, cancel))
+            finally:
+                _capi.isl_predict_options_free(options)
+
+    def predict_tile(self, tile: npt.ArrayLike, probabilities: bool = False,
+                     heads: HeadNames = None, *, threads: int = 0,
+                     precision: str = "fp32") -> Dict[str, FloatArray]:
+        """Runs the network once on one tile, without padding.
+
+        Args:
+            tile: (num_z, h, w) float32, already scaled (and normalized), with h and w
+                each 250 + 16 m (250, 266, 282, ...).
+            probabilities: return probabilities (softmax) instead of logits.
+            heads: head name(s) or indices; default: all label heads.
+
+        Returns:
+            ``{head: array}`` of shape (256, h - 242, w - 242), or (num_z * 256, ...) for the
+            autoencoder: channel-major, as PyTorch. :func:`isl.stats` summarises it.
+
+        Raises:
+            ShapeError: h or w is not 250 + 16 m, or the tile does not have num_z planes.
+        """
+        array = np.ascontiguousarray(tile, dtype=np.float32)
+        if array.ndim != 3:
+            raise ShapeError("the tile must have 3 dimensions (z, y, x), not shape %s"
+                             % (array.shape,))
+        head_ids = self._head_list(heads)
+        if head_ids is None:
+            head_ids = [i for i, name in enumerate(self._heads) if name != AUTOENCODER]
+        _, h, w = array.shape
+        out_h, out_w = max(h - TILE_CONTEXT, 0), max(w - TILE_CONTEXT, 0)
+        outputs: List[Optional[np.ndarray]] = [None] * len(self._heads)
+        result: Dict[str, FloatArray] = {}
+        for i in head_ids:
+            outputs[i] = np.empty((self._channels[i], out_h, out_w), dtype=np.float32)
+            result[self._heads[i]] = outputs[i]  # type: ignore[assignment]
+        with self._handle as ptr:
+            options = self._options(None, None, 0, threads, None, precision, probabilities)
+            try:
+                _capi._predict_tile(ptr, options, array, outputs)
+            finally:
+                _capi.isl_predict_options_free(options)
+        return result

@@ -1,0 +1,141 @@
+/* Shared declarations of the isl command-line tool. */
+#ifndef ISL_CLI_H
+#define ISL_CLI_H
+
+#include "isl.h"
+
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Exit codes. */
+enum {
+    CLI_EXIT_OK = 0,
+    CLI_EXIT_RUNTIME = 1,     /* the work failed (library error, I/O, ...) */
+    CLI_EXIT_USAGE = 2,       /* bad command line */
+    CLI_EXIT_INTERRUPTED = 130 /* SIGINT or SIGTERM: 128 + SIGINT, as shells report it */
+};
+
+/* ---- Commands (cmd_*.c). argv[0] is the command name. ------------------------------ */
+int cli_cmd_model(int argc, char **argv);
+int cli_cmd_model_init(int argc, char **argv);
+int cli_cmd_model_info(int argc, char **argv);
+int cli_cmd_predict(int argc, char **argv);
+
+/* ---- Diagnostics (diag.c). Each prints exactly one line to stderr. ----------------- */
+/* "isl: error: <message>"; returns CLI_EXIT_USAGE. */
+int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "isl: error: <message>"; returns CLI_EXIT_RUNTIME. */
+int cli_runtime_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "isl: error: <isl_last_error()>" (or the status text if there is no message). */
+int cli_library_error(isl_status status);
+/* Formats v with thousands separators ("8,212,345") into buf; returns buf. */
+const char *cli_thousands(int64_t v, char *buf, size_t size);
+
+/* ---- Command-line parsing (args.c). ------------------------------------------------ */
+typedef struct cli_option {
+    const char *name; /* long name without "--" */
+    char short_name;  /* 0: none */
+    int takes_value;
+    int id;
+} cli_option;
+
+typedef struct cli_args {
+    int argc;
+    char **argv;
+    int next;              /* index of the next argument */
+    int only_positional;   /* after "--" */
+    const char *command;   /* "predict", "model init": for messages */
+} cli_args;
+
+enum { CLI_ARG_ERROR = -1, CLI_ARG_END = 0, CLI_ARG_OPTION = 1, CLI_ARG_POSITIONAL = 2 };
+
+/* Starts parsing argv[1..argc). */
+void cli_args_init(cli_args *a, int argc, char **argv, const char *command);
+/* Next argument: an option of opts (table ends with name == NULL; *id and *value set,
+ * value NULL for flags), a positional (*value), the end, or an error (already reported). */
+int cli_args_next(cli_args *a, const cli_option *opts, int *id, const char **value);
+/* 1 if "-h" or "--help" appears among argv[1..argc) before any "--". */
+int cli_wants_help(int argc, char **argv);
+
+/* Strict integer parsing: the whole text, in [min, max]. Reports a usage error and returns
+ * -1 on failure, 0 on success. */
+int cli_parse_int(const char *option, const char *text, long long min, long long max,
+                  long long *out);
+int cli_parse_u64(const char *option, const char *text, uint64_t *out);
+
+/* A comma-separated list: items point into one allocated copy of the text. Returns 0, or
+ * the exit code of a reported error (an empty item is a usage error). Free with
+ * cli_list_free. */
+typedef struct cli_list {
+    char *buffer;
+    char **items;
+    int count;
+} cli_list;
+int cli_split_list(const char *option, const char *text, cli_list *out);
+void cli_list_free(cli_list *l);
+
+/* ---- Files (fsutil.c). -------------------------------------------------------------- */
+/* mkdir -p. Directories it creates are recorded in *created (deepest last) so that they
+ * can be removed again with cli_remove_created_dirs. Reports runtime errors itself. */
+typedef struct cli_dirs {
+    char **paths;
+    int count;
+} cli_dirs;
+int cli_mkdir_p(const char *path, cli_dirs *created);
+/* Removes the recorded directories if they are empty (deepest first) and frees the list. */
+void cli_remove_created_dirs(cli_dirs *created);
+void cli_dirs_free(cli_dirs *created);
+/* dir + "/" + name (no doubled slash). NULL if out of memory. */
+char *cli_path_join(const char *dir, const char *name);
+/* File size in bytes, or -1. */
+int64_t cli_file_size(const char *path);
+
+/* ---- Interruption (interrupt.c). ----------------------------------------------------- */
+/* Installs SIGINT/SIGTERM handlers that set a flag (a second signal kills as usual). */
+int cli_interrupt_install(void);
+int cli_interrupted(void);
+
+/* ---- Progress (progress.c). ---------------------------------------------------------- */
+double cli_now(void); /* monotonic seconds */
+
+typedef struct cli_progress {
+    int enabled;       /* draw a bar (stderr is a terminal) */
+    double start;      /* cli_now() at creation */
+    double last_draw;
+    int drawn;         /* a bar is on the screen */
+} cli_progress;
+
+void cli_progress_init(cli_progress *p);
+/* isl_progress_fn: draws the bar; returns non-zero once interrupted. */
+int cli_progress_update(void *user, int64_t done, int64_t total);
+/* Erases the bar (if drawn) so that the next stderr line starts clean. */
+void cli_progress_clear(cli_progress *p);
+
+/* ---- Prediction outputs (outputs.c). --------------------------------------------------- */
+/* One float32 TIFF per selected (head, stat): dir/<head>_<stat>.tif, with as many pages as
+ * the head has planes. Files are written to temporaries and appear at their final paths
+ * only in cli_outputs_commit. Failures keep a message for cli_outputs_error. */
+typedef struct cli_outputs cli_outputs;
+
+/* NULL only when out of memory. */
+cli_outputs *cli_outputs_new(void);
+/* Opens every file (so that errors surface before the work). 0, or -1 on failure. */
+int cli_outputs_open(cli_outputs *o, const isl_model *model, const char *dir, const int *heads,
+                     int num_heads, const isl_stat *stats, int num_stats, int height, int width);
+/* isl_rows_fn (user = the cli_outputs): routes rows to their file; non-zero on failure or
+ * once interrupted. */
+int cli_outputs_rows(void *user, int head, isl_stat stat, int y0, int rows, int width,
+                     const float *data);
+/* Finishes every file and moves them into place; on any failure removes every file of the
+ * set, including ones already moved into place. 0, or -1 on failure. */
+int cli_outputs_commit(cli_outputs *o);
+/* Message of the first failure ("" if none). */
+const char *cli_outputs_error(const cli_outputs *o);
+/* Number of files and the final path of file i, in head-major order. */
+int cli_outputs_count(const cli_outputs *o);
+const char *cli_outputs_path(const cli_outputs *o, int i);
+/* Removes whatever was not committed and frees. NULL is a no-op. */
+void cli_outputs_free(cli_outputs *o);
+
+#endif

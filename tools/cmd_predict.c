@@ -1,0 +1,311 @@
+/* isl predict: a transmitted-light stack in, one float32 TIFF per (head, statistic) out. */
+#include "cli.h"
+#include "tiff_io.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char predict_help[] =
+    "Usage: isl predict --model MODEL.h5 --input STACK.tif --output-dir DIR [options]\n"
+    "\n"
+    "Predicts fluorescence images from a transmitted-light z-stack (a multi-page TIFF with\n"
+    "one page per z plane, as many as the model's num_z; 8/16-bit unsigned or float32) and\n"
+    "writes DIR/<head>_<stat>.tif for each selected head and statistic: float32 images of\n"
+    "the input's height and width (the autoencoder: one page per z plane). DIR is created\n"
+    "if missing. Files appear only when everything succeeded.\n"
+    "\n"
+    "Options:\n"
+    "  -m, --model PATH         model file (required)\n"
+    "  -i, --input PATH         input stack (required)\n"
+    "  -O, --output-dir DIR     output directory (required)\n"
+    "  --stats LIST             statistics, comma-separated (default median):\n"
+    "                           median, mean, mode, std, entropy, p_nonzero\n"
+    "  --heads LIST             heads, comma-separated (default: every label head);\n"
+    "                           'autoencoder' selects the autoencoder head\n"
+    "  --threads N              threads (default 0: all cores)\n"
+    "  --tile N                 input tile side, 250 + 16m, e.g. 266, 506, 1018; 0 (default):\n"
+    "                           the largest that fits the memory limit\n"
+    "  --memory-limit MB        working-memory bound in MiB (default 1536)\n"
+    "  --precision P            fp32 (default) or bf16\n"
+    "  -h, --help               show this help\n";
+
+enum { OPT_MODEL, OPT_INPUT, OPT_OUTDIR, OPT_STATS, OPT_HEADS, OPT_THREADS, OPT_TILE, OPT_MEMORY,
+       OPT_PRECISION };
+
+static const cli_option predict_options[] = {
+    {"model", 'm', 1, OPT_MODEL},   {"input", 'i', 1, OPT_INPUT},     {"output-dir", 'O', 1, OPT_OUTDIR},
+    {"stats", 0, 1, OPT_STATS},     {"heads", 0, 1, OPT_HEADS},       {"threads", 0, 1, OPT_THREADS},
+    {"tile", 0, 1, OPT_TILE},       {"memory-limit", 0, 1, OPT_MEMORY}, {"precision", 0, 1, OPT_PRECISION},
+    {NULL, 0, 0, 0},
+};
+
+typedef struct predict_args {
+    const char *model, *input, *output_dir, *heads;
+    isl_stat stats[ISL_STAT_COUNT];
+    int num_stats;
+    long long threads, tile, memory_mb;
+    isl_precision precision;
+} predict_args;
+
+static int parse_stats(const char *text, predict_args *a)
+{
+    cli_list list;
+    int rc = cli_split_list("--stats", text, &list);
+    if (rc != 0)
+        return rc;
+    a->num_stats = 0;
+    for (int i = 0; i < list.count && rc == 0; i++) {
+        int s = isl_stat_from_name(list.items[i]);
+        if (s < 0) {
+            rc = cli_usage_error("--stats: unknown statistic '%s' (valid: median, mean, mode, "
+                                 "std, entropy, p_nonzero)",
+                                 list.items[i]);
+            break;
+        }
+        int seen = 0;
+        for (int k = 0; k < a->num_stats; k++)
+            seen |= a->stats[k] == (isl_stat)s;
+        if (!seen)
+            a->stats[a->num_stats++] = (isl_stat)s;
+    }
+    cli_list_free(&list);
+    return rc;
+}
+
+static int parse_predict(int argc, char **argv, predict_args *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->stats[0] = ISL_STAT_MEDIAN;
+    a->num_stats = 1;
+    a->precision = ISL_PRECISION_FP32;
+    cli_args p;
+    cli_args_init(&p, argc, argv, "predict");
+    int kind, id;
+    const char *v;
+    while ((kind = cli_args_next(&p, predict_options, &id, &v)) != CLI_ARG_END) {
+        if (kind == CLI_ARG_ERROR)
+            return CLI_EXIT_USAGE;
+        if (kind == CLI_ARG_POSITIONAL)
+            return cli_usage_error("unexpected argument '%s' (see 'isl predict --help')", v);
+        int rc = 0;
+        switch (id) {
+        case OPT_MODEL: a->model = v; break;
+        case OPT_INPUT: a->input = v; break;
+        case OPT_OUTDIR: a->output_dir = v; break;
+        case OPT_HEADS: a->heads = v; break;
+        case OPT_STATS: rc = parse_stats(v, a); break;
+        case OPT_THREADS:
+            if (cli_parse_int("--threads", v, 0, 4096, &a->threads) != 0)
+                rc = CLI_EXIT_USAGE;
+            break;
+        case OPT_TILE:
+            if (cli_parse_int("--tile", v, 0, 1 << 20, &a->tile) != 0)
+                rc = CLI_EXIT_USAGE;
+            break;
+        case OPT_MEMORY:
+            if (cli_parse_int("--memory-limit", v, 1, (long long)(SIZE_MAX >> 20), &a->memory_mb) != 0)
+                rc = CLI_EXIT_USAGE;
+            break;
+        case OPT_PRECISION:
+            if (!strcmp(v, "fp32"))
+                a->precision = ISL_PRECISION_FP32;
+            else if (!strcmp(v, "bf16"))
+                a->precision = ISL_PRECISION_BF16;
+            else
+                rc = cli_usage_error("--precision: '%s' is not one of: fp32, bf16", v);
+            break;
+        }
+        if (rc != 0)
+            return rc;
+    }
+    if (!a->model)
+        return cli_usage_error("missing --model (see 'isl predict --help')");
+    if (!a->input)
+        return cli_usage_error("missing --input (see 'isl predict --help')");
+    if (!a->output_dir)
+        return cli_usage_error("missing --output-dir (see 'isl predict --help')");
+    return CLI_EXIT_OK;
+}
+
+/* Options that do not depend on the model; invalid values are usage errors. */
+static int make_options(const predict_args *a, cli_progress *progress, isl_predict_options **out)
+{
+    isl_predict_options *o = NULL;
+    isl_status s = isl_predict_options_create(&o);
+    if (s != ISL_OK)
+        return cli_library_error(s);
+    s = isl_predict_options_set_stats(o, a->num_stats, a->stats);
+    if (s == ISL_OK)
+        s = isl_predict_options_set_threads(o, (int)a->threads);
+    if (s == ISL_OK)
+        s = isl_predict_options_set_tile_size(o, (int)a->tile);
+    if (s == ISL_OK && a->memory_mb)
+        s = isl_predict_options_set_memory_limit(o, (size_t)a->memory_mb << 20);
+    if (s == ISL_OK)
+        s = isl_predict_options_set_precision(o, a->precision);
+    if (s == ISL_OK)
+        s = isl_predict_options_set_progress(o, cli_progress_update, progress);
+    if (s != ISL_OK) {
+        int rc = cli_library_error(s);
+        isl_predict_options_free(o);
+        return s == ISL_ERROR_INVALID_ARGUMENT ? CLI_EXIT_USAGE : rc;
+    }
+    *out = o;
+    return CLI_EXIT_OK;
+}
+
+/* Every head name of the model, comma-separated, for messages. */
+static void head_names(const isl_model *m, char *buf, size_t size)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int h = 0; h < isl_model_num_heads(m) && used < size; h++) {
+        int n = snprintf(buf + used, size - used, "%s%s", h ? ", " : "", isl_model_head_name(m, h));
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+}
+
+/* Head indices: the named ones (deduplicated) or every label head. */
+static int select_heads(const isl_model *m, const char *names, int **heads, int *count)
+{
+    int total = isl_model_num_heads(m);
+    *count = 0;
+    if (!(*heads = malloc(sizeof(int) * (size_t)(total > 0 ? total : 1))))
+        return cli_runtime_error("out of memory");
+    if (!names) {
+        for (int h = 0; h < total; h++)
+            if (strcmp(isl_model_head_name(m, h), "autoencoder"))
+                (*heads)[(*count)++] = h;
+        if (*count == 0)
+            return cli_usage_error("the model has no label heads; use --heads autoencoder");
+        return CLI_EXIT_OK;
+    }
+    cli_list list;
+    int rc = cli_split_list("--heads", names, &list);
+    for (int i = 0; rc == 0 && i < list.count; i++) {
+        int h = isl_model_head_index(m, list.items[i]);
+        if (h < 0) {
+            char valid[4096];
+            head_names(m, valid, sizeof(valid));
+            rc = cli_usage_error("--heads: the model has no head '%s' (valid: %s)", list.items[i],
+                                 valid);
+            break;
+        }
+        int seen = 0;
+        for (int k = 0; k < *count; k++)
+            seen |= (*heads)[k] == h;
+        if (!seen)
+            (*heads)[(*count)++] = h;
+    }
+    cli_list_free(&list);
+    return rc;
+}
+
+typedef struct predict_job {
+    isl_model *model;
+    isl_predict_options *options;
+    int *heads;
+    int num_heads;
+    isl_tiff_stack stack;
+    cli_dirs created;
+    cli_outputs *outputs;
+    cli_progress progress;
+} predict_job;
+
+static void job_free(predict_job *j, int failed)
+{
+    cli_outputs_free(j->outputs); /* removes uncommitted temporaries */
+    if (failed)
+        cli_remove_created_dirs(&j->created);
+    else
+        cli_dirs_free(&j->created);
+    isl_tiff_stack_free(&j->stack);
+    free(j->heads);
+    isl_predict_options_free(j->options);
+    isl_model_free(j->model);
+}
+
+/* Runs the prediction into the opened outputs and commits them. */
+static int run(predict_job *j, const predict_args *a)
+{
+    isl_stack input = {j->stack.data, j->stack.dtype, j->stack.num_z, j->stack.height,
+                       j->stack.width};
+    isl_status s = isl_predict_options_set_heads(j->options, j->num_heads, j->heads);
+    if (s != ISL_OK)
+        return cli_library_error(s);
+    cli_progress_init(&j->progress);
+    s = isl_predict_image_rows(j->model, j->options, &input, cli_outputs_rows, j->outputs);
+    int committed = s == ISL_OK && !cli_interrupted() && cli_outputs_commit(j->outputs) == 0;
+    cli_progress_clear(&j->progress);
+    if (!committed && cli_interrupted()) {
+        cli_runtime_error("interrupted; no output written");
+        return CLI_EXIT_INTERRUPTED;
+    }
+    if (s != ISL_OK && cli_outputs_error(j->outputs)[0] == '\0')
+        return cli_library_error(s);
+    if (!committed)
+        return cli_runtime_error("%s", cli_outputs_error(j->outputs));
+
+    double seconds = cli_now() - j->progress.start;
+    double mpix = (double)input.height * input.width / 1e6;
+    for (int i = 0; i < cli_outputs_count(j->outputs); i++)
+        printf("wrote %s\n", cli_outputs_path(j->outputs, i));
+    if (fflush(stdout) != 0)
+        return cli_runtime_error("cannot write to stdout");
+    fprintf(stderr,
+            "isl: predicted %d head%s x %d stat%s of a %d x %d image in %.2f s "
+            "(%.3f megapixels/s)\n",
+            j->num_heads, j->num_heads == 1 ? "" : "s", a->num_stats, a->num_stats == 1 ? "" : "s",
+            input.width, input.height, seconds, seconds > 0 ? mpix / seconds : 0.0);
+    return CLI_EXIT_OK;
+}
+
+static int predict(predict_job *j, const predict_args *a)
+{
+    int rc = make_options(a, &j->progress, &j->options);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    if (cli_interrupt_install() != 0)
+        return cli_runtime_error("cannot install the SIGINT handler");
+    isl_status s = isl_model_load(a->model, &j->model);
+    if (s != ISL_OK)
+        return cli_library_error(s);
+    if ((rc = select_heads(j->model, a->heads, &j->heads, &j->num_heads)) != CLI_EXIT_OK)
+        return rc;
+    s = isl_tiff_read_stack(a->input, isl_model_num_z(j->model), &j->stack);
+    if (s != ISL_OK)
+        return cli_library_error(s);
+    if (cli_interrupted()) {
+        cli_runtime_error("interrupted; no output written");
+        return CLI_EXIT_INTERRUPTED;
+    }
+    if ((rc = cli_mkdir_p(a->output_dir, &j->created)) != CLI_EXIT_OK)
+        return rc;
+    if (!(j->outputs = cli_outputs_new()))
+        return cli_runtime_error("out of memory");
+    if (cli_outputs_open(j->outputs, j->model, a->output_dir, j->heads, j->num_heads, a->stats,
+                         a->num_stats, j->stack.height, j->stack.width) != 0)
+        return cli_runtime_error("%s", cli_outputs_error(j->outputs));
+    return run(j, a);
+}
+
+int cli_cmd_predict(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        fputs(predict_help, stdout);
+        return CLI_EXIT_OK;
+    }
+    predict_args a;
+    int rc = parse_predict(argc, argv, &a);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    predict_job job;
+    memset(&job, 0, sizeof(job));
+    rc = predict(&job, &a);
+    job_free(&job, rc != CLI_EXIT_OK);
+    return rc;
+}

@@ -1,0 +1,47 @@
+/* isl: command-line front end of the In Silico Labeling library. Dispatches commands. */
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char main_help[] =
+    "Usage: isl <command> [options]\n"
+    "\n"
+    "In Silico Labeling (Christiansen et al., Cell 2018): predicts fluorescence images from\n"
+    "a transmitted-light z-stack.\n"
+    "\n"
+    "Commands:\n"
+    "  model init   create a model with random weights\n"
+    "  model info   describe a model file\n"
+    "  predict      predict fluorescence images from a z-stack\n"
+    "\n"
+    "Options:\n"
+    "  -h, --help      show this help ('isl <command> --help' for a command)\n"
+    "  -V, --version   show the library version\n"
+    "\n"
+    "Exit status: 0 success, 1 runtime error, 2 usage error, 130 interrupted.\n";
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fputs(main_help, stderr);
+        return CLI_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        fputs(main_help, stdout);
+        return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_RUNTIME;
+    }
+    if (!strcmp(cmd, "-V") || !strcmp(cmd, "--version")) {
+        printf("isl %s\n", isl_version_string());
+        return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_RUNTIME;
+    }
+    if (!strcmp(cmd, "model"))
+        return cli_cmd_model(argc - 1, argv + 1);
+    if (!strcmp(cmd, "predict"))
+        return cli_cmd_predict(argc - 1, argv + 1);
+    if (cmd[0] == '-')
+        return cli_usage_error("unknown option '%s' (see 'isl --help')", cmd);
+    return cli_usage_error("unknown command '%s' (commands: model, predict; see 'isl --help')",
+                           cmd);
+}
