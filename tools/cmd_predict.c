@@ -258,7 +258,7 @@ static int run(predict_job *j, const predict_args *a)
         return cli_runtime_error("cannot write to stdout");
     fprintf(stderr,
             "isl: predicted %d head%s x %d stat%s of a %d x %d image in %.2f s "
-            "(%.3f megapixels/s)\n",
+            "(%.3g megapixels/s)\n",
             j->num_heads, j->num_heads == 1 ? "" : "s", a->num_stats, a->num_stats == 1 ? "" : "s",
             input.width, input.height, seconds, seconds > 0 ? mpix / seconds : 0.0);
     return CLI_EXIT_OK;
