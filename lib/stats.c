@@ -106,9 +106,12 @@ isl_status isl_stats(const float *logits, int classes, int64_t count, int64_t st
         for (int i = 0; i < n; i++) {
             const float *l = logits + at + i;
             float mx = -INFINITY, sum = 0.0f;
-            for (int k = 0; k < classes; k++)
+            int finite = 1;
+            for (int k = 0; k < classes; k++) {
+                finite &= isfinite(l[k * stride]) != 0;
                 mx = fmaxf(mx, l[k * stride]);
-            if (!isfinite(mx)) {
+            }
+            if (!finite) {
                 free(probs);
                 return isl_fail(ISL_ERROR_VALUE, "isl_stats: distribution %lld has non-finite logits",
                                 (long long)(at + i));

@@ -20,6 +20,9 @@ import tifffile
 from conftest import HEADS
 
 STATS = ("median", "mean", "mode", "std", "entropy", "p_nonzero")
+# Small predictions run single-threaded: on a loaded machine (meson runs tests in
+# parallel) OpenMP's spinning threads can make a 0.3 s run take 10 s.
+ONE_THREAD = ("--threads", 1)
 
 
 def assert_one_error_line(r, code=None):
@@ -180,7 +183,7 @@ def test_model_info_errors(run_isl, tmp_path):
 def test_predict_all_stats(run_isl, small_model, small_stack, tmp_path):
     out = tmp_path / "a" / "b"  # created with mkdir -p semantics
     r = run_isl("predict", "--model", small_model, "--input", small_stack, "--output-dir", out,
-                "--stats", ",".join(STATS), "--threads", 2)
+                "--stats", ",".join(STATS), *ONE_THREAD)
     assert r.returncode == 0, r.stderr
     expected = [out / f"{h}_{s}.tif" for h in HEADS for s in STATS]
     assert r.stdout.splitlines() == [f"wrote {p}" for p in expected]
@@ -206,14 +209,15 @@ def test_predict_all_stats(run_isl, small_model, small_stack, tmp_path):
 
 
 def test_predict_default_stat_and_heads(run_isl, small_model, small_stack, tmp_path):
-    r = run_isl("predict", "--model", small_model, "--input", small_stack, "--output-dir", tmp_path)
+    r = run_isl("predict", "--model", small_model, "--input", small_stack, "--output-dir", tmp_path,
+                *ONE_THREAD)
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(tmp_path)) == sorted(f"{h}_median.tif" for h in HEADS)
 
 
 def test_predict_autoencoder(run_isl, small_model, small_stack, tmp_path):
     r = run_isl("predict", "--model", small_model, "--input", small_stack, "--output-dir", tmp_path,
-                "--heads", "autoencoder,dapi_confocal", "--stats", "mean")
+                "--heads", "autoencoder,dapi_confocal", "--stats", "mean", *ONE_THREAD)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [f"wrote {tmp_path / 'autoencoder_mean.tif'}",
                                      f"wrote {tmp_path / 'dapi_confocal_mean.tif'}"]
@@ -231,12 +235,13 @@ def test_predict_autoencoder(run_isl, small_model, small_stack, tmp_path):
 def test_predict_tile_size_invariance(run_isl, small_model, tmp_path):
     rng = np.random.default_rng(5)
     stack = tmp_path / "s.tif"
-    tifffile.imwrite(stack, rng.integers(0, 256, size=(13, 56, 60), dtype=np.uint8))
+    tifffile.imwrite(stack, rng.integers(0, 256, size=(13, 40, 44), dtype=np.uint8))
     results = {}
     for tile in (266, 522):
         out = tmp_path / f"t{tile}"
         r = run_isl("predict", "--model", small_model, "--input", stack, "--output-dir", out,
-                    "--tile", tile, "--stats", "mean,entropy,median", "--heads", "dapi_confocal")
+                    "--tile", tile, "--stats", "mean,entropy,median", "--heads", "dapi_confocal",
+                    *ONE_THREAD)
         assert r.returncode == 0, r.stderr
         results[tile] = {s: tifffile.imread(out / f"dapi_confocal_{s}.tif")
                          for s in ("mean", "entropy", "median")}
@@ -283,7 +288,8 @@ def test_predict_progress_bar_on_terminal(isl_bin, small_model, small_stack, tmp
     """With stderr on a terminal, a progress bar is drawn (and erased)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen([str(isl_bin), "predict", "--model", str(small_model), "--input",
-                             str(small_stack), "--output-dir", str(tmp_path), "--tile", "266"],
+                             str(small_stack), "--output-dir", str(tmp_path), "--tile", "266",
+                             "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
     chunks = []
@@ -349,7 +355,7 @@ def bad_inputs(tmp_path):
 def test_predict_errors(run_isl, small_model, small_stack, bad_inputs, tmp_path, case, code):
     out = tmp_path / "out"
     base = {"--model": small_model, "--input": small_stack, "--output-dir": out}
-    extra = []
+    extra = list(ONE_THREAD)
     if case == "missing model":
         base["--model"] = bad_inputs["missing"]
     elif case == "corrupt model":
@@ -361,23 +367,23 @@ def test_predict_errors(run_isl, small_model, small_stack, bad_inputs, tmp_path,
     elif case == "missing input":
         base["--input"] = tmp_path / "nope.tif"
     elif case == "unknown stat":
-        extra = ["--stats", "median,variance"]
+        extra += ["--stats", "median,variance"]
     elif case == "unknown head":
-        extra = ["--heads", "dapi_confocal,tubulin"]
+        extra += ["--heads", "dapi_confocal,tubulin"]
     elif case == "bad tile":
-        extra = ["--tile", "300"]
+        extra += ["--tile", "300"]
     elif case == "tile not a number":
-        extra = ["--tile", "26x6"]
+        extra += ["--tile", "26x6"]
     elif case == "bad threads":
-        extra = ["--threads", "-3"]
+        extra += ["--threads", "-3"]
     elif case == "bad memory limit":
-        extra = ["--memory-limit", "0"]
+        extra += ["--memory-limit", "0"]
     elif case == "bad precision":
-        extra = ["--precision", "fp16"]
+        extra += ["--precision", "fp16"]
     elif case == "unknown option":
-        extra = ["--tiles", "266"]
+        extra += ["--tiles", "266"]
     elif case == "missing value":
-        extra = ["--stats"]
+        extra += ["--stats"]
     elif case == "missing model option":
         del base["--model"]
     elif case == "output dir is a file":
@@ -404,7 +410,8 @@ def test_predict_existing_dir_untouched_on_error(run_isl, small_model, tmp_path)
     (out / "other.txt").write_text("x")
     stack = tmp_path / "s.tif"
     tifffile.imwrite(stack, np.zeros((12, 20, 20), np.uint16))
-    r = run_isl("predict", "--model", small_model, "--input", stack, "--output-dir", out)
+    r = run_isl("predict", "--model", small_model, "--input", stack, "--output-dir", out,
+                *ONE_THREAD)
     assert_one_error_line(r, 1)
     assert os.listdir(out) == ["other.txt"]
 
@@ -417,7 +424,7 @@ def test_predict_sigint_cancels_cleanly(isl_bin, small_model, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.Popen([str(isl_bin), "predict", "--model", str(small_model), "--input",
                              str(stack), "--output-dir", str(out), "--tile", "266",
-                             "--stats", "median,mean", "--heads", "dapi_confocal,autoencoder"],
+                             "--stats", "median,mean", "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

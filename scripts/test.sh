@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what isl needs, builds it, and runs the whole test suite: the C tests (Check)
+# and the Python tests (pytest) through meson. Then runs the quick tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer.
+#   ISL_TEST_SANITIZE=0 skips the sanitizer pass; ISL_LONG_TESTS=1 adds the long tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup-debian.sh
+
+long=false
+if [ "${ISL_LONG_TESTS:-0}" = 1 ]; then long=true; fi
+if [ ! -d build ]; then
+  meson setup build --buildtype=release -Dlong_tests=$long
+else
+  meson configure build -Dlong_tests=$long
+fi
+ninja -C build
+meson test -C build --print-errorlogs --num-processes 1
+
+if [ "${ISL_TEST_SANITIZE:-1}" = 1 ]; then
+  if [ ! -d build-asan ]; then
+    meson setup build-asan --buildtype=debugoptimized -Db_sanitize=address,undefined \
+      -Db_lundef=false -Dpython=disabled -Djava=disabled
+  fi
+  ninja -C build-asan
+  # The quick suite exercises every code path; the slow one only repeats them at scale.
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    meson test -C build-asan --suite quick --print-errorlogs --num-processes 1
+fi

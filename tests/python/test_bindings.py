@@ -1,0 +1,611 @@
+"""Tests of the Python and Java bindings, the examples and the binding docs.
+
+    cd /work/main && /usr/bin/python3 -m pytest -q tests/python/test_bindings.py
+
+ISL_BUILD_DIR selects the build (default <source>/build); see conftest_bindings.py.
+"""
+import gc
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest_bindings import (  # noqa: F401  (fixtures)
+    BUILD_DIR,
+    EXAMPLES_BUILD_DIR,
+    LABEL_HEADS,
+    PYTHON_PACKAGE_DIR,
+    SMALL_SHAPE,
+    SOURCE_DIR,
+    bindings_tmp,
+    golden,
+    golden_model,
+    islpy,
+    java_tools,
+    python_env,
+    run,
+    small_model,
+    small_model_file,
+    small_prediction,
+    small_stack,
+    small_stack_file,
+)
+
+
+def softmax(logits, axis=0):
+    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def median_agreement(a, b):
+    return float(np.mean(np.abs(a - b) < 1e-6))
+
+
+# ------------------------------------------------------------------------------------
+# The package follows the header
+
+
+def test_version_and_constants(islpy):
+    from isl import _capi
+
+    assert islpy.__version__ == _capi.isl_version_string() == islpy.version()
+    assert re.fullmatch(r"\d+\.\d+\.\d+", islpy.__version__)
+    major, minor, patch = map(int, islpy.__version__.split("."))
+    assert _capi.isl_version_number() == major * 10000 + minor * 100 + patch
+    assert islpy.STATS == ("median", "mean", "mode", "std", "entropy", "p_nonzero")
+    assert islpy.format_version() >= 1
+
+
+def test_every_header_function_is_bound(islpy):
+    """Each function of isl.h is wrapped by SWIG or replaced by a helper of isl.i."""
+    from isl import _capi
+
+    header = (SOURCE_DIR / "include" / "isl.h").read_text()
+    functions = set(re.findall(r"ISL_API\s+[^;(]*?\b(isl_\w+)\s*\(", header))
+    assert len(functions) > 30
+    replaced = {
+        "isl_model_config_init": "_model_create",
+        "isl_model_create": "_model_create",
+        "isl_predict_options_set_progress": "_predict_image",
+        "isl_predict_tile": "_predict_tile",
+        "isl_predict_image": "_predict_image",
+        "isl_predict_image_rows": "_predict_image_rows",
+        "isl_stats": "_stats",
+    }
+    missing = sorted(f for f in functions if f not in replaced and not hasattr(_capi, f))
+    assert not missing, "functions of isl.h missing from the bindings: %s" % missing
+    assert all(hasattr(_capi, helper) for helper in replaced.values())
+    # Status codes: the Python enum and the exception classes match the C enum.
+    c_codes = {name[len("ISL_ERROR_"):]: getattr(_capi, name)
+               for name in dir(_capi) if name.startswith("ISL_ERROR_")}
+    c_codes["OK"] = _capi.ISL_OK
+    assert c_codes == {s.name: int(s) for s in islpy.Status}
+    for status in islpy.Status:
+        if status != islpy.Status.OK:
+            cls = islpy._errors.error_class(status)
+            assert cls.status == status and issubclass(cls, islpy.IslError)
+
+
+# ------------------------------------------------------------------------------------
+# Numbers
+
+
+def test_golden_prediction(golden, golden_model):
+    """Mean within 1e-4 and median equal at >= 99.9% of the pixels (README of the vectors)."""
+    out = golden_model.predict(golden.stack, stats=("mean", "median"))
+    assert set(out) == set(LABEL_HEADS)
+    for head in LABEL_HEADS:
+        mean, median = out[head]["mean"], out[head]["median"]
+        assert mean.shape == median.shape == (266, 300) and mean.dtype == np.float32
+        err = np.abs(mean - golden.expected[head + "/mean"]).max()
+        assert err <= 1e-4, "%s/mean max error %g" % (head, err)
+        agree = median_agreement(median, golden.expected[head + "/median"])
+        assert agree >= 0.999, "%s/median agrees at %.4f%% of pixels" % (head, 100 * agree)
+
+
+def test_golden_patch_with_predict_tile(islpy, golden, golden_model):
+    """predict_tile on the first window of the padded input reproduces the golden logits."""
+    padded = np.pad(golden.stack.astype(np.float32) / 65535, ((0, 0), (121, 121), (121, 121)),
+                    mode="reflect")
+    tile = padded[:, :250, :250]
+    logits = golden_model.predict_tile(tile, heads="dapi_confocal")["dapi_confocal"]
+    assert logits.shape == (256, 8, 8)
+    expected = golden.expected["patch_0_0_logits_head0"]
+    assert np.abs(logits - expected).max() <= 1e-3
+    mean = islpy.stats(logits, "mean")
+    assert np.abs(mean - golden.expected["dapi_confocal/mean"][:8, :8]).max() <= 1e-4
+
+
+def test_stats_match_numpy(islpy):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(0, 3, (256, 5, 7)).astype(np.float32)
+    p = softmax(logits.astype(np.float64))
+    k = np.arange(256).reshape(256, 1, 1) / 255
+    mean = (p * k).sum(0)
+    std = np.sqrt((p * (k - mean) ** 2).sum(0))
+    median = np.argmax(np.cumsum(p, 0) >= 0.5, axis=0) / 255
+    entropy = -(p * np.log(p)).sum(0) / np.log(256)
+    assert np.allclose(islpy.stats(logits, "mean"), mean, atol=1e-5)
+    assert np.allclose(islpy.stats(logits, "std"), std, atol=1e-5)
+    assert np.allclose(islpy.stats(logits, "entropy"), entropy, atol=1e-5)
+    assert np.allclose(islpy.stats(logits, "mode"), np.argmax(p, 0) / 255)
+    assert np.allclose(islpy.stats(logits, "p_nonzero"), 1 - p[0], atol=1e-5)
+    assert median_agreement(islpy.stats(logits, "median"), median) >= 0.97
+    assert islpy.stats(logits[:, 0, 0].tolist(), 1).shape == ()  # lists, stat by index
+    with pytest.raises(islpy.InvalidArgumentError):
+        islpy.stats(logits, "average")
+
+
+def test_input_types_agree(small_model, small_stack, small_prediction):
+    """uint16, float32 (same values) and non-contiguous input give the same prediction."""
+    ref = small_prediction["dapi_confocal"]["mean"]
+    as_float = small_model.predict(small_stack.astype(np.float32) / 65535, stats="mean")
+    assert np.abs(as_float["dapi_confocal"]["mean"] - ref).max() < 1e-4
+    fortran = np.asfortranarray(small_stack)
+    assert np.array_equal(small_model.predict(fortran, stats="mean")["dapi_confocal"]["mean"], ref)
+    as_u8 = (small_stack >> 8).astype(np.uint8)
+    u8 = small_model.predict(as_u8, stats="mean")["dapi_confocal"]["mean"]
+    f = small_model.predict(as_u8.astype(np.float32) / 255, stats="mean")["dapi_confocal"]["mean"]
+    assert np.abs(u8 - f).max() < 1e-4
+
+
+def test_stack_is_not_copied(islpy, small_stack):
+    assert islpy._as_stack(small_stack) is small_stack
+    assert islpy._as_stack(small_stack.astype(np.float32)).dtype == np.float32
+    assert islpy._as_stack(small_stack.astype(np.float64)).dtype == np.float32
+
+
+def test_predict_outputs(islpy, small_model, small_stack, small_prediction):
+    z, h, w = small_stack.shape
+    out = small_model.predict(small_stack, stats=islpy.STATS, heads=["nfh_confocal", "autoencoder"])
+    assert list(out) == ["nfh_confocal", "autoencoder"]
+    assert list(out["nfh_confocal"]) == list(islpy.STATS)
+    for stat, image in out["nfh_confocal"].items():
+        assert image.shape == (h, w) and image.dtype == np.float32, stat
+        assert np.all((image >= 0) & (image <= 1)), stat
+    for stat, image in out["autoencoder"].items():
+        assert image.shape == (z, h, w), stat
+    assert np.allclose(out["nfh_confocal"]["median"] * 255, np.round(out["nfh_confocal"]["median"] * 255))
+    # The same head alone, by index, gives the same numbers.
+    alone = small_model.predict(small_stack, stats=("median", "mean"), heads=1)
+    assert np.array_equal(alone["nfh_confocal"]["mean"], small_prediction["nfh_confocal"]["mean"])
+
+
+def test_tile_size_does_not_change_results(small_model, small_stack, small_prediction):
+    tiled = small_model.predict(small_stack, stats="mean", tile=266, threads=1)
+    assert np.abs(tiled["dapi_confocal"]["mean"] - small_prediction["dapi_confocal"]["mean"]).max() < 1e-5
+
+
+def test_predict_rows_matches_predict(small_model, small_stack, small_prediction):
+    images = {head: np.full(small_stack.shape[1:], np.nan, np.float32) for head in LABEL_HEADS}
+    calls = []
+
+    def rows(head, stat, y0, data):
+        assert stat == "mean"
+        calls.append((head, y0, data.shape))
+        images[head][y0:y0 + data.shape[0]] = data
+
+    small_model.predict_rows(small_stack, rows, stats="mean", tile=266)
+    assert len(calls) >= 2
+    for head in LABEL_HEADS:
+        assert np.abs(images[head] - small_prediction[head]["mean"]).max() < 1e-5
+
+
+def test_predict_tile(islpy, small_model):
+    tile = np.random.default_rng(2).random((13, 266, 250), dtype=np.float32)
+    logits = small_model.predict_tile(tile)
+    assert set(logits) == set(LABEL_HEADS)
+    assert logits["dapi_confocal"].shape == (256, 24, 8)
+    probs = small_model.predict_tile(tile, probabilities=True, heads=["dapi_confocal", "autoencoder"])
+    assert probs["autoencoder"].shape == (13 * 256, 24, 8)
+    p = probs["dapi_confocal"]
+    assert np.all(p >= 0)
+    assert np.abs(p.sum(axis=0) - 1).max() < 1e-4
+    assert np.abs(softmax(logits["dapi_confocal"]) - p).max() < 1e-5
+    sums = probs["autoencoder"].reshape(13, 256, 24, 8).sum(axis=1)
+    assert np.abs(sums - 1).max() < 1e-4
+
+
+def test_model_properties_save_load(islpy, small_model, small_model_file, small_stack,
+                                    small_prediction):
+    assert small_model.heads == LABEL_HEADS + ("autoencoder",)
+    assert small_model.label_heads == LABEL_HEADS
+    assert (small_model.num_z, small_model.base_depth) == (13, 16)
+    assert small_model.input_normalization == "none"
+    assert small_model.parameter_count > 0
+    assert small_model.head_channels("autoencoder") == 13 * 256
+    assert small_model.head_channels(0) == 256
+    assert "base_depth=16" in repr(small_model)
+    with islpy.Model.load(str(small_model_file)) as loaded:
+        assert loaded.heads == small_model.heads
+        assert loaded.parameter_count == small_model.parameter_count
+        out = loaded.predict(small_stack, stats="mean")
+    assert np.array_equal(out["dapi_confocal"]["mean"], small_prediction["dapi_confocal"]["mean"])
+    assert loaded.closed and loaded.heads == small_model.heads  # readable after close
+    with islpy.Model.create(base_depth=8, num_z=3, heads=["a"], input_normalization="global") as m:
+        assert m.input_normalization == "global" and m.heads == ("a", "autoencoder")
+    with pytest.raises(TypeError):
+        islpy.Model(None)
+    with pytest.raises(TypeError):
+        pickle.dumps(small_model)
+
+
+# ------------------------------------------------------------------------------------
+# Errors
+
+
+def test_missing_file_raises_io_error(islpy, bindings_tmp):
+    with pytest.raises(islpy.IslIOError) as e:
+        islpy.Model.load(bindings_tmp / "missing.h5")
+    assert e.value.status == islpy.Status.IO
+    assert "missing.h5" in str(e.value)
+    assert isinstance(e.value, OSError)
+    with pytest.raises(islpy.IslIOError):
+        islpy.Model.load(bindings_tmp)  # a directory
+
+
+def test_corrupt_files_raise_format_error(islpy, bindings_tmp, small_model_file):
+    garbage = bindings_tmp / "garbage.h5"
+    garbage.write_bytes(b"this is not an HDF5 file" * 10)
+    truncated = bindings_tmp / "truncated.h5"
+    truncated.write_bytes(small_model_file.read_bytes()[:50000])
+    for path in (garbage, truncated):
+        with pytest.raises(islpy.FormatError) as e:
+            islpy.Model.load(path)
+        assert e.value.status == islpy.Status.FORMAT and str(path) in str(e.value)
+
+
+def test_prediction_errors(islpy, small_model, small_stack):
+    with pytest.raises(islpy.ShapeError) as e:
+        small_model.predict(small_stack[:12])
+    assert e.value.status == islpy.Status.SHAPE and "13" in str(e.value)
+    with pytest.raises(islpy.ShapeError):
+        small_model.predict(small_stack[0])
+    bad = small_stack.astype(np.float32) / 65535
+    bad[3, 5, 7] = np.nan
+    with pytest.raises(islpy.InvalidValueError) as e:
+        small_model.predict(bad)
+    assert e.value.status == islpy.Status.VALUE and "not finite" in str(e.value)
+    with pytest.raises(islpy.InvalidValueError):
+        small_model.predict(small_stack.astype(np.float32))  # floats outside [0, 1]
+    with pytest.raises(islpy.InvalidArgumentError):
+        small_model.predict(small_stack, stats="average")
+    with pytest.raises(islpy.InvalidArgumentError):
+        small_model.predict(small_stack, heads="gfp")
+    with pytest.raises(islpy.InvalidArgumentError):
+        small_model.predict(small_stack, tile=251)
+    with pytest.raises(islpy.InvalidArgumentError):
+        small_model.predict(small_stack, precision="fp64")
+    with pytest.raises(TypeError):
+        small_model.predict(small_stack.astype(np.int32))
+    with pytest.raises(islpy.InvalidArgumentError):
+        islpy.Model.create(base_depth=2)
+    with pytest.raises(islpy.InvalidArgumentError):
+        islpy.Model.create(base_depth=8, heads=["autoencoder"])
+
+
+def test_bad_tiles(islpy, small_model):
+    with pytest.raises(islpy.ShapeError) as e:
+        small_model.predict_tile(np.zeros((13, 251, 250), np.float32))
+    assert "250 + 16m" in str(e.value)
+    with pytest.raises(islpy.ShapeError):
+        small_model.predict_tile(np.zeros((12, 250, 250), np.float32))
+    with pytest.raises(islpy.ShapeError):
+        small_model.predict_tile(np.zeros((250, 250), np.float32))
+    nan = np.zeros((13, 250, 250), np.float32)
+    nan[0, 0, 0] = np.inf
+    with pytest.raises(islpy.InvalidValueError):
+        small_model.predict_tile(nan)
+    with pytest.raises(islpy.ShapeError):
+        islpy.stats(np.zeros((1, 4), np.float32), "mean")
+
+
+def test_closed_model(islpy, small_model_file, small_stack):
+    model = islpy.Model.load(small_model_file)
+    model.close()
+    model.close()  # idempotent
+    assert model.closed and "closed" in repr(model)
+    for call in (lambda: model.predict(small_stack), lambda: model.save("x.h5"),
+                 lambda: model.predict_tile(np.zeros((13, 250, 250), np.float32))):
+        with pytest.raises(islpy.ClosedModelError, match="closed"):
+            call()
+    assert issubclass(islpy.ClosedModelError, islpy.InvalidArgumentError)
+
+
+def test_errors_pickle(islpy):
+    e = islpy.ShapeError("bad shape")
+    copy = pickle.loads(pickle.dumps(e))
+    assert type(copy) is islpy.ShapeError and copy.status == islpy.Status.SHAPE
+    assert str(copy) == "bad shape"
+    io = pickle.loads(pickle.dumps(islpy.IslIOError("x: cannot open")))
+    assert isinstance(io, OSError) and str(io) == "x: cannot open"
+
+
+# ------------------------------------------------------------------------------------
+# Progress, cancellation, threads
+
+
+def test_progress_and_cancellation(islpy, small_model, small_stack):
+    seen = []
+    small_model.predict(small_stack, tile=266, progress=lambda d, t: seen.append((d, t)))
+    assert len(seen) >= 2 and seen[-1][0] == seen[-1][1] == len(seen)
+
+    calls = []
+
+    def cancel(done, total):
+        calls.append(done)
+        return True
+
+    with pytest.raises(islpy.CancelledError) as e:
+        small_model.predict(small_stack, tile=266, progress=cancel)
+    assert e.value.status == islpy.Status.CANCELLED and calls == [1]
+
+    # Only True cancels; other return values continue.
+    small_model.predict(small_stack, tile=266, progress=lambda d, t: 1)
+
+    def fails(done, total):
+        raise ZeroDivisionError("from the callback")
+
+    with pytest.raises(ZeroDivisionError, match="from the callback"):
+        small_model.predict(small_stack, tile=266, progress=fails)
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(islpy.CancelledError):
+        small_model.predict(small_stack, cancel=stop)
+
+    def stop_rows(head, stat, y0, rows):
+        return True
+
+    with pytest.raises(islpy.CancelledError):
+        small_model.predict_rows(small_stack, stop_rows)
+    # The model still works after cancellations.
+    assert small_model.predict(small_stack)["dapi_confocal"]["median"].shape == small_stack.shape[1:]
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
+                    reason="signals are delivered to the main thread")
+def test_sigint_cancels_prediction(small_model, small_stack):
+    stack = np.ascontiguousarray(np.tile(small_stack, (1, 3, 3)))  # 72 x 120: 15 tiles of 266
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Interrupted()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+        seen = []
+        with pytest.raises(Interrupted):
+            timer.start()
+            # The signal arrives while predicting.
+            small_model.predict(stack, tile=266, threads=1,
+                                progress=lambda d, t: seen.append(d) or time.sleep(0.02))
+        assert len(seen) < 15
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_gil_is_released(small_model, small_stack, small_prediction):
+    """A Python thread keeps running while another thread is inside a prediction."""
+    stack = small_stack  # one tile, whose plan small_prediction has already created
+    times = {}
+
+    def predict():
+        times["start"] = time.perf_counter()
+        small_model.predict(stack, threads=1)
+        times["end"] = time.perf_counter()
+
+    worker = threading.Thread(target=predict)
+    ticks = []
+    worker.start()
+    while worker.is_alive():
+        ticks.append(time.perf_counter())
+    worker.join()
+    duration = times["end"] - times["start"]
+    inside = [t for t in ticks if times["start"] <= t <= times["end"]]
+    gaps = np.diff([times["start"]] + inside + [times["end"]])
+    # With the GIL held, this thread would stall for the whole C call.
+    assert len(inside) > 100, "main thread ran %d times during %.2f s" % (len(inside), duration)
+    assert gaps.max() < 0.5 * duration, "main thread stalled %.3f of %.3f s" % (gaps.max(), duration)
+
+
+def test_concurrent_predictions(small_model, small_stack, small_prediction):
+    results, errors = [None] * 3, []
+
+    def work(i):
+        try:
+            results[i] = small_model.predict(small_stack, stats=("median", "mean"), threads=1)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for r in results:
+        for head in LABEL_HEADS:
+            assert np.abs(r[head]["mean"] - small_prediction[head]["mean"]).max() < 1e-5
+
+
+def test_close_waits_for_running_prediction(islpy, small_model_file, small_stack):
+    model = islpy.Model.load(small_model_file)
+    started = threading.Event()
+    result = {}
+
+    def progress(done, total):
+        started.set()
+        time.sleep(0.05)
+
+    def work():
+        result["out"] = model.predict(small_stack, tile=266, progress=progress)
+
+    t = threading.Thread(target=work)
+    t.start()
+    started.wait(60)
+    model.close()  # the prediction keeps the C model alive until it returns
+    t.join()
+    assert result["out"]["dapi_confocal"]["median"].shape == small_stack.shape[1:]
+    with pytest.raises(islpy.ClosedModelError):
+        model.predict(small_stack)
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_repeated_load_free_does_not_leak(islpy, small_model_file):
+    for _ in range(5):
+        islpy.Model.load(small_model_file).close()
+    gc.collect()
+    before = rss_bytes()
+    for i in range(50):
+        if i % 2:
+            with islpy.Model.load(small_model_file):
+                pass
+        else:
+            islpy.Model.load(small_model_file)  # freed by the garbage collector
+    gc.collect()
+    growth = rss_bytes() - before
+    assert growth < 4 << 20, "RSS grew by %.1f MB over 50 loads" % (growth / 2**20)
+
+
+# ------------------------------------------------------------------------------------
+# Examples and docs
+
+
+def test_python_example(small_model_file, small_stack_file, small_prediction, bindings_tmp):
+    import tifffile
+    from PIL import Image
+
+    prefix = bindings_tmp / "py-example"
+    result = run([sys.executable, SOURCE_DIR / "examples" / "predict.py", small_model_file,
+                  small_stack_file, prefix, "--stats", "median,mean"], env=python_env())
+    assert "overlay.png" in result.stdout
+    png = Image.open(str(prefix) + "_overlay.png")
+    assert png.mode == "RGB" and png.size == (SMALL_SHAPE[2], SMALL_SHAPE[1])
+    for head in LABEL_HEADS:
+        mean = tifffile.imread(str(prefix) + "_%s_mean.tif" % head)
+        assert np.array_equal(mean, small_prediction[head]["mean"])
+
+    # --crop of a larger stack.
+    crop = bindings_tmp / "py-example-crop"
+    run([sys.executable, SOURCE_DIR / "examples" / "predict.py", small_model_file,
+         small_stack_file, crop, "--crop", "2", "3", "16", "20"], env=python_env())
+    assert tifffile.imread(str(crop) + "_dapi_confocal_median.tif").shape == (16, 20)
+    assert Image.open(str(crop) + "_overlay.png").size == (20, 16)
+
+
+def test_c_example(small_model_file, small_stack_file, small_prediction, bindings_tmp):
+    import tifffile
+
+    exe = EXAMPLES_BUILD_DIR / "predict_tiff"
+    if not exe.exists():
+        pytest.skip("examples/predict_tiff not built")
+    prefix = bindings_tmp / "c-example"
+    run([exe, small_model_file, small_stack_file, prefix])
+    for head in LABEL_HEADS:
+        mean = tifffile.imread(str(prefix) + "_%s_mean.tif" % head)
+        median = tifffile.imread(str(prefix) + "_%s_median.tif" % head)
+        assert mean.dtype == np.float32 and mean.shape == SMALL_SHAPE[1:]
+        assert np.abs(mean - small_prediction[head]["mean"]).max() < 1e-5
+        assert median_agreement(median, small_prediction[head]["median"]) >= 0.99
+    usage = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert usage.returncode == 2 and "usage" in usage.stderr
+    missing = subprocess.run([str(exe), str(bindings_tmp / "none.h5"), str(small_stack_file),
+                              str(prefix)], capture_output=True, text=True)
+    assert missing.returncode == 1 and "cannot open" in missing.stderr
+
+
+def python_blocks(markdown):
+    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.S | re.M)
+
+
+def test_python_docs(small_model_file, small_stack_file, bindings_tmp):
+    """Runs every Python snippet of docs/python.md, in order, as one script."""
+    blocks = python_blocks((SOURCE_DIR / "docs" / "python.md").read_text())
+    assert len(blocks) >= 6
+    work = bindings_tmp / "python-docs"
+    work.mkdir()
+    shutil.copy(small_model_file, work / "model.h5")
+    shutil.copy(small_stack_file, work / "stack.tif")
+    (work / "snippets.py").write_text("\n".join(blocks))
+    result = run([sys.executable, "snippets.py"], cwd=work, env=python_env())
+    assert "cancelled:" in result.stdout
+    assert "the input has 5 z planes but the model needs 13" in result.stdout
+    assert (work / "new-model.h5").exists()
+
+
+def java_compile(java_tools, sources, out_dir):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run([java_tools.javac, "-Xlint:all", "-cp", java_tools.jar, "-d", out_dir] + list(sources))
+
+
+def java_run(java_tools, classes, main, args, cwd=None):
+    return run([java_tools.java, "-cp", "%s%s%s" % (java_tools.jar, os.pathsep, classes),
+                java_tools.library_path, main] + [str(a) for a in args], cwd=cwd)
+
+
+def test_java_bindings(java_tools, golden, bindings_tmp):
+    """tests/java/TestPredict.java: its own checks, and its golden prediction here."""
+    classes = bindings_tmp / "java-test"
+    java_compile(java_tools, [SOURCE_DIR / "tests" / "java" / "TestPredict.java"], classes)
+    z, h, w = golden.stack.shape
+    raw = bindings_tmp / "golden-u16.raw"
+    golden.stack.astype("<u2").tofile(raw)
+    out = bindings_tmp / "java-golden.raw"
+    result = java_run(java_tools, classes, "TestPredict",
+                      [golden.model, raw, z, h, w, out, bindings_tmp])
+    assert "all Java checks passed" in result.stdout
+    images = np.fromfile(out, dtype="<f4").reshape(len(LABEL_HEADS), 2, h, w)
+    for i, head in enumerate(LABEL_HEADS):
+        err = np.abs(images[i, 0] - golden.expected[head + "/mean"]).max()
+        assert err <= 1e-4, "Java %s/mean max error %g" % (head, err)
+        agree = median_agreement(images[i, 1], golden.expected[head + "/median"])
+        assert agree >= 0.999, "Java %s/median agrees at %.4f" % (head, agree)
+
+
+def test_java_example(java_tools, small_model_file, small_stack_file, small_prediction,
+                      bindings_tmp):
+    from PIL import Image
+
+    classes = bindings_tmp / "java-example"
+    java_compile(java_tools, [SOURCE_DIR / "examples" / "Predict.java"], classes)
+    prefix = bindings_tmp / "java-example-out"
+    java_run(java_tools, classes, "Predict", [small_model_file, small_stack_file, prefix])
+    for head in LABEL_HEADS:
+        png = np.asarray(Image.open(str(prefix) + "_%s_median.png" % head)).astype(np.float64)
+        assert png.shape == SMALL_SHAPE[1:]
+        expected = small_prediction[head]["median"] * 65535
+        assert np.mean(np.abs(png - expected) <= 258) >= 0.99  # one of 255 levels
+
+
+def test_java_docs(java_tools, small_model_file, small_stack, bindings_tmp):
+    """Compiles and runs each complete program (first line // Name.java) of docs/java.md."""
+    markdown = (SOURCE_DIR / "docs" / "java.md").read_text()
+    programs = re.findall(r"^```java\n// (\w+)\.java\n(.*?)^```", markdown, flags=re.S | re.M)
+    assert programs
+    work = bindings_tmp / "java-docs"
+    work.mkdir()
+    shutil.copy(small_model_file, work / "model.h5")
+    small_stack.astype("<u2").tofile(work / "stack.raw")
+    for name, code in programs:
+        (work / (name + ".java")).write_text(code)
+        java_compile(java_tools, [work / (name + ".java")], work)
+        z, h, w = small_stack.shape
+        result = java_run(java_tools, work, name, ["model.h5", "stack.raw", z, h, w], cwd=work)
+        assert "SHAPE: the input has 12 z planes" in result.stdout
+        assert "IO: missing.h5" in result.stdout
