@@ -129,3 +129,41 @@ int isl_arch_output_side(int input_side)
         return -1;
     return input_side - (ISL_PATCH_INPUT - ISL_PATCH_OUTPUT);
 }
+
+static double module_macs(const isl_module_arch *m, int h, int w)
+{
+    const int k = m->kernel;
+    double expand;
+    if (m->kind == ISL_MODULE_UP)
+        expand = (double)m->expand_ch * 2 * m->in_ch * k * k * h * w; /* per input pixel */
+    else
+        expand = (double)m->expand_ch * 2 * m->in_ch * k * k * size_after(m->kind, h) *
+                 size_after(m->kind, w);
+    double reduce = (double)m->reduce_ch * 2 * m->e_ch * size_after(m->kind, h) *
+                    size_after(m->kind, w);
+    return expand + reduce;
+}
+
+double isl_arch_macs(const isl_arch *a, int in_h, int in_w, int num_heads, const int *head_ch)
+{
+    double macs = (double)ISL_PROJECTION_DEPTH * a->num_z * in_h * in_w;
+    for (int s = 0; s < ISL_NUM_TOWERS; s++) {
+        int border = ISL_PATCH_INPUT - isl_tower_start_size[s];
+        int h = in_h - border, w = in_w - border;
+        for (int i = a->tower_first[s]; i < a->tower_first[s] + a->tower_count[s]; i++) {
+            const isl_module_arch *m = &a->modules[i];
+            macs += module_macs(m, h, w);
+            h = size_after(m->kind, h) - (m->crop_after ? 4 : 0);
+            w = size_after(m->kind, w) - (m->crop_after ? 4 : 0);
+        }
+    }
+    int h = in_h - (ISL_PATCH_INPUT - 36), w = in_w - (ISL_PATCH_INPUT - 36);
+    for (int i = a->tower_first[ISL_UPPER_TOWER]; i < a->num_modules; i++) {
+        macs += module_macs(&a->modules[i], h, w);
+        h -= 2;
+        w -= 2;
+    }
+    for (int k = 0; k < num_heads; k++)
+        macs += (double)head_ch[k] * 2 * a->trunk_ch * h * w;
+    return macs;
+}

@@ -52,6 +52,10 @@ void isl_arch_depths(int base, int size, int *expand, int *reduce);
 long long isl_arch_module_parameters(const isl_module_arch *m);
 long long isl_arch_head_parameters(const isl_arch *a, int out_ch);
 
+/* Multiply-accumulates of one pass over an (in_h x in_w) input (each 250 + 16m) with heads
+ * of the given output channels: the network's real work, without isl's channel padding. */
+double isl_arch_macs(const isl_arch *a, int in_h, int in_w, int num_heads, const int *head_ch);
+
 /* Output side for an input side along one dimension: 250 + 16m -> 8 + 16m, else -1. */
 int isl_arch_output_side(int input_side);
 

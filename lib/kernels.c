@@ -47,6 +47,45 @@ static void bnact_block(const float *x, const float *scale, const float *shift, 
     }
 }
 
+static inline uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even (inputs are finite) */
+    return (uint16_t)(u >> 16);
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static void bnact_block_bf16(const float *x, const float *scale, const float *shift, size_t pixels,
+                             uint16_t *relu_out, uint16_t *tanh_out)
+{
+    for (size_t p = 0; p < pixels; p++) {
+#pragma omp simd
+        for (int c = 0; c < 16; c++) {
+            float y = scale[c] * x[p * 16 + c] + shift[c];
+            relu_out[p * 16 + c] = to_bf16(y > 0.0f ? y : 0.0f);
+            tanh_out[p * 16 + c] = to_bf16(tanh_approx(y));
+        }
+    }
+}
+
+void isl_kernel_bnact_bf16(const float *x, const float *scale, const float *shift, int channels,
+                           size_t pixels, uint16_t *relu_out, uint16_t *tanh_out)
+{
+    const int blocks = channels / 16;
+    const size_t chunk = 4096;
+    const size_t chunks = (pixels + chunk - 1) / chunk;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < blocks; b++) {
+        for (size_t k = 0; k < chunks; k++) {
+            size_t p0 = k * chunk, n = pixels - p0 < chunk ? pixels - p0 : chunk;
+            size_t off = ((size_t)b * pixels + p0) * 16;
+            bnact_block_bf16(x + off, scale + 16 * b, shift + 16 * b, n, relu_out + off,
+                             tanh_out + off);
+        }
+    }
+}
+
 void isl_kernel_bnact(const float *x, const float *scale, const float *shift, int channels,
                       size_t pixels, float *relu_out, float *tanh_out)
 {

@@ -4,11 +4,16 @@
 #define ISL_KERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* BNAct: y = scale * x + shift per channel; relu_out = max(y, 0), tanh_out = tanh(y).
  * x, relu_out and tanh_out hold `channels` (a multiple of 16) x `pixels` floats. */
 void isl_kernel_bnact(const float *x, const float *scale, const float *shift, int channels,
                       size_t pixels, float *relu_out, float *tanh_out);
+
+/* The same, writing bfloat16 (round to nearest even): the input of bf16 convolutions. */
+void isl_kernel_bnact_bf16(const float *x, const float *scale, const float *shift, int channels,
+                           size_t pixels, uint16_t *relu_out, uint16_t *tanh_out);
 
 /* tanh of n floats (exposed for tests: it must track libm's tanhf). */
 void isl_kernel_tanh(const float *x, size_t n, float *out);

@@ -45,6 +45,7 @@ typedef struct plan_step {
     int src_h, src_w, channels; /* upsample: x's size, channels to write */
     const int *keep;            /* upsample: [channels] 1 where the residual is kept */
     const isl_bn_padded *bn;    /* BNAct: folded batch norm (owned by the model's layout) */
+    int bf16;                   /* BNAct: write bfloat16 */
     int probabilities_only;     /* skipped when the caller wants logits */
 } plan_step;
 
@@ -57,6 +58,7 @@ struct isl_plan {
     dnnl_engine_t engine;
     int in_h, in_w, out_h, out_w, num_z;
     isl_precision precision;
+    dnnl_data_type_t act_dt;  /* BNAct outputs, the inputs of every convolution but the first */
     size_t buf_bytes[BUF_COUNT];
     step_list trunk;
     int num_heads;
@@ -117,23 +119,42 @@ static dnnl_memory_desc_t md_vec(int n)
 
 static size_t tensor_bytes(int c, int h, int w) { return (size_t)c * h * w * sizeof(float); }
 
+static size_t dt_size(dnnl_data_type_t dt) { return dt == dnnl_bf16 ? 2 : 4; }
+
 /* A tensor in a buffer: padded channels c, size h x w, at a byte offset. */
 typedef struct tref {
     int buf;
     size_t offset;
     int c, h, w;
+    dnnl_data_type_t dt;
 } tref;
 
 static tref tensor(int buf, size_t offset, int c, int h, int w)
 {
-    tref t = {buf, offset, c, h, w};
+    tref t = {buf, offset, c, h, w, dnnl_f32};
     return t;
+}
+
+static tref tensor_dt(int buf, size_t offset, int c, int h, int w, dnnl_data_type_t dt)
+{
+    tref t = {buf, offset, c, h, w, dt};
+    return t;
+}
+
+static size_t tref_bytes(tref t) { return (size_t)t.c * t.h * t.w * dt_size(t.dt); }
+
+static dnnl_memory_desc_t tref_md(tref t)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {1, t.c, t.h, t.w};
+    dnnl_memory_desc_init_by_tag(&md, 4, dims, t.dt, dnnl_nChw16c);
+    return md;
 }
 
 /* The channel range [c0, c0 + n) of t: dense, because the batch is one. */
 static tref channels(tref t, int c0, int n)
 {
-    return tensor(t.buf, t.offset + tensor_bytes(c0, t.h, t.w), n, t.h, t.w);
+    return tensor_dt(t.buf, t.offset + (size_t)c0 * t.h * t.w * dt_size(t.dt), n, t.h, t.w, t.dt);
 }
 
 typedef struct builder {
@@ -146,7 +167,7 @@ typedef struct builder {
 static void need(builder *b, tref t)
 {
     if (t.buf >= 0 && t.buf < BUF_COUNT) {
-        size_t end = t.offset + tensor_bytes(t.c, t.h, t.w);
+        size_t end = t.offset + tref_bytes(t);
         if (end > b->plan->buf_bytes[t.buf])
             b->plan->buf_bytes[t.buf] = end;
     }
@@ -174,7 +195,7 @@ static void arg_tensor(plan_step *s, int arg, tref t, const dnnl_memory_desc_t *
     a->arg = arg;
     a->buf = t.buf;
     a->offset = t.offset;
-    a->md = md ? *md : md_blocked(t.c, t.h, t.w);
+    a->md = md ? *md : tref_md(t);
     a->persistent = NULL;
 }
 
@@ -345,6 +366,7 @@ static isl_status add_bnact(builder *b, tref src, const isl_bn_padded *bn, tref 
     st->kind = STEP_BNACT;
     arg_tensor(st, 0, src, NULL);
     arg_tensor(st, 1, dst, NULL);
+    st->bf16 = dst.dt == dnnl_bf16;
     st->channels = src.c;
     st->bn = bn;
     return ISL_OK;
@@ -361,12 +383,12 @@ static isl_status add_conv(builder *b, conv_kind kind, tref src, tref dst, int k
                                                              : (double)src.h * src.w);
     if (b->estimate_only)
         return ISL_OK;
-    dnnl_memory_desc_t smd = md_blocked(src.c, src.h, src.w);
-    dnnl_memory_desc_t dmd = md_blocked(dst.c, dst.h, dst.w);
+    dnnl_memory_desc_t smd = tref_md(src), dmd = tref_md(dst);
     dnnl_memory_desc_t wmd, bmd = md_vec(dst.c);
     dnnl_dims_t wdims = {dst.c, src.c, k, k};
     dnnl_dims_t strides = {stride, stride}, pad = {0, 0};
-    dnnl_memory_desc_init_by_tag(&wmd, 4, wdims, dnnl_f32, dnnl_format_tag_any);
+    /* bf16 plans: bf16 activations and weights in, f32 out (AVX512-BF16 / AMX). */
+    dnnl_memory_desc_init_by_tag(&wmd, 4, wdims, src.dt, dnnl_format_tag_any);
     dnnl_primitive_desc_t pd;
     plan_step *st = NULL;
     const char *what = kind == CONV ? "convolution" : "deconvolution";
@@ -487,9 +509,10 @@ static isl_status add_module(builder *b, const isl_module_arch *a, const isl_mod
 {
     const int k = a->kernel;
     const int oh = out.h, ow = out.w;
-    tref act_x = tensor(BUF_ACT, 0, 2 * x.c, x.h, x.w);
+    const dnnl_data_type_t adt = b->plan->act_dt;
+    tref act_x = tensor_dt(BUF_ACT, 0, 2 * x.c, x.h, x.w, adt);
     tref e = tensor(BUF_E, 0, ml->e.padded, oh, ow);
-    tref act_e = tensor(BUF_ACT, 0, 2 * e.c, oh, ow);
+    tref act_e = tensor_dt(BUF_ACT, 0, 2 * e.c, oh, ow, adt);
 
     ISL_CHECK(add_bnact(b, x, &ml->bn1, act_x));
     if (a->kind == ISL_MODULE_UP) {
@@ -645,7 +668,7 @@ static isl_status build_head(builder *b, const isl_layout *l, int h, int out_ch)
 {
     isl_plan *plan = b->plan;
     tref trunk = trunk_output(plan, l);
-    tref act = tensor(BUF_ACT, 0, 2 * trunk.c, trunk.h, trunk.w);
+    tref act = tensor_dt(BUF_ACT, 0, 2 * trunk.c, trunk.h, trunk.w, plan->act_dt);
     tref logits = tensor(BUF_HEAD, 0, out_ch, trunk.h, trunk.w);
     const isl_head_layout *hl = &l->heads[h];
     ISL_CHECK(add_bnact(b, trunk, &hl->bn, act));
@@ -734,6 +757,7 @@ size_t isl_plan_estimate_bytes(const isl_params *p, const isl_layout *l, int in_
     isl_plan plan;
     step_list list = {0};
     memset(&plan, 0, sizeof(plan));
+    plan.act_dt = dnnl_f32; /* bf16 plans need less: the estimate stays an upper bound */
     plan.in_h = in_h;
     plan.in_w = in_w;
     plan.out_h = isl_arch_output_side(in_h);
@@ -756,8 +780,9 @@ isl_status isl_plan_create(const isl_params *p, const isl_layout *l, dnnl_engine
 {
     *out = NULL;
     ISL_CHECK(check_tile(in_h, in_w));
-    if (precision != ISL_PRECISION_FP32)
-        return isl_fail(ISL_ERROR_UNSUPPORTED, "only FP32 plans are implemented");
+    if (precision == ISL_PRECISION_BF16 && dnnl_get_effective_cpu_isa() < dnnl_cpu_isa_avx512_core_bf16)
+        return isl_fail(ISL_ERROR_UNSUPPORTED,
+                        "bf16 precision needs a CPU with AVX512-BF16 or AMX; use fp32");
     isl_plan *plan = calloc(1, sizeof(*plan));
     if (!plan)
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
@@ -768,6 +793,7 @@ isl_status isl_plan_create(const isl_params *p, const isl_layout *l, dnnl_engine
     plan->out_w = isl_arch_output_side(in_w);
     plan->num_z = p->arch.num_z;
     plan->precision = precision;
+    plan->act_dt = precision == ISL_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
     plan->num_heads = p->num_heads;
     plan->heads = calloc((size_t)(p->num_heads ? p->num_heads : 1), sizeof(*plan->heads));
     plan->head_out_ch = calloc((size_t)(p->num_heads ? p->num_heads : 1), sizeof(int));
@@ -935,10 +961,15 @@ static isl_status run_steps(isl_exec *e, const step_list *l, dnnl_memory_t *mems
         case STEP_BNACT: {
             const plan_arg *src = &s->args[0], *dst = &s->args[1];
             size_t pixels = (size_t)src->md.dims[2] * src->md.dims[3];
-            float *out = (float *)(e->bufs[dst->buf] + dst->offset);
-            isl_kernel_bnact((const float *)(e->bufs[src->buf] + src->offset), s->bn->scale,
-                             s->bn->shift, s->channels, pixels, out,
-                             out + (size_t)s->channels * pixels);
+            const float *x = (const float *)(e->bufs[src->buf] + src->offset);
+            char *out = e->bufs[dst->buf] + dst->offset;
+            size_t half = (size_t)s->channels * pixels * (s->bf16 ? 2 : 4);
+            if (s->bf16)
+                isl_kernel_bnact_bf16(x, s->bn->scale, s->bn->shift, s->channels, pixels,
+                                      (uint16_t *)out, (uint16_t *)(out + half));
+            else
+                isl_kernel_bnact(x, s->bn->scale, s->bn->shift, s->channels, pixels,
+                                 (float *)out, (float *)(out + half));
             break;
         }
         case STEP_PRIMITIVE:

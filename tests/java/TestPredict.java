@@ -132,7 +132,7 @@ public class TestPredict {
       direct.put(smallFloat).flip();
       float[] viaHeap = model.predict(heap, z, sh, sw, "mean").get("dapi_confocal").get("mean");
       Model.Options options = new Model.Options().heads("tuj1", "autoencoder").stats("mean", "entropy")
-          .tileSize(250).threads(1);
+          .tileSize(282).threads(1);
       Map<String, Map<String, float[]>> viaDirect = model.predict(direct, z, sh, sw, options);
       check(Arrays.equals(viaFloat, viaHeap), "heap FloatBuffer agrees with float[]");
       check(viaDirect.keySet().equals(new java.util.LinkedHashSet<>(List.of("tuj1", "autoencoder"))),
@@ -161,13 +161,13 @@ public class TestPredict {
           "concurrent predictions");
 
       // Tiles: shape and probabilities that sum to 1.
-      float[] tile = new float[z * 250 * 266];
+      float[] tile = new float[z * 266 * 282];  // the tile size of the predictions above
       for (int i = 0; i < tile.length; i++)
         tile[i] = (i % 977) / 977f;
-      Map<String, float[]> probs = model.predictTile(tile, 250, 266, true);
+      Map<String, float[]> probs = model.predictTile(tile, 266, 282, true);
       float[] p = probs.get("dapi_confocal");
-      int pixels = 8 * 24;
-      check(p.length == 256 * pixels, "tile output is 256 x 8 x 24");
+      int pixels = 24 * 40;
+      check(p.length == 256 * pixels, "tile output is 256 x 24 x 40");
       float worst = 0;
       for (int i = 0; i < pixels; i++) {
         float sum = 0;

@@ -444,8 +444,8 @@ def cmd_predict(a):
     res = predict_image(model, stack, heads, a.autoencoder, a.tile, red)
     with h5py.File(a.out, "w") as f:
         for h, d in res.items():
-            for k, v in d.items():
-                f.create_dataset("%s/%s" % (h, k or "logits"), data=v.numpy())
+            for k, v in (d.items() if red else [("logits", d)]):
+                f.create_dataset("%s/%s" % (h, k), data=v.numpy())
     print("wrote", a.out, {h: list(d) for h, d in res.items()})
 
 
