@@ -26,9 +26,10 @@ def stretch(image: np.ndarray) -> np.ndarray:
 
 
 def overlay(plane: np.ndarray, label: np.ndarray) -> Image.Image:
-    """Gray transmitted light with the predicted label added in the blue channel."""
+    """Gray transmitted light with the predicted label (scaled to its maximum) in blue."""
     gray = 0.7 * stretch(plane.astype(np.float32))
-    rgb = np.stack([gray, gray, np.clip(gray + stretch(label), 0, 1)], axis=-1)
+    blue = label / max(float(label.max()), 1e-6)
+    rgb = np.stack([gray * (1 - blue), gray * (1 - blue), np.clip(gray + blue, 0, 1)], axis=-1)
     return Image.fromarray((rgb * 255 + 0.5).astype(np.uint8), mode="RGB")
 
 

@@ -3,6 +3,7 @@
 #include "error.h"
 #include "kernels.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,6 +74,7 @@ struct isl_exec {
     const isl_plan *plan;
     dnnl_stream_t stream;
     char *bufs[BUF_COUNT];
+    size_t head_capacity;       /* bytes of bufs[BUF_HEAD] */
     dnnl_memory_t *trunk_mems;  /* [steps * MAX_ARGS] */
     dnnl_memory_t **head_mems;
 };
@@ -770,6 +772,9 @@ size_t isl_plan_estimate_bytes(const isl_params *p, const isl_layout *l, int in_
     size_t total = 0;
     for (int i = 0; i < BUF_COUNT; i++)
         total += plan.buf_bytes[i];
+    if (getenv("ISL_DEBUG_MEMORY"))
+        for (int i = 0; i < BUF_COUNT; i++)
+            fprintf(stderr, "buffer %d: %zu MB\n", i, plan.buf_bytes[i] >> 20);
     /* Caller-side head output + scratchpads and oneDNN's own allocations. */
     total += tensor_bytes(max_head_ch, plan.out_h, plan.out_w);
     return total + total / 16 + (16u << 20);
@@ -889,13 +894,19 @@ isl_status isl_exec_create(const isl_plan *plan, isl_exec **out)
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
     e->plan = plan;
     isl_status s = ISL_OK;
+    if (getenv("ISL_DEBUG_MEMORY"))
+        for (int i = 0; i < BUF_COUNT; i++)
+            fprintf(stderr, "exec %dx%d buffer %d: %zu MB\n", plan->in_h, plan->in_w, i,
+                    plan->buf_bytes[i] >> 20);
     for (int i = 0; i < BUF_COUNT && s == ISL_OK; i++) {
+        if (i == BUF_HEAD)
+            continue; /* sized for the heads actually run: see ensure_head */
         size_t bytes = (plan->buf_bytes[i] + 4095) / 4096 * 4096;
         e->bufs[i] = aligned_alloc(4096, bytes ? bytes : 4096);
         if (!e->bufs[i])
             s = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory: %zu MB of working memory",
                          bytes >> 20);
-        else if (i == BUF_INPUT || i == BUF_HEAD || i == BUF_CAT)
+        else if (i == BUF_INPUT || i == BUF_CAT)
             memset(e->bufs[i], 0, bytes); /* padded channels must read as zeros */
     }
     if (s == ISL_OK && dnnl_stream_create(&e->stream, plan->engine, dnnl_stream_default_flags) !=
@@ -908,8 +919,6 @@ isl_status isl_exec_create(const isl_plan *plan, isl_exec **out)
         if (!e->head_mems)
             s = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
     }
-    for (int h = 0; s == ISL_OK && h < plan->num_heads; h++)
-        s = make_mems(e, &plan->heads[h], &e->head_mems[h]);
     if (s != ISL_OK) {
         isl_exec_free(e);
         return s;
@@ -997,9 +1006,34 @@ isl_status isl_exec_run_trunk(isl_exec *e)
     return run_steps(e, &e->plan->trunk, e->trunk_mems, NULL, 0);
 }
 
+/* The head buffer grows to the largest head run so far (the autoencoder's is 13x a label
+ * head's); memory objects of a head are made on its first run. */
+static isl_status ensure_head(isl_exec *e, int head)
+{
+    const isl_plan *plan = e->plan;
+    size_t need = tensor_bytes(plan->head_out_ch[head], plan->out_h, plan->out_w);
+    if (need > e->head_capacity) {
+        for (int h = 0; h < plan->num_heads; h++) {
+            free_mems(&plan->heads[h], e->head_mems[h]);
+            e->head_mems[h] = NULL;
+        }
+        free(e->bufs[BUF_HEAD]);
+        size_t bytes = (need + 4095) / 4096 * 4096;
+        e->bufs[BUF_HEAD] = aligned_alloc(4096, bytes);
+        e->head_capacity = e->bufs[BUF_HEAD] ? bytes : 0;
+        if (!e->bufs[BUF_HEAD])
+            return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory: %zu MB for head outputs",
+                            bytes >> 20);
+    }
+    if (!e->head_mems[head])
+        return make_mems(e, &plan->heads[head], &e->head_mems[head]);
+    return ISL_OK;
+}
+
 isl_status isl_exec_run_head(isl_exec *e, int head, int probabilities, float *out)
 {
     if (head < 0 || head >= e->plan->num_heads || !out)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "invalid head %d", head);
+    ISL_CHECK(ensure_head(e, head));
     return run_steps(e, &e->plan->heads[head], e->head_mems[head], out, probabilities);
 }

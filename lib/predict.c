@@ -394,25 +394,50 @@ static isl_status select_heads(const isl_model *m, const isl_predict_options *o,
     return ISL_OK;
 }
 
-/* Largest square tile whose working memory fits the limit. */
-static int choose_tile_m(const isl_model *m, const isl_predict_options *o, const selection *sel,
-                         int image_w, int stat_count)
+/* Working memory of a tile shape, with the row bands of every output. */
+static size_t tile_bytes(const isl_model *m, const selection *sel, int my, int mx, int image_w,
+                         int stat_count)
 {
-    if (o->tile_side > ISL_PATCH_INPUT)
-        return (o->tile_side - ISL_PATCH_INPUT) / ISL_STRIDE;
-    int best = 1; /* the smallest tile that covers images: its working memory is ~100 MB */
-    for (int mm = 1; mm <= 64; mm++) {
-        int side = ISL_PATCH_INPUT + ISL_STRIDE * mm;
-        size_t bytes = isl_plan_estimate_bytes(&m->params, &m->layout, side, side, sel->max_ch);
-        /* Row bands of every output. */
-        size_t out_side = (size_t)ISL_PATCH_OUTPUT + ISL_STRIDE * mm;
-        bytes += out_side * (size_t)image_w * sizeof(float) * stat_count * sel->count *
-                 (sel->max_ch / ISL_NUM_CLASSES);
-        if (bytes > o->memory_limit)
-            break;
-        best = mm;
+    int th = ISL_PATCH_INPUT + ISL_STRIDE * my, tw = ISL_PATCH_INPUT + ISL_STRIDE * mx;
+    size_t bytes = isl_plan_estimate_bytes(&m->params, &m->layout, th, tw, sel->max_ch);
+    size_t out_h = (size_t)ISL_PATCH_OUTPUT + ISL_STRIDE * my;
+    size_t planes = (size_t)sel->max_ch / ISL_NUM_CLASSES;
+    return bytes + out_h * (size_t)image_w * sizeof(float) * stat_count * sel->count * planes;
+}
+
+/* The tile shape that predicts the image with the least arithmetic within the memory
+ * limit. Bigger tiles recompute less context, but a tile only slightly too small for the
+ * image costs a whole extra row or column of tiles: so weigh tiles x work per tile. */
+static void choose_tile(const isl_model *m, const isl_predict_options *o, const selection *sel,
+                        int height, int width, int stat_count, int *my_out, int *mx_out)
+{
+    if (o->tile_side > ISL_PATCH_INPUT) {
+        *my_out = *mx_out = (o->tile_side - ISL_PATCH_INPUT) / ISL_STRIDE;
+        return;
     }
-    return best;
+    /* Beyond the sizes that cover the image in one tile, nothing is gained. */
+    const int max_y = make_axis(height, 1 << 20).tile_out / ISL_STRIDE;
+    const int max_x = make_axis(width, 1 << 20).tile_out / ISL_STRIDE;
+    int head_ch[256];
+    for (int i = 0; i < sel->count; i++)
+        head_ch[i] = m->params.heads[sel->heads[i]].out_ch;
+    double best = -1;
+    *my_out = *mx_out = 1; /* ~100 MB: always allowed */
+    for (int my = 1; my <= max_y; my++) {
+        for (int mx = 1; mx <= max_x; mx++) {
+            if (tile_bytes(m, sel, my, mx, width, stat_count) > o->memory_limit)
+                break; /* larger mx only needs more */
+            axis ay = make_axis(height, my), ax = make_axis(width, mx);
+            double work = (double)ay.count * ax.count *
+                          isl_arch_macs(&m->params.arch, ISL_PATCH_INPUT + ISL_STRIDE * my,
+                                        ISL_PATCH_INPUT + ISL_STRIDE * mx, sel->count, head_ch);
+            if (best < 0 || work < best * 0.999) {
+                best = work;
+                *my_out = my;
+                *mx_out = mx;
+            }
+        }
+    }
 }
 
 typedef struct band {
@@ -515,8 +540,9 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
     selection sel;
     ISL_CHECK(select_heads(m, o, &sel));
     int stat_count = __builtin_popcount(sel.stat_mask);
-    int tile_m = choose_tile_m(m, o, &sel, in->width, stat_count);
-    axis ay = make_axis(in->height, tile_m), ax = make_axis(in->width, tile_m);
+    int my, mx;
+    choose_tile(m, o, &sel, in->height, in->width, stat_count, &my, &mx);
+    axis ay = make_axis(in->height, my), ax = make_axis(in->width, mx);
     const int th = ay.tile_out + ISL_PATCH_INPUT - ISL_PATCH_OUTPUT;
     const int tw = ax.tile_out + ISL_PATCH_INPUT - ISL_PATCH_OUTPUT;
 

@@ -125,7 +125,6 @@ static isl_status islpy_fail(isl_status status, const char *fmt, ...)
 %enddef
 ISLPY_NOGIL(isl_model_load)
 ISLPY_NOGIL(isl_model_save)
-ISLPY_NOGIL(isl_model_free)
 
 /* Replaced by the helpers below. */
 %ignore isl_model_config;
@@ -272,21 +271,28 @@ static float *islpy_output(PyObject *obj, npy_intp need, const char *what)
     return (float *)PyArray_DATA(a);
 }
 
-/* outputs: a list of `n` entries, None or float32 arrays; entry i needs need(i) elements. */
-static float **islpy_outputs(PyObject *list, int n, const isl_model *m, npy_intp pixels,
-                             int per_head)
+/* outputs: a sequence of `n` entries, None or float32 arrays, with enough elements for
+ * head i / per_head. *keep receives a tuple holding the arrays while the GIL is released
+ * (so that no other thread can free one); the caller releases it. */
+static float **islpy_outputs(PyObject *outputs, int n, const isl_model *m, npy_intp pixels,
+                             int per_head, PyObject **keep)
 {
-    if (!PyList_Check(list) || PyList_GET_SIZE(list) != n) {
-        PyErr_Format(PyExc_ValueError, "outputs must be a list of %d entries", n);
+    PyObject *tuple = PySequence_Tuple(outputs);
+    if (!tuple)
+        return NULL;
+    if (PyTuple_GET_SIZE(tuple) != n) {
+        Py_DECREF(tuple);
+        PyErr_Format(PyExc_ValueError, "outputs must have %d entries", n);
         return NULL;
     }
     float **ptrs = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(float *));
     if (!ptrs) {
+        Py_DECREF(tuple);
         PyErr_NoMemory();
         return NULL;
     }
     for (int i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(list, i);
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
         if (item == Py_None)
             continue;
         npy_intp channels = isl_model_head_channels(m, i / per_head);
@@ -294,9 +300,11 @@ static float **islpy_outputs(PyObject *list, int n, const isl_model *m, npy_intp
         npy_intp need = (per_head == 1 ? channels : channels / 256) * pixels;
         if (!(ptrs[i] = islpy_output(item, need, "output array"))) {
             PyMem_Free(ptrs);
+            Py_DECREF(tuple);
             return NULL;
         }
     }
+    *keep = tuple;
     return ptrs;
 }
 
@@ -353,10 +361,11 @@ static void islpy_options_done(isl_predict_options *options, isl_predict_options
 isl_status _model_create(int base_depth, int num_z, PyObject *heads, unsigned long long seed,
                          const char *input_normalization, isl_model **out)
 {
-    PyObject *seq = PySequence_Fast(heads, "heads must be a sequence of str");
+    /* A tuple: no other thread can drop the names while the GIL is released. */
+    PyObject *seq = PySequence_Tuple(heads);
     if (!seq)
         return ISLPY_PYERR;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     if (n > 1024) {
         Py_DECREF(seq);
         return islpy_fail(ISL_ERROR_INVALID_ARGUMENT, "too many heads (%zd)", n);
@@ -368,7 +377,7 @@ isl_status _model_create(int base_depth, int num_z, PyObject *heads, unsigned lo
         return ISLPY_PYERR;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        PyObject *item = PyTuple_GET_ITEM(seq, i);
         if (!PyUnicode_Check(item) || !(names[i] = PyUnicode_AsUTF8(item))) {
             PyMem_Free(names);
             Py_DECREF(seq);
@@ -405,8 +414,9 @@ isl_status _predict_image(const isl_model *model, isl_predict_options *options, 
     isl_status s = islpy_stack(stack, &st);
     if (s != ISL_OK)
         return s;
+    PyObject *keep = NULL;
     float **ptrs = islpy_outputs(outputs, isl_model_num_heads(model) * ISL_STAT_COUNT, model,
-                                 (npy_intp)st.height * st.width, ISL_STAT_COUNT);
+                                 (npy_intp)st.height * st.width, ISL_STAT_COUNT, &keep);
     if (!ptrs)
         return ISLPY_PYERR;
     islpy_callback cb = {progress == Py_None ? NULL : progress, NULL, model, NULL, NULL, NULL};
@@ -418,6 +428,7 @@ isl_status _predict_image(const isl_model *model, isl_predict_options *options, 
         Py_END_ALLOW_THREADS
     }
     PyMem_Free(ptrs);
+    Py_DECREF(keep);
     islpy_options_done(options, own); /* does not touch isl_last_error() */
     return islpy_finish(&cb, s);
 }
@@ -469,7 +480,8 @@ isl_status _predict_tile(const isl_model *model, const isl_predict_options *opti
                           (int)PyArray_DIM(a, 0), isl_model_num_z(model));
     int h = (int)PyArray_DIM(a, 1), w = (int)PyArray_DIM(a, 2);
     npy_intp pixels = (npy_intp)(h > 242 ? h - 242 : 0) * (w > 242 ? w - 242 : 0);
-    float **ptrs = islpy_outputs(outputs, isl_model_num_heads(model), model, pixels, 1);
+    PyObject *keep = NULL;
+    float **ptrs = islpy_outputs(outputs, isl_model_num_heads(model), model, pixels, 1, &keep);
     if (!ptrs)
         return ISLPY_PYERR;
     const float *data = PyArray_DATA(a);
@@ -478,6 +490,7 @@ isl_status _predict_tile(const isl_model *model, const isl_predict_options *opti
     s = isl_predict_tile(model, options, data, h, w, ptrs);
     Py_END_ALLOW_THREADS
     PyMem_Free(ptrs);
+    Py_DECREF(keep);
     return s;
 }
 

@@ -446,7 +446,7 @@ def cmd_predict(a):
         for h, d in res.items():
             for k, v in (d.items() if red else [("logits", d)]):
                 f.create_dataset("%s/%s" % (h, k), data=v.numpy())
-    print("wrote", a.out, {h: list(d) for h, d in res.items()})
+    print("wrote", a.out, {h: list(d) if red else ["logits"] for h, d in res.items()})
 
 
 def cmd_random(a):

@@ -5,6 +5,8 @@ Environment:
     ISL_BUILD_DIR   meson build directory (default: <source>/build, i.e. /work/main/build)
     ISL_GOLDEN_DIR  golden vectors (default: /work/shared/testdata/golden-base32); the tests
                     that need them are skipped when they are absent.
+    ISL_TEST_THREADS  threads per prediction (default 1: on a shared, busy machine OpenMP
+                    teams of several threads mostly wait for each other).
 """
 import os
 import shutil
@@ -26,11 +28,13 @@ EXAMPLES_BUILD_DIR = BUILD_DIR / "examples"
 # Heads of the golden model; the small random models use the same names.
 LABEL_HEADS = ("dapi_confocal", "nfh_confocal")
 SMALL_SHAPE = (13, 24, 40)
+THREADS = int(os.environ.get("ISL_TEST_THREADS", "1"))
 
 
 def python_env():
     """Environment of subprocesses that import isl from the build tree."""
     env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(THREADS))
     env["PYTHONPATH"] = os.pathsep.join(
         [str(PYTHON_PACKAGE_DIR)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env
@@ -38,6 +42,7 @@ def python_env():
 
 def run(cmd, **kwargs):
     """Runs a command, failing the test with its output if it fails."""
+    kwargs.setdefault("env", python_env())
     result = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kwargs)
     if result.returncode != 0:
         pytest.fail("%s exited with %d\n--- stdout\n%s\n--- stderr\n%s" % (
@@ -128,7 +133,7 @@ def small_stack_file(small_stack, bindings_tmp):
 @pytest.fixture(scope="session")
 def small_prediction(small_model, small_stack):
     """Median and mean of the label heads of small_model on small_stack."""
-    return small_model.predict(small_stack, stats=("median", "mean"))
+    return small_model.predict(small_stack, stats=("median", "mean"), threads=THREADS)
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,9 @@ from conftest_bindings import (  # noqa: F401  (fixtures)
     BUILD_DIR,
     EXAMPLES_BUILD_DIR,
     LABEL_HEADS,
-    PYTHON_PACKAGE_DIR,
     SMALL_SHAPE,
     SOURCE_DIR,
+    THREADS,
     bindings_tmp,
     golden,
     golden_model,
@@ -100,7 +100,7 @@ def test_every_header_function_is_bound(islpy):
 
 def test_golden_prediction(golden, golden_model):
     """Mean within 1e-4 and median equal at >= 99.9% of the pixels (README of the vectors)."""
-    out = golden_model.predict(golden.stack, stats=("mean", "median"))
+    out = golden_model.predict(golden.stack, stats=("mean", "median"), threads=THREADS)
     assert set(out) == set(LABEL_HEADS)
     for head in LABEL_HEADS:
         mean, median = out[head]["mean"], out[head]["median"]
@@ -134,13 +134,16 @@ def test_stats_match_numpy(islpy):
 def test_input_types_agree(small_model, small_stack, small_prediction):
     """uint16, float32 (same values) and non-contiguous input give the same prediction."""
     ref = small_prediction["dapi_confocal"]["mean"]
-    as_float = small_model.predict(small_stack.astype(np.float32) / 65535, stats="mean")
+    as_float = small_model.predict(small_stack.astype(np.float32) / 65535, stats="mean",
+                                   threads=THREADS)
     assert np.abs(as_float["dapi_confocal"]["mean"] - ref).max() < 1e-4
     fortran = np.asfortranarray(small_stack)
-    assert np.array_equal(small_model.predict(fortran, stats="mean")["dapi_confocal"]["mean"], ref)
+    out = small_model.predict(fortran, stats="mean", threads=THREADS)
+    assert np.array_equal(out["dapi_confocal"]["mean"], ref)
     as_u8 = (small_stack >> 8).astype(np.uint8)
-    u8 = small_model.predict(as_u8, stats="mean")["dapi_confocal"]["mean"]
-    f = small_model.predict(as_u8.astype(np.float32) / 255, stats="mean")["dapi_confocal"]["mean"]
+    u8 = small_model.predict(as_u8, stats="mean", threads=THREADS)["dapi_confocal"]["mean"]
+    f = small_model.predict(as_u8.astype(np.float32) / 255, stats="mean", threads=THREADS)
+    f = f["dapi_confocal"]["mean"]
     assert np.abs(u8 - f).max() < 1e-4
 
 
@@ -152,7 +155,8 @@ def test_stack_is_not_copied(islpy, small_stack):
 
 def test_predict_outputs(islpy, small_model, small_stack, small_prediction):
     z, h, w = small_stack.shape
-    out = small_model.predict(small_stack, stats=islpy.STATS, heads=["nfh_confocal", "autoencoder"])
+    out = small_model.predict(small_stack, stats=islpy.STATS, heads=["nfh_confocal", "autoencoder"],
+                              threads=THREADS)
     assert list(out) == ["nfh_confocal", "autoencoder"]
     assert list(out["nfh_confocal"]) == list(islpy.STATS)
     for stat, image in out["nfh_confocal"].items():
@@ -162,12 +166,12 @@ def test_predict_outputs(islpy, small_model, small_stack, small_prediction):
         assert image.shape == (z, h, w), stat
     assert np.allclose(out["nfh_confocal"]["median"] * 255, np.round(out["nfh_confocal"]["median"] * 255))
     # The same head alone, by index, gives the same numbers.
-    alone = small_model.predict(small_stack, stats=("median", "mean"), heads=1)
+    alone = small_model.predict(small_stack, stats=("median", "mean"), heads=1, threads=THREADS)
     assert np.array_equal(alone["nfh_confocal"]["mean"], small_prediction["nfh_confocal"]["mean"])
 
 
 def test_tile_size_does_not_change_results(small_model, small_stack, small_prediction):
-    tiled = small_model.predict(small_stack, stats="mean", tile=266, threads=1)
+    tiled = small_model.predict(small_stack, stats="mean", tile=266, threads=THREADS)
     assert np.abs(tiled["dapi_confocal"]["mean"] - small_prediction["dapi_confocal"]["mean"]).max() < 1e-5
 
 
@@ -180,7 +184,7 @@ def test_predict_rows_matches_predict(small_model, small_stack, small_prediction
         calls.append((head, y0, data.shape))
         images[head][y0:y0 + data.shape[0]] = data
 
-    small_model.predict_rows(small_stack, rows, stats="mean", tile=266)
+    small_model.predict_rows(small_stack, rows, stats="mean", tile=266, threads=THREADS)
     assert len(calls) >= 2
     for head in LABEL_HEADS:
         assert np.abs(images[head] - small_prediction[head]["mean"]).max() < 1e-5
@@ -193,13 +197,14 @@ def test_predict_tile(islpy, small_model, small_stack, small_prediction):
     tile = np.pad(small_stack.astype(np.float32) / 65535, ((0, 0), (121, 121), (121, 121)),
                   mode="reflect")
     assert tile.shape == (13, 266, 282)
-    logits = small_model.predict_tile(tile)
+    logits = small_model.predict_tile(tile, threads=THREADS)
     assert set(logits) == set(LABEL_HEADS)
     assert logits["dapi_confocal"].shape == (256, 24, 40)
     for head in LABEL_HEADS:
         mean = islpy.stats(logits[head], "mean")
         assert np.abs(mean - small_prediction[head]["mean"]).max() < 1e-5
-    probs = small_model.predict_tile(tile, probabilities=True, heads=["dapi_confocal", "autoencoder"])
+    probs = small_model.predict_tile(tile, probabilities=True, heads=["dapi_confocal", "autoencoder"],
+                                     threads=THREADS)
     assert list(probs) == ["dapi_confocal", "autoencoder"]
     assert probs["autoencoder"].shape == (13 * 256, 24, 40)
     p = probs["dapi_confocal"]
@@ -223,7 +228,7 @@ def test_model_properties_save_load(islpy, small_model, small_model_file, small_
     with islpy.Model.load(str(small_model_file)) as loaded:
         assert loaded.heads == small_model.heads
         assert loaded.parameter_count == small_model.parameter_count
-        out = loaded.predict(small_stack, stats="mean")
+        out = loaded.predict(small_stack, stats="mean", threads=THREADS)
     assert np.array_equal(out["dapi_confocal"]["mean"], small_prediction["dapi_confocal"]["mean"])
     assert loaded.closed and loaded.heads == small_model.heads  # readable after close
     with islpy.Model.create(base_depth=8, num_z=3, heads=["a"], input_normalization="global") as m:
@@ -331,7 +336,8 @@ def test_errors_pickle(islpy):
 
 def test_progress_and_cancellation(islpy, small_model, small_stack):
     seen = []
-    small_model.predict(small_stack, tile=266, progress=lambda d, t: seen.append((d, t)))
+    small_model.predict(small_stack, tile=266, threads=THREADS,
+                        progress=lambda d, t: seen.append((d, t)))
     assert len(seen) >= 2 and seen[-1][0] == seen[-1][1] == len(seen)
 
     calls = []
@@ -341,28 +347,28 @@ def test_progress_and_cancellation(islpy, small_model, small_stack):
         return True
 
     with pytest.raises(islpy.CancelledError) as e:
-        small_model.predict(small_stack, tile=266, progress=cancel)
+        small_model.predict(small_stack, tile=266, threads=THREADS, progress=cancel)
     assert e.value.status == islpy.Status.CANCELLED and calls == [1]
 
     # Only True cancels; other return values continue.
-    small_model.predict(small_stack, tile=266, progress=lambda d, t: 1)
+    small_model.predict(small_stack, tile=266, threads=THREADS, progress=lambda d, t: 1)
 
     def fails(done, total):
         raise ZeroDivisionError("from the callback")
 
     with pytest.raises(ZeroDivisionError, match="from the callback"):
-        small_model.predict(small_stack, tile=266, progress=fails)
+        small_model.predict(small_stack, tile=266, threads=THREADS, progress=fails)
 
     stop = threading.Event()
     stop.set()
     with pytest.raises(islpy.CancelledError):
-        small_model.predict(small_stack, cancel=stop)
+        small_model.predict(small_stack, threads=THREADS, cancel=stop)
 
     def stop_rows(head, stat, y0, rows):
         return True
 
     with pytest.raises(islpy.CancelledError):
-        small_model.predict_rows(small_stack, stop_rows)
+        small_model.predict_rows(small_stack, stop_rows, threads=THREADS)
 
 
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
@@ -444,7 +450,7 @@ def test_close_waits_for_running_prediction(islpy, small_model_file, small_stack
         time.sleep(0.05)
 
     def work():
-        result["out"] = model.predict(small_stack, tile=266, progress=progress)
+        result["out"] = model.predict(small_stack, tile=266, threads=THREADS, progress=progress)
 
     t = threading.Thread(target=work)
     t.start()
@@ -475,6 +481,22 @@ def test_repeated_load_free_does_not_leak(islpy, small_model_file):
     gc.collect()
     growth = rss_bytes() - before
     assert growth < 4 << 20, "RSS grew by %.1f MB over 50 loads" % (growth / 2**20)
+
+
+def test_repeated_predictions_do_not_leak(small_model, small_stack, small_prediction):
+    def both():
+        small_model.predict(small_stack, stats=("median", "mean"), threads=THREADS)
+        small_model.predict_tile(np.zeros((13, 266, 282), np.float32), threads=THREADS)
+
+    for _ in range(3):
+        both()
+    gc.collect()
+    before = rss_bytes()
+    for _ in range(10):
+        both()
+    gc.collect()
+    growth = rss_bytes() - before
+    assert growth < 4 << 20, "RSS grew by %.1f MB over 10 predictions" % (growth / 2**20)
 
 
 # ------------------------------------------------------------------------------------
@@ -598,3 +620,18 @@ def test_java_docs(java_tools, small_model_file, small_stack, bindings_tmp):
         result = java_run(java_tools, work, name, ["model.h5", "stack.raw", z, h, w], cwd=work)
         assert "SHAPE: the input has 12 z planes" in result.stdout
         assert "IO: missing.h5" in result.stdout
+
+
+# ------------------------------------------------------------------------------------
+# ABI
+
+
+def test_abi_symbols():
+    """scripts/check-abi.sh: the exports match abi/isl.symbols and the ISL_API declarations
+    (and, for a build with debug info, abidiff finds no change against abi/libisl.abi)."""
+    if not (BUILD_DIR / "lib" / "libisl.so").exists():
+        pytest.skip("libisl.so not built")
+    result = subprocess.run(["bash", str(SOURCE_DIR / "scripts" / "check-abi.sh"), str(BUILD_DIR)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "exported symbols match" in result.stdout

@@ -225,6 +225,7 @@ public final class Model implements AutoCloseable {
 
   private void release() {
     lock.readLock().unlock();
+    java.lang.ref.Reference.reachabilityFence(this); // no cleaning during a native call
   }
 
   // ---------------------------------------------------------------------------------

@@ -1,0 +1,559 @@
+#include "train_kernels.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK 2048      /* pixels per task of the elementwise kernels */
+#define MAX_SLICES 64   /* tasks per channel block of the reductions */
+
+static inline size_t blocks_of(int c) { return (size_t)(c + 15) / 16; }
+static inline size_t plane(const isl_tt *t) { return (size_t)t->h * t->w; }
+
+size_t isl_tt_floats(int n, int c, int h, int w)
+{
+    return (size_t)n * blocks_of(c) * 16 * (size_t)h * (size_t)w;
+}
+
+/* The 16 channels of block b at pixel p of image i. */
+static inline float *at(const isl_tt *t, int i, size_t b, size_t p)
+{
+    return t->v + (((size_t)i * blocks_of(t->c) + b) * plane(t) + p) * 16;
+}
+
+/* 16 consecutive channels [g, g + 16) of a pixel span at most two blocks: these copy
+ * the first cnt of them out of / into a 16-float vector. */
+static inline void load16(const isl_tt *t, int i, size_t p, int g, int cnt, float *v)
+{
+    int o = g % 16, k1 = cnt < 16 - o ? cnt : 16 - o;
+    memcpy(v, at(t, i, (size_t)g / 16, p) + o, sizeof(float) * (size_t)k1);
+    if (cnt > k1)
+        memcpy(v + k1, at(t, i, (size_t)g / 16 + 1, p), sizeof(float) * (size_t)(cnt - k1));
+    for (int l = cnt; l < 16; l++)
+        v[l] = 0.0f;
+}
+
+static inline void store16(isl_tt *t, int i, size_t p, int g, int cnt, const float *v)
+{
+    int o = g % 16, k1 = cnt < 16 - o ? cnt : 16 - o;
+    memcpy(at(t, i, (size_t)g / 16, p) + o, v, sizeof(float) * (size_t)k1);
+    if (cnt > k1)
+        memcpy(at(t, i, (size_t)g / 16 + 1, p), v + k1, sizeof(float) * (size_t)(cnt - k1));
+}
+
+/* Vectorizable tanh, as lib/kernels.c uses at inference (the two must agree so that a
+ * trained model predicts what it was trained to): 2^n p(r) exp, relative error ~2 ulp. */
+static inline float exp_approx(float x)
+{
+    x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
+    float n = __builtin_rintf(x * 1.44269504088896341f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof(scale));
+    return p * scale;
+}
+
+static inline float tanh_approx(float y)
+{
+    float a = fabsf(y);
+    float t = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
+    return copysignf(t, y);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Work decomposition                                                                   */
+/* ------------------------------------------------------------------------------------ */
+
+/* Elementwise tasks: (segment, image, block, pixel chunk). */
+typedef struct ew_task {
+    int seg, img;
+    size_t block, p0, p1;
+} ew_task;
+
+static size_t ew_count(const isl_tt *t)
+{
+    return (size_t)t->n * blocks_of(t->c) * ((plane(t) + CHUNK - 1) / CHUNK);
+}
+
+static ew_task ew_decode(const isl_tt *src, int nsrc, size_t index)
+{
+    ew_task k = {0, 0, 0, 0, 0};
+    while (k.seg < nsrc - 1 && index >= ew_count(&src[k.seg]))
+        index -= ew_count(&src[k.seg++]);
+    const isl_tt *t = &src[k.seg];
+    size_t chunks = (plane(t) + CHUNK - 1) / CHUNK, nb = blocks_of(t->c);
+    size_t chunk = index % chunks;
+    k.block = (index / chunks) % nb;
+    k.img = (int)(index / chunks / nb);
+    k.p0 = chunk * CHUNK;
+    k.p1 = k.p0 + CHUNK < plane(t) ? k.p0 + CHUNK : plane(t);
+    return k;
+}
+
+/* Reduction tasks: (segment, block, slice of the image-major pixel range). The slices
+ * depend only on the shapes, and partial sums are added in slice order, so the sums do
+ * not depend on the thread count. */
+static size_t slices_of(const isl_tt *t)
+{
+    size_t total = (size_t)t->n * plane(t), s = (total + 1023) / 1024;
+    return s < 1 ? 1 : (s > MAX_SLICES ? MAX_SLICES : s);
+}
+
+static size_t red_count(const isl_tt *t) { return blocks_of(t->c) * slices_of(t); }
+
+typedef struct red_task {
+    int seg;
+    size_t block, q0, q1; /* range of img * plane + p */
+} red_task;
+
+static red_task red_decode(const isl_tt *src, int nsrc, size_t index)
+{
+    red_task k = {0, 0, 0, 0};
+    while (k.seg < nsrc - 1 && index >= red_count(&src[k.seg]))
+        index -= red_count(&src[k.seg++]);
+    const isl_tt *t = &src[k.seg];
+    size_t s = slices_of(t), total = (size_t)t->n * plane(t);
+    k.block = index / s;
+    k.q0 = total * (index % s) / s;
+    k.q1 = total * (index % s + 1) / s;
+    return k;
+}
+
+static int total_channels(const isl_tt *src, int nsrc, int *offset)
+{
+    int c = 0;
+    for (int k = 0; k < nsrc; k++) {
+        offset[k] = c;
+        c += src[k].c;
+    }
+    return c;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Batch normalization + [relu, tanh]                                                   */
+/* ------------------------------------------------------------------------------------ */
+
+int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var)
+{
+    int off[8];
+    total_channels(src, nsrc, off);
+    size_t items = 0;
+    for (int k = 0; k < nsrc; k++)
+        items += red_count(&src[k]);
+    double *part = malloc(sizeof(double) * 32 * items);
+    if (!part)
+        return -1;
+#pragma omp parallel for schedule(dynamic)
+    for (size_t it = 0; it < items; it++) {
+        red_task k = red_decode(src, nsrc, it);
+        const isl_tt *t = &src[k.seg];
+        const size_t hw = plane(t);
+        double s1[16] = {0}, s2[16] = {0};
+        for (size_t q = k.q0; q < k.q1;) {
+            size_t p = q % hw, run = hw - p < k.q1 - q ? hw - p : k.q1 - q;
+            const float *x = at(t, (int)(q / hw), k.block, p);
+            for (size_t j = 0; j < run; j++) {
+#pragma omp simd
+                for (int l = 0; l < 16; l++) {
+                    double v = x[j * 16 + l];
+                    s1[l] += v;
+                    s2[l] += v * v;
+                }
+            }
+            q += run;
+        }
+        memcpy(part + 32 * it, s1, sizeof(s1));
+        memcpy(part + 32 * it + 16, s2, sizeof(s2));
+    }
+    size_t it = 0;
+    for (int k = 0; k < nsrc; k++) {
+        const isl_tt *t = &src[k];
+        const double count = (double)t->n * plane(t);
+        for (size_t b = 0; b < blocks_of(t->c); b++) {
+            double s1[16] = {0}, s2[16] = {0};
+            for (size_t s = 0; s < slices_of(t); s++, it++)
+                for (int l = 0; l < 16; l++) {
+                    s1[l] += part[32 * it + l];
+                    s2[l] += part[32 * it + 16 + l];
+                }
+            for (int l = 0; l < 16 && (int)(16 * b) + l < t->c; l++) {
+                int g = off[k] + (int)(16 * b) + l;
+                double m = s1[l] / count, v = s2[l] / count - m * m;
+                mean[g] = m;
+                var[g] = v > 0 ? v : 0;
+            }
+        }
+    }
+    free(part);
+    return 0;
+}
+
+/* Per-block copies of per-channel arrays, zero beyond the segment's channels. */
+static void lanes(const float *a, int g0, int cnt, float *out)
+{
+    for (int l = 0; l < 16; l++)
+        out[l] = l < cnt ? a[g0 + l] : 0.0f;
+}
+
+void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *shift,
+                  isl_tt *act)
+{
+    int off[8];
+    const int C = total_channels(src, nsrc, off);
+    size_t items = 0;
+    for (int k = 0; k < nsrc; k++)
+        items += ew_count(&src[k]);
+#pragma omp parallel for schedule(static)
+    for (size_t it = 0; it < items; it++) {
+        ew_task k = ew_decode(src, nsrc, it);
+        const isl_tt *t = &src[k.seg];
+        const int c0 = 16 * (int)k.block, g = off[k.seg] + c0;
+        const int cnt = t->c - c0 < 16 ? t->c - c0 : 16;
+        float sc[16], sh[16], r[16], th[16];
+        lanes(scale, g, cnt, sc);
+        lanes(shift, g, cnt, sh);
+        for (size_t p = k.p0; p < k.p1; p++) {
+            const float *x = at(t, k.img, k.block, p);
+#pragma omp simd
+            for (int l = 0; l < 16; l++) {
+                float y = sc[l] * x[l] + sh[l];
+                r[l] = y > 0.0f ? y : 0.0f;
+                th[l] = tanh_approx(y);
+            }
+            store16(act, k.img, p, g, cnt, r);
+            store16(act, k.img, p, C + g, cnt, th);
+        }
+    }
+    /* The padding channels of the last block of act. */
+    const int used = (2 * C) % 16;
+    if (used) {
+        const size_t last = blocks_of(2 * C) - 1, hw = plane(act);
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < act->n; i++)
+            for (size_t p = 0; p < hw; p++)
+                memset(at(act, i, last, p) + used, 0, sizeof(float) * (size_t)(16 - used));
+    }
+}
+
+/* dy of BNAct at one pixel of a 16-channel run: relu' and tanh' = 1 - tanh^2. */
+static inline void bnact_dy(const isl_tt *dact, const isl_tt *act, int i, size_t p, int g, int C,
+                            int cnt, float *dy)
+{
+    float dr[16], dt[16], r[16], t[16];
+    load16(dact, i, p, g, cnt, dr);
+    load16(dact, i, p, C + g, cnt, dt);
+    load16(act, i, p, g, cnt, r);
+    load16(act, i, p, C + g, cnt, t);
+#pragma omp simd
+    for (int l = 0; l < 16; l++)
+        dy[l] = (r[l] > 0.0f ? dr[l] : 0.0f) + dt[l] * (1.0f - t[l] * t[l]);
+}
+
+int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *src, int nsrc,
+                          const float *mean, const float *invstd, const float *gamma,
+                          isl_tt *dx, const int *accumulate, float *dgamma, float *dbeta)
+{
+    int off[8];
+    const int C = total_channels(src, nsrc, off);
+    size_t items = 0;
+    for (int k = 0; k < nsrc; k++)
+        items += red_count(&src[k]);
+    double *part = malloc(sizeof(double) * 32 * items);
+    double *sum_dy = malloc(sizeof(double) * (size_t)C), *sum_dyx = malloc(sizeof(double) * (size_t)C);
+    if (!part || !sum_dy || !sum_dyx) {
+        free(part);
+        free(sum_dy);
+        free(sum_dyx);
+        return -1;
+    }
+    /* Pass 1: sum(dy) and sum(dy * xhat) per channel. */
+#pragma omp parallel for schedule(dynamic)
+    for (size_t it = 0; it < items; it++) {
+        red_task k = red_decode(src, nsrc, it);
+        const isl_tt *t = &src[k.seg];
+        const size_t hw = plane(t);
+        const int c0 = 16 * (int)k.block, g = off[k.seg] + c0;
+        const int cnt = t->c - c0 < 16 ? t->c - c0 : 16;
+        float mu[16], is[16], dy[16];
+        lanes(mean, g, cnt, mu);
+        lanes(invstd, g, cnt, is);
+        double s1[16] = {0}, s2[16] = {0};
+        for (size_t q = k.q0; q < k.q1; q++) {
+            const int i = (int)(q / hw);
+            const size_t p = q % hw;
+            const float *x = at(t, i, k.block, p);
+            bnact_dy(dact, act, i, p, g, C, cnt, dy);
+#pragma omp simd
+            for (int l = 0; l < 16; l++) {
+                float xhat = (x[l] - mu[l]) * is[l];
+                s1[l] += dy[l];
+                s2[l] += (double)dy[l] * xhat;
+            }
+        }
+        memcpy(part + 32 * it, s1, sizeof(s1));
+        memcpy(part + 32 * it + 16, s2, sizeof(s2));
+    }
+    size_t it = 0;
+    for (int k = 0; k < nsrc; k++) {
+        const isl_tt *t = &src[k];
+        for (size_t b = 0; b < blocks_of(t->c); b++) {
+            double s1[16] = {0}, s2[16] = {0};
+            for (size_t s = 0; s < slices_of(t); s++, it++)
+                for (int l = 0; l < 16; l++) {
+                    s1[l] += part[32 * it + l];
+                    s2[l] += part[32 * it + 16 + l];
+                }
+            for (int l = 0; l < 16 && (int)(16 * b) + l < t->c; l++) {
+                int g = off[k] + (int)(16 * b) + l;
+                sum_dy[g] = s1[l];
+                sum_dyx[g] = s2[l];
+                dbeta[g] = (float)s1[l];
+                dgamma[g] = (float)s2[l];
+            }
+        }
+    }
+    /* Pass 2: dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat)). */
+    items = 0;
+    for (int k = 0; k < nsrc; k++)
+        items += ew_count(&src[k]);
+#pragma omp parallel for schedule(static)
+    for (size_t it2 = 0; it2 < items; it2++) {
+        ew_task k = ew_decode(src, nsrc, it2);
+        const isl_tt *t = &src[k.seg];
+        const double count = (double)t->n * plane(t);
+        const int c0 = 16 * (int)k.block, g = off[k.seg] + c0;
+        const int cnt = t->c - c0 < 16 ? t->c - c0 : 16;
+        float mu[16], is[16], a[16], mdy[16], mdyx[16], dy[16];
+        lanes(mean, g, cnt, mu);
+        lanes(invstd, g, cnt, is);
+        for (int l = 0; l < 16; l++) {
+            a[l] = l < cnt ? gamma[g + l] * is[l] : 0.0f;
+            mdy[l] = l < cnt ? (float)(sum_dy[g + l] / count) : 0.0f;
+            mdyx[l] = l < cnt ? (float)(sum_dyx[g + l] / count) : 0.0f;
+        }
+        const int acc = accumulate[k.seg];
+        for (size_t p = k.p0; p < k.p1; p++) {
+            const float *x = at(t, k.img, k.block, p);
+            float *d = at(&dx[k.seg], k.img, k.block, p);
+            bnact_dy(dact, act, k.img, p, g, C, cnt, dy);
+#pragma omp simd
+            for (int l = 0; l < 16; l++) {
+                float xhat = (x[l] - mu[l]) * is[l];
+                float v = a[l] * (dy[l] - mdy[l] - xhat * mdyx[l]);
+                d[l] = acc ? d[l] + v : v;
+            }
+        }
+    }
+    free(part);
+    free(sum_dy);
+    free(sum_dyx);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Residual paths                                                                       */
+/* ------------------------------------------------------------------------------------ */
+
+/* Lane mask of block b for a tensor of c channels: 1 for real channels. */
+static inline void lane_mask(int c, size_t b, float *m)
+{
+    for (int l = 0; l < 16; l++)
+        m[l] = (int)(16 * b) + l < c ? 1.0f : 0.0f;
+}
+
+void isl_tk_residual_in(const isl_tt *x, isl_tt *out)
+{
+    const size_t nb = blocks_of(out->c), xb = blocks_of(x->c);
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int i = 0; i < out->n; i++)
+        for (size_t b = 0; b < nb; b++)
+            for (int y = 0; y < out->h; y++) {
+                float *o = at(out, i, b, (size_t)y * out->w);
+                if (b >= xb)
+                    memset(o, 0, sizeof(float) * 16 * (size_t)out->w);
+                else
+                    memcpy(o, at(x, i, b, (size_t)(y + 1) * x->w + 1),
+                           sizeof(float) * 16 * (size_t)out->w);
+            }
+}
+
+void isl_tk_residual_in_backward(const isl_tt *dout, isl_tt *dx)
+{
+    const size_t xb = blocks_of(dx->c);
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int i = 0; i < dout->n; i++)
+        for (size_t b = 0; b < xb; b++)
+            for (int y = 0; y < dout->h; y++) {
+                float m[16];
+                lane_mask(dx->c, b, m);
+                const float *o = at(dout, i, b, (size_t)y * dout->w);
+                float *d = at(dx, i, b, (size_t)(y + 1) * dx->w + 1);
+                for (int x = 0; x < dout->w; x++)
+#pragma omp simd
+                    for (int l = 0; l < 16; l++)
+                        d[16 * x + l] += m[l] * o[16 * x + l];
+            }
+}
+
+void isl_tk_residual_down(const isl_tt *x, isl_tt *out)
+{
+    const size_t nb = blocks_of(out->c), xb = blocks_of(x->c);
+    const int W = x->w;
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int i = 0; i < out->n; i++)
+        for (size_t b = 0; b < nb; b++)
+            for (int y = 0; y < out->h; y++) {
+                float *o = at(out, i, b, (size_t)y * out->w);
+                if (b >= xb) {
+                    memset(o, 0, sizeof(float) * 16 * (size_t)out->w);
+                    continue;
+                }
+                const float *r0 = at(x, i, b, (size_t)(2 * y + 1) * W + 1);
+                const float *r1 = r0 + 16 * (size_t)W;
+                for (int j = 0; j < out->w; j++)
+#pragma omp simd
+                    for (int l = 0; l < 16; l++)
+                        o[16 * j + l] = 0.25f * (((r0[32 * j + l] + r0[32 * j + 16 + l]) +
+                                                  r1[32 * j + l]) + r1[32 * j + 16 + l]);
+            }
+}
+
+void isl_tk_residual_down_backward(const isl_tt *dout, isl_tt *dx)
+{
+    const size_t xb = blocks_of(dx->c);
+    const int W = dx->w;
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int i = 0; i < dout->n; i++)
+        for (size_t b = 0; b < xb; b++)
+            for (int y = 0; y < dout->h; y++) {
+                float m[16];
+                lane_mask(dx->c, b, m);
+                const float *o = at(dout, i, b, (size_t)y * dout->w);
+                float *r0 = at(dx, i, b, (size_t)(2 * y + 1) * W + 1);
+                float *r1 = r0 + 16 * (size_t)W;
+                for (int j = 0; j < dout->w; j++)
+#pragma omp simd
+                    for (int l = 0; l < 16; l++) {
+                        float v = 0.25f * m[l] * o[16 * j + l];
+                        r0[32 * j + l] += v;
+                        r0[32 * j + 16 + l] += v;
+                        r1[32 * j + l] += v;
+                        r1[32 * j + 16 + l] += v;
+                    }
+            }
+}
+
+/* Source row (column) of output row y of the up residual: (y - 1) div 2, clamped. */
+static inline int up_src(int y, int n)
+{
+    int s = y == 0 ? 0 : (y - 1) / 2;
+    return s > n - 1 ? n - 1 : s;
+}
+
+void isl_tk_residual_up(const isl_tt *x, isl_tt *out)
+{
+    const size_t nb = blocks_of(out->c);
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int i = 0; i < out->n; i++)
+        for (size_t b = 0; b < nb; b++)
+            for (int y = 0; y < out->h; y++) {
+                float m[16];
+                lane_mask(out->c, b, m); /* x's channels beyond out's are dropped */
+                const float *s = at(x, i, b, (size_t)up_src(y, x->h) * x->w);
+                float *o = at(out, i, b, (size_t)y * out->w);
+                for (int j = 0; j < out->w; j++) {
+                    const float *sp = s + 16 * (size_t)up_src(j, x->w);
+#pragma omp simd
+                    for (int l = 0; l < 16; l++)
+                        o[16 * j + l] = m[l] * sp[l];
+                }
+            }
+}
+
+void isl_tk_residual_up_backward(const isl_tt *dout, isl_tt *dx)
+{
+    const size_t nb = blocks_of(dout->c);
+    /* Scatter-add: one task per image plane of a block, so no two tasks meet. */
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int i = 0; i < dout->n; i++)
+        for (size_t b = 0; b < nb; b++)
+            for (int y = 0; y < dout->h; y++) {
+                const float *o = at(dout, i, b, (size_t)y * dout->w);
+                float *d = at(dx, i, b, (size_t)up_src(y, dx->h) * dx->w);
+                for (int j = 0; j < dout->w; j++) {
+                    float *dp = d + 16 * (size_t)up_src(j, dx->w);
+#pragma omp simd
+                    for (int l = 0; l < 16; l++)
+                        dp[l] += o[16 * j + l]; /* dout's padding lanes are zero */
+                }
+            }
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Crops and copies                                                                     */
+/* ------------------------------------------------------------------------------------ */
+
+void isl_tk_crop(const isl_tt *src, int border, isl_tt *dst)
+{
+    const size_t nb = blocks_of(dst->c);
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int i = 0; i < dst->n; i++)
+        for (size_t b = 0; b < nb; b++)
+            for (int y = 0; y < dst->h; y++)
+                memcpy(at(dst, i, b, (size_t)y * dst->w),
+                       at(src, i, b, (size_t)(y + border) * src->w + border),
+                       sizeof(float) * 16 * (size_t)dst->w);
+}
+
+void isl_tk_crop_backward(const isl_tt *ddst, int border, isl_tt *dsrc, int accumulate)
+{
+    const size_t nb = blocks_of(dsrc->c);
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int i = 0; i < dsrc->n; i++)
+        for (size_t b = 0; b < nb; b++)
+            for (int y = 0; y < dsrc->h; y++) {
+                float *d = at(dsrc, i, b, (size_t)y * dsrc->w);
+                int iy = y - border;
+                if (iy < 0 || iy >= ddst->h) {
+                    if (!accumulate)
+                        memset(d, 0, sizeof(float) * 16 * (size_t)dsrc->w);
+                    continue;
+                }
+                const float *s = at(ddst, i, b, (size_t)iy * ddst->w);
+                if (!accumulate) {
+                    memset(d, 0, sizeof(float) * 16 * (size_t)border);
+                    memcpy(d + 16 * (size_t)border, s, sizeof(float) * 16 * (size_t)ddst->w);
+                    memset(d + 16 * (size_t)(border + ddst->w), 0,
+                           sizeof(float) * 16 * (size_t)(dsrc->w - border - ddst->w));
+                } else {
+                    float *di = d + 16 * (size_t)border;
+                    for (size_t k = 0; k < 16 * (size_t)ddst->w; k++)
+                        di[k] += s[k];
+                }
+            }
+}
+
+void isl_tk_copy_channels(const isl_tt *src, int s0, isl_tt *dst, int d0, int count)
+{
+    const size_t hw = plane(src);
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int i = 0; i < src->n; i++)
+        for (size_t p = 0; p < hw; p++)
+            for (int c = 0; c < count; c++)
+                at(dst, i, (size_t)(d0 + c) / 16, p)[(d0 + c) % 16] =
+                    at(src, i, (size_t)(s0 + c) / 16, p)[(s0 + c) % 16];
+}
+
+void isl_tk_zero(isl_tt *t)
+{
+    memset(t->v, 0, sizeof(float) * isl_tt_floats(t->n, t->c, t->h, t->w));
+}

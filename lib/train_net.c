@@ -1,0 +1,1029 @@
+#include "train_net.h"
+
+#include "error.h"
+#include "layout.h" /* ISL_BN_EPSILON */
+#include "train_kernels.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------ */
+/* Structures                                                                           */
+/* ------------------------------------------------------------------------------------ */
+
+/* A primitive and its share of the net's one scratchpad (user mode). */
+typedef struct prim {
+    dnnl_primitive_t p;
+    dnnl_memory_desc_t sp_md;
+    dnnl_memory_t sp;
+} prim;
+
+/* A convolution or transposed convolution with its three passes and weight reorders. */
+typedef struct conv {
+    prim fwd, bwd_d, bwd_w;
+    prim pack_f, pack_b, unpack; /* user -> fwd / bwd_data weights; diff weights -> user */
+    dnnl_memory_t w_user, w_f, w_b, dw, dw_user, bias, dbias;
+    dnnl_memory_t src, dst, dsrc, ddst;
+} conv;
+
+typedef struct module {
+    const isl_module_arch *a;
+    int index;
+    isl_tt x;          /* input: another tensor's storage */
+    isl_tt conv, pool; /* expand conv output, maxpool output (in/down only) */
+    isl_tt out;        /* r + residual (up: before the crop) */
+    isl_tt next;       /* next module's input: out, or for up its 2-pixel crop */
+    isl_tt act1, act2; /* BNAct outputs, in the shared act scratch */
+    /* Gradients (shared scratch buffers, assigned once in backward order). */
+    isl_tt dx, dout, dnext, dconv, dpool, dact1, dact2;
+    float *mean1, *invstd1, *mean2, *invstd2; /* batch statistics of the last forward */
+    conv expand, reduce;
+    prim pool_f, pool_b;
+    dnnl_memory_t pool_src, pool_dst, pool_ws, pool_ddst, pool_dsrc;
+} module;
+
+typedef struct head {
+    int out_ch, active;
+    isl_tt act, dact, logits; /* logits: blocked; also its gradient in the backward pass */
+    float *plain, *dplain;    /* [batch, out_ch, oh, ow] */
+    conv cv;
+    prim to_plain, from_plain;
+    dnnl_memory_t m_blk, m_plain, m_dplain;
+} head;
+
+struct isl_train_net {
+    isl_params *p, *g;
+    dnnl_engine_t engine;
+    dnnl_stream_t stream;
+    int batch, in_h, in_w, out_h, out_w, num_z, input_grad;
+
+    float *input, *dinput;    /* plain nchw */
+    isl_tt proj, dproj;
+    isl_tt x0[ISL_NUM_TOWERS];
+    int cat_offset[ISL_NUM_TOWERS];
+    isl_tt cat, dcat;
+    module *mods;
+    int num_mods;
+    head *heads;
+    int num_heads;
+    float *trunk_mean, *trunk_invstd;
+    conv proj_cv;
+
+    /* Scratch buffers shared by all layers. */
+    float *s_act, *s_dact, *g_buf[2], *g_conv, *g_pool;
+    size_t n_act, n_g, n_conv, n_pool; /* floats */
+    void *scratchpad;
+    size_t scratchpad_bytes;
+
+    /* Per-channel work arrays (the widest batch norm). */
+    double *wd_mean, *wd_var;
+    float *wf_scale, *wf_shift;
+
+    /* Everything to release. */
+    void **allocs;
+    int num_allocs, cap_allocs;
+    prim **prims;
+    int num_prims, cap_prims;
+    dnnl_memory_t *mems;
+    int num_mems, cap_mems;
+    size_t bytes;
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* Allocation and registration                                                          */
+/* ------------------------------------------------------------------------------------ */
+
+static int grow(void **array, int *cap, int count, size_t item)
+{
+    if (count < *cap)
+        return 0;
+    int c = *cap ? 2 * *cap : 64;
+    void *a = realloc(*array, item * (size_t)c);
+    if (!a)
+        return -1;
+    *array = a;
+    *cap = c;
+    return 0;
+}
+
+static isl_status oom(void) { return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory building the training network"); }
+
+/* Zeroed, 64-byte aligned floats owned by the net. */
+static isl_status alloc_floats(isl_train_net *n, size_t count, float **out)
+{
+    size_t bytes = (count * sizeof(float) + 63) / 64 * 64;
+    if (grow((void **)&n->allocs, &n->cap_allocs, n->num_allocs, sizeof(void *)))
+        return oom();
+    float *p = aligned_alloc(64, bytes ? bytes : 64);
+    if (!p)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory: %zu MB for training activations",
+                        bytes >> 20);
+    memset(p, 0, bytes ? bytes : 64);
+    n->allocs[n->num_allocs++] = p;
+    n->bytes += bytes;
+    *out = p;
+    return ISL_OK;
+}
+
+static isl_status alloc_tt(isl_train_net *n, isl_tt *t)
+{
+    return alloc_floats(n, isl_tt_floats(t->n, t->c, t->h, t->w), &t->v);
+}
+
+static isl_status dnnl_failed(dnnl_status_t s, const char *what)
+{
+    return isl_fail(ISL_ERROR_BACKEND, "oneDNN: %s failed (status %d)", what, (int)s);
+}
+
+#define DNNL_TRY(call, what)                         \
+    do {                                             \
+        dnnl_status_t dnnl_try_s_ = (call);          \
+        if (dnnl_try_s_ != dnnl_success)             \
+            return dnnl_failed(dnnl_try_s_, what);   \
+    } while (0)
+
+/* A memory object over ptr (DNNL_MEMORY_ALLOCATE: oneDNN allocates), freed with the net. */
+static isl_status make_mem(isl_train_net *n, const dnnl_memory_desc_t *md, void *ptr,
+                           dnnl_memory_t *out)
+{
+    if (grow((void **)&n->mems, &n->cap_mems, n->num_mems, sizeof(dnnl_memory_t)))
+        return oom();
+    DNNL_TRY(dnnl_memory_create(out, md, n->engine, ptr), "memory creation");
+    n->mems[n->num_mems++] = *out;
+    if (ptr == DNNL_MEMORY_ALLOCATE)
+        n->bytes += dnnl_memory_desc_get_size(md);
+    return ISL_OK;
+}
+
+static dnnl_memory_desc_t md_tt(const isl_tt *t)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {t->n, t->c, t->h, t->w};
+    dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, dnnl_nChw16c);
+    return md;
+}
+
+static dnnl_memory_desc_t md_tag(int a, int b, int c, int d, dnnl_format_tag_t tag)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {a, b, c, d};
+    dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, tag);
+    return md;
+}
+
+static dnnl_memory_desc_t md_vec(int n)
+{
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {n};
+    dnnl_memory_desc_init_by_tag(&md, 1, dims, dnnl_f32, dnnl_x);
+    return md;
+}
+
+static dnnl_primitive_attr_t make_attr(int with_sum)
+{
+    dnnl_primitive_attr_t attr = NULL;
+    if (dnnl_primitive_attr_create(&attr) != dnnl_success)
+        return NULL;
+    if (dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user) != dnnl_success)
+        goto fail;
+    if (with_sum) {
+        dnnl_post_ops_t po = NULL;
+        if (dnnl_post_ops_create(&po) != dnnl_success)
+            goto fail;
+        dnnl_status_t s = dnnl_post_ops_append_sum(po, 1.0f);
+        if (s == dnnl_success)
+            s = dnnl_primitive_attr_set_post_ops(attr, po);
+        dnnl_post_ops_destroy(po);
+        if (s != dnnl_success)
+            goto fail;
+    }
+    return attr;
+fail:
+    dnnl_primitive_attr_destroy(attr);
+    return NULL;
+}
+
+/* Primitive descriptor of op_desc (hint: the forward pd of a backward pass). */
+static isl_status make_pd(isl_train_net *n, const_dnnl_op_desc_t d, int with_sum,
+                          const_dnnl_primitive_desc_t hint, dnnl_primitive_desc_t *pd,
+                          const char *what)
+{
+    dnnl_primitive_attr_t attr = make_attr(with_sum);
+    if (!attr)
+        return isl_fail(ISL_ERROR_BACKEND, "oneDNN: cannot create attributes for %s", what);
+    dnnl_status_t s = dnnl_primitive_desc_create(pd, d, attr, n->engine, hint);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success)
+        return isl_fail(ISL_ERROR_BACKEND, "oneDNN: no implementation for %s (status %d)", what,
+                        (int)s);
+    return ISL_OK;
+}
+
+/* Creates the primitive of pd and records its scratchpad need. Does not take pd. */
+static isl_status make_prim(isl_train_net *n, const_dnnl_primitive_desc_t pd, prim *p)
+{
+    if (grow((void **)&n->prims, &n->cap_prims, n->num_prims, sizeof(prim *)))
+        return oom();
+    const dnnl_memory_desc_t *sp = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+    size_t bytes = sp ? dnnl_memory_desc_get_size(sp) : 0;
+    memset(&p->sp_md, 0, sizeof(p->sp_md));
+    if (bytes) {
+        p->sp_md = *sp;
+        if (bytes > n->scratchpad_bytes)
+            n->scratchpad_bytes = bytes;
+    }
+    DNNL_TRY(dnnl_primitive_create(&p->p, pd), "primitive creation");
+    n->prims[n->num_prims++] = p;
+    return ISL_OK;
+}
+
+static isl_status make_reorder(isl_train_net *n, const dnnl_memory_desc_t *from,
+                               const dnnl_memory_desc_t *to, prim *p)
+{
+    dnnl_primitive_desc_t pd = NULL;
+    dnnl_primitive_attr_t attr = make_attr(0);
+    if (!attr)
+        return isl_fail(ISL_ERROR_BACKEND, "oneDNN: cannot create reorder attributes");
+    dnnl_status_t s = dnnl_reorder_primitive_desc_create(&pd, from, n->engine, to, n->engine, attr);
+    dnnl_primitive_attr_destroy(attr);
+    if (s != dnnl_success)
+        return dnnl_failed(s, "reorder");
+    isl_status st = make_prim(n, pd, p);
+    dnnl_primitive_desc_destroy(pd);
+    return st;
+}
+
+/* Executes p with up to 6 arguments (plus its scratchpad). */
+static isl_status run(isl_train_net *n, const prim *p, int nargs, const dnnl_exec_arg_t *args,
+                      const char *what)
+{
+    dnnl_exec_arg_t a[8];
+    memcpy(a, args, sizeof(*a) * (size_t)nargs);
+    if (p->sp)
+        a[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, p->sp};
+    if (dnnl_primitive_execute(p->p, n->stream, nargs, a) != dnnl_success)
+        return isl_fail(ISL_ERROR_BACKEND, "oneDNN: %s failed to execute", what);
+    return ISL_OK;
+}
+
+static isl_status run_reorder(isl_train_net *n, const prim *p, dnnl_memory_t from, dnnl_memory_t to,
+                              const char *what)
+{
+    dnnl_exec_arg_t a[2] = {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}};
+    return run(n, p, 2, a, what);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Convolutions                                                                         */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct conv_spec {
+    int deconv, k, stride, with_sum;
+    int oc, ic;
+    dnnl_format_tag_t w_tag; /* user layout of the weights: oihw, or iohw (PyTorch transposed) */
+    dnnl_memory_desc_t src_md, dst_md;
+    void *src, *dst, *dsrc, *ddst; /* dsrc NULL: no backward-data pass */
+    float *w, *dw, *b, *db;        /* b NULL: no bias */
+    const char *what;
+} conv_spec;
+
+static isl_status conv_desc(const conv_spec *s, int pass, void *desc)
+{
+    dnnl_memory_desc_t w_any, b_md = md_vec(s->oc);
+    dnnl_dims_t wd = {s->oc, s->ic, s->k, s->k}, strides = {s->stride, s->stride}, pad = {0, 0};
+    dnnl_memory_desc_init_by_tag(&w_any, 4, wd, dnnl_f32, dnnl_format_tag_any);
+    const dnnl_memory_desc_t *b = s->b ? &b_md : NULL;
+    dnnl_status_t st;
+    if (!s->deconv) {
+        dnnl_convolution_desc_t *d = desc;
+        st = pass == 0 ? dnnl_convolution_forward_desc_init(d, dnnl_forward_training,
+                                                             dnnl_convolution_direct, &s->src_md,
+                                                             &w_any, b, &s->dst_md, strides, pad, pad)
+             : pass == 1 ? dnnl_convolution_backward_data_desc_init(d, dnnl_convolution_direct,
+                                                                    &s->src_md, &w_any, &s->dst_md,
+                                                                    strides, pad, pad)
+                         : dnnl_convolution_backward_weights_desc_init(
+                               d, dnnl_convolution_direct, &s->src_md, &w_any, b, &s->dst_md,
+                               strides, pad, pad);
+    } else {
+        dnnl_deconvolution_desc_t *d = desc;
+        st = pass == 0 ? dnnl_deconvolution_forward_desc_init(d, dnnl_forward_training,
+                                                               dnnl_deconvolution_direct,
+                                                               &s->src_md, &w_any, b, &s->dst_md,
+                                                               strides, pad, pad)
+             : pass == 1 ? dnnl_deconvolution_backward_data_desc_init(
+                               d, dnnl_deconvolution_direct, &s->src_md, &w_any, &s->dst_md,
+                               strides, pad, pad)
+                         : dnnl_deconvolution_backward_weights_desc_init(
+                               d, dnnl_deconvolution_direct, &s->src_md, &w_any, b, &s->dst_md,
+                               strides, pad, pad);
+    }
+    if (st != dnnl_success)
+        return isl_fail(ISL_ERROR_BACKEND, "oneDNN: cannot describe %s (status %d)", s->what,
+                        (int)st);
+    return ISL_OK;
+}
+
+static isl_status build_conv(isl_train_net *n, const conv_spec *s, conv *cv)
+{
+    union {
+        dnnl_convolution_desc_t c;
+        dnnl_deconvolution_desc_t d;
+    } desc;
+    dnnl_primitive_desc_t fpd = NULL, bdpd = NULL, bwpd = NULL;
+    dnnl_memory_desc_t user = md_tag(s->oc, s->ic, s->k, s->k, s->w_tag), b_md = md_vec(s->oc);
+    isl_status st = conv_desc(s, 0, &desc);
+    if (st == ISL_OK)
+        st = make_pd(n, &desc, s->with_sum, NULL, &fpd, s->what);
+    if (st == ISL_OK)
+        st = conv_desc(s, 2, &desc);
+    if (st == ISL_OK)
+        st = make_pd(n, &desc, 0, fpd, &bwpd, s->what);
+    if (st == ISL_OK && s->dsrc) {
+        st = conv_desc(s, 1, &desc);
+        if (st == ISL_OK)
+            st = make_pd(n, &desc, 0, fpd, &bdpd, s->what);
+    }
+    if (st != ISL_OK)
+        goto done;
+    const dnnl_memory_desc_t *wf = dnnl_primitive_desc_query_md(fpd, dnnl_query_weights_md, 0);
+    const dnnl_memory_desc_t *dw = dnnl_primitive_desc_query_md(bwpd, dnnl_query_diff_weights_md, 0);
+    if ((st = make_prim(n, fpd, &cv->fwd)) != ISL_OK ||
+        (st = make_prim(n, bwpd, &cv->bwd_w)) != ISL_OK ||
+        (st = make_mem(n, &user, s->w, &cv->w_user)) != ISL_OK ||
+        (st = make_mem(n, wf, DNNL_MEMORY_ALLOCATE, &cv->w_f)) != ISL_OK ||
+        (st = make_reorder(n, &user, wf, &cv->pack_f)) != ISL_OK ||
+        (st = make_mem(n, dw, DNNL_MEMORY_ALLOCATE, &cv->dw)) != ISL_OK ||
+        (st = make_mem(n, &user, s->dw, &cv->dw_user)) != ISL_OK ||
+        (st = make_reorder(n, dw, &user, &cv->unpack)) != ISL_OK ||
+        (st = make_mem(n, &s->src_md, s->src, &cv->src)) != ISL_OK ||
+        (st = make_mem(n, &s->dst_md, s->dst, &cv->dst)) != ISL_OK ||
+        (st = make_mem(n, &s->dst_md, s->ddst, &cv->ddst)) != ISL_OK)
+        goto done;
+    if (s->b && ((st = make_mem(n, &b_md, s->b, &cv->bias)) != ISL_OK ||
+                 (st = make_mem(n, &b_md, s->db, &cv->dbias)) != ISL_OK))
+        goto done;
+    if (bdpd) {
+        const dnnl_memory_desc_t *wb = dnnl_primitive_desc_query_md(bdpd, dnnl_query_weights_md, 0);
+        if ((st = make_prim(n, bdpd, &cv->bwd_d)) != ISL_OK ||
+            (st = make_mem(n, &s->src_md, s->dsrc, &cv->dsrc)) != ISL_OK)
+            goto done;
+        if (dnnl_memory_desc_equal(wb, wf)) {
+            cv->w_b = cv->w_f;
+        } else if ((st = make_mem(n, wb, DNNL_MEMORY_ALLOCATE, &cv->w_b)) != ISL_OK ||
+                   (st = make_reorder(n, &user, wb, &cv->pack_b)) != ISL_OK) {
+            goto done;
+        }
+    }
+done:
+    dnnl_primitive_desc_destroy(fpd);
+    dnnl_primitive_desc_destroy(bdpd);
+    dnnl_primitive_desc_destroy(bwpd);
+    return st;
+}
+
+static isl_status conv_pack(isl_train_net *n, conv *cv)
+{
+    ISL_CHECK(run_reorder(n, &cv->pack_f, cv->w_user, cv->w_f, "weight reorder"));
+    if (cv->pack_b.p)
+        ISL_CHECK(run_reorder(n, &cv->pack_b, cv->w_user, cv->w_b, "weight reorder"));
+    return ISL_OK;
+}
+
+static isl_status conv_forward(isl_train_net *n, conv *cv)
+{
+    dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, cv->src}, {DNNL_ARG_WEIGHTS, cv->w_f},
+                            {DNNL_ARG_DST, cv->dst}, {DNNL_ARG_BIAS, cv->bias}};
+    return run(n, &cv->fwd, cv->bias ? 4 : 3, a, "convolution forward");
+}
+
+/* Weight (and bias) gradients into the user arrays, then the data gradient if built. */
+static isl_status conv_backward(isl_train_net *n, conv *cv)
+{
+    dnnl_exec_arg_t w[4] = {{DNNL_ARG_SRC, cv->src}, {DNNL_ARG_DIFF_DST, cv->ddst},
+                            {DNNL_ARG_DIFF_WEIGHTS, cv->dw}, {DNNL_ARG_DIFF_BIAS, cv->dbias}};
+    ISL_CHECK(run(n, &cv->bwd_w, cv->dbias ? 4 : 3, w, "convolution backward (weights)"));
+    ISL_CHECK(run_reorder(n, &cv->unpack, cv->dw, cv->dw_user, "weight gradient reorder"));
+    if (!cv->bwd_d.p)
+        return ISL_OK;
+    dnnl_exec_arg_t d[3] = {{DNNL_ARG_DIFF_DST, cv->ddst}, {DNNL_ARG_WEIGHTS, cv->w_b},
+                            {DNNL_ARG_DIFF_SRC, cv->dsrc}};
+    return run(n, &cv->bwd_d, 3, d, "convolution backward (data)");
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Shapes and buffers                                                                   */
+/* ------------------------------------------------------------------------------------ */
+
+static int side_after(isl_module_kind kind, int s)
+{
+    switch (kind) {
+    case ISL_MODULE_IN: return s - 2;
+    case ISL_MODULE_DOWN: return (s - 4) / 2 + 1;
+    case ISL_MODULE_UP: return 2 * s + 2;
+    }
+    return -1;
+}
+
+static size_t tt_size(const isl_tt *t) { return isl_tt_floats(t->n, t->c, t->h, t->w); }
+
+static void keep_max(size_t *m, const isl_tt *t)
+{
+    size_t s = tt_size(t);
+    if (s > *m)
+        *m = s;
+}
+
+static isl_tt like(const isl_tt *t, float *v)
+{
+    return isl_tt_make(t->n, t->c, t->h, t->w, v);
+}
+
+/* Module shapes and persistent tensors, for input x. */
+static isl_status plan_module(isl_train_net *n, module *m, const isl_tt *x)
+{
+    const isl_module_arch *a = m->a;
+    const int B = n->batch, oh = side_after(a->kind, x->h), ow = side_after(a->kind, x->w);
+    m->x = *x;
+    m->conv = isl_tt_make(B, a->expand_ch, oh, ow, NULL);
+    m->out = isl_tt_make(B, a->out_ch, oh, ow, NULL);
+    m->act1 = isl_tt_make(B, 2 * a->in_ch, x->h, x->w, NULL);
+    m->act2 = isl_tt_make(B, 2 * a->e_ch, oh, ow, NULL);
+    ISL_CHECK(alloc_tt(n, &m->conv));
+    ISL_CHECK(alloc_tt(n, &m->out));
+    if (a->kind != ISL_MODULE_UP) {
+        m->pool = isl_tt_make(B, a->in_ch, oh, ow, NULL);
+        ISL_CHECK(alloc_tt(n, &m->pool));
+        keep_max(&n->n_pool, &m->pool);
+    }
+    if (a->kind == ISL_MODULE_UP) {
+        m->next = isl_tt_make(B, a->out_ch, oh - 4, ow - 4, NULL);
+        ISL_CHECK(alloc_tt(n, &m->next));
+    } else {
+        m->next = m->out;
+    }
+    keep_max(&n->n_act, &m->act1);
+    keep_max(&n->n_act, &m->act2);
+    keep_max(&n->n_g, &m->x);
+    keep_max(&n->n_g, &m->out);
+    keep_max(&n->n_conv, &m->conv);
+    size_t stats = 2 * (size_t)a->in_ch + 2 * (size_t)a->e_ch;
+    float *st;
+    ISL_CHECK(alloc_floats(n, stats, &st));
+    m->mean1 = st;
+    m->invstd1 = st + a->in_ch;
+    m->mean2 = st + 2 * a->in_ch;
+    m->invstd2 = m->mean2 + a->e_ch;
+    return ISL_OK;
+}
+
+static isl_status plan_shapes(isl_train_net *n)
+{
+    const isl_arch *a = &n->p->arch;
+    const int B = n->batch, H = n->in_h, W = n->in_w;
+    n->proj = isl_tt_make(B, ISL_PROJECTION_DEPTH, H, W, NULL);
+    ISL_CHECK(alloc_tt(n, &n->proj));
+    n->dproj = n->proj;
+    ISL_CHECK(alloc_tt(n, &n->dproj));
+    ISL_CHECK(alloc_floats(n, (size_t)B * n->num_z * H * W, &n->input));
+    if (n->input_grad)
+        ISL_CHECK(alloc_floats(n, (size_t)B * n->num_z * H * W, &n->dinput));
+    int cat_ch = 0;
+    for (int s = 0; s < ISL_NUM_TOWERS; s++) {
+        int border = (ISL_PATCH_INPUT - isl_tower_start_size[s]) / 2;
+        n->x0[s] = isl_tt_make(B, ISL_PROJECTION_DEPTH, H - 2 * border, W - 2 * border, NULL);
+        ISL_CHECK(alloc_tt(n, &n->x0[s]));
+        const isl_tt *x = &n->x0[s];
+        for (int i = a->tower_first[s]; i < a->tower_first[s] + a->tower_count[s]; i++) {
+            ISL_CHECK(plan_module(n, &n->mods[i], x));
+            x = &n->mods[i].next;
+        }
+        n->cat_offset[s] = cat_ch;
+        cat_ch += a->tower_out_ch[s];
+    }
+    const isl_tt *last = &n->mods[a->tower_first[0] + a->tower_count[0] - 1].next;
+    n->cat = isl_tt_make(B, cat_ch, last->h, last->w, NULL);
+    ISL_CHECK(alloc_tt(n, &n->cat));
+    n->dcat = n->cat;
+    ISL_CHECK(alloc_tt(n, &n->dcat));
+    const isl_tt *x = &n->cat;
+    for (int i = a->tower_first[ISL_UPPER_TOWER]; i < a->num_modules; i++) {
+        ISL_CHECK(plan_module(n, &n->mods[i], x));
+        x = &n->mods[i].next;
+    }
+    if (x->h != n->out_h || x->w != n->out_w || x->c != a->trunk_ch)
+        return isl_fail(ISL_ERROR_INTERNAL, "trunk ends at %dx%dx%d, not %dx%dx%d", x->c, x->h,
+                        x->w, a->trunk_ch, n->out_h, n->out_w);
+    ISL_CHECK(alloc_floats(n, 2 * (size_t)a->trunk_ch, &n->trunk_mean));
+    n->trunk_invstd = n->trunk_mean + a->trunk_ch;
+    for (int h = 0; h < n->num_heads; h++) {
+        head *hd = &n->heads[h];
+        hd->out_ch = n->p->heads[h].out_ch;
+        hd->act = isl_tt_make(B, 2 * a->trunk_ch, n->out_h, n->out_w, NULL);
+        hd->logits = isl_tt_make(B, hd->out_ch, n->out_h, n->out_w, NULL);
+        keep_max(&n->n_act, &hd->act);
+        ISL_CHECK(alloc_tt(n, &hd->logits));
+        size_t plain = (size_t)B * hd->out_ch * n->out_h * n->out_w;
+        ISL_CHECK(alloc_floats(n, plain, &hd->plain));
+        ISL_CHECK(alloc_floats(n, plain, &hd->dplain));
+    }
+    keep_max(&n->n_g, x);
+    /* The widest batch norm: the e of a module, or the trunk. */
+    int widest = a->trunk_ch;
+    for (int i = 0; i < a->num_modules; i++)
+        if (a->modules[i].e_ch > widest)
+            widest = a->modules[i].e_ch;
+    n->wd_mean = calloc((size_t)widest, sizeof(double));
+    n->wd_var = calloc((size_t)widest, sizeof(double));
+    n->wf_scale = calloc((size_t)widest, sizeof(float));
+    n->wf_shift = calloc((size_t)widest, sizeof(float));
+    if (!n->wd_mean || !n->wd_var || !n->wf_scale || !n->wf_shift)
+        return oom();
+    return ISL_OK;
+}
+
+/* Points the scratch views at the shared buffers. Gradients flow backward through two
+ * ping-pong buffers; the order below mirrors the backward pass. */
+static void assign_scratch(isl_train_net *n)
+{
+    const isl_arch *a = &n->p->arch;
+    float *const *g = n->g_buf;
+    for (int i = 0; i < a->num_modules; i++) {
+        module *m = &n->mods[i];
+        m->act1.v = m->act2.v = n->s_act;
+        m->dact1 = like(&m->act1, n->s_dact);
+        m->dact2 = like(&m->act2, n->s_dact);
+        m->dconv = like(&m->conv, n->g_conv);
+        if (m->a->kind != ISL_MODULE_UP)
+            m->dpool = like(&m->pool, n->g_pool);
+    }
+    int cur = 0;
+    for (int i = a->num_modules - 1; i >= a->tower_first[ISL_UPPER_TOWER]; i--) {
+        module *m = &n->mods[i];
+        m->dout = like(&m->out, g[cur]);
+        m->dx = i == a->tower_first[ISL_UPPER_TOWER] ? n->dcat : like(&m->x, g[1 - cur]);
+        cur = 1 - cur;
+    }
+    for (int s = 0; s < ISL_NUM_TOWERS; s++) {
+        cur = 0;
+        for (int i = a->tower_first[s] + a->tower_count[s] - 1; i >= a->tower_first[s]; i--) {
+            module *m = &n->mods[i];
+            if (m->a->kind == ISL_MODULE_UP) {
+                m->dnext = like(&m->next, g[cur]);
+                m->dout = like(&m->out, g[1 - cur]);
+                m->dx = like(&m->x, g[cur]);
+            } else {
+                m->dout = like(&m->out, g[cur]);
+                m->dx = like(&m->x, g[1 - cur]);
+                cur = 1 - cur;
+            }
+        }
+    }
+    for (int h = 0; h < n->num_heads; h++) {
+        n->heads[h].act.v = n->s_act;
+        n->heads[h].dact = like(&n->heads[h].act, n->s_dact);
+    }
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Primitives                                                                           */
+/* ------------------------------------------------------------------------------------ */
+
+static isl_status build_module(isl_train_net *n, module *m)
+{
+    const isl_module_arch *a = m->a;
+    isl_module_params *mp = &n->p->modules[m->index];
+    isl_module_params *mg = &n->g->modules[m->index];
+    char what[64];
+    snprintf(what, sizeof(what), "module %03d expand", m->index);
+    conv_spec e = {
+        .deconv = a->kind == ISL_MODULE_UP, .k = a->kernel,
+        .stride = a->kind == ISL_MODULE_IN ? 1 : 2, .oc = a->expand_ch, .ic = 2 * a->in_ch,
+        .w_tag = a->kind == ISL_MODULE_UP ? dnnl_iohw : dnnl_oihw,
+        .src_md = md_tt(&m->act1), .dst_md = md_tt(&m->conv),
+        .src = m->act1.v, .dst = m->conv.v, .dsrc = m->dact1.v, .ddst = m->dconv.v,
+        .w = mp->expand_weight, .dw = mg->expand_weight, .what = what};
+    ISL_CHECK(build_conv(n, &e, &m->expand));
+
+    char what_r[64];
+    snprintf(what_r, sizeof(what_r), "module %03d reduce", m->index);
+    /* Up modules keep the first out_ch outputs: the first rows of the weights. */
+    conv_spec r = {
+        .k = 1, .stride = 1, .with_sum = 1, .oc = a->out_ch, .ic = 2 * a->e_ch,
+        .w_tag = dnnl_oihw, .src_md = md_tt(&m->act2), .dst_md = md_tt(&m->out),
+        .src = m->act2.v, .dst = m->out.v, .dsrc = m->dact2.v, .ddst = m->dout.v,
+        .w = mp->reduce_weight, .dw = mg->reduce_weight, .what = what_r};
+    ISL_CHECK(build_conv(n, &r, &m->reduce));
+
+    if (a->kind == ISL_MODULE_UP)
+        return ISL_OK;
+    dnnl_memory_desc_t xmd = md_tt(&m->x), pmd = md_tt(&m->pool);
+    dnnl_dims_t strides = {e.stride, e.stride}, kernel = {a->kernel, a->kernel}, pad = {0, 0};
+    dnnl_pooling_desc_t d;
+    dnnl_primitive_desc_t fpd = NULL, bpd = NULL;
+    DNNL_TRY(dnnl_pooling_forward_desc_init(&d, dnnl_forward_training, dnnl_pooling_max, &xmd,
+                                            &pmd, strides, kernel, pad, pad),
+             "max pooling description");
+    isl_status st = make_pd(n, &d, 0, NULL, &fpd, "max pooling");
+    if (st == ISL_OK) {
+        dnnl_status_t s = dnnl_pooling_backward_desc_init(&d, dnnl_pooling_max, &xmd, &pmd, strides,
+                                                          kernel, pad, pad);
+        st = s == dnnl_success ? make_pd(n, &d, 0, fpd, &bpd, "max pooling backward")
+                               : dnnl_failed(s, "max pooling backward description");
+    }
+    if (st == ISL_OK) {
+        const dnnl_memory_desc_t *ws = dnnl_primitive_desc_query_md(fpd, dnnl_query_workspace_md, 0);
+        if (!ws)
+            st = isl_fail(ISL_ERROR_BACKEND, "oneDNN: max pooling has no workspace");
+        else if ((st = make_prim(n, fpd, &m->pool_f)) == ISL_OK &&
+                 (st = make_prim(n, bpd, &m->pool_b)) == ISL_OK &&
+                 (st = make_mem(n, ws, DNNL_MEMORY_ALLOCATE, &m->pool_ws)) == ISL_OK &&
+                 (st = make_mem(n, &xmd, m->x.v, &m->pool_src)) == ISL_OK &&
+                 (st = make_mem(n, &pmd, m->pool.v, &m->pool_dst)) == ISL_OK &&
+                 (st = make_mem(n, &pmd, m->dpool.v, &m->pool_ddst)) == ISL_OK)
+            st = make_mem(n, &xmd, m->dx.v, &m->pool_dsrc);
+    }
+    dnnl_primitive_desc_destroy(fpd);
+    dnnl_primitive_desc_destroy(bpd);
+    return st;
+}
+
+static isl_status build_projection(isl_train_net *n)
+{
+    const int B = n->batch, nz = n->num_z;
+    conv_spec s = {
+        .k = 1, .stride = 1, .oc = ISL_PROJECTION_DEPTH, .ic = nz, .w_tag = dnnl_oihw,
+        .src_md = md_tag(B, nz, n->in_h, n->in_w, dnnl_nchw), .dst_md = md_tt(&n->proj),
+        .src = n->input, .dst = n->proj.v, .dsrc = n->dinput, .ddst = n->dproj.v,
+        .w = n->p->projection_weight, .dw = n->g->projection_weight,
+        .b = n->p->projection_bias, .db = n->g->projection_bias, .what = "projection"};
+    return build_conv(n, &s, &n->proj_cv);
+}
+
+static isl_status build_head(isl_train_net *n, int h)
+{
+    head *hd = &n->heads[h];
+    const int ch = 2 * n->p->arch.trunk_ch;
+    char what[96];
+    snprintf(what, sizeof(what), "head %s", n->p->heads[h].name);
+    conv_spec s = {
+        .k = 1, .stride = 1, .oc = hd->out_ch, .ic = ch, .w_tag = dnnl_oihw,
+        .src_md = md_tt(&hd->act), .dst_md = md_tt(&hd->logits),
+        .src = hd->act.v, .dst = hd->logits.v, .dsrc = hd->dact.v, .ddst = hd->logits.v,
+        .w = n->p->heads[h].weight, .dw = n->g->heads[h].weight,
+        .b = n->p->heads[h].bias, .db = n->g->heads[h].bias, .what = what};
+    ISL_CHECK(build_conv(n, &s, &hd->cv));
+    dnnl_memory_desc_t blk = md_tt(&hd->logits);
+    dnnl_memory_desc_t plain = md_tag(n->batch, hd->out_ch, n->out_h, n->out_w, dnnl_nchw);
+    ISL_CHECK(make_reorder(n, &blk, &plain, &hd->to_plain));
+    ISL_CHECK(make_reorder(n, &plain, &blk, &hd->from_plain));
+    ISL_CHECK(make_mem(n, &blk, hd->logits.v, &hd->m_blk));
+    ISL_CHECK(make_mem(n, &plain, hd->plain, &hd->m_plain));
+    return make_mem(n, &plain, hd->dplain, &hd->m_dplain);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Creation                                                                             */
+/* ------------------------------------------------------------------------------------ */
+
+void isl_train_net_free(isl_train_net *n)
+{
+    if (!n)
+        return;
+    for (int i = 0; i < n->num_prims; i++)
+        dnnl_primitive_destroy(n->prims[i]->p);
+    for (int i = 0; i < n->num_mems; i++)
+        dnnl_memory_destroy(n->mems[i]);
+    for (int i = 0; i < n->num_allocs; i++)
+        free(n->allocs[i]);
+    if (n->stream)
+        dnnl_stream_destroy(n->stream);
+    free(n->prims);
+    free(n->mems);
+    free(n->allocs);
+    free(n->mods);
+    free(n->heads);
+    free(n->wd_mean);
+    free(n->wd_var);
+    free(n->wf_scale);
+    free(n->wf_shift);
+    free(n);
+}
+
+static isl_status create(isl_train_net *n)
+{
+    const isl_arch *a = &n->p->arch;
+    n->mods = calloc((size_t)a->num_modules, sizeof(*n->mods));
+    n->heads = calloc((size_t)(n->num_heads ? n->num_heads : 1), sizeof(*n->heads));
+    if (!n->mods || !n->heads)
+        return oom();
+    n->num_mods = a->num_modules;
+    for (int i = 0; i < a->num_modules; i++) {
+        n->mods[i].a = &a->modules[i];
+        n->mods[i].index = i;
+    }
+    DNNL_TRY(dnnl_stream_create(&n->stream, n->engine, dnnl_stream_default_flags),
+             "stream creation");
+    ISL_CHECK(plan_shapes(n));
+    ISL_CHECK(alloc_floats(n, n->n_act, &n->s_act));
+    ISL_CHECK(alloc_floats(n, n->n_act, &n->s_dact));
+    ISL_CHECK(alloc_floats(n, n->n_g, &n->g_buf[0]));
+    ISL_CHECK(alloc_floats(n, n->n_g, &n->g_buf[1]));
+    ISL_CHECK(alloc_floats(n, n->n_conv, &n->g_conv));
+    ISL_CHECK(alloc_floats(n, n->n_pool ? n->n_pool : 1, &n->g_pool));
+    assign_scratch(n);
+    ISL_CHECK(build_projection(n));
+    for (int i = 0; i < a->num_modules; i++)
+        ISL_CHECK(build_module(n, &n->mods[i]));
+    for (int h = 0; h < n->num_heads; h++)
+        ISL_CHECK(build_head(n, h));
+    /* One scratchpad for all primitives: they run one at a time. */
+    if (n->scratchpad_bytes) {
+        float *sp;
+        ISL_CHECK(alloc_floats(n, (n->scratchpad_bytes + 3) / 4, &sp));
+        n->scratchpad = sp;
+    }
+    for (int i = 0; i < n->num_prims; i++) {
+        prim *p = n->prims[i];
+        if (dnnl_memory_desc_get_size(&p->sp_md))
+            ISL_CHECK(make_mem(n, &p->sp_md, n->scratchpad, &p->sp));
+    }
+    return isl_train_net_load_weights(n);
+}
+
+isl_status isl_train_net_create(isl_params *params, isl_params *grad, dnnl_engine_t engine,
+                                int batch, int height, int width, int input_grad,
+                                isl_train_net **out)
+{
+    *out = NULL;
+    if (batch < 1 || isl_arch_output_side(height) < 0 || isl_arch_output_side(width) < 0)
+        return isl_fail(ISL_ERROR_SHAPE,
+                        "training crops of %dx%d (batch %d): each side must be 250 + 16m", height,
+                        width, batch);
+    isl_train_net *n = calloc(1, sizeof(*n));
+    if (!n)
+        return oom();
+    n->p = params;
+    n->g = grad;
+    n->engine = engine;
+    n->batch = batch;
+    n->in_h = height;
+    n->in_w = width;
+    n->out_h = isl_arch_output_side(height);
+    n->out_w = isl_arch_output_side(width);
+    n->num_z = params->arch.num_z;
+    n->num_heads = params->num_heads;
+    n->input_grad = input_grad;
+    isl_status s = create(n);
+    if (s != ISL_OK) {
+        isl_train_net_free(n);
+        return s;
+    }
+    *out = n;
+    return ISL_OK;
+}
+
+int isl_train_net_batch(const isl_train_net *n) { return n->batch; }
+int isl_train_net_height(const isl_train_net *n) { return n->in_h; }
+int isl_train_net_width(const isl_train_net *n) { return n->in_w; }
+size_t isl_train_net_bytes(const isl_train_net *n) { return n->bytes; }
+float *isl_train_net_input(isl_train_net *n) { return n->input; }
+const float *isl_train_net_input_grad(const isl_train_net *n) { return n->dinput; }
+
+const float *isl_train_net_logits(const isl_train_net *n, int h)
+{
+    return h >= 0 && h < n->num_heads && n->heads[h].active ? n->heads[h].plain : NULL;
+}
+
+float *isl_train_net_dlogits(isl_train_net *n, int h)
+{
+    return h >= 0 && h < n->num_heads && n->heads[h].active ? n->heads[h].dplain : NULL;
+}
+
+isl_status isl_train_net_load_weights(isl_train_net *n)
+{
+    ISL_CHECK(conv_pack(n, &n->proj_cv));
+    for (int i = 0; i < n->num_mods; i++) {
+        ISL_CHECK(conv_pack(n, &n->mods[i].expand));
+        ISL_CHECK(conv_pack(n, &n->mods[i].reduce));
+    }
+    for (int h = 0; h < n->num_heads; h++)
+        ISL_CHECK(conv_pack(n, &n->heads[h].cv));
+    if (dnnl_stream_wait(n->stream) != dnnl_success)
+        return isl_fail(ISL_ERROR_BACKEND, "oneDNN: stream wait failed");
+    return ISL_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Batch normalization                                                                  */
+/* ------------------------------------------------------------------------------------ */
+
+/* Folds the batch statistics and gamma/beta into scale/shift (in the net's work arrays);
+ * the backward pass recomputes BNAct from the same float statistics, bit for bit. */
+static void fold(isl_train_net *n, const isl_bn_params *bn, const float *mean,
+                 const float *invstd)
+{
+    for (int c = 0; c < bn->channels; c++) {
+        double scale = (double)bn->gamma[c] * invstd[c];
+        n->wf_scale[c] = (float)scale;
+        n->wf_shift[c] = (float)(bn->beta[c] - (double)mean[c] * scale);
+    }
+}
+
+/* Batch statistics of src into mean/invstd; folds the running averages in. */
+static isl_status batch_stats(isl_train_net *n, const isl_tt *src, int nsrc, isl_bn_params *bn,
+                              double momentum, float *mean, float *invstd)
+{
+    if (isl_tk_bn_stats(src, nsrc, n->wd_mean, n->wd_var) != 0)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory in batch normalization");
+    const double count = (double)src[0].n * src[0].h * src[0].w;
+    for (int c = 0; c < bn->channels; c++) {
+        mean[c] = (float)n->wd_mean[c];
+        invstd[c] = (float)(1.0 / sqrt(n->wd_var[c] + ISL_BN_EPSILON));
+    }
+    if (bn && momentum > 0)
+        for (int c = 0; c < bn->channels; c++) {
+            double unbiased = count > 1 ? n->wd_var[c] * count / (count - 1) : n->wd_var[c];
+            bn->mean[c] = (float)((1 - momentum) * bn->mean[c] + momentum * n->wd_mean[c]);
+            bn->var[c] = (float)((1 - momentum) * bn->var[c] + momentum * unbiased);
+        }
+    return ISL_OK;
+}
+
+static isl_status bnact(isl_train_net *n, const isl_tt *src, int nsrc, const isl_bn_params *bn,
+                        const float *mean, const float *invstd, isl_tt *act)
+{
+    fold(n, bn, mean, invstd);
+    isl_tk_bnact(src, nsrc, n->wf_scale, n->wf_shift, act);
+    return ISL_OK;
+}
+
+static isl_status bnact_backward(isl_tt *dact, const isl_tt *act, const isl_tt *src, int nsrc,
+                                 const float *mean, const float *invstd, const isl_bn_params *bn,
+                                 isl_tt *dx, const int *accumulate, isl_bn_params *grad)
+{
+    if (isl_tk_bnact_backward(dact, act, src, nsrc, mean, invstd, bn->gamma, dx, accumulate,
+                              grad->gamma, grad->beta) != 0)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory in batch normalization");
+    return ISL_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Forward                                                                              */
+/* ------------------------------------------------------------------------------------ */
+
+static isl_status module_forward(isl_train_net *n, module *m, double momentum)
+{
+    const isl_module_arch *a = m->a;
+    isl_module_params *mp = &n->p->modules[m->index];
+    const int up = a->kind == ISL_MODULE_UP;
+    isl_tt e[2] = {m->conv, m->pool};
+
+    ISL_CHECK(batch_stats(n, &m->x, 1, &mp->bn1, momentum, m->mean1, m->invstd1));
+    ISL_CHECK(bnact(n, &m->x, 1, &mp->bn1, m->mean1, m->invstd1, &m->act1));
+    ISL_CHECK(conv_forward(n, &m->expand));
+    if (!up) {
+        dnnl_exec_arg_t p[3] = {{DNNL_ARG_SRC, m->pool_src}, {DNNL_ARG_DST, m->pool_dst},
+                                {DNNL_ARG_WORKSPACE, m->pool_ws}};
+        ISL_CHECK(run(n, &m->pool_f, 3, p, "max pooling"));
+    }
+    ISL_CHECK(batch_stats(n, e, up ? 1 : 2, &mp->bn2, momentum, m->mean2, m->invstd2));
+    ISL_CHECK(bnact(n, e, up ? 1 : 2, &mp->bn2, m->mean2, m->invstd2, &m->act2));
+    /* The residual goes into out; the reduce convolution adds onto it (sum post-op). */
+    switch (a->kind) {
+    case ISL_MODULE_IN: isl_tk_residual_in(&m->x, &m->out); break;
+    case ISL_MODULE_DOWN: isl_tk_residual_down(&m->x, &m->out); break;
+    case ISL_MODULE_UP: isl_tk_residual_up(&m->x, &m->out); break;
+    }
+    ISL_CHECK(conv_forward(n, &m->reduce));
+    if (up)
+        isl_tk_crop(&m->out, 2, &m->next);
+    return ISL_OK;
+}
+
+isl_status isl_train_net_forward(isl_train_net *n, const int *active, double momentum)
+{
+    const isl_arch *a = &n->p->arch;
+    for (int h = 0; h < n->num_heads; h++)
+        n->heads[h].active = active[h] != 0;
+    ISL_CHECK(conv_forward(n, &n->proj_cv));
+    for (int s = 0; s < ISL_NUM_TOWERS; s++) {
+        isl_tk_crop(&n->proj, (n->in_h - n->x0[s].h) / 2, &n->x0[s]);
+        int last = a->tower_first[s] + a->tower_count[s] - 1;
+        for (int i = a->tower_first[s]; i <= last; i++)
+            ISL_CHECK(module_forward(n, &n->mods[i], momentum));
+        const isl_tt *t = &n->mods[last].next;
+        isl_tk_copy_channels(t, 0, &n->cat, n->cat_offset[s], t->c);
+    }
+    for (int i = a->tower_first[ISL_UPPER_TOWER]; i < a->num_modules; i++)
+        ISL_CHECK(module_forward(n, &n->mods[i], momentum));
+    const isl_tt *trunk = &n->mods[a->num_modules - 1].next;
+    for (int h = 0; h < n->num_heads; h++) {
+        head *hd = &n->heads[h];
+        isl_bn_params *bn = &n->p->heads[h].bn;
+        /* Every head normalizes the same trunk: one set of batch statistics. */
+        if (h == 0)
+            ISL_CHECK(batch_stats(n, trunk, 1, bn, momentum, n->trunk_mean, n->trunk_invstd));
+        else if (momentum > 0)
+            ISL_CHECK(batch_stats(n, trunk, 1, bn, momentum, n->trunk_mean, n->trunk_invstd));
+        if (!hd->active)
+            continue;
+        ISL_CHECK(bnact(n, trunk, 1, bn, n->trunk_mean, n->trunk_invstd, &hd->act));
+        ISL_CHECK(conv_forward(n, &hd->cv));
+        ISL_CHECK(run_reorder(n, &hd->to_plain, hd->m_blk, hd->m_plain, "logits reorder"));
+    }
+    if (dnnl_stream_wait(n->stream) != dnnl_success)
+        return isl_fail(ISL_ERROR_BACKEND, "oneDNN: stream wait failed");
+    return ISL_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Backward                                                                             */
+/* ------------------------------------------------------------------------------------ */
+
+static isl_status module_backward(isl_train_net *n, module *m)
+{
+    const isl_module_arch *a = m->a;
+    const isl_module_params *mp = &n->p->modules[m->index];
+    isl_module_params *mg = &n->g->modules[m->index];
+    const int up = a->kind == ISL_MODULE_UP, ne = up ? 1 : 2;
+    isl_tt e[2] = {m->conv, m->pool}, de[2] = {m->dconv, m->dpool};
+    static const int overwrite[2] = {0, 0};
+
+    if (up)
+        isl_tk_crop_backward(&m->dnext, 2, &m->dout, 0);
+    /* Reduce: r = conv1x1(BNAct(e)). */
+    ISL_CHECK(bnact(n, e, ne, &mp->bn2, m->mean2, m->invstd2, &m->act2));
+    ISL_CHECK(conv_backward(n, &m->reduce));
+    ISL_CHECK(bnact_backward(&m->dact2, &m->act2, e, ne, m->mean2, m->invstd2, &mp->bn2, de,
+                             overwrite, &mg->bn2));
+    /* Expand: conv(BNAct(x)), and maxpool(x). */
+    ISL_CHECK(bnact(n, &m->x, 1, &mp->bn1, m->mean1, m->invstd1, &m->act1));
+    ISL_CHECK(conv_backward(n, &m->expand));
+    if (!up) {
+        dnnl_exec_arg_t p[3] = {{DNNL_ARG_DIFF_DST, m->pool_ddst},
+                                {DNNL_ARG_WORKSPACE, m->pool_ws},
+                                {DNNL_ARG_DIFF_SRC, m->pool_dsrc}};
+        ISL_CHECK(run(n, &m->pool_b, 3, p, "max pooling backward"));
+    }
+    const int acc = !up; /* the pooling backward wrote dx first */
+    ISL_CHECK(bnact_backward(&m->dact1, &m->act1, &m->x, 1, m->mean1, m->invstd1, &mp->bn1,
+                             &m->dx, &acc, &mg->bn1));
+    switch (a->kind) {
+    case ISL_MODULE_IN: isl_tk_residual_in_backward(&m->dout, &m->dx); break;
+    case ISL_MODULE_DOWN: isl_tk_residual_down_backward(&m->dout, &m->dx); break;
+    case ISL_MODULE_UP: isl_tk_residual_up_backward(&m->dout, &m->dx); break;
+    }
+    return ISL_OK;
+}
+
+static int zero_array(void *user, const char *path, int rank, const int64_t *dims, float *data)
+{
+    (void)user;
+    (void)path;
+    size_t count = 1;
+    for (int i = 0; i < rank; i++)
+        count *= (size_t)dims[i];
+    memset(data, 0, sizeof(float) * count);
+    return 0;
+}
+
+isl_status isl_train_net_backward(isl_train_net *n)
+{
+    const isl_arch *a = &n->p->arch;
+    isl_params_visit(n->g, zero_array, NULL);
+    module *top = &n->mods[a->num_modules - 1];
+    const isl_tt *trunk = &top->next;
+    int any = 0;
+    for (int h = 0; h < n->num_heads; h++) {
+        head *hd = &n->heads[h];
+        if (!hd->active)
+            continue;
+        ISL_CHECK(run_reorder(n, &hd->from_plain, hd->m_dplain, hd->m_blk, "gradient reorder"));
+        ISL_CHECK(bnact(n, trunk, 1, &n->p->heads[h].bn, n->trunk_mean, n->trunk_invstd,
+                        &hd->act));
+        ISL_CHECK(conv_backward(n, &hd->cv));
+        ISL_CHECK(bnact_backward(&hd->dact, &hd->act, trunk, 1, n->trunk_mean, n->trunk_invstd,
+                                 &n->p->heads[h].bn, &top->dout, &any, &n->g->heads[h].bn));
+        any = 1;
+    }
+    if (!any) /* no head, no gradient */
+        return ISL_OK;
+    for (int i = a->num_modules - 1; i >= a->tower_first[ISL_UPPER_TOWER]; i--)
+        ISL_CHECK(module_backward(n, &n->mods[i]));
+    for (int s = 0; s < ISL_NUM_TOWERS; s++) {
+        int first = a->tower_first[s], last = first + a->tower_count[s] - 1;
+        module *m = &n->mods[last];
+        isl_tk_zero(&m->dout);
+        isl_tk_copy_channels(&n->dcat, n->cat_offset[s], &m->dout, 0, m->out.c);
+        for (int i = last; i >= first; i--)
+            ISL_CHECK(module_backward(n, &n->mods[i]));
+        isl_tk_crop_backward(&n->mods[first].dx, (n->in_h - n->x0[s].h) / 2, &n->dproj, s > 0);
+    }
+    ISL_CHECK(conv_backward(n, &n->proj_cv));
+    if (dnnl_stream_wait(n->stream) != dnnl_success)
+        return isl_fail(ISL_ERROR_BACKEND, "oneDNN: stream wait failed");
+    return ISL_OK;
+}

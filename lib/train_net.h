@@ -1,0 +1,69 @@
+/* The network in training mode on oneDNN: forward with batch statistics, keeping what the
+ * backward pass needs, and backward to the gradient of every parameter.
+ *
+ * Design (docs/training.md): the whole batch runs at once as N-image tensors in oneDNN's
+ * nChw16c layout with each tensor's real channel count (oneDNN pads channels to 16
+ * itself). Concatenations are never materialized where a custom kernel can read the
+ * parts: BNAct reads [expand conv, maxpool] as two tensors and writes [relu, tanh] as one.
+ * Convolutions, transposed convolutions and max pooling are oneDNN primitives
+ * (forward_training, backward_data, backward_weights; pooling with a workspace); batch
+ * norm + relu/tanh, residuals, crops and the tower concatenation are custom kernels
+ * (lib/train_kernels.c). The forward keeps every module's input, expand output and
+ * maxpool output; BNAct outputs are recomputed in the backward pass (cheap elementwise
+ * work instead of 3x the memory).
+ *
+ * Weights stay in the PyTorch layouts of isl_params; they are reordered into the formats
+ * the primitives prefer by isl_train_net_load_weights, and weight gradients are reordered
+ * back into an isl_params of the same shape. */
+#ifndef ISL_TRAIN_NET_H
+#define ISL_TRAIN_NET_H
+
+#include "isl.h"
+#include "params.h"
+
+#include <oneapi/dnnl/dnnl.h>
+
+typedef struct isl_train_net isl_train_net;
+
+/* Builds the network for batches of `batch` crops of height x width (each 250 + 16m).
+ * params and grad (same architecture and heads) must outlive the net and keep their
+ * arrays: the net reads weights from params, writes running statistics into params and
+ * gradients into grad. input_grad: also compute the gradient with respect to the input
+ * (for tests). */
+isl_status isl_train_net_create(isl_params *params, isl_params *grad, dnnl_engine_t engine,
+                                 int batch, int height, int width, int input_grad,
+                                 isl_train_net **out);
+void isl_train_net_free(isl_train_net *net);
+
+int isl_train_net_batch(const isl_train_net *net);
+int isl_train_net_height(const isl_train_net *net);
+int isl_train_net_width(const isl_train_net *net);
+/* Bytes of working memory the net holds. */
+size_t isl_train_net_bytes(const isl_train_net *net);
+
+/* Reorders params' weights into the primitives' formats; call after changing them. */
+isl_status isl_train_net_load_weights(isl_train_net *net);
+
+/* The input batch, [batch, num_z, height, width] floats, filled by the caller. */
+float *isl_train_net_input(isl_train_net *net);
+
+/* Forward pass in training mode: every batch norm uses the statistics of this batch.
+ * Heads with active[h] == 0 are not computed (their batch norm running statistics are
+ * still updated: they are statistics of the trunk). bn_momentum is the weight of this
+ * batch in the running statistics: running = (1 - m) running + m batch (variance
+ * unbiased); 0 leaves them untouched. */
+isl_status isl_train_net_forward(isl_train_net *net, const int *active, double bn_momentum);
+
+/* Logits of an active head after the forward pass: [batch, channels, out_h, out_w]. */
+const float *isl_train_net_logits(const isl_train_net *net, int head);
+/* Where the caller puts d(loss)/d(logits) of an active head, shaped as its logits. */
+float *isl_train_net_dlogits(isl_train_net *net, int head);
+
+/* Backward pass of the last forward (same active heads): overwrites every array of grad
+ * with d(loss)/d(parameter) (zero for inactive heads and for running statistics). */
+isl_status isl_train_net_backward(isl_train_net *net);
+
+/* d(loss)/d(input) after a backward pass, shaped as the input (input_grad nets only). */
+const float *isl_train_net_input_grad(const isl_train_net *net);
+
+#endif
