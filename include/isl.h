@@ -162,7 +162,9 @@ typedef struct isl_predict_options isl_predict_options;
 
 ISL_API isl_status isl_predict_options_create(isl_predict_options **out);
 ISL_API void isl_predict_options_free(isl_predict_options *options);
-/** Input side of the tiles (250 + 16m). 0 (default): the largest that fits the memory limit. */
+/** Input side of the tiles of whole-image predictions: 266 + 16m (250 + 16m with m >= 1,
+ *  since a 250 tile yields only 8 of every 16 output pixels). 0 (default): the shape that
+ *  needs the least arithmetic within the memory limit. */
 ISL_API isl_status isl_predict_options_set_tile_size(isl_predict_options *o, int input_side);
 /** Bound on the working memory of one prediction, in bytes (default 1.5 GiB). */
 ISL_API isl_status isl_predict_options_set_memory_limit(isl_predict_options *o, size_t bytes);
@@ -176,6 +178,10 @@ ISL_API isl_status isl_predict_options_set_stats(isl_predict_options *o, int cou
 ISL_API isl_status isl_predict_options_set_progress(isl_predict_options *o, isl_progress_fn fn, void *user_data);
 /** isl_predict_tile: write probabilities (softmax) instead of logits. */
 ISL_API isl_status isl_predict_options_set_probabilities(isl_predict_options *o, int enable);
+/** A flag another thread may set (to non-zero) to cancel a running prediction; it is read
+ *  between tiles and the call then returns ISL_ERROR_CANCELLED. NULL removes it. */
+ISL_API isl_status isl_predict_options_set_cancel_flag(isl_predict_options *o,
+                                                       const volatile int *flag);
 
 /* ---------------------------------------------------------------------------------- */
 /* Prediction                                                                          */
@@ -220,6 +226,109 @@ ISL_API isl_status isl_predict_image_rows(const isl_model *model, const isl_pred
  *  when stride == count). Writes out[i] for i < count. */
 ISL_API isl_status isl_stats(const float *logits, int classes, int64_t count, int64_t stride,
                              isl_stat stat, float *out);
+
+/* ---------------------------------------------------------------------------------- */
+/* Training                                                                            */
+/* ---------------------------------------------------------------------------------- */
+
+/* Training follows the paper (docs/training.md): Adam on the per-pixel 256-bin
+ * cross-entropy of every label head, masked where a label is unknown, plus the
+ * autoencoder head predicting the input; batch normalization uses the statistics of the
+ * batch. A trainer owns a copy of the weights and the optimizer state. It belongs to one
+ * thread at a time (no call on a trainer may run concurrently with another on the same
+ * trainer); separate trainers are independent. Its oneDNN work uses the calling thread's
+ * OpenMP threads (see isl_train_options_set_threads). */
+
+/** Training hyperparameters. Defaults are the paper's; set only what you need. */
+typedef struct isl_train_options isl_train_options;
+
+ISL_API isl_status isl_train_options_create(isl_train_options **out);
+ISL_API void isl_train_options_free(isl_train_options *options);
+/** Adam learning rate (default 1e-4). */
+ISL_API isl_status isl_train_options_set_learning_rate(isl_train_options *o, double rate);
+/** From step `step` on (1-based; 0 = never, the default) use `rate` instead (paper: 1e-5). */
+ISL_API isl_status isl_train_options_set_rate_drop(isl_train_options *o, int64_t step, double rate);
+/** Adam betas and epsilon (default 0.9, 0.999, 1e-8). */
+ISL_API isl_status isl_train_options_set_adam(isl_train_options *o, double beta1, double beta2,
+                                              double epsilon);
+/** Weight w of the label loss in the total w * label + (1 - w) * autoencoder (default 0.5).
+ *  1 trains without the autoencoder head (models without one need 1). */
+ISL_API isl_status isl_train_options_set_label_weight(isl_train_options *o, double weight);
+/** Decay of the batch-norm moving averages kept during training (default 0.999, the
+ *  paper's; 0.99 suits runs of thousands of steps). See also isl_trainer_estimate_bn. */
+ISL_API isl_status isl_train_options_set_bn_decay(isl_train_options *o, double decay);
+/** Threads of the calling thread's training work (0 = all cores, the default). */
+ISL_API isl_status isl_train_options_set_threads(isl_train_options *o, int threads);
+/** Seed of the trainer's random generator (isl_trainer_random; default 0). */
+ISL_API isl_status isl_train_options_set_seed(isl_train_options *o, uint64_t seed);
+
+/** One batch of training crops, plain arrays (row-major, batch outermost). Crops are
+ *  height x width, each side 250 + 16m; outputs are (height - 242) x (width - 242),
+ *  the center of the crop. L is the number of label heads (isl_model_num_heads minus
+ *  the autoencoder), in the model's head order. */
+typedef struct isl_train_batch {
+    int batch_size;          /**< B >= 1 */
+    int height, width;       /**< crop size */
+    const float *inputs;     /**< [B, num_z, height, width], values in [0, 1] */
+    const float *targets;    /**< [B, L, out_h, out_w] in [0, 1] (quantized to round(255 v));
+                                  NULL: no label known (trains the autoencoder alone) */
+    const uint8_t *masks;    /**< [B, L, out_h, out_w], nonzero where the label is known;
+                                  NULL: every target pixel is known */
+} isl_train_batch;
+
+/** A model being trained: weights, batch-norm moving averages, Adam state, step count
+ *  and a random generator. */
+typedef struct isl_trainer isl_trainer;
+
+/** Starts training from the weights of `init` (copied; init is not modified and may be
+ *  freed). options may be NULL (defaults). */
+ISL_API isl_status isl_trainer_create(const isl_model *init, const isl_train_options *options,
+                                      isl_trainer **out);
+ISL_API void isl_trainer_free(isl_trainer *trainer);
+
+/** Entries of the losses of a step: isl_model_num_heads(model) + 2, i.e. L + 3. */
+ISL_API int isl_trainer_num_losses(const isl_trainer *trainer);
+
+/** One optimization step on a batch: forward with batch statistics, loss, backward,
+ *  Adam update. If losses_out is not NULL it receives isl_trainer_num_losses floats,
+ *  all computed before the update:
+ *    [l] for l < L   the loss of label head l: mean over its known pixels of the
+ *                    cross-entropy / ln 256 (NaN if no pixel of the batch is known);
+ *    [L]             the label loss: mean over the heads with known pixels (NaN if none);
+ *    [L + 1]         the autoencoder loss: mean over planes and pixels (NaN if not trained);
+ *    [L + 2]         the total w * label + (1 - w) * autoencoder, absent parts counting 0.
+ *  Heads without a known pixel in the batch are neither computed nor updated.
+ *  The first step with a new crop size builds the network for it (seconds). */
+ISL_API isl_status isl_train_step(isl_trainer *trainer, const isl_train_batch *batch,
+                                  float *losses_out);
+
+/** Steps taken so far (restored by isl_trainer_load). */
+ISL_API int64_t isl_trainer_step_count(const isl_trainer *trainer);
+
+/** Re-estimates the batch-norm population statistics from training crops instead of the
+ *  moving averages: a forward pass per batch, no update of the weights. Call it with
+ *  index 0, 1, ..., K - 1 on K batches; afterwards every statistic is the mean of the K
+ *  batches' statistics (variances unbiased). */
+ISL_API isl_status isl_trainer_estimate_bn(isl_trainer *trainer, const isl_train_batch *batch,
+                                           int index);
+
+/** A snapshot of the current weights and batch-norm statistics as a new model (for
+ *  prediction or isl_model_save). The trainer is unchanged. */
+ISL_API isl_status isl_trainer_model(const isl_trainer *trainer, isl_model **out);
+
+/** Writes a checkpoint atomically: a model file (loadable by isl_model_load) plus the
+ *  group /optimizer with the Adam moments, the step count and the random generator. */
+ISL_API isl_status isl_trainer_save(const isl_trainer *trainer, const char *path);
+
+/** Resumes from a checkpoint: the next step gives the same results as if training had not
+ *  stopped (same options and batches). options may be NULL (defaults). */
+ISL_API isl_status isl_trainer_load(const char *path, const isl_train_options *options,
+                                    isl_trainer **out);
+
+/** The next 64-bit value of the trainer's random generator (splitmix64, seeded by the
+ *  options, saved in checkpoints): for choosing crops so that a resumed run draws the
+ *  same ones. */
+ISL_API uint64_t isl_trainer_random(isl_trainer *trainer);
 
 #ifdef __cplusplus
 }

@@ -1109,3 +1109,197 @@ isl_status isl_model_write_h5(const char *path, const isl_params *p)
                         strerror(errno));
     return ISL_OK;
 }
+
+/* ---------------------------------------------------------------------------------- */
+/* Extra objects of training checkpoints (lib/checkpoint_io.h)                         */
+/* ---------------------------------------------------------------------------------- */
+
+#include "checkpoint_io.h"
+
+struct isl_h5_file {
+    const char *file;
+    hid_t fid;
+    hid_t lcpl; /* writing only */
+    char detail[DETAIL_CAP];
+};
+
+/* build_image, plus the caller's objects before the image is taken. */
+static isl_status build_image_extra(writer *w, const isl_params *p, isl_h5_extra_fn fn,
+                                    void *user, void **image, size_t *size)
+{
+    isl_status st = ISL_OK;
+    hid_t fapl = strong_fapl();
+    *image = NULL;
+    w->lcpl = H5Pcreate(H5P_LINK_CREATE);
+    w->str_type = utf8_string_type();
+    if (fapl < 0 || w->lcpl < 0 || w->str_type < 0 ||
+        H5Pset_fapl_core(fapl, CORE_INCREMENT, 0) < 0 ||
+        H5Pset_create_intermediate_group(w->lcpl, 1) < 0) {
+        st = isl_fail(ISL_ERROR_BACKEND, "%s: HDF5 setup failed: %s", w->file,
+                      h5_detail(w->detail));
+        goto cleanup;
+    }
+    w->fid = H5Fcreate(w->file, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (w->fid < 0) {
+        st = write_failed(w, "the file");
+        goto cleanup;
+    }
+    if ((st = write_root_attrs(w, p)) != ISL_OK ||
+        (st = write_module_groups(w, &p->arch)) != ISL_OK ||
+        (st = (isl_status)isl_params_visit((isl_params *)p, write_dataset, w)) != ISL_OK)
+        goto cleanup;
+    isl_h5_file f = {.file = w->file, .fid = w->fid, .lcpl = w->lcpl};
+    if ((st = fn(user, &f)) != ISL_OK)
+        goto cleanup;
+    if (H5Fflush(w->fid, H5F_SCOPE_GLOBAL) < 0) {
+        st = write_failed(w, "the file");
+        goto cleanup;
+    }
+    ssize_t n = H5Fget_file_image(w->fid, NULL, 0);
+    if (n <= 0) {
+        st = write_failed(w, "the file image");
+        goto cleanup;
+    }
+    *image = malloc((size_t)n);
+    if (!*image) {
+        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory for a %zd-byte file", w->file, n);
+        goto cleanup;
+    }
+    if (H5Fget_file_image(w->fid, *image, (size_t)n) != n) {
+        st = write_failed(w, "the file image");
+        goto cleanup;
+    }
+    *size = (size_t)n;
+cleanup:
+    if (w->fid >= 0 && H5Fclose(w->fid) < 0 && st == ISL_OK)
+        st = write_failed(w, "the file");
+    w->fid = H5I_INVALID_HID;
+    h5_close(w->str_type);
+    h5_close(w->lcpl);
+    h5_close(fapl);
+    if (st != ISL_OK) {
+        free(*image);
+        *image = NULL;
+    }
+    return st;
+}
+
+isl_status isl_model_write_h5_extra(const char *path, const isl_params *p, isl_h5_extra_fn fn,
+                                    void *user)
+{
+    if (!path || !p || !fn)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_write_h5_extra: NULL argument");
+    ISL_CHECK(check_params(path, p));
+    static const char suffix[] = ".tmp.XXXXXX";
+    size_t len = strlen(path), size = 0;
+    void *image = NULL;
+    char *tmp = malloc(len + sizeof(suffix));
+    if (!tmp)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+    memcpy(tmp, path, len);
+    memcpy(tmp + len, suffix, sizeof(suffix));
+    writer w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
+                .str_type = H5I_INVALID_HID};
+    h5_session s;
+    h5_enter(&s);
+    isl_status st = build_image_extra(&w, p, fn, user, &image, &size);
+    h5_leave(&s);
+    if (st == ISL_OK)
+        st = write_temp_file(path, tmp, image, size);
+    free(image);
+    if (st == ISL_OK && rename(tmp, path) != 0) {
+        st = isl_fail(ISL_ERROR_IO, "%s: cannot replace it with %s: %s", path, tmp,
+                      strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    if (st != ISL_OK)
+        return st;
+    if (sync_parent_dir(path) != 0)
+        return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
+                        strerror(errno));
+    return ISL_OK;
+}
+
+isl_status isl_h5_read_extra(const char *path, isl_h5_extra_fn fn, void *user)
+{
+    if (!path || !fn)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_read_extra: NULL argument");
+    reader r = {.file = path, .fid = H5I_INVALID_HID};
+    h5_session s;
+    h5_enter(&s);
+    isl_status st = open_for_reading(&r);
+    if (st == ISL_OK) {
+        isl_h5_file f = {.file = path, .fid = r.fid, .lcpl = H5I_INVALID_HID};
+        st = fn(user, &f);
+    }
+    if (r.fid >= 0 && H5Fclose(r.fid) < 0 && st == ISL_OK)
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: cannot close: %s", path, h5_detail(r.detail));
+    h5_leave(&s);
+    return st;
+}
+
+isl_status isl_h5_write_floats(isl_h5_file *f, const char *path, int rank, const int64_t *dims,
+                               const float *data)
+{
+    writer w = {.file = f->file, .fid = f->fid, .lcpl = f->lcpl, .str_type = H5I_INVALID_HID};
+    return (isl_status)write_dataset(&w, path, rank, dims, (float *)data);
+}
+
+isl_status isl_h5_read_floats(isl_h5_file *f, const char *path, int rank, const int64_t *dims,
+                              float *data)
+{
+    reader r = {.file = f->file, .fid = f->fid};
+    return (isl_status)read_dataset(&r, path, rank, dims, data);
+}
+
+int isl_h5_exists(isl_h5_file *f, const char *path) { return path_exists(f->fid, path) > 0; }
+
+isl_status isl_h5_write_u64_attr(isl_h5_file *f, const char *group, const char *name,
+                                 uint64_t value)
+{
+    int e = path_exists(f->fid, group);
+    hid_t g = e > 0 ? H5Gopen2(f->fid, group, H5P_DEFAULT)
+                    : H5Gcreate2(f->fid, group, f->lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t space = g < 0 ? H5I_INVALID_HID : H5Screate(H5S_SCALAR);
+    hid_t attr = space < 0 ? H5I_INVALID_HID
+                           : H5Acreate2(g, name, H5T_STD_U64LE, space, H5P_DEFAULT, H5P_DEFAULT);
+    isl_status st = ISL_OK;
+    if (attr < 0 || H5Awrite(attr, H5T_NATIVE_UINT64, &value) < 0)
+        st = isl_fail(ISL_ERROR_IO, "%s: cannot write %s/%s: %s", f->file, group, name,
+                      h5_detail(f->detail));
+    if (h5_close(attr) < 0 && st == ISL_OK)
+        st = isl_fail(ISL_ERROR_IO, "%s: cannot write %s/%s", f->file, group, name);
+    h5_close(space);
+    h5_close(g);
+    return st;
+}
+
+isl_status isl_h5_read_u64_attr(isl_h5_file *f, const char *group, const char *name,
+                                uint64_t *value)
+{
+    reader r = {.file = f->file, .fid = f->fid};
+    if (path_exists(f->fid, group) <= 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing group", f->file, group);
+    hid_t g = H5Oopen(f->fid, group, H5P_DEFAULT), attr = H5I_INVALID_HID, type = H5I_INVALID_HID;
+    hid_t space = H5I_INVALID_HID;
+    isl_status st = g < 0 ? isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot open: %s", f->file, group,
+                                     h5_detail(f->detail))
+                          : open_attr(&r, g, group, name, &attr);
+    if (st == ISL_OK) {
+        type = H5Aget_type(attr);
+        space = H5Aget_space(attr);
+        if (type < 0 || H5Tget_class(type) != H5T_INTEGER || space < 0 ||
+            H5Sget_simple_extent_npoints(space) != 1)
+            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s is not one integer", f->file,
+                          group, name);
+        else if (H5Aread(attr, H5T_NATIVE_UINT64, value) < 0)
+            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read attribute %s: %s", f->file,
+                          group, name, h5_detail(f->detail));
+    }
+    h5_close(space);
+    h5_close(type);
+    h5_close(attr);
+    h5_close(g);
+    return st;
+}

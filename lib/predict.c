@@ -22,6 +22,7 @@ struct isl_predict_options {
     isl_progress_fn progress;
     void *progress_user;
     int probabilities;
+    const volatile int *cancel_flag;
 };
 
 static const isl_predict_options default_options = {
@@ -55,9 +56,9 @@ void isl_predict_options_free(isl_predict_options *o)
 isl_status isl_predict_options_set_tile_size(isl_predict_options *o, int input_side)
 {
     NEED_OPTIONS(o);
-    if (input_side != 0 && isl_arch_output_side(input_side) < 0)
+    if (input_side != 0 && (isl_arch_output_side(input_side) < 0 || input_side < 266))
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
-                        "tile size %d is not 250 + 16m (250, 266, ..., 506, ..., 1018)",
+                        "tile size %d is not 266 + 16m (266, 282, ..., 506, ..., 1018)",
                         input_side);
     o->tile_side = input_side;
     return ISL_OK;
@@ -134,6 +135,13 @@ isl_status isl_predict_options_set_probabilities(isl_predict_options *o, int ena
 {
     NEED_OPTIONS(o);
     o->probabilities = enable != 0;
+    return ISL_OK;
+}
+
+isl_status isl_predict_options_set_cancel_flag(isl_predict_options *o, const volatile int *flag)
+{
+    NEED_OPTIONS(o);
+    o->cancel_flag = flag;
     return ISL_OK;
 }
 
@@ -411,7 +419,7 @@ static size_t tile_bytes(const isl_model *m, const selection *sel, int my, int m
 static void choose_tile(const isl_model *m, const isl_predict_options *o, const selection *sel,
                         int height, int width, int stat_count, int *my_out, int *mx_out)
 {
-    if (o->tile_side > ISL_PATCH_INPUT) {
+    if (o->tile_side) {
         *my_out = *mx_out = (o->tile_side - ISL_PATCH_INPUT) / ISL_STRIDE;
         return;
     }
@@ -577,6 +585,8 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
             if (s == ISL_OK && o->progress &&
                 o->progress(o->progress_user, (int64_t)ty * ax.count + tx + 1, total))
                 s = isl_fail(ISL_ERROR_CANCELLED, "prediction cancelled by the progress callback");
+            if (s == ISL_OK && o->cancel_flag && *o->cancel_flag)
+                s = isl_fail(ISL_ERROR_CANCELLED, "prediction cancelled");
         }
         int r1 = oy + ay.tile_out < in->height ? oy + ay.tile_out : in->height;
         if (s == ISL_OK && r1 > delivered) {

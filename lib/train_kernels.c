@@ -142,6 +142,22 @@ static int total_channels(const isl_tt *src, int nsrc, int *offset)
 /* Batch normalization + [relu, tanh]                                                   */
 /* ------------------------------------------------------------------------------------ */
 
+/* The vector inner loops, compiled for the CPU at hand (the library's baseline is SSE2). */
+#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define SUB 128 /* pixels per gathered run */
+
+CLONES static void stats_run(const float *x, size_t np, double *s1, double *s2)
+{
+    for (size_t j = 0; j < np; j++) {
+#pragma omp simd
+        for (int l = 0; l < 16; l++) {
+            double v = x[j * 16 + l];
+            s1[l] += v;
+            s2[l] += v * v;
+        }
+    }
+}
+
 int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var)
 {
     int off[8];
@@ -160,15 +176,7 @@ int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var)
         double s1[16] = {0}, s2[16] = {0};
         for (size_t q = k.q0; q < k.q1;) {
             size_t p = q % hw, run = hw - p < k.q1 - q ? hw - p : k.q1 - q;
-            const float *x = at(t, (int)(q / hw), k.block, p);
-            for (size_t j = 0; j < run; j++) {
-#pragma omp simd
-                for (int l = 0; l < 16; l++) {
-                    double v = x[j * 16 + l];
-                    s1[l] += v;
-                    s2[l] += v * v;
-                }
-            }
+            stats_run(at(t, (int)(q / hw), k.block, p), run, s1, s2);
             q += run;
         }
         memcpy(part + 32 * it, s1, sizeof(s1));
@@ -204,6 +212,31 @@ static void lanes(const float *a, int g0, int cnt, float *out)
         out[l] = l < cnt ? a[g0 + l] : 0.0f;
 }
 
+/* Channels [g, g + cnt) of pixels [p0, p0 + np) as np rows of 16 floats: a pointer into t
+ * when they are one whole block, else gathered into tmp (zero beyond cnt). */
+static const float *gather(const isl_tt *t, int i, size_t p0, size_t np, int g, int cnt,
+                           float *tmp)
+{
+    if (g % 16 == 0 && cnt == 16)
+        return at(t, i, (size_t)g / 16, p0);
+    for (size_t j = 0; j < np; j++)
+        load16(t, i, p0 + j, g, cnt, tmp + 16 * j);
+    return tmp;
+}
+
+CLONES static void bnact_run(const float *x, size_t np, const float *sc, const float *sh,
+                             float *r, float *th)
+{
+    for (size_t j = 0; j < np; j++) {
+#pragma omp simd
+        for (int l = 0; l < 16; l++) {
+            float y = sc[l] * x[16 * j + l] + sh[l];
+            r[16 * j + l] = y > 0.0f ? y : 0.0f;
+            th[16 * j + l] = tanh_approx(y);
+        }
+    }
+}
+
 void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *shift,
                   isl_tt *act)
 {
@@ -218,19 +251,24 @@ void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *
         const isl_tt *t = &src[k.seg];
         const int c0 = 16 * (int)k.block, g = off[k.seg] + c0;
         const int cnt = t->c - c0 < 16 ? t->c - c0 : 16;
-        float sc[16], sh[16], r[16], th[16];
+        /* Whole aligned blocks are written in place, others through a buffer. */
+        const int direct = cnt == 16 && g % 16 == 0 && C % 16 == 0;
+        float sc[16], sh[16], r[16 * SUB], th[16 * SUB];
         lanes(scale, g, cnt, sc);
         lanes(shift, g, cnt, sh);
-        for (size_t p = k.p0; p < k.p1; p++) {
-            const float *x = at(t, k.img, k.block, p);
-#pragma omp simd
-            for (int l = 0; l < 16; l++) {
-                float y = sc[l] * x[l] + sh[l];
-                r[l] = y > 0.0f ? y : 0.0f;
-                th[l] = tanh_approx(y);
+        for (size_t p0 = k.p0; p0 < k.p1; p0 += SUB) {
+            const size_t np = k.p1 - p0 < SUB ? k.p1 - p0 : SUB;
+            const float *x = at(t, k.img, k.block, p0);
+            if (direct) {
+                bnact_run(x, np, sc, sh, at(act, k.img, (size_t)g / 16, p0),
+                          at(act, k.img, (size_t)(C + g) / 16, p0));
+                continue;
             }
-            store16(act, k.img, p, g, cnt, r);
-            store16(act, k.img, p, C + g, cnt, th);
+            bnact_run(x, np, sc, sh, r, th);
+            for (size_t j = 0; j < np; j++) {
+                store16(act, k.img, p0 + j, g, cnt, r + 16 * j);
+                store16(act, k.img, p0 + j, C + g, cnt, th + 16 * j);
+            }
         }
     }
     /* The padding channels of the last block of act. */
@@ -244,18 +282,50 @@ void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *
     }
 }
 
-/* dy of BNAct at one pixel of a 16-channel run: relu' and tanh' = 1 - tanh^2. */
-static inline void bnact_dy(const isl_tt *dact, const isl_tt *act, int i, size_t p, int g, int C,
-                            int cnt, float *dy)
+/* dy of BNAct: relu' and tanh' = 1 - tanh^2 from the forward's outputs. */
+CLONES static void dy_run(size_t np, const float *dr, const float *dt, const float *r,
+                          const float *t, float *dy)
 {
-    float dr[16], dt[16], r[16], t[16];
-    load16(dact, i, p, g, cnt, dr);
-    load16(dact, i, p, C + g, cnt, dt);
-    load16(act, i, p, g, cnt, r);
-    load16(act, i, p, C + g, cnt, t);
+    for (size_t j = 0; j < 16 * np; j++)
+        dy[j] = (r[j] > 0.0f ? dr[j] : 0.0f) + dt[j] * (1.0f - t[j] * t[j]);
+}
+
+CLONES static void dsums_run(size_t np, const float *x, const float *dy, const float *mu,
+                             const float *is, double *s1, double *s2)
+{
+    for (size_t j = 0; j < np; j++) {
 #pragma omp simd
-    for (int l = 0; l < 16; l++)
-        dy[l] = (r[l] > 0.0f ? dr[l] : 0.0f) + dt[l] * (1.0f - t[l] * t[l]);
+        for (int l = 0; l < 16; l++) {
+            float xhat = (x[16 * j + l] - mu[l]) * is[l];
+            s1[l] += dy[16 * j + l];
+            s2[l] += (double)dy[16 * j + l] * xhat;
+        }
+    }
+}
+
+CLONES static void dx_run(size_t np, const float *x, const float *dy, const float *mu,
+                          const float *is, const float *a, const float *mdy, const float *mdyx,
+                          float *d, int acc)
+{
+    for (size_t j = 0; j < np; j++) {
+#pragma omp simd
+        for (int l = 0; l < 16; l++) {
+            float xhat = (x[16 * j + l] - mu[l]) * is[l];
+            float v = a[l] * (dy[16 * j + l] - mdy[l] - xhat * mdyx[l]);
+            d[16 * j + l] = acc ? d[16 * j + l] + v : v;
+        }
+    }
+}
+
+/* dy at pixels [p0, p0 + np) of the channels [g, g + cnt) into dy (16 np floats). */
+static void bnact_dy(const isl_tt *dact, const isl_tt *act, int i, size_t p0, size_t np, int g,
+                     int C, int cnt, float *tmp, float *dy)
+{
+    const float *dr = gather(dact, i, p0, np, g, cnt, tmp);
+    const float *dt = gather(dact, i, p0, np, C + g, cnt, tmp + 16 * SUB);
+    const float *r = gather(act, i, p0, np, g, cnt, tmp + 32 * SUB);
+    const float *t = gather(act, i, p0, np, C + g, cnt, tmp + 48 * SUB);
+    dy_run(np, dr, dt, r, t, dy);
 }
 
 int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *src, int nsrc,
@@ -283,21 +353,17 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
         const size_t hw = plane(t);
         const int c0 = 16 * (int)k.block, g = off[k.seg] + c0;
         const int cnt = t->c - c0 < 16 ? t->c - c0 : 16;
-        float mu[16], is[16], dy[16];
+        float mu[16], is[16], tmp[64 * SUB], dy[16 * SUB];
         lanes(mean, g, cnt, mu);
         lanes(invstd, g, cnt, is);
         double s1[16] = {0}, s2[16] = {0};
-        for (size_t q = k.q0; q < k.q1; q++) {
+        for (size_t q = k.q0; q < k.q1;) {
             const int i = (int)(q / hw);
-            const size_t p = q % hw;
-            const float *x = at(t, i, k.block, p);
-            bnact_dy(dact, act, i, p, g, C, cnt, dy);
-#pragma omp simd
-            for (int l = 0; l < 16; l++) {
-                float xhat = (x[l] - mu[l]) * is[l];
-                s1[l] += dy[l];
-                s2[l] += (double)dy[l] * xhat;
-            }
+            const size_t p = q % hw, left = hw - p < k.q1 - q ? hw - p : k.q1 - q;
+            const size_t np = left < SUB ? left : SUB;
+            bnact_dy(dact, act, i, p, np, g, C, cnt, tmp, dy);
+            dsums_run(np, at(t, i, k.block, p), dy, mu, is, s1, s2);
+            q += np;
         }
         memcpy(part + 32 * it, s1, sizeof(s1));
         memcpy(part + 32 * it + 16, s2, sizeof(s2));
@@ -332,7 +398,7 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
         const double count = (double)t->n * plane(t);
         const int c0 = 16 * (int)k.block, g = off[k.seg] + c0;
         const int cnt = t->c - c0 < 16 ? t->c - c0 : 16;
-        float mu[16], is[16], a[16], mdy[16], mdyx[16], dy[16];
+        float mu[16], is[16], a[16], mdy[16], mdyx[16], tmp[64 * SUB], dy[16 * SUB];
         lanes(mean, g, cnt, mu);
         lanes(invstd, g, cnt, is);
         for (int l = 0; l < 16; l++) {
@@ -340,17 +406,11 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
             mdy[l] = l < cnt ? (float)(sum_dy[g + l] / count) : 0.0f;
             mdyx[l] = l < cnt ? (float)(sum_dyx[g + l] / count) : 0.0f;
         }
-        const int acc = accumulate[k.seg];
-        for (size_t p = k.p0; p < k.p1; p++) {
-            const float *x = at(t, k.img, k.block, p);
-            float *d = at(&dx[k.seg], k.img, k.block, p);
-            bnact_dy(dact, act, k.img, p, g, C, cnt, dy);
-#pragma omp simd
-            for (int l = 0; l < 16; l++) {
-                float xhat = (x[l] - mu[l]) * is[l];
-                float v = a[l] * (dy[l] - mdy[l] - xhat * mdyx[l]);
-                d[l] = acc ? d[l] + v : v;
-            }
+        for (size_t p0 = k.p0; p0 < k.p1; p0 += SUB) {
+            const size_t np = k.p1 - p0 < SUB ? k.p1 - p0 : SUB;
+            bnact_dy(dact, act, k.img, p0, np, g, C, cnt, tmp, dy);
+            dx_run(np, at(t, k.img, k.block, p0), dy, mu, is, a, mdy, mdyx,
+                   at(&dx[k.seg], k.img, k.block, p0), accumulate[k.seg]);
         }
     }
     free(part);

@@ -20,12 +20,19 @@ typedef struct prim {
     dnnl_memory_t sp;
 } prim;
 
-/* A convolution or transposed convolution with its three passes and weight reorders. */
+/* A convolution or transposed convolution with its three passes and weight reorders.
+ * oneDNN sees every channel count rounded up to 16 (the storage is the same, the padding
+ * channels are zero) so that it always picks its blocked JIT kernels; the weights are
+ * zero-padded to match (w_pad), and the real part of their gradient copied out. */
 typedef struct conv {
     prim fwd, bwd_d, bwd_w;
-    prim pack_f, pack_b, unpack; /* user -> fwd / bwd_data weights; diff weights -> user */
+    prim pack_f, pack_b, unpack; /* plain -> fwd / bwd_data weights; diff weights -> plain */
     dnnl_memory_t w_user, w_f, w_b, dw, dw_user, bias, dbias;
     dnnl_memory_t src, dst, dsrc, ddst;
+    int oc, ic, ocp, icp, kk, iohw;
+    const float *w;      /* the parameters, PyTorch layout */
+    float *dw_out;       /* their gradient */
+    float *w_pad, *dw_pad; /* zero-padded copies, or NULL when no padding is needed */
 } conv;
 
 typedef struct module {
@@ -157,10 +164,12 @@ static isl_status make_mem(isl_train_net *n, const dnnl_memory_desc_t *md, void 
     return ISL_OK;
 }
 
+static int pad16(int c) { return (c + 15) / 16 * 16; }
+
 static dnnl_memory_desc_t md_tt(const isl_tt *t)
 {
     dnnl_memory_desc_t md;
-    dnnl_dims_t dims = {t->n, t->c, t->h, t->w};
+    dnnl_dims_t dims = {t->n, pad16(t->c), t->h, t->w};
     dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, dnnl_nChw16c);
     return md;
 }
@@ -281,7 +290,8 @@ static isl_status run_reorder(isl_train_net *n, const prim *p, dnnl_memory_t fro
 
 typedef struct conv_spec {
     int deconv, k, stride, with_sum;
-    int oc, ic;
+    int oc, ic;      /* real channel counts */
+    int plain_src;   /* src is the plain input: ic is not padded */
     dnnl_format_tag_t w_tag; /* user layout of the weights: oihw, or iohw (PyTorch transposed) */
     dnnl_memory_desc_t src_md, dst_md;
     void *src, *dst, *dsrc, *ddst; /* dsrc NULL: no backward-data pass */
@@ -291,8 +301,9 @@ typedef struct conv_spec {
 
 static isl_status conv_desc(const conv_spec *s, int pass, void *desc)
 {
-    dnnl_memory_desc_t w_any, b_md = md_vec(s->oc);
-    dnnl_dims_t wd = {s->oc, s->ic, s->k, s->k}, strides = {s->stride, s->stride}, pad = {0, 0};
+    const int ocp = pad16(s->oc), icp = s->plain_src ? s->ic : pad16(s->ic);
+    dnnl_memory_desc_t w_any, b_md = md_vec(ocp);
+    dnnl_dims_t wd = {ocp, icp, s->k, s->k}, strides = {s->stride, s->stride}, pad = {0, 0};
     dnnl_memory_desc_init_by_tag(&w_any, 4, wd, dnnl_f32, dnnl_format_tag_any);
     const dnnl_memory_desc_t *b = s->b ? &b_md : NULL;
     dnnl_status_t st;
@@ -333,7 +344,23 @@ static isl_status build_conv(isl_train_net *n, const conv_spec *s, conv *cv)
         dnnl_deconvolution_desc_t d;
     } desc;
     dnnl_primitive_desc_t fpd = NULL, bdpd = NULL, bwpd = NULL;
-    dnnl_memory_desc_t user = md_tag(s->oc, s->ic, s->k, s->k, s->w_tag), b_md = md_vec(s->oc);
+    cv->oc = s->oc;
+    cv->ic = s->ic;
+    cv->ocp = pad16(s->oc);
+    cv->icp = s->plain_src ? s->ic : pad16(s->ic);
+    cv->kk = s->k * s->k;
+    cv->iohw = s->w_tag == dnnl_iohw;
+    cv->w = s->w;
+    cv->dw_out = s->dw;
+    dnnl_memory_desc_t user = md_tag(cv->ocp, cv->icp, s->k, s->k, s->w_tag);
+    dnnl_memory_desc_t b_md = md_vec(cv->ocp);
+    if (s->b && cv->ocp != s->oc)
+        return isl_fail(ISL_ERROR_INTERNAL, "%s: a bias needs 16k outputs", s->what);
+    if (cv->ocp != cv->oc || cv->icp != cv->ic) {
+        size_t count = (size_t)cv->ocp * cv->icp * cv->kk;
+        ISL_CHECK(alloc_floats(n, count, &cv->w_pad));
+        ISL_CHECK(alloc_floats(n, count, &cv->dw_pad));
+    }
     isl_status st = conv_desc(s, 0, &desc);
     if (st == ISL_OK)
         st = make_pd(n, &desc, s->with_sum, NULL, &fpd, s->what);
@@ -352,11 +379,11 @@ static isl_status build_conv(isl_train_net *n, const conv_spec *s, conv *cv)
     const dnnl_memory_desc_t *dw = dnnl_primitive_desc_query_md(bwpd, dnnl_query_diff_weights_md, 0);
     if ((st = make_prim(n, fpd, &cv->fwd)) != ISL_OK ||
         (st = make_prim(n, bwpd, &cv->bwd_w)) != ISL_OK ||
-        (st = make_mem(n, &user, s->w, &cv->w_user)) != ISL_OK ||
+        (st = make_mem(n, &user, cv->w_pad ? cv->w_pad : s->w, &cv->w_user)) != ISL_OK ||
         (st = make_mem(n, wf, DNNL_MEMORY_ALLOCATE, &cv->w_f)) != ISL_OK ||
         (st = make_reorder(n, &user, wf, &cv->pack_f)) != ISL_OK ||
         (st = make_mem(n, dw, DNNL_MEMORY_ALLOCATE, &cv->dw)) != ISL_OK ||
-        (st = make_mem(n, &user, s->dw, &cv->dw_user)) != ISL_OK ||
+        (st = make_mem(n, &user, cv->dw_pad ? cv->dw_pad : s->dw, &cv->dw_user)) != ISL_OK ||
         (st = make_reorder(n, dw, &user, &cv->unpack)) != ISL_OK ||
         (st = make_mem(n, &s->src_md, s->src, &cv->src)) != ISL_OK ||
         (st = make_mem(n, &s->dst_md, s->dst, &cv->dst)) != ISL_OK ||
@@ -384,8 +411,26 @@ done:
     return st;
 }
 
+/* Copies the weights between the PyTorch layout (oihw, or iohw for transposed
+ * convolutions) and its zero-padded version. */
+static void copy_padded(const conv *cv, const float *src, float *dst, int to_padded)
+{
+    const size_t kk = (size_t)cv->kk;
+    for (int o = 0; o < cv->oc; o++)
+        for (int i = 0; i < cv->ic; i++) {
+            size_t real = cv->iohw ? (size_t)i * cv->oc + o : (size_t)o * cv->ic + i;
+            size_t padded = cv->iohw ? (size_t)i * cv->ocp + o : (size_t)o * cv->icp + i;
+            if (to_padded)
+                memcpy(dst + padded * kk, src + real * kk, sizeof(float) * kk);
+            else
+                memcpy(dst + real * kk, src + padded * kk, sizeof(float) * kk);
+        }
+}
+
 static isl_status conv_pack(isl_train_net *n, conv *cv)
 {
+    if (cv->w_pad)
+        copy_padded(cv, cv->w, cv->w_pad, 1);
     ISL_CHECK(run_reorder(n, &cv->pack_f, cv->w_user, cv->w_f, "weight reorder"));
     if (cv->pack_b.p)
         ISL_CHECK(run_reorder(n, &cv->pack_b, cv->w_user, cv->w_b, "weight reorder"));
@@ -406,6 +451,8 @@ static isl_status conv_backward(isl_train_net *n, conv *cv)
                             {DNNL_ARG_DIFF_WEIGHTS, cv->dw}, {DNNL_ARG_DIFF_BIAS, cv->dbias}};
     ISL_CHECK(run(n, &cv->bwd_w, cv->dbias ? 4 : 3, w, "convolution backward (weights)"));
     ISL_CHECK(run_reorder(n, &cv->unpack, cv->dw, cv->dw_user, "weight gradient reorder"));
+    if (cv->dw_pad)
+        copy_padded(cv, cv->dw_pad, cv->dw_out, 0);
     if (!cv->bwd_d.p)
         return ISL_OK;
     dnnl_exec_arg_t d[3] = {{DNNL_ARG_DIFF_DST, cv->ddst}, {DNNL_ARG_WEIGHTS, cv->w_b},
@@ -654,7 +701,8 @@ static isl_status build_projection(isl_train_net *n)
 {
     const int B = n->batch, nz = n->num_z;
     conv_spec s = {
-        .k = 1, .stride = 1, .oc = ISL_PROJECTION_DEPTH, .ic = nz, .w_tag = dnnl_oihw,
+        .k = 1, .stride = 1, .oc = ISL_PROJECTION_DEPTH, .ic = nz, .plain_src = 1,
+        .w_tag = dnnl_oihw,
         .src_md = md_tag(B, nz, n->in_h, n->in_w, dnnl_nchw), .dst_md = md_tt(&n->proj),
         .src = n->input, .dst = n->proj.v, .dsrc = n->dinput, .ddst = n->dproj.v,
         .w = n->p->projection_weight, .dw = n->g->projection_weight,
@@ -832,25 +880,35 @@ static void fold(isl_train_net *n, const isl_bn_params *bn, const float *mean,
     }
 }
 
-/* Batch statistics of src into mean/invstd; folds the running averages in. */
-static isl_status batch_stats(isl_train_net *n, const isl_tt *src, int nsrc, isl_bn_params *bn,
-                              double momentum, float *mean, float *invstd)
+/* Batch statistics of src (C channels) into mean/invstd; the double-precision values stay
+ * in the work arrays for update_running. */
+static isl_status batch_stats(isl_train_net *n, const isl_tt *src, int nsrc, int C, float *mean,
+                              float *invstd)
 {
     if (isl_tk_bn_stats(src, nsrc, n->wd_mean, n->wd_var) != 0)
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory in batch normalization");
-    const double count = (double)src[0].n * src[0].h * src[0].w;
-    for (int c = 0; c < bn->channels; c++) {
+    for (int c = 0; c < C; c++) {
         mean[c] = (float)n->wd_mean[c];
         invstd[c] = (float)(1.0 / sqrt(n->wd_var[c] + ISL_BN_EPSILON));
     }
-    if (bn && momentum > 0)
-        for (int c = 0; c < bn->channels; c++) {
-            double unbiased = count > 1 ? n->wd_var[c] * count / (count - 1) : n->wd_var[c];
-            bn->mean[c] = (float)((1 - momentum) * bn->mean[c] + momentum * n->wd_mean[c]);
-            bn->var[c] = (float)((1 - momentum) * bn->var[c] + momentum * unbiased);
-        }
     return ISL_OK;
 }
+
+/* Running averages of the last batch_stats over `count` values per channel (the variance
+ * unbiased, as PyTorch keeps it). */
+static void update_running(const isl_train_net *n, isl_bn_params *bn, double momentum,
+                           double count)
+{
+    if (momentum <= 0)
+        return;
+    for (int c = 0; c < bn->channels; c++) {
+        double unbiased = count > 1 ? n->wd_var[c] * count / (count - 1) : n->wd_var[c];
+        bn->mean[c] = (float)((1 - momentum) * bn->mean[c] + momentum * n->wd_mean[c]);
+        bn->var[c] = (float)((1 - momentum) * bn->var[c] + momentum * unbiased);
+    }
+}
+
+static double values_per_channel(const isl_tt *t) { return (double)t->n * t->h * t->w; }
 
 static isl_status bnact(isl_train_net *n, const isl_tt *src, int nsrc, const isl_bn_params *bn,
                         const float *mean, const float *invstd, isl_tt *act)
@@ -881,7 +939,8 @@ static isl_status module_forward(isl_train_net *n, module *m, double momentum)
     const int up = a->kind == ISL_MODULE_UP;
     isl_tt e[2] = {m->conv, m->pool};
 
-    ISL_CHECK(batch_stats(n, &m->x, 1, &mp->bn1, momentum, m->mean1, m->invstd1));
+    ISL_CHECK(batch_stats(n, &m->x, 1, a->in_ch, m->mean1, m->invstd1));
+    update_running(n, &mp->bn1, momentum, values_per_channel(&m->x));
     ISL_CHECK(bnact(n, &m->x, 1, &mp->bn1, m->mean1, m->invstd1, &m->act1));
     ISL_CHECK(conv_forward(n, &m->expand));
     if (!up) {
@@ -889,7 +948,8 @@ static isl_status module_forward(isl_train_net *n, module *m, double momentum)
                                 {DNNL_ARG_WORKSPACE, m->pool_ws}};
         ISL_CHECK(run(n, &m->pool_f, 3, p, "max pooling"));
     }
-    ISL_CHECK(batch_stats(n, e, up ? 1 : 2, &mp->bn2, momentum, m->mean2, m->invstd2));
+    ISL_CHECK(batch_stats(n, e, up ? 1 : 2, a->e_ch, m->mean2, m->invstd2));
+    update_running(n, &mp->bn2, momentum, values_per_channel(&m->conv));
     ISL_CHECK(bnact(n, e, up ? 1 : 2, &mp->bn2, m->mean2, m->invstd2, &m->act2));
     /* The residual goes into out; the reduce convolution adds onto it (sum post-op). */
     switch (a->kind) {
@@ -920,14 +980,13 @@ isl_status isl_train_net_forward(isl_train_net *n, const int *active, double mom
     for (int i = a->tower_first[ISL_UPPER_TOWER]; i < a->num_modules; i++)
         ISL_CHECK(module_forward(n, &n->mods[i], momentum));
     const isl_tt *trunk = &n->mods[a->num_modules - 1].next;
+    /* Every head normalizes the same trunk: one set of batch statistics. */
+    ISL_CHECK(batch_stats(n, trunk, 1, a->trunk_ch, n->trunk_mean, n->trunk_invstd));
+    for (int h = 0; h < n->num_heads; h++)
+        update_running(n, &n->p->heads[h].bn, momentum, values_per_channel(trunk));
     for (int h = 0; h < n->num_heads; h++) {
         head *hd = &n->heads[h];
         isl_bn_params *bn = &n->p->heads[h].bn;
-        /* Every head normalizes the same trunk: one set of batch statistics. */
-        if (h == 0)
-            ISL_CHECK(batch_stats(n, trunk, 1, bn, momentum, n->trunk_mean, n->trunk_invstd));
-        else if (momentum > 0)
-            ISL_CHECK(batch_stats(n, trunk, 1, bn, momentum, n->trunk_mean, n->trunk_invstd));
         if (!hd->active)
             continue;
         ISL_CHECK(bnact(n, trunk, 1, bn, n->trunk_mean, n->trunk_invstd, &hd->act));

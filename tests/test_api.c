@@ -250,6 +250,7 @@ START_TEST(bad_prediction_inputs_are_refused)
     isl_predict_options *o;
     ck_assert_int_eq(isl_predict_options_create(&o), ISL_OK);
     ck_assert_int_eq(isl_predict_options_set_tile_size(o, 300), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_predict_options_set_tile_size(o, 250), ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_int_eq(isl_predict_options_set_threads(o, -1), ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_int_eq(isl_predict_options_set_stats(o, 0, NULL), ISL_ERROR_INVALID_ARGUMENT);
     isl_stat bad_stat = (isl_stat)17;
@@ -288,6 +289,13 @@ START_TEST(progress_reports_and_cancels)
     ck_assert_int_eq(isl_predict_options_set_progress(o, cancel_after_first, &calls), ISL_OK);
     ck_assert_int_eq(isl_predict_image(m, o, &in, images), ISL_ERROR_CANCELLED);
     ck_assert_int_eq(calls, 1);
+    /* A flag set beforehand (as another thread would) cancels at the first tile. */
+    volatile int stop = 1;
+    ck_assert_int_eq(isl_predict_options_set_progress(o, NULL, NULL), ISL_OK);
+    ck_assert_int_eq(isl_predict_options_set_cancel_flag(o, &stop), ISL_OK);
+    ck_assert_int_eq(isl_predict_image(m, o, &in, images), ISL_ERROR_CANCELLED);
+    stop = 0;
+    ck_assert_int_eq(isl_predict_image(m, o, &in, images), ISL_OK);
     isl_predict_options_free(o);
     free(img);
     free(med);

@@ -25,8 +25,8 @@ static const char predict_help[] =
     "  --heads LIST             heads, comma-separated (default: every label head);\n"
     "                           'autoencoder' selects the autoencoder head\n"
     "  --threads N              threads (default 0: all cores)\n"
-    "  --tile N                 input tile side, 250 + 16m, e.g. 266, 506, 1018; 0 (default):\n"
-    "                           the largest that fits the memory limit\n"
+    "  --tile N                 input tile side, 266 + 16m (266, 282, ..., 506, ..., 1018);\n"
+    "                           0 (default): the cheapest within the memory limit\n"
     "  --memory-limit MB        working-memory bound in MiB (default 1536)\n"
     "  --precision P            fp32 (default) or bf16\n"
     "  -h, --help               show this help\n";
@@ -129,28 +129,39 @@ static int parse_predict(int argc, char **argv, predict_args *a)
     return CLI_EXIT_OK;
 }
 
-/* Options that do not depend on the model; invalid values are usage errors. */
+/* A failed option setter: invalid values are usage errors, named by their option. */
+static int option_error(isl_status s, const char *option)
+{
+    if (s != ISL_ERROR_INVALID_ARGUMENT)
+        return cli_library_error(s);
+    return cli_usage_error("%s: %s", option, isl_last_error());
+}
+
+/* Options that do not depend on the model. */
 static int make_options(const predict_args *a, cli_progress *progress, isl_predict_options **out)
 {
     isl_predict_options *o = NULL;
     isl_status s = isl_predict_options_create(&o);
     if (s != ISL_OK)
         return cli_library_error(s);
-    s = isl_predict_options_set_stats(o, a->num_stats, a->stats);
-    if (s == ISL_OK)
-        s = isl_predict_options_set_threads(o, (int)a->threads);
-    if (s == ISL_OK)
-        s = isl_predict_options_set_tile_size(o, (int)a->tile);
-    if (s == ISL_OK && a->memory_mb)
-        s = isl_predict_options_set_memory_limit(o, (size_t)a->memory_mb << 20);
-    if (s == ISL_OK)
-        s = isl_predict_options_set_precision(o, a->precision);
-    if (s == ISL_OK)
-        s = isl_predict_options_set_progress(o, cli_progress_update, progress);
+    const char *failed = NULL;
+    if ((s = isl_predict_options_set_stats(o, a->num_stats, a->stats)) != ISL_OK)
+        failed = "--stats";
+    else if ((s = isl_predict_options_set_threads(o, (int)a->threads)) != ISL_OK)
+        failed = "--threads";
+    else if ((s = isl_predict_options_set_tile_size(o, (int)a->tile)) != ISL_OK)
+        failed = "--tile";
+    else if (a->memory_mb &&
+             (s = isl_predict_options_set_memory_limit(o, (size_t)a->memory_mb << 20)) != ISL_OK)
+        failed = "--memory-limit";
+    else if ((s = isl_predict_options_set_precision(o, a->precision)) != ISL_OK)
+        failed = "--precision";
+    else if ((s = isl_predict_options_set_progress(o, cli_progress_update, progress)) != ISL_OK)
+        failed = "progress";
     if (s != ISL_OK) {
-        int rc = cli_library_error(s);
+        int rc = option_error(s, failed);
         isl_predict_options_free(o);
-        return s == ISL_ERROR_INVALID_ARGUMENT ? CLI_EXIT_USAGE : rc;
+        return rc;
     }
     *out = o;
     return CLI_EXIT_OK;

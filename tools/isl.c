@@ -23,10 +23,8 @@ static const char main_help[] =
 
 int main(int argc, char **argv)
 {
-    if (argc < 2) {
-        fputs(main_help, stderr);
-        return CLI_EXIT_USAGE;
-    }
+    if (argc < 2)
+        return cli_usage_error("missing command: isl model|predict (see 'isl --help')");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         fputs(main_help, stdout);

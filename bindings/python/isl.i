@@ -109,6 +109,15 @@ static isl_status islpy_fail(isl_status status, const char *fmt, ...)
 %typemap(argout) isl_predict_options **out {
     %append_output(SWIG_NewPointerObj(SWIG_as_voidptr(*$1), $descriptor(isl_predict_options *), 0));
 }
+/* Training handles (the Pythonic layer does not wrap training yet). */
+%typemap(in, numinputs=0) isl_train_options **out (isl_train_options *tmp = NULL) { $1 = &tmp; }
+%typemap(argout) isl_train_options **out {
+    %append_output(SWIG_NewPointerObj(SWIG_as_voidptr(*$1), $descriptor(isl_train_options *), 0));
+}
+%typemap(in, numinputs=0) isl_trainer **out (isl_trainer *tmp = NULL) { $1 = &tmp; }
+%typemap(argout) isl_trainer **out {
+    %append_output(SWIG_NewPointerObj(SWIG_as_voidptr(*$1), $descriptor(isl_trainer *), 0));
+}
 
 /* Lists of heads and statistics: any sequence of ints (numpy.i). */
 %numpy_typemaps(isl_stat, NPY_INT, int)

@@ -77,8 +77,12 @@ class BNAct(nn.Module):
     def forward(self, x):
         scale = self.gamma / torch.sqrt(self.var + EPS)
         shift = self.beta - self.mean * scale
-        y = x * scale[None, :, None, None] + shift[None, :, None, None]
-        return torch.cat([torch.relu(y), torch.tanh(y)], 1)
+        y = torch.addcmul(shift[None, :, None, None], x, scale[None, :, None, None])
+        n, c = y.shape[:2]
+        out = y.new_empty((n, 2 * c) + y.shape[2:])  # [relu(y), tanh(y)] without a cat copy
+        torch.clamp(y, min=0, out=out[:, :c])
+        torch.tanh(y, out=out[:, c:])
+        return out
 
 
 class Module(nn.Module):

@@ -78,10 +78,7 @@ def test_help(run_isl, args):
 @pytest.mark.parametrize("args", [[], ["frobnicate"], ["--frobnicate"], ["model"],
                                   ["model", "train"]])
 def test_bad_commands(run_isl, args):
-    r = run_isl(*args)
-    assert r.returncode == 2
-    if args:
-        assert_one_error_line(r, 2)
+    assert_one_error_line(run_isl(*args), 2)
 
 
 # --------------------------------------------------------------------------------------

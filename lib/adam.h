@@ -1,0 +1,30 @@
+/* Adam (Kingma and Ba 2014), as the paper trains: learning rate 1e-4, dropped to 1e-5
+ * late in training, betas 0.9 / 0.999, epsilon 1e-8. The update is PyTorch's
+ * (torch.optim.Adam without weight decay):
+ *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+ *   w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+ * The optimizer state is the two moments per parameter and the step count t. */
+#ifndef ISL_ADAM_H
+#define ISL_ADAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct isl_adam_config {
+    double learning_rate;   /* 1e-4 */
+    double late_rate;       /* 1e-5 */
+    int64_t drop_step;      /* steps from this one on (1-based) use late_rate; 0 = never */
+    double beta1, beta2;    /* 0.9, 0.999 */
+    double epsilon;         /* 1e-8 */
+} isl_adam_config;
+
+void isl_adam_defaults(isl_adam_config *c);
+
+/* The learning rate of step t (1-based). */
+double isl_adam_rate(const isl_adam_config *c, int64_t t);
+
+/* Step t (1-based) on n parameters w with gradient g and moments m, v. */
+void isl_adam_update(const isl_adam_config *c, int64_t t, float *w, const float *g, float *m,
+                     float *v, size_t n);
+
+#endif

@@ -1,0 +1,173 @@
+#include "loss.h"
+
+#include "arch.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PIXELS 64 /* pixels per inner block: the 256 logits of each are strided by h * w */
+
+int isl_loss_bin(float v)
+{
+    double k = nearbyint(255.0 * (double)v);
+    return k < 0 ? 0 : (k > 255 ? 255 : (int)k);
+}
+
+static inline float view_f(isl_loss_view v, int b, int g, int y, int x)
+{
+    return ((const float *)v.data)[b * v.batch_stride + g * v.group_stride + y * v.row_stride + x];
+}
+
+static inline int selected(isl_loss_view m, int b, int g, int y, int x)
+{
+    return !m.data ||
+           ((const uint8_t *)m.data)[b * m.batch_stride + g * m.group_stride + y * m.row_stride + x];
+}
+
+int64_t isl_loss_count(isl_loss_view mask, int batch, int groups, int h, int w)
+{
+    if (!mask.data)
+        return (int64_t)batch * groups * h * w;
+    int64_t n = 0;
+    for (int b = 0; b < batch; b++)
+        for (int g = 0; g < groups; g++)
+            for (int y = 0; y < h; y++)
+                for (int x = 0; x < w; x++)
+                    n += selected(mask, b, g, y, x) != 0;
+    return n;
+}
+
+/* One (image, group) plane: its sum of losses; gradients if asked. */
+static double plane_loss(const float *lg, int b, int g, int h, int w, isl_loss_view target,
+                         isl_loss_view mask, double scale, float *dl)
+{
+    const size_t hw = (size_t)h * w;
+    const float gscale = (float)(scale / ISL_LN_256);
+    double sum = 0;
+    for (size_t p0 = 0; p0 < hw; p0 += PIXELS) {
+        const size_t np = hw - p0 < PIXELS ? hw - p0 : PIXELS;
+        float mx[PIXELS];
+        double se[PIXELS];
+        int bin[PIXELS], sel[PIXELS];
+        for (size_t j = 0; j < np; j++) {
+            int y = (int)((p0 + j) / (size_t)w), x = (int)((p0 + j) % (size_t)w);
+            sel[j] = selected(mask, b, g, y, x);
+            bin[j] = sel[j] ? isl_loss_bin(view_f(target, b, g, y, x)) : 0;
+            mx[j] = -INFINITY;
+            se[j] = 0;
+        }
+        for (int k = 0; k < ISL_NUM_CLASSES; k++) {
+            const float *row = lg + (size_t)k * hw + p0;
+            for (size_t j = 0; j < np; j++)
+                mx[j] = row[j] > mx[j] ? row[j] : mx[j];
+        }
+        for (int k = 0; k < ISL_NUM_CLASSES; k++) {
+            const float *row = lg + (size_t)k * hw + p0;
+            for (size_t j = 0; j < np; j++)
+                se[j] += exp((double)row[j] - mx[j]);
+        }
+        double lse[PIXELS];
+        for (size_t j = 0; j < np; j++) {
+            lse[j] = mx[j] + log(se[j]);
+            if (sel[j])
+                sum += (lse[j] - lg[(size_t)bin[j] * hw + p0 + j]) / ISL_LN_256;
+        }
+        if (!dl)
+            continue;
+        for (int k = 0; k < ISL_NUM_CLASSES; k++) {
+            const float *row = lg + (size_t)k * hw + p0;
+            float *drow = dl + (size_t)k * hw + p0;
+            for (size_t j = 0; j < np; j++) {
+                float p = (float)exp((double)row[j] - lse[j]);
+                drow[j] = sel[j] ? gscale * (p - (k == bin[j] ? 1.0f : 0.0f)) : 0.0f;
+            }
+        }
+    }
+    return sum;
+}
+
+int isl_loss_cross_entropy(const float *logits, int batch, int groups, int h, int w,
+                           isl_loss_view target, isl_loss_view mask, double scale,
+                           float *dlogits, double *sum)
+{
+    const int planes = batch * groups;
+    const size_t plane_floats = (size_t)ISL_NUM_CLASSES * h * w;
+    double *part = malloc(sizeof(double) * (size_t)(planes ? planes : 1));
+    if (!part)
+        return -1;
+#pragma omp parallel for schedule(dynamic)
+    for (int i = 0; i < planes; i++) {
+        size_t off = (size_t)i * plane_floats; /* image b, group g: i = b * groups + g */
+        part[i] = plane_loss(logits + off, i / groups, i % groups, h, w, target, mask, scale,
+                             dlogits ? dlogits + off : NULL);
+    }
+    double s = 0;
+    for (int i = 0; i < planes; i++)
+        s += part[i];
+    free(part);
+    *sum = s;
+    return 0;
+}
+
+static isl_loss_view label_view(const isl_loss_batch *b, const void *data, size_t elem, int l)
+{
+    size_t plane = (size_t)b->out_h * b->out_w;
+    isl_loss_view v = {NULL, (size_t)b->num_labels * plane, 0, (size_t)b->out_w};
+    if (data)
+        v.data = (const char *)data + elem * (size_t)l * plane;
+    return v;
+}
+
+void isl_loss_label_counts(const isl_loss_batch *b, int64_t *counts)
+{
+    for (int l = 0; l < b->num_labels; l++) {
+        if (!b->targets) {
+            counts[l] = 0;
+            continue;
+        }
+        isl_loss_view m = label_view(b, b->masks, 1, l);
+        counts[l] = isl_loss_count(m, b->batch, 1, b->out_h, b->out_w);
+    }
+}
+
+int isl_loss_compute(const isl_loss_batch *b, const float *const *logits, float *const *dlogits,
+                     const int64_t *counts, double label_weight, double *losses)
+{
+    const int L = b->num_labels;
+    int present = 0;
+    for (int l = 0; l < L; l++)
+        present += logits[l] != NULL;
+    double label = 0, sum;
+    for (int l = 0; l < L; l++) {
+        losses[l] = NAN;
+        if (!logits[l])
+            continue;
+        double scale = label_weight / ((double)present * (double)counts[l]);
+        if (isl_loss_cross_entropy(logits[l], b->batch, 1, b->out_h, b->out_w,
+                                   label_view(b, b->targets, sizeof(float), l),
+                                   label_view(b, b->masks, 1, l), scale, dlogits[l], &sum))
+            return -1;
+        losses[l] = sum / (double)counts[l];
+        label += losses[l] / present;
+    }
+    losses[L] = present ? label : NAN;
+    losses[L + 1] = NAN;
+    double total = present ? label_weight * label : 0;
+    if (logits[L]) {
+        const int nz = b->num_z, cy = (b->in_h - b->out_h) / 2, cx = (b->in_w - b->out_w) / 2;
+        const double count = (double)nz * b->batch * b->out_h * b->out_w;
+        /* The center crop of the input planes, at the output pixels. */
+        isl_loss_view t = {b->inputs + (size_t)cy * b->in_w + cx,
+                           (size_t)nz * b->in_h * b->in_w, (size_t)b->in_h * b->in_w,
+                           (size_t)b->in_w};
+        isl_loss_view all = {NULL, 0, 0, 0};
+        if (isl_loss_cross_entropy(logits[L], b->batch, nz, b->out_h, b->out_w, t, all,
+                                   (1 - label_weight) / count, dlogits[L], &sum))
+            return -1;
+        losses[L + 1] = sum / count;
+        total += (1 - label_weight) * losses[L + 1];
+    }
+    losses[L + 2] = total;
+    return 0;
+}

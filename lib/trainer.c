@@ -1,0 +1,620 @@
+/* The public training API (include/isl.h, "Training"): options, the trainer, steps,
+ * batch-norm re-estimation, snapshots and checkpoints. */
+#include "adam.h"
+#include "checkpoint_io.h"
+#include "error.h"
+#include "loss.h"
+#include "model.h"
+#include "model_io.h"
+#include "train_net.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHECKPOINT_VERSION 1
+#define OPTIMIZER_GROUP "/optimizer"
+
+struct isl_train_options {
+    isl_adam_config adam;
+    double label_weight;
+    double bn_decay;
+    int threads;
+    uint64_t seed;
+};
+
+static const isl_train_options default_options = {
+    .adam = {1e-4, 1e-5, 0, 0.9, 0.999, 1e-8},
+    .label_weight = 0.5,
+    .bn_decay = 0.999,
+    .threads = 0,
+    .seed = 0,
+};
+
+/* One parameter array with its gradient and Adam moments. */
+typedef struct param_array {
+    char path[320];
+    int rank;
+    int64_t dims[4];
+    size_t count;
+    float *w, *g, *m, *v;
+    int head;      /* index of the head it belongs to, -1 for the trunk */
+    int trainable; /* 0 for batch-norm running statistics */
+} param_array;
+
+struct isl_trainer {
+    isl_train_options opts;
+    isl_params params, grad, m, v;
+    int num_labels, has_autoencoder;
+    param_array *arrays;
+    int num_arrays;
+    dnnl_engine_t engine;
+    isl_train_net *net;
+    int64_t step;
+    uint64_t rng;
+    int *active;       /* [num_heads] heads computed by the current step */
+    int64_t *counts;   /* [num_labels] known pixels */
+    double *losses;    /* [num_labels + 3] */
+};
+
+/* ------------------------------------------------------------------------------------ */
+/* Options                                                                              */
+/* ------------------------------------------------------------------------------------ */
+
+isl_status isl_train_options_create(isl_train_options **out)
+{
+    if (!out)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_train_options_create: out is NULL");
+    *out = malloc(sizeof(**out));
+    if (!*out)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    **out = default_options;
+    return ISL_OK;
+}
+
+void isl_train_options_free(isl_train_options *o) { free(o); }
+
+#define NEED_OPTIONS(o)                                                                      \
+    do {                                                                                     \
+        if (!(o))                                                                            \
+            return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: options is NULL", __func__);   \
+    } while (0)
+
+static int positive(double v) { return isfinite(v) && v > 0; }
+
+isl_status isl_train_options_set_learning_rate(isl_train_options *o, double rate)
+{
+    NEED_OPTIONS(o);
+    if (!positive(rate))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "learning rate %g is not positive", rate);
+    o->adam.learning_rate = rate;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_rate_drop(isl_train_options *o, int64_t step, double rate)
+{
+    NEED_OPTIONS(o);
+    if (step < 0 || !positive(rate))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "learning rate drop at step %lld to %g: need step >= 0, rate > 0",
+                        (long long)step, rate);
+    o->adam.drop_step = step;
+    o->adam.late_rate = rate;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_adam(isl_train_options *o, double beta1, double beta2,
+                                      double epsilon)
+{
+    NEED_OPTIONS(o);
+    if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1) || !positive(epsilon))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "Adam betas %g, %g must lie in [0, 1) and epsilon %g be positive", beta1,
+                        beta2, epsilon);
+    o->adam.beta1 = beta1;
+    o->adam.beta2 = beta2;
+    o->adam.epsilon = epsilon;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_label_weight(isl_train_options *o, double weight)
+{
+    NEED_OPTIONS(o);
+    if (!(weight >= 0 && weight <= 1))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "label weight %g is outside [0, 1]", weight);
+    o->label_weight = weight;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_bn_decay(isl_train_options *o, double decay)
+{
+    NEED_OPTIONS(o);
+    if (!(decay >= 0 && decay < 1))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "batch-norm decay %g is outside [0, 1)",
+                        decay);
+    o->bn_decay = decay;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_threads(isl_train_options *o, int threads)
+{
+    NEED_OPTIONS(o);
+    if (threads < 0 || threads > 4096)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "thread count %d is out of range", threads);
+    o->threads = threads;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_seed(isl_train_options *o, uint64_t seed)
+{
+    NEED_OPTIONS(o);
+    o->seed = seed;
+    return ISL_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Parameter sets                                                                       */
+/* ------------------------------------------------------------------------------------ */
+
+typedef struct array_list {
+    param_array *a;
+    int count, cap, which; /* which: 0 params, 1 grad, 2 m, 3 v */
+    const isl_params *p;
+} array_list;
+
+static int ends_with(const char *s, const char *tail)
+{
+    size_t n = strlen(s), t = strlen(tail);
+    return n >= t && !strcmp(s + n - t, tail);
+}
+
+static int collect(void *user, const char *path, int rank, const int64_t *dims, float *data)
+{
+    array_list *l = user;
+    if (l->which == 0) {
+        if (l->count == l->cap) {
+            int cap = l->cap ? 2 * l->cap : 512;
+            param_array *a = realloc(l->a, sizeof(*a) * (size_t)cap);
+            if (!a)
+                return (int)isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+            l->a = a;
+            l->cap = cap;
+        }
+        param_array *a = &l->a[l->count];
+        memset(a, 0, sizeof(*a));
+        snprintf(a->path, sizeof(a->path), "%s", path);
+        a->rank = rank;
+        a->count = 1;
+        for (int i = 0; i < rank; i++) {
+            a->dims[i] = dims[i];
+            a->count *= (size_t)dims[i];
+        }
+        a->head = -1;
+        for (int h = 0; h < l->p->num_heads; h++) {
+            char prefix[96];
+            snprintf(prefix, sizeof(prefix), "/heads/%s/", l->p->heads[h].name);
+            if (!strncmp(path, prefix, strlen(prefix)))
+                a->head = h;
+        }
+        a->trainable = !ends_with(path, "/mean") && !ends_with(path, "/var");
+    }
+    param_array *a = &l->a[l->count++];
+    float **slot[4] = {&a->w, &a->g, &a->m, &a->v};
+    *slot[l->which] = data;
+    return 0;
+}
+
+/* Allocates params-shaped arrays like p (zeroed, BN var 1 as isl_params_alloc does). */
+static int alloc_like(isl_params *dst, const isl_params *p, int num_labels, int has_ae)
+{
+    const char *names[1024];
+    for (int h = 0; h < num_labels; h++)
+        names[h] = p->heads[h].name;
+    return isl_params_alloc(dst, p->arch.base_depth, p->arch.num_z, num_labels, names, has_ae);
+}
+
+static int copy_array(void *user, const char *path, int rank, const int64_t *dims, float *data)
+{
+    (void)path;
+    float **src = user;
+    size_t count = 1;
+    for (int i = 0; i < rank; i++)
+        count *= (size_t)dims[i];
+    memcpy(data, *src, sizeof(float) * count);
+    *src += count;
+    return 0;
+}
+
+/* dst = a copy of p (allocated here). */
+static isl_status copy_params(isl_params *dst, const isl_params *p)
+{
+    int has_ae = p->num_heads > 0 && !strcmp(p->heads[p->num_heads - 1].name, ISL_AUTOENCODER_NAME);
+    if (alloc_like(dst, p, p->num_heads - has_ae, has_ae))
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory copying a model");
+    memcpy(dst->input_normalization, p->input_normalization, sizeof(dst->input_normalization));
+    /* Flatten p, then scatter into dst in the same (file) order. */
+    size_t total = (size_t)isl_params_count(p);
+    float *flat = malloc(sizeof(float) * (total ? total : 1)), *cursor = flat;
+    if (!flat) {
+        isl_params_free(dst);
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory copying a model");
+    }
+    array_list l = {0};
+    l.p = p;
+    isl_status s = (isl_status)isl_params_visit((isl_params *)p, collect, &l);
+    for (int i = 0; s == ISL_OK && i < l.count; i++) {
+        memcpy(cursor, l.a[i].w, sizeof(float) * l.a[i].count);
+        cursor += l.a[i].count;
+    }
+    cursor = flat;
+    if (s == ISL_OK)
+        isl_params_visit(dst, copy_array, &cursor);
+    free(l.a);
+    free(flat);
+    if (s != ISL_OK)
+        isl_params_free(dst);
+    return s;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Trainer                                                                              */
+/* ------------------------------------------------------------------------------------ */
+
+void isl_trainer_free(isl_trainer *t)
+{
+    if (!t)
+        return;
+    isl_train_net_free(t->net);
+    if (t->engine)
+        dnnl_engine_destroy(t->engine);
+    isl_params_free(&t->params);
+    isl_params_free(&t->grad);
+    isl_params_free(&t->m);
+    isl_params_free(&t->v);
+    free(t->arrays);
+    free(t->active);
+    free(t->counts);
+    free(t->losses);
+    free(t);
+}
+
+/* A trainer around params (takes ownership of *p's contents). */
+static isl_status trainer_from_params(isl_params *p, const isl_train_options *o,
+                                      isl_trainer **out)
+{
+    *out = NULL;
+    isl_trainer *t = calloc(1, sizeof(*t));
+    if (!t) {
+        isl_params_free(p);
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    }
+    t->params = *p;
+    memset(p, 0, sizeof(*p));
+    t->opts = o ? *o : default_options;
+    t->rng = t->opts.seed;
+    const isl_params *P = &t->params;
+    t->has_autoencoder =
+        P->num_heads > 0 && !strcmp(P->heads[P->num_heads - 1].name, ISL_AUTOENCODER_NAME);
+    t->num_labels = P->num_heads - t->has_autoencoder;
+    isl_status s = ISL_OK;
+    if (!t->has_autoencoder && t->opts.label_weight < 1)
+        s = isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                     "the model has no autoencoder head: training needs label weight 1 (it is %g)",
+                     t->opts.label_weight);
+    else if (alloc_like(&t->grad, P, t->num_labels, t->has_autoencoder) ||
+             alloc_like(&t->m, P, t->num_labels, t->has_autoencoder) ||
+             alloc_like(&t->v, P, t->num_labels, t->has_autoencoder))
+        s = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for the optimizer state");
+    if (s == ISL_OK) {
+        /* Moments start at zero (alloc sets BN variances to 1). */
+        isl_params *zero[2] = {&t->m, &t->v};
+        for (int k = 0; k < 2; k++) {
+            array_list l = {0};
+            l.p = P;
+            if (isl_params_visit(zero[k], collect, &l) == 0)
+                for (int i = 0; i < l.count; i++)
+                    memset(l.a[i].w, 0, sizeof(float) * l.a[i].count);
+            free(l.a);
+        }
+        array_list l = {0};
+        l.p = P;
+        isl_params *sets[4] = {&t->params, &t->grad, &t->m, &t->v};
+        for (int k = 0; k < 4 && s == ISL_OK; k++) {
+            l.which = k;
+            l.count = 0;
+            s = (isl_status)isl_params_visit(sets[k], collect, &l);
+        }
+        t->arrays = l.a;
+        t->num_arrays = l.count;
+    }
+    if (s == ISL_OK) {
+        t->active = calloc((size_t)(P->num_heads + 1), sizeof(int));
+        t->counts = calloc((size_t)(t->num_labels + 1), sizeof(int64_t));
+        t->losses = calloc((size_t)(t->num_labels + 3), sizeof(double));
+        if (!t->active || !t->counts || !t->losses)
+            s = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    }
+    if (s == ISL_OK && dnnl_engine_create(&t->engine, dnnl_cpu, 0) != dnnl_success)
+        s = isl_fail(ISL_ERROR_BACKEND, "oneDNN: cannot create a CPU engine");
+    if (s != ISL_OK) {
+        isl_trainer_free(t);
+        return s;
+    }
+    *out = t;
+    return ISL_OK;
+}
+
+isl_status isl_trainer_create(const isl_model *init, const isl_train_options *o,
+                              isl_trainer **out)
+{
+    if (!out)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_create: out is NULL");
+    *out = NULL;
+    if (!init)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_create: model is NULL");
+    isl_params p;
+    ISL_CHECK(copy_params(&p, &init->params));
+    return trainer_from_params(&p, o, out);
+}
+
+int isl_trainer_num_losses(const isl_trainer *t) { return t ? t->num_labels + 3 : 0; }
+int64_t isl_trainer_step_count(const isl_trainer *t) { return t ? t->step : 0; }
+
+uint64_t isl_trainer_random(isl_trainer *t)
+{
+    if (!t)
+        return 0;
+    uint64_t z = (t->rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+isl_status isl_trainer_model(const isl_trainer *t, isl_model **out)
+{
+    if (!out)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_model: out is NULL");
+    *out = NULL;
+    if (!t)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_model: trainer is NULL");
+    isl_params p;
+    ISL_CHECK(copy_params(&p, &t->params));
+    return isl_model_from_params(&p, out);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Steps                                                                                */
+/* ------------------------------------------------------------------------------------ */
+
+/* Runs with the requested thread count on the calling thread, then restores it. */
+static int threads_begin(const isl_trainer *t)
+{
+    int saved = omp_get_max_threads();
+    if (t->opts.threads > 0)
+        omp_set_num_threads(t->opts.threads);
+    return saved;
+}
+
+static isl_status check_batch(const isl_trainer *t, const isl_train_batch *b, int need_labels)
+{
+    (void)need_labels;
+    if (!b)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "training batch is NULL");
+    if (b->batch_size < 1)
+        return isl_fail(ISL_ERROR_SHAPE, "batch size %d is not positive", b->batch_size);
+    if (isl_arch_output_side(b->height) < 0 || isl_arch_output_side(b->width) < 0)
+        return isl_fail(ISL_ERROR_SHAPE,
+                        "training crops of %dx%d: each side must be 250 + 16m (250, 266, ...)",
+                        b->height, b->width);
+    if (!b->inputs)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "training batch has no inputs");
+    const size_t n = (size_t)b->batch_size * t->params.arch.num_z * b->height * b->width;
+    for (size_t i = 0; i < n; i++)
+        if (!(b->inputs[i] >= 0.0f && b->inputs[i] <= 1.0f))
+            return isl_fail(ISL_ERROR_VALUE, "training input %zu is %g, outside [0, 1]", i,
+                            (double)b->inputs[i]);
+    if (b->targets && t->num_labels > 0) {
+        const size_t m = (size_t)b->batch_size * t->num_labels *
+                         isl_arch_output_side(b->height) * isl_arch_output_side(b->width);
+        for (size_t i = 0; i < m; i++)
+            if ((!b->masks || b->masks[i]) && !(b->targets[i] >= 0.0f && b->targets[i] <= 1.0f))
+                return isl_fail(ISL_ERROR_VALUE, "training target %zu is %g, outside [0, 1]", i,
+                                (double)b->targets[i]);
+    }
+    return ISL_OK;
+}
+
+/* The net for this batch shape, rebuilt when the shape changes. */
+static isl_status ensure_net(isl_trainer *t, const isl_train_batch *b)
+{
+    isl_train_net *n = t->net;
+    if (n && isl_train_net_batch(n) == b->batch_size && isl_train_net_height(n) == b->height &&
+        isl_train_net_width(n) == b->width)
+        return ISL_OK;
+    isl_train_net_free(n);
+    t->net = NULL;
+    return isl_train_net_create(&t->params, &t->grad, t->engine, b->batch_size, b->height,
+                                b->width, 0, &t->net);
+}
+
+static isl_loss_batch loss_batch(const isl_trainer *t, const isl_train_batch *b)
+{
+    isl_loss_batch lb = {
+        .batch = b->batch_size, .num_labels = t->num_labels, .num_z = t->params.arch.num_z,
+        .in_h = b->height, .in_w = b->width,
+        .out_h = isl_arch_output_side(b->height), .out_w = isl_arch_output_side(b->width),
+        .inputs = b->inputs, .targets = b->targets, .masks = b->masks};
+    return lb;
+}
+
+static void load_input(isl_trainer *t, const isl_train_batch *b)
+{
+    memcpy(isl_train_net_input(t->net), b->inputs,
+           sizeof(float) * (size_t)b->batch_size * t->params.arch.num_z * b->height * b->width);
+}
+
+static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_out)
+{
+    ISL_CHECK(check_batch(t, b, 1));
+    ISL_CHECK(ensure_net(t, b));
+    const int L = t->num_labels, H = t->params.num_heads;
+    const double w = t->opts.label_weight;
+    isl_loss_batch lb = loss_batch(t, b);
+    isl_loss_label_counts(&lb, t->counts);
+    int any = 0;
+    for (int l = 0; l < L; l++)
+        any |= t->active[l] = w > 0 && t->counts[l] > 0;
+    if (t->has_autoencoder)
+        any |= t->active[L] = w < 1;
+    load_input(t, b);
+    ISL_CHECK(isl_train_net_forward(t->net, t->active, 1.0 - t->opts.bn_decay));
+
+    const float *logits[1025];
+    float *dlogits[1025];
+    for (int h = 0; h <= L; h++) {
+        logits[h] = h < H ? isl_train_net_logits(t->net, h) : NULL;
+        dlogits[h] = h < H ? isl_train_net_dlogits(t->net, h) : NULL;
+    }
+    if (isl_loss_compute(&lb, logits, dlogits, t->counts, w, t->losses))
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory computing the loss");
+    if (losses_out)
+        for (int i = 0; i < L + 3; i++)
+            losses_out[i] = (float)t->losses[i];
+    if (!isfinite(t->losses[L + 2]))
+        return isl_fail(ISL_ERROR_VALUE, "the loss is %g (diverged?); the step was not applied",
+                        t->losses[L + 2]);
+    if (!any) /* nothing to learn from: no known label and no autoencoder */
+        return ISL_OK;
+
+    ISL_CHECK(isl_train_net_backward(t->net));
+    const int64_t step_index = t->step + 1;
+    for (int i = 0; i < t->num_arrays; i++) {
+        param_array *a = &t->arrays[i];
+        /* Heads without known pixels are not updated at all (no momentum either). */
+        if (a->trainable && (a->head < 0 || t->active[a->head]))
+            isl_adam_update(&t->opts.adam, step_index, a->w, a->g, a->m, a->v, a->count);
+    }
+    t->step = step_index;
+    return isl_train_net_load_weights(t->net);
+}
+
+isl_status isl_train_step(isl_trainer *t, const isl_train_batch *b, float *losses_out)
+{
+    if (!t)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_train_step: trainer is NULL");
+    int saved = threads_begin(t);
+    isl_status s = step(t, b, losses_out);
+    omp_set_num_threads(saved);
+    return s;
+}
+
+static isl_status estimate(isl_trainer *t, const isl_train_batch *b, int index)
+{
+    ISL_CHECK(check_batch(t, b, 0));
+    ISL_CHECK(ensure_net(t, b));
+    memset(t->active, 0, sizeof(int) * (size_t)t->params.num_heads);
+    load_input(t, b);
+    /* The k-th batch (0-based) weighs 1 / (k + 1): the running mean of the batches. */
+    return isl_train_net_forward(t->net, t->active, 1.0 / (index + 1.0));
+}
+
+isl_status isl_trainer_estimate_bn(isl_trainer *t, const isl_train_batch *b, int index)
+{
+    if (!t || index < 0)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_estimate_bn: %s",
+                        t ? "negative index" : "trainer is NULL");
+    int saved = threads_begin(t);
+    isl_status s = estimate(t, b, index);
+    omp_set_num_threads(saved);
+    return s;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Checkpoints                                                                          */
+/* ------------------------------------------------------------------------------------ */
+
+static isl_status write_optimizer(void *user, isl_h5_file *f)
+{
+    const isl_trainer *t = user;
+    ISL_CHECK(isl_h5_write_u64_attr(f, OPTIMIZER_GROUP, "version", CHECKPOINT_VERSION));
+    ISL_CHECK(isl_h5_write_u64_attr(f, OPTIMIZER_GROUP, "step", (uint64_t)t->step));
+    ISL_CHECK(isl_h5_write_u64_attr(f, OPTIMIZER_GROUP, "rng_state", t->rng));
+    char path[400];
+    for (int i = 0; i < t->num_arrays; i++) {
+        const param_array *a = &t->arrays[i];
+        if (!a->trainable)
+            continue;
+        snprintf(path, sizeof(path), OPTIMIZER_GROUP "/m%s", a->path);
+        ISL_CHECK(isl_h5_write_floats(f, path, a->rank, a->dims, a->m));
+        snprintf(path, sizeof(path), OPTIMIZER_GROUP "/v%s", a->path);
+        ISL_CHECK(isl_h5_write_floats(f, path, a->rank, a->dims, a->v));
+    }
+    return ISL_OK;
+}
+
+isl_status isl_trainer_save(const isl_trainer *t, const char *path)
+{
+    if (!t || !path)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_save: trainer or path is NULL");
+    return isl_model_write_h5_extra(path, &t->params, write_optimizer, (void *)t);
+}
+
+typedef struct load_ctx {
+    isl_trainer *t;
+    const char *file;
+} load_ctx;
+
+static isl_status read_optimizer(void *user, isl_h5_file *f)
+{
+    const load_ctx *c = user;
+    isl_trainer *t = c->t;
+    uint64_t version, step;
+    if (!isl_h5_exists(f, OPTIMIZER_GROUP))
+        return isl_fail(ISL_ERROR_FORMAT,
+                        "%s: not a training checkpoint: no " OPTIMIZER_GROUP
+                        " group (a model file?)", c->file);
+    ISL_CHECK(isl_h5_read_u64_attr(f, OPTIMIZER_GROUP, "version", &version));
+    if (version != CHECKPOINT_VERSION)
+        return isl_fail(ISL_ERROR_UNSUPPORTED, "%s: checkpoint version %llu; this isl reads %d",
+                        c->file, (unsigned long long)version, CHECKPOINT_VERSION);
+    ISL_CHECK(isl_h5_read_u64_attr(f, OPTIMIZER_GROUP, "step", &step));
+    ISL_CHECK(isl_h5_read_u64_attr(f, OPTIMIZER_GROUP, "rng_state", &t->rng));
+    t->step = (int64_t)step;
+    char path[400];
+    for (int i = 0; i < t->num_arrays; i++) {
+        param_array *a = &t->arrays[i];
+        if (!a->trainable)
+            continue;
+        snprintf(path, sizeof(path), OPTIMIZER_GROUP "/m%s", a->path);
+        ISL_CHECK(isl_h5_read_floats(f, path, a->rank, a->dims, a->m));
+        snprintf(path, sizeof(path), OPTIMIZER_GROUP "/v%s", a->path);
+        ISL_CHECK(isl_h5_read_floats(f, path, a->rank, a->dims, a->v));
+        for (size_t k = 0; k < a->count; k++)
+            if (a->v[k] < 0)
+                return isl_fail(ISL_ERROR_VALUE, "%s: %s: negative second moment", c->file, path);
+    }
+    return ISL_OK;
+}
+
+isl_status isl_trainer_load(const char *path, const isl_train_options *o, isl_trainer **out)
+{
+    if (!out)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_load: out is NULL");
+    *out = NULL;
+    if (!path)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_load: path is NULL");
+    isl_params p;
+    ISL_CHECK(isl_model_read_h5(path, &p));
+    isl_trainer *t;
+    ISL_CHECK(trainer_from_params(&p, o, &t));
+    load_ctx c = {t, path};
+    isl_status s = isl_h5_read_extra(path, read_optimizer, &c);
+    if (s != ISL_OK) {
+        isl_trainer_free(t);
+        return s;
+    }
+    *out = t;
+    return ISL_OK;
+}
