@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The prediction benchmark: isl (FP32, then bf16) and the same network in PyTorch eager
+# (tests/oracle/isl_torch.py) on the same machine in the same run; prints each run's
+# figures and the ratios. Takes several minutes (the PyTorch pass alone needs ~15 GB).
+#   bench/run.sh [SIZE=1024] [BASE=400] [THREADS=2]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size=${1:-1024}
+base=${2:-400}
+threads=${3:-2}
+ninja -C build bench/bench_predict >/dev/null
+
+run() { echo "+ $*" >&2; "$@" | tee /dev/stderr | grep -E '^(isl|torch)_bench' | tail -1; }
+
+isl_fp32=$(run build/bench/bench_predict --base "$base" --size "$size" --threads "$threads" --repeat 2)
+torch=$(run /usr/bin/python3 tests/oracle/isl_torch.py bench --base "$base" --size "$size" --threads "$threads")
+isl_bf16=$(run build/bench/bench_predict --base "$base" --size "$size" --threads "$threads" --repeat 2 \
+  --precision bf16 --peak-gflops 666 || true)
+
+field() { sed -n "s/.* $2=\([0-9.]*\).*/\1/p" <<<"$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+echo
+echo "size ${size}x${size}, base $base, 3 label heads, $threads threads"
+printf '%-12s %10s %12s %12s %10s\n' run seconds cpu_seconds peak_rss_mb GFLOP/s
+for name in isl_fp32 torch isl_bf16; do
+  line=${!name}
+  [ -n "$line" ] || continue
+  printf '%-12s %10s %12s %12s %10s\n' "$name" "$(field "$line" seconds)" \
+    "$(field "$line" cpu_seconds)" "$(field "$line" peak_rss_mb)" "$(field "$line" gflops)"
+done
+echo "speed-up of isl FP32 over PyTorch eager: $(ratio "$(field "$torch" seconds)" "$(field "$isl_fp32" seconds)")x"
+[ -n "$isl_bf16" ] && echo "speed-up of isl bf16 over PyTorch eager: $(ratio "$(field "$torch" seconds)" "$(field "$isl_bf16" seconds)")x"
