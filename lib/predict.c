@@ -381,7 +381,7 @@ static isl_status select_heads(const isl_model *m, const isl_predict_options *o,
     sel->max_ch = 0;
     sel->stat_mask = o->stat_mask;
     if (o->num_heads == 0) {
-        for (int h = 0; h < p->num_heads; h++)
+        for (int h = 0; h < p->num_heads && sel->count < 256; h++)
             if (strcmp(p->heads[h].name, ISL_AUTOENCODER_NAME))
                 sel->heads[sel->count++] = h;
     } else {
