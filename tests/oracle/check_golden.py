@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import torch
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import isl_torch as T  # noqa: E402
 
