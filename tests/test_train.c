@@ -237,7 +237,7 @@ static int g_head_bn(const isl_params *p, const char *s)
  * since the loss sees the sum of all perturbations. The reference is double precision;
  * the realized float steps enter the prediction exactly. */
 #define FD_STEP 1e-6
-#define FD_TOL 2e-3
+#define FD_TOL 5e-3 /* the engine's float sums over 10^5 terms (projection) reach ~1e-3 */
 
 typedef struct segment {
     float *data;
@@ -258,7 +258,7 @@ static void add_segment(direction *d, float *data, const float *grad, size_t cou
 
 /* The arrays of a group, with one step size per group. */
 static void add_group(direction *d, const isl_params *p, const arr_list *pl, const arr_list *gl,
-                      group_fn group)
+                      group_fn group, double scale)
 {
     size_t total = 0;
     double sq = 0;
@@ -269,7 +269,7 @@ static void add_group(direction *d, const isl_params *p, const arr_list *pl, con
                 sq += (double)pl->a[i].data[j] * pl->a[i].data[j];
         }
     ck_assert(total > 0);
-    double step = FD_STEP * fmax(sqrt(sq / total), 0.05) / sqrt(fmax(1.0, total / 100.0));
+    double step = scale * FD_STEP * fmax(sqrt(sq / total), 0.05) / sqrt(fmax(1.0, total / 100.0));
     for (int i = 0; i < pl->count; i++)
         if (group(p, pl->a[i].path))
             add_segment(d, pl->a[i].data, gl->a[i].data, pl->a[i].count, step);
@@ -331,7 +331,7 @@ static void check_element(isl_params *p, batch *b, const arr_list *pl, const arr
                 }
     direction *d = calloc(1, sizeof(*d));
     add_segment(d, &pl->a[bi].data[bj], &gl->a[bi].data[bj], 1,
-                FD_STEP * 100 * fmax(fabsf(pl->a[bi].data[bj]), 0.05));
+                FD_STEP * 10 * fmax(fabsf(pl->a[bi].data[bj]), 0.05));
     char label[160];
     snprintf(label, sizeof(label), "%s %s[%zu]", name, pl->a[bi].path + 1, bj);
     check_direction(d, p, b, 7, label);
@@ -382,26 +382,26 @@ START_TEST(gradients_match_finite_differences)
     arr_list *pl = arrays_of(&p), *gl = arrays_of(&e.g);
     direction *d = calloc(1, sizeof(*d));
     t0 = now();
-    add_group(d, &p, pl, gl, g_projection);
+    add_group(d, &p, pl, gl, g_projection, 0.1); /* it moves every activation */
     add_segment(d, b->inputs, isl_train_net_input_grad(e.net), sizeof(b->inputs) / sizeof(float),
                 FD_STEP / sqrt(sizeof(b->inputs) / sizeof(float) / 100.0));
     check_direction(d, &p, b, 101, "projection + input");
     d->count = 0;
-    add_group(d, &p, pl, gl, g_expand_in);
-    add_group(d, &p, pl, gl, g_expand_down);
-    add_group(d, &p, pl, gl, g_expand_up);
+    add_group(d, &p, pl, gl, g_expand_in, 1);
+    add_group(d, &p, pl, gl, g_expand_down, 1);
+    add_group(d, &p, pl, gl, g_expand_up, 1);
     check_direction(d, &p, b, 102, "expand (in, down, up)");
     d->count = 0;
-    add_group(d, &p, pl, gl, g_reduce);
+    add_group(d, &p, pl, gl, g_reduce, 1);
     check_direction(d, &p, b, 103, "reduce");
     d->count = 0;
-    add_group(d, &p, pl, gl, g_bn_gamma);
-    add_group(d, &p, pl, gl, g_bn_beta);
+    add_group(d, &p, pl, gl, g_bn_gamma, 1);
+    add_group(d, &p, pl, gl, g_bn_beta, 1);
     check_direction(d, &p, b, 104, "module batch norms");
     d->count = 0;
-    add_group(d, &p, pl, gl, g_label_heads);
-    add_group(d, &p, pl, gl, g_ae_head);
-    add_group(d, &p, pl, gl, g_head_bn);
+    add_group(d, &p, pl, gl, g_label_heads, 1);
+    add_group(d, &p, pl, gl, g_ae_head, 1);
+    add_group(d, &p, pl, gl, g_head_bn, 1);
     check_direction(d, &p, b, 105, "heads");
     /* Single weights where an index mix-up would hide in a sum. */
     check_element(&p, b, pl, gl, g_expand_up, "transposed conv");
@@ -790,7 +790,7 @@ START_TEST(batch_norm_statistics)
     isl_params *pa = &a->params, *pab = &ab->params, *pbb = &bb->params;
     for (int c = 0; c < 16; c++) {
         double mean, var;
-        first_input_stats(&m->params, b1, c, &mean, &var);
+        first_input_stats(pa, b1, c, &mean, &var); /* the weights after the step */
         ck_assert(fabs(pa->modules[0].bn1.mean[c] - mean) < 1e-5 * (1 + fabs(mean)));
         ck_assert(fabs(pa->modules[0].bn1.var[c] - var) < 1e-5 * (1 + var));
     }
