@@ -56,7 +56,7 @@ static int add_module(isl_arch *a, isl_module_kind kind, int tower, int in_ch, i
 int isl_arch_build(isl_arch *a, int base_depth, int num_z)
 {
     memset(a, 0, sizeof(*a));
-    if (base_depth < 4 || num_z < 1)
+    if (base_depth < 5 || num_z < 1) /* up modules use depths(base - 4, .) */
         return -1;
     /* 18 modules per tower, 14 in the upper tower. */
     a->modules = calloc(ISL_NUM_TOWERS * 18 + ISL_UPPER_MODULES, sizeof(*a->modules));

@@ -21,8 +21,8 @@ static inline float view_f(isl_loss_view v, int b, int g, int y, int x)
 
 static inline int selected(isl_loss_view m, int b, int g, int y, int x)
 {
-    return !m.data ||
-           ((const uint8_t *)m.data)[b * m.batch_stride + g * m.group_stride + y * m.row_stride + x];
+    const uint8_t *d = m.data;
+    return !d || d[b * m.batch_stride + g * m.group_stride + y * m.row_stride + x];
 }
 
 int64_t isl_loss_count(isl_loss_view mask, int batch, int groups, int h, int w)
@@ -96,7 +96,7 @@ int isl_loss_cross_entropy(const float *logits, int batch, int groups, int h, in
     double *part = malloc(sizeof(double) * (size_t)(planes ? planes : 1));
     if (!part)
         return -1;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if ((size_t)planes * plane_floats >= ((size_t)1 << 16))
     for (int i = 0; i < planes; i++) {
         size_t off = (size_t)i * plane_floats; /* image b, group g: i = b * groups + g */
         part[i] = plane_loss(logits + off, i / groups, i % groups, h, w, target, mask, scale,

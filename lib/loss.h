@@ -25,8 +25,9 @@ int64_t isl_loss_count(isl_loss_view mask, int batch, int groups, int h, int w);
 /* Cross-entropy / ln 256 of the distributions of logits [batch, groups * 256, h, w]
  * (channel z * 256 + k is bin k of group z) against the bins of target, summed over the
  * pixels selected by mask, into *sum. If dlogits (same shape) is not NULL, writes
- * scale * d(sum)/d(logits) there, zero at unselected pixels. The sum is accumulated in
- * double in a fixed order. Returns 0, or -1 when out of memory. */
+ * scale * d(sum)/d(logits) there, zero at unselected pixels; dlogits may be logits (in
+ * place). The sum is accumulated in double in a fixed order. Returns 0, or -1 when out of
+ * memory. */
 int isl_loss_cross_entropy(const float *logits, int batch, int groups, int h, int w,
                            isl_loss_view target, isl_loss_view mask, double scale,
                            float *dlogits, double *sum);

@@ -70,8 +70,8 @@ isl_status isl_model_create(const isl_model_config *c, isl_model **out)
     if (!c || c->struct_size < offsetof(isl_model_config, input_normalization) + sizeof(char *))
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
                         "isl_model_create: config is NULL or not initialised with isl_model_config_init");
-    if (c->base_depth < 4 || c->base_depth > 4096)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "base depth %d is outside 4..4096",
+    if (c->base_depth < 5 || c->base_depth > 4096)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "base depth %d is outside 5..4096 (up modules use base - 4)",
                         c->base_depth);
     if (c->num_z < 1 || c->num_z > 1024)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "num_z %d is outside 1..1024", c->num_z);

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #define MODEL_FORMAT "isl-model"
-#define MIN_BASE_DEPTH 4
+#define MIN_BASE_DEPTH 5 /* up modules use depths(base - 4, .) */
 #define MAX_BASE_DEPTH 4096
 #define MAX_NUM_Z 1024
 #define MAX_HEADS 1024

@@ -28,7 +28,7 @@ int isl_stat_from_name(const char *name)
 static void stats_block(const float *probs, int classes, int64_t stride, int n,
                         float *const outs[ISL_STAT_COUNT], int64_t at)
 {
-    const float scale = 1.0f / (float)(classes - 1);
+    const float scale = 1.0f / (float)(classes - 1), top = (float)(classes - 1);
     float mean[BLOCK] = {0}, cum[BLOCK] = {0}, best[BLOCK], var[BLOCK] = {0}, ent[BLOCK] = {0};
     int median[BLOCK], mode[BLOCK] = {0};
     for (int i = 0; i < n; i++) {
@@ -65,12 +65,13 @@ static void stats_block(const float *probs, int classes, int64_t stride, int n,
     }
     const float inv_log_classes = 1.0f / logf((float)classes);
     for (int i = 0; i < n; i++) {
+        /* k / 255 exactly as written (the images' bins compare bit for bit). */
         if (outs[ISL_STAT_MEDIAN])
-            outs[ISL_STAT_MEDIAN][at + i] = median[i] * scale;
+            outs[ISL_STAT_MEDIAN][at + i] = median[i] / top;
         if (outs[ISL_STAT_MEAN])
             outs[ISL_STAT_MEAN][at + i] = mean[i];
         if (outs[ISL_STAT_MODE])
-            outs[ISL_STAT_MODE][at + i] = mode[i] * scale;
+            outs[ISL_STAT_MODE][at + i] = mode[i] / top;
         if (outs[ISL_STAT_STD])
             outs[ISL_STAT_STD][at + i] = sqrtf(var[i]);
         if (outs[ISL_STAT_ENTROPY])

@@ -9,6 +9,18 @@
 #define MAX_SLICES 64   /* tasks per channel block of the reductions */
 
 static inline size_t blocks_of(int c) { return (size_t)(c + 15) / 16; }
+
+/* Parallel regions only for enough work: a region costs a barrier, and the network has
+ * thousands of small tensors. */
+#define PAR_MIN ((size_t)1 << 15)
+static size_t floats_of(const isl_tt *t) { return isl_tt_floats(t->n, t->c, t->h, t->w); }
+static size_t floats_all(const isl_tt *t, int n)
+{
+    size_t f = 0;
+    for (int k = 0; k < n; k++)
+        f += floats_of(&t[k]);
+    return f;
+}
 static inline size_t plane(const isl_tt *t) { return (size_t)t->h * t->w; }
 
 size_t isl_tt_floats(int n, int c, int h, int w)
@@ -168,7 +180,7 @@ int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var)
     double *part = malloc(sizeof(double) * 32 * items);
     if (!part)
         return -1;
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (floats_all(src, nsrc) >= PAR_MIN)
     for (size_t it = 0; it < items; it++) {
         red_task k = red_decode(src, nsrc, it);
         const isl_tt *t = &src[k.seg];
@@ -245,7 +257,7 @@ void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *
     size_t items = 0;
     for (int k = 0; k < nsrc; k++)
         items += ew_count(&src[k]);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (floats_all(src, nsrc) >= PAR_MIN)
     for (size_t it = 0; it < items; it++) {
         ew_task k = ew_decode(src, nsrc, it);
         const isl_tt *t = &src[k.seg];
@@ -275,7 +287,7 @@ void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *
     const int used = (2 * C) % 16;
     if (used) {
         const size_t last = blocks_of(2 * C) - 1, hw = plane(act);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (floats_of(act) >= PAR_MIN)
         for (int i = 0; i < act->n; i++)
             for (size_t p = 0; p < hw; p++)
                 memset(at(act, i, last, p) + used, 0, sizeof(float) * (size_t)(16 - used));
@@ -338,7 +350,8 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
     for (int k = 0; k < nsrc; k++)
         items += red_count(&src[k]);
     double *part = malloc(sizeof(double) * 32 * items);
-    double *sum_dy = malloc(sizeof(double) * (size_t)C), *sum_dyx = malloc(sizeof(double) * (size_t)C);
+    double *sum_dy = malloc(sizeof(double) * (size_t)C);
+    double *sum_dyx = malloc(sizeof(double) * (size_t)C);
     if (!part || !sum_dy || !sum_dyx) {
         free(part);
         free(sum_dy);
@@ -346,7 +359,7 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
         return -1;
     }
     /* Pass 1: sum(dy) and sum(dy * xhat) per channel. */
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if (floats_all(src, nsrc) >= PAR_MIN)
     for (size_t it = 0; it < items; it++) {
         red_task k = red_decode(src, nsrc, it);
         const isl_tt *t = &src[k.seg];
@@ -391,7 +404,7 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
     items = 0;
     for (int k = 0; k < nsrc; k++)
         items += ew_count(&src[k]);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (floats_all(src, nsrc) >= PAR_MIN)
     for (size_t it2 = 0; it2 < items; it2++) {
         ew_task k = ew_decode(src, nsrc, it2);
         const isl_tt *t = &src[k.seg];
@@ -433,7 +446,7 @@ static inline void lane_mask(int c, size_t b, float *m)
 void isl_tk_residual_in(const isl_tt *x, isl_tt *out)
 {
     const size_t nb = blocks_of(out->c), xb = blocks_of(x->c);
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) if (floats_of(out) >= PAR_MIN)
     for (int i = 0; i < out->n; i++)
         for (size_t b = 0; b < nb; b++)
             for (int y = 0; y < out->h; y++) {
@@ -449,7 +462,7 @@ void isl_tk_residual_in(const isl_tt *x, isl_tt *out)
 void isl_tk_residual_in_backward(const isl_tt *dout, isl_tt *dx)
 {
     const size_t xb = blocks_of(dx->c);
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) if (floats_of(dout) >= PAR_MIN)
     for (int i = 0; i < dout->n; i++)
         for (size_t b = 0; b < xb; b++)
             for (int y = 0; y < dout->h; y++) {
@@ -468,7 +481,7 @@ void isl_tk_residual_down(const isl_tt *x, isl_tt *out)
 {
     const size_t nb = blocks_of(out->c), xb = blocks_of(x->c);
     const int W = x->w;
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) if (floats_of(x) >= PAR_MIN)
     for (int i = 0; i < out->n; i++)
         for (size_t b = 0; b < nb; b++)
             for (int y = 0; y < out->h; y++) {
@@ -491,7 +504,7 @@ void isl_tk_residual_down_backward(const isl_tt *dout, isl_tt *dx)
 {
     const size_t xb = blocks_of(dx->c);
     const int W = dx->w;
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) if (floats_of(dx) >= PAR_MIN)
     for (int i = 0; i < dout->n; i++)
         for (size_t b = 0; b < xb; b++)
             for (int y = 0; y < dout->h; y++) {
@@ -522,7 +535,7 @@ static inline int up_src(int y, int n)
 void isl_tk_residual_up(const isl_tt *x, isl_tt *out)
 {
     const size_t nb = blocks_of(out->c);
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) if (floats_of(out) >= PAR_MIN)
     for (int i = 0; i < out->n; i++)
         for (size_t b = 0; b < nb; b++)
             for (int y = 0; y < out->h; y++) {
@@ -543,7 +556,7 @@ void isl_tk_residual_up_backward(const isl_tt *dout, isl_tt *dx)
 {
     const size_t nb = blocks_of(dout->c);
     /* Scatter-add: one task per image plane of a block, so no two tasks meet. */
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (floats_of(dout) >= PAR_MIN)
     for (int i = 0; i < dout->n; i++)
         for (size_t b = 0; b < nb; b++)
             for (int y = 0; y < dout->h; y++) {
@@ -565,7 +578,7 @@ void isl_tk_residual_up_backward(const isl_tt *dout, isl_tt *dx)
 void isl_tk_crop(const isl_tt *src, int border, isl_tt *dst)
 {
     const size_t nb = blocks_of(dst->c);
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) if (floats_of(dst) >= PAR_MIN)
     for (int i = 0; i < dst->n; i++)
         for (size_t b = 0; b < nb; b++)
             for (int y = 0; y < dst->h; y++)
@@ -577,7 +590,7 @@ void isl_tk_crop(const isl_tt *src, int border, isl_tt *dst)
 void isl_tk_crop_backward(const isl_tt *ddst, int border, isl_tt *dsrc, int accumulate)
 {
     const size_t nb = blocks_of(dsrc->c);
-#pragma omp parallel for collapse(3) schedule(static)
+#pragma omp parallel for collapse(3) schedule(static) if (floats_of(dsrc) >= PAR_MIN)
     for (int i = 0; i < dsrc->n; i++)
         for (size_t b = 0; b < nb; b++)
             for (int y = 0; y < dsrc->h; y++) {
@@ -605,7 +618,7 @@ void isl_tk_crop_backward(const isl_tt *ddst, int border, isl_tt *dsrc, int accu
 void isl_tk_copy_channels(const isl_tt *src, int s0, isl_tt *dst, int d0, int count)
 {
     const size_t hw = plane(src);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (floats_of(src) >= PAR_MIN)
     for (int i = 0; i < src->n; i++)
         for (size_t p = 0; p < hw; p++)
             for (int c = 0; c < count; c++)

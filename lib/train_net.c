@@ -54,10 +54,10 @@ typedef struct module {
 typedef struct head {
     int out_ch, active;
     isl_tt act, dact, logits; /* logits: blocked; also its gradient in the backward pass */
-    float *plain, *dplain;    /* [batch, out_ch, oh, ow] */
+    float *plain;             /* [batch, out_ch, oh, ow]: logits, then their gradient */
     conv cv;
     prim to_plain, from_plain;
-    dnnl_memory_t m_blk, m_plain, m_dplain;
+    dnnl_memory_t m_blk, m_plain;
 } head;
 
 struct isl_train_net {
@@ -67,6 +67,10 @@ struct isl_train_net {
     int batch, in_h, in_w, out_h, out_w, num_z, input_grad;
 
     float *input, *dinput;    /* plain nchw */
+    isl_tt in_blk, din_blk;   /* the same, blocked: oneDNN's backward-weights of a 1x1
+                                 convolution from plain nchw is its slow reference code */
+    prim in_reorder, din_reorder;
+    dnnl_memory_t m_in, m_in_blk, m_din, m_din_blk;
     isl_tt proj, dproj;
     isl_tt x0[ISL_NUM_TOWERS];
     int cat_offset[ISL_NUM_TOWERS];
@@ -115,7 +119,10 @@ static int grow(void **array, int *cap, int count, size_t item)
     return 0;
 }
 
-static isl_status oom(void) { return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory building the training network"); }
+static isl_status oom(void)
+{
+    return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory building the training network");
+}
 
 /* Zeroed, 64-byte aligned floats owned by the net. */
 static isl_status alloc_floats(isl_train_net *n, size_t count, float **out)
@@ -291,7 +298,6 @@ static isl_status run_reorder(isl_train_net *n, const prim *p, dnnl_memory_t fro
 typedef struct conv_spec {
     int deconv, k, stride, with_sum;
     int oc, ic;      /* real channel counts */
-    int plain_src;   /* src is the plain input: ic is not padded */
     dnnl_format_tag_t w_tag; /* user layout of the weights: oihw, or iohw (PyTorch transposed) */
     dnnl_memory_desc_t src_md, dst_md;
     void *src, *dst, *dsrc, *ddst; /* dsrc NULL: no backward-data pass */
@@ -301,7 +307,7 @@ typedef struct conv_spec {
 
 static isl_status conv_desc(const conv_spec *s, int pass, void *desc)
 {
-    const int ocp = pad16(s->oc), icp = s->plain_src ? s->ic : pad16(s->ic);
+    const int ocp = pad16(s->oc), icp = pad16(s->ic);
     dnnl_memory_desc_t w_any, b_md = md_vec(ocp);
     dnnl_dims_t wd = {ocp, icp, s->k, s->k}, strides = {s->stride, s->stride}, pad = {0, 0};
     dnnl_memory_desc_init_by_tag(&w_any, 4, wd, dnnl_f32, dnnl_format_tag_any);
@@ -309,9 +315,9 @@ static isl_status conv_desc(const conv_spec *s, int pass, void *desc)
     dnnl_status_t st;
     if (!s->deconv) {
         dnnl_convolution_desc_t *d = desc;
-        st = pass == 0 ? dnnl_convolution_forward_desc_init(d, dnnl_forward_training,
-                                                             dnnl_convolution_direct, &s->src_md,
-                                                             &w_any, b, &s->dst_md, strides, pad, pad)
+        st = pass == 0 ? dnnl_convolution_forward_desc_init(
+                             d, dnnl_forward_training, dnnl_convolution_direct, &s->src_md,
+                             &w_any, b, &s->dst_md, strides, pad, pad)
              : pass == 1 ? dnnl_convolution_backward_data_desc_init(d, dnnl_convolution_direct,
                                                                     &s->src_md, &w_any, &s->dst_md,
                                                                     strides, pad, pad)
@@ -347,7 +353,7 @@ static isl_status build_conv(isl_train_net *n, const conv_spec *s, conv *cv)
     cv->oc = s->oc;
     cv->ic = s->ic;
     cv->ocp = pad16(s->oc);
-    cv->icp = s->plain_src ? s->ic : pad16(s->ic);
+    cv->icp = pad16(s->ic);
     cv->kk = s->k * s->k;
     cv->iohw = s->w_tag == dnnl_iohw;
     cv->w = s->w;
@@ -376,7 +382,8 @@ static isl_status build_conv(isl_train_net *n, const conv_spec *s, conv *cv)
     if (st != ISL_OK)
         goto done;
     const dnnl_memory_desc_t *wf = dnnl_primitive_desc_query_md(fpd, dnnl_query_weights_md, 0);
-    const dnnl_memory_desc_t *dw = dnnl_primitive_desc_query_md(bwpd, dnnl_query_diff_weights_md, 0);
+    const dnnl_memory_desc_t *dw =
+        dnnl_primitive_desc_query_md(bwpd, dnnl_query_diff_weights_md, 0);
     if ((st = make_prim(n, fpd, &cv->fwd)) != ISL_OK ||
         (st = make_prim(n, bwpd, &cv->bwd_w)) != ISL_OK ||
         (st = make_mem(n, &user, cv->w_pad ? cv->w_pad : s->w, &cv->w_user)) != ISL_OK ||
@@ -535,8 +542,13 @@ static isl_status plan_shapes(isl_train_net *n)
     n->dproj = n->proj;
     ISL_CHECK(alloc_tt(n, &n->dproj));
     ISL_CHECK(alloc_floats(n, (size_t)B * n->num_z * H * W, &n->input));
-    if (n->input_grad)
+    n->in_blk = isl_tt_make(B, n->num_z, H, W, NULL);
+    ISL_CHECK(alloc_tt(n, &n->in_blk));
+    if (n->input_grad) {
         ISL_CHECK(alloc_floats(n, (size_t)B * n->num_z * H * W, &n->dinput));
+        n->din_blk = n->in_blk;
+        ISL_CHECK(alloc_tt(n, &n->din_blk));
+    }
     int cat_ch = 0;
     for (int s = 0; s < ISL_NUM_TOWERS; s++) {
         int border = (ISL_PATCH_INPUT - isl_tower_start_size[s]) / 2;
@@ -574,7 +586,6 @@ static isl_status plan_shapes(isl_train_net *n)
         ISL_CHECK(alloc_tt(n, &hd->logits));
         size_t plain = (size_t)B * hd->out_ch * n->out_h * n->out_w;
         ISL_CHECK(alloc_floats(n, plain, &hd->plain));
-        ISL_CHECK(alloc_floats(n, plain, &hd->dplain));
     }
     keep_max(&n->n_g, x);
     /* The widest batch norm: the e of a module, or the trunk. */
@@ -681,7 +692,8 @@ static isl_status build_module(isl_train_net *n, module *m)
                                : dnnl_failed(s, "max pooling backward description");
     }
     if (st == ISL_OK) {
-        const dnnl_memory_desc_t *ws = dnnl_primitive_desc_query_md(fpd, dnnl_query_workspace_md, 0);
+        const dnnl_memory_desc_t *ws =
+            dnnl_primitive_desc_query_md(fpd, dnnl_query_workspace_md, 0);
         if (!ws)
             st = isl_fail(ISL_ERROR_BACKEND, "oneDNN: max pooling has no workspace");
         else if ((st = make_prim(n, fpd, &m->pool_f)) == ISL_OK &&
@@ -701,13 +713,24 @@ static isl_status build_projection(isl_train_net *n)
 {
     const int B = n->batch, nz = n->num_z;
     conv_spec s = {
-        .k = 1, .stride = 1, .oc = ISL_PROJECTION_DEPTH, .ic = nz, .plain_src = 1,
-        .w_tag = dnnl_oihw,
-        .src_md = md_tag(B, nz, n->in_h, n->in_w, dnnl_nchw), .dst_md = md_tt(&n->proj),
-        .src = n->input, .dst = n->proj.v, .dsrc = n->dinput, .ddst = n->dproj.v,
+        .k = 1, .stride = 1, .oc = ISL_PROJECTION_DEPTH, .ic = nz, .w_tag = dnnl_oihw,
+        .src_md = md_tt(&n->in_blk), .dst_md = md_tt(&n->proj),
+        .src = n->in_blk.v, .dst = n->proj.v, .dsrc = n->input_grad ? n->din_blk.v : NULL,
+        .ddst = n->dproj.v,
         .w = n->p->projection_weight, .dw = n->g->projection_weight,
         .b = n->p->projection_bias, .db = n->g->projection_bias, .what = "projection"};
-    return build_conv(n, &s, &n->proj_cv);
+    ISL_CHECK(build_conv(n, &s, &n->proj_cv));
+    /* Plain <-> blocked with nz channels: the same bytes as md_tt's padded view. */
+    dnnl_memory_desc_t plain = md_tag(B, nz, n->in_h, n->in_w, dnnl_nchw);
+    dnnl_memory_desc_t blk = md_tag(B, nz, n->in_h, n->in_w, dnnl_nChw16c);
+    ISL_CHECK(make_reorder(n, &plain, &blk, &n->in_reorder));
+    ISL_CHECK(make_mem(n, &plain, n->input, &n->m_in));
+    ISL_CHECK(make_mem(n, &blk, n->in_blk.v, &n->m_in_blk));
+    if (!n->input_grad)
+        return ISL_OK;
+    ISL_CHECK(make_reorder(n, &blk, &plain, &n->din_reorder));
+    ISL_CHECK(make_mem(n, &plain, n->dinput, &n->m_din));
+    return make_mem(n, &blk, n->din_blk.v, &n->m_din_blk);
 }
 
 static isl_status build_head(isl_train_net *n, int h)
@@ -728,8 +751,7 @@ static isl_status build_head(isl_train_net *n, int h)
     ISL_CHECK(make_reorder(n, &blk, &plain, &hd->to_plain));
     ISL_CHECK(make_reorder(n, &plain, &blk, &hd->from_plain));
     ISL_CHECK(make_mem(n, &blk, hd->logits.v, &hd->m_blk));
-    ISL_CHECK(make_mem(n, &plain, hd->plain, &hd->m_plain));
-    return make_mem(n, &plain, hd->dplain, &hd->m_dplain);
+    return make_mem(n, &plain, hd->plain, &hd->m_plain);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -847,7 +869,7 @@ const float *isl_train_net_logits(const isl_train_net *n, int h)
 
 float *isl_train_net_dlogits(isl_train_net *n, int h)
 {
-    return h >= 0 && h < n->num_heads && n->heads[h].active ? n->heads[h].dplain : NULL;
+    return h >= 0 && h < n->num_heads && n->heads[h].active ? n->heads[h].plain : NULL;
 }
 
 isl_status isl_train_net_load_weights(isl_train_net *n)
@@ -968,6 +990,7 @@ isl_status isl_train_net_forward(isl_train_net *n, const int *active, double mom
     const isl_arch *a = &n->p->arch;
     for (int h = 0; h < n->num_heads; h++)
         n->heads[h].active = active[h] != 0;
+    ISL_CHECK(run_reorder(n, &n->in_reorder, n->m_in, n->m_in_blk, "input reorder"));
     ISL_CHECK(conv_forward(n, &n->proj_cv));
     for (int s = 0; s < ISL_NUM_TOWERS; s++) {
         isl_tk_crop(&n->proj, (n->in_h - n->x0[s].h) / 2, &n->x0[s]);
@@ -1060,7 +1083,7 @@ isl_status isl_train_net_backward(isl_train_net *n)
         head *hd = &n->heads[h];
         if (!hd->active)
             continue;
-        ISL_CHECK(run_reorder(n, &hd->from_plain, hd->m_dplain, hd->m_blk, "gradient reorder"));
+        ISL_CHECK(run_reorder(n, &hd->from_plain, hd->m_plain, hd->m_blk, "gradient reorder"));
         ISL_CHECK(bnact(n, trunk, 1, &n->p->heads[h].bn, n->trunk_mean, n->trunk_invstd,
                         &hd->act));
         ISL_CHECK(conv_backward(n, &hd->cv));
@@ -1082,6 +1105,9 @@ isl_status isl_train_net_backward(isl_train_net *n)
         isl_tk_crop_backward(&n->mods[first].dx, (n->in_h - n->x0[s].h) / 2, &n->dproj, s > 0);
     }
     ISL_CHECK(conv_backward(n, &n->proj_cv));
+    if (n->input_grad)
+        ISL_CHECK(run_reorder(n, &n->din_reorder, n->m_din_blk, n->m_din,
+                              "input gradient reorder"));
     if (dnnl_stream_wait(n->stream) != dnnl_success)
         return isl_fail(ISL_ERROR_BACKEND, "oneDNN: stream wait failed");
     return ISL_OK;

@@ -56,7 +56,9 @@ isl_status isl_train_net_forward(isl_train_net *net, const int *active, double b
 
 /* Logits of an active head after the forward pass: [batch, channels, out_h, out_w]. */
 const float *isl_train_net_logits(const isl_train_net *net, int head);
-/* Where the caller puts d(loss)/d(logits) of an active head, shaped as its logits. */
+/* Where the caller puts d(loss)/d(logits) of an active head, shaped as its logits: the
+ * same memory (the head outputs dominate memory for large crops; the loss can overwrite
+ * each pixel's logits with their gradient in place). */
 float *isl_train_net_dlogits(isl_train_net *net, int head);
 
 /* Backward pass of the last forward (same active heads): overwrites every array of grad

@@ -34,7 +34,7 @@ static ref_t rt_conv(const ref_t *x, const float *w, const float *bias, int oc, 
 {
     const int oh = (x->h - k) / s + 1, ow = (x->w - k) / s + 1;
     ref_t y = ref_new(oc, oh, ow);
-#pragma omp parallel for schedule(dynamic)
+#pragma omp parallel for schedule(dynamic) if ((size_t)oc * oh * ow * x->c * k * k >= (1u << 20))
     for (int o = 0; o < oc; o++) {
         double *yo = y.v + (size_t)o * oh * ow;
         for (int i = 0; i < oh * ow; i++)

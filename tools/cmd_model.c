@@ -23,7 +23,7 @@ static const char init_help[] =
     "  --heads LIST            label heads, comma-separated (required),\n"
     "                          e.g. dapi_confocal,map2_confocal,nfh_confocal\n"
     "  -o, --output PATH       model file to write (required)\n"
-    "  --base-depth B          base depth (default 400, the paper's; 4..4096)\n"
+    "  --base-depth B          base depth (default 400, the paper's; 5..4096)\n"
     "  --num-z N               transmitted-light planes per input (default 13)\n"
     "  --seed S                seed of the random weights (default 0)\n"
     "  --normalization MODE    input normalization: none (default) or global\n"

@@ -2,8 +2,8 @@
 small models.
 
 Environment:
-  ISL_BUILD_DIR   meson build directory (default: /work/main/build); the binary is
-                  $ISL_BUILD_DIR/tools/isl
+  ISL_BUILD_DIR   meson build directory (default: <repository>/build, i.e. /work/main/build);
+                  the binary is $ISL_BUILD_DIR/tools/isl
   ISL_SHARED_DIR  shared data directory (default: ../shared relative to the repository root)
 """
 import os
@@ -18,7 +18,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _build_dir():
-    return pathlib.Path(os.environ.get("ISL_BUILD_DIR", "/work/main/build"))
+    return pathlib.Path(os.environ.get("ISL_BUILD_DIR", REPO_ROOT / "build"))
 
 
 @pytest.fixture(scope="session")
