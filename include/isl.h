@@ -320,8 +320,9 @@ ISL_API isl_status isl_trainer_model(const isl_trainer *trainer, isl_model **out
  *  group /optimizer with the Adam moments, the step count and the random generator. */
 ISL_API isl_status isl_trainer_save(const isl_trainer *trainer, const char *path);
 
-/** Resumes from a checkpoint: the next step gives the same results as if training had not
- *  stopped (same options and batches). options may be NULL (defaults). */
+/** Resumes from a checkpoint: the next step gives the same results, bit for bit, as if
+ *  training had not stopped (same options, batches and thread count). options may be
+ *  NULL (defaults); they are not stored in the checkpoint. */
 ISL_API isl_status isl_trainer_load(const char *path, const isl_train_options *options,
                                     isl_trainer **out);
 

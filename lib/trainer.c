@@ -57,6 +57,8 @@ struct isl_trainer {
     int *active;       /* [num_heads] heads computed by the current step */
     int64_t *counts;   /* [num_labels] known pixels */
     double *losses;    /* [num_labels + 3] */
+    const float **logits; /* [num_labels + 1]: the net's head outputs ... */
+    float **dlogits;      /* ... and where their gradients go */
 };
 
 /* ------------------------------------------------------------------------------------ */
@@ -277,6 +279,8 @@ void isl_trainer_free(isl_trainer *t)
     free(t->active);
     free(t->counts);
     free(t->losses);
+    free(t->logits);
+    free(t->dlogits);
     free(t);
 }
 
@@ -333,7 +337,9 @@ static isl_status trainer_from_params(isl_params *p, const isl_train_options *o,
         t->active = calloc((size_t)(P->num_heads + 1), sizeof(int));
         t->counts = calloc((size_t)(t->num_labels + 1), sizeof(int64_t));
         t->losses = calloc((size_t)(t->num_labels + 3), sizeof(double));
-        if (!t->active || !t->counts || !t->losses)
+        t->logits = calloc((size_t)(t->num_labels + 1), sizeof(*t->logits));
+        t->dlogits = calloc((size_t)(t->num_labels + 1), sizeof(*t->dlogits));
+        if (!t->active || !t->counts || !t->losses || !t->logits || !t->dlogits)
             s = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
     }
     if (s == ISL_OK && dnnl_engine_create(&t->engine, dnnl_cpu, 0) != dnnl_success)
@@ -397,9 +403,8 @@ static int threads_begin(const isl_trainer *t)
     return saved;
 }
 
-static isl_status check_batch(const isl_trainer *t, const isl_train_batch *b, int need_labels)
+static isl_status check_batch(const isl_trainer *t, const isl_train_batch *b)
 {
-    (void)need_labels;
     if (!b)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "training batch is NULL");
     if (b->batch_size < 1)
@@ -457,7 +462,7 @@ static void load_input(isl_trainer *t, const isl_train_batch *b)
 
 static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_out)
 {
-    ISL_CHECK(check_batch(t, b, 1));
+    ISL_CHECK(check_batch(t, b));
     ISL_CHECK(ensure_net(t, b));
     const int L = t->num_labels, H = t->params.num_heads;
     const double w = t->opts.label_weight;
@@ -471,13 +476,11 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
     load_input(t, b);
     ISL_CHECK(isl_train_net_forward(t->net, t->active, 1.0 - t->opts.bn_decay));
 
-    const float *logits[1025];
-    float *dlogits[1025];
-    for (int h = 0; h <= L; h++) {
-        logits[h] = h < H ? isl_train_net_logits(t->net, h) : NULL;
-        dlogits[h] = h < H ? isl_train_net_dlogits(t->net, h) : NULL;
+    for (int h = 0; h <= L; h++) { /* [L]: the autoencoder, NULL if the model has none */
+        t->logits[h] = h < H ? isl_train_net_logits(t->net, h) : NULL;
+        t->dlogits[h] = h < H ? isl_train_net_dlogits(t->net, h) : NULL;
     }
-    if (isl_loss_compute(&lb, logits, dlogits, t->counts, w, t->losses))
+    if (isl_loss_compute(&lb, t->logits, t->dlogits, t->counts, w, t->losses))
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory computing the loss");
     if (losses_out)
         for (int i = 0; i < L + 3; i++)
@@ -512,7 +515,7 @@ isl_status isl_train_step(isl_trainer *t, const isl_train_batch *b, float *losse
 
 static isl_status estimate(isl_trainer *t, const isl_train_batch *b, int index)
 {
-    ISL_CHECK(check_batch(t, b, 0));
+    ISL_CHECK(check_batch(t, b));
     ISL_CHECK(ensure_net(t, b));
     memset(t->active, 0, sizeof(int) * (size_t)t->params.num_heads);
     load_input(t, b);

@@ -2,6 +2,8 @@
  * double-precision reference (tests/ref_train.h), the loss, Adam, masking, and the public
  * training API (steps, checkpoints and resuming, batch-norm re-estimation). */
 #include "adam.h"
+#include "checkpoint_io.h"
+#include "error.h"
 #include "isl.h"
 #include "loss.h"
 #include "model.h"
@@ -11,6 +13,7 @@
 
 #include <check.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,12 +223,18 @@ static int g_projection(const isl_params *p, const char *s)
     (void)p;
     return has(s, "/projection/weight");
 }
-static int g_expand_in(const isl_params *p, const char *s) { return expand_of(p, s, ISL_MODULE_IN); }
+static int g_expand_in(const isl_params *p, const char *s)
+{
+    return expand_of(p, s, ISL_MODULE_IN);
+}
 static int g_expand_down(const isl_params *p, const char *s)
 {
     return expand_of(p, s, ISL_MODULE_DOWN);
 }
-static int g_expand_up(const isl_params *p, const char *s) { return expand_of(p, s, ISL_MODULE_UP); }
+static int g_expand_up(const isl_params *p, const char *s)
+{
+    return expand_of(p, s, ISL_MODULE_UP);
+}
 static int g_reduce(const isl_params *p, const char *s)
 {
     (void)p;
@@ -885,8 +894,192 @@ START_TEST(invalid_batches_and_options)
 }
 END_TEST
 
-int main(void)
+/* The parallel kernels against one thread: same logits and gradients (the custom kernels
+ * are bitwise equal by design; oneDNN may sum in another order). */
+START_TEST(threads_agree)
 {
+    isl_params p;
+    random_params(&p, 81);
+    batch *b = random_batch(82);
+    engine e[2] = {{0}, {0}};
+    arr_list *g[2];
+    const int saved = omp_get_max_threads();
+    for (int k = 0; k < 2; k++) {
+        omp_set_num_threads(k + 1);
+        engine_open(&e[k], &p, 1);
+        engine_run(&e[k], b, 1);
+        g[k] = arrays_of(&e[k].g);
+    }
+    omp_set_num_threads(saved);
+    double worst = 0;
+    for (int i = 0; i < g[0]->count; i++) {
+        if (!strcmp(g[0]->a[i].path, "/projection/bias"))
+            continue; /* 0 up to rounding (see g_projection) */
+        double scale = 0, diff = 0;
+        for (size_t j = 0; j < g[0]->a[i].count; j++) {
+            scale = fmax(scale, fabs(g[0]->a[i].data[j]));
+            diff = fmax(diff, fabs(g[0]->a[i].data[j] - g[1]->a[i].data[j]));
+        }
+        if (scale > 0)
+            worst = fmax(worst, diff / scale);
+        ck_assert_msg(diff <= 1e-4 * scale + 1e-12, "%s: %g vs scale %g", g[0]->a[i].path, diff,
+                      scale);
+    }
+    for (int h = 0; h < HEADS; h++)
+        for (size_t j = 0; j < (size_t)BATCH * p.heads[h].out_ch * OUT * OUT; j++)
+            ck_assert(fabsf(e[0].logits[h][j] - e[1].logits[h][j]) < 1e-5f);
+    ck_assert(fabs(e[0].losses[LABELS + 2] - e[1].losses[LABELS + 2]) < 1e-6);
+    printf("1 vs 2 threads: largest gradient difference %.1e of its array's largest value\n",
+           worst);
+    for (int k = 0; k < 2; k++) {
+        free(g[k]);
+        engine_close(&e[k]);
+    }
+    isl_params_free(&p);
+    free(b);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------------------ */
+/* Dump mode, for the PyTorch oracle (tests/python/test_train_oracle.py)                */
+/* ------------------------------------------------------------------------------------ */
+
+/* test_train --dump MODEL BATCH OUT: one training-mode forward and backward of MODEL on
+ * the batch in BATCH (group /batch: attributes batch, height, width; float32 datasets
+ * inputs, targets, masks), label weight 0.5, no update. OUT is a model file holding the
+ * gradients, plus /logits/<head>, /losses (as isl_train_step reports them) and
+ * /input_grad. */
+typedef struct dump_ctx {
+    const isl_params *p;
+    int B, H, W, oh, ow, L, nz;
+    float *inputs, *targets, *maskf, *logits[64], *losses, *input_grad;
+} dump_ctx;
+
+static isl_status read_dump_batch(void *user, isl_h5_file *f)
+{
+    dump_ctx *c = user;
+    uint64_t B, H, W;
+    ISL_CHECK(isl_h5_read_u64_attr(f, "/batch", "batch", &B));
+    ISL_CHECK(isl_h5_read_u64_attr(f, "/batch", "height", &H));
+    ISL_CHECK(isl_h5_read_u64_attr(f, "/batch", "width", &W));
+    c->B = (int)B;
+    c->H = (int)H;
+    c->W = (int)W;
+    c->oh = isl_arch_output_side(c->H);
+    c->ow = isl_arch_output_side(c->W);
+    if (c->oh < 0 || c->ow < 0 || B < 1 || B > 64)
+        return isl_fail(ISL_ERROR_SHAPE, "bad batch shape");
+    int64_t in[4] = {c->B, c->nz, c->H, c->W}, lab[4] = {c->B, c->L, c->oh, c->ow};
+    c->inputs = malloc(sizeof(float) * (size_t)(in[0] * in[1] * in[2] * in[3]));
+    c->targets = malloc(sizeof(float) * (size_t)(lab[0] * lab[1] * lab[2] * lab[3] + 1));
+    c->maskf = malloc(sizeof(float) * (size_t)(lab[0] * lab[1] * lab[2] * lab[3] + 1));
+    ISL_CHECK(isl_h5_read_floats(f, "/batch/inputs", 4, in, c->inputs));
+    ISL_CHECK(isl_h5_read_floats(f, "/batch/targets", 4, lab, c->targets));
+    return isl_h5_read_floats(f, "/batch/masks", 4, lab, c->maskf);
+}
+
+static isl_status write_dump(void *user, isl_h5_file *f)
+{
+    dump_ctx *c = user;
+    char path[128];
+    for (int h = 0; h < c->p->num_heads; h++) {
+        int64_t d[4] = {c->B, c->p->heads[h].out_ch, c->oh, c->ow};
+        snprintf(path, sizeof(path), "/logits/%s", c->p->heads[h].name);
+        ISL_CHECK(isl_h5_write_floats(f, path, 4, d, c->logits[h]));
+    }
+    int64_t nl[1] = {c->L + 3}, in[4] = {c->B, c->nz, c->H, c->W};
+    ISL_CHECK(isl_h5_write_floats(f, "/losses", 1, nl, c->losses));
+    return isl_h5_write_floats(f, "/input_grad", 4, in, c->input_grad);
+}
+
+static int dump(const char *model_path, const char *batch_path, const char *out_path)
+{
+    isl_model *m = NULL;
+    isl_params g = {0};
+    dnnl_engine_t eng = NULL;
+    isl_train_net *net = NULL;
+    uint8_t *masks = NULL;
+    dump_ctx c = {0};
+    float fl[67];
+    double losses[67];
+    int rc = 1;
+    if (isl_model_load(model_path, &m) != ISL_OK)
+        goto done;
+    isl_params *p = &m->params;
+    c.p = p;
+    c.nz = p->arch.num_z;
+    c.L = p->num_heads - 1;
+    if (c.L < 0 || c.L > 60 || strcmp(p->heads[c.L].name, ISL_AUTOENCODER_NAME)) {
+        isl_fail(ISL_ERROR_INVALID_ARGUMENT, "the model needs an autoencoder and <= 60 labels");
+        goto done;
+    }
+    if (isl_h5_read_extra(batch_path, read_dump_batch, &c) != ISL_OK)
+        goto done;
+    const char *names[64];
+    for (int h = 0; h < c.L; h++)
+        names[h] = p->heads[h].name;
+    if (isl_params_alloc(&g, p->arch.base_depth, c.nz, c.L, names, 1) ||
+        dnnl_engine_create(&eng, dnnl_cpu, 0) != dnnl_success ||
+        isl_train_net_create(p, &g, eng, c.B, c.H, c.W, 1, &net) != ISL_OK)
+        goto done;
+    size_t lab = (size_t)c.B * c.L * c.oh * c.ow;
+    masks = malloc(lab + 1);
+    for (size_t i = 0; i < lab; i++)
+        masks[i] = c.maskf[i] != 0;
+    isl_loss_batch lb = {c.B, c.L, c.nz, c.H, c.W, c.oh, c.ow, c.inputs, c.targets, masks};
+    int64_t counts[64];
+    int active[64];
+    isl_loss_label_counts(&lb, counts);
+    for (int h = 0; h < c.L; h++)
+        active[h] = counts[h] > 0;
+    active[c.L] = 1;
+    memcpy(isl_train_net_input(net), c.inputs, sizeof(float) * (size_t)c.B * c.nz * c.H * c.W);
+    if (isl_train_net_forward(net, active, 0) != ISL_OK)
+        goto done;
+    const float *lg[64];
+    float *dl[64];
+    for (int h = 0; h <= c.L; h++) {
+        lg[h] = isl_train_net_logits(net, h);
+        dl[h] = isl_train_net_dlogits(net, h);
+        size_t n = (size_t)c.B * p->heads[h].out_ch * c.oh * c.ow;
+        c.logits[h] = calloc(n, sizeof(float));
+        if (lg[h])
+            memcpy(c.logits[h], lg[h], sizeof(float) * n);
+    }
+    if (isl_loss_compute(&lb, lg, dl, counts, 0.5, losses) ||
+        isl_train_net_backward(net) != ISL_OK)
+        goto done;
+    for (int i = 0; i < c.L + 3; i++)
+        fl[i] = (float)losses[i];
+    c.losses = fl;
+    c.input_grad = (float *)isl_train_net_input_grad(net);
+    if (isl_model_write_h5_extra(out_path, &g, write_dump, &c) == ISL_OK)
+        rc = 0;
+done:
+    if (rc)
+        fprintf(stderr, "test_train --dump: %s\n", isl_last_error());
+    for (int h = 0; h < 64; h++)
+        free(c.logits[h]);
+    free(c.inputs);
+    free(c.targets);
+    free(c.maskf);
+    free(masks);
+    isl_train_net_free(net);
+    if (eng)
+        dnnl_engine_destroy(eng);
+    isl_params_free(&g);
+    isl_model_free(m);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    /* One thread unless told otherwise, as the Python tests: on a shared, busy machine
+     * OpenMP teams mostly wait for each other. threads_agree runs two. */
+    const char *threads = getenv("ISL_TEST_THREADS");
+    omp_set_num_threads(threads && atoi(threads) > 0 ? atoi(threads) : 1);
+    if (argc == 5 && !strcmp(argv[1], "--dump"))
+        return dump(argv[2], argv[3], argv[4]);
     Suite *s = suite_create("train");
     const struct {
         const char *name;
@@ -899,6 +1092,7 @@ int main(void)
                  {"absent_heads", absent_heads_are_not_updated},
                  {"batch_norm", batch_norm_statistics},
                  {"invalid", invalid_batches_and_options},
+                 {"threads", threads_agree},
                  {"gradients", gradients_match_finite_differences}};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         TCase *tc = tcase_create(cases[i].name);
