@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what isl needs, builds it, and runs the whole test suite: the C tests (Check)
-# and the Python tests (pytest) through meson. Then runs the quick tests again under
-# AddressSanitizer + UndefinedBehaviorSanitizer.
+# and the Python tests (pytest) through meson, checks the ABI against abi/, then runs the
+# quick tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
 #   ISL_TEST_SANITIZE=0 skips the sanitizer pass; ISL_LONG_TESTS=1 adds the long tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,16 @@ else
 fi
 ninja -C build
 meson test -C build --print-errorlogs --num-processes 1
+
+# ABI: exported symbols and abidiff against the committed baseline (abi/), which needs a
+# build with debug info.
+if [ ! -d build-abi ]; then
+  meson setup build-abi --buildtype=debugoptimized -Dtests=false -Dpython=disabled \
+    -Djava=disabled -Ddocs=disabled
+fi
+version=$(sed -n "s/^  version : '\([0-9.]*\)',/\1/p" meson.build)
+ninja -C build-abi "lib/libisl.so.$version"
+scripts/check-abi.sh build-abi
 
 if [ "${ISL_TEST_SANITIZE:-1}" = 1 ]; then
   if [ ! -d build-asan ]; then
