@@ -79,6 +79,8 @@ def test_every_header_function_is_bound(islpy):
         "isl_predict_image": "_predict_image",
         "isl_predict_image_rows": "_predict_image_rows",
         "isl_stats": "_stats",
+        "isl_train_step": "_train_step",
+        "isl_trainer_estimate_bn": "_trainer_estimate_bn",
     }
     missing = sorted(f for f in functions if f not in replaced and not hasattr(_capi, f))
     assert not missing, "functions of isl.h missing from the bindings: %s" % missing
@@ -558,6 +560,9 @@ def test_python_docs(small_model_file, small_stack_file, bindings_tmp):
     assert "cancelled:" in result.stdout
     assert "the input has 5 z planes but the model needs 13" in result.stdout
     assert (work / "new-model.h5").exists()
+    # "Training": the same calls as test_trainer_* above
+    assert "3 ['autoencoder', 'dapi_confocal', 'label', 'total']" in result.stdout
+    assert (work / "checkpoint.h5").exists()
 
 
 def java_compile(java_tools, sources, out_dir):
@@ -635,3 +640,106 @@ def test_abi_symbols():
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "exported symbols match" in result.stdout
+
+
+# ------------------------------------------------------------------------------------
+# Training (isl.Trainer): tiny models, one 250 crop, one thread
+
+
+def train_batch(heads=1, seed=0):
+    rng = np.random.default_rng(seed)
+    inputs = rng.random((1, 2, 250, 250), dtype=np.float32)
+    targets = rng.random((1, heads, 8, 8), dtype=np.float32)
+    return inputs, targets
+
+
+def tiny_model(islpy, heads=("dapi_confocal",)):
+    return islpy.Model.create(base_depth=8, num_z=2, heads=list(heads), seed=3)
+
+
+def test_trainer_loss_decreases(islpy):
+    inputs, targets = train_batch()
+    with tiny_model(islpy) as model, \
+            islpy.Trainer(model, learning_rate=1e-3, threads=THREADS) as trainer:
+        assert trainer.label_heads == ("dapi_confocal",) and trainer.num_z == 2
+        assert trainer.loss_names == ("dapi_confocal", "label", "autoencoder", "total")
+        losses = [trainer.step(inputs, targets) for _ in range(5)]
+        assert trainer.step_count == 5
+        assert set(losses[0]) == set(trainer.loss_names)
+        totals = [l["total"] for l in losses]
+        assert all(b < a for a, b in zip(totals, totals[1:])), totals
+        assert losses[-1]["dapi_confocal"] < losses[0]["dapi_confocal"]
+        assert losses[0]["label"] == pytest.approx(losses[0]["dapi_confocal"])
+        assert losses[0]["total"] == pytest.approx(
+            0.5 * losses[0]["label"] + 0.5 * losses[0]["autoencoder"], rel=1e-5)
+        snapshot = trainer.model()
+        assert isinstance(snapshot, islpy.Model) and snapshot.heads == model.heads
+        out = snapshot.predict_tile(inputs[0], threads=THREADS)
+        assert out["dapi_confocal"].shape == (256, 8, 8)
+        snapshot.close()
+        assert trainer.estimate_bn([inputs, inputs]) == 2
+    assert trainer.closed
+    with pytest.raises(islpy.ClosedModelError):
+        trainer.step(inputs, targets)
+
+
+def test_trainer_masked_head_is_not_updated(islpy, bindings_tmp):
+    import h5py
+
+    inputs, targets = train_batch(heads=2)
+    masks = np.ones(targets.shape, dtype=bool)
+    masks[:, 1] = False
+    with tiny_model(islpy, ("a", "b")) as model, islpy.Trainer(model, threads=THREADS) as t:
+        model.save(bindings_tmp / "masked-before.h5")
+        losses = t.step(inputs, targets, masks)
+        t.model().save(bindings_tmp / "masked-after.h5")
+    assert losses["b"] is None and losses["a"] is not None
+    assert losses["label"] == pytest.approx(losses["a"])
+    with h5py.File(bindings_tmp / "masked-before.h5", "r") as f0, \
+            h5py.File(bindings_tmp / "masked-after.h5", "r") as f1:
+        for name in ("weight", "bias", "bn/beta", "bn/gamma"):
+            np.testing.assert_array_equal(f0["heads/b/" + name][()], f1["heads/b/" + name][()])
+        assert not np.array_equal(f0["heads/a/weight"][()], f1["heads/a/weight"][()])
+
+
+def test_trainer_save_load_resumes(islpy, bindings_tmp):
+    inputs, targets = train_batch()
+    path = bindings_tmp / "checkpoint.h5"
+    with tiny_model(islpy) as model, islpy.Trainer(model, seed=7, threads=THREADS) as t:
+        t.step(inputs, targets)
+        t.save(path)
+        expected = [t.step(inputs, targets) for _ in range(2)]
+        expected_random = t.random()
+    with islpy.Trainer.load(path, seed=7, threads=THREADS) as resumed:
+        assert resumed.step_count == 1 and resumed.label_heads == ("dapi_confocal",)
+        assert [resumed.step(inputs, targets) for _ in range(2)] == expected
+        assert resumed.random() == expected_random
+    with islpy.Model.load(path) as m:  # a checkpoint is a model file
+        assert m.heads == ("dapi_confocal", "autoencoder")
+
+
+def test_trainer_bad_batches(islpy):
+    inputs, targets = train_batch()
+    with tiny_model(islpy) as model, islpy.Trainer(model, threads=THREADS) as t:
+        with pytest.raises(islpy.ShapeError, match="4 dimensions"):
+            t.step(inputs[0], targets)
+        with pytest.raises(islpy.ShapeError, match="3 z planes but the model needs 2"):
+            t.step(np.zeros((1, 3, 250, 250), np.float32), targets)
+        with pytest.raises(islpy.ShapeError, match="250 \\+ 16m"):
+            t.step(np.zeros((1, 2, 260, 260), np.float32), np.zeros((1, 1, 18, 18), np.float32))
+        with pytest.raises(islpy.ShapeError, match="targets must have shape \\(1, 1, 8, 8\\)"):
+            t.step(inputs, np.zeros((1, 2, 8, 8), np.float32))
+        with pytest.raises(islpy.ShapeError, match="masks must have shape"):
+            t.step(inputs, targets, np.ones((1, 1, 8, 9), bool))
+        with pytest.raises(islpy.InvalidArgumentError):
+            t.step(inputs, None, np.ones((1, 1, 8, 8), bool))
+        with pytest.raises(islpy.InvalidValueError, match="outside \\[0, 1\\]"):
+            t.step(inputs * 2, targets)
+        with pytest.raises(ValueError):  # ShapeError is a ValueError
+            t.step(inputs, targets[:, :, :4])
+        assert t.step_count == 0
+        assert t.step(inputs)["dapi_confocal"] is None  # autoencoder alone
+    with pytest.raises(islpy.InvalidArgumentError):
+        islpy.Trainer(tiny_model(islpy), label_weight=2.0)
+    with pytest.raises(islpy.IslIOError):
+        islpy.Trainer.load("/nonexistent/checkpoint.h5")

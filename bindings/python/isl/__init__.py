@@ -15,6 +15,8 @@ Example::
         out = model.predict(stack, stats=("median", "mean"))
     nuclei = out["dapi_confocal"]["median"]          # float32 (y, x) in [0, 1]
 
+:class:`Trainer` trains a model (Adam on the paper's per-pixel 256-bin loss).
+
 Errors of the C library raise subclasses of :class:`IslError` (one per status code).
 Long calls release the GIL, so several threads can predict with one model at a time.
 """
@@ -46,6 +48,7 @@ from ._errors import (
 
 __all__ = [
     "Model",
+    "Trainer",
     "stats",
     "version",
     "format_version",
@@ -528,3 +531,232 @@ class Model:
             finally:
                 _capi.isl_predict_options_free(options)
         return result
+
+
+def _train_options(learning_rate: float, label_weight: float, seed: int,
+                   bn_decay: Optional[float], rate_drop: Optional[Tuple[int, float]],
+                   adam: Optional[Tuple[float, float, float]], threads: int):
+    options = _capi.isl_train_options_create()
+    try:
+        _capi.isl_train_options_set_learning_rate(options, float(learning_rate))
+        _capi.isl_train_options_set_label_weight(options, float(label_weight))
+        _capi.isl_train_options_set_seed(options, int(seed))
+        if bn_decay is not None:
+            _capi.isl_train_options_set_bn_decay(options, float(bn_decay))
+        if rate_drop is not None:
+            step, rate = rate_drop
+            _capi.isl_train_options_set_rate_drop(options, int(step), float(rate))
+        if adam is not None:
+            beta1, beta2, epsilon = adam
+            _capi.isl_train_options_set_adam(options, float(beta1), float(beta2), float(epsilon))
+        if threads:
+            _capi.isl_train_options_set_threads(options, int(threads))
+    except BaseException:
+        _capi.isl_train_options_free(options)
+        raise
+    return options
+
+
+class Trainer:
+    """A model being trained: weights, batch-norm averages, Adam state, step count and a
+    random generator (see the "Training" section of include/isl.h and docs/training.md).
+
+    Create one from a :class:`Model` (its weights are copied) or resume a checkpoint with
+    :meth:`Trainer.load`. Release it with :meth:`close` or a ``with`` block. Calls on one
+    trainer are serialized (a lock); :meth:`step` releases the GIL while it runs.
+
+    Options (all keyword arguments of the constructor and :meth:`load`; not stored in
+    checkpoints):
+        learning_rate: Adam learning rate (1e-4).
+        label_weight: weight w of the loss ``w * label + (1 - w) * autoencoder`` (0.5);
+            1 trains without the autoencoder head (models without one need 1).
+        seed: seed of the trainer's random generator (:meth:`random`).
+        bn_decay: decay of the batch-norm moving averages (None: the library's 0.999).
+        rate_drop: ``(step, rate)``: from 1-based ``step`` on, use learning rate ``rate``.
+        adam: ``(beta1, beta2, epsilon)`` (None: 0.9, 0.999, 1e-8).
+        threads: threads of the training work (0 = all cores).
+    """
+
+    def __init__(self, model: Model, *, learning_rate: float = 1e-4, label_weight: float = 0.5,
+                 seed: int = 0, bn_decay: Optional[float] = None,
+                 rate_drop: Optional[Tuple[int, float]] = None,
+                 adam: Optional[Tuple[float, float, float]] = None, threads: int = 0,
+                 _ptr=None) -> None:
+        self._lock = threading.Lock()
+        self._ptr = None
+        options = _train_options(learning_rate, label_weight, seed, bn_decay, rate_drop, adam,
+                                 threads)
+        try:
+            if _ptr is None:
+                if not isinstance(model, Model):
+                    raise TypeError("model must be an isl.Model, not %s" % type(model).__name__)
+                with model._handle as mptr:
+                    ptr = _capi.isl_trainer_create(mptr, options)
+                heads, num_z = model.heads, model.num_z
+            else:  # load
+                ptr = _capi.isl_trainer_load(_ptr, options)
+                try:
+                    mptr = _capi.isl_trainer_model(ptr)
+                except BaseException:
+                    _capi.isl_trainer_free(ptr)
+                    raise
+                snapshot = Model(mptr, _TOKEN)
+                heads, num_z = snapshot.heads, snapshot.num_z
+                snapshot.close()
+        finally:
+            _capi.isl_train_options_free(options)
+        self._ptr = ptr
+        self._num_z: int = num_z
+        self._label_heads: Tuple[str, ...] = tuple(h for h in heads if h != AUTOENCODER)
+        assert _capi.isl_trainer_num_losses(ptr) == len(self._label_heads) + 3
+
+    @classmethod
+    def load(cls, path: PathLike, **options) -> "Trainer":
+        """Resumes from a checkpoint written by :meth:`save`: the next step gives the same
+        results, bit for bit, as if training had not stopped (given the same options,
+        batches and thread count). Takes the constructor's keyword options."""
+        return cls(None, _ptr=os.fsdecode(path), **options)  # type: ignore[arg-type]
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Releases the trainer. Idempotent."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:
+            return
+        with lock:
+            ptr, self._ptr = self._ptr, None
+        if ptr is not None:
+            _capi.isl_trainer_free(ptr)
+
+    @property
+    def closed(self) -> bool:
+        return self._ptr is None
+
+    def __enter__(self) -> "Trainer":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __getstate__(self):
+        raise TypeError("an isl.Trainer cannot be pickled; save() a checkpoint and load() it")
+
+    def __repr__(self) -> str:
+        return "<isl.Trainer heads=%r%s>" % (
+            self._label_heads, " closed" if self.closed else " step_count=%d" % self.step_count)
+
+    def _checked(self):
+        if self._ptr is None:
+            raise ClosedModelError("this isl.Trainer has been closed")
+        return self._ptr
+
+    # -- description ----------------------------------------------------------------------
+
+    @property
+    def label_heads(self) -> Tuple[str, ...]:
+        """Names of the label heads, in the order of the targets' second axis."""
+        return self._label_heads
+
+    @property
+    def num_z(self) -> int:
+        """Number of transmitted-light planes of the inputs."""
+        return self._num_z
+
+    @property
+    def loss_names(self) -> Tuple[str, ...]:
+        """Keys of the dicts returned by :meth:`step`, in the C order."""
+        return self._label_heads + ("label", AUTOENCODER, "total")
+
+    @property
+    def step_count(self) -> int:
+        """Steps taken so far (restored by :meth:`load`)."""
+        with self._lock:
+            return int(_capi.isl_trainer_step_count(self._checked()))
+
+    # -- training -------------------------------------------------------------------------
+
+    def _inputs(self, inputs: npt.ArrayLike) -> np.ndarray:
+        array = np.ascontiguousarray(inputs, dtype=np.float32)
+        if array.ndim != 4:
+            raise ShapeError("inputs must have 4 dimensions (batch, z, y, x), not shape %s"
+                             % (array.shape,))
+        return array
+
+    def step(self, inputs: npt.ArrayLike, targets: Optional[npt.ArrayLike] = None,
+             masks: Optional[npt.ArrayLike] = None) -> Dict[str, Optional[float]]:
+        """One optimization step (forward with batch statistics, loss, backward, Adam).
+
+        Args:
+            inputs: (B, num_z, h, w) floats in [0, 1]; h and w each 250 + 16 m.
+            targets: (B, L, h - 242, w - 242) floats in [0, 1] (the centers of the crops;
+                L = ``len(label_heads)``), or None to train the autoencoder alone.
+            masks: bool or uint8 array of the targets' shape, nonzero where the label is
+                known; None: every target pixel is known.
+
+        Returns:
+            ``{name: loss}`` for :attr:`loss_names`, computed before the update: each label
+            head's mean cross-entropy / ln 256 over its known pixels, "label" (the mean over
+            heads with known pixels), "autoencoder" and "total". A loss that was not computed
+            (no known pixel of a head; no autoencoder term) is None; a head without a known
+            pixel is not updated.
+
+        Raises:
+            ShapeError: shapes that do not fit each other or the model, or a crop side
+                that is not 250 + 16 m.
+            InvalidValueError: an input, or a known target, outside [0, 1] (or NaN).
+        """
+        array = self._inputs(inputs)
+        t = m = None
+        if targets is not None:
+            t = np.ascontiguousarray(targets, dtype=np.float32)
+        if masks is not None:
+            if targets is None:
+                raise InvalidArgumentError("masks were given without targets")
+            m = np.asarray(masks)
+            if m.dtype != np.bool_:
+                m = m != 0
+            m = np.ascontiguousarray(m)
+        with self._lock:
+            losses = _capi._train_step(self._checked(), self._num_z, array, t, m)
+        return {name: (None if np.isnan(v) else float(v))
+                for name, v in zip(self.loss_names, losses)}
+
+    def estimate_bn(self, batches: Iterable[npt.ArrayLike]) -> int:
+        """Re-estimates the batch-norm population statistics from batches of inputs (each
+        (B, num_z, h, w) in [0, 1]) instead of the moving averages; the weights are not
+        updated. Returns the number of batches used."""
+        count = 0
+        with self._lock:
+            ptr = self._checked()
+            for batch in batches:
+                _capi._trainer_estimate_bn(ptr, self._num_z, self._inputs(batch), count)
+                count += 1
+        if count == 0:
+            raise InvalidArgumentError("estimate_bn needs at least one batch")
+        return count
+
+    def random(self) -> int:
+        """The next 64-bit value of the trainer's random generator (saved in checkpoints):
+        for choosing crops so that a resumed run draws the same ones."""
+        with self._lock:
+            return int(_capi.isl_trainer_random(self._checked()))
+
+    # -- results --------------------------------------------------------------------------
+
+    def model(self) -> Model:
+        """A snapshot of the current weights and batch-norm statistics as a new :class:`Model`."""
+        with self._lock:
+            return Model(_capi.isl_trainer_model(self._checked()), _TOKEN)
+
+    def save(self, path: PathLike) -> None:
+        """Writes a checkpoint atomically: a model file (loadable by :meth:`Model.load`)
+        plus the Adam moments, the step count and the random generator."""
+        with self._lock:
+            _capi.isl_trainer_save(self._checked(), os.fsdecode(path))
