@@ -1,36 +1,9 @@
 #include "kernels.h"
+#include "fast_math.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-
-/* Vectorizable expf for x in [-88, 88] (Cephes-style: 2^n * p(r), r = x - n ln 2;
- * relative error ~2 ulp). Written branch-free so the compiler keeps it in SIMD lanes. */
-static inline float exp_approx(float x)
-{
-    x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
-    float n = __builtin_rintf(x * 1.44269504088896341f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
-}
-
-/* tanh(y) = sign(y) (1 - 2 / (exp(2|y|) + 1)): no overflow, absolute error ~1e-7. */
-static inline float tanh_approx(float y)
-{
-    float a = fabsf(y);
-    float t = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
-    return copysignf(t, y);
-}
 
 /* One 16-channel block over `pixels` pixels: the inner loop is 16 SIMD lanes. */
 __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -42,7 +15,7 @@ static void bnact_block(const float *x, const float *scale, const float *shift, 
         for (int c = 0; c < 16; c++) {
             float y = scale[c] * x[p * 16 + c] + shift[c];
             relu_out[p * 16 + c] = y > 0.0f ? y : 0.0f;
-            tanh_out[p * 16 + c] = tanh_approx(y);
+            tanh_out[p * 16 + c] = isl_tanh_approx(y);
         }
     }
 }
@@ -64,7 +37,7 @@ static void bnact_block_bf16(const float *x, const float *scale, const float *sh
         for (int c = 0; c < 16; c++) {
             float y = scale[c] * x[p * 16 + c] + shift[c];
             relu_out[p * 16 + c] = to_bf16(y > 0.0f ? y : 0.0f);
-            tanh_out[p * 16 + c] = to_bf16(tanh_approx(y));
+            tanh_out[p * 16 + c] = to_bf16(isl_tanh_approx(y));
         }
     }
 }
@@ -106,5 +79,5 @@ void isl_kernel_bnact(const float *x, const float *scale, const float *shift, in
 void isl_kernel_tanh(const float *x, size_t n, float *out)
 {
     for (size_t i = 0; i < n; i++)
-        out[i] = tanh_approx(x[i]);
+        out[i] = isl_tanh_approx(x[i]);
 }

@@ -1,5 +1,6 @@
 #include "plan.h"
 
+#include "dnnl_md.h"
 #include "error.h"
 #include "kernels.h"
 
@@ -97,26 +98,7 @@ static isl_status dnnl_fail(dnnl_status_t s, const char *what)
 
 static dnnl_memory_desc_t md_blocked(int c, int h, int w)
 {
-    dnnl_memory_desc_t md;
-    dnnl_dims_t dims = {1, c, h, w};
-    dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, dnnl_nChw16c);
-    return md;
-}
-
-static dnnl_memory_desc_t md_plain4(int a, int b, int c, int d, dnnl_format_tag_t tag)
-{
-    dnnl_memory_desc_t md;
-    dnnl_dims_t dims = {a, b, c, d};
-    dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, tag);
-    return md;
-}
-
-static dnnl_memory_desc_t md_vec(int n)
-{
-    dnnl_memory_desc_t md;
-    dnnl_dims_t dims = {n};
-    dnnl_memory_desc_init_by_tag(&md, 1, dims, dnnl_f32, dnnl_x);
-    return md;
+    return isl_md4(1, c, h, w, dnnl_nChw16c);
 }
 
 static size_t tensor_bytes(int c, int h, int w) { return (size_t)c * h * w * sizeof(float); }
@@ -314,7 +296,7 @@ static isl_status persistent_memory(builder *b, const dnnl_memory_desc_t *md,
 
 static isl_status vec_memory(builder *b, const float *data, int n, dnnl_memory_t *out)
 {
-    dnnl_memory_desc_t md = md_vec(n);
+    dnnl_memory_desc_t md = isl_md_vec(n);
     return persistent_memory(b, &md, &md, data, out);
 }
 
@@ -386,7 +368,7 @@ static isl_status add_conv(builder *b, conv_kind kind, tref src, tref dst, int k
     if (b->estimate_only)
         return ISL_OK;
     dnnl_memory_desc_t smd = tref_md(src), dmd = tref_md(dst);
-    dnnl_memory_desc_t wmd, bmd = md_vec(dst.c);
+    dnnl_memory_desc_t wmd, bmd = isl_md_vec(dst.c);
     dnnl_dims_t wdims = {dst.c, src.c, k, k};
     dnnl_dims_t strides = {stride, stride}, pad = {0, 0};
     /* bf16 plans: bf16 activations and weights in, f32 out (AVX512-BF16 / AMX). */
@@ -410,7 +392,7 @@ static isl_status add_conv(builder *b, conv_kind kind, tref src, tref dst, int k
     }
     ISL_CHECK(push_step(b, &st));
     dnnl_memory_t wmem = NULL, bmem = NULL;
-    dnnl_memory_desc_t user_w = md_plain4(dst.c, src.c, k, k, dnnl_oihw);
+    dnnl_memory_desc_t user_w = isl_md4(dst.c, src.c, k, k, dnnl_oihw);
     isl_status s = persistent_memory(b, dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0),
                                      &user_w, weights, &wmem);
     if (s == ISL_OK && bias)
@@ -576,9 +558,9 @@ static isl_status build_trunk(builder *b, const isl_params *p, const isl_layout 
         need(b, proj);
         b->macs += (double)ISL_PROJECTION_DEPTH * a->num_z * H * W;
         if (!b->estimate_only) {
-            dnnl_memory_desc_t smd = md_plain4(1, a->num_z, H, W, dnnl_nchw);
-            dnnl_memory_desc_t dmd = md_blocked(proj.c, H, W), wmd, bmd = md_vec(proj.c);
-            dnnl_memory_desc_t user_w = md_plain4(proj.c, a->num_z, 1, 1, dnnl_oihw);
+            dnnl_memory_desc_t smd = isl_md4(1, a->num_z, H, W, dnnl_nchw);
+            dnnl_memory_desc_t dmd = md_blocked(proj.c, H, W), wmd, bmd = isl_md_vec(proj.c);
+            dnnl_memory_desc_t user_w = isl_md4(proj.c, a->num_z, 1, 1, dnnl_oihw);
             dnnl_dims_t wdims = {proj.c, a->num_z, 1, 1}, one = {1, 1}, zero = {0, 0};
             dnnl_convolution_desc_t d;
             dnnl_primitive_desc_t pd;
@@ -699,7 +681,7 @@ static isl_status build_head(builder *b, const isl_layout *l, int h, int out_ch)
         st->probabilities_only = 1;
     }
     /* Channel-major [out_ch, h, w] into the caller's memory. */
-    dnnl_memory_desc_t plain = md_plain4(1, out_ch, trunk.h, trunk.w, dnnl_nchw);
+    dnnl_memory_desc_t plain = isl_md4(1, out_ch, trunk.h, trunk.w, dnnl_nchw);
     ISL_CHECK(push_step(b, &st));
     dnnl_primitive_attr_t attr = user_scratchpad_attr(0, dnnl_alg_kind_undef);
     if (!attr)

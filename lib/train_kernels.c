@@ -1,4 +1,5 @@
 #include "train_kernels.h"
+#include "fast_math.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -52,33 +53,6 @@ static inline void store16(isl_tt *t, int i, size_t p, int g, int cnt, const flo
     memcpy(at(t, i, (size_t)g / 16, p) + o, v, sizeof(float) * (size_t)k1);
     if (cnt > k1)
         memcpy(at(t, i, (size_t)g / 16 + 1, p), v + k1, sizeof(float) * (size_t)(cnt - k1));
-}
-
-/* Vectorizable tanh, as lib/kernels.c uses at inference (the two must agree so that a
- * trained model predicts what it was trained to): 2^n p(r) exp, relative error ~2 ulp. */
-static inline float exp_approx(float x)
-{
-    x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
-    float n = __builtin_rintf(x * 1.44269504088896341f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof(scale));
-    return p * scale;
-}
-
-static inline float tanh_approx(float y)
-{
-    float a = fabsf(y);
-    float t = 1.0f - 2.0f / (exp_approx(2.0f * a) + 1.0f);
-    return copysignf(t, y);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -244,7 +218,7 @@ CLONES static void bnact_run(const float *x, size_t np, const float *sc, const f
         for (int l = 0; l < 16; l++) {
             float y = sc[l] * x[16 * j + l] + sh[l];
             r[16 * j + l] = y > 0.0f ? y : 0.0f;
-            th[16 * j + l] = tanh_approx(y);
+            th[16 * j + l] = isl_tanh_approx(y);
         }
     }
 }

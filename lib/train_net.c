@@ -1,4 +1,5 @@
 #include "train_net.h"
+#include "dnnl_md.h"
 
 #include "error.h"
 #include "layout.h" /* ISL_BN_EPSILON */
@@ -181,22 +182,6 @@ static dnnl_memory_desc_t md_tt(const isl_tt *t)
     return md;
 }
 
-static dnnl_memory_desc_t md_tag(int a, int b, int c, int d, dnnl_format_tag_t tag)
-{
-    dnnl_memory_desc_t md;
-    dnnl_dims_t dims = {a, b, c, d};
-    dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, tag);
-    return md;
-}
-
-static dnnl_memory_desc_t md_vec(int n)
-{
-    dnnl_memory_desc_t md;
-    dnnl_dims_t dims = {n};
-    dnnl_memory_desc_init_by_tag(&md, 1, dims, dnnl_f32, dnnl_x);
-    return md;
-}
-
 static dnnl_primitive_attr_t make_attr(int with_sum)
 {
     dnnl_primitive_attr_t attr = NULL;
@@ -308,7 +293,7 @@ typedef struct conv_spec {
 static isl_status conv_desc(const conv_spec *s, int pass, void *desc)
 {
     const int ocp = pad16(s->oc), icp = pad16(s->ic);
-    dnnl_memory_desc_t w_any, b_md = md_vec(ocp);
+    dnnl_memory_desc_t w_any, b_md = isl_md_vec(ocp);
     dnnl_dims_t wd = {ocp, icp, s->k, s->k}, strides = {s->stride, s->stride}, pad = {0, 0};
     dnnl_memory_desc_init_by_tag(&w_any, 4, wd, dnnl_f32, dnnl_format_tag_any);
     const dnnl_memory_desc_t *b = s->b ? &b_md : NULL;
@@ -358,8 +343,8 @@ static isl_status build_conv(isl_train_net *n, const conv_spec *s, conv *cv)
     cv->iohw = s->w_tag == dnnl_iohw;
     cv->w = s->w;
     cv->dw_out = s->dw;
-    dnnl_memory_desc_t user = md_tag(cv->ocp, cv->icp, s->k, s->k, s->w_tag);
-    dnnl_memory_desc_t b_md = md_vec(cv->ocp);
+    dnnl_memory_desc_t user = isl_md4(cv->ocp, cv->icp, s->k, s->k, s->w_tag);
+    dnnl_memory_desc_t b_md = isl_md_vec(cv->ocp);
     if (s->b && cv->ocp != s->oc)
         return isl_fail(ISL_ERROR_INTERNAL, "%s: a bias needs 16k outputs", s->what);
     if (cv->ocp != cv->oc || cv->icp != cv->ic) {
@@ -721,8 +706,8 @@ static isl_status build_projection(isl_train_net *n)
         .b = n->p->projection_bias, .db = n->g->projection_bias, .what = "projection"};
     ISL_CHECK(build_conv(n, &s, &n->proj_cv));
     /* Plain <-> blocked with nz channels: the same bytes as md_tt's padded view. */
-    dnnl_memory_desc_t plain = md_tag(B, nz, n->in_h, n->in_w, dnnl_nchw);
-    dnnl_memory_desc_t blk = md_tag(B, nz, n->in_h, n->in_w, dnnl_nChw16c);
+    dnnl_memory_desc_t plain = isl_md4(B, nz, n->in_h, n->in_w, dnnl_nchw);
+    dnnl_memory_desc_t blk = isl_md4(B, nz, n->in_h, n->in_w, dnnl_nChw16c);
     ISL_CHECK(make_reorder(n, &plain, &blk, &n->in_reorder));
     ISL_CHECK(make_mem(n, &plain, n->input, &n->m_in));
     ISL_CHECK(make_mem(n, &blk, n->in_blk.v, &n->m_in_blk));
@@ -747,7 +732,7 @@ static isl_status build_head(isl_train_net *n, int h)
         .b = n->p->heads[h].bias, .db = n->g->heads[h].bias, .what = what};
     ISL_CHECK(build_conv(n, &s, &hd->cv));
     dnnl_memory_desc_t blk = md_tt(&hd->logits);
-    dnnl_memory_desc_t plain = md_tag(n->batch, hd->out_ch, n->out_h, n->out_w, dnnl_nchw);
+    dnnl_memory_desc_t plain = isl_md4(n->batch, hd->out_ch, n->out_h, n->out_w, dnnl_nchw);
     ISL_CHECK(make_reorder(n, &blk, &plain, &hd->to_plain));
     ISL_CHECK(make_reorder(n, &plain, &blk, &hd->from_plain));
     ISL_CHECK(make_mem(n, &blk, hd->logits.v, &hd->m_blk));

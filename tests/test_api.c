@@ -1,6 +1,7 @@
 /* The public API: statistics, model creation and round trips, concurrency, and every
  * bad input getting its status and message (never a crash). */
 #include "isl.h"
+#include "kernels.h"
 #include "test_util.h"
 
 #include <check.h>
@@ -78,6 +79,27 @@ START_TEST(stats_with_stride_and_many_pixels)
     ck_assert_int_eq(isl_stats(l, 1, N, N, ISL_STAT_MEAN, out), ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_int_eq(isl_stats(l, K, N, N, (isl_stat)99, out), ISL_ERROR_INVALID_ARGUMENT);
     free(l);
+}
+END_TEST
+
+START_TEST(fast_tanh_tracks_libm)
+{
+    /* The fused BNAct kernels use their own vectorizable tanh: it must agree with libm's
+     * over the whole range (saturation included) to float rounding. */
+    enum { N = 40001 };
+    float *x = malloc(sizeof(float) * N), *y = malloc(sizeof(float) * N);
+    for (int i = 0; i < N; i++)
+        x[i] = -100.0f + 200.0f * i / (N - 1) * (i % 2 ? 1.0f : 0.05f);
+    isl_kernel_tanh(x, N, y);
+    double max_err = 0;
+    for (int i = 0; i < N; i++)
+        max_err = fmax(max_err, fabs(y[i] - tanh((double)x[i])));
+    ck_assert_msg(max_err < 3e-7, "max error %g", max_err);
+    float tiny = 1e-6f, out;
+    isl_kernel_tanh(&tiny, 1, &out);
+    ck_assert_float_eq_tol(out, 1e-6f, 1e-7f);
+    free(x);
+    free(y);
 }
 END_TEST
 
@@ -367,6 +389,7 @@ int main(void)
         {"stats", stats_of_a_hand_made_distribution},
         {"stats_stride", stats_with_stride_and_many_pixels},
         {"names", stat_names_round_trip},
+        {"fast_tanh", fast_tanh_tracks_libm},
         {"parameter_count", parameter_count_of_the_paper_network},
         {"round_trip", save_load_round_trip_predicts_identically},
         {"seeds", seeds_decide_the_weights},
