@@ -414,8 +414,8 @@ class Model:
                 without copying; other layouts, byte orders and float16/float64 are converted.
             stats: statistic name(s) among :data:`STATS`.
             heads: head name(s) or indices; default: all label heads (not the autoencoder).
-            tile: input side of the tiles, 250 + 16 m; 0 chooses the largest that fits
-                ``memory_limit``.
+            tile: input side of the tiles, 266 + 16 m; 0 chooses the tile shape that
+                needs the least arithmetic within ``memory_limit``.
             threads: threads used by this prediction (0 = all cores).
             memory_limit: bound on the working memory in bytes (default 1.5 GiB).
             progress: ``progress(done, total)`` is called after each tile (with the GIL);
