@@ -381,11 +381,7 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("api");
-    const struct {
-        const char *name;
-        const TTest *test;
-    } cases[] = {
+    const test_case cases[] = {
         {"stats", stats_of_a_hand_made_distribution},
         {"stats_stride", stats_with_stride_and_many_pixels},
         {"names", stat_names_round_trip},
@@ -398,15 +394,5 @@ int main(void)
         {"progress", progress_reports_and_cancels},
         {"concurrency", concurrent_predictions_on_one_model},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        TCase *tc = tcase_create(cases[i].name);
-        tcase_set_timeout(tc, 300);
-        tcase_add_test(tc, cases[i].test);
-        suite_add_tcase(s, tc);
-    }
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return test_run_cases("api", cases, sizeof(cases) / sizeof(cases[0]), 300);
 }

@@ -334,23 +334,9 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("network");
-    const struct {
-        const char *name;
-        const TTest *test;
-    } cases[] = {{"reference", engine_matches_reference_network},
+    const test_case cases[] = {{"reference", engine_matches_reference_network},
                  {"tiling", tiled_prediction_equals_single_pass},
                  {"alignment", aligned_patches_equal_the_large_pass},
                  {"golden", golden_vectors}};
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        TCase *tc = tcase_create(cases[i].name);
-        tcase_set_timeout(tc, 600);
-        tcase_add_test(tc, cases[i].test);
-        suite_add_tcase(s, tc);
-    }
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return test_run_cases("network", cases, sizeof(cases) / sizeof(cases[0]), 600);
 }

@@ -1080,11 +1080,7 @@ int main(int argc, char **argv)
     omp_set_num_threads(threads && atoi(threads) > 0 ? atoi(threads) : 1);
     if (argc == 5 && !strcmp(argv[1], "--dump"))
         return dump(argv[2], argv[3], argv[4]);
-    Suite *s = suite_create("train");
-    const struct {
-        const char *name;
-        const TTest *test;
-    } cases[] = {{"loss", loss_values_and_gradient},
+    const test_case cases[] = {{"loss", loss_values_and_gradient},
                  {"adam", adam_matches_the_formula},
                  {"masks", masked_labels_get_no_gradient},
                  {"decrease", loss_decreases_on_a_fixed_batch},
@@ -1094,15 +1090,5 @@ int main(int argc, char **argv)
                  {"invalid", invalid_batches_and_options},
                  {"threads", threads_agree},
                  {"gradients", gradients_match_finite_differences}};
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-        TCase *tc = tcase_create(cases[i].name);
-        tcase_set_timeout(tc, 600);
-        tcase_add_test(tc, cases[i].test);
-        suite_add_tcase(s, tc);
-    }
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    return test_run_cases("train", cases, sizeof(cases) / sizeof(cases[0]), 600);
 }

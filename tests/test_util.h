@@ -4,8 +4,10 @@
 
 #include "params.h"
 
+#include <check.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* Uniform in (0, 1) from a splitmix64 state: reproducible everywhere. */
 static inline double test_uniform(uint64_t *state)
@@ -57,6 +59,28 @@ static inline void test_randomize_bn(isl_params *p, uint64_t seed)
     }
     for (int c = 0; c < ISL_PROJECTION_DEPTH; c++)
         p->projection_bias[c] = (float)(test_uniform(&s) - 0.5);
+}
+
+/* One Check test case per test, so CK_RUN_CASE=name runs one; returns main's status. */
+typedef struct test_case {
+    const char *name;
+    const TTest *test;
+} test_case;
+
+static inline int test_run_cases(const char *suite, const test_case *cases, size_t n, int timeout)
+{
+    Suite *s = suite_create(suite);
+    for (size_t i = 0; i < n; i++) {
+        TCase *tc = tcase_create(cases[i].name);
+        tcase_set_timeout(tc, timeout);
+        tcase_add_test(tc, cases[i].test);
+        suite_add_tcase(s, tc);
+    }
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
 
 #endif
