@@ -10,7 +10,14 @@ base=${2:-400}
 threads=${3:-2}
 ninja -C build bench/bench_predict >/dev/null
 
-run() { echo "+ $*" >&2; "$@" | tee /dev/stderr | grep -E '^(isl|torch)_bench' | tail -1; }
+# Shows a run's output on stderr and returns its last figures line.
+run() {
+  echo "+ $*" >&2
+  local out
+  out=$("$@")
+  echo "$out" >&2
+  grep -E '^(isl|torch)_bench' <<<"$out" | tail -1
+}
 
 isl_fp32=$(run build/bench/bench_predict --base "$base" --size "$size" --threads "$threads" --repeat 2)
 torch=$(run /usr/bin/python3 tests/oracle/isl_torch.py bench --base "$base" --size "$size" --threads "$threads")
