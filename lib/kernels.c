@@ -42,25 +42,10 @@ static void bnact_block_bf16(const float *x, const float *scale, const float *sh
     }
 }
 
-void isl_kernel_bnact_bf16(const float *x, const float *scale, const float *shift, int channels,
-                           size_t pixels, uint16_t *relu_out, uint16_t *tanh_out)
-{
-    const int blocks = channels / 16;
-    const size_t chunk = 4096;
-    const size_t chunks = (pixels + chunk - 1) / chunk;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < blocks; b++) {
-        for (size_t k = 0; k < chunks; k++) {
-            size_t p0 = k * chunk, n = pixels - p0 < chunk ? pixels - p0 : chunk;
-            size_t off = ((size_t)b * pixels + p0) * 16;
-            bnact_block_bf16(x + off, scale + 16 * b, shift + 16 * b, n, relu_out + off,
-                             tanh_out + off);
-        }
-    }
-}
-
-void isl_kernel_bnact(const float *x, const float *scale, const float *shift, int channels,
-                      size_t pixels, float *relu_out, float *tanh_out)
+/* Runs BNAct over 16-channel blocks x pixel chunks in parallel; the outputs are float
+ * (bf16 = 0) or bfloat16 (bf16 = 1), at the same element offsets. */
+static void bnact(const float *x, const float *scale, const float *shift, int channels,
+                  size_t pixels, void *relu_out, void *tanh_out, int bf16)
 {
     const int blocks = channels / 16;
     const size_t chunk = 4096; /* pixels per task: 256 KB of input, cache-sized */
@@ -70,10 +55,26 @@ void isl_kernel_bnact(const float *x, const float *scale, const float *shift, in
         for (size_t k = 0; k < chunks; k++) {
             size_t p0 = k * chunk, n = pixels - p0 < chunk ? pixels - p0 : chunk;
             size_t off = ((size_t)b * pixels + p0) * 16;
-            bnact_block(x + off, scale + 16 * b, shift + 16 * b, n, relu_out + off,
-                        tanh_out + off);
+            if (bf16)
+                bnact_block_bf16(x + off, scale + 16 * b, shift + 16 * b, n,
+                                 (uint16_t *)relu_out + off, (uint16_t *)tanh_out + off);
+            else
+                bnact_block(x + off, scale + 16 * b, shift + 16 * b, n, (float *)relu_out + off,
+                            (float *)tanh_out + off);
         }
     }
+}
+
+void isl_kernel_bnact_bf16(const float *x, const float *scale, const float *shift, int channels,
+                           size_t pixels, uint16_t *relu_out, uint16_t *tanh_out)
+{
+    bnact(x, scale, shift, channels, pixels, relu_out, tanh_out, 1);
+}
+
+void isl_kernel_bnact(const float *x, const float *scale, const float *shift, int channels,
+                      size_t pixels, float *relu_out, float *tanh_out)
+{
+    bnact(x, scale, shift, channels, pixels, relu_out, tanh_out, 0);
 }
 
 void isl_kernel_tanh(const float *x, size_t n, float *out)

@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import numpy.typing as npt
 
-from . import _capi
+from . import _capi, _errors
 from ._errors import (
     BackendError,
     CancelledError,
@@ -55,19 +55,7 @@ __all__ = [
     "STATS",
     "AUTOENCODER",
     "TILE_CONTEXT",
-    "Status",
-    "IslError",
-    "InvalidArgumentError",
-    "OutOfMemoryError",
-    "IslIOError",
-    "FormatError",
-    "ShapeError",
-    "InvalidValueError",
-    "UnsupportedError",
-    "CancelledError",
-    "BackendError",
-    "InternalError",
-    "ClosedModelError",
+    *_errors.__all__,
 ]
 
 #: Version of the C library, "major.minor.patch".
