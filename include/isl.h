@@ -121,6 +121,18 @@ ISL_API const char *isl_model_input_normalization(const isl_model *model);
 /** Model file format version this library writes (and the newest it reads). */
 ISL_API int isl_model_format_version(void);
 
+/** Transfer learning (the paper's condition E, Figure S5): a copy of `model` with `count`
+ *  new label heads appended after its label heads (before the autoencoder), with random
+ *  initial weights drawn from `seed` as isl_model_create draws head weights. The trunk and the
+ *  existing heads are copied unchanged (they predict exactly as before). A new head's
+ *  batch norm starts at gamma 1, beta 0 with the population statistics of the model's
+ *  first head (every head normalizes the same trunk output). Names follow
+ *  isl_model_create's rules and must be new and distinct ("autoencoder" is reserved);
+ *  count >= 1. See docs/training.md, "Transfer learning". */
+ISL_API isl_status isl_model_add_heads(const isl_model *model, int count,
+                                       const char *const *names, uint64_t seed,
+                                       isl_model **out);
+
 /* ---------------------------------------------------------------------------------- */
 /* Prediction options                                                                  */
 /* ---------------------------------------------------------------------------------- */
@@ -261,6 +273,14 @@ ISL_API isl_status isl_train_options_set_bn_decay(isl_train_options *o, double d
 ISL_API isl_status isl_train_options_set_threads(isl_train_options *o, int threads);
 /** Seed of the trainer's random generator (isl_trainer_random; default 0). */
 ISL_API isl_status isl_train_options_set_seed(isl_train_options *o, uint64_t seed);
+/** Freezes the trunk (every layer before the heads, batch-norm statistics included) so
+ *  that only the heads learn: for adding a label head to a trained model with little
+ *  data (isl_model_add_heads). Default 0: everything trains. When frozen, every batch
+ *  norm (trunk and heads) uses its stored population statistics, as prediction does,
+ *  and no statistic is updated; the heads' weights, biases and batch-norm gamma/beta
+ *  train as usual; the trunk's Adam moments are left as they are; and
+ *  isl_trainer_estimate_bn changes nothing. Steps cost about a third of full ones. */
+ISL_API isl_status isl_train_options_set_freeze_trunk(isl_train_options *o, int freeze);
 
 /** One batch of training crops, plain arrays (row-major, batch outermost). Crops are
  *  height x width, each side 250 + 16m; outputs are (height - 242) x (width - 242),
@@ -308,7 +328,9 @@ ISL_API int64_t isl_trainer_step_count(const isl_trainer *trainer);
 /** Re-estimates the batch-norm population statistics from training crops instead of the
  *  moving averages: a forward pass per batch, no update of the weights. Call it with
  *  index 0, 1, ..., K - 1 on K batches; afterwards every statistic is the mean of the K
- *  batches' statistics (variances unbiased). */
+ *  batches' statistics (variances unbiased). With a frozen trunk
+ *  (isl_train_options_set_freeze_trunk) it only checks the batch: the statistics are
+ *  frozen too. */
 ISL_API isl_status isl_trainer_estimate_bn(isl_trainer *trainer, const isl_train_batch *batch,
                                            int index);
 
@@ -330,6 +352,93 @@ ISL_API isl_status isl_trainer_load(const char *path, const isl_train_options *o
  *  options, saved in checkpoints): for choosing crops so that a resumed run draws the
  *  same ones. */
 ISL_API uint64_t isl_trainer_random(isl_trainer *trainer);
+
+/* ---------------------------------------------------------------------------------- */
+/* Datasets                                                                            */
+/* ---------------------------------------------------------------------------------- */
+
+/* A dataset holds training data: one or more wells, each a transmitted-light z-stack
+ * and any subset of labels (fluorescence images, each with a per-pixel mask of where it
+ * is known; a label may cover only part of the field). Files are HDF5, layout in
+ * docs/training.md. A dataset is immutable once loaded; any number of threads may read
+ * it and draw from samplers on it concurrently. */
+typedef struct isl_dataset isl_dataset;
+
+/** An empty dataset of stacks with num_z planes, to be filled with isl_dataset_add_well
+ *  and isl_dataset_add_target and written with isl_dataset_save. */
+ISL_API isl_status isl_dataset_create(int num_z, isl_dataset **out);
+/** Reads and validates a dataset file; the first problem is reported with its path. */
+ISL_API isl_status isl_dataset_load(const char *path, isl_dataset **out);
+/** Writes the dataset atomically (temporary file, then rename). */
+ISL_API isl_status isl_dataset_save(const isl_dataset *dataset, const char *path);
+ISL_API void isl_dataset_free(isl_dataset *dataset);
+
+/** Adds a well: its stack (num_z planes; integers scaled to [0, 1] as for prediction,
+ *  values must lie in [0, 1]), a unique name, a condition (may be NULL) and the pixel
+ *  size in micrometres (0 if unknown). *index_out (may be NULL) receives its index. */
+ISL_API isl_status isl_dataset_add_well(isl_dataset *dataset, const char *name,
+                                        const char *condition, double pixel_size_um,
+                                        const isl_stack *stack, int *index_out);
+/** Adds label `label` (e.g. "dapi_confocal") to well `well`: a single-plane image
+ *  (values in [0, 1] after scaling) whose top-left pixel lies at (x0, y0) of the well; it
+ *  must fit inside the well. Pixels outside it, and pixels where mask (same size; may be
+ *  NULL) is zero, are unknown. A well has each label at most once. */
+ISL_API isl_status isl_dataset_add_target(isl_dataset *dataset, int well, const char *label,
+                                          int x0, int y0, const isl_stack *image,
+                                          const uint8_t *mask);
+
+ISL_API int isl_dataset_num_z(const isl_dataset *dataset);
+ISL_API int isl_dataset_num_wells(const isl_dataset *dataset);
+/** Name, condition ("" if none), pixel size of a well; NULL / -1 if the index is invalid. */
+ISL_API const char *isl_dataset_well_name(const isl_dataset *dataset, int well);
+ISL_API const char *isl_dataset_well_condition(const isl_dataset *dataset, int well);
+ISL_API double isl_dataset_well_pixel_size(const isl_dataset *dataset, int well);
+/** Height and width of a well, or ISL_ERROR_INVALID_ARGUMENT. */
+ISL_API isl_status isl_dataset_well_size(const isl_dataset *dataset, int well, int *height,
+                                         int *width);
+/** Index of the well called name, or -1. */
+ISL_API int isl_dataset_well_index(const isl_dataset *dataset, const char *name);
+/** The well's stack, scaled to [0, 1] (num_z x height x width floats, plane-major), or NULL. */
+ISL_API const float *isl_dataset_well_stack(const isl_dataset *dataset, int well);
+/** Label names present in any well, in first-added order. */
+ISL_API int isl_dataset_num_labels(const isl_dataset *dataset);
+ISL_API const char *isl_dataset_label_name(const isl_dataset *dataset, int label);
+/** Label `label` (by name) of a well as full-well-size arrays: values (height x width
+ *  floats, 0 where unknown) and mask (nonzero where known). ISL_ERROR_INVALID_ARGUMENT if
+ *  the well has no such label. Either output may be NULL. */
+ISL_API isl_status isl_dataset_well_target(const isl_dataset *dataset, int well,
+                                           const char *label, const float **values,
+                                           const uint8_t **mask);
+
+/** A rectangle of one well, in pixels. */
+typedef struct isl_region {
+    int well;
+    int x0, y0, width, height;
+} isl_region;
+
+/** Draws random training crops from a dataset for a model (STAR Methods, "Training"). */
+typedef struct isl_sampler isl_sampler;
+
+/** Prepares crops of side `crop` (250 + 16m) for training `model`: maps the model's label
+ *  heads to the dataset's labels by name (a head the dataset lacks is never known),
+ *  normalizes every well as the model's predictions do, and mirror-pads it by 121 pixels
+ *  as prediction does, so that crops near the border see the same context. Keeps a
+ *  reference to dataset, which must outlive the sampler; the model is not kept. */
+ISL_API isl_status isl_sampler_create(const isl_dataset *dataset, const isl_model *model,
+                                      int crop, isl_sampler **out);
+ISL_API void isl_sampler_free(isl_sampler *sampler);
+/** Target pixels inside `region` are never used (masked), e.g. a validation split.
+ *  May be called several times to hold out several regions. */
+ISL_API isl_status isl_sampler_hold_out(isl_sampler *sampler, const isl_region *region);
+/** Random flips and 90-degree rotations of the crops (default on). */
+ISL_API isl_status isl_sampler_set_augment(isl_sampler *sampler, int enable);
+/** Fills one batch (see isl_train_batch for the shapes: inputs [B, num_z, crop, crop],
+ *  targets and masks [B, L, crop - 242, crop - 242], L = the model's label heads): a well
+ *  in proportion to its known target pixels, a crop position uniformly among those whose
+ *  output window holds a known pixel, then the augmentation. The same seed gives the same
+ *  batch. Thread-safe: samplers are not modified by drawing. */
+ISL_API isl_status isl_sampler_draw(const isl_sampler *sampler, uint64_t seed, int batch_size,
+                                    float *inputs, float *targets, uint8_t *masks);
 
 #ifdef __cplusplus
 }

@@ -91,6 +91,74 @@ isl_status isl_model_create(const isl_model_config *c, isl_model **out)
     return isl_model_from_params(&p, out);
 }
 
+/* The new label heads of isl_model_add_heads: checked names, then a params copy with
+ * them inserted before the autoencoder. */
+static isl_status check_new_heads(const isl_params *p, int count, const char *const *names)
+{
+    const int has_ae =
+        p->num_heads > 0 && !strcmp(p->heads[p->num_heads - 1].name, ISL_AUTOENCODER_NAME);
+    const int labels = p->num_heads - has_ae;
+    if (count < 1 || !names)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "isl_model_add_heads: need at least one head name (count %d)", count);
+    if (count > 256 - labels)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "isl_model_add_heads: %d + %d label heads exceed 256", labels, count);
+    for (int i = 0; i < count; i++) {
+        ISL_CHECK(check_head_name(names[i], i, names));
+        for (int h = 0; h < labels; h++)
+            if (!strcmp(p->heads[h].name, names[i]))
+                return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "the model already has a head '%s'",
+                                names[i]);
+    }
+    return ISL_OK;
+}
+
+isl_status isl_model_add_heads(const isl_model *m, int count, const char *const *names,
+                               uint64_t seed, isl_model **out)
+{
+    if (!out)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_add_heads: out is NULL");
+    *out = NULL;
+    if (!m)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_add_heads: model is NULL");
+    const isl_params *src = &m->params;
+    ISL_CHECK(check_new_heads(src, count, names));
+    const int has_ae =
+        src->num_heads > 0 && !strcmp(src->heads[src->num_heads - 1].name, ISL_AUTOENCODER_NAME);
+    const int old = src->num_heads - has_ae, labels = old + count;
+    const char **all = malloc(sizeof(*all) * (size_t)labels);
+    if (!all)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (int h = 0; h < labels; h++)
+        all[h] = h < old ? src->heads[h].name : names[h - old];
+    isl_params p;
+    int rc = isl_params_alloc(&p, src->arch.base_depth, src->arch.num_z, labels, all, has_ae);
+    free(all);
+    if (rc != 0)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory adding heads to a model");
+    memcpy(p.input_normalization, src->input_normalization, sizeof(p.input_normalization));
+    const int trunk_ch = src->arch.trunk_ch;
+    isl_params_copy_trunk(&p, src);
+    for (int h = 0; h < old; h++)
+        isl_params_copy_head(&p.heads[h], &src->heads[h], trunk_ch);
+    if (has_ae)
+        isl_params_copy_head(&p.heads[labels], &src->heads[old], trunk_ch);
+    uint64_t state = seed;
+    for (int h = old; h < labels; h++) {
+        isl_head_params *hp = &p.heads[h];
+        isl_params_init_head(hp, trunk_ch, &state);
+        /* Every head normalizes the same trunk output, so the population statistics of
+         * an existing head are the new head's too (gamma and beta start at 1 and 0). */
+        if (src->num_heads > 0) {
+            const isl_bn_params *ref = &src->heads[0].bn;
+            memcpy(hp->bn.mean, ref->mean, sizeof(float) * (size_t)trunk_ch);
+            memcpy(hp->bn.var, ref->var, sizeof(float) * (size_t)trunk_ch);
+        }
+    }
+    return isl_model_from_params(&p, out);
+}
+
 isl_status isl_model_load(const char *path, isl_model **out)
 {
     if (!out)

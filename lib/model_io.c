@@ -414,33 +414,44 @@ static isl_status read_one_string(reader *r, hid_t obj, const char *where, const
     return st;
 }
 
-static isl_status read_int_attr(reader *r, const char *name, long long *value)
+/* One number from attribute `name` of obj (at `where`): an integer, or also a float if
+ * allow_float, read as mem_type into value. */
+static isl_status read_number_attr(reader *r, hid_t obj, const char *where, const char *name,
+                                   int allow_float, hid_t mem_type, void *value)
 {
     hid_t attr = H5I_INVALID_HID, ftype = H5I_INVALID_HID, space = H5I_INVALID_HID;
+    const char *kind = allow_float ? "number" : "integer";
     size_t count;
-    isl_status st = open_attr(r, r->fid, "/", name, &attr);
+    isl_status st = open_attr(r, obj, where, name, &attr);
     if (st != ISL_OK)
         goto cleanup;
     ftype = H5Aget_type(attr);
-    if (ftype < 0 || H5Tget_class(ftype) != H5T_INTEGER) {
-        st = isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute %s is not an integer", r->file, name);
+    H5T_class_t cls = ftype < 0 ? H5T_NO_CLASS : H5Tget_class(ftype);
+    if (cls != H5T_INTEGER && !(allow_float && cls == H5T_FLOAT)) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s is not an %s", r->file, where, name,
+                      kind);
         goto cleanup;
     }
-    if ((st = attr_count(r, attr, "/", name, &space, &count)) != ISL_OK)
+    if ((st = attr_count(r, attr, where, name, &space, &count)) != ISL_OK)
         goto cleanup;
     if (count != 1) {
-        st = isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute %s must be one integer, not %zu", r->file,
-                      name, count);
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s must be one %s, not %zu", r->file,
+                      where, name, kind, count);
         goto cleanup;
     }
-    if (H5Aread(attr, H5T_NATIVE_LLONG, value) < 0)
-        st = isl_fail(ISL_ERROR_FORMAT, "%s: /: cannot read attribute %s: %s", r->file, name,
-                      h5_detail(r->detail));
+    if (H5Aread(attr, mem_type, value) < 0)
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read attribute %s: %s", r->file, where,
+                      name, h5_detail(r->detail));
 cleanup:
     h5_close(space);
     h5_close(ftype);
     h5_close(attr);
     return st;
+}
+
+static isl_status read_int_attr(reader *r, const char *name, long long *value)
+{
+    return read_number_attr(r, r->fid, "/", name, 0, H5T_NATIVE_LLONG, value);
 }
 
 static isl_status read_bounded_int(reader *r, const char *name, long long lo, long long hi,
@@ -805,19 +816,25 @@ static isl_status write_string_attr(writer *w, hid_t obj, const char *name, cons
     return write_strings_attr(w, obj, name, -1, &value);
 }
 
-static isl_status write_int_attr(writer *w, const char *name, int64_t value)
+/* A scalar attribute of obj, stored as file_type from *value of mem_type. */
+static isl_status write_scalar_attr(writer *w, hid_t obj, const char *name, hid_t file_type,
+                                    hid_t mem_type, const void *value)
 {
     hid_t space = H5Screate(H5S_SCALAR);
     hid_t attr = space < 0 ? H5I_INVALID_HID
-                           : H5Acreate2(w->fid, name, H5T_STD_I64LE, space, H5P_DEFAULT,
-                                        H5P_DEFAULT);
+                           : H5Acreate2(obj, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT);
     isl_status st = ISL_OK;
-    if (attr < 0 || H5Awrite(attr, H5T_NATIVE_INT64, &value) < 0)
+    if (attr < 0 || H5Awrite(attr, mem_type, value) < 0)
         st = write_failed(w, name);
     if (h5_close(attr) < 0 && st == ISL_OK)
         st = write_failed(w, name);
     h5_close(space);
     return st;
+}
+
+static isl_status write_int_attr(writer *w, const char *name, int64_t value)
+{
+    return write_scalar_attr(w, w->fid, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
 }
 
 static isl_status write_root_attrs(writer *w, const isl_params *p)
@@ -1123,7 +1140,8 @@ struct isl_h5_file {
     char detail[DETAIL_CAP];
 };
 
-/* build_image, plus the caller's objects before the image is taken. */
+/* build_image, plus the caller's objects before the image is taken. Without params (p
+ * NULL) the file holds only the caller's objects. */
 static isl_status build_image_extra(writer *w, const isl_params *p, isl_h5_extra_fn fn,
                                     void *user, void **image, size_t *size)
 {
@@ -1144,9 +1162,9 @@ static isl_status build_image_extra(writer *w, const isl_params *p, isl_h5_extra
         st = write_failed(w, "the file");
         goto cleanup;
     }
-    if ((st = write_root_attrs(w, p)) != ISL_OK ||
-        (st = write_module_groups(w, &p->arch)) != ISL_OK ||
-        (st = (isl_status)isl_params_visit((isl_params *)p, write_dataset, w)) != ISL_OK)
+    if (p && ((st = write_root_attrs(w, p)) != ISL_OK ||
+              (st = write_module_groups(w, &p->arch)) != ISL_OK ||
+              (st = (isl_status)isl_params_visit((isl_params *)p, write_dataset, w)) != ISL_OK))
         goto cleanup;
     isl_h5_file f = {.file = w->file, .fid = w->fid, .lcpl = w->lcpl};
     if ((st = fn(user, &f)) != ISL_OK)
@@ -1184,12 +1202,10 @@ cleanup:
     return st;
 }
 
-isl_status isl_model_write_h5_extra(const char *path, const isl_params *p, isl_h5_extra_fn fn,
-                                    void *user)
+/* build_image_extra, then the bytes to a temporary file renamed over path. */
+static isl_status write_atomic_extra(const char *path, const isl_params *p, isl_h5_extra_fn fn,
+                                     void *user)
 {
-    if (!path || !p || !fn)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_write_h5_extra: NULL argument");
-    ISL_CHECK(check_params(path, p));
     static const char suffix[] = ".tmp.XXXXXX";
     size_t len = strlen(path), size = 0;
     void *image = NULL;
@@ -1219,6 +1235,15 @@ isl_status isl_model_write_h5_extra(const char *path, const isl_params *p, isl_h
         return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
                         strerror(errno));
     return ISL_OK;
+}
+
+isl_status isl_model_write_h5_extra(const char *path, const isl_params *p, isl_h5_extra_fn fn,
+                                    void *user)
+{
+    if (!path || !p || !fn)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_write_h5_extra: NULL argument");
+    ISL_CHECK(check_params(path, p));
+    return write_atomic_extra(path, p, fn, user);
 }
 
 isl_status isl_h5_read_extra(const char *path, isl_h5_extra_fn fn, void *user)
@@ -1302,4 +1327,84 @@ isl_status isl_h5_read_u64_attr(isl_h5_file *f, const char *group, const char *n
     h5_close(attr);
     h5_close(g);
     return st;
+}
+
+/* ---------------------------------------------------------------------------------- */
+/* Other HDF5 files (lib/h5_io.h)                                                       */
+/* ---------------------------------------------------------------------------------- */
+
+#include "h5_io.h"
+
+isl_status isl_h5_write_file(const char *path, isl_h5_extra_fn fn, void *user)
+{
+    if (!path || !fn)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_write_file: NULL argument");
+    return write_atomic_extra(path, NULL, fn, user);
+}
+
+hid_t isl_h5_id(const isl_h5_file *f) { return f->fid; }
+const char *isl_h5_path(const isl_h5_file *f) { return f->file; }
+hid_t isl_h5_lcpl(const isl_h5_file *f) { return f->lcpl; }
+const char *isl_h5_detail(isl_h5_file *f) { return h5_detail(f->detail); }
+herr_t isl_h5_close(hid_t id) { return h5_close(id); }
+
+isl_status isl_h5_open_group(isl_h5_file *f, const char *path, hid_t *out)
+{
+    reader r = {.file = f->file, .fid = f->fid};
+    return open_group(&r, path, out);
+}
+
+isl_status isl_h5_read_string(isl_h5_file *f, hid_t obj, const char *where, const char *name,
+                              char *buf, size_t cap)
+{
+    reader r = {.file = f->file, .fid = f->fid};
+    return read_one_string(&r, obj, where, name, buf, cap);
+}
+
+isl_status isl_h5_read_strings(isl_h5_file *f, hid_t obj, const char *where, const char *name,
+                               char ***out, size_t *count)
+{
+    reader r = {.file = f->file, .fid = f->fid};
+    return read_string_attr(&r, obj, where, name, out, count);
+}
+
+isl_status isl_h5_read_int(isl_h5_file *f, hid_t obj, const char *where, const char *name,
+                           long long *value)
+{
+    reader r = {.file = f->file, .fid = f->fid};
+    return read_number_attr(&r, obj, where, name, 0, H5T_NATIVE_LLONG, value);
+}
+
+isl_status isl_h5_read_double(isl_h5_file *f, hid_t obj, const char *where, const char *name,
+                              double *value)
+{
+    reader r = {.file = f->file, .fid = f->fid};
+    return read_number_attr(&r, obj, where, name, 1, H5T_NATIVE_DOUBLE, value);
+}
+
+isl_status isl_h5_write_strings(isl_h5_file *f, hid_t obj, const char *name, int count,
+                                const char *const *values)
+{
+    writer w = {.file = f->file, .fid = f->fid, .lcpl = f->lcpl, .str_type = utf8_string_type()};
+    isl_status st = w.str_type < 0 ? write_failed(&w, name)
+                                   : write_strings_attr(&w, obj, name, count, values);
+    h5_close(w.str_type);
+    return st;
+}
+
+isl_status isl_h5_write_string(isl_h5_file *f, hid_t obj, const char *name, const char *value)
+{
+    return isl_h5_write_strings(f, obj, name, -1, &value);
+}
+
+isl_status isl_h5_write_int(isl_h5_file *f, hid_t obj, const char *name, int64_t value)
+{
+    writer w = {.file = f->file, .fid = f->fid, .lcpl = f->lcpl, .str_type = H5I_INVALID_HID};
+    return write_scalar_attr(&w, obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
+}
+
+isl_status isl_h5_write_double(isl_h5_file *f, hid_t obj, const char *name, double value)
+{
+    writer w = {.file = f->file, .fid = f->fid, .lcpl = f->lcpl, .str_type = H5I_INVALID_HID};
+    return write_scalar_attr(&w, obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
 }

@@ -151,12 +151,47 @@ void isl_params_init_random(isl_params *p, uint64_t seed)
         fill_normal(p->modules[i].reduce_weight, reduce_weight_count(m),
                     sqrt(2.0 / (2.0 * m->e_ch)), &state);
     }
-    for (int h = 0; h < p->num_heads; h++) {
-        isl_head_params *hp = &p->heads[h];
-        /* Small head weights start the predicted distributions near uniform. */
-        fill_normal(hp->weight, (size_t)hp->out_ch * 2 * a->trunk_ch,
-                    0.1 * sqrt(1.0 / (2.0 * a->trunk_ch)), &state);
+    for (int h = 0; h < p->num_heads; h++)
+        isl_params_init_head(&p->heads[h], a->trunk_ch, &state);
+}
+
+void isl_params_init_head(isl_head_params *hp, int trunk_ch, uint64_t *state)
+{
+    /* Small head weights start the predicted distributions near uniform. */
+    fill_normal(hp->weight, (size_t)hp->out_ch * 2 * trunk_ch, 0.1 * sqrt(1.0 / (2.0 * trunk_ch)),
+                state);
+}
+
+static void bn_copy(isl_bn_params *dst, const isl_bn_params *src)
+{
+    const size_t n = sizeof(float) * (size_t)src->channels;
+    memcpy(dst->gamma, src->gamma, n);
+    memcpy(dst->beta, src->beta, n);
+    memcpy(dst->mean, src->mean, n);
+    memcpy(dst->var, src->var, n);
+}
+
+void isl_params_copy_trunk(isl_params *dst, const isl_params *src)
+{
+    const isl_arch *a = &src->arch;
+    memcpy(dst->projection_weight, src->projection_weight,
+           sizeof(float) * ISL_PROJECTION_DEPTH * (size_t)a->num_z);
+    memcpy(dst->projection_bias, src->projection_bias, sizeof(float) * ISL_PROJECTION_DEPTH);
+    for (int i = 0; i < a->num_modules; i++) {
+        bn_copy(&dst->modules[i].bn1, &src->modules[i].bn1);
+        bn_copy(&dst->modules[i].bn2, &src->modules[i].bn2);
+        memcpy(dst->modules[i].expand_weight, src->modules[i].expand_weight,
+               sizeof(float) * expand_weight_count(&a->modules[i]));
+        memcpy(dst->modules[i].reduce_weight, src->modules[i].reduce_weight,
+               sizeof(float) * reduce_weight_count(&a->modules[i]));
     }
+}
+
+void isl_params_copy_head(isl_head_params *dst, const isl_head_params *src, int trunk_ch)
+{
+    bn_copy(&dst->bn, &src->bn);
+    memcpy(dst->weight, src->weight, sizeof(float) * (size_t)src->out_ch * 2 * trunk_ch);
+    memcpy(dst->bias, src->bias, sizeof(float) * (size_t)src->out_ch);
 }
 
 static long long bn_count(const isl_bn_params *bn) { return 4LL * bn->channels; }

@@ -51,6 +51,15 @@ void isl_params_free(isl_params *p);
  * deterministic for a seed (splitmix64 + Box-Muller; platform independent). */
 void isl_params_init_random(isl_params *p, uint64_t seed);
 
+/* Initial weights of one head as isl_params_init_random draws them, from *state
+ * (advanced). Bias and batch norm are left as they are. */
+void isl_params_init_head(isl_head_params *hp, int trunk_ch, uint64_t *state);
+
+/* Copies the projection and the modules of src into dst (same architecture). */
+void isl_params_copy_trunk(isl_params *dst, const isl_params *src);
+/* Copies head src's batch norm, weight and bias into dst (same channels; the name stays). */
+void isl_params_copy_head(isl_head_params *dst, const isl_head_params *src, int trunk_ch);
+
 /* Total number of stored floats (the model's parameter count). */
 long long isl_params_count(const isl_params *p);
 

@@ -1,6 +1,7 @@
 /* Prediction: options, single tiles, and whole images streamed through aligned tiles. */
 #include "error.h"
 #include "model.h"
+#include "predict_input.h"
 #include "stats.h"
 
 #include <math.h>
@@ -8,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PAD_BEFORE 121 /* (250 - 8) / 2: context each output pixel needs on each side */
+#define PAD_BEFORE ISL_INPUT_PAD
 #define DEFAULT_MEMORY_LIMIT ((size_t)3 << 29) /* 1.5 GiB */
 
 struct isl_predict_options {
@@ -214,8 +215,7 @@ isl_status isl_predict_tile(const isl_model *m, const isl_predict_options *o, co
 /* Whole images                                                                         */
 /* ------------------------------------------------------------------------------------ */
 
-/* numpy.pad 'reflect' index (edge not repeated), for any distance outside [0, n). */
-static int reflect_index(int i, int n)
+int isl_reflect_index(int i, int n)
 {
     if (n == 1)
         return 0;
@@ -225,13 +225,6 @@ static int reflect_index(int i, int n)
         i += period;
     return i < n ? i : period - i;
 }
-
-/* Per-plane affine input transform: value = clamp(raw * scale + shift) (clamped only for
- * the paper's global normalization). */
-typedef struct input_transform {
-    float *scale, *shift;
-    int clamp;
-} input_transform;
 
 static double sample_at(const isl_stack *in, size_t i)
 {
@@ -258,11 +251,12 @@ static isl_status check_stack(const isl_model *m, const isl_stack *in)
     return ISL_OK;
 }
 
-static isl_status make_transform(const isl_model *m, const isl_stack *in, input_transform *t)
+isl_status isl_input_transform_init(const char *normalization, const isl_stack *in,
+                                    isl_input_transform *t)
 {
     const int nz = in->num_z;
     const size_t plane = (size_t)in->height * in->width;
-    const int global = !strcmp(m->params.input_normalization, "global");
+    const int global = !strcmp(normalization, "global");
     const double unit = in->dtype == ISL_DTYPE_U8 ? 1.0 / 255 : in->dtype == ISL_DTYPE_U16 ? 1.0 / 65535 : 1.0;
     t->scale = malloc(sizeof(float) * (size_t)nz);
     t->shift = malloc(sizeof(float) * (size_t)nz);
@@ -303,24 +297,24 @@ static isl_status make_transform(const isl_model *m, const isl_stack *in, input_
     return ISL_OK;
 }
 
-static void free_transform(input_transform *t)
+void isl_input_transform_free(isl_input_transform *t)
 {
     free(t->scale);
     free(t->shift);
 }
 
-/* Fills the tile input from padded-image rows [py, py + th), columns [px, px + tw). */
-static void fill_tile(float *dst, const isl_stack *in, const input_transform *t, int py, int px,
-                      int th, int tw, int *col_index)
+void isl_input_fill(float *dst, const isl_stack *in, const isl_input_transform *t, int py,
+                    int px, int th, int tw, int *col_index)
 {
     const size_t plane = (size_t)in->height * in->width;
     for (int x = 0; x < tw; x++)
-        col_index[x] = reflect_index(px + x - PAD_BEFORE, in->width);
+        col_index[x] = isl_reflect_index(px + x - PAD_BEFORE, in->width);
 #pragma omp parallel for collapse(2) schedule(static)
     for (int z = 0; z < in->num_z; z++) {
         for (int y = 0; y < th; y++) {
-            const size_t row = (size_t)z * plane +
-                               (size_t)reflect_index(py + y - PAD_BEFORE, in->height) * in->width;
+            const size_t row =
+                (size_t)z * plane +
+                (size_t)isl_reflect_index(py + y - PAD_BEFORE, in->height) * in->width;
             float *d = dst + ((size_t)z * th + y) * tw;
             const float a = t->scale[z], b = t->shift[z];
             for (int x = 0; x < tw; x++) {
@@ -554,12 +548,12 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
     const int th = ay.tile_out + ISL_PATCH_INPUT - ISL_PATCH_OUTPUT;
     const int tw = ax.tile_out + ISL_PATCH_INPUT - ISL_PATCH_OUTPUT;
 
-    input_transform t = {0};
+    isl_input_transform t = {0};
     band b;
     isl_plan *plan = NULL;
     isl_exec *exec = NULL;
     thread_scope ts = threads_begin(o);
-    isl_status s = make_transform(m, in, &t);
+    isl_status s = isl_input_transform_init(m->params.input_normalization, in, &t);
     if (s == ISL_OK)
         s = alloc_band(&b, m, &sel, &ay, &ax);
     else
@@ -573,7 +567,7 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
         const int oy = tile_origin(&ay, ty);
         for (int tx = 0; s == ISL_OK && tx < ax.count; tx++) {
             const int ox = tile_origin(&ax, tx);
-            fill_tile(isl_exec_input(exec), in, &t, oy, ox, th, tw, b.col_index);
+            isl_input_fill(isl_exec_input(exec), in, &t, oy, ox, th, tw, b.col_index);
             s = isl_exec_run_trunk(exec);
             for (int i = 0; s == ISL_OK && i < sel.count; i++) {
                 const int h = sel.heads[i];
@@ -597,7 +591,7 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
     isl_model_release(m, plan, exec);
     threads_end(ts);
     free_band(&b, &sel);
-    free_transform(&t);
+    isl_input_transform_free(&t);
     return s;
 }
 

@@ -374,6 +374,12 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
             }
         }
     }
+    if (!dx) { /* gamma and beta only (statistics held constant) */
+        free(part);
+        free(sum_dy);
+        free(sum_dyx);
+        return 0;
+    }
     /* Pass 2: dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat)). */
     items = 0;
     for (int k = 0; k < nsrc; k++)

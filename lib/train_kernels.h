@@ -37,7 +37,9 @@ void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *
 
 /* Backward of BNAct with batch statistics. Given dact (2C channels), the forward's act and
  * x = src[0..nsrc) with its batch mean and 1/sqrt(var + eps), and gamma: writes
- * dgamma, dbeta [C] and dx[k] (shaped as src[k]), added to dx[k] if accumulate[k]. */
+ * dgamma, dbeta [C] and dx[k] (shaped as src[k]), added to dx[k] if accumulate[k].
+ * dx NULL: only dgamma and dbeta, which are the same whether mean and invstd are the
+ * batch's or constants (stored population statistics). */
 int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *src, int nsrc,
                           const float *mean, const float *invstd, const float *gamma,
                           isl_tt *dx, const int *accumulate, float *dgamma, float *dbeta);

@@ -81,7 +81,9 @@ struct isl_train_net {
     head *heads;
     int num_heads;
     float *trunk_mean, *trunk_invstd;
+    float *stored_invstd; /* [trunk_ch]: a head's stored statistics in a frozen backward */
     conv proj_cv;
+    int frozen;           /* the last forward used stored statistics (frozen trunk) */
 
     /* Scratch buffers shared by all layers. */
     float *s_act, *s_dact, *g_buf[2], *g_conv, *g_pool;
@@ -560,8 +562,9 @@ static isl_status plan_shapes(isl_train_net *n)
     if (x->h != n->out_h || x->w != n->out_w || x->c != a->trunk_ch)
         return isl_fail(ISL_ERROR_INTERNAL, "trunk ends at %dx%dx%d, not %dx%dx%d", x->c, x->h,
                         x->w, a->trunk_ch, n->out_h, n->out_w);
-    ISL_CHECK(alloc_floats(n, 2 * (size_t)a->trunk_ch, &n->trunk_mean));
+    ISL_CHECK(alloc_floats(n, 3 * (size_t)a->trunk_ch, &n->trunk_mean));
     n->trunk_invstd = n->trunk_mean + a->trunk_ch;
+    n->stored_invstd = n->trunk_invstd + a->trunk_ch;
     for (int h = 0; h < n->num_heads; h++) {
         head *hd = &n->heads[h];
         hd->out_ch = n->p->heads[h].out_ch;
@@ -857,12 +860,14 @@ float *isl_train_net_dlogits(isl_train_net *n, int h)
     return h >= 0 && h < n->num_heads && n->heads[h].active ? n->heads[h].plain : NULL;
 }
 
-isl_status isl_train_net_load_weights(isl_train_net *n)
+static isl_status load_weights(isl_train_net *n, int heads_only)
 {
-    ISL_CHECK(conv_pack(n, &n->proj_cv));
-    for (int i = 0; i < n->num_mods; i++) {
-        ISL_CHECK(conv_pack(n, &n->mods[i].expand));
-        ISL_CHECK(conv_pack(n, &n->mods[i].reduce));
+    if (!heads_only) {
+        ISL_CHECK(conv_pack(n, &n->proj_cv));
+        for (int i = 0; i < n->num_mods; i++) {
+            ISL_CHECK(conv_pack(n, &n->mods[i].expand));
+            ISL_CHECK(conv_pack(n, &n->mods[i].reduce));
+        }
     }
     for (int h = 0; h < n->num_heads; h++)
         ISL_CHECK(conv_pack(n, &n->heads[h].cv));
@@ -870,6 +875,9 @@ isl_status isl_train_net_load_weights(isl_train_net *n)
         return isl_fail(ISL_ERROR_BACKEND, "oneDNN: stream wait failed");
     return ISL_OK;
 }
+
+isl_status isl_train_net_load_weights(isl_train_net *n) { return load_weights(n, 0); }
+isl_status isl_train_net_load_head_weights(isl_train_net *n) { return load_weights(n, 1); }
 
 /* ------------------------------------------------------------------------------------ */
 /* Batch normalization                                                                  */
@@ -915,13 +923,52 @@ static void update_running(const isl_train_net *n, isl_bn_params *bn, double mom
     }
 }
 
+/* Folds the stored population statistics exactly as prediction does (lib/layout.c). */
+static void fold_stored(isl_train_net *n, const isl_bn_params *bn)
+{
+    for (int c = 0; c < bn->channels; c++) {
+        double scale = bn->gamma[c] / sqrt((double)bn->var[c] + ISL_BN_EPSILON);
+        n->wf_scale[c] = (float)scale;
+        n->wf_shift[c] = (float)(bn->beta[c] - bn->mean[c] * scale);
+    }
+}
+
 static double values_per_channel(const isl_tt *t) { return (double)t->n * t->h * t->w; }
+
+/* BNAct in a forward pass: with the statistics of the batch (kept in mean/invstd for the
+ * backward pass and folded into the running averages), or, in a frozen forward, with the
+ * stored population statistics. */
+static isl_status forward_bnact(isl_train_net *n, const isl_tt *src, int nsrc, isl_bn_params *bn,
+                                float *mean, float *invstd, double momentum, isl_tt *act)
+{
+    if (n->frozen) {
+        fold_stored(n, bn);
+    } else {
+        ISL_CHECK(batch_stats(n, src, nsrc, bn->channels, mean, invstd));
+        update_running(n, bn, momentum, values_per_channel(src));
+        fold(n, bn, mean, invstd);
+    }
+    isl_tk_bnact(src, nsrc, n->wf_scale, n->wf_shift, act);
+    return ISL_OK;
+}
 
 static isl_status bnact(isl_train_net *n, const isl_tt *src, int nsrc, const isl_bn_params *bn,
                         const float *mean, const float *invstd, isl_tt *act)
 {
     fold(n, bn, mean, invstd);
     isl_tk_bnact(src, nsrc, n->wf_scale, n->wf_shift, act);
+    return ISL_OK;
+}
+
+/* A head's BNAct: with the trunk's batch statistics, or in a frozen pass with the head's
+ * stored ones. */
+static isl_status head_bnact(isl_train_net *n, const isl_tt *trunk, const isl_bn_params *bn,
+                             isl_tt *act)
+{
+    if (!n->frozen)
+        return bnact(n, trunk, 1, bn, n->trunk_mean, n->trunk_invstd, act);
+    fold_stored(n, bn);
+    isl_tk_bnact(trunk, 1, n->wf_scale, n->wf_shift, act);
     return ISL_OK;
 }
 
@@ -946,18 +993,15 @@ static isl_status module_forward(isl_train_net *n, module *m, double momentum)
     const int up = a->kind == ISL_MODULE_UP;
     isl_tt e[2] = {m->conv, m->pool};
 
-    ISL_CHECK(batch_stats(n, &m->x, 1, a->in_ch, m->mean1, m->invstd1));
-    update_running(n, &mp->bn1, momentum, values_per_channel(&m->x));
-    ISL_CHECK(bnact(n, &m->x, 1, &mp->bn1, m->mean1, m->invstd1, &m->act1));
+    ISL_CHECK(forward_bnact(n, &m->x, 1, &mp->bn1, m->mean1, m->invstd1, momentum, &m->act1));
     ISL_CHECK(conv_forward(n, &m->expand));
     if (!up) {
         dnnl_exec_arg_t p[3] = {{DNNL_ARG_SRC, m->pool_src}, {DNNL_ARG_DST, m->pool_dst},
                                 {DNNL_ARG_WORKSPACE, m->pool_ws}};
         ISL_CHECK(run(n, &m->pool_f, 3, p, "max pooling"));
     }
-    ISL_CHECK(batch_stats(n, e, up ? 1 : 2, a->e_ch, m->mean2, m->invstd2));
-    update_running(n, &mp->bn2, momentum, values_per_channel(&m->conv));
-    ISL_CHECK(bnact(n, e, up ? 1 : 2, &mp->bn2, m->mean2, m->invstd2, &m->act2));
+    ISL_CHECK(
+        forward_bnact(n, e, up ? 1 : 2, &mp->bn2, m->mean2, m->invstd2, momentum, &m->act2));
     /* The residual goes into out; the reduce convolution adds onto it (sum post-op). */
     switch (a->kind) {
     case ISL_MODULE_IN: isl_tk_residual_in(&m->x, &m->out); break;
@@ -970,9 +1014,11 @@ static isl_status module_forward(isl_train_net *n, module *m, double momentum)
     return ISL_OK;
 }
 
-isl_status isl_train_net_forward(isl_train_net *n, const int *active, double momentum)
+isl_status isl_train_net_forward(isl_train_net *n, const int *active, double momentum,
+                                 int frozen)
 {
     const isl_arch *a = &n->p->arch;
+    n->frozen = frozen != 0;
     for (int h = 0; h < n->num_heads; h++)
         n->heads[h].active = active[h] != 0;
     ISL_CHECK(run_reorder(n, &n->in_reorder, n->m_in, n->m_in_blk, "input reorder"));
@@ -989,15 +1035,17 @@ isl_status isl_train_net_forward(isl_train_net *n, const int *active, double mom
         ISL_CHECK(module_forward(n, &n->mods[i], momentum));
     const isl_tt *trunk = &n->mods[a->num_modules - 1].next;
     /* Every head normalizes the same trunk: one set of batch statistics. */
-    ISL_CHECK(batch_stats(n, trunk, 1, a->trunk_ch, n->trunk_mean, n->trunk_invstd));
-    for (int h = 0; h < n->num_heads; h++)
-        update_running(n, &n->p->heads[h].bn, momentum, values_per_channel(trunk));
+    if (!n->frozen) {
+        ISL_CHECK(batch_stats(n, trunk, 1, a->trunk_ch, n->trunk_mean, n->trunk_invstd));
+        for (int h = 0; h < n->num_heads; h++)
+            update_running(n, &n->p->heads[h].bn, momentum, values_per_channel(trunk));
+    }
     for (int h = 0; h < n->num_heads; h++) {
         head *hd = &n->heads[h];
         isl_bn_params *bn = &n->p->heads[h].bn;
         if (!hd->active)
             continue;
-        ISL_CHECK(bnact(n, trunk, 1, bn, n->trunk_mean, n->trunk_invstd, &hd->act));
+        ISL_CHECK(head_bnact(n, trunk, bn, &hd->act));
         ISL_CHECK(conv_forward(n, &hd->cv));
         ISL_CHECK(run_reorder(n, &hd->to_plain, hd->m_blk, hd->m_plain, "logits reorder"));
     }
@@ -1068,16 +1116,30 @@ isl_status isl_train_net_backward(isl_train_net *n)
         head *hd = &n->heads[h];
         if (!hd->active)
             continue;
+        const isl_bn_params *bn = &n->p->heads[h].bn;
         ISL_CHECK(run_reorder(n, &hd->from_plain, hd->m_plain, hd->m_blk, "gradient reorder"));
-        ISL_CHECK(bnact(n, trunk, 1, &n->p->heads[h].bn, n->trunk_mean, n->trunk_invstd,
-                        &hd->act));
+        ISL_CHECK(head_bnact(n, trunk, bn, &hd->act));
         ISL_CHECK(conv_backward(n, &hd->cv));
-        ISL_CHECK(bnact_backward(&hd->dact, &hd->act, trunk, 1, n->trunk_mean, n->trunk_invstd,
-                                 &n->p->heads[h].bn, &top->dout, &any, &n->g->heads[h].bn));
+        if (n->frozen) {
+            /* Population statistics are constants: only gamma and beta get gradients, and
+             * nothing flows into the trunk. */
+            for (int c = 0; c < a->trunk_ch; c++)
+                n->stored_invstd[c] = (float)(1.0 / sqrt((double)bn->var[c] + ISL_BN_EPSILON));
+            ISL_CHECK(bnact_backward(&hd->dact, &hd->act, trunk, 1, bn->mean, n->stored_invstd,
+                                     bn, NULL, NULL, &n->g->heads[h].bn));
+        } else {
+            ISL_CHECK(bnact_backward(&hd->dact, &hd->act, trunk, 1, n->trunk_mean,
+                                     n->trunk_invstd, bn, &top->dout, &any, &n->g->heads[h].bn));
+        }
         any = 1;
     }
     if (!any) /* no head, no gradient */
         return ISL_OK;
+    if (n->frozen) {
+        if (dnnl_stream_wait(n->stream) != dnnl_success)
+            return isl_fail(ISL_ERROR_BACKEND, "oneDNN: stream wait failed");
+        return ISL_OK;
+    }
     for (int i = a->num_modules - 1; i >= a->tower_first[ISL_UPPER_TOWER]; i--)
         ISL_CHECK(module_backward(n, &n->mods[i]));
     for (int s = 0; s < ISL_NUM_TOWERS; s++) {

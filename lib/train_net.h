@@ -43,6 +43,8 @@ size_t isl_train_net_bytes(const isl_train_net *net);
 
 /* Reorders params' weights into the primitives' formats; call after changing them. */
 isl_status isl_train_net_load_weights(isl_train_net *net);
+/* The same for the heads' weights only (the trunk's have not changed). */
+isl_status isl_train_net_load_head_weights(isl_train_net *net);
 
 /* The input batch, [batch, num_z, height, width] floats, filled by the caller. */
 float *isl_train_net_input(isl_train_net *net);
@@ -51,8 +53,13 @@ float *isl_train_net_input(isl_train_net *net);
  * Heads with active[h] == 0 are not computed (their batch norm running statistics are
  * still updated: they are statistics of the trunk). bn_momentum is the weight of this
  * batch in the running statistics: running = (1 - m) running + m batch (variance
- * unbiased); 0 leaves them untouched. */
-isl_status isl_train_net_forward(isl_train_net *net, const int *active, double bn_momentum);
+ * unbiased); 0 leaves them untouched.
+ * frozen: for a frozen trunk, every batch norm uses its stored population statistics as
+ * prediction does (the logits are the model's predictions), none is updated
+ * (bn_momentum is ignored), and the following backward pass computes only the active
+ * heads' gradients. */
+isl_status isl_train_net_forward(isl_train_net *net, const int *active, double bn_momentum,
+                                 int frozen);
 
 /* Logits of an active head after the forward pass: [batch, channels, out_h, out_w]. */
 const float *isl_train_net_logits(const isl_train_net *net, int head);
@@ -62,7 +69,8 @@ const float *isl_train_net_logits(const isl_train_net *net, int head);
 float *isl_train_net_dlogits(isl_train_net *net, int head);
 
 /* Backward pass of the last forward (same active heads): overwrites every array of grad
- * with d(loss)/d(parameter) (zero for inactive heads and for running statistics). */
+ * with d(loss)/d(parameter) (zero for inactive heads and for running statistics; after a
+ * frozen forward also for the trunk, and the input gradient is not computed). */
 isl_status isl_train_net_backward(isl_train_net *net);
 
 /* d(loss)/d(input) after a backward pass, shaped as the input (input_grad nets only). */

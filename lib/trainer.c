@@ -23,6 +23,7 @@ struct isl_train_options {
     double bn_decay;
     int threads;
     uint64_t seed;
+    int freeze_trunk;
 };
 
 static const isl_train_options default_options = {
@@ -31,6 +32,7 @@ static const isl_train_options default_options = {
     .bn_decay = 0.999,
     .threads = 0,
     .seed = 0,
+    .freeze_trunk = 0,
 };
 
 /* One parameter array with its gradient and Adam moments. */
@@ -153,6 +155,13 @@ isl_status isl_train_options_set_seed(isl_train_options *o, uint64_t seed)
 {
     NEED_OPTIONS(o);
     o->seed = seed;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_freeze_trunk(isl_train_options *o, int freeze)
+{
+    NEED_OPTIONS(o);
+    o->freeze_trunk = freeze != 0;
     return ISL_OK;
 }
 
@@ -474,7 +483,8 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
     if (t->has_autoencoder)
         any |= t->active[L] = w < 1;
     load_input(t, b);
-    ISL_CHECK(isl_train_net_forward(t->net, t->active, 1.0 - t->opts.bn_decay));
+    const int frozen = t->opts.freeze_trunk;
+    ISL_CHECK(isl_train_net_forward(t->net, t->active, 1.0 - t->opts.bn_decay, frozen));
 
     for (int h = 0; h <= L; h++) { /* [L]: the autoencoder, NULL if the model has none */
         t->logits[h] = h < H ? isl_train_net_logits(t->net, h) : NULL;
@@ -495,12 +505,13 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
     const int64_t step_index = t->step + 1;
     for (int i = 0; i < t->num_arrays; i++) {
         param_array *a = &t->arrays[i];
-        /* Heads without known pixels are not updated at all (no momentum either). */
-        if (a->trainable && (a->head < 0 || t->active[a->head]))
+        /* Heads without known pixels are not updated at all (no momentum either); a
+         * frozen trunk keeps its weights and moments. */
+        if (a->trainable && (a->head < 0 ? !frozen : t->active[a->head]))
             isl_adam_update(&t->opts.adam, step_index, a->w, a->g, a->m, a->v, a->count);
     }
     t->step = step_index;
-    return isl_train_net_load_weights(t->net);
+    return frozen ? isl_train_net_load_head_weights(t->net) : isl_train_net_load_weights(t->net);
 }
 
 isl_status isl_train_step(isl_trainer *t, const isl_train_batch *b, float *losses_out)
@@ -516,11 +527,13 @@ isl_status isl_train_step(isl_trainer *t, const isl_train_batch *b, float *losse
 static isl_status estimate(isl_trainer *t, const isl_train_batch *b, int index)
 {
     ISL_CHECK(check_batch(t, b));
+    if (t->opts.freeze_trunk) /* the statistics are part of what is frozen */
+        return ISL_OK;
     ISL_CHECK(ensure_net(t, b));
     memset(t->active, 0, sizeof(int) * (size_t)t->params.num_heads);
     load_input(t, b);
     /* The k-th batch (0-based) weighs 1 / (k + 1): the running mean of the batches. */
-    return isl_train_net_forward(t->net, t->active, 1.0 / (index + 1.0));
+    return isl_train_net_forward(t->net, t->active, 1.0 / (index + 1.0), 0);
 }
 
 isl_status isl_trainer_estimate_bn(isl_trainer *t, const isl_train_batch *b, int index)

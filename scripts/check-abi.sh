@@ -16,7 +16,7 @@
 #
 #   meson setup build-abi --buildtype=debugoptimized -Dtests=false -Dpython=disabled \
 #       -Djava=disabled -Ddocs=disabled
-#   ninja -C build-abi lib/libisl.so.0.1.0   # i.e. lib/libisl.so.<project version>
+#   ninja -C build-abi lib/libisl.so.<project version>
 #   scripts/check-abi.sh build-abi
 #
 # Exit status: 0 compatible, 1 ABI mismatch, 2 usage or tool error.

@@ -1,7 +1,8 @@
 /* A naive double-precision reference of the network in TRAINING mode (batch norm with the
  * statistics of the batch) and of the training loss, written from the spec independently
  * of lib/train_*.c. Built on the inference reference's layers (ref_net.c); only the batch
- * norm differs. Header-only because the test build compiles each test with ref_net.c
+ * norm differs (rt_trunk and rt_heads can also use the stored statistics, as a frozen
+ * trunk trains). Header-only because the test build compiles each test with ref_net.c
  * alone. The convolution here is a faster loop order of ref_conv (finite differences need
  * dozens of forward passes). */
 #ifndef ISL_TEST_REF_TRAIN_H
@@ -52,8 +53,9 @@ static ref_t rt_conv(const ref_t *x, const float *w, const float *bias, int oc, 
 }
 
 /* [relu(y), tanh(y)], y = gamma (x - mean) / sqrt(var + eps) + beta with the mean and
- * biased variance of channel c over all B images and pixels. */
-static void rt_bnact(const ref_t *x, int B, const isl_bn_params *bn, ref_t *out)
+ * biased variance of channel c over all B images and pixels, or (stored) with the stored
+ * population statistics as at inference. */
+static void rt_bnact(const ref_t *x, int B, const isl_bn_params *bn, int stored, ref_t *out)
 {
     const int C = x[0].c;
     const size_t hw = (size_t)x[0].h * x[0].w;
@@ -64,13 +66,17 @@ static void rt_bnact(const ref_t *x, int B, const isl_bn_params *bn, ref_t *out)
         for (int b = 0; b < B; b++)
             for (size_t i = 0; i < hw; i++)
                 s += x[b].v[c * hw + i];
-        const double mean = s / (B * (double)hw);
+        double mean = s / (B * (double)hw);
         for (int b = 0; b < B; b++)
             for (size_t i = 0; i < hw; i++) {
                 double d = x[b].v[c * hw + i] - mean;
                 ss += d * d;
             }
-        const double inv = 1.0 / sqrt(ss / (B * (double)hw) + RT_EPS);
+        double inv = 1.0 / sqrt(ss / (B * (double)hw) + RT_EPS);
+        if (stored) {
+            mean = bn->mean[c];
+            inv = 1.0 / sqrt((double)bn->var[c] + RT_EPS);
+        }
         for (int b = 0; b < B; b++)
             for (size_t i = 0; i < hw; i++) {
                 double y = bn->gamma[c] * (x[b].v[c * hw + i] - mean) * inv + bn->beta[c];
@@ -87,10 +93,10 @@ static void rt_free(ref_t *t, int B)
 }
 
 static void rt_module(const ref_t *x, int B, const isl_module_arch *a, const isl_module_params *mp,
-                      ref_t *out)
+                      int stored, ref_t *out)
 {
     ref_t *act = calloc((size_t)B, sizeof(ref_t)), *e = calloc((size_t)B, sizeof(ref_t));
-    rt_bnact(x, B, &mp->bn1, act);
+    rt_bnact(x, B, &mp->bn1, stored, act);
     for (int b = 0; b < B; b++) {
         if (a->kind == ISL_MODULE_UP) {
             e[b] = ref_conv_transpose(&act[b], mp->expand_weight, a->expand_ch, 4, 2);
@@ -104,7 +110,7 @@ static void rt_module(const ref_t *x, int B, const isl_module_arch *a, const isl
         }
     }
     rt_free(act, B);
-    rt_bnact(e, B, &mp->bn2, act);
+    rt_bnact(e, B, &mp->bn2, stored, act);
     for (int b = 0; b < B; b++) {
         ref_t r = rt_conv(&act[b], mp->reduce_weight, NULL, a->reduce_ch, 1, 1), p;
         if (a->kind == ISL_MODULE_IN) {
@@ -131,8 +137,9 @@ static void rt_module(const ref_t *x, int B, const isl_module_arch *a, const isl
     free(e);
 }
 
-/* logits[b * num_heads + h] for every image b and head h; in: B images [nz, H, W]. */
-static void rt_network(const isl_params *p, const ref_t *in, int B, ref_t *logits)
+/* The trunk (the heads' input) of B images [nz, H, W] into trunk[b]; stored: batch norms
+ * with the stored statistics (inference, or training with a frozen trunk). */
+static void rt_trunk(const isl_params *p, const ref_t *in, int B, int stored, ref_t *trunk)
 {
     static const int start[5] = {72, 102, 146, 202, 250};
     const isl_arch *a = &p->arch;
@@ -144,7 +151,7 @@ static void rt_network(const isl_params *p, const ref_t *in, int B, ref_t *logit
         for (int b = 0; b < B; b++)
             x[b] = ref_crop(&proj[b], start[s] + in[b].h - 250, start[s] + in[b].w - 250);
         for (int i = a->tower_first[s]; i < a->tower_first[s] + a->tower_count[s]; i++) {
-            rt_module(x, B, &a->modules[i], &p->modules[i], y);
+            rt_module(x, B, &a->modules[i], &p->modules[i], stored, y);
             rt_free(x, B);
             for (int b = 0; b < B; b++) {
                 x[b] = y[b];
@@ -168,23 +175,40 @@ static void rt_network(const isl_params *p, const ref_t *in, int B, ref_t *logit
     for (int b = 0; b < B; b++)
         x[b] = cat[b];
     for (int i = a->tower_first[5]; i < a->num_modules; i++) {
-        rt_module(x, B, &a->modules[i], &p->modules[i], y);
+        rt_module(x, B, &a->modules[i], &p->modules[i], stored, y);
         rt_free(x, B);
         memcpy(x, y, sizeof(ref_t) * (size_t)B);
     }
-    for (int h = 0; h < p->num_heads; h++) {
-        rt_bnact(x, B, &p->heads[h].bn, y);
-        for (int b = 0; b < B; b++)
-            logits[b * p->num_heads + h] =
-                rt_conv(&y[b], p->heads[h].weight, p->heads[h].bias, p->heads[h].out_ch, 1, 1);
-        rt_free(y, B);
-    }
-    rt_free(x, B);
+    memcpy(trunk, x, sizeof(ref_t) * (size_t)B);
     rt_free(proj, B);
     free(proj);
     free(x);
     free(y);
     free(cat);
+}
+
+/* logits[b * num_heads + h] for every image b and head h from the trunk's output. */
+static void rt_heads(const isl_params *p, const ref_t *trunk, int B, int stored, ref_t *logits)
+{
+    ref_t *y = calloc((size_t)B, sizeof(ref_t));
+    for (int h = 0; h < p->num_heads; h++) {
+        rt_bnact(trunk, B, &p->heads[h].bn, stored, y);
+        for (int b = 0; b < B; b++)
+            logits[b * p->num_heads + h] =
+                rt_conv(&y[b], p->heads[h].weight, p->heads[h].bias, p->heads[h].out_ch, 1, 1);
+        rt_free(y, B);
+    }
+    free(y);
+}
+
+/* logits[b * num_heads + h] for every image b and head h; in: B images [nz, H, W]. */
+static inline void rt_network(const isl_params *p, const ref_t *in, int B, ref_t *logits)
+{
+    ref_t *trunk = calloc((size_t)B, sizeof(ref_t));
+    rt_trunk(p, in, B, 0, trunk);
+    rt_heads(p, trunk, B, 0, logits);
+    rt_free(trunk, B);
+    free(trunk);
 }
 
 static int rt_bin(double v)

@@ -152,7 +152,8 @@ static void engine_run(engine *e, const batch *b, int backward)
         active[l] = counts[l] > 0;
     active[LABELS] = 1;
     memcpy(isl_train_net_input(e->net), b->inputs, sizeof(b->inputs));
-    ck_assert_msg(isl_train_net_forward(e->net, active, 0) == ISL_OK, "%s", isl_last_error());
+    ck_assert_msg(isl_train_net_forward(e->net, active, 0, 0) == ISL_OK, "%s",
+                  isl_last_error());
     const float *logits[HEADS];
     float *dlogits[HEADS];
     for (int h = 0; h < HEADS; h++) {
@@ -1034,7 +1035,7 @@ static int dump(const char *model_path, const char *batch_path, const char *out_
         active[h] = counts[h] > 0;
     active[c.L] = 1;
     memcpy(isl_train_net_input(net), c.inputs, sizeof(float) * (size_t)c.B * c.nz * c.H * c.W);
-    if (isl_train_net_forward(net, active, 0) != ISL_OK)
+    if (isl_train_net_forward(net, active, 0, 0) != ISL_OK)
         goto done;
     const float *lg[64];
     float *dl[64];

@@ -2,6 +2,7 @@
 #include "cli.h"
 
 #include <ctype.h>
+#include <math.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,24 @@ int cli_parse_int(const char *option, const char *text, long long min, long long
     }
     if (errno == ERANGE || v < min || v > max) {
         cli_usage_error("%s: %s is out of range (%lld..%lld)", option, text, min, max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int cli_parse_double(const char *option, const char *text, double min, double max,
+                     double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(text, &end);
+    if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v)) {
+        cli_usage_error("%s: '%s' is not a number", option, text);
+        return -1;
+    }
+    if (v < min || v > max) {
+        cli_usage_error("%s: %s is out of range (%g..%g)", option, text, min, max);
         return -1;
     }
     *out = v;

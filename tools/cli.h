@@ -17,10 +17,12 @@ enum {
 };
 
 /* ---- Commands (cmd_*.c). argv[0] is the command name. ------------------------------ */
+int cli_cmd_dataset(int argc, char **argv);
 int cli_cmd_model(int argc, char **argv);
 int cli_cmd_model_init(int argc, char **argv);
 int cli_cmd_model_info(int argc, char **argv);
 int cli_cmd_predict(int argc, char **argv);
+int cli_cmd_train(int argc, char **argv);
 
 /* ---- Diagnostics (diag.c). Each prints exactly one line to stderr. ----------------- */
 /* "isl: error: <message>"; returns CLI_EXIT_USAGE. */
@@ -63,6 +65,9 @@ int cli_wants_help(int argc, char **argv);
 int cli_parse_int(const char *option, const char *text, long long min, long long max,
                   long long *out);
 int cli_parse_u64(const char *option, const char *text, uint64_t *out);
+/* A finite number in [min, max]; same reporting as cli_parse_int. */
+int cli_parse_double(const char *option, const char *text, double min, double max,
+                     double *out);
 
 /* A comma-separated list: items point into one allocated copy of the text. Returns 0, or
  * the exit code of a reported error (an empty item is a usage error). Free with

@@ -11,9 +11,12 @@ static const char main_help[] =
     "a transmitted-light z-stack.\n"
     "\n"
     "Commands:\n"
-    "  model init   create a model with random weights\n"
-    "  model info   describe a model file\n"
-    "  predict      predict fluorescence images from a z-stack\n"
+    "  dataset build  make a training dataset from TIFF stacks and label images\n"
+    "  dataset info   describe a dataset file\n"
+    "  model init     create a model with random weights\n"
+    "  model info     describe a model file\n"
+    "  predict        predict fluorescence images from a z-stack\n"
+    "  train          train a model on a dataset file\n"
     "\n"
     "Options:\n"
     "  -h, --help      show this help ('isl <command> --help' for a command)\n"
@@ -24,7 +27,8 @@ static const char main_help[] =
 int main(int argc, char **argv)
 {
     if (argc < 2)
-        return cli_usage_error("missing command: isl model|predict (see 'isl --help')");
+        return cli_usage_error(
+            "missing command: isl dataset|model|predict|train (see 'isl --help')");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         fputs(main_help, stdout);
@@ -34,12 +38,16 @@ int main(int argc, char **argv)
         printf("isl %s\n", isl_version_string());
         return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_RUNTIME;
     }
+    if (!strcmp(cmd, "dataset"))
+        return cli_cmd_dataset(argc - 1, argv + 1);
     if (!strcmp(cmd, "model"))
         return cli_cmd_model(argc - 1, argv + 1);
     if (!strcmp(cmd, "predict"))
         return cli_cmd_predict(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train"))
+        return cli_cmd_train(argc - 1, argv + 1);
     if (cmd[0] == '-')
         return cli_usage_error("unknown option '%s' (see 'isl --help')", cmd);
-    return cli_usage_error("unknown command '%s' (commands: model, predict; see 'isl --help')",
-                           cmd);
+    return cli_usage_error(
+        "unknown command '%s' (commands: dataset, model, predict, train; see 'isl --help')", cmd);
 }

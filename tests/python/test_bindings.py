@@ -74,6 +74,7 @@ def test_every_header_function_is_bound(islpy):
     replaced = {
         "isl_model_config_init": "_model_create",
         "isl_model_create": "_model_create",
+        "isl_model_add_heads": "_model_add_heads",
         "isl_predict_options_set_progress": "_predict_image",
         "isl_predict_tile": "_predict_tile",
         "isl_predict_image": "_predict_image",
@@ -716,6 +717,52 @@ def test_trainer_save_load_resumes(islpy, bindings_tmp):
         assert resumed.random() == expected_random
     with islpy.Model.load(path) as m:  # a checkpoint is a model file
         assert m.heads == ("dapi_confocal", "autoencoder")
+
+
+def test_add_heads_and_frozen_trunk(islpy, bindings_tmp):
+    """Model.add_heads copies the model with a new head; Trainer(freeze_trunk=True) then
+    trains the heads only and resumes from checkpoints."""
+    import h5py
+
+    inputs, targets = train_batch(heads=2)
+    masks = np.ones(targets.shape, dtype=bool)
+    masks[:, 0] = False  # only the new label is known
+    before, after = bindings_tmp / "frozen-before.h5", bindings_tmp / "frozen-after.h5"
+    checkpoint = bindings_tmp / "frozen-checkpoint.h5"
+    with tiny_model(islpy) as model, model.add_heads("tuj1", seed=1) as bigger:
+        assert bigger.heads == ("dapi_confocal", "tuj1", "autoencoder")
+        assert bigger.head_channels("tuj1") == 256
+        assert bigger.parameter_count > model.parameter_count
+        old = model.predict_tile(inputs[0], threads=THREADS)
+        new = bigger.predict_tile(inputs[0], threads=THREADS)
+        np.testing.assert_array_equal(old["dapi_confocal"], new["dapi_confocal"])
+        assert new["tuj1"].shape == (256, 8, 8)
+        with model.add_heads(["a", "b"]) as two:
+            assert two.label_heads == ("dapi_confocal", "a", "b")
+        for bad in (["tuj1"], [], ["autoencoder"], ["x", "x"], ["a/b"]):
+            with pytest.raises(islpy.InvalidArgumentError):
+                bigger.add_heads(bad)
+        bigger.save(before)
+        with islpy.Trainer(bigger, learning_rate=1e-3, freeze_trunk=True,
+                           threads=THREADS) as t:
+            losses = [t.step(inputs, targets, masks) for _ in range(3)]
+            assert losses[0]["dapi_confocal"] is None
+            assert losses[2]["tuj1"] < losses[0]["tuj1"]
+            assert t.estimate_bn([inputs]) == 1  # the statistics are frozen: no change
+            t.save(checkpoint)
+            expected = t.step(inputs, targets, masks)
+            t.model().save(after)
+    with islpy.Trainer.load(checkpoint, learning_rate=1e-3, freeze_trunk=True,
+                            threads=THREADS) as resumed:
+        assert resumed.step_count == 3
+        assert resumed.step(inputs, targets, masks) == expected
+    with h5py.File(before, "r") as f0, h5py.File(after, "r") as f1:
+        changed = []
+        f0.visititems(lambda name, obj: changed.append(name) if isinstance(obj, h5py.Dataset)
+                      and not np.array_equal(obj[()], f1[name][()]) else None)
+    assert changed and all(name.startswith(("heads/tuj1/", "heads/autoencoder/"))
+                           for name in changed), changed
+    assert not any(name.endswith(("/mean", "/var")) for name in changed)
 
 
 def test_trainer_bad_batches(islpy):

@@ -248,6 +248,22 @@ class Model:
         return cls(_capi._model_create(int(base_depth), int(num_z), list(heads), int(seed),
                                        str(input_normalization)), _TOKEN)
 
+    def add_heads(self, names: Union[str, Sequence[str]], seed: int = 0) -> "Model":
+        """Transfer learning (the paper's condition E, Figure S5): a new model with label
+        heads ``names`` appended after the label heads (before the autoencoder), with
+        random initial weights drawn from ``seed``; the trunk and the existing heads are
+        copied, so they predict exactly as before. Train it with :class:`Trainer`
+        (``freeze_trunk=True`` trains the heads only).
+
+        Raises:
+            InvalidArgumentError: no name, a name the model already has, a repeated or
+                invalid name, or "autoencoder".
+        """
+        if isinstance(names, str):
+            names = [names]
+        with self._handle as ptr:
+            return Model(_capi._model_add_heads(ptr, list(names), int(seed)), _TOKEN)
+
     def save(self, path: PathLike) -> None:
         """Writes the model atomically (to a temporary file renamed over ``path``)."""
         with self._handle as ptr:
@@ -523,12 +539,14 @@ class Model:
 
 def _train_options(learning_rate: float, label_weight: float, seed: int,
                    bn_decay: Optional[float], rate_drop: Optional[Tuple[int, float]],
-                   adam: Optional[Tuple[float, float, float]], threads: int):
+                   adam: Optional[Tuple[float, float, float]], threads: int,
+                   freeze_trunk: bool):
     options = _capi.isl_train_options_create()
     try:
         _capi.isl_train_options_set_learning_rate(options, float(learning_rate))
         _capi.isl_train_options_set_label_weight(options, float(label_weight))
         _capi.isl_train_options_set_seed(options, int(seed))
+        _capi.isl_train_options_set_freeze_trunk(options, 1 if freeze_trunk else 0)
         if bn_decay is not None:
             _capi.isl_train_options_set_bn_decay(options, float(bn_decay))
         if rate_drop is not None:
@@ -563,17 +581,21 @@ class Trainer:
         rate_drop: ``(step, rate)``: from 1-based ``step`` on, use learning rate ``rate``.
         adam: ``(beta1, beta2, epsilon)`` (None: 0.9, 0.999, 1e-8).
         threads: threads of the training work (0 = all cores).
+        freeze_trunk: train only the heads (transfer learning, :meth:`Model.add_heads`):
+            the trunk's weights and every batch-norm statistic stay as they are, batch
+            norms use the stored statistics as prediction does, and :meth:`estimate_bn`
+            changes nothing.
     """
 
     def __init__(self, model: Model, *, learning_rate: float = 1e-4, label_weight: float = 0.5,
                  seed: int = 0, bn_decay: Optional[float] = None,
                  rate_drop: Optional[Tuple[int, float]] = None,
                  adam: Optional[Tuple[float, float, float]] = None, threads: int = 0,
-                 _ptr=None) -> None:
+                 freeze_trunk: bool = False, _ptr=None) -> None:
         self._lock = threading.Lock()
         self._ptr = None
         options = _train_options(learning_rate, label_weight, seed, bn_decay, rate_drop, adam,
-                                 threads)
+                                 threads, freeze_trunk)
         try:
             if _ptr is None:
                 if not isinstance(model, Model):

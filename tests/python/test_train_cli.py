@@ -1,0 +1,240 @@
+"""End-to-end tests of `isl train` (tools/cmd_train.c): a short run, its outputs and log,
+validation, resume equivalence, interruption, transfer learning, and bad input.
+
+Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_train_cli.py -q
+"""
+import csv
+import math
+import os
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+from test_cli import assert_one_error_line
+
+NZ, H, W = 3, 300, 300
+CROP = 266  # outputs 24 x 24
+# One thread: bitwise reproducible runs, and no OpenMP spinning on a loaded machine.
+COMMON = ("--threads", 1, "--crop", CROP, "--batch", 2, "--bn-batches", 2)
+
+
+def smooth(a):
+    k = np.ones(5) / 5
+    a = np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 0, a)
+    return np.apply_along_axis(lambda r: np.convolve(r, k, mode="same"), 1, a)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, run_isl):
+    """A 3-plane well with label 'a' everywhere and label 'b' on rows 100.. only, both
+    functions of the input (learnable), plus a base-8 model with heads a, b."""
+    d = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(3)
+    stack = rng.random((NZ, H, W)).astype(np.float32)
+    a = np.clip(smooth(stack[1]) * 1.5 - 0.25, 0, 1).astype(np.float32)
+    b = np.clip(1 - smooth(stack[0]), 0, 1).astype(np.float32)[100:, :]
+    tifffile.imwrite(d / "stack.tif", stack, photometric="minisblack")
+    tifffile.imwrite(d / "a.tif", a)
+    tifffile.imwrite(d / "b.tif", b)
+    r = run_isl("dataset", "build", "--input", d / "stack.tif", "--target", f"a={d / 'a.tif'}",
+                "--target", f"b={d / 'b.tif'}:0,100", "-o", d / "data.h5")
+    assert r.returncode == 0, r.stderr
+    r = run_isl("model", "init", "--base-depth", 8, "--num-z", NZ, "--heads", "a,b", "--seed", 5,
+                "-o", d / "init.h5")
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def read_log(path):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = [r for r in rows if r["loss_total"] != ""]
+    validations = [r for r in rows if r["loss_total"] == ""]
+    return steps, validations
+
+
+def model_arrays(path):
+    out = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset) and not name.startswith("optimizer"):
+            out[name] = obj[()]
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return out
+
+
+def train(run_isl, data, out, *extra, steps=6, **kw):
+    return run_isl("train", "--dataset", data / "data.h5", "--out", out, "--steps", steps,
+                   *COMMON, *extra, **kw)
+
+
+def test_help(run_isl):
+    r = run_isl("train", "--help")
+    assert r.returncode == 0
+    for option in ("--dataset", "--resume", "--validation", "--add-head", "--checkpoint-every"):
+        assert option in r.stdout
+
+
+def test_short_run_writes_model_log_and_validation(run_isl, data, tmp_path):
+    out = tmp_path / "m.h5"
+    r = train(run_isl, data, out, "--model", data / "init.h5", "--validation", "0,200,300,100",
+              "--validate-every", 3, "--checkpoint-every", 2, "--lr", 1e-3)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"wrote {out}"
+    assert "validation at step 3" in r.stderr
+    info = run_isl("model", "info", out)
+    assert info.returncode == 0 and "a" in info.stdout
+    steps, validations = read_log(tmp_path / "m.log.csv")
+    assert [int(s["step"]) for s in steps] == [1, 2, 3, 4, 5, 6]
+    for s in steps:
+        # A head without known pixels in a batch has no loss (empty), the others always.
+        for k in ("loss_a", "loss_b", "loss_label", "loss_autoencoder", "loss_total"):
+            if k != "loss_b" or s[k]:
+                v = float(s[k])
+                assert 0 < v < 3, (k, v)
+        # total = 0.5 label + 0.5 autoencoder, as logged
+        assert math.isclose(float(s["loss_total"]),
+                            0.5 * float(s["loss_label"]) + 0.5 * float(s["loss_autoencoder"]),
+                            abs_tol=2e-5)
+    # Validation at step 3 and at the end (after the batch-norm re-estimation).
+    assert [int(v["step"]) for v in validations] == [3, 6]
+    for v in validations:
+        for k in ("r_a", "r_b"):
+            assert -1 <= float(v[k]) <= 1
+    # The checkpoint is complete and resumable; the model differs from the initial one.
+    assert (tmp_path / "m.checkpoint.h5").is_file()
+    with h5py.File(tmp_path / "m.checkpoint.h5", "r") as f:
+        assert f["optimizer"].attrs["step"] == 6
+    init, trained = model_arrays(data / "init.h5"), model_arrays(out)
+    assert init.keys() == trained.keys()
+    assert any(not np.array_equal(init[k], trained[k]) for k in init)
+
+
+def test_validation_pearson_matches_independent_computation(run_isl, data, tmp_path):
+    """The logged r equals numpy's Pearson r of `isl predict`'s median against the target
+    over the held-out region."""
+    out = tmp_path / "m.h5"
+    region = (20, 180, 250, 120)  # x0, y0, width, height
+    r = train(run_isl, data, out, "--model", data / "init.h5", "--validation",
+              ",".join(map(str, region)), "--validate-every", 0, steps=2)
+    assert r.returncode == 0, r.stderr
+    _, validations = read_log(tmp_path / "m.log.csv")
+    logged = float(validations[-1]["r_b"]), float(validations[-1]["r_a"])
+    p = run_isl("predict", "--model", out, "--input", data / "stack.tif", "--output-dir",
+                tmp_path / "pred", "--threads", 1)
+    assert p.returncode == 0, p.stderr
+    x0, y0, w, h = region
+    target_b = np.zeros((H, W), np.float32)
+    target_b[100:] = tifffile.imread(data / "b.tif")
+    expected = []
+    for name, target in (("b", target_b), ("a", tifffile.imread(data / "a.tif"))):
+        pred = tifffile.imread(tmp_path / "pred" / f"{name}_median.tif")
+        expected.append(np.corrcoef(pred[y0:y0 + h, x0:x0 + w].ravel(),
+                                    target[y0:y0 + h, x0:x0 + w].ravel())[0, 1])
+    np.testing.assert_allclose(logged, expected, atol=1e-4)
+
+
+def test_resume_gives_the_same_run(run_isl, data, tmp_path):
+    straight = tmp_path / "straight.h5"
+    r = train(run_isl, data, straight, "--model", data / "init.h5", "--checkpoint-every", 100)
+    assert r.returncode == 0, r.stderr
+    split = tmp_path / "split.h5"
+    r = train(run_isl, data, split, "--model", data / "init.h5", steps=3)
+    assert r.returncode == 0, r.stderr
+    r = train(run_isl, data, split, "--resume", tmp_path / "split.checkpoint.h5")
+    assert r.returncode == 0, r.stderr
+    a, _ = read_log(tmp_path / "straight.log.csv")
+    b, _ = read_log(tmp_path / "split.log.csv")
+    assert [s["step"] for s in b] == ["1", "2", "3", "4", "5", "6"]
+    cols = ("loss_a", "loss_b", "loss_autoencoder", "loss_total")
+    assert [[s[c] for c in cols] for s in a] == [[s[c] for c in cols] for s in b]
+    ma, mb = model_arrays(straight), model_arrays(split)
+    for k in ma:
+        np.testing.assert_array_equal(ma[k], mb[k], err_msg=k)
+
+
+def test_interrupt_saves_a_checkpoint_and_resumes(isl_bin, run_isl, data, tmp_path):
+    out = tmp_path / "m.h5"
+    log = tmp_path / "m.log.csv"
+    proc = subprocess.Popen([str(isl_bin), "train", "--dataset", str(data / "data.h5"),
+                             "--model", str(data / "init.h5"), "--out", str(out), "--steps",
+                             "1000", *map(str, COMMON)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log.exists() or len(read_log(log)[0]) < 2):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    assert not out.exists()
+    with h5py.File(tmp_path / "m.checkpoint.h5", "r") as f:
+        stopped = int(f["optimizer"].attrs["step"])
+    assert stopped == len(read_log(log)[0]) >= 2
+    r = train(run_isl, data, out, "--resume", tmp_path / "m.checkpoint.h5", steps=stopped + 1)
+    assert r.returncode == 0, r.stderr
+    assert [int(s["step"]) for s in read_log(log)[0]] == list(range(1, stopped + 2))
+
+
+def test_transfer_learning_adds_a_head_and_keeps_the_trunk(run_isl, data, tmp_path):
+    base = tmp_path / "base.h5"
+    r = run_isl("model", "init", "--base-depth", 8, "--num-z", NZ, "--heads", "a", "--seed", 9,
+                "-o", base)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "m.h5"
+    r = train(run_isl, data, out, "--init-from", base, "--add-head", "b", "--freeze-trunk",
+              "--label-weight", 1)
+    assert r.returncode == 0, r.stderr
+    before, after = model_arrays(base), model_arrays(out)
+    new = [k for k in after if k not in before]
+    assert new and all(k.startswith("heads/b/") for k in new), new
+    for k, v in before.items():
+        if not k.startswith("heads/"):
+            np.testing.assert_array_equal(v, after[k], err_msg=k)
+    info = run_isl("model", "info", out)
+    assert "b" in info.stdout
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (("--model", "{d}/init.h5", "--dataset", "{d}/missing.h5"), 1, "missing.h5"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--crop", "300"), 2, "250 + 16m"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--validation", "0,0,400,10"), 2,
+     "inside"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--validation", "x:0,0,4,4"), 2,
+     "no well"),
+    (("--model", "{d}/init.h5", "--resume", "{d}/init.h5", "--dataset", "{d}/data.h5"), 2,
+     "--resume"),
+    (("--resume", "{d}/init.h5", "--dataset", "{d}/data.h5"), 1, "checkpoint"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--lr", "nan"), 2, "--lr"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--lr-drop", "5"), 2, "STEP:RATE"),
+    (("--model", "{d}/stack.tif", "--dataset", "{d}/data.h5"), 1, "stack.tif"),
+])
+def test_bad_input_gives_one_error_line_and_no_output(run_isl, data, tmp_path, args, code, words):
+    out = tmp_path / "m.h5"
+    r = run_isl("train", "--out", out, "--steps", 2, "--threads", 1,
+                *[a.format(d=data) for a in args])
+    line = assert_one_error_line(r, code)
+    assert words in line
+    assert not out.exists()
+
+
+def test_existing_checkpoint_is_not_overwritten(run_isl, data, tmp_path):
+    out = tmp_path / "m.h5"
+    (tmp_path / "m.checkpoint.h5").write_bytes(b"precious")
+    r = train(run_isl, data, out, "--model", data / "init.h5")
+    assert "--resume" in assert_one_error_line(r, 2)
+    assert (tmp_path / "m.checkpoint.h5").read_bytes() == b"precious"
+
+
+def test_num_z_mismatch(run_isl, data, tmp_path):
+    m = tmp_path / "z5.h5"
+    assert run_isl("model", "init", "--base-depth", 8, "--num-z", 5, "--heads", "a", "-o",
+                   m).returncode == 0
+    r = train(run_isl, data, tmp_path / "m.h5", "--model", m)
+    assert "planes" in assert_one_error_line(r, 1)

@@ -1,0 +1,589 @@
+/* isl train: trains a model on a dataset file with checkpoints, validation and a log. */
+#include "train.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char train_help[] =
+    "Usage: isl train --dataset DATA.h5 --model INIT.h5 --out MODEL.h5 --steps N [options]\n"
+    "\n"
+    "Trains a model on random crops of a dataset (see 'isl dataset build') with Adam, as the\n"
+    "paper does, and writes the trained model (batch-norm statistics re-estimated) to OUT.\n"
+    "Checkpoints are written atomically every K steps and on Ctrl-C; --resume continues a\n"
+    "run exactly where it stopped (give the same options). A CSV log records every step's\n"
+    "losses and each validation's Pearson r per label.\n"
+    "\n"
+    "Model (one of):\n"
+    "  --model PATH             initial model (e.g. from 'isl model init')\n"
+    "  --init-from PATH         the same, for transfer learning with --add-head\n"
+    "  --resume CKPT            continue from a checkpoint of an earlier run\n"
+    "  --add-head LIST          new label heads (comma-separated) added to the initial model\n"
+    "  --freeze-trunk           train only the heads (the trunk stays as it was)\n"
+    "\n"
+    "Data:\n"
+    "  --dataset PATH           dataset file (required)\n"
+    "  --crop N                 crop side, 250 + 16m (default 378: outputs 136 x 136)\n"
+    "  --batch N                crops per step (default 4; the paper: 16 crops of 250)\n"
+    "  --validation REGION      hold out [WELL:]X0,Y0,WIDTH,HEIGHT of a well's targets\n"
+    "                           (repeatable; WELL is a name or index, default 0)\n"
+    "  --validate-every K       validate every K steps (default 1000; 0: only at the end)\n"
+    "  --no-augment             no random flips and 90-degree rotations\n"
+    "\n"
+    "Optimization:\n"
+    "  --steps N                total number of steps (required)\n"
+    "  --lr RATE                Adam learning rate (default 1e-4)\n"
+    "  --lr-drop STEP:RATE      use RATE from STEP on (the paper: 1e-5 in its second week)\n"
+    "  --label-weight W         total = W label + (1 - W) autoencoder (default 0.5)\n"
+    "  --bn-decay D             decay of the batch-norm moving averages (default 0.99)\n"
+    "  --bn-batches K           batches for the final batch-norm re-estimation (default 50)\n"
+    "  --seed S                 seed of the crops (default 0)\n"
+    "  --threads N              threads (default 0: all cores)\n"
+    "\n"
+    "Outputs:\n"
+    "  -o, --out PATH           trained model (required)\n"
+    "  --checkpoint PATH        checkpoint file (default OUT with .checkpoint.h5)\n"
+    "  --checkpoint-every K     steps between checkpoints (default 500)\n"
+    "  --log PATH               CSV log (default OUT with .log.csv), appended on resume\n"
+    "  -h, --help               show this help\n";
+
+enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
+       OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
+       OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_SEED, OPT_THREADS,
+       OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG };
+
+static const cli_option train_options[] = {
+    {"dataset", 0, 1, OPT_DATASET},         {"model", 'm', 1, OPT_MODEL},
+    {"init-from", 0, 1, OPT_INIT_FROM},     {"resume", 0, 1, OPT_RESUME},
+    {"add-head", 0, 1, OPT_ADD_HEAD},       {"freeze-trunk", 0, 0, OPT_FREEZE},
+    {"crop", 0, 1, OPT_CROP},               {"batch", 0, 1, OPT_BATCH},
+    {"validation", 0, 1, OPT_VALIDATION},   {"validate-every", 0, 1, OPT_VALIDATE_EVERY},
+    {"no-augment", 0, 0, OPT_NO_AUGMENT},   {"steps", 0, 1, OPT_STEPS},
+    {"lr", 0, 1, OPT_LR},                   {"lr-drop", 0, 1, OPT_LR_DROP},
+    {"label-weight", 0, 1, OPT_LABEL_WEIGHT}, {"bn-decay", 0, 1, OPT_BN_DECAY},
+    {"bn-batches", 0, 1, OPT_BN_BATCHES},   {"seed", 0, 1, OPT_SEED},
+    {"threads", 0, 1, OPT_THREADS},         {"out", 'o', 1, OPT_OUT},
+    {"checkpoint", 0, 1, OPT_CHECKPOINT},   {"checkpoint-every", 0, 1, OPT_CHECKPOINT_EVERY},
+    {"log", 0, 1, OPT_LOG},                 {NULL, 0, 0, 0},
+};
+
+#define MAX_REGIONS 16
+
+typedef struct train_args {
+    const char *dataset, *model, *resume, *add_heads, *out, *checkpoint, *log;
+    const char *validation[MAX_REGIONS];
+    int num_validation, freeze_trunk, augment;
+    long long crop, batch, validate_every, steps, drop_step, bn_batches, threads,
+        checkpoint_every;
+    double lr, drop_rate, label_weight, bn_decay;
+    uint64_t seed;
+} train_args;
+
+static int parse_drop(const char *text, train_args *a)
+{
+    const char *colon = strchr(text, ':');
+    if (!colon)
+        return cli_usage_error("--lr-drop: expected STEP:RATE, not '%s'", text);
+    char step[32];
+    size_t n = (size_t)(colon - text);
+    if (n == 0 || n >= sizeof(step))
+        return cli_usage_error("--lr-drop: expected STEP:RATE, not '%s'", text);
+    memcpy(step, text, n);
+    step[n] = '\0';
+    if (cli_parse_int("--lr-drop", step, 1, INT64_MAX, &a->drop_step) != 0 ||
+        cli_parse_double("--lr-drop", colon + 1, 0, 1, &a->drop_rate) != 0)
+        return CLI_EXIT_USAGE;
+    return CLI_EXIT_OK;
+}
+
+static int parse_option(train_args *a, int id, const char *v)
+{
+    switch (id) {
+    case OPT_DATASET: a->dataset = v; return 0;
+    case OPT_MODEL:
+    case OPT_INIT_FROM:
+        if (a->model)
+            return cli_usage_error("give the initial model once (--model or --init-from)");
+        a->model = v;
+        return 0;
+    case OPT_RESUME: a->resume = v; return 0;
+    case OPT_ADD_HEAD: a->add_heads = v; return 0;
+    case OPT_FREEZE: a->freeze_trunk = 1; return 0;
+    case OPT_NO_AUGMENT: a->augment = 0; return 0;
+    case OPT_OUT: a->out = v; return 0;
+    case OPT_CHECKPOINT: a->checkpoint = v; return 0;
+    case OPT_LOG: a->log = v; return 0;
+    case OPT_VALIDATION:
+        if (a->num_validation == MAX_REGIONS)
+            return cli_usage_error("--validation: at most %d regions", MAX_REGIONS);
+        a->validation[a->num_validation++] = v;
+        return 0;
+    case OPT_LR_DROP: return parse_drop(v, a);
+    case OPT_SEED: return cli_parse_u64("--seed", v, &a->seed) ? CLI_EXIT_USAGE : 0;
+    }
+    struct { int id; const char *name; long long min, max, *out; } ints[] = {
+        {OPT_CROP, "--crop", 250, 4090, &a->crop},
+        {OPT_BATCH, "--batch", 1, 4096, &a->batch},
+        {OPT_VALIDATE_EVERY, "--validate-every", 0, INT64_MAX, &a->validate_every},
+        {OPT_STEPS, "--steps", 1, INT64_MAX, &a->steps},
+        {OPT_BN_BATCHES, "--bn-batches", 0, 100000, &a->bn_batches},
+        {OPT_THREADS, "--threads", 0, 4096, &a->threads},
+        {OPT_CHECKPOINT_EVERY, "--checkpoint-every", 1, INT64_MAX, &a->checkpoint_every},
+    };
+    for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
+        if (ints[i].id == id)
+            return cli_parse_int(ints[i].name, v, ints[i].min, ints[i].max, ints[i].out)
+                       ? CLI_EXIT_USAGE : 0;
+    struct { int id; const char *name; double min, max, *out; } reals[] = {
+        {OPT_LR, "--lr", 0, 1, &a->lr},
+        {OPT_LABEL_WEIGHT, "--label-weight", 0, 1, &a->label_weight},
+        {OPT_BN_DECAY, "--bn-decay", 0, 1, &a->bn_decay},
+    };
+    for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
+        if (reals[i].id == id)
+            return cli_parse_double(reals[i].name, v, reals[i].min, reals[i].max, reals[i].out)
+                       ? CLI_EXIT_USAGE : 0;
+    return cli_usage_error("internal: unhandled option");
+}
+
+static int parse_train(int argc, char **argv, train_args *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->crop = 378;
+    a->batch = 4;
+    a->validate_every = 1000;
+    a->augment = 1;
+    a->lr = 1e-4;
+    a->label_weight = 0.5;
+    a->bn_decay = 0.99;
+    a->bn_batches = 50;
+    a->checkpoint_every = 500;
+    cli_args p;
+    cli_args_init(&p, argc, argv, "train");
+    int kind, id;
+    const char *v;
+    while ((kind = cli_args_next(&p, train_options, &id, &v)) != CLI_ARG_END) {
+        if (kind == CLI_ARG_ERROR)
+            return CLI_EXIT_USAGE;
+        if (kind == CLI_ARG_POSITIONAL)
+            return cli_usage_error("unexpected argument '%s' (see 'isl train --help')", v);
+        int rc = parse_option(a, id, v);
+        if (rc != 0)
+            return rc;
+    }
+    if (!a->dataset)
+        return cli_usage_error("missing --dataset (see 'isl train --help')");
+    if (!a->out)
+        return cli_usage_error("missing --out (see 'isl train --help')");
+    if (!a->steps)
+        return cli_usage_error("missing --steps (see 'isl train --help')");
+    if (!a->model == !a->resume)
+        return cli_usage_error(a->model ? "--resume continues a run: do not also give --model"
+                                        : "missing --model (or --resume; see 'isl train --help')");
+    if (a->add_heads && !a->model)
+        return cli_usage_error("--add-head needs the model to add to (--init-from)");
+    if ((a->crop - 250) % 16 != 0)
+        return cli_usage_error("--crop: %lld is not 250 + 16m (250, 266, ..., 378, ...)", a->crop);
+    return CLI_EXIT_OK;
+}
+
+/* OUT without a trailing ".h5", plus suffix. NULL if out of memory. */
+static char *derived_path(const char *out, const char *suffix)
+{
+    size_t n = strlen(out);
+    if (n > 3 && !strcmp(out + n - 3, ".h5"))
+        n -= 3;
+    char *p = malloc(n + strlen(suffix) + 1);
+    if (p) {
+        memcpy(p, out, n);
+        strcpy(p + n, suffix);
+    }
+    return p;
+}
+
+/* [WELL:]X0,Y0,WIDTH,HEIGHT inside the well. */
+static int parse_region(const isl_dataset *ds, const char *text, isl_region *r)
+{
+    const char *coords = text;
+    r->well = 0;
+    const char *colon = strrchr(text, ':');
+    if (colon) {
+        char well[256];
+        size_t n = (size_t)(colon - text);
+        if (n == 0 || n >= sizeof(well))
+            return cli_usage_error("--validation: bad well in '%s'", text);
+        memcpy(well, text, n);
+        well[n] = '\0';
+        r->well = isl_dataset_well_index(ds, well);
+        char *end;
+        long index = strtol(well, &end, 10);
+        if (r->well < 0 && *end == '\0' && index >= 0 && index < isl_dataset_num_wells(ds))
+            r->well = (int)index;
+        if (r->well < 0)
+            return cli_usage_error("--validation: the dataset has no well '%s'", well);
+        coords = colon + 1;
+    }
+    int x0, y0, w, h, used = 0;
+    if (sscanf(coords, "%d,%d,%d,%d%n", &x0, &y0, &w, &h, &used) != 4 || coords[used] != '\0')
+        return cli_usage_error("--validation: expected [WELL:]X0,Y0,WIDTH,HEIGHT, not '%s'", text);
+    int height, width;
+    if (isl_dataset_well_size(ds, r->well, &height, &width) != ISL_OK)
+        return cli_library_error(ISL_ERROR_INVALID_ARGUMENT);
+    if (x0 < 0 || y0 < 0 || w < 1 || h < 1 || x0 > width - w || y0 > height - h)
+        return cli_usage_error("--validation: %s does not lie inside well '%s' (%d x %d)", text,
+                               isl_dataset_well_name(ds, r->well), width, height);
+    *r = (isl_region){r->well, x0, y0, w, h};
+    return CLI_EXIT_OK;
+}
+
+/* A batch being filled (by a prefetch thread) or used. */
+typedef struct batch_buf {
+    float *inputs, *targets;
+    uint8_t *masks;
+    uint64_t seed;
+    isl_status status;
+    char error[512];
+} batch_buf;
+
+typedef struct run_state {
+    train_args a;
+    char *checkpoint, *log_path;
+    isl_dataset *ds;
+    isl_model *init;  /* initial model, or the checkpoint's snapshot */
+    isl_trainer *trainer;
+    isl_sampler *sampler;
+    isl_region regions[MAX_REGIONS];
+    int num_regions;
+    batch_buf buf[2];
+    int num_z, num_labels, num_losses;
+    cli_train_log log;
+    int log_open;
+} run_state;
+
+/* The crops of a step depend only on --seed and the step, so a resumed run (same seed)
+ * draws what an uninterrupted one would have. splitmix64 of both. */
+static uint64_t batch_seed(uint64_t seed, uint64_t step)
+{
+    uint64_t z = seed * 0x9e3779b97f4a7c15ULL + step + 0x632be59bd9b4e019ULL;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+typedef struct draw_job {
+    const isl_sampler *sampler;
+    batch_buf *buf;
+    int batch;
+} draw_job;
+
+static void *draw_thread(void *arg)
+{
+    draw_job *j = arg;
+    j->buf->status = isl_sampler_draw(j->sampler, j->buf->seed, j->batch, j->buf->inputs,
+                                      j->buf->targets, j->buf->masks);
+    if (j->buf->status != ISL_OK)
+        snprintf(j->buf->error, sizeof(j->buf->error), "%s", isl_last_error());
+    return NULL;
+}
+
+static int alloc_batches(run_state *r)
+{
+    size_t B = (size_t)r->a.batch, crop = (size_t)r->a.crop, out = crop - 242;
+    for (int i = 0; i < 2; i++) {
+        batch_buf *b = &r->buf[i];
+        b->inputs = malloc(B * (size_t)r->num_z * crop * crop * sizeof(float));
+        b->targets = malloc(B * (size_t)(r->num_labels ? r->num_labels : 1) * out * out *
+                            sizeof(float));
+        b->masks = malloc(B * (size_t)(r->num_labels ? r->num_labels : 1) * out * out);
+        if (!b->inputs || !b->targets || !b->masks)
+            return cli_runtime_error("out of memory for batches of %lld crops of %lld",
+                                     r->a.batch, r->a.crop);
+    }
+    return CLI_EXIT_OK;
+}
+
+static isl_train_batch as_batch(const run_state *r, const batch_buf *b)
+{
+    isl_train_batch t = {(int)r->a.batch, (int)r->a.crop, (int)r->a.crop, b->inputs,
+                         r->num_labels ? b->targets : NULL, r->num_labels ? b->masks : NULL};
+    return t;
+}
+
+static int save_checkpoint(run_state *r)
+{
+    isl_status s = isl_trainer_save(r->trainer, r->checkpoint);
+    return s == ISL_OK ? CLI_EXIT_OK : cli_library_error(s);
+}
+
+static int validate(run_state *r, int64_t step)
+{
+    if (r->num_regions == 0)
+        return CLI_EXIT_OK;
+    isl_model *snapshot = NULL;
+    int heads = 0;
+    double *rs = NULL;
+    int64_t *pixels = NULL;
+    isl_status s = isl_trainer_model(r->trainer, &snapshot);
+    if (s == ISL_OK) {
+        heads = isl_model_num_heads(snapshot);
+        rs = malloc(sizeof(double) * (size_t)heads);
+        pixels = malloc(sizeof(int64_t) * (size_t)heads);
+        s = rs && pixels ? cli_validate(r->ds, snapshot, r->regions, r->num_regions,
+                                        (int)r->a.threads, rs, pixels)
+                         : ISL_ERROR_OUT_OF_MEMORY;
+    }
+    int rc = s == ISL_OK ? cli_train_log_validation(&r->log, step, rs, pixels)
+                         : cli_library_error(s);
+    free(rs);
+    free(pixels);
+    isl_model_free(snapshot);
+    return rc;
+}
+
+/* Batch-norm population statistics from --bn-batches fresh batches, then OUT. */
+static int finish(run_state *r)
+{
+    if (!r->a.freeze_trunk && r->a.bn_batches > 0) {
+        cli_train_log_note(&r->log, "re-estimating batch-norm statistics over %lld batches",
+                           r->a.bn_batches);
+        for (long long k = 0; k < r->a.bn_batches; k++) {
+            batch_buf *b = &r->buf[0];
+            isl_status s = isl_sampler_draw(r->sampler, batch_seed(~r->a.seed, (uint64_t)k),
+                                            (int)r->a.batch, b->inputs, b->targets, b->masks);
+            isl_train_batch t = as_batch(r, b);
+            if (s == ISL_OK)
+                s = isl_trainer_estimate_bn(r->trainer, &t, (int)k);
+            if (s != ISL_OK)
+                return cli_library_error(s);
+            if (cli_interrupted())
+                return cli_runtime_error("interrupted; %s not written (the checkpoint %s is "
+                                         "complete)", r->a.out, r->checkpoint);
+        }
+    }
+    int rc = validate(r, isl_trainer_step_count(r->trainer));
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    isl_model *trained = NULL;
+    isl_status s = isl_trainer_model(r->trainer, &trained);
+    if (s == ISL_OK)
+        s = isl_model_save(trained, r->a.out);
+    isl_model_free(trained);
+    if (s != ISL_OK)
+        return cli_library_error(s);
+    cli_train_log_note(&r->log, "wrote %s (log %s, checkpoint %s)", r->a.out, r->log_path,
+                       r->checkpoint);
+    printf("wrote %s\n", r->a.out);
+    return fflush(stdout) == 0 ? CLI_EXIT_OK : cli_runtime_error("cannot write to stdout");
+}
+
+static int train_loop(run_state *r)
+{
+    int64_t step = isl_trainer_step_count(r->trainer);
+    float *losses = malloc(sizeof(float) * (size_t)r->num_losses);
+    if (!losses)
+        return cli_runtime_error("out of memory");
+    int rc = CLI_EXIT_OK, cur = 0;
+    pthread_t thread;
+    draw_job jobs[2];
+    int pending = 0;
+    if (step < r->a.steps) {
+        r->buf[cur].seed = batch_seed(r->a.seed, (uint64_t)step + 1);
+        jobs[cur] = (draw_job){r->sampler, &r->buf[cur], (int)r->a.batch};
+        draw_thread(&jobs[cur]);
+    }
+    while (step < r->a.steps && rc == CLI_EXIT_OK) {
+        batch_buf *b = &r->buf[cur];
+        if (b->status != ISL_OK) {
+            rc = cli_runtime_error("drawing crops: %s", b->error);
+            break;
+        }
+        /* Draw the next batch while this one trains. */
+        if (step + 1 < r->a.steps) {
+            batch_buf *next = &r->buf[1 - cur];
+            next->seed = batch_seed(r->a.seed, (uint64_t)step + 2);
+            jobs[1 - cur] = (draw_job){r->sampler, next, (int)r->a.batch};
+            if (pthread_create(&thread, NULL, draw_thread, &jobs[1 - cur]) != 0)
+                draw_thread(&jobs[1 - cur]);
+            else
+                pending = 1;
+        }
+        isl_train_batch t = as_batch(r, b);
+        isl_status s = isl_train_step(r->trainer, &t, losses);
+        if (pending) {
+            pthread_join(thread, NULL);
+            pending = 0;
+        }
+        if (s != ISL_OK) {
+            rc = cli_library_error(s);
+            break;
+        }
+        step = isl_trainer_step_count(r->trainer);
+        double rate = r->a.drop_step && step >= r->a.drop_step ? r->a.drop_rate : r->a.lr;
+        if ((rc = cli_train_log_step(&r->log, step, rate, losses)) != CLI_EXIT_OK)
+            break;
+        if (!isfinite(losses[r->num_losses - 1])) {
+            rc = cli_runtime_error("the loss diverged at step %lld (try a lower --lr); the "
+                                   "last checkpoint is %s", (long long)step, r->checkpoint);
+            break;
+        }
+        if (cli_interrupted()) {
+            if ((rc = save_checkpoint(r)) == CLI_EXIT_OK) {
+                cli_train_log_note(&r->log, "interrupted at step %lld; checkpoint %s written; "
+                                   "continue with --resume %s", (long long)step, r->checkpoint,
+                                   r->checkpoint);
+                rc = CLI_EXIT_INTERRUPTED;
+            }
+            break;
+        }
+        if (step % r->a.checkpoint_every == 0 || step == r->a.steps)
+            rc = save_checkpoint(r);
+        if (rc == CLI_EXIT_OK && r->a.validate_every && step % r->a.validate_every == 0 &&
+            step < r->a.steps)
+            rc = validate(r, step);
+        cur = 1 - cur;
+    }
+    free(losses);
+    if (rc == CLI_EXIT_OK)
+        rc = finish(r);
+    return rc;
+}
+
+/* Loads the data and the model, creates the trainer and the sampler. */
+static int setup(run_state *r)
+{
+    train_args *a = &r->a;
+    isl_status s = isl_dataset_load(a->dataset, &r->ds);
+    if (s != ISL_OK)
+        return cli_library_error(s);
+    for (int i = 0; i < a->num_validation; i++) {
+        int rc = parse_region(r->ds, a->validation[i], &r->regions[r->num_regions++]);
+        if (rc != CLI_EXIT_OK)
+            return rc;
+    }
+    isl_train_options *o = NULL;
+    if ((s = isl_train_options_create(&o)) == ISL_OK &&
+        (s = isl_train_options_set_learning_rate(o, a->lr)) == ISL_OK &&
+        (s = isl_train_options_set_label_weight(o, a->label_weight)) == ISL_OK &&
+        (s = isl_train_options_set_bn_decay(o, a->bn_decay)) == ISL_OK &&
+        (s = isl_train_options_set_threads(o, (int)a->threads)) == ISL_OK &&
+        (s = isl_train_options_set_freeze_trunk(o, a->freeze_trunk)) == ISL_OK &&
+        (s = isl_train_options_set_seed(o, a->seed)) == ISL_OK && a->drop_step)
+        s = isl_train_options_set_rate_drop(o, a->drop_step, a->drop_rate);
+    if (s == ISL_OK && a->resume) {
+        s = isl_trainer_load(a->resume, o, &r->trainer);
+        if (s == ISL_OK)
+            s = isl_trainer_model(r->trainer, &r->init);
+    } else if (s == ISL_OK) {
+        s = isl_model_load(a->model, &r->init);
+        if (s == ISL_OK && a->add_heads) {
+            cli_list names;
+            int rc = cli_split_list("--add-head", a->add_heads, &names);
+            if (rc != 0) {
+                isl_train_options_free(o);
+                return rc;
+            }
+            isl_model *grown = NULL;
+            s = isl_model_add_heads(r->init, names.count, (const char *const *)names.items,
+                                    a->seed, &grown);
+            cli_list_free(&names);
+            if (s == ISL_OK) {
+                isl_model_free(r->init);
+                r->init = grown;
+            }
+        }
+        if (s == ISL_OK)
+            s = isl_trainer_create(r->init, o, &r->trainer);
+    }
+    isl_train_options_free(o);
+    if (s != ISL_OK)
+        return s == ISL_ERROR_INVALID_ARGUMENT ? cli_usage_error("%s", isl_last_error())
+                                               : cli_library_error(s);
+    if (isl_dataset_num_z(r->ds) != isl_model_num_z(r->init))
+        return cli_runtime_error("the dataset has %d planes per stack but the model takes %d",
+                                 isl_dataset_num_z(r->ds), isl_model_num_z(r->init));
+    r->num_z = isl_model_num_z(r->init);
+    r->num_losses = isl_trainer_num_losses(r->trainer);
+    r->num_labels = r->num_losses - 3;
+    int known = 0;
+    for (int h = 0; h < r->num_labels; h++) {
+        const char *name = isl_model_head_name(r->init, h);
+        int have = 0;
+        for (int l = 0; l < isl_dataset_num_labels(r->ds); l++)
+            have |= !strcmp(isl_dataset_label_name(r->ds, l), name);
+        if (!have)
+            fprintf(stderr, "isl: note: the dataset has no '%s' targets; that head will not "
+                            "train\n", name);
+        known += have;
+    }
+    if (!known && a->label_weight > 0)
+        return cli_runtime_error("the dataset has none of the model's labels; train the "
+                                 "autoencoder alone with --label-weight 0");
+    if ((s = isl_sampler_create(r->ds, r->init, (int)a->crop, &r->sampler)) != ISL_OK ||
+        (s = isl_sampler_set_augment(r->sampler, a->augment)) != ISL_OK)
+        return cli_library_error(s);
+    for (int i = 0; i < r->num_regions; i++)
+        if ((s = isl_sampler_hold_out(r->sampler, &r->regions[i])) != ISL_OK)
+            return cli_library_error(s);
+    return alloc_batches(r);
+}
+
+static void run_free(run_state *r)
+{
+    if (r->log_open)
+        cli_train_log_close(&r->log);
+    for (int i = 0; i < 2; i++) {
+        free(r->buf[i].inputs);
+        free(r->buf[i].targets);
+        free(r->buf[i].masks);
+    }
+    isl_sampler_free(r->sampler);
+    isl_trainer_free(r->trainer);
+    isl_model_free(r->init);
+    isl_dataset_free(r->ds);
+    free(r->checkpoint);
+    free(r->log_path);
+}
+
+static int train(run_state *r)
+{
+    r->checkpoint = r->a.checkpoint ? strdup(r->a.checkpoint)
+                                    : derived_path(r->a.out, ".checkpoint.h5");
+    r->log_path = r->a.log ? strdup(r->a.log) : derived_path(r->a.out, ".log.csv");
+    if (!r->checkpoint || !r->log_path)
+        return cli_runtime_error("out of memory");
+    if (!r->a.resume && cli_file_size(r->checkpoint) >= 0)
+        return cli_usage_error("the checkpoint %s exists: continue that run with --resume %s, "
+                               "or remove it", r->checkpoint, r->checkpoint);
+    if (cli_interrupt_install() != 0)
+        return cli_runtime_error("cannot install the SIGINT handler");
+    int rc = setup(r);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    int64_t first = isl_trainer_step_count(r->trainer);
+    if ((rc = cli_train_log_open(&r->log, r->log_path, r->init, first, r->a.steps)) != CLI_EXIT_OK)
+        return rc;
+    r->log_open = 1;
+    cli_train_log_note(&r->log, "training %d label head%s on %d well%s: steps %lld..%lld, "
+                       "batch %lld x %lld^2, log %s",
+                       r->num_labels, r->num_labels == 1 ? "" : "s", isl_dataset_num_wells(r->ds),
+                       isl_dataset_num_wells(r->ds) == 1 ? "" : "s", (long long)first + 1,
+                       r->a.steps, r->a.batch, r->a.crop, r->log_path);
+    return train_loop(r);
+}
+
+int cli_cmd_train(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        fputs(train_help, stdout);
+        return CLI_EXIT_OK;
+    }
+    run_state r;
+    memset(&r, 0, sizeof(r));
+    int rc = parse_train(argc, argv, &r.a);
+    if (rc == CLI_EXIT_OK)
+        rc = train(&r);
+    run_free(&r);
+    return rc;
+}

@@ -1,0 +1,42 @@
+/* Pieces of `isl train` shared between its files. */
+#ifndef ISL_CLI_TRAIN_H
+#define ISL_CLI_TRAIN_H
+
+#include "cli.h"
+
+#include <stdio.h>
+
+/* Pearson r, per head of `model` (r[h], pixels[h] for h < isl_model_num_heads; NaN and 0
+ * for heads without known pixels, e.g. the autoencoder), between the median prediction of
+ * each well (predicted whole) and the known target pixels inside the regions. */
+isl_status cli_validate(const isl_dataset *ds, const isl_model *model, const isl_region *regions,
+                        int num_regions, int threads, double *r, int64_t *pixels);
+
+/* Training log: one CSV row per step, a progress line on stderr. */
+typedef struct cli_train_log {
+    FILE *csv;
+    const isl_model *model; /* for head names (borrowed) */
+    int num_labels;         /* label heads: the first num_labels heads of the model */
+    int tty;                /* stderr is a terminal: redraw one line */
+    double start, last_print;
+    int64_t first_step, last_step;
+    double avg[64];         /* smoothed losses for the progress line */
+    int have_avg;
+    int drawn;
+} cli_train_log;
+
+/* Opens (appends to) the CSV log; writes the header if the file is new. 0 or exit code. */
+int cli_train_log_open(cli_train_log *log, const char *path, const isl_model *model,
+                       int64_t first_step, int64_t last_step);
+/* Logs the losses of `step` (isl_trainer_num_losses floats) and the learning rate. */
+int cli_train_log_step(cli_train_log *log, int64_t step, double rate, const float *losses);
+/* Logs a validation (r and pixels per head) as a row and a line. */
+int cli_train_log_validation(cli_train_log *log, int64_t step, const double *r,
+                             const int64_t *pixels);
+/* Prints a message line, clearing the progress line first. */
+void cli_train_log_note(cli_train_log *log, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Closes the CSV; 0 or the exit code of a write error. */
+int cli_train_log_close(cli_train_log *log);
+
+#endif

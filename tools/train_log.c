@@ -1,0 +1,162 @@
+/* Progress and CSV log of `isl train`. */
+#include "train.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <string.h>
+#include <unistd.h>
+
+#define PRINT_SECONDS_TTY 0.5
+#define PRINT_SECONDS_FILE 30.0
+#define AVG_WEIGHT 0.05 /* exponential smoothing of the displayed losses */
+
+int cli_train_log_open(cli_train_log *log, const char *path, const isl_model *model,
+                       int64_t first_step, int64_t last_step)
+{
+    memset(log, 0, sizeof(*log));
+    log->model = model;
+    for (int h = 0; h < isl_model_num_heads(model); h++)
+        if (strcmp(isl_model_head_name(model, h), "autoencoder"))
+            log->num_labels++;
+    if (log->num_labels + 3 > (int)(sizeof(log->avg) / sizeof(log->avg[0])))
+        return cli_usage_error("too many label heads (%d) for the training log", log->num_labels);
+    log->tty = isatty(STDERR_FILENO);
+    log->start = cli_now();
+    log->last_print = log->start;
+    log->first_step = first_step;
+    log->last_step = last_step;
+    int exists = cli_file_size(path) > 0;
+    if (!(log->csv = fopen(path, "a")))
+        return cli_runtime_error("cannot open the log %s: %m", path);
+    if (!exists) {
+        fputs("step,elapsed_s,learning_rate", log->csv);
+        for (int h = 0; h < log->num_labels; h++)
+            fprintf(log->csv, ",loss_%s", isl_model_head_name(model, h));
+        fputs(",loss_label,loss_autoencoder,loss_total", log->csv);
+        for (int h = 0; h < log->num_labels; h++)
+            fprintf(log->csv, ",r_%s", isl_model_head_name(model, h));
+        fputc('\n', log->csv);
+    }
+    return CLI_EXIT_OK;
+}
+
+static void clear_line(cli_train_log *log)
+{
+    if (log->tty && log->drawn) {
+        fputs("\r\033[K", stderr);
+        log->drawn = 0;
+    }
+}
+
+/* "1:02:03" or "2:03". */
+static void duration(double seconds, char *buf, size_t size)
+{
+    if (!(seconds >= 0) || seconds > 3.6e7) {
+        snprintf(buf, size, "--:--");
+        return;
+    }
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600)
+        snprintf(buf, size, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else
+        snprintf(buf, size, "%ld:%02ld", s / 60, s % 60);
+}
+
+static void print_progress(cli_train_log *log, int64_t step, double now)
+{
+    double elapsed = now - log->start;
+    double rate = elapsed > 0 ? (double)(step - log->first_step) / elapsed : 0;
+    char eta[32];
+    duration(rate > 0 ? (double)(log->last_step - step) / rate : -1, eta, sizeof(eta));
+    clear_line(log);
+    fprintf(stderr, "step %lld/%lld  loss", (long long)step, (long long)log->last_step);
+    int L = log->num_labels;
+    for (int h = 0; h < L; h++)
+        fprintf(stderr, " %s %.3f", isl_model_head_name(log->model, h), log->avg[h]);
+    if (!isnan(log->avg[L + 1]))
+        fprintf(stderr, " autoencoder %.3f", log->avg[L + 1]);
+    fprintf(stderr, "  %.3g steps/s  ETA %s%s", rate, eta, log->tty ? "" : "\n");
+    fflush(stderr);
+    log->drawn = log->tty;
+    log->last_print = now;
+}
+
+int cli_train_log_step(cli_train_log *log, int64_t step, double rate, const float *losses)
+{
+    int n = log->num_labels + 3;
+    fprintf(log->csv, "%lld,%.2f,%.3g", (long long)step, cli_now() - log->start, rate);
+    for (int i = 0; i < n; i++) {
+        if (isnan(losses[i]))
+            fputs(",", log->csv);
+        else
+            fprintf(log->csv, ",%.5f", losses[i]);
+        /* Smoothed for display; a loss seen for the first time starts the average. */
+        if (!isnan(losses[i]))
+            log->avg[i] = (!log->have_avg || isnan(log->avg[i]))
+                              ? losses[i]
+                              : (1 - AVG_WEIGHT) * log->avg[i] + AVG_WEIGHT * losses[i];
+        else if (!log->have_avg)
+            log->avg[i] = NAN;
+    }
+    log->have_avg = 1;
+    for (int h = 0; h < log->num_labels; h++)
+        fputc(',', log->csv);
+    fputc('\n', log->csv);
+    if (fflush(log->csv) != 0 || ferror(log->csv))
+        return cli_runtime_error("cannot write the training log: %m");
+    double now = cli_now();
+    if (step == log->last_step ||
+        now - log->last_print >= (log->tty ? PRINT_SECONDS_TTY : PRINT_SECONDS_FILE) ||
+        step == log->first_step + 1)
+        print_progress(log, step, now);
+    return CLI_EXIT_OK;
+}
+
+int cli_train_log_validation(cli_train_log *log, int64_t step, const double *r,
+                             const int64_t *pixels)
+{
+    fprintf(log->csv, "%lld,%.2f,", (long long)step, cli_now() - log->start);
+    for (int i = 0; i < log->num_labels + 3; i++)
+        fputc(',', log->csv);
+    for (int h = 0; h < log->num_labels; h++)
+        if (isnan(r[h]))
+            fputc(',', log->csv);
+        else
+            fprintf(log->csv, ",%.4f", r[h]);
+    fputc('\n', log->csv);
+    if (fflush(log->csv) != 0 || ferror(log->csv))
+        return cli_runtime_error("cannot write the training log: %m");
+    clear_line(log);
+    fprintf(stderr, "validation at step %lld: Pearson r", (long long)step);
+    for (int h = 0; h < log->num_labels; h++) {
+        char count[32];
+        if (pixels[h] > 0)
+            fprintf(stderr, " %s %.3f (%s px)", isl_model_head_name(log->model, h), r[h],
+                    cli_thousands(pixels[h], count, sizeof(count)));
+    }
+    fputc('\n', stderr);
+    fflush(stderr);
+    return CLI_EXIT_OK;
+}
+
+void cli_train_log_note(cli_train_log *log, const char *fmt, ...)
+{
+    clear_line(log);
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("isl: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    fflush(stderr);
+}
+
+int cli_train_log_close(cli_train_log *log)
+{
+    clear_line(log);
+    int rc = CLI_EXIT_OK;
+    if (log->csv && fclose(log->csv) != 0)
+        rc = cli_runtime_error("cannot write the training log: %m");
+    log->csv = NULL;
+    return rc;
+}
