@@ -155,7 +155,10 @@ ISL_API int isl_stat_from_name(const char *name);
 
 typedef enum isl_precision {
     ISL_PRECISION_FP32 = 0, /**< default */
-    ISL_PRECISION_BF16 = 1  /**< bfloat16 convolutions (AVX512-BF16 or AMX); FP32 elsewhere */
+    ISL_PRECISION_BF16 = 1  /**< bfloat16 convolution inputs, FP32 accumulation and elsewhere
+                                 (CPUs with AVX512-BF16 or AMX; with AMX about 3x faster than
+                                 FP32). Results differ from FP32 by bfloat16 rounding: see
+                                 docs/performance.md */
 } isl_precision;
 
 /** Progress of long work: called after each unit of work with done <= total.

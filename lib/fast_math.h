@@ -35,4 +35,22 @@ static inline float isl_tanh_approx(float y)
     return copysignf(t, y);
 }
 
+/* f to bfloat16, rounded to nearest even (f finite): the inputs of bf16 convolutions. */
+static inline uint16_t isl_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof(u));
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+/* bfloat16 b as a float (exact). */
+static inline float isl_from_bf16(uint16_t b)
+{
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, sizeof(f));
+    return f;
+}
+
 #endif

@@ -1,5 +1,7 @@
-/* Execution plans: the network for one tile shape as a list of oneDNN primitives over
- * a few reusable buffers.
+/* Execution plans: the network for one tile shape as a list of oneDNN primitives and
+ * memory-bound kernels over a few reusable buffers. FP32 plans (and bf16 ones on CPUs
+ * without AMX) use oneDNN's blocked nChw16c layout (plan.c); bf16 plans on CPUs with AMX
+ * use nhwc, the layout oneDNN 2.6 has AMX kernels for (plan_nhwc.c).
  *
  * A plan is immutable once built and may be executed by several threads at once, each
  * with its own isl_exec (buffers, memory objects, stream, user-mode scratchpad). */
@@ -18,7 +20,7 @@ typedef struct isl_exec isl_exec;
  * outputs of out_ch channels at most (256, or num_z * 256 for the autoencoder).
  * Estimated without building anything; used to choose tile sizes. */
 size_t isl_plan_estimate_bytes(const isl_params *p, const isl_layout *l, int in_h, int in_w,
-                               int max_head_ch);
+                               int max_head_ch, isl_precision precision);
 
 isl_status isl_plan_create(const isl_params *p, const isl_layout *l, dnnl_engine_t engine,
                            int in_h, int in_w, isl_precision precision, isl_plan **out);
@@ -26,10 +28,22 @@ void isl_plan_free(isl_plan *plan);
 int isl_plan_input_height(const isl_plan *plan);
 int isl_plan_input_width(const isl_plan *plan);
 isl_precision isl_plan_precision(const isl_plan *plan);
+/* 1 when the plan uses the nhwc (AMX) layout. */
+int isl_plan_is_nhwc(const isl_plan *plan);
 /* Multiply-accumulates of the trunk (projection, towers, upper tower) and of one head
  * with out_ch channels, for this plan's tile. */
 double isl_plan_trunk_macs(const isl_plan *plan);
 double isl_plan_head_macs(const isl_plan *plan, int out_ch);
+
+/* The plan's oneDNN primitives (trunk, then heads), for tests and diagnostics: kind,
+ * source data type and implementation name (valid while the plan lives). Fills up to max
+ * entries; returns how many primitives there are. */
+typedef struct isl_plan_primitive {
+    dnnl_primitive_kind_t kind;
+    dnnl_data_type_t src_dt;
+    const char *impl;
+} isl_plan_primitive;
+int isl_plan_primitives(const isl_plan *plan, isl_plan_primitive *out, int max);
 
 isl_status isl_exec_create(const isl_plan *plan, isl_exec **out);
 void isl_exec_free(isl_exec *exec);

@@ -397,11 +397,12 @@ static isl_status select_heads(const isl_model *m, const isl_predict_options *o,
 }
 
 /* Working memory of a tile shape, with the row bands of every output. */
-static size_t tile_bytes(const isl_model *m, const selection *sel, int my, int mx, int image_w,
-                         int stat_count)
+static size_t tile_bytes(const isl_model *m, const selection *sel, isl_precision precision,
+                         int my, int mx, int image_w, int stat_count)
 {
     int th = ISL_PATCH_INPUT + ISL_STRIDE * my, tw = ISL_PATCH_INPUT + ISL_STRIDE * mx;
-    size_t bytes = isl_plan_estimate_bytes(&m->params, &m->layout, th, tw, sel->max_ch);
+    size_t bytes =
+        isl_plan_estimate_bytes(&m->params, &m->layout, th, tw, sel->max_ch, precision);
     size_t out_h = (size_t)ISL_PATCH_OUTPUT + ISL_STRIDE * my;
     size_t planes = (size_t)sel->max_ch / ISL_NUM_CLASSES;
     return bytes + out_h * (size_t)image_w * sizeof(float) * stat_count * sel->count * planes;
@@ -427,7 +428,7 @@ static void choose_tile(const isl_model *m, const isl_predict_options *o, const 
     *my_out = *mx_out = 1; /* ~100 MB: always allowed */
     for (int my = 1; my <= max_y; my++) {
         for (int mx = 1; mx <= max_x; mx++) {
-            if (tile_bytes(m, sel, my, mx, width, stat_count) > o->memory_limit)
+            if (tile_bytes(m, sel, o->precision, my, mx, width, stat_count) > o->memory_limit)
                 break; /* larger mx only needs more */
             axis ay = make_axis(height, my), ax = make_axis(width, mx);
             double work = (double)ay.count * ax.count *
