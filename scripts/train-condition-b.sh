@@ -7,7 +7,8 @@
 # from the run's checkpoint. STEPS (default 1500) sets the length of the run; a finished
 # run with a larger STEPS continues.
 #
-# Takes about 2 hours on an idle 2-core AVX-512 machine (about 0.2 steps/s).
+# Takes about 2 hours on an idle 2-core AVX-512 machine (about 0.2 steps/s). On a busy
+# machine THREADS=1 is faster (oneDNN's backward passes spin at their barriers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +50,7 @@ fi
 OMP_WAIT_POLICY=passive "$isl" train --dataset "$run/data.h5" "${start[@]}" \
   --out "$run/model.h5" --steps "$steps" \
   --crop 378 --batch 4 --lr 3e-4 --lr-drop "$((steps * 4 / 5)):3e-5" --label-weight 1 \
-  --validation 0,768,640,256 --validate-every 250 --checkpoint-every 50 --seed 1
+  --validation 0,768,640,256 --validate-every 250 --checkpoint-every 50 --seed 1 \
+  --threads "${THREADS:-0}"
 cp "$run/model.h5" "$out.tmp" && mv "$out.tmp" "$out"
 echo "train-condition-b: wrote $out (log: $run/model.log.csv)"
