@@ -47,12 +47,14 @@ static const char train_help[] =
     "  --checkpoint PATH        checkpoint file (default OUT with .checkpoint.h5)\n"
     "  --checkpoint-every K     steps between checkpoints (default 500)\n"
     "  --log PATH               CSV log (default OUT with .log.csv), appended on resume\n"
+    "  --best PATH              the best validated model so far (mean r over labels;\n"
+    "                           default OUT with .best.h5; written when validating)\n"
     "  -h, --help               show this help\n";
 
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
        OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_SEED, OPT_THREADS,
-       OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG };
+       OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST };
 
 static const cli_option train_options[] = {
     {"dataset", 0, 1, OPT_DATASET},         {"model", 'm', 1, OPT_MODEL},
@@ -66,13 +68,14 @@ static const cli_option train_options[] = {
     {"bn-batches", 0, 1, OPT_BN_BATCHES},   {"seed", 0, 1, OPT_SEED},
     {"threads", 0, 1, OPT_THREADS},         {"out", 'o', 1, OPT_OUT},
     {"checkpoint", 0, 1, OPT_CHECKPOINT},   {"checkpoint-every", 0, 1, OPT_CHECKPOINT_EVERY},
-    {"log", 0, 1, OPT_LOG},                 {NULL, 0, 0, 0},
+    {"log", 0, 1, OPT_LOG},                 {"best", 0, 1, OPT_BEST},
+    {NULL, 0, 0, 0},
 };
 
 #define MAX_REGIONS 16
 
 typedef struct train_args {
-    const char *dataset, *model, *resume, *add_heads, *out, *checkpoint, *log;
+    const char *dataset, *model, *resume, *add_heads, *out, *checkpoint, *log, *best;
     const char *validation[MAX_REGIONS];
     int num_validation, freeze_trunk, augment;
     long long crop, batch, validate_every, steps, drop_step, bn_batches, threads,
@@ -115,6 +118,7 @@ static int parse_option(train_args *a, int id, const char *v)
     case OPT_OUT: a->out = v; return 0;
     case OPT_CHECKPOINT: a->checkpoint = v; return 0;
     case OPT_LOG: a->log = v; return 0;
+    case OPT_BEST: a->best = v; return 0;
     case OPT_VALIDATION:
         if (a->num_validation == MAX_REGIONS)
             return cli_usage_error("--validation: at most %d regions", MAX_REGIONS);
@@ -249,7 +253,8 @@ typedef struct batch_buf {
 
 typedef struct run_state {
     train_args a;
-    char *checkpoint, *log_path;
+    char *checkpoint, *log_path, *best_path;
+    double best_score; /* mean r of the best validation so far (from the log on resume) */
     isl_dataset *ds;
     isl_model *init;  /* initial model, or the checkpoint's snapshot */
     isl_trainer *trainer;
@@ -336,6 +341,16 @@ static int validate(run_state *r, int64_t step)
     }
     int rc = s == ISL_OK ? cli_train_log_validation(&r->log, step, rs, pixels)
                          : cli_library_error(s);
+    double score = s == ISL_OK ? cli_mean_r(rs, pixels, r->num_labels) : -INFINITY;
+    if (rc == CLI_EXIT_OK && score > r->best_score) {
+        if ((s = isl_model_save(snapshot, r->best_path)) != ISL_OK)
+            rc = cli_library_error(s);
+        else {
+            cli_train_log_note(&r->log, "best validation so far (mean r %.4f): saved %s", score,
+                               r->best_path);
+            r->best_score = score;
+        }
+    }
     free(rs);
     free(pixels);
     isl_model_free(snapshot);
@@ -544,6 +559,7 @@ static void run_free(run_state *r)
     isl_dataset_free(r->ds);
     free(r->checkpoint);
     free(r->log_path);
+    free(r->best_path);
 }
 
 static int train(run_state *r)
@@ -551,7 +567,8 @@ static int train(run_state *r)
     r->checkpoint = r->a.checkpoint ? strdup(r->a.checkpoint)
                                     : derived_path(r->a.out, ".checkpoint.h5");
     r->log_path = r->a.log ? strdup(r->a.log) : derived_path(r->a.out, ".log.csv");
-    if (!r->checkpoint || !r->log_path)
+    r->best_path = r->a.best ? strdup(r->a.best) : derived_path(r->a.out, ".best.h5");
+    if (!r->checkpoint || !r->log_path || !r->best_path)
         return cli_runtime_error("out of memory");
     if (!r->a.resume && cli_file_size(r->checkpoint) >= 0)
         return cli_usage_error("the checkpoint %s exists: continue that run with --resume %s, "
@@ -565,6 +582,7 @@ static int train(run_state *r)
     if ((rc = cli_train_log_open(&r->log, r->log_path, r->init, first, r->a.steps)) != CLI_EXIT_OK)
         return rc;
     r->log_open = 1;
+    r->best_score = r->a.resume ? cli_train_log_best(r->log_path, r->num_labels) : -INFINITY;
     cli_train_log_note(&r->log, "training %d label head%s on %d well%s: steps %lld..%lld, "
                        "batch %lld x %lld^2, log %s",
                        r->num_labels, r->num_labels == 1 ? "" : "s", isl_dataset_num_wells(r->ds),

@@ -36,6 +36,11 @@ int cli_train_log_validation(cli_train_log *log, int64_t step, const double *r,
 /* Prints a message line, clearing the progress line first. */
 void cli_train_log_note(cli_train_log *log, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Mean of r[h] over the first num_labels heads with pixels[h] > 0; -inf if none. */
+double cli_mean_r(const double *r, const int64_t *pixels, int num_labels);
+/* The best mean r among the validation rows of an existing log (-inf if none): a resumed
+ * run keeps its best model unless it beats it. */
+double cli_train_log_best(const char *path, int num_labels);
 /* Closes the CSV; 0 or the exit code of a write error. */
 int cli_train_log_close(cli_train_log *log);
 

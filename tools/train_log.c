@@ -1,8 +1,10 @@
 /* Progress and CSV log of `isl train`. */
 #include "train.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -159,4 +161,51 @@ int cli_train_log_close(cli_train_log *log)
         rc = cli_runtime_error("cannot write the training log: %m");
     log->csv = NULL;
     return rc;
+}
+
+double cli_mean_r(const double *r, const int64_t *pixels, int num_labels)
+{
+    double sum = 0;
+    int n = 0;
+    for (int h = 0; h < num_labels; h++)
+        if (pixels[h] > 0 && !isnan(r[h])) {
+            sum += r[h];
+            n++;
+        }
+    return n ? sum / n : -INFINITY;
+}
+
+double cli_train_log_best(const char *path, int num_labels)
+{
+    double best = -INFINITY;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return best;
+    char line[4096];
+    /* step, elapsed, rate, L losses, label, autoencoder, total, L r's: a validation row
+     * has an empty total and the r's. */
+    int total_col = 3 + num_labels + 2, first_r = total_col + 1;
+    while (fgets(line, sizeof(line), f)) {
+        if (!isdigit((unsigned char)line[0]))
+            continue; /* header */
+        double sum = 0;
+        int col = 0, n = 0, is_validation = 0;
+        for (char *p = line; col <= first_r + num_labels - 1; col++) {
+            char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strcspn(p, "\r\n");
+            if (col == total_col)
+                is_validation = len == 0;
+            else if (col >= first_r && len > 0) {
+                sum += strtod(p, NULL);
+                n++;
+            }
+            if (!comma)
+                break;
+            p = comma + 1;
+        }
+        if (is_validation && n > 0 && sum / n > best)
+            best = sum / n;
+    }
+    fclose(f);
+    return best;
 }

@@ -6,6 +6,7 @@ Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_train_cli.
 import csv
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -108,6 +109,11 @@ def test_short_run_writes_model_log_and_validation(run_isl, data, tmp_path):
     for v in validations:
         for k in ("r_a", "r_b"):
             assert -1 <= float(v[k]) <= 1
+    # The best validation's model is kept: its mean r is the highest logged.
+    means = [(float(v["r_a"]) + float(v["r_b"])) / 2 for v in validations]
+    assert (tmp_path / "m.best.h5").is_file()
+    saved = [float(x) for x in re.findall(r"best validation so far \(mean r ([-0-9.]+)\)", r.stderr)]
+    assert saved and abs(saved[-1] - max(means)) < 2e-4, (saved, means)
     # The checkpoint is complete and resumable; the model differs from the initial one.
     assert (tmp_path / "m.checkpoint.h5").is_file()
     with h5py.File(tmp_path / "m.checkpoint.h5", "r") as f:
