@@ -1,0 +1,86 @@
+#!/usr/bin/python3
+"""Validation of a condition-B model on the held-out rows of the real well: Pearson r per
+label (median prediction vs target, numpy's corrcoef) and a PNG figure with targets and
+predictions side by side.
+
+  examples/validation_figure.py --model examples/data/condition-b.h5 \
+      --data ../shared/data/condition_b_well_a4 --png docs/images/condition-b-validation.png
+
+The validation region is rows 768..1023 of columns 0..639 (163,840 pixels), which
+scripts/train-condition-b.sh never trains on.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+try:
+    import isl
+except ImportError:  # run from a source tree built in build/
+    sys.path.insert(0, os.path.join(HERE, "..", "build", "bindings", "python"))
+    import isl  # noqa: E402
+
+LABELS = ("dapi_confocal", "map2_confocal", "nfh_confocal")
+ROWS, COLS = slice(768, 1024), slice(0, 640)
+
+
+def read_pages(path):
+    im = Image.open(path)
+    pages = []
+    for i in range(im.n_frames):
+        im.seek(i)
+        pages.append(np.array(im, dtype=np.float32) / 65535.0)
+    return np.stack(pages)
+
+
+def to_u8(a, lo=None, hi=None):
+    """Contrast stretch to the 0.5 and 99.5 percentiles (of `a`, or the given limits)."""
+    lo = np.percentile(a, 0.5) if lo is None else lo
+    hi = np.percentile(a, 99.5) if hi is None else hi
+    return (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=os.path.join(HERE, "data", "condition-b.h5"))
+    p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data",
+                                                  "condition_b_well_a4"))
+    p.add_argument("--png", help="write the figure here")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+
+    stack = read_pages(os.path.join(args.data, "phase_contrast_z13.tif"))
+    with isl.Model.load(args.model) as model:
+        pred = model.predict(stack, stats="median", heads=LABELS, threads=args.threads)
+    rows = []  # (target, prediction) per label, 8-bit with the target's contrast
+    for name in LABELS:
+        target = read_pages(os.path.join(args.data, name + "_train_cols0-639.tif"))[0][ROWS, COLS]
+        median = pred[name]["median"][ROWS, COLS]
+        r = np.corrcoef(median.ravel(), target.ravel())[0, 1]
+        print("%s: Pearson r %.3f over %d pixels" % (name, r, target.size))
+        lo, hi = np.percentile(target, 0.5), np.percentile(target, 99.5)
+        rows.append((to_u8(target, lo, hi), to_u8(median, lo, hi)))
+    if args.png:
+        # Left column: targets; right: predictions. Top row: composites (DAPI blue, MAP2
+        # green, NFH red, as in the paper's figures), then each label in grey. 4 px gaps.
+        h, w, gap = 256, 640, 4
+        canvas = np.full((4 * h + 3 * gap, 2 * w + gap, 3), 255, np.uint8)
+
+        def put(row, col, rgb):
+            canvas[row * (h + gap):row * (h + gap) + h, col * (w + gap):col * (w + gap) + w] = rgb
+
+        for col in range(2):
+            dapi, map2, nfh = (rows[k][col] for k in range(3))
+            put(0, col, np.stack([nfh, map2, dapi], -1))
+            for k in range(3):
+                put(k + 1, col, np.repeat(rows[k][col][..., None], 3, -1))
+        os.makedirs(os.path.dirname(os.path.abspath(args.png)), exist_ok=True)
+        Image.fromarray(canvas).save(args.png, optimize=True)
+        print("wrote %s (left: targets, right: predictions; rows: composite, %s)"
+              % (args.png, ", ".join(LABELS)))
+
+if __name__ == "__main__":
+    main()

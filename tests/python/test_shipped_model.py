@@ -1,0 +1,57 @@
+"""The bundled model examples/data/condition-b.h5 is what the README says it is: its
+heads, size, and its validation Pearson r on the held-out rows of the real well
+(../shared/data; skipped when absent), computed here with numpy from a prediction through
+the Python bindings (examples/validation_figure.py).
+
+Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_shipped_model.py -q
+"""
+import os
+import pathlib
+import re
+import sys
+
+import pytest
+
+from conftest_bindings import SOURCE_DIR as REPO, islpy, run  # noqa: F401  (fixtures)
+
+MODEL = REPO / "examples" / "data" / "condition-b.h5"
+LABELS = ("dapi_confocal", "map2_confocal", "nfh_confocal")
+
+
+def readme_r():
+    """Validation r per label as the README's table states it."""
+    text = (REPO / "README.md").read_text()
+    out = {}
+    for name in LABELS:
+        m = re.search(r"\|\s*`?%s`?[^|]*\|\s*([0-9.]+)\s*\|" % name, text)
+        assert m, "README has no validation row for %s" % name
+        out[name] = float(m.group(1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def model_path():
+    if not MODEL.is_file():
+        pytest.skip("no bundled model at %s" % MODEL)
+    return MODEL
+
+
+def test_bundled_model_is_small_and_has_the_three_labels(model_path, islpy):
+    assert model_path.stat().st_size <= 10 * 1024 * 1024
+    with islpy.Model.load(model_path) as m:
+        assert m.label_heads == LABELS
+        assert m.num_z == 13
+
+
+def test_validation_r_matches_the_readme(model_path, islpy):
+    data = pathlib.Path(os.environ.get("ISL_SHARED_DIR", REPO.parent / "shared")) / "data" / \
+        "condition_b_well_a4"
+    if not (data / "phase_contrast_z13.tif").is_file():
+        pytest.skip("the real well is not at %s (set ISL_SHARED_DIR)" % data)
+    r = run([sys.executable, REPO / "examples" / "validation_figure.py", "--model", model_path,
+             "--data", data, "--threads", 1], timeout=600)
+    measured = {m.group(1): float(m.group(2))
+                for m in re.finditer(r"(\w+): Pearson r ([-0-9.]+) over (\d+) pixels", r.stdout)}
+    assert set(measured) == set(LABELS), r.stdout
+    for name, value in readme_r().items():
+        assert abs(measured[name] - value) < 0.005, (name, measured[name], value)
