@@ -2,6 +2,7 @@
 #include "model_io.h"
 
 #include "error.h"
+#include "h5_io.h"
 
 #include <hdf5.h>
 
@@ -904,66 +905,10 @@ static hid_t utf8_string_type(void)
  * bytes in *image (malloc'd). Writing the bytes ourselves keeps every disk error
  * (ENOSPC, EFBIG, EIO) in our hands: when HDF5 itself fails to flush a file, H5Fclose
  * fails and leaves a half-closed file identifier behind that crashes H5close later.
- * Costs a transient copy of the model in memory (33 MB at base depth 400). */
-static isl_status build_image(writer *w, const isl_params *p, void **image, size_t *size)
-{
-    isl_status st = ISL_OK;
-    hid_t fapl = strong_fapl();
-    *image = NULL;
-    w->lcpl = H5Pcreate(H5P_LINK_CREATE);
-    w->str_type = utf8_string_type();
-    if (fapl < 0 || w->lcpl < 0 || w->str_type < 0 ||
-        H5Pset_fapl_core(fapl, CORE_INCREMENT, 0) < 0 ||
-        H5Pset_create_intermediate_group(w->lcpl, 1) < 0) {
-        st = isl_fail(ISL_ERROR_BACKEND, "%s: HDF5 setup failed: %s", w->file,
-                      h5_detail(w->detail));
-        goto cleanup;
-    }
-    /* With the core driver and no backing store, the name only identifies the file. */
-    w->fid = H5Fcreate(w->file, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-    if (w->fid < 0) {
-        st = write_failed(w, "the file");
-        goto cleanup;
-    }
-    if ((st = write_root_attrs(w, p)) != ISL_OK ||
-        (st = write_module_groups(w, &p->arch)) != ISL_OK)
-        goto cleanup;
-    /* isl_params_visit takes a mutable pointer; write_dataset only reads. */
-    if ((st = (isl_status)isl_params_visit((isl_params *)p, write_dataset, w)) != ISL_OK)
-        goto cleanup;
-    /* H5Fget_file_image does not flush the metadata cache itself. */
-    if (H5Fflush(w->fid, H5F_SCOPE_GLOBAL) < 0) {
-        st = write_failed(w, "the file");
-        goto cleanup;
-    }
-    ssize_t n = H5Fget_file_image(w->fid, NULL, 0);
-    if (n <= 0) {
-        st = write_failed(w, "the file image");
-        goto cleanup;
-    }
-    *image = malloc((size_t)n);
-    if (!*image) {
-        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory for a %zd-byte file", w->file, n);
-        goto cleanup;
-    }
-    if (H5Fget_file_image(w->fid, *image, (size_t)n) != n) {
-        st = write_failed(w, "the file image");
-        goto cleanup;
-    }
-    *size = (size_t)n;
-cleanup:
-    if (w->fid >= 0 && H5Fclose(w->fid) < 0 && st == ISL_OK)
-        st = write_failed(w, "the file");
-    w->fid = H5I_INVALID_HID;
-    h5_close(w->str_type);
-    h5_close(w->lcpl);
-    h5_close(fapl);
-    if (st != ISL_OK) {
-        free(*image);
-        *image = NULL;
-    }
-    return st;
-}
+ * Costs a transient copy of the model in memory (33 MB at base depth 400). Without
+ * params (p NULL) the file holds only what fn (may be NULL) writes. */
+static isl_status build_image(writer *w, const isl_params *p, isl_h5_extra_fn fn, void *user,
+                              void **image, size_t *size);
 
 /* isl_params_visit callback: refuse to save what the reader would reject. */
 static int check_dataset_values(void *user, const char *path, int rank, const int64_t *dims,
@@ -1107,7 +1052,7 @@ isl_status isl_model_write_h5(const char *path, const isl_params *p)
                 .str_type = H5I_INVALID_HID};
     h5_session s;
     h5_enter(&s);
-    isl_status st = build_image(&w, p, &image, &size);
+    isl_status st = build_image(&w, p, NULL, NULL, &image, &size);
     h5_leave(&s);
     if (st == ISL_OK)
         st = write_temp_file(path, tmp, image, size);
@@ -1140,10 +1085,8 @@ struct isl_h5_file {
     char detail[DETAIL_CAP];
 };
 
-/* build_image, plus the caller's objects before the image is taken. Without params (p
- * NULL) the file holds only the caller's objects. */
-static isl_status build_image_extra(writer *w, const isl_params *p, isl_h5_extra_fn fn,
-                                    void *user, void **image, size_t *size)
+static isl_status build_image(writer *w, const isl_params *p, isl_h5_extra_fn fn, void *user,
+                              void **image, size_t *size)
 {
     isl_status st = ISL_OK;
     hid_t fapl = strong_fapl();
@@ -1167,7 +1110,7 @@ static isl_status build_image_extra(writer *w, const isl_params *p, isl_h5_extra
               (st = (isl_status)isl_params_visit((isl_params *)p, write_dataset, w)) != ISL_OK))
         goto cleanup;
     isl_h5_file f = {.file = w->file, .fid = w->fid, .lcpl = w->lcpl};
-    if ((st = fn(user, &f)) != ISL_OK)
+    if (fn && (st = fn(user, &f)) != ISL_OK)
         goto cleanup;
     if (H5Fflush(w->fid, H5F_SCOPE_GLOBAL) < 0) {
         st = write_failed(w, "the file");
@@ -1202,7 +1145,7 @@ cleanup:
     return st;
 }
 
-/* build_image_extra, then the bytes to a temporary file renamed over path. */
+/* build_image, then the bytes to a temporary file renamed over path. */
 static isl_status write_atomic_extra(const char *path, const isl_params *p, isl_h5_extra_fn fn,
                                      void *user)
 {
@@ -1218,7 +1161,7 @@ static isl_status write_atomic_extra(const char *path, const isl_params *p, isl_
                 .str_type = H5I_INVALID_HID};
     h5_session s;
     h5_enter(&s);
-    isl_status st = build_image_extra(&w, p, fn, user, &image, &size);
+    isl_status st = build_image(&w, p, fn, user, &image, &size);
     h5_leave(&s);
     if (st == ISL_OK)
         st = write_temp_file(path, tmp, image, size);
@@ -1332,8 +1275,6 @@ isl_status isl_h5_read_u64_attr(isl_h5_file *f, const char *group, const char *n
 /* ---------------------------------------------------------------------------------- */
 /* Other HDF5 files (lib/h5_io.h)                                                       */
 /* ---------------------------------------------------------------------------------- */
-
-#include "h5_io.h"
 
 isl_status isl_h5_write_file(const char *path, isl_h5_extra_fn fn, void *user)
 {
