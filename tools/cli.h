@@ -103,6 +103,8 @@ int cli_interrupted(void);
 
 /* ---- Progress (progress.c). ---------------------------------------------------------- */
 double cli_now(void); /* monotonic seconds */
+/* "h:mm:ss" or "m:ss"; "--:--" for negative or huge values. */
+void cli_format_duration(double seconds, char *buf, size_t size);
 
 typedef struct cli_progress {
     int enabled;       /* draw a bar (stderr is a terminal) */

@@ -23,8 +23,7 @@ void cli_progress_init(cli_progress *p)
     p->drawn = 0;
 }
 
-/* "h:mm:ss" or "m:ss". */
-static void format_duration(double seconds, char *buf, size_t size)
+void cli_format_duration(double seconds, char *buf, size_t size)
 {
     if (!(seconds >= 0) || seconds > 360000.0) {
         snprintf(buf, size, "--:--");
@@ -47,11 +46,11 @@ static void draw(cli_progress *p, int64_t done, int64_t total, double now)
     bar[BAR_WIDTH] = '\0';
     double elapsed = now - p->start;
     char el[32], eta[32];
-    format_duration(elapsed, el, sizeof(el));
+    cli_format_duration(elapsed, el, sizeof(el));
     if (done > 0)
-        format_duration(elapsed / (double)done * (double)(total - done), eta, sizeof(eta));
+        cli_format_duration(elapsed / (double)done * (double)(total - done), eta, sizeof(eta));
     else
-        format_duration(-1.0, eta, sizeof(eta));
+        cli_format_duration(-1.0, eta, sizeof(eta));
     /* \r + erase to end of line: redraw in place. */
     fprintf(stderr, "\r\033[K[%s] %lld/%lld tiles %3d%%  elapsed %s  ETA %s", bar,
             (long long)done, (long long)total, (int)(frac * 100.0), el, eta);

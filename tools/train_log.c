@@ -50,26 +50,12 @@ static void clear_line(cli_train_log *log)
     }
 }
 
-/* "1:02:03" or "2:03". */
-static void duration(double seconds, char *buf, size_t size)
-{
-    if (!(seconds >= 0) || seconds > 3.6e7) {
-        snprintf(buf, size, "--:--");
-        return;
-    }
-    long s = (long)(seconds + 0.5);
-    if (s >= 3600)
-        snprintf(buf, size, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
-    else
-        snprintf(buf, size, "%ld:%02ld", s / 60, s % 60);
-}
-
 static void print_progress(cli_train_log *log, int64_t step, double now)
 {
     double elapsed = now - log->start;
     double rate = elapsed > 0 ? (double)(step - log->first_step) / elapsed : 0;
     char eta[32];
-    duration(rate > 0 ? (double)(log->last_step - step) / rate : -1, eta, sizeof(eta));
+    cli_format_duration(rate > 0 ? (double)(log->last_step - step) / rate : -1, eta, sizeof(eta));
     clear_line(log);
     fprintf(stderr, "step %lld/%lld  loss", (long long)step, (long long)log->last_step);
     int L = log->num_labels;
