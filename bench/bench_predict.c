@@ -3,7 +3,7 @@
  * GFLOP/s (the network's real work for one whole-image pass, so recomputed tile overlaps
  * count against us) and the fraction of the CPU's peak.
  *   bench_predict [--base 400] [--size 1024] [--heads 3] [--precision fp32|bf16]
- *                 [--threads 0] [--tile 0] [--memory-limit-mb 1536] [--repeat 2]
+ *                 [--threads 0] [--tile 0] [--memory-limit-mb 0 (the library default)] [--repeat 2]
  *                 [--peak-gflops 333] [--input STACK.tif] */
 #include "isl.h"
 #include "model.h"
@@ -49,7 +49,7 @@ static int discard_rows(void *user, int head, isl_stat stat, int y0, int rows, i
 int main(int argc, char **argv)
 {
     int base = 400, size = 1024, nheads = 3, threads = 0, tile = 0, repeat = 2;
-    double peak = 333.0, mem_mb = 1536;
+    double peak = 333.0, mem_mb = 0;
     const char *precision = "fp32", *input = NULL;
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];

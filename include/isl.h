@@ -181,7 +181,7 @@ ISL_API void isl_predict_options_free(isl_predict_options *options);
  *  since a 250 tile yields only 8 of every 16 output pixels). 0 (default): the shape that
  *  needs the least arithmetic within the memory limit. */
 ISL_API isl_status isl_predict_options_set_tile_size(isl_predict_options *o, int input_side);
-/** Bound on the working memory of one prediction, in bytes (default 1.5 GiB). */
+/** Bound on the working memory of one prediction, in bytes (default 1.75 GiB). */
 ISL_API isl_status isl_predict_options_set_memory_limit(isl_predict_options *o, size_t bytes);
 /** Threads used by the calling thread's prediction (0 = all cores, the default). */
 ISL_API isl_status isl_predict_options_set_threads(isl_predict_options *o, int threads);

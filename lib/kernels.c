@@ -64,6 +64,64 @@ static void bnact(const float *x, const float *scale, const float *shift, int ch
     }
 }
 
+/* BNAct of the k x k max pooling (stride s, no padding) of one 16-channel block of x
+ * (xh x xw), for output rows [y0, y1) of width ow. */
+__attribute__((target_clones("avx512f", "avx2", "default")))
+static void bnact_pool_rows(const float *x, int xw, int k, int s, int y0, int y1, int ow,
+                            const float *scale, const float *shift, float *relu_out,
+                            float *tanh_out)
+{
+    for (int oy = y0; oy < y1; oy++) {
+        for (int ox = 0; ox < ow; ox++) {
+            const float *win = x + ((size_t)oy * s * xw + (size_t)ox * s) * 16;
+            float m[16];
+#pragma omp simd
+            for (int c = 0; c < 16; c++)
+                m[c] = win[c];
+            for (int i = 0; i < k; i++)
+                for (int j = 0; j < k; j++) {
+                    const float *v = win + ((size_t)i * xw + j) * 16;
+#pragma omp simd
+                    for (int c = 0; c < 16; c++)
+                        m[c] = v[c] > m[c] ? v[c] : m[c];
+                }
+            size_t o = ((size_t)oy * ow + ox) * 16;
+#pragma omp simd
+            for (int c = 0; c < 16; c++) {
+                float y = scale[c] * m[c] + shift[c];
+                relu_out[o + c] = y > 0.0f ? y : 0.0f;
+                tanh_out[o + c] = isl_tanh_approx(y);
+            }
+        }
+    }
+}
+
+void isl_kernel_bnact_pool(const float *a, int a_channels, const float *x, int x_channels,
+                           int xh, int xw, int k, int stride, int oh, int ow, const float *scale,
+                           const float *shift, float *relu_out, float *tanh_out)
+{
+    const size_t pixels = (size_t)oh * ow, x_plane = (size_t)xh * xw * 16;
+    const int a_blocks = a_channels / 16, blocks = a_blocks + x_channels / 16;
+    /* Tasks of about 4096 output pixels, as in bnact(). */
+    const int rows = ow >= 4096 ? 1 : 4096 / ow;
+    const int chunks = (oh + rows - 1) / rows;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < blocks; b++) {
+        for (int k0 = 0; k0 < chunks; k0++) {
+            int y0 = k0 * rows, y1 = y0 + rows < oh ? y0 + rows : oh;
+            size_t off = ((size_t)b * pixels + (size_t)y0 * ow) * 16;
+            if (b < a_blocks)
+                bnact_block(a + off, scale + 16 * b, shift + 16 * b, (size_t)(y1 - y0) * ow,
+                            relu_out + off, tanh_out + off);
+            else
+                bnact_pool_rows(x + (size_t)(b - a_blocks) * x_plane, xw, k, stride, y0, y1, ow,
+                                scale + 16 * b, shift + 16 * b,
+                                relu_out + (size_t)b * pixels * 16,
+                                tanh_out + (size_t)b * pixels * 16);
+        }
+    }
+}
+
 void isl_kernel_bnact_bf16(const float *x, const float *scale, const float *shift, int channels,
                            size_t pixels, uint16_t *relu_out, uint16_t *tanh_out)
 {

@@ -11,6 +11,14 @@
 void isl_kernel_bnact(const float *x, const float *scale, const float *shift, int channels,
                       size_t pixels, float *relu_out, float *tanh_out);
 
+/* BNAct of the concatenation [a, maxpool(x)]: a holds a_channels x oh x ow; the pooled
+ * channels are the k x k max pooling with the given stride (no padding) of x, x_channels x
+ * xh x xw, computed on the fly (the pooled tensor is never stored). Outputs hold
+ * (a_channels + x_channels) x oh x ow each. Channel counts are multiples of 16. */
+void isl_kernel_bnact_pool(const float *a, int a_channels, const float *x, int x_channels,
+                           int xh, int xw, int k, int stride, int oh, int ow, const float *scale,
+                           const float *shift, float *relu_out, float *tanh_out);
+
 /* The same, writing bfloat16 (round to nearest even): the input of bf16 convolutions. */
 void isl_kernel_bnact_bf16(const float *x, const float *scale, const float *shift, int channels,
                            size_t pixels, uint16_t *relu_out, uint16_t *tanh_out);

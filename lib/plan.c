@@ -83,6 +83,19 @@ static void run_bnact(const plan_step *s, char *const *bufs)
                          (float *)(out + half));
 }
 
+/* args[0]: a (s->channels, oh x ow), args[1]: x (pooled k x k, stride s->stride),
+ * args[2]: [relu, tanh] halves of BNAct([a, maxpool(x)]). FP32 only. */
+static void run_bnact_pool(const plan_step *s, char *const *bufs)
+{
+    const dnnl_dims_t *a = &s->args[0].md.dims, *x = &s->args[1].md.dims;
+    const int c = s->channels + (int)(*x)[1];
+    const size_t half = (size_t)c * (size_t)((*a)[2] * (*a)[3]);
+    float *out = arg_ptr(s, 2, bufs);
+    isl_kernel_bnact_pool(arg_ptr(s, 0, bufs), s->channels, arg_ptr(s, 1, bufs), (int)(*x)[1],
+                          (int)(*x)[2], (int)(*x)[3], s->k, s->stride, (int)(*a)[2],
+                          (int)(*a)[3], s->bn->scale, s->bn->shift, out, out + half);
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Layers                                                                               */
 /* ------------------------------------------------------------------------------------ */
@@ -113,6 +126,27 @@ static isl_status add_bnact(builder *b, tref src, const isl_bn_padded *bn, tref 
     isl_arg_tensor(st, 1, dst, NULL);
     st->bf16 = dst.dt == dnnl_bf16;
     st->channels = src.c;
+    st->bn = bn;
+    return ISL_OK;
+}
+
+/* dst = BNAct([a, maxpool_k,stride(x)]): the max pooling is computed inside BNAct, which
+ * saves writing the pooled channels and reading them back (FP32 plans). */
+static isl_status add_bnact_pool(builder *b, tref a, tref x, int k, int stride,
+                                 const isl_bn_padded *bn, tref dst)
+{
+    isl_need(b, dst);
+    b->macs += 2.0 * (a.c + x.c) * a.h * a.w;
+    if (b->estimate_only)
+        return ISL_OK;
+    plan_step *st = NULL;
+    ISL_CHECK(isl_push_kernel(b, run_bnact_pool, &st));
+    isl_arg_tensor(st, 0, a, NULL);
+    isl_arg_tensor(st, 1, x, NULL);
+    isl_arg_tensor(st, 2, dst, NULL);
+    st->channels = a.c;
+    st->k = k;
+    st->stride = stride;
     st->bn = bn;
     return ISL_OK;
 }
@@ -178,9 +212,11 @@ static isl_status add_module(builder *b, const isl_module_arch *a, const isl_mod
     const int k = a->kernel;
     const int oh = out.h, ow = out.w;
     const dnnl_data_type_t adt = b->plan->act_dt;
+    /* FP32 BNAct pools on the fly: e then holds only the expand conv's output. */
+    const int fuse_pool = a->kind != ISL_MODULE_UP && adt == dnnl_f32;
     tref act_x = isl_tensor(BUF_ACT, 0, 2 * x.c, x.h, x.w, adt);
-    tref e = tensor(BUF_E, 0, ml->e.padded, oh, ow);
-    tref act_e = isl_tensor(BUF_ACT, 0, 2 * e.c, oh, ow, adt);
+    tref e = tensor(BUF_E, 0, fuse_pool ? ml->conv_padded : ml->e.padded, oh, ow);
+    tref act_e = isl_tensor(BUF_ACT, 0, 2 * ml->e.padded, oh, ow, adt);
 
     ISL_CHECK(add_bnact(b, x, &ml->bn1, act_x));
     if (a->kind == ISL_MODULE_UP) {
@@ -190,9 +226,14 @@ static isl_status add_module(builder *b, const isl_module_arch *a, const isl_mod
         int stride = a->kind == ISL_MODULE_DOWN ? 2 : 1;
         ISL_CHECK(isl_add_conv(b, CONV, act_x, channels(e, 0, ml->conv_padded), k, stride,
                                ml->expand_weight, NULL, 0));
-        ISL_CHECK(add_pool(b, dnnl_pooling_max, x, channels(e, ml->conv_padded, x.c), k, stride));
+        if (!fuse_pool)
+            ISL_CHECK(add_pool(b, dnnl_pooling_max, x, channels(e, ml->conv_padded, x.c), k,
+                               stride));
     }
-    ISL_CHECK(add_bnact(b, e, &ml->bn2, act_e));
+    if (fuse_pool)
+        ISL_CHECK(add_bnact_pool(b, e, x, k, a->kind == ISL_MODULE_DOWN ? 2 : 1, &ml->bn2, act_e));
+    else
+        ISL_CHECK(add_bnact(b, e, &ml->bn2, act_e));
 
     /* The residual goes into out first; the reduce conv then adds onto it. */
     switch (a->kind) {
@@ -279,7 +320,7 @@ static isl_status build_trunk(builder *b, const isl_params *p, const isl_layout 
 static isl_status build_head(builder *b, const isl_layout *l, int h, int out_ch)
 {
     isl_plan *plan = b->plan;
-    tref trunk = plan->trunk_out;
+    tref trunk = plan->head_in;
     tref act = isl_tensor(BUF_ACT, 0, 2 * trunk.c, trunk.h, trunk.w, plan->act_dt);
     tref logits = tensor(BUF_HEAD, 0, out_ch, trunk.h, trunk.w);
     const isl_head_layout *hl = &l->heads[h];
@@ -380,6 +421,29 @@ static isl_status build_all_trunk(builder *b, const isl_params *p, const isl_lay
     return b->plan->nhwc ? isl_nhwc_build_trunk(b, p, l) : build_trunk(b, p, l);
 }
 
+/* Heads run on chunks of rows of the trunk's output, of about this many pixels: a head's
+ * logits and probabilities (256 or num_z x 256 per pixel) would otherwise outgrow the
+ * trunk's own buffers on large tiles (1.1 GB for three label heads on a 762 x 762 tile).
+ * ISL_HEAD_CHUNK_PIXELS overrides it (tests use small chunks on small tiles). */
+#define HEAD_CHUNK_PIXELS 65536
+
+static void plan_head_chunks(builder *b)
+{
+    isl_plan *plan = b->plan;
+    const tref t = plan->trunk_out;
+    const char *env = getenv("ISL_HEAD_CHUNK_PIXELS");
+    const long limit = env && atol(env) > 0 ? atol(env) : HEAD_CHUNK_PIXELS;
+    const int chunks = (int)(((size_t)t.h * t.w + (size_t)limit - 1) / (size_t)limit);
+    const int rows = (t.h + chunks - 1) / chunks;
+    plan->head_rows = rows < t.h ? rows : t.h;
+    plan->head_in = t;
+    if (plan->head_rows == t.h)
+        return;
+    plan->head_in = plan->nhwc ? isl_tensor_nhwc(BUF_HEAD_IN, 0, t.c, rows, t.w, t.dt)
+                               : isl_tensor(BUF_HEAD_IN, 0, t.c, rows, t.w, t.dt);
+    isl_need(b, plan->head_in);
+}
+
 static isl_status build_any_head(builder *b, const isl_layout *l, int h, int out_ch)
 {
     return b->plan->nhwc ? isl_nhwc_build_head(b, l, h, out_ch) : build_head(b, l, h, out_ch);
@@ -401,6 +465,7 @@ size_t isl_plan_estimate_bytes(const isl_params *p, const isl_layout *l, int in_
     builder b = {&plan, &list, 1, 0};
     if (plan.out_h < 0 || plan.out_w < 0 || build_all_trunk(&b, p, l) != ISL_OK)
         return (size_t)-1;
+    plan_head_chunks(&b);
     if (max_head_ch > 0)
         build_any_head(&b, l, 0, max_head_ch);
     size_t total = 0;
@@ -410,7 +475,7 @@ size_t isl_plan_estimate_bytes(const isl_params *p, const isl_layout *l, int in_
         for (int i = 0; i < BUF_COUNT; i++)
             fprintf(stderr, "buffer %d: %zu MB\n", i, plan.buf_bytes[i] >> 20);
     /* Caller-side head output + scratchpads and oneDNN's own allocations. */
-    total += tensor_bytes(max_head_ch, plan.out_h, plan.out_w);
+    total += tensor_bytes(max_head_ch, plan.head_rows, plan.out_w);
     return total + total / 16 + (16u << 20);
 }
 
@@ -443,6 +508,8 @@ isl_status isl_plan_create(const isl_params *p, const isl_layout *l, dnnl_engine
     builder b = {plan, &plan->trunk, 0, 0};
     if (s == ISL_OK)
         s = build_all_trunk(&b, p, l);
+    if (s == ISL_OK)
+        plan_head_chunks(&b);
     plan->trunk_macs = b.macs;
     plan->trunk_ch_for_head = 2.0 * l->trunk.padded;
     for (int h = 0; s == ISL_OK && h < p->num_heads; h++) {
@@ -462,6 +529,7 @@ int isl_plan_input_height(const isl_plan *plan) { return plan->in_h; }
 int isl_plan_input_width(const isl_plan *plan) { return plan->in_w; }
 isl_precision isl_plan_precision(const isl_plan *plan) { return plan->precision; }
 int isl_plan_is_nhwc(const isl_plan *plan) { return plan->nhwc; }
+int isl_plan_head_rows(const isl_plan *plan) { return plan->head_rows; }
 double isl_plan_trunk_macs(const isl_plan *plan) { return plan->trunk_macs; }
 
 double isl_plan_head_macs(const isl_plan *plan, int out_ch)

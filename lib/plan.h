@@ -30,6 +30,15 @@ int isl_plan_input_width(const isl_plan *plan);
 isl_precision isl_plan_precision(const isl_plan *plan);
 /* 1 when the plan uses the nhwc (AMX) layout. */
 int isl_plan_is_nhwc(const isl_plan *plan);
+/* Heads run on chunks of this many rows of the tile's output (all of them on small
+ * tiles): their logits would otherwise dominate the working memory of large tiles. */
+int isl_plan_head_rows(const isl_plan *plan);
+/* The first row of the chunk that follows row0's chunk: chunks start at multiples of
+ * rows, except the last, which ends at out_h (overlapping its predecessor). */
+static inline int isl_head_chunk_start(int row0, int rows, int out_h)
+{
+    return row0 + rows > out_h ? out_h - rows : row0;
+}
 /* Multiply-accumulates of the trunk (projection, towers, upper tower) and of one head
  * with out_ch channels, for this plan's tile. */
 double isl_plan_trunk_macs(const isl_plan *plan);
@@ -50,8 +59,9 @@ void isl_exec_free(isl_exec *exec);
 /* The tile input: num_z x in_h x in_w floats, filled by the caller before running. */
 float *isl_exec_input(isl_exec *exec);
 isl_status isl_exec_run_trunk(isl_exec *exec);
-/* Runs head h on the trunk computed last; writes out_ch x out_h x out_w floats
- * (channel-major) to out: logits, or softmax probabilities of each 256-bin distribution. */
-isl_status isl_exec_run_head(isl_exec *exec, int head, int probabilities, float *out);
+/* Runs head h on rows [row0, row0 + isl_plan_head_rows) of the trunk computed last;
+ * writes out_ch x rows x out_w floats (channel-major) to out: logits, or softmax
+ * probabilities of each 256-bin distribution. */
+isl_status isl_exec_run_head(isl_exec *exec, int head, int probabilities, int row0, float *out);
 
 #endif

@@ -146,7 +146,7 @@ isl_status isl_exec_run_trunk(isl_exec *e)
 static isl_status ensure_head(isl_exec *e, int head)
 {
     const isl_plan *plan = e->plan;
-    size_t need = (size_t)plan->head_out_ch[head] * plan->out_h * plan->out_w * sizeof(float);
+    size_t need = (size_t)plan->head_out_ch[head] * plan->head_rows * plan->out_w * sizeof(float);
     if (need > e->head_capacity) {
         for (int h = 0; h < plan->num_heads; h++) {
             free_mems(&plan->heads[h], e->head_mems[h]);
@@ -165,10 +165,35 @@ static isl_status ensure_head(isl_exec *e, int head)
     return ISL_OK;
 }
 
-isl_status isl_exec_run_head(isl_exec *e, int head, int probabilities, float *out)
+/* Rows [row0, row0 + head_rows) of the trunk's output into the heads' input buffer. */
+static void copy_head_rows(isl_exec *e, int row0)
 {
-    if (head < 0 || head >= e->plan->num_heads || !out)
+    const isl_plan *p = e->plan;
+    const tref *t = &p->trunk_out;
+    const size_t es = isl_dt_size(t->dt), rows = (size_t)p->head_rows;
+    const char *src = e->bufs[t->buf] + t->offset;
+    char *dst = e->bufs[BUF_HEAD_IN] + p->head_in.offset;
+    if (p->nhwc) {
+        /* Dense nhwc: the chunk is one contiguous range. */
+        const size_t row = (size_t)t->w * t->c * es;
+        memcpy(dst, src + (size_t)row0 * row, rows * row);
+        return;
+    }
+    /* nChw16c: one range per block of 16 channels. */
+    const size_t row = (size_t)t->w * 16 * es;
+    for (int b = 0; b < t->c / 16; b++)
+        memcpy(dst + (size_t)b * rows * row, src + ((size_t)b * t->h + row0) * row, rows * row);
+}
+
+isl_status isl_exec_run_head(isl_exec *e, int head, int probabilities, int row0, float *out)
+{
+    const isl_plan *p = e->plan;
+    if (head < 0 || head >= p->num_heads || !out)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "invalid head %d", head);
+    if (row0 < 0 || row0 > p->out_h - p->head_rows)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "head rows from %d: outside the tile", row0);
     ISL_CHECK(ensure_head(e, head));
+    if (p->head_rows < p->out_h)
+        copy_head_rows(e, row0);
     return run_steps(e, &e->plan->heads[head], e->head_mems[head], out, probabilities);
 }

@@ -22,6 +22,7 @@ enum {
     BUF_TMP,     /* down-module residual crops, up-module outputs before their crop */
     BUF_CAT,     /* the five towers, concatenated */
     BUF_HEAD,    /* head logits */
+    BUF_HEAD_IN, /* the rows of the trunk's output a head chunk reads (chunked heads only) */
     BUF_SCRATCH, /* oneDNN scratchpad (user mode: one per exec makes plans shareable) */
     BUF_COUNT,
     BUF_EXTERNAL = BUF_COUNT, /* the caller's head output */
@@ -85,7 +86,9 @@ struct isl_plan {
     dnnl_data_type_t act_dt;  /* BNAct outputs, the inputs of every convolution but the first */
     size_t buf_bytes[BUF_COUNT];
     step_list trunk;
-    tref trunk_out;           /* where the last module wrote: the heads' input */
+    tref trunk_out;           /* where the last module wrote */
+    tref head_in;             /* the heads' input: trunk_out, or a chunk of its rows */
+    int head_rows;            /* heads run on this many rows of trunk_out at a time */
     int num_heads;
     step_list *heads;
     int *head_out_ch;

@@ -224,7 +224,7 @@ isl_status isl_nhwc_build_trunk(builder *b, const isl_params *p, const isl_layou
 isl_status isl_nhwc_build_head(builder *b, const isl_layout *l, int h, int out_ch)
 {
     isl_plan *plan = b->plan;
-    const tref trunk = plan->trunk_out;
+    const tref trunk = plan->head_in;
     const isl_head_layout *hl = &l->heads[h];
     tref act = nhwc(BUF_ACT, 2 * trunk.c, trunk.h, trunk.w, dnnl_bf16);
     tref logits = nhwc(BUF_HEAD, out_ch, trunk.h, trunk.w, dnnl_f32);

@@ -10,7 +10,7 @@
 #include <string.h>
 
 #define PAD_BEFORE ISL_INPUT_PAD
-#define DEFAULT_MEMORY_LIMIT ((size_t)3 << 29) /* 1.5 GiB */
+#define DEFAULT_MEMORY_LIMIT ((size_t)7 << 28) /* 1.75 GiB: 762 x 762 FP32 tiles at base 400 */
 
 struct isl_predict_options {
     int tile_side;
@@ -165,6 +165,29 @@ static thread_scope threads_begin(const isl_predict_options *o)
 
 static void threads_end(thread_scope t) { omp_set_num_threads(t.saved); }
 
+/* Head h's output for the whole tile, [out_ch, out_h, out_w], from the plan's row chunks. */
+static isl_status run_whole_head(isl_exec *exec, const isl_plan *plan, int h, int probabilities,
+                                 int out_ch, int out_h, int out_w, float *out)
+{
+    const int rows = isl_plan_head_rows(plan);
+    if (rows == out_h)
+        return isl_exec_run_head(exec, h, probabilities, 0, out);
+    const size_t chunk_plane = (size_t)rows * out_w;
+    float *chunk = malloc(sizeof(float) * out_ch * chunk_plane);
+    if (!chunk)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for a head's rows");
+    isl_status s = ISL_OK;
+    for (int r = 0; s == ISL_OK && r < out_h; r += rows) {
+        const int r0 = isl_head_chunk_start(r, rows, out_h);
+        s = isl_exec_run_head(exec, h, probabilities, r0, chunk);
+        for (int c = 0; s == ISL_OK && c < out_ch; c++)
+            memcpy(out + ((size_t)c * out_h + r0) * out_w, chunk + c * chunk_plane,
+                   sizeof(float) * chunk_plane);
+    }
+    free(chunk);
+    return s;
+}
+
 static isl_status check_model(const isl_model *m, const char *fn)
 {
     if (!m)
@@ -204,7 +227,9 @@ isl_status isl_predict_tile(const isl_model *m, const isl_predict_options *o, co
         s = isl_exec_run_trunk(exec);
         for (int h = 0; s == ISL_OK && h < m->params.num_heads; h++)
             if (outputs[h])
-                s = isl_exec_run_head(exec, h, o->probabilities, outputs[h]);
+                s = run_whole_head(exec, plan, h, o->probabilities, m->params.heads[h].out_ch,
+                                   isl_arch_output_side(height), isl_arch_output_side(width),
+                                   outputs[h]);
         isl_model_release(m, plan, exec);
     }
     threads_end(ts);
@@ -462,10 +487,10 @@ static void free_band(band *b, const selection *sel)
 }
 
 static isl_status alloc_band(band *b, const isl_model *m, const selection *sel, const axis *ay,
-                             const axis *ax)
+                             const axis *ax, int head_rows)
 {
     memset(b, 0, sizeof(*b));
-    const size_t tile_px = (size_t)ay->tile_out * ax->tile_out;
+    const size_t tile_px = (size_t)head_rows * ax->tile_out; /* a head's chunk of rows */
     for (int i = 0; i < sel->count; i++) {
         size_t planes = (size_t)m->params.heads[sel->heads[i]].out_ch / ISL_NUM_CLASSES;
         for (int s = 0; s < ISL_STAT_COUNT; s++)
@@ -485,11 +510,11 @@ static isl_status alloc_band(band *b, const isl_model *m, const selection *sel, 
     return ISL_OK;
 }
 
-/* Statistics of one tile's head output into the band rows [0, tile_out_h). */
+/* Statistics of a head's output for rows [r0, r0 + rows) of a tile into the same band rows. */
 static void tile_stats_to_band(band *b, int sel_index, int planes, const axis *ay, const axis *ax,
-                               int ox, unsigned stat_mask)
+                               int ox, int r0, int rows, unsigned stat_mask)
 {
-    const size_t tile_px = (size_t)ay->tile_out * ax->tile_out;
+    const size_t tile_px = (size_t)rows * ax->tile_out;
     const int cols = ox + ax->tile_out > ax->size ? ax->size - ox : ax->tile_out;
     float *outs[ISL_STAT_COUNT];
     for (int z = 0; z < planes; z++) {
@@ -500,8 +525,8 @@ static void tile_stats_to_band(band *b, int sel_index, int planes, const axis *a
         for (int s = 0; s < ISL_STAT_COUNT; s++) {
             if (!outs[s])
                 continue;
-            float *dst = b->data[sel_index][s] + (size_t)z * ay->tile_out * ax->size;
-            for (int y = 0; y < ay->tile_out; y++)
+            float *dst = b->data[sel_index][s] + ((size_t)z * ay->tile_out + r0) * ax->size;
+            for (int y = 0; y < rows; y++)
                 memcpy(dst + (size_t)y * ax->size + ox, outs[s] + (size_t)y * ax->tile_out,
                        sizeof(float) * (size_t)cols);
         }
@@ -554,13 +579,13 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
     isl_plan *plan = NULL;
     isl_exec *exec = NULL;
     thread_scope ts = threads_begin(o);
+    memset(&b, 0, sizeof(b));
     isl_status s = isl_input_transform_init(m->params.input_normalization, in, &t);
     if (s == ISL_OK)
-        s = alloc_band(&b, m, &sel, &ay, &ax);
-    else
-        memset(&b, 0, sizeof(b));
-    if (s == ISL_OK)
         s = isl_model_acquire(m, th, tw, o->precision, &plan, &exec);
+    const int head_rows = s == ISL_OK ? isl_plan_head_rows(plan) : 0;
+    if (s == ISL_OK)
+        s = alloc_band(&b, m, &sel, &ay, &ax, head_rows);
 
     const int64_t total = (int64_t)ay.count * ax.count;
     int delivered = 0;
@@ -572,10 +597,13 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
             s = isl_exec_run_trunk(exec);
             for (int i = 0; s == ISL_OK && i < sel.count; i++) {
                 const int h = sel.heads[i];
-                s = isl_exec_run_head(exec, h, 1, b.probs);
-                if (s == ISL_OK)
-                    tile_stats_to_band(&b, i, m->params.heads[h].out_ch / ISL_NUM_CLASSES, &ay,
-                                       &ax, ox, sel.stat_mask);
+                for (int r = 0; s == ISL_OK && r < ay.tile_out; r += head_rows) {
+                    const int r0 = isl_head_chunk_start(r, head_rows, ay.tile_out);
+                    s = isl_exec_run_head(exec, h, 1, r0, b.probs);
+                    if (s == ISL_OK)
+                        tile_stats_to_band(&b, i, m->params.heads[h].out_ch / ISL_NUM_CLASSES,
+                                           &ay, &ax, ox, r0, head_rows, sel.stat_mask);
+                }
             }
             if (s == ISL_OK && o->progress &&
                 o->progress(o->progress_user, (int64_t)ty * ax.count + tx + 1, total))

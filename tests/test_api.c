@@ -103,6 +103,59 @@ START_TEST(fast_tanh_tracks_libm)
 }
 END_TEST
 
+START_TEST(fused_pool_bnact_matches_pooling_then_bnact)
+{
+    /* FP32 plans compute the expand BNAct's max pooling on the fly: compare with pooling
+     * done first (plain loops over the nChw16c layout), for in (3x3, stride 1) and down
+     * (4x4, stride 2) modules. Pooled values are exact, so relu must be too. */
+    const int ks[2] = {3, 4}, strides[2] = {1, 2};
+    for (int t = 0; t < 2; t++) {
+        const int k = ks[t], st = strides[t], ac = 32, xc = 48, xh = 37, xw = 29;
+        const int oh = (xh - k) / st + 1, ow = (xw - k) / st + 1, c = ac + xc;
+        const size_t opx = (size_t)oh * ow;
+        float *a = malloc(sizeof(float) * ac * opx), *x = malloc(sizeof(float) * xc * xh * xw);
+        float *relu = malloc(sizeof(float) * c * opx), *th = malloc(sizeof(float) * c * opx);
+        float scale[80], shift[80];
+        for (size_t i = 0; i < (size_t)ac * opx; i++)
+            a[i] = (float)((i * 2654435761u) % 2001) / 500.0f - 2.0f;
+        for (size_t i = 0; i < (size_t)xc * xh * xw; i++)
+            x[i] = (float)((i * 40503u + 7u) % 1999) / 400.0f - 2.5f;
+        for (int i = 0; i < c; i++) {
+            scale[i] = 0.5f + 0.01f * i * (i % 2 ? 1.0f : -1.0f);
+            shift[i] = 0.02f * (i - 40);
+        }
+        isl_kernel_bnact_pool(a, ac, x, xc, xh, xw, k, st, oh, ow, scale, shift, relu, th);
+        for (int ch = 0; ch < c; ch++)
+            for (int oy = 0; oy < oh; oy++)
+                for (int ox = 0; ox < ow; ox++) {
+                    const int b = ch / 16, l = ch % 16;
+                    float v;
+                    if (ch < ac) {
+                        v = a[(((size_t)b * oh + oy) * ow + ox) * 16 + l];
+                    } else {
+                        const int xb = (ch - ac) / 16;
+                        v = -INFINITY;
+                        for (int i = 0; i < k; i++)
+                            for (int j = 0; j < k; j++)
+                                v = fmaxf(v, x[(((size_t)xb * xh + oy * st + i) * xw + ox * st +
+                                                j) * 16 + l]);
+                    }
+                    const float y = scale[ch] * v + shift[ch];
+                    const size_t o = (((size_t)b * oh + oy) * ow + ox) * 16 + l;
+                    ck_assert_msg(relu[o] == (y > 0 ? y : 0.0f), "relu, k %d, channel %d (%d, %d)",
+                                  k, ch, oy, ox);
+                    ck_assert_msg(fabs(th[o] - tanh((double)y)) < 3e-7,
+                                  "tanh, k %d, channel %d (%d, %d): %g, not %g", k, ch, oy, ox,
+                                  th[o], tanh((double)y));
+                }
+        free(a);
+        free(x);
+        free(relu);
+        free(th);
+    }
+}
+END_TEST
+
 START_TEST(stat_names_round_trip)
 {
     for (int s = 0; s < ISL_STAT_COUNT; s++)
@@ -348,6 +401,74 @@ static void *predict_job(void *arg)
     return NULL;
 }
 
+/* Heads run on row chunks of large tiles (lib/plan.c): a model whose plans use small
+ * chunks (ISL_HEAD_CHUNK_PIXELS, read when a plan is built) must predict exactly what one
+ * whose heads run on the whole tile does, the last, overlapping chunk included. */
+static void predict_both_ways(isl_model *m, const float *tile, float **tile_out,
+                              const isl_stack *image, float **image_out)
+{
+    isl_predict_options *o;
+    ck_assert_int_eq(isl_predict_options_create(&o), ISL_OK);
+    ck_assert_int_eq(isl_predict_options_set_probabilities(o, 1), ISL_OK);
+    ck_assert_msg(isl_predict_tile(m, o, tile, 282, 266, tile_out) == ISL_OK, "%s",
+                  isl_last_error());
+    const int heads[2] = {0, 1};
+    const isl_stat stats[2] = {ISL_STAT_MEDIAN, ISL_STAT_MEAN};
+    ck_assert_int_eq(isl_predict_options_set_heads(o, 2, heads), ISL_OK);
+    ck_assert_int_eq(isl_predict_options_set_stats(o, 2, stats), ISL_OK);
+    ck_assert_msg(isl_predict_image(m, o, image, image_out) == ISL_OK, "%s", isl_last_error());
+    isl_predict_options_free(o);
+}
+
+START_TEST(heads_in_row_chunks_match_whole_tiles)
+{
+    enum { NZ = 2, H = 300, W = 280 };
+    const size_t tile_n = (size_t)NZ * 282 * 266, out_px = 40 * 24;
+    float *tile = malloc(sizeof(float) * tile_n);
+    float *image = malloc(sizeof(float) * NZ * H * W);
+    for (size_t i = 0; i < tile_n; i++)
+        tile[i] = (float)((i * 2654435761u) % 1000) / 1000.0f;
+    for (size_t i = 0; i < (size_t)NZ * H * W; i++)
+        image[i] = (float)((i * 40503u) % 997) / 997.0f;
+    isl_stack in = {image, ISL_DTYPE_F32, NZ, H, W};
+    float *tile_out[2][2], *image_out[2][2 * ISL_STAT_COUNT] = {{0}};
+    for (int run = 0; run < 2; run++) {
+        /* Run 0: whole tiles. Run 1: the 40 output rows of the tile in 6 chunks of 7 rows,
+         * the last starting at row 33. */
+        setenv("ISL_HEAD_CHUNK_PIXELS", run ? "170" : "1000000000", 1);
+        isl_model *m = small_model(8, NZ, 5);
+        ck_assert_int_eq(isl_model_num_heads(m), 2); /* one label head + the autoencoder */
+        for (int h = 0; h < 2; h++) {
+            tile_out[run][h] = malloc(sizeof(float) * isl_model_head_channels(m, h) * out_px);
+            for (int s = 0; s < 2; s++)
+                image_out[run][h * ISL_STAT_COUNT + s] =
+                    malloc(sizeof(float) * (h ? NZ : 1) * H * W);
+        }
+        predict_both_ways(m, tile, tile_out[run], &in, image_out[run]);
+        unsetenv("ISL_HEAD_CHUNK_PIXELS");
+        isl_model_free(m);
+    }
+    for (int h = 0; h < 2; h++) {
+        const size_t n = (size_t)(h ? NZ * 256 : 256) * out_px;
+        ck_assert_msg(!memcmp(tile_out[0][h], tile_out[1][h], sizeof(float) * n),
+                      "head %d: chunked tile output differs", h);
+        for (int s = 0; s < 2; s++)
+            ck_assert_msg(!memcmp(image_out[0][h * ISL_STAT_COUNT + s],
+                                  image_out[1][h * ISL_STAT_COUNT + s],
+                                  sizeof(float) * (h ? NZ : 1) * H * W),
+                          "head %d, stat %d: chunked image differs", h, s);
+    }
+    for (int run = 0; run < 2; run++)
+        for (int h = 0; h < 2; h++) {
+            free(tile_out[run][h]);
+            for (int s = 0; s < 2; s++)
+                free(image_out[run][h * ISL_STAT_COUNT + s]);
+        }
+    free(tile);
+    free(image);
+}
+END_TEST
+
 START_TEST(concurrent_predictions_on_one_model)
 {
     enum { THREADS = 4, OUT = 256 * 24 * 24 };
@@ -386,6 +507,7 @@ int main(void)
         {"stats_stride", stats_with_stride_and_many_pixels},
         {"names", stat_names_round_trip},
         {"fast_tanh", fast_tanh_tracks_libm},
+        {"fused_pool", fused_pool_bnact_matches_pooling_then_bnact},
         {"parameter_count", parameter_count_of_the_paper_network},
         {"round_trip", save_load_round_trip_predicts_identically},
         {"seeds", seeds_decide_the_weights},
@@ -393,6 +515,7 @@ int main(void)
         {"bad_inputs", bad_prediction_inputs_are_refused},
         {"progress", progress_reports_and_cancels},
         {"concurrency", concurrent_predictions_on_one_model},
+        {"head_chunks", heads_in_row_chunks_match_whole_tiles},
     };
     return test_run_cases("api", cases, sizeof(cases) / sizeof(cases[0]), 300);
 }

@@ -27,7 +27,7 @@ static const char predict_help[] =
     "  --threads N              threads (default 0: all cores)\n"
     "  --tile N                 input tile side, 266 + 16m (266, 282, ..., 506, ..., 1018);\n"
     "                           0 (default): the cheapest within the memory limit\n"
-    "  --memory-limit MB        working-memory bound in MiB (default 1536)\n"
+    "  --memory-limit MB        working-memory bound in MiB (default 1792)\n"
     "  --precision P            fp32 (default) or bf16\n"
     "  -h, --help               show this help\n";
 

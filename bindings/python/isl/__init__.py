@@ -421,7 +421,7 @@ class Model:
             tile: input side of the tiles, 266 + 16 m; 0 chooses the tile shape that
                 needs the least arithmetic within ``memory_limit``.
             threads: threads used by this prediction (0 = all cores).
-            memory_limit: bound on the working memory in bytes (default 1.5 GiB).
+            memory_limit: bound on the working memory in bytes (default 1.75 GiB).
             progress: ``progress(done, total)`` is called after each tile (with the GIL);
                 returning True cancels (:class:`CancelledError`), and an exception it raises
                 cancels the prediction and propagates.

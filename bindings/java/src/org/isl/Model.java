@@ -315,7 +315,7 @@ public final class Model implements AutoCloseable {
       return this;
     }
 
-    /** Bound on the working memory in bytes; 0: the default (1.5 GiB). */
+    /** Bound on the working memory in bytes; 0: the default (1.75 GiB). */
     public Options memoryLimit(long bytes) {
       this.memoryLimit = bytes;
       return this;
