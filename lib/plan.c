@@ -330,25 +330,14 @@ static isl_status build_head(builder *b, const isl_layout *l, int h, int out_ch)
     isl_need(b, logits);
     if (b->estimate_only)
         return ISL_OK;
-    plan_step *st = NULL;
-    dnnl_primitive_desc_t pd;
     /* Softmax over each distribution of 256 bins (the autoencoder: one per plane). */
-    {
-        dnnl_softmax_desc_t d;
-        dnnl_memory_desc_t md = blocked;
-        if (out_ch > ISL_NUM_CLASSES) {
-            /* [1, nz * 256, h, w] viewed as [nz, 256, h, w]: same bytes, batch = plane. */
-            dnnl_dims_t dims = {out_ch / ISL_NUM_CLASSES, ISL_NUM_CLASSES, trunk.h, trunk.w};
-            dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, dnnl_nChw16c);
-        }
-        DNNL_TRY(dnnl_softmax_forward_desc_init(&d, dnnl_forward_inference, &md, 1));
-        ISL_CHECK(isl_make_primitive(b, &d, 0, dnnl_alg_kind_undef, &pd, "softmax"));
-        ISL_CHECK(isl_push_step(b, &st));
-        isl_arg_tensor(st, DNNL_ARG_SRC, logits, &md);
-        isl_arg_tensor(st, DNNL_ARG_DST, logits, &md);
-        ISL_CHECK(isl_finish_primitive(b, st, pd));
-        st->probabilities_only = 1;
+    dnnl_memory_desc_t md = blocked;
+    if (out_ch > ISL_NUM_CLASSES) {
+        /* [1, nz * 256, h, w] viewed as [nz, 256, h, w]: same bytes, batch = plane. */
+        dnnl_dims_t dims = {out_ch / ISL_NUM_CLASSES, ISL_NUM_CLASSES, trunk.h, trunk.w};
+        dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, dnnl_nChw16c);
     }
+    ISL_CHECK(isl_add_softmax(b, logits, &md));
     /* Channel-major [out_ch, h, w] into the caller's memory. */
     dnnl_memory_desc_t plain = isl_md4(1, out_ch, trunk.h, trunk.w, dnnl_nchw);
     tref ext = tensor(BUF_EXTERNAL, 0, out_ch, trunk.h, trunk.w);

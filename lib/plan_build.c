@@ -360,3 +360,18 @@ int isl_module_out_side(const isl_module_arch *a, int n)
     }
     return -1;
 }
+
+isl_status isl_add_softmax(builder *b, tref t, const dnnl_memory_desc_t *md)
+{
+    dnnl_softmax_desc_t d;
+    dnnl_primitive_desc_t pd;
+    plan_step *st = NULL;
+    DNNL_TRY(dnnl_softmax_forward_desc_init(&d, dnnl_forward_inference, md, 1));
+    ISL_CHECK(isl_make_primitive(b, &d, 0, dnnl_alg_kind_undef, &pd, "softmax"));
+    ISL_CHECK(isl_push_step(b, &st));
+    isl_arg_tensor(st, DNNL_ARG_SRC, t, md);
+    isl_arg_tensor(st, DNNL_ARG_DST, t, md);
+    ISL_CHECK(isl_finish_primitive(b, st, pd));
+    st->probabilities_only = 1;
+    return ISL_OK;
+}

@@ -137,6 +137,10 @@ isl_status isl_finish_primitive(builder *b, plan_step *st, dnnl_primitive_desc_t
 isl_status isl_add_reorder(builder *b, tref src, const dnnl_memory_desc_t *src_md, tref dst,
                            const dnnl_memory_desc_t *dst_md);
 
+/* In-place softmax over axis 1 of t viewed as md (the 256 bins of each distribution);
+ * skipped when the caller asks for logits. */
+isl_status isl_add_softmax(builder *b, tref t, const dnnl_memory_desc_t *md);
+
 /* Layers shared by both layouts. */
 typedef enum { CONV, DECONV } conv_kind;
 /* dst (+)= conv(src) with host weights in oihw (padded), optional bias; the formats are

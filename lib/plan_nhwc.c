@@ -233,23 +233,12 @@ isl_status isl_nhwc_build_head(builder *b, const isl_layout *l, int h, int out_c
     ISL_CHECK(isl_add_conv(b, CONV, act, logits, 1, 1, hl->weight, hl->bias, 0));
     if (b->estimate_only)
         return ISL_OK;
-    {
-        /* [h, w, planes, 256] as rows of 256 bins. */
-        dnnl_softmax_desc_t d;
-        dnnl_primitive_desc_t pd;
-        plan_step *st = NULL;
-        dnnl_memory_desc_t md;
-        dnnl_dims_t dims = {(dnnl_dim_t)trunk.h * trunk.w * (out_ch / ISL_NUM_CLASSES),
-                            ISL_NUM_CLASSES};
-        dnnl_memory_desc_init_by_tag(&md, 2, dims, dnnl_f32, dnnl_ab);
-        DNNL_TRY(dnnl_softmax_forward_desc_init(&d, dnnl_forward_inference, &md, 1));
-        ISL_CHECK(isl_make_primitive(b, &d, 0, dnnl_alg_kind_undef, &pd, "softmax"));
-        ISL_CHECK(isl_push_step(b, &st));
-        isl_arg_tensor(st, DNNL_ARG_SRC, logits, &md);
-        isl_arg_tensor(st, DNNL_ARG_DST, logits, &md);
-        ISL_CHECK(isl_finish_primitive(b, st, pd));
-        st->probabilities_only = 1;
-    }
+    /* [h, w, planes, 256] as rows of 256 bins. */
+    dnnl_memory_desc_t md;
+    dnnl_dims_t dims = {(dnnl_dim_t)trunk.h * trunk.w * (out_ch / ISL_NUM_CLASSES),
+                        ISL_NUM_CLASSES};
+    dnnl_memory_desc_init_by_tag(&md, 2, dims, dnnl_f32, dnnl_ab);
+    ISL_CHECK(isl_add_softmax(b, logits, &md));
     dnnl_memory_desc_t from = isl_tref_md(logits);
     dnnl_memory_desc_t plain = isl_md4(1, out_ch, trunk.h, trunk.w, dnnl_nchw);
     tref ext = isl_tensor(BUF_EXTERNAL, 0, out_ch, trunk.h, trunk.w, dnnl_f32);
