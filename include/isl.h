@@ -409,6 +409,8 @@ ISL_API const float *isl_dataset_well_stack(const isl_dataset *dataset, int well
 /** Label names present in any well, in first-added order. */
 ISL_API int isl_dataset_num_labels(const isl_dataset *dataset);
 ISL_API const char *isl_dataset_label_name(const isl_dataset *dataset, int label);
+/** Index of the label called name (0 .. isl_dataset_num_labels - 1), or -1. */
+ISL_API int isl_dataset_label_index(const isl_dataset *dataset, const char *name);
 /** Label `label` (by name) of a well as full-well-size arrays: values (height x width
  *  floats, 0 where unknown) and mask (nonzero where known). ISL_ERROR_INVALID_ARGUMENT if
  *  the well has no such label. Either output may be NULL. */

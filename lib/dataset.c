@@ -404,6 +404,11 @@ const char *isl_dataset_label_name(const isl_dataset *d, int label)
     return d && label >= 0 && label < d->num_labels ? d->labels[label] : NULL;
 }
 
+int isl_dataset_label_index(const isl_dataset *d, const char *name)
+{
+    return d ? isl_ds_label_index(d, name) : -1;
+}
+
 isl_status isl_dataset_well_target(const isl_dataset *d, int well, const char *label,
                                    const float **values, const uint8_t **mask)
 {

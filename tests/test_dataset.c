@@ -205,6 +205,10 @@ START_TEST(accessors_return_what_was_added)
     ck_assert_int_eq(isl_dataset_num_labels(d), 2);
     ck_assert_str_eq(isl_dataset_label_name(d, 0), "zeta"); /* first-added order */
     ck_assert_str_eq(isl_dataset_label_name(d, 1), "alpha");
+    ck_assert_int_eq(isl_dataset_label_index(d, "alpha"), 1);
+    ck_assert_int_eq(isl_dataset_label_index(d, "zeta"), 0);
+    ck_assert_int_eq(isl_dataset_label_index(d, "beta"), -1);
+    ck_assert_int_eq(isl_dataset_label_index(NULL, "zeta"), -1);
 
     /* Stacks scaled as prediction scales them: raw / 65535 (one rounding). */
     const float *stack = isl_dataset_well_stack(d, 0);

@@ -524,9 +524,7 @@ static int setup(run_state *r)
     int known = 0;
     for (int h = 0; h < r->num_labels; h++) {
         const char *name = isl_model_head_name(r->init, h);
-        int have = 0;
-        for (int l = 0; l < isl_dataset_num_labels(r->ds); l++)
-            have |= !strcmp(isl_dataset_label_name(r->ds, l), name);
+        const int have = isl_dataset_label_index(r->ds, name) >= 0;
         if (!have)
             fprintf(stderr, "isl: note: the dataset has no '%s' targets; that head will not "
                             "train\n", name);
