@@ -30,19 +30,6 @@ static int skip_without(dnnl_cpu_isa_t isa, const char *name)
     return 1;
 }
 
-/* A small model whose every parameter matters (as in test_network.c). */
-static isl_model *random_model(int base, int nz, int heads, uint64_t seed)
-{
-    static const char *names[3] = {"dapi_confocal", "map2_confocal", "nfh_confocal"};
-    isl_params p;
-    ck_assert_int_eq(isl_params_alloc(&p, base, nz, heads, names, 1), 0);
-    isl_params_init_random(&p, seed);
-    test_randomize_bn(&p, seed + 1);
-    isl_model *m = NULL;
-    ck_assert_int_eq(isl_model_from_params(&p, &m), ISL_OK);
-    return m;
-}
-
 static float uniform(uint64_t *s, float lo, float hi)
 {
     return lo + (hi - lo) * (float)test_uniform(s);
@@ -222,7 +209,7 @@ START_TEST(bf16_plans_run_every_convolution_on_amx)
 {
     if (skip_without(dnnl_cpu_isa_avx512_core_amx, "AMX"))
         return;
-    isl_model *m = random_model(16, 2, 1, 3);
+    isl_model *m = test_random_model(16, 2, 1, 3);
     isl_plan *plan;
     isl_exec *exec;
     ck_assert_msg(isl_model_acquire(m, 266, 282, ISL_PRECISION_BF16, &plan, &exec) == ISL_OK,
@@ -293,11 +280,8 @@ START_TEST(bf16_logits_agree_with_fp32)
     if (skip_without(dnnl_cpu_isa_avx512_core_bf16, "AVX512-BF16"))
         return;
     const int nz = 3, h = 282, w = 298;
-    float *x = malloc(sizeof(float) * nz * h * w);
-    uint64_t s = 7;
-    for (int i = 0; i < nz * h * w; i++)
-        x[i] = (float)test_uniform(&s);
-    isl_model *m = random_model(16, nz, 2, 42);
+    float *x = test_random_input(nz, h, w, 7);
+    isl_model *m = test_random_model(16, nz, 2, 42);
     size_t n = 0;
     for (int k = 0; k < isl_model_num_heads(m); k++)
         n += (size_t)isl_model_head_channels(m, k) * (h - 242) * (w - 242);
@@ -305,7 +289,7 @@ START_TEST(bf16_logits_agree_with_fp32)
     float *bf = predict_logits(m, ISL_PRECISION_BF16, x, h, w);
     /* The blocked bf16 plans, on a model of their own (plans are cached per model). */
     setenv("ISL_BF16_LAYOUT", "blocked", 1);
-    isl_model *mb = random_model(16, nz, 2, 42);
+    isl_model *mb = test_random_model(16, nz, 2, 42);
     float *blocked = predict_logits(mb, ISL_PRECISION_BF16, x, h, w);
     unsetenv("ISL_BF16_LAYOUT");
     double max_ref = 0, max_err = 0;
@@ -333,42 +317,6 @@ START_TEST(bf16_logits_agree_with_fp32)
 }
 END_TEST
 
-/* Predicts a whole stack: [heads][stats] images. */
-static float **predict_all(const isl_model *m, const isl_stack *in, isl_precision prec, int tile,
-                           unsigned stat_mask)
-{
-    isl_predict_options *o;
-    ck_assert_int_eq(isl_predict_options_create(&o), ISL_OK);
-    isl_stat stats[ISL_STAT_COUNT];
-    int ns = 0;
-    for (int s = 0; s < ISL_STAT_COUNT; s++)
-        if (stat_mask & (1u << s))
-            stats[ns++] = (isl_stat)s;
-    ck_assert_int_eq(isl_predict_options_set_stats(o, ns, stats), ISL_OK);
-    ck_assert_int_eq(isl_predict_options_set_tile_size(o, tile), ISL_OK);
-    ck_assert_int_eq(isl_predict_options_set_precision(o, prec), ISL_OK);
-    int nh = isl_model_num_heads(m), all[8];
-    for (int h = 0; h < nh; h++)
-        all[h] = h;
-    ck_assert_int_eq(isl_predict_options_set_heads(o, nh, all), ISL_OK);
-    float **outs = calloc((size_t)nh * ISL_STAT_COUNT, sizeof(float *));
-    for (int h = 0; h < nh; h++)
-        for (int s = 0; s < ISL_STAT_COUNT; s++)
-            if (stat_mask & (1u << s))
-                outs[h * ISL_STAT_COUNT + s] =
-                    malloc(sizeof(float) * (size_t)in->num_z * in->height * in->width);
-    ck_assert_msg(isl_predict_image(m, o, in, outs) == ISL_OK, "%s", isl_last_error());
-    isl_predict_options_free(o);
-    return outs;
-}
-
-static void free_all(const isl_model *m, float **outs)
-{
-    for (int i = 0; i < isl_model_num_heads(m) * ISL_STAT_COUNT; i++)
-        free(outs[i]);
-    free(outs);
-}
-
 /* How far statistic images a and b (n pixels) differ: largest difference, and how many
  * pixels differ by more than one and by more than two of the 256 bins. */
 typedef struct stat_diff {
@@ -393,15 +341,12 @@ START_TEST(bf16_tiled_prediction_matches_single_pass)
     if (skip_without(dnnl_cpu_isa_avx512_core_bf16, "AVX512-BF16"))
         return;
     const int nz = 2, h = 200, w = 233;
-    isl_model *m = random_model(16, nz, 1, 3);
-    uint16_t *raw = malloc(sizeof(uint16_t) * nz * h * w);
-    uint64_t s = 5;
-    for (int i = 0; i < nz * h * w; i++)
-        raw[i] = (uint16_t)(test_uniform(&s) * 65535);
+    isl_model *m = test_random_model(16, nz, 1, 3);
+    uint16_t *raw = test_random_u16((size_t)nz * h * w, 5);
     isl_stack in = {raw, ISL_DTYPE_U16, nz, h, w};
     unsigned mask = (1u << ISL_STAT_MEAN) | (1u << ISL_STAT_MEDIAN);
-    float **single = predict_all(m, &in, ISL_PRECISION_BF16, 0, mask);
-    float **tiled = predict_all(m, &in, ISL_PRECISION_BF16, 330, mask);
+    float **single = test_predict_all(m, &in, ISL_PRECISION_BF16, 0, mask);
+    float **tiled = test_predict_all(m, &in, ISL_PRECISION_BF16, 330, mask);
     for (int st = 0; st < ISL_STAT_COUNT; st++) {
         if (!(mask & (1u << st)))
             continue;
@@ -414,8 +359,8 @@ START_TEST(bf16_tiled_prediction_matches_single_pass)
         ck_assert(d.max <= 1.0 / 255 + 1e-6);
         ck_assert(d.over1 == 0);
     }
-    free_all(m, single);
-    free_all(m, tiled);
+    test_free_all(m, single);
+    test_free_all(m, tiled);
     free(raw);
     isl_model_free(m);
 }
@@ -423,60 +368,28 @@ END_TEST
 
 /* ---- the golden base-32 model -------------------------------------------------------------- */
 
-static int golden_paths(char *model, char *input, char *expected, size_t n)
-{
-    const char *root = getenv("ISL_SOURCE_ROOT");
-    snprintf(model, n, "%s/../shared/testdata/golden-base32/model.h5", root ? root : ".");
-    snprintf(input, n, "%s/../shared/testdata/golden-base32/input.tif", root ? root : ".");
-    snprintf(expected, n, "%s/../shared/testdata/golden-base32/expected.h5", root ? root : ".");
-    FILE *f = fopen(expected, "rb");
-    if (!f) {
-        printf("SKIPPED: golden vectors not found at %s\n", expected);
-        return 0;
-    }
-    fclose(f);
-    return 1;
-}
-
-static float *read_h5(hid_t file, const char *name, size_t expect)
-{
-    hid_t d = H5Dopen2(file, name, H5P_DEFAULT);
-    ck_assert_msg(d >= 0, "missing %s", name);
-    hid_t sp = H5Dget_space(d);
-    ck_assert_int_eq((size_t)H5Sget_simple_extent_npoints(sp), expect);
-    float *v = malloc(sizeof(float) * expect);
-    ck_assert(H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0);
-    H5Sclose(sp);
-    H5Dclose(d);
-    return v;
-}
-
 START_TEST(bf16_golden_statistics_agree)
 {
     if (skip_without(dnnl_cpu_isa_avx512_core_bf16, "AVX512-BF16"))
         return;
-    char mp[1024], ip[1024], ep[1024];
-    if (!golden_paths(mp, ip, ep, sizeof(mp)))
-        return;
     isl_model *m;
-    ck_assert_msg(isl_model_load(mp, &m) == ISL_OK, "%s", isl_last_error());
     isl_tiff_stack st;
-    ck_assert_msg(isl_tiff_read_stack(ip, 13, &st) == ISL_OK, "%s", isl_last_error());
+    hid_t f;
+    if (!test_golden_load(&m, &st, &f))
+        return;
     const int H = st.height, W = st.width;
     const size_t n = (size_t)H * W;
-    hid_t f = H5Fopen(ep, H5F_ACC_RDONLY, H5P_DEFAULT);
-    ck_assert(f >= 0);
     isl_stack in = {st.data, st.dtype, 13, H, W};
-    float **outs = predict_all(m, &in, ISL_PRECISION_BF16, 0,
-                               (1u << ISL_STAT_MEDIAN) | (1u << ISL_STAT_MEAN));
+    float **outs = test_predict_all(m, &in, ISL_PRECISION_BF16, 0,
+                                    (1u << ISL_STAT_MEDIAN) | (1u << ISL_STAT_MEAN));
     const char *heads[2] = {"dapi_confocal", "nfh_confocal"};
     for (int k = 0; k < 2; k++) {
         char name[128];
         int hd = isl_model_head_index(m, heads[k]);
         snprintf(name, sizeof(name), "%s/mean", heads[k]);
-        float *mean = read_h5(f, name, n);
+        float *mean = test_read_h5(f, name, n);
         snprintf(name, sizeof(name), "%s/median", heads[k]);
-        float *median = read_h5(f, name, n);
+        float *median = test_read_h5(f, name, n);
         stat_diff dm = compare_stat(mean, outs[hd * ISL_STAT_COUNT + ISL_STAT_MEAN], n);
         stat_diff dd = compare_stat(median, outs[hd * ISL_STAT_COUNT + ISL_STAT_MEDIAN], n);
         double mean_abs = 0;
@@ -498,7 +411,7 @@ START_TEST(bf16_golden_statistics_agree)
         free(mean);
         free(median);
     }
-    free_all(m, outs);
+    test_free_all(m, outs);
     H5Fclose(f);
     isl_tiff_stack_free(&st);
     isl_model_free(m);

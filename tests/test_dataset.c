@@ -26,38 +26,6 @@
 /* Scratch files                                                                       */
 /* ---------------------------------------------------------------------------------- */
 
-static char scratch[4096];
-
-static void make_scratch(void)
-{
-    const char *base = getenv("ISL_TEST_TMPDIR");
-    snprintf(scratch, sizeof(scratch), "%s/isl-dataset-XXXXXX", base && base[0] ? base : "/tmp");
-    ck_assert_msg(mkdtemp(scratch) != NULL, "mkdtemp: %s", strerror(errno));
-}
-
-static void remove_scratch(void)
-{
-    DIR *d = opendir(scratch);
-    if (!d)
-        return;
-    struct dirent *e;
-    char path[8192];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(path, sizeof(path), "%s/%s", scratch, e->d_name);
-            unlink(path);
-        }
-    closedir(d);
-    rmdir(scratch);
-}
-
-static const char *scratch_path(char *buf, size_t cap, const char *name)
-{
-    int n = snprintf(buf, cap, "%s/%s", scratch, name);
-    ck_assert(n > 0 && (size_t)n < cap);
-    return buf;
-}
-
 static int count_entries(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -140,7 +108,7 @@ static isl_dataset *make_dataset(void)
 static const char *fresh_file(char *buf, size_t cap, const char *name)
 {
     isl_dataset *d = make_dataset();
-    scratch_path(buf, cap, name);
+    test_scratch_path(buf, cap, name);
     ck_assert_msg(isl_dataset_save(d, buf) == ISL_OK, "%s", isl_last_error());
     isl_dataset_free(d);
     return buf;
@@ -274,10 +242,10 @@ static hid_t dataset_type_class(hid_t f, const char *path, size_t *size)
 START_TEST(save_and_load_round_trip)
 {
     fill_fixture(2);
-    make_scratch();
+    test_scratch_make("isl-dataset");
     char path[4096];
     isl_dataset *d = make_dataset(), *back = NULL;
-    scratch_path(path, sizeof(path), "round.h5");
+    test_scratch_path(path, sizeof(path), "round.h5");
     ck_assert_msg(isl_dataset_save(d, path) == ISL_OK, "%s", isl_last_error());
     ck_assert_msg(isl_dataset_load(path, &back) == ISL_OK, "%s", isl_last_error());
     assert_same(d, back);
@@ -309,7 +277,7 @@ START_TEST(save_and_load_round_trip)
     isl_dataset_free(back);
     isl_dataset_free(empty);
     isl_dataset_free(d);
-    remove_scratch();
+    test_scratch_remove();
 }
 END_TEST
 
@@ -414,25 +382,6 @@ static void expect_load_error(const char *path, isl_status want, const char *nee
                   isl_last_error());
 }
 
-static hid_t open_rw(const char *path)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    ck_assert_int_ge(f, 0);
-    return f;
-}
-
-static void set_int_attr(hid_t obj, const char *name, long long value)
-{
-    if (H5Aexists(obj, name) > 0)
-        ck_assert_int_ge(H5Adelete(obj, name), 0);
-    hid_t space = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
-    ck_assert_int_ge(a, 0);
-    ck_assert_int_ge(H5Awrite(a, H5T_NATIVE_LLONG, &value), 0);
-    H5Aclose(a);
-    H5Sclose(space);
-}
-
 /* A variable-length string attribute: scalar (count < 0) or a list. */
 static void set_strings_attr(hid_t f, const char *obj_path, const char *name, int count,
                              const char *const *values)
@@ -467,22 +416,6 @@ static void replace_dataset(hid_t f, const char *path, hid_t type, int rank, con
     H5Sclose(space);
 }
 
-/* Sets element `index` of a dataset read and written as floats. */
-static void poke(hid_t f, const char *path, size_t index, float value)
-{
-    hid_t d = H5Dopen2(f, path, H5P_DEFAULT);
-    ck_assert_int_ge(d, 0);
-    hid_t space = H5Dget_space(d);
-    hssize_t n = H5Sget_simple_extent_npoints(space);
-    float *buf = malloc(sizeof(float) * (size_t)n);
-    ck_assert_int_ge(H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf), 0);
-    buf[index] = value;
-    ck_assert_int_ge(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf), 0);
-    free(buf);
-    H5Sclose(space);
-    H5Dclose(d);
-}
-
 /* Rewrites a dataset as float32 (same values), so that pokes can store any float. */
 static void refloat(hid_t f, const char *path)
 {
@@ -509,7 +442,7 @@ static void check_edit(const char *name, edit_fn edit, isl_status want, const ch
 {
     char path[4096];
     fresh_file(path, sizeof(path), name);
-    hid_t f = open_rw(path);
+    hid_t f = test_h5_open_rw(path);
     edit(f);
     ck_assert_int_ge(H5Fclose(f), 0);
     expect_load_error(path, want, needle);
@@ -521,22 +454,25 @@ static void edit_format(hid_t f)
     set_strings_attr(f, "/", "format", -1, &v);
 }
 static void edit_no_format(hid_t f) { ck_assert_int_ge(H5Adelete(f, "format"), 0); }
-static void edit_newer(hid_t f) { set_int_attr(f, "version", 2); }
-static void edit_version_zero(hid_t f) { set_int_attr(f, "version", 0); }
-static void edit_num_z(hid_t f) { set_int_attr(f, "num_z", 4); }
-static void edit_num_z_range(hid_t f) { set_int_attr(f, "num_z", 0); }
-static void edit_stack_nan(hid_t f) { poke(f, "/wells/001/stack", (size_t)BH * BW + 5, NAN); }
-static void edit_stack_big(hid_t f) { poke(f, "/wells/001/stack", 7, 1.25f); }
+static void edit_newer(hid_t f) { test_h5_set_int_attr(f, "version", 2); }
+static void edit_version_zero(hid_t f) { test_h5_set_int_attr(f, "version", 0); }
+static void edit_num_z(hid_t f) { test_h5_set_int_attr(f, "num_z", 4); }
+static void edit_num_z_range(hid_t f) { test_h5_set_int_attr(f, "num_z", 0); }
+static void edit_stack_nan(hid_t f)
+{
+    test_h5_poke_float(f, "/wells/001/stack", (size_t)BH * BW + 5, NAN);
+}
+static void edit_stack_big(hid_t f) { test_h5_poke_float(f, "/wells/001/stack", 7, 1.25f); }
 static void edit_values_big(hid_t f)
 {
     /* Pixel (y 20, x 3) of B's alpha is known (bottom half). */
     refloat(f, "/wells/001/labels/alpha/values");
-    poke(f, "/wells/001/labels/alpha/values", 20 * BW + 3, 2.0f);
+    test_h5_poke_float(f, "/wells/001/labels/alpha/values", 20 * BW + 3, 2.0f);
 }
 static void edit_values_nan_known(hid_t f)
 {
     refloat(f, "/wells/001/labels/alpha/values");
-    poke(f, "/wells/001/labels/alpha/values", 20 * BW, NAN);
+    test_h5_poke_float(f, "/wells/001/labels/alpha/values", 20 * BW, NAN);
 }
 static void edit_values_shape(hid_t f)
 {
@@ -620,7 +556,7 @@ static void edit_negative_pixel(hid_t f)
 START_TEST(invalid_files_are_refused_with_their_path)
 {
     fill_fixture(4);
-    make_scratch();
+    test_scratch_make("isl-dataset");
     check_edit("format.h5", edit_format, ISL_ERROR_FORMAT, "/: attribute format is \"isl-model\"");
     check_edit("noformat.h5", edit_no_format, ISL_ERROR_FORMAT, "not an isl dataset");
     check_edit("newer.h5", edit_newer, ISL_ERROR_UNSUPPORTED, "newer");
@@ -657,9 +593,9 @@ START_TEST(invalid_files_are_refused_with_their_path)
     /* An unknown pixel may hold NaN in a file (it becomes 0). */
     char path[4096];
     fresh_file(path, sizeof(path), "unknown-nan.h5");
-    hid_t f = open_rw(path);
+    hid_t f = test_h5_open_rw(path);
     refloat(f, "/wells/001/labels/alpha/values");
-    poke(f, "/wells/001/labels/alpha/values", 2, NAN); /* top half: unknown */
+    test_h5_poke_float(f, "/wells/001/labels/alpha/values", 2, NAN); /* top half: unknown */
     H5Fclose(f);
     isl_dataset *d = NULL;
     ck_assert_msg(isl_dataset_load(path, &d) == ISL_OK, "%s", isl_last_error());
@@ -667,49 +603,27 @@ START_TEST(invalid_files_are_refused_with_their_path)
     ck_assert_int_eq(isl_dataset_well_target(d, 1, "alpha", &v, NULL), ISL_OK);
     ck_assert(v[2] == 0.0f);
     isl_dataset_free(d);
-    remove_scratch();
+    test_scratch_remove();
 }
 END_TEST
-
-static char *read_all(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
-}
-
-static void write_all(const char *path, const void *data, size_t size)
-{
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(data, 1, size, f), size);
-    ck_assert_int_eq(fclose(f), 0);
-}
 
 START_TEST(missing_truncated_and_corrupt_files)
 {
     fill_fixture(5);
-    make_scratch();
+    test_scratch_make("isl-dataset");
     char path[4096], other[4096];
-    scratch_path(path, sizeof(path), "missing.h5");
+    test_scratch_path(path, sizeof(path), "missing.h5");
     expect_load_error(path, ISL_ERROR_IO, "cannot open");
 
-    scratch_path(other, sizeof(other), "text.h5");
-    write_all(other, "not hdf5 at all\n", 16);
+    test_scratch_path(other, sizeof(other), "text.h5");
+    test_write_file(other, "not hdf5 at all\n", 16);
     expect_load_error(other, ISL_ERROR_FORMAT, "not an HDF5 file");
 
     fresh_file(path, sizeof(path), "good.h5");
     size_t size;
-    char *bytes = read_all(path, &size);
-    scratch_path(other, sizeof(other), "truncated.h5");
-    write_all(other, bytes, size / 2);
+    char *bytes = test_read_file(path, &size);
+    test_scratch_path(other, sizeof(other), "truncated.h5");
+    test_write_file(other, bytes, size / 2);
     expect_load_error(other, ISL_ERROR_FORMAT, "truncated");
 
     /* Garbage in the compressed data of well B's stack. */
@@ -726,11 +640,11 @@ START_TEST(missing_truncated_and_corrupt_files)
     ck_assert_uint_lt(addr + chunk_size, size);
     for (hsize_t i = 0; i < chunk_size; i++)
         bytes[addr + i] = (char)(0x5a ^ (i * 31));
-    scratch_path(other, sizeof(other), "corrupt.h5");
-    write_all(other, bytes, size);
+    test_scratch_path(other, sizeof(other), "corrupt.h5");
+    test_write_file(other, bytes, size);
     expect_load_error(other, ISL_ERROR_FORMAT, "/wells/001/stack: cannot read");
     free(bytes);
-    remove_scratch();
+    test_scratch_remove();
 }
 END_TEST
 
@@ -741,15 +655,15 @@ END_TEST
 START_TEST(failed_saves_leave_nothing_behind)
 {
     fill_fixture(6);
-    make_scratch();
+    test_scratch_make("isl-dataset");
     char path[4096];
     isl_dataset *d = make_dataset();
-    scratch_path(path, sizeof(path), "no-such-dir/data.h5");
+    test_scratch_path(path, sizeof(path), "no-such-dir/data.h5");
     expect_status(isl_dataset_save(d, path), ISL_ERROR_IO, "no-such-dir/data.h5");
-    ck_assert_int_eq(count_entries(scratch), 0);
+    ck_assert_int_eq(count_entries(test_scratch_dir()), 0);
 
     /* A full disk, simulated by the file size limit (write() fails the same way). */
-    scratch_path(path, sizeof(path), "full.h5");
+    test_scratch_path(path, sizeof(path), "full.h5");
     struct rlimit old, small;
     ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
     small = old;
@@ -760,30 +674,30 @@ START_TEST(failed_saves_leave_nothing_behind)
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
     signal(SIGXFSZ, handler);
     expect_status(st, ISL_ERROR_IO, "full.h5");
-    ck_assert_int_eq(count_entries(scratch), 0); /* no file, no temporary */
+    ck_assert_int_eq(count_entries(test_scratch_dir()), 0); /* no file, no temporary */
 
     /* Over an existing file: the old contents stay until a save succeeds. */
     isl_dataset *one;
     ck_assert_int_eq(isl_dataset_create(NZ, &one), ISL_OK);
     ck_assert_int_eq(isl_dataset_save(one, path), ISL_OK);
     size_t before_size, after_size;
-    char *before = read_all(path, &before_size);
+    char *before = test_read_file(path, &before_size);
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &small), 0);
     handler = signal(SIGXFSZ, SIG_IGN);
     st = isl_dataset_save(d, path);
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
     signal(SIGXFSZ, handler);
     ck_assert_int_eq(st, ISL_ERROR_IO);
-    char *after = read_all(path, &after_size);
+    char *after = test_read_file(path, &after_size);
     ck_assert_uint_eq(before_size, after_size);
     ck_assert(memcmp(before, after, before_size) == 0);
-    ck_assert_int_eq(count_entries(scratch), 1);
+    ck_assert_int_eq(count_entries(test_scratch_dir()), 1);
     ck_assert_int_eq(isl_dataset_save(d, path), ISL_OK); /* and it still works */
     free(before);
     free(after);
     isl_dataset_free(one);
     isl_dataset_free(d);
-    remove_scratch();
+    test_scratch_remove();
 }
 END_TEST
 

@@ -1,6 +1,7 @@
 /* Tests of the HDF5 model file reader and writer (lib/model_io.c). */
 #include "model_io.h"
 #include "params.h"
+#include "test_util.h"
 
 #include <check.h>
 #include <hdf5.h>
@@ -22,75 +23,10 @@
 /* Helpers                                                                             */
 /* ---------------------------------------------------------------------------------- */
 
-static char scratch[4096];
-
+/* The checked fixture of every test: a fresh scratch directory. */
 static void make_scratch(void)
 {
-    const char *base = getenv("ISL_TEST_TMPDIR");
-    if (!base || !base[0])
-        base = "/tmp";
-    snprintf(scratch, sizeof(scratch), "%s/isl-model-io-XXXXXX", base);
-    ck_assert_msg(mkdtemp(scratch) != NULL, "mkdtemp under %s: %s", base, strerror(errno));
-}
-
-/* The scratch directory holds only plain files. */
-static void remove_scratch(void)
-{
-    DIR *d = opendir(scratch);
-    if (!d)
-        return;
-    struct dirent *e;
-    char path[8192];
-    while ((e = readdir(d)))
-        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
-            snprintf(path, sizeof(path), "%s/%s", scratch, e->d_name);
-            unlink(path);
-        }
-    closedir(d);
-    rmdir(scratch);
-}
-
-static const char *scratch_path(char *buf, size_t cap, const char *name)
-{
-    int n = snprintf(buf, cap, "%s/%s", scratch, name);
-    ck_assert(n > 0 && (size_t)n < cap);
-    return buf;
-}
-
-static int count_temp_files(const char *dir)
-{
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    ck_assert_ptr_nonnull(d);
-    while ((e = readdir(d)))
-        n += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return n;
-}
-
-static char *read_all(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "open %s: %s", path, strerror(errno));
-    ck_assert_int_eq(fseek(f, 0, SEEK_END), 0);
-    long n = ftell(f);
-    ck_assert_int_ge(n, 0);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    ck_assert_ptr_nonnull(buf);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
-}
-
-static void write_all(const char *path, const void *data, size_t size)
-{
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    ck_assert_uint_eq(fwrite(data, 1, size, f), size);
-    ck_assert_int_eq(fclose(f), 0);
+    test_scratch_make("isl-model-io");
 }
 
 static int golden_path(char *buf, size_t cap)
@@ -230,17 +166,10 @@ static const char *fresh_model(char *buf, size_t cap, const char *name)
 {
     isl_params p;
     make_model(&p, 32, 13, 1, 7);
-    scratch_path(buf, cap, name);
+    test_scratch_path(buf, cap, name);
     ck_assert_msg(isl_model_write_h5(buf, &p) == ISL_OK, "%s", isl_last_error());
     isl_params_free(&p);
     return buf;
-}
-
-static hid_t open_rw(const char *path)
-{
-    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    ck_assert_int_ge(f, 0);
-    return f;
 }
 
 static void replace_dataset(hid_t f, const char *path, hid_t type, int rank, const hsize_t *dims,
@@ -253,24 +182,6 @@ static void replace_dataset(hid_t f, const char *path, hid_t type, int rank, con
     ck_assert_int_ge(H5Dwrite(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data), 0);
     H5Dclose(d);
     H5Sclose(space);
-}
-
-/* Sets element `index` of a float dataset. */
-static void poke_float(hid_t f, const char *path, size_t index, float value)
-{
-    hid_t d = H5Dopen2(f, path, H5P_DEFAULT);
-    ck_assert_int_ge(d, 0);
-    hid_t space = H5Dget_space(d);
-    hssize_t n = H5Sget_simple_extent_npoints(space);
-    ck_assert_int_gt(n, (hssize_t)index);
-    float *buf = malloc((size_t)n * sizeof(float));
-    ck_assert_ptr_nonnull(buf);
-    ck_assert_int_ge(H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf), 0);
-    buf[index] = value;
-    ck_assert_int_ge(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf), 0);
-    free(buf);
-    H5Sclose(space);
-    H5Dclose(d);
 }
 
 /* Replaces attribute `name` of object `obj_path` with a string (vlen UTF-8 if
@@ -310,18 +221,6 @@ static void set_string_attr(hid_t f, const char *obj_path, const char *name, int
     H5Sclose(space);
     H5Tclose(type);
     H5Oclose(obj);
-}
-
-static void set_int_attr(hid_t f, const char *name, long long value)
-{
-    if (H5Aexists(f, name) > 0)
-        ck_assert_int_ge(H5Adelete(f, name), 0);
-    hid_t space = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(f, name, H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT);
-    ck_assert_int_ge(a, 0);
-    ck_assert_int_ge(H5Awrite(a, H5T_NATIVE_LLONG, &value), 0);
-    H5Aclose(a);
-    H5Sclose(space);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -371,7 +270,7 @@ START_TEST(test_golden_rewrite)
         return;
     isl_params a, b;
     ck_assert_msg(isl_model_read_h5(path, &a) == ISL_OK, "%s", isl_last_error());
-    scratch_path(out, sizeof(out), "golden-copy.h5");
+    test_scratch_path(out, sizeof(out), "golden-copy.h5");
     ck_assert_msg(isl_model_write_h5(out, &a) == ISL_OK, "%s", isl_last_error());
     ck_assert_msg(isl_model_read_h5(out, &b) == ISL_OK, "%s", isl_last_error());
     assert_same_params(&a, &b);
@@ -390,9 +289,9 @@ START_TEST(test_round_trip_base32)
     isl_params a, b;
     make_model(&a, 32, 13, 1, 42);
     snprintf(a.input_normalization, sizeof(a.input_normalization), "global");
-    scratch_path(path, sizeof(path), "model.h5");
+    test_scratch_path(path, sizeof(path), "model.h5");
     ck_assert_msg(isl_model_write_h5(path, &a) == ISL_OK, "%s", isl_last_error());
-    ck_assert_int_eq(count_temp_files(scratch), 0);
+    ck_assert_int_eq(test_count_temp_files(test_scratch_dir()), 0);
     ck_assert_msg(isl_model_read_h5(path, &b) == ISL_OK, "%s", isl_last_error());
     assert_same_params(&a, &b);
     isl_params_free(&b);
@@ -403,7 +302,7 @@ START_TEST(test_round_trip_base32)
     ck_assert_msg(isl_model_write_h5(path, &c) == ISL_OK, "%s", isl_last_error());
     ck_assert_msg(isl_model_read_h5(path, &b) == ISL_OK, "%s", isl_last_error());
     assert_same_params(&c, &b);
-    ck_assert_int_eq(count_temp_files(scratch), 0);
+    ck_assert_int_eq(test_count_temp_files(test_scratch_dir()), 0);
     isl_params_free(&a);
     isl_params_free(&b);
     isl_params_free(&c);
@@ -415,7 +314,7 @@ START_TEST(test_round_trip_without_autoencoder)
     char path[4096];
     isl_params a, b;
     make_model(&a, 8, 3, 0, 5);
-    scratch_path(path, sizeof(path), "small.h5");
+    test_scratch_path(path, sizeof(path), "small.h5");
     ck_assert_msg(isl_model_write_h5(path, &a) == ISL_OK, "%s", isl_last_error());
     ck_assert_msg(isl_model_read_h5(path, &b) == ISL_OK, "%s", isl_last_error());
     ck_assert_int_eq(b.num_heads, 2);
@@ -431,7 +330,7 @@ START_TEST(test_fixed_strings_and_float64)
     char path[4096];
     isl_params a, b;
     make_model(&a, 32, 13, 1, 9);
-    scratch_path(path, sizeof(path), "fixed.h5");
+    test_scratch_path(path, sizeof(path), "fixed.h5");
     ck_assert_msg(isl_model_write_h5(path, &a) == ISL_OK, "%s", isl_last_error());
 
     static const char *const format[] = {"isl-model"}, *const norm[] = {"none"},
@@ -440,7 +339,7 @@ START_TEST(test_fixed_strings_and_float64)
     double bias[16];
     for (int i = 0; i < 16; i++)
         bias[i] = a.projection_bias[i];
-    hid_t f = open_rw(path);
+    hid_t f = test_h5_open_rw(path);
     set_string_attr(f, "/", "format", -1, format, 9);     /* exactly filled, no NUL */
     set_string_attr(f, "/", "input_normalization", 1, norm, 16); /* a 1-element list */
     set_string_attr(f, "/", "heads", 3, heads, 20);
@@ -463,9 +362,9 @@ END_TEST
 START_TEST(test_missing_file)
 {
     char path[4096];
-    scratch_path(path, sizeof(path), "does-not-exist.h5");
+    test_scratch_path(path, sizeof(path), "does-not-exist.h5");
     expect_read_error(path, ISL_ERROR_IO, "does-not-exist.h5");
-    expect_read_error(scratch, ISL_ERROR_IO, scratch); /* a directory */
+    expect_read_error(test_scratch_dir(), ISL_ERROR_IO, test_scratch_dir()); /* a directory */
 }
 END_TEST
 
@@ -473,10 +372,10 @@ START_TEST(test_not_hdf5)
 {
     char path[4096];
     static const char text[] = "this is not an HDF5 file\n";
-    scratch_path(path, sizeof(path), "text.h5");
-    write_all(path, text, sizeof(text) - 1);
+    test_scratch_path(path, sizeof(path), "text.h5");
+    test_write_file(path, text, sizeof(text) - 1);
     expect_read_error(path, ISL_ERROR_FORMAT, "not an HDF5 file");
-    write_all(path, "", 0);
+    test_write_file(path, "", 0);
     expect_read_error(path, ISL_ERROR_FORMAT, "text.h5");
 }
 END_TEST
@@ -487,9 +386,9 @@ START_TEST(test_truncated)
     size_t size;
     if (!golden_path(golden, sizeof(golden)))
         return;
-    char *data = read_all(golden, &size);
-    scratch_path(path, sizeof(path), "truncated.h5");
-    write_all(path, data, size / 2);
+    char *data = test_read_file(golden, &size);
+    test_scratch_path(path, sizeof(path), "truncated.h5");
+    test_write_file(path, data, size / 2);
     free(data);
     expect_read_error(path, ISL_ERROR_FORMAT, "truncated.h5");
 }
@@ -499,13 +398,13 @@ START_TEST(test_wrong_format)
 {
     char path[4096];
     static const char *const other[] = {"not-isl"};
-    hid_t f = open_rw(fresh_model(path, sizeof(path), "format.h5"));
+    hid_t f = test_h5_open_rw(fresh_model(path, sizeof(path), "format.h5"));
     set_string_attr(f, "/", "format", -1, other, 0);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "format");
     expect_read_error(path, ISL_ERROR_FORMAT, "not-isl");
 
-    f = open_rw(path);
+    f = test_h5_open_rw(path);
     ck_assert_int_ge(H5Adelete(f, "format"), 0);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "missing attribute format");
@@ -515,8 +414,8 @@ END_TEST
 START_TEST(test_newer_version)
 {
     char path[4096];
-    hid_t f = open_rw(fresh_model(path, sizeof(path), "v2.h5"));
-    set_int_attr(f, "format_version", 2);
+    hid_t f = test_h5_open_rw(fresh_model(path, sizeof(path), "v2.h5"));
+    test_h5_set_int_attr(f, "format_version", 2);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_UNSUPPORTED, "newer isl");
     expect_read_error(path, ISL_ERROR_UNSUPPORTED, "format_version");
@@ -532,40 +431,40 @@ START_TEST(test_bad_attributes)
     static const char *const bad_norm[] = {"percentile"};
     fresh_model(path, sizeof(path), "attrs.h5");
 
-    hid_t f = open_rw(path);
-    set_int_attr(f, "num_classes", 128);
+    hid_t f = test_h5_open_rw(path);
+    test_h5_set_int_attr(f, "num_classes", 128);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "num_classes");
 
-    f = open_rw(path);
-    set_int_attr(f, "num_classes", 256);
-    set_int_attr(f, "base_depth", 1000000);
+    f = test_h5_open_rw(path);
+    test_h5_set_int_attr(f, "num_classes", 256);
+    test_h5_set_int_attr(f, "base_depth", 1000000);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "base_depth");
 
-    f = open_rw(path);
-    set_int_attr(f, "base_depth", 32);
-    set_int_attr(f, "num_z", 0);
+    f = test_h5_open_rw(path);
+    test_h5_set_int_attr(f, "base_depth", 32);
+    test_h5_set_int_attr(f, "num_z", 0);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "num_z");
 
-    f = open_rw(path);
-    set_int_attr(f, "num_z", 13);
+    f = test_h5_open_rw(path);
+    test_h5_set_int_attr(f, "num_z", 13);
     set_string_attr(f, "/", "heads", 3, dup, 0);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "heads");
 
-    f = open_rw(path);
+    f = test_h5_open_rw(path);
     set_string_attr(f, "/", "heads", 2, ae_first, 0);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "heads");
 
-    f = open_rw(path);
+    f = test_h5_open_rw(path);
     set_string_attr(f, "/", "heads", 1, slash, 0);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "a/b");
 
-    f = open_rw(path);
+    f = test_h5_open_rw(path);
     static const char *const ok[] = {"dapi_confocal", "nfh_confocal", "autoencoder"};
     set_string_attr(f, "/", "heads", 3, ok, 0);
     set_string_attr(f, "/", "input_normalization", -1, bad_norm, 0);
@@ -577,14 +476,14 @@ END_TEST
 START_TEST(test_missing_dataset)
 {
     char path[4096];
-    hid_t f = open_rw(fresh_model(path, sizeof(path), "missing.h5"));
+    hid_t f = test_h5_open_rw(fresh_model(path, sizeof(path), "missing.h5"));
     ck_assert_int_ge(H5Ldelete(f, "/modules/012/bn2/var", H5P_DEFAULT), 0);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "/modules/012/bn2/var");
     expect_read_error(path, ISL_ERROR_FORMAT, "missing dataset");
 
     /* A missing intermediate group is reported the same way. */
-    f = open_rw(fresh_model(path, sizeof(path), "missing-group.h5"));
+    f = test_h5_open_rw(fresh_model(path, sizeof(path), "missing-group.h5"));
     ck_assert_int_ge(H5Ldelete(f, "/heads/nfh_confocal/bn", H5P_DEFAULT), 0);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "/heads/nfh_confocal/bn/gamma: missing dataset");
@@ -596,7 +495,7 @@ START_TEST(test_wrong_shape)
     char path[4096];
     float data[12] = {0};
     hsize_t dims[2] = {3, 4};
-    hid_t f = open_rw(fresh_model(path, sizeof(path), "shape.h5"));
+    hid_t f = test_h5_open_rw(fresh_model(path, sizeof(path), "shape.h5"));
     replace_dataset(f, "/projection/weight", H5T_IEEE_F32LE, 2, dims, data);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_SHAPE, "/projection/weight");
@@ -607,16 +506,16 @@ END_TEST
 START_TEST(test_nan_value)
 {
     char path[4096];
-    hid_t f = open_rw(fresh_model(path, sizeof(path), "nan.h5"));
-    poke_float(f, "/modules/007/expand/weight", 5, NAN);
+    hid_t f = test_h5_open_rw(fresh_model(path, sizeof(path), "nan.h5"));
+    test_h5_poke_float(f, "/modules/007/expand/weight", 5, NAN);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_VALUE, "/modules/007/expand/weight");
     expect_read_error(path, ISL_ERROR_VALUE, "element 5 ");
     expect_read_error(path, ISL_ERROR_VALUE, "NaN");
 
-    f = open_rw(path);
-    poke_float(f, "/modules/007/expand/weight", 5, 0.0f);
-    poke_float(f, "/heads/autoencoder/bias", 100, INFINITY);
+    f = test_h5_open_rw(path);
+    test_h5_poke_float(f, "/modules/007/expand/weight", 5, 0.0f);
+    test_h5_poke_float(f, "/heads/autoencoder/bias", 100, INFINITY);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_VALUE, "/heads/autoencoder/bias: element 100");
 }
@@ -625,8 +524,8 @@ END_TEST
 START_TEST(test_negative_var)
 {
     char path[4096];
-    hid_t f = open_rw(fresh_model(path, sizeof(path), "var.h5"));
-    poke_float(f, "/heads/dapi_confocal/bn/var", 2, -0.5f);
+    hid_t f = test_h5_open_rw(fresh_model(path, sizeof(path), "var.h5"));
+    test_h5_poke_float(f, "/heads/dapi_confocal/bn/var", 2, -0.5f);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_VALUE, "/heads/dapi_confocal/bn/var");
     expect_read_error(path, ISL_ERROR_VALUE, "element 2 ");
@@ -637,13 +536,13 @@ START_TEST(test_wrong_kind)
 {
     char path[4096];
     static const char *const in[] = {"in"};
-    hid_t f = open_rw(fresh_model(path, sizeof(path), "kind.h5"));
+    hid_t f = test_h5_open_rw(fresh_model(path, sizeof(path), "kind.h5"));
     set_string_attr(f, "/modules/018", "kind", -1, in, 0); /* module 18 is a down module */
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "/modules/018");
     expect_read_error(path, ISL_ERROR_FORMAT, "kind");
 
-    f = open_rw(path);
+    f = test_h5_open_rw(path);
     hid_t g = H5Gopen2(f, "/modules/018", H5P_DEFAULT);
     ck_assert_int_ge(H5Adelete(g, "kind"), 0);
     H5Gclose(g);
@@ -657,7 +556,7 @@ START_TEST(test_integer_dtype)
     char path[4096];
     int data[16] = {0};
     hsize_t dims[1] = {16};
-    hid_t f = open_rw(fresh_model(path, sizeof(path), "int.h5"));
+    hid_t f = test_h5_open_rw(fresh_model(path, sizeof(path), "int.h5"));
     replace_dataset(f, "/projection/bias", H5T_STD_I32LE, 1, dims, data);
     H5Fclose(f);
     expect_read_error(path, ISL_ERROR_FORMAT, "/projection/bias");
@@ -669,7 +568,7 @@ START_TEST(test_extra_module_and_head)
 {
     char path[4096];
     static const char *const in[] = {"in"};
-    hid_t f = open_rw(fresh_model(path, sizeof(path), "extra.h5"));
+    hid_t f = test_h5_open_rw(fresh_model(path, sizeof(path), "extra.h5"));
     hid_t g = H5Gcreate2(f, "/modules/104", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     ck_assert_int_ge(g, 0);
     H5Gclose(g);
@@ -678,7 +577,7 @@ START_TEST(test_extra_module_and_head)
     expect_read_error(path, ISL_ERROR_FORMAT, "/modules/104");
     expect_read_error(path, ISL_ERROR_FORMAT, "unexpected module");
 
-    f = open_rw(path);
+    f = test_h5_open_rw(path);
     ck_assert_int_ge(H5Ldelete(f, "/modules/104", H5P_DEFAULT), 0);
     g = H5Gcreate2(f, "/heads/extra", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     ck_assert_int_ge(g, 0);
@@ -697,11 +596,11 @@ START_TEST(test_save_into_missing_directory)
     char path[4096];
     isl_params p;
     make_model(&p, 8, 3, 1, 1);
-    scratch_path(path, sizeof(path), "no-such-dir/model.h5");
+    test_scratch_path(path, sizeof(path), "no-such-dir/model.h5");
     isl_status st = isl_model_write_h5(path, &p);
     ck_assert_int_eq(st, ISL_ERROR_IO);
     ck_assert_msg(strstr(isl_last_error(), path) != NULL, "%s", isl_last_error());
-    ck_assert_int_eq(count_temp_files(scratch), 0);
+    ck_assert_int_eq(test_count_temp_files(test_scratch_dir()), 0);
     isl_params_free(&p);
 }
 END_TEST
@@ -712,7 +611,7 @@ START_TEST(test_failed_save_keeps_old_file_invalid)
     char path[4096];
     size_t before_size, after_size;
     fresh_model(path, sizeof(path), "keep.h5");
-    char *before = read_all(path, &before_size);
+    char *before = test_read_file(path, &before_size);
 
     isl_params p;
     make_model(&p, 32, 13, 1, 3);
@@ -724,10 +623,10 @@ START_TEST(test_failed_save_keeps_old_file_invalid)
     snprintf(p.heads[0].name, sizeof(p.heads[0].name), "nfh_confocal"); /* duplicate */
     ck_assert_int_eq(isl_model_write_h5(path, &p), ISL_ERROR_INVALID_ARGUMENT);
 
-    char *after = read_all(path, &after_size);
+    char *after = test_read_file(path, &after_size);
     ck_assert_uint_eq(before_size, after_size);
     ck_assert(memcmp(before, after, before_size) == 0);
-    ck_assert_int_eq(count_temp_files(scratch), 0);
+    ck_assert_int_eq(test_count_temp_files(test_scratch_dir()), 0);
     free(before);
     free(after);
     isl_params_free(&p);
@@ -754,7 +653,7 @@ START_TEST(test_failed_save_keeps_old_file_io)
     char path[4096];
     size_t before_size, after_size;
     fresh_model(path, sizeof(path), "keep-io.h5");
-    char *before = read_all(path, &before_size);
+    char *before = test_read_file(path, &before_size);
     isl_params p;
     make_model(&p, 32, 13, 1, 4);
     int fds = count_open_fds();
@@ -771,10 +670,10 @@ START_TEST(test_failed_save_keeps_old_file_io)
 
     ck_assert_msg(st == ISL_ERROR_IO, "status %d: %s", st, isl_last_error());
     ck_assert_msg(strstr(isl_last_error(), "keep-io.h5") != NULL, "%s", isl_last_error());
-    char *after = read_all(path, &after_size);
+    char *after = test_read_file(path, &after_size);
     ck_assert_uint_eq(before_size, after_size);
     ck_assert(memcmp(before, after, before_size) == 0);
-    ck_assert_int_eq(count_temp_files(scratch), 0);
+    ck_assert_int_eq(test_count_temp_files(test_scratch_dir()), 0);
     ck_assert_int_eq(count_open_fds(), fds);
 
     /* The library still works afterwards. */
@@ -820,7 +719,7 @@ START_TEST(test_concurrent_use)
         jobs[t].status = ISL_OK;
         char name[32];
         snprintf(name, sizeof(name), "copy%d.h5", t);
-        scratch_path(jobs[t].write_path, sizeof(jobs[t].write_path), name);
+        test_scratch_path(jobs[t].write_path, sizeof(jobs[t].write_path), name);
         ck_assert_int_eq(pthread_create(&threads[t], NULL, load_and_save, &jobs[t]), 0);
     }
     for (int t = 0; t < 4; t++) {
@@ -843,7 +742,7 @@ static Suite *model_io_suite(void)
     Suite *s = suite_create("model_io");
     TCase *tc = tcase_create("model_io");
     tcase_set_timeout(tc, 120);
-    tcase_add_checked_fixture(tc, make_scratch, remove_scratch);
+    tcase_add_checked_fixture(tc, make_scratch, test_scratch_remove);
     tcase_add_test(tc, test_read_golden);
     tcase_add_test(tc, test_golden_rewrite);
     tcase_add_test(tc, test_round_trip_base32);

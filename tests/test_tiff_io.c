@@ -5,6 +5,7 @@
  * (default /tmp) holds a scratch directory made with mkdtemp and removed at the end. */
 #define _XOPEN_SOURCE 700
 
+#include "test_util.h"
 #include "tiff_io.h"
 
 #include <check.h>
@@ -44,18 +45,6 @@ static const char *tpath(const char *name)
     int n = snprintf(b, PATH_MAX, "%s/%s", test_dir, name);
     ck_assert(n > 0 && n < PATH_MAX);
     return b;
-}
-
-static int count_temp_files(const char *dir)
-{
-    DIR *d = opendir(dir);
-    ck_assert_ptr_nonnull(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += strstr(e->d_name, ".tmp.") != NULL;
-    closedir(d);
-    return n;
 }
 
 static int file_exists(const char *path)
@@ -296,7 +285,7 @@ START_TEST(test_roundtrip_float_one_page)
     d[4] = 1e-42f; /* subnormal */
     ck_assert_int_eq(isl_tiff_write_float(path, d, 1, 53, 37), ISL_OK);
     check_float_file(path, d, 1, 53, 37);
-    ck_assert_int_eq(count_temp_files(test_dir), 0);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
 
     /* The file gets the usual permissions (umask applies), not mkstemp's 0600. */
     mode_t mask = umask(022);
@@ -338,7 +327,7 @@ START_TEST(test_roundtrip_float_multi_page)
     ck_assert_int_eq(isl_tiff_write_float(path, d, 2, 3, 17000), ISL_OK);
     check_float_file(path, d, 2, 3, 17000);
     free(d);
-    ck_assert_int_eq(count_temp_files(test_dir), 0);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
 }
 END_TEST
 
@@ -349,7 +338,7 @@ START_TEST(test_write_replaces_existing_file)
     ck_assert_int_eq(isl_tiff_write_float(path, a, 2, 10, 10), ISL_OK);
     ck_assert_int_eq(isl_tiff_write_float(path, b, 1, 20, 30), ISL_OK);
     check_float_file(path, b, 1, 20, 30);
-    ck_assert_int_eq(count_temp_files(test_dir), 0);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
     free(a);
     free(b);
 }
@@ -362,7 +351,7 @@ START_TEST(test_write_into_missing_directory)
     ck_assert_int_eq(isl_tiff_write_float(path, d, 1, 2, 2), ISL_ERROR_IO);
     ck_assert_error_mentions("out.tif");
     ck_assert(!file_exists(path));
-    ck_assert_int_eq(count_temp_files(test_dir), 0);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
 
     isl_tiff_writer *w = (isl_tiff_writer *)&w; /* must be reset to NULL */
     ck_assert_int_eq(isl_tiff_writer_open(path, 1, 2, 2, &w), ISL_ERROR_IO);
@@ -392,7 +381,7 @@ START_TEST(test_write_fails_when_disk_full)
     signal(SIGXFSZ, saved_handler);
     ck_assert_msg(st == ISL_ERROR_IO, "status %d: %s", st, isl_last_error());
     ck_assert_error_mentions("full.tif");
-    ck_assert_int_eq(count_temp_files(test_dir), 0);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
     check_float_file(path, old, 1, 8, 8); /* the old file is untouched */
 
     /* The streaming writer reports the failure from append, then close refuses. */
@@ -410,7 +399,7 @@ START_TEST(test_write_fails_when_disk_full)
     ck_assert_int_eq(isl_tiff_writer_append(w, big, 1), ISL_ERROR_IO);
     ck_assert_int_eq(isl_tiff_writer_close(w), ISL_ERROR_IO);
     ck_assert_error_mentions("full.tif");
-    ck_assert_int_eq(count_temp_files(test_dir), 0);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
     check_float_file(path, old, 1, 8, 8);
     free(big);
     free(old);
@@ -439,7 +428,7 @@ START_TEST(test_streaming_writer_round_trip)
     ck_assert_error_mentions("stream.tif");
     ck_assert_int_eq(isl_tiff_writer_close(w), ISL_OK);
     check_float_file(path, d, PAGES, H, W);
-    ck_assert_int_eq(count_temp_files(test_dir), 0);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
     free(d);
 }
 END_TEST
@@ -450,11 +439,11 @@ START_TEST(test_streaming_writer_discard)
     float *d = float_image(2, 40, 500);
     isl_tiff_writer *w;
     ck_assert_int_eq(isl_tiff_writer_open(path, 2, 40, 500, &w), ISL_OK);
-    ck_assert_int_eq(count_temp_files(test_dir), 1);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 1);
     ck_assert_int_eq(isl_tiff_writer_append(w, d, 45), ISL_OK);
     isl_tiff_writer_discard(w);
     isl_tiff_writer_discard(NULL);
-    ck_assert_int_eq(count_temp_files(test_dir), 0);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
     ck_assert(!file_exists(path));
 
     /* Closing before all rows arrived is an error and also removes the temp file. */
@@ -462,7 +451,7 @@ START_TEST(test_streaming_writer_discard)
     ck_assert_int_eq(isl_tiff_writer_append(w, d, 39), ISL_OK);
     ck_assert_int_eq(isl_tiff_writer_close(w), ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_error_mentions("discard.tif");
-    ck_assert_int_eq(count_temp_files(test_dir), 0);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
     ck_assert(!file_exists(path));
     free(d);
 }
@@ -483,7 +472,7 @@ START_TEST(test_writer_invalid_arguments)
     ck_assert_int_eq(isl_tiff_writer_append(w, NULL, -1), ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_error_mentions("bad.tif");
     isl_tiff_writer_discard(w);
-    ck_assert_int_eq(count_temp_files(test_dir), 0);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
     ck_assert_int_eq(isl_tiff_writer_close(NULL), ISL_ERROR_INVALID_ARGUMENT);
     isl_tiff_stack_free(NULL);
 }

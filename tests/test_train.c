@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define BASE 8
@@ -29,13 +28,6 @@
 #define OUT 8
 
 static const char *head_names[LABELS] = {"dapi_confocal", "nfh_confocal"};
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
 
 /* ------------------------------------------------------------------------------------ */
 /* A small network and batch                                                            */
@@ -49,9 +41,7 @@ static void random_params(isl_params *p, uint64_t seed)
     ck_assert_int_eq(isl_params_alloc(p, BASE, NZ, LABELS, names, 1), 0);
     isl_params_init_random(p, seed);
     test_randomize_bn(p, seed + 1);
-    for (int h = 0; h < p->num_heads; h++)
-        for (int i = 0; i < p->heads[h].out_ch * 2 * p->arch.trunk_ch; i++)
-            p->heads[h].weight[i] *= 50.0f;
+    test_sharpen_heads(p, 50.0f);
 }
 
 typedef struct batch {
@@ -65,23 +55,13 @@ typedef struct batch {
 static batch *random_batch(uint64_t seed)
 {
     batch *b = malloc(sizeof(*b));
-    uint64_t s = seed;
-    for (size_t i = 0; i < sizeof(b->inputs) / sizeof(float); i++)
-        b->inputs[i] = (float)test_uniform(&s);
+    test_fill_batch(b->inputs, b->targets, b->ae_targets, BATCH, NZ, LABELS, SIDE, OUT, seed);
     for (int n = 0; n < BATCH; n++)
         for (int l = 0; l < LABELS; l++)
             for (int y = 0; y < OUT; y++)
-                for (int x = 0; x < OUT; x++) {
-                    size_t i = (((size_t)n * LABELS + l) * OUT + y) * OUT + x;
-                    b->targets[i] = (float)(test_uniform(&s) * test_uniform(&s));
-                    b->masks[i] = l == 0 || (n == 0 && x >= y);
-                }
-    for (int n = 0; n < BATCH; n++)
-        for (int z = 0; z < NZ; z++)
-            for (int y = 0; y < OUT; y++)
                 for (int x = 0; x < OUT; x++)
-                    b->ae_targets[(((size_t)n * NZ + z) * OUT + y) * OUT + x] =
-                        b->inputs[(((size_t)n * NZ + z) * SIDE + y + 121) * SIDE + x + 121];
+                    b->masks[(((size_t)n * LABELS + l) * OUT + y) * OUT + x] =
+                        l == 0 || (n == 0 && x >= y);
     return b;
 }
 
@@ -95,11 +75,7 @@ static isl_train_batch api_batch(const batch *b)
 static double ref_loss(const isl_params *p, const float *inputs, const batch *b)
 {
     ref_t in[BATCH], logits[BATCH * HEADS];
-    for (int n = 0; n < BATCH; n++) {
-        in[n] = ref_new(NZ, SIDE, SIDE);
-        for (size_t i = 0; i < (size_t)NZ * SIDE * SIDE; i++)
-            in[n].v[i] = inputs[(size_t)n * NZ * SIDE * SIDE + i];
-    }
+    test_ref_inputs(in, inputs, BATCH, NZ, SIDE, SIDE);
     rt_network(p, in, BATCH, logits);
     double loss = rt_loss(logits, BATCH, LABELS, NZ, b->targets, b->masks, b->ae_targets, 0.5);
     rt_free(in, BATCH);
@@ -175,36 +151,6 @@ static void engine_run(engine *e, const batch *b, int backward)
 /* ------------------------------------------------------------------------------------ */
 /* Parameter groups                                                                     */
 /* ------------------------------------------------------------------------------------ */
-
-typedef struct arr {
-    char path[128];
-    float *data;
-    size_t count;
-} arr;
-
-typedef struct arr_list {
-    arr a[2048];
-    int count;
-} arr_list;
-
-static int list_arrays(void *user, const char *path, int rank, const int64_t *dims, float *data)
-{
-    arr_list *l = user;
-    arr *a = &l->a[l->count++];
-    snprintf(a->path, sizeof(a->path), "%s", path);
-    a->data = data;
-    a->count = 1;
-    for (int i = 0; i < rank; i++)
-        a->count *= (size_t)dims[i];
-    return 0;
-}
-
-static arr_list *arrays_of(isl_params *p)
-{
-    arr_list *l = calloc(1, sizeof(*l));
-    isl_params_visit(p, list_arrays, l);
-    return l;
-}
 
 typedef int (*group_fn)(const isl_params *p, const char *path);
 
@@ -296,8 +242,8 @@ static void add_segment(direction *d, float *data, const float *grad, size_t cou
 }
 
 /* The arrays of a group, with one step size per group. */
-static void add_group(direction *d, const isl_params *p, const arr_list *pl, const arr_list *gl,
-                      group_fn group, double scale)
+static void add_group(direction *d, const isl_params *p, const test_arr_list *pl,
+                      const test_arr_list *gl, group_fn group, double scale)
 {
     size_t total = 0;
     double sq = 0;
@@ -356,8 +302,8 @@ static void check_direction(const direction *d, isl_params *p, batch *b, uint64_
 }
 
 /* One parameter: the element of the group with the largest gradient. */
-static void check_element(isl_params *p, batch *b, const arr_list *pl, const arr_list *gl,
-                          group_fn group, const char *name)
+static void check_element(isl_params *p, batch *b, const test_arr_list *pl,
+                          const test_arr_list *gl, group_fn group, const char *name)
 {
     int bi = -1;
     size_t bj = 0;
@@ -384,20 +330,16 @@ START_TEST(gradients_match_finite_differences)
     batch *b = random_batch(12);
     engine e = {0};
     engine_open(&e, &p, 1);
-    double t0 = now();
+    double t0 = test_now();
     engine_run(&e, b, 1);
-    printf("engine forward + backward: %.2f s\n", now() - t0);
+    printf("engine forward + backward: %.2f s\n", test_now() - t0);
 
     /* The training-mode forward against the reference. */
     ref_t in[BATCH], logits[BATCH * HEADS];
-    for (int n = 0; n < BATCH; n++) {
-        in[n] = ref_new(NZ, SIDE, SIDE);
-        for (size_t i = 0; i < (size_t)NZ * SIDE * SIDE; i++)
-            in[n].v[i] = b->inputs[(size_t)n * NZ * SIDE * SIDE + i];
-    }
-    t0 = now();
+    test_ref_inputs(in, b->inputs, BATCH, NZ, SIDE, SIDE);
+    t0 = test_now();
     rt_network(&p, in, BATCH, logits);
-    printf("reference forward: %.2f s\n", now() - t0);
+    printf("reference forward: %.2f s\n", test_now() - t0);
     for (int h = 0; h < HEADS; h++) {
         const float *lg = e.logits[h];
         const size_t per = (size_t)p.heads[h].out_ch * OUT * OUT;
@@ -418,9 +360,9 @@ START_TEST(gradients_match_finite_differences)
     rt_free(logits, BATCH * HEADS);
 
     /* Directions over every kind of parameter, each kind stepped at its own scale. */
-    arr_list *pl = arrays_of(&p), *gl = arrays_of(&e.g);
+    test_arr_list *pl = test_arrays_of(&p), *gl = test_arrays_of(&e.g);
     direction *d = calloc(1, sizeof(*d));
-    t0 = now();
+    t0 = test_now();
     add_group(d, &p, pl, gl, g_projection, 0.1); /* it moves every activation */
     add_segment(d, b->inputs, isl_train_net_input_grad(e.net), sizeof(b->inputs) / sizeof(float),
                 FD_STEP / sqrt(sizeof(b->inputs) / sizeof(float) / 100.0));
@@ -445,7 +387,7 @@ START_TEST(gradients_match_finite_differences)
     /* Single weights where an index mix-up would hide in a sum. */
     check_element(&p, b, pl, gl, g_expand_up, "transposed conv");
     check_element(&p, b, pl, gl, g_bn_gamma, "bn gamma");
-    printf("finite differences: %.1f s\n", now() - t0);
+    printf("finite differences: %.1f s\n", test_now() - t0);
     free(d);
     free(pl);
     free(gl);
@@ -599,10 +541,7 @@ static isl_trainer *api_trainer(const isl_model *m, double rate)
     ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
     ck_assert_int_eq(isl_train_options_set_learning_rate(o, rate), ISL_OK);
     ck_assert_int_eq(isl_train_options_set_seed(o, 77), ISL_OK);
-    isl_trainer *t = NULL;
-    ck_assert_msg(isl_trainer_create(m, o, &t) == ISL_OK, "%s", isl_last_error());
-    isl_train_options_free(o);
-    return t;
+    return test_trainer_create(m, o);
 }
 
 static void step_ok(isl_trainer *t, const batch *b, float *losses)
@@ -619,10 +558,10 @@ START_TEST(loss_decreases_on_a_fixed_batch)
     ck_assert_int_eq(isl_trainer_num_losses(t), LABELS + 3);
     float losses[LABELS + 3], last = INFINITY;
     for (int s = 0; s < 5; s++) {
-        double t0 = now();
+        double t0 = test_now();
         step_ok(t, b, losses);
         printf("step %d (%.2f s): labels %.5f %.5f, label %.5f, autoencoder %.5f, total %.5f\n",
-               s, now() - t0, losses[0], losses[1], losses[2], losses[3], losses[4]);
+               s, test_now() - t0, losses[0], losses[1], losses[2], losses[3], losses[4]);
         ck_assert(losses[4] < last);
         ck_assert(fabs(losses[4] - (0.5 * losses[2] + 0.5 * losses[3])) < 1e-6);
         last = losses[4];
@@ -633,14 +572,6 @@ START_TEST(loss_decreases_on_a_fixed_batch)
     free(b);
 }
 END_TEST
-
-static char *temp_path(const char *name)
-{
-    const char *dir = getenv("ISL_TEST_TMPDIR");
-    char *path = malloc(1024);
-    snprintf(path, 1024, "%s/%s.%d.h5", dir ? dir : "/tmp", name, (int)getpid());
-    return path;
-}
 
 static int same_arrays(void *user, const char *path, int rank, const int64_t *dims, float *data)
 {
@@ -659,7 +590,7 @@ static int models_equal(const isl_model *a, const isl_model *b)
 {
     size_t n = (size_t)isl_model_parameter_count(a);
     float *flat = malloc(sizeof(float) * n), *cursor = flat;
-    arr_list *l = arrays_of((isl_params *)&a->params);
+    test_arr_list *l = test_arrays_of(&a->params);
     for (int i = 0; i < l->count; i++) {
         memcpy(cursor, l->a[i].data, sizeof(float) * l->a[i].count);
         cursor += l->a[i].count;
@@ -675,7 +606,7 @@ START_TEST(resuming_equals_not_stopping)
 {
     isl_model *m = api_model(41);
     batch *b1 = random_batch(42), *b2 = random_batch(43);
-    char *path = temp_path("checkpoint");
+    char *path = test_temp_path("checkpoint");
     float la[LABELS + 3], lb[LABELS + 3];
 
     isl_trainer *t = api_trainer(m, 1e-3);
@@ -696,9 +627,7 @@ START_TEST(resuming_equals_not_stopping)
     ck_assert(isl_trainer_random(u) == r1);
     step_ok(u, b1, lb);
     ck_assert_int_eq(isl_trainer_step_count(u), 3);
-    for (int i = 0; i < LABELS + 3; i++)
-        ck_assert_msg(memcmp(&la[i], &lb[i], sizeof(float)) == 0, "loss %d: %.9g vs %.9g", i,
-                      la[i], lb[i]);
+    test_assert_losses_equal(la, lb, LABELS + 3);
     isl_model *ma, *mb;
     ck_assert_int_eq(isl_trainer_model(t, &ma), ISL_OK);
     ck_assert_int_eq(isl_trainer_model(u, &mb), ISL_OK);
@@ -923,13 +852,13 @@ START_TEST(threads_agree)
     random_params(&p, 81);
     batch *b = random_batch(82);
     engine e[2] = {{0}, {0}};
-    arr_list *g[2];
+    test_arr_list *g[2];
     const int saved = omp_get_max_threads();
     for (int k = 0; k < 2; k++) {
         omp_set_num_threads(k + 1);
         engine_open(&e[k], &p, 1);
         engine_run(&e[k], b, 1);
-        g[k] = arrays_of(&e[k].g);
+        g[k] = test_arrays_of(&e[k].g);
     }
     omp_set_num_threads(saved);
     double worst = 0;

@@ -19,7 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define BASE 8
@@ -36,21 +35,6 @@
 static const char *old_names[OLD] = {"dapi_confocal", "nfh_confocal"};
 static const char *new_names[1] = {"tuj1_widefield"};
 
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static char *temp_path(const char *name)
-{
-    const char *dir = getenv("ISL_TEST_TMPDIR");
-    char *path = malloc(1024);
-    snprintf(path, 1024, "%s/%s.%d.h5", dir ? dir : "/tmp", name, (int)getpid());
-    return path;
-}
-
 /* ------------------------------------------------------------------------------------ */
 /* Batches and models                                                                   */
 /* ------------------------------------------------------------------------------------ */
@@ -66,23 +50,13 @@ typedef struct batch {
 static batch *random_batch(uint64_t seed)
 {
     batch *b = calloc(1, sizeof(*b));
-    uint64_t s = seed;
-    for (size_t i = 0; i < sizeof(b->inputs) / sizeof(float); i++)
-        b->inputs[i] = (float)test_uniform(&s);
+    test_fill_batch(b->inputs, b->targets, b->ae_targets, BATCH, NZ, LABELS, SIDE, OUT, seed);
     for (int n = 0; n < BATCH; n++)
         for (int l = 0; l < LABELS; l++)
             for (int y = 0; y < OUT; y++)
-                for (int x = 0; x < OUT; x++) {
-                    size_t i = (((size_t)n * LABELS + l) * OUT + y) * OUT + x;
-                    b->targets[i] = (float)(test_uniform(&s) * test_uniform(&s));
-                    b->masks[i] = l == NEW || (l == 0 && n == 0 && x >= y);
-                }
-    for (int n = 0; n < BATCH; n++)
-        for (int z = 0; z < NZ; z++)
-            for (int y = 0; y < OUT; y++)
                 for (int x = 0; x < OUT; x++)
-                    b->ae_targets[(((size_t)n * NZ + z) * OUT + y) * OUT + x] =
-                        b->inputs[(((size_t)n * NZ + z) * SIDE + y + 121) * SIDE + x + 121];
+                    b->masks[(((size_t)n * LABELS + l) * OUT + y) * OUT + x] =
+                        l == NEW || (l == 0 && n == 0 && x >= y);
     return b;
 }
 
@@ -101,9 +75,7 @@ static isl_model *pretrained(uint64_t seed)
     ck_assert_int_eq(isl_params_alloc(&p, BASE, NZ, OLD, old_names, 1), 0);
     isl_params_init_random(&p, seed);
     test_randomize_bn(&p, seed + 1);
-    for (int h = 0; h < OLD; h++)
-        for (int i = 0; i < p.heads[h].out_ch * 2 * p.arch.trunk_ch; i++)
-            p.heads[h].weight[i] *= 50.0f;
+    test_sharpen_heads(&p, 50.0f); /* the OLD label heads */
     isl_model *raw = NULL, *m = NULL;
     ck_assert_int_eq(isl_model_from_params(&p, &raw), ISL_OK);
     isl_trainer *t = NULL;
@@ -132,37 +104,7 @@ static isl_model *with_new_head(const isl_model *m, uint64_t seed)
 /* Parameter arrays                                                                     */
 /* ------------------------------------------------------------------------------------ */
 
-typedef struct arr {
-    char path[128];
-    float *data;
-    size_t count;
-} arr;
-
-typedef struct arr_list {
-    arr a[2048];
-    int count;
-} arr_list;
-
-static int list_arrays(void *user, const char *path, int rank, const int64_t *dims, float *data)
-{
-    arr_list *l = user;
-    arr *a = &l->a[l->count++];
-    snprintf(a->path, sizeof(a->path), "%s", path);
-    a->data = data;
-    a->count = 1;
-    for (int i = 0; i < rank; i++)
-        a->count *= (size_t)dims[i];
-    return 0;
-}
-
-static arr_list *arrays_of(const isl_params *p)
-{
-    arr_list *l = calloc(1, sizeof(*l));
-    isl_params_visit((isl_params *)p, list_arrays, l);
-    return l;
-}
-
-static const arr *find(const arr_list *l, const char *path)
+static const test_arr *find(const test_arr_list *l, const char *path)
 {
     for (int i = 0; i < l->count; i++)
         if (!strcmp(l->a[i].path, path))
@@ -170,7 +112,7 @@ static const arr *find(const arr_list *l, const char *path)
     return NULL;
 }
 
-static int same(const arr *a, const arr *b)
+static int same(const test_arr *a, const test_arr *b)
 {
     return a && b && a->count == b->count &&
            memcmp(a->data, b->data, sizeof(float) * a->count) == 0;
@@ -190,7 +132,7 @@ static int in_head(const char *path, const char *name)
 /* Every array of a bitwise equal to b's array at the same path. */
 static int params_equal(const isl_params *a, const isl_params *b)
 {
-    arr_list *la = arrays_of(a), *lb = arrays_of(b);
+    test_arr_list *la = test_arrays_of(a), *lb = test_arrays_of(b);
     int equal = la->count == lb->count;
     for (int i = 0; equal && i < la->count; i++)
         equal = same(&la->a[i], find(lb, la->a[i].path));
@@ -246,7 +188,7 @@ START_TEST(add_heads_copies_and_appends)
 
     /* Every array of the original is copied bitwise; the new head is initialised as
      * isl_model_create initialises heads, its statistics those of head 0. */
-    arr_list *lm = arrays_of(&m->params), *lq = arrays_of(&q->params);
+    test_arr_list *lm = test_arrays_of(&m->params), *lq = test_arrays_of(&q->params);
     ck_assert_int_eq(lq->count, lm->count + 6);
     for (int i = 0; i < lm->count; i++)
         ck_assert_msg(same(&lm->a[i], find(lq, lm->a[i].path)), "%s", lm->a[i].path);
@@ -292,7 +234,7 @@ START_TEST(add_heads_copies_and_appends)
                       "head %s predicts differently", isl_model_head_name(m, from[k]));
 
     /* Save and load. */
-    char *path = temp_path("transfer_model");
+    char *path = test_temp_path("transfer_model");
     ck_assert_msg(isl_model_save(q, path) == ISL_OK, "%s", isl_last_error());
     isl_model *r = NULL;
     ck_assert_msg(isl_model_load(path, &r) == ISL_OK, "%s", isl_last_error());
@@ -390,7 +332,7 @@ static double head_loss(const isl_params *p, const ref_t *trunk, const batch *b)
 /* Central difference along a direction over the arrays whose path contains `part` (and
  * belongs to head `head`, or any head if NULL) against the gradient projected on it:
  * each value moves by step * u * sign(gradient), u uniform in [0.5, 1.5). */
-static void check_direction(isl_params *p, const arr_list *pl, const arr_list *gl,
+static void check_direction(isl_params *p, const test_arr_list *pl, const test_arr_list *gl,
                             const char *head, const char *part, const ref_t *trunk,
                             const batch *b, uint64_t seed)
 {
@@ -418,7 +360,7 @@ static void check_direction(isl_params *p, const arr_list *pl, const arr_list *g
     }
     float **delta = malloc(sizeof(float *) * n);
     for (int k = 0; k < n; k++) {
-        const arr *a = &pl->a[idx[k]], *g = &gl->a[idx[k]];
+        const test_arr *a = &pl->a[idx[k]], *g = &gl->a[idx[k]];
         delta[k] = malloc(sizeof(float) * a->count);
         for (size_t j = 0; j < a->count; j++) {
             double u = 0.5 + test_uniform(&s);
@@ -427,7 +369,7 @@ static void check_direction(isl_params *p, const arr_list *pl, const arr_list *g
     }
     for (int side = 0; side < 2; side++) {
         for (int k = 0; k < n; k++) {
-            const arr *a = &pl->a[idx[k]], *g = &gl->a[idx[k]];
+            const test_arr *a = &pl->a[idx[k]], *g = &gl->a[idx[k]];
             for (size_t j = 0; j < a->count; j++) {
                 a->data[j] = side == 0 ? saved[k][j] + delta[k][j] : saved[k][j] - delta[k][j];
                 if (side == 1) /* the realized step enters the prediction exactly */
@@ -473,7 +415,7 @@ START_TEST(frozen_engine_logits_and_gradients)
     active[AE] = 1;
     ck_assert(active[0] && !active[1] && active[NEW]);
     memcpy(isl_train_net_input(net), b->inputs, sizeof(b->inputs));
-    double t0 = now();
+    double t0 = test_now();
     ck_assert_msg(isl_train_net_forward(net, active, 0.5, 1) == ISL_OK, "%s", isl_last_error());
 
     /* The logits are the model's predictions (stored statistics), and the reference's. */
@@ -490,11 +432,7 @@ START_TEST(frozen_engine_logits_and_gradients)
         }
     }
     ref_t in[BATCH], trunk[BATCH], ref_logits[BATCH * HEADS];
-    for (int n = 0; n < BATCH; n++) {
-        in[n] = ref_new(NZ, SIDE, SIDE);
-        for (size_t i = 0; i < (size_t)NZ * SIDE * SIDE; i++)
-            in[n].v[i] = b->inputs[(size_t)n * NZ * SIDE * SIDE + i];
-    }
+    test_ref_inputs(in, b->inputs, BATCH, NZ, SIDE, SIDE);
     rt_trunk(&p, in, BATCH, 1, trunk);
     rt_heads(&p, trunk, BATCH, 1, ref_logits);
     for (int n = 0; n < BATCH; n++) {
@@ -524,14 +462,14 @@ START_TEST(frozen_engine_logits_and_gradients)
     printf("loss: engine %.9f, reference %.9f\n", losses[LABELS + 2], rl);
     ck_assert(fabs(losses[LABELS + 2] - rl) < 1e-6);
     ck_assert_msg(isl_train_net_backward(net) == ISL_OK, "%s", isl_last_error());
-    printf("frozen forward + backward: %.2f s\n", now() - t0);
+    printf("frozen forward + backward: %.2f s\n", test_now() - t0);
 
     /* Nothing was written into the statistics (momentum 0.5 is ignored), the trunk's
      * gradients are zero, and so are those of the head without known pixels. */
     ck_assert(params_equal(&q->params, &p));
-    arr_list *pl = arrays_of(&p), *gl = arrays_of(&g);
+    test_arr_list *pl = test_arrays_of(&p), *gl = test_arrays_of(&g);
     for (int i = 0; i < gl->count; i++) {
-        const arr *a = &gl->a[i];
+        const test_arr *a = &gl->a[i];
         int zero = !has(a->path, "/heads/") || is_statistic(a->path) ||
                    in_head(a->path, old_names[1]);
         double sum = 0;
@@ -541,7 +479,7 @@ START_TEST(frozen_engine_logits_and_gradients)
     }
 
     /* Gradients against central differences of the reference with stored statistics. */
-    t0 = now();
+    t0 = test_now();
     check_direction(&p, pl, gl, new_names[0], "/weight", trunk, b, 101);
     check_direction(&p, pl, gl, new_names[0], "/bias", trunk, b, 102);
     check_direction(&p, pl, gl, new_names[0], "/bn/", trunk, b, 103);
@@ -549,7 +487,7 @@ START_TEST(frozen_engine_logits_and_gradients)
     check_direction(&p, pl, gl, "autoencoder", "/", trunk, b, 105);
     check_direction(&p, pl, gl, NULL, "/gamma", trunk, b, 106);
     check_direction(&p, pl, gl, NULL, "/beta", trunk, b, 107);
-    printf("finite differences: %.1f s\n", now() - t0);
+    printf("finite differences: %.1f s\n", test_now() - t0);
 
     free(pl);
     free(gl);
@@ -585,11 +523,7 @@ static isl_train_options *options(int freeze)
 
 static isl_trainer *trainer(const isl_model *m, int freeze)
 {
-    isl_train_options *o = options(freeze);
-    isl_trainer *t = NULL;
-    ck_assert_msg(isl_trainer_create(m, o, &t) == ISL_OK, "%s", isl_last_error());
-    isl_train_options_free(o);
-    return t;
+    return test_trainer_create(m, options(freeze));
 }
 
 static void step_ok(isl_trainer *t, const batch *b, float *losses)
@@ -630,17 +564,17 @@ START_TEST(frozen_trunk_training)
     step_ok(t, b, losses); /* builds the net */
     step_ok(full, b, losses);
     for (int s = 0; s < 5; s++) {
-        double t0 = now();
+        double t0 = test_now();
         step_ok(t, b, losses);
-        frozen_time += now() - t0;
+        frozen_time += test_now() - t0;
         printf("frozen step %d: labels %.5f %.5f %.5f, autoencoder %.5f, total %.5f\n", s,
                losses[0], losses[1], losses[NEW], losses[LABELS + 1], losses[LABELS + 2]);
         ck_assert(losses[LABELS + 2] < last);
         ck_assert(isnan(losses[1]) && !isnan(losses[0]) && !isnan(losses[NEW]));
         last = losses[LABELS + 2];
-        t0 = now();
+        t0 = test_now();
         step_ok(full, b, NULL);
-        full_time += now() - t0;
+        full_time += test_now() - t0;
     }
     printf("step time (batch %d, base %d): frozen trunk %.3f s, full %.3f s\n", BATCH, BASE,
            frozen_time / 5, full_time / 5);
@@ -650,7 +584,7 @@ START_TEST(frozen_trunk_training)
      * the head without known pixels did not. */
     isl_model *s = NULL;
     ck_assert_int_eq(isl_trainer_model(t, &s), ISL_OK);
-    arr_list *lq = arrays_of(&q->params), *ls = arrays_of(&s->params);
+    test_arr_list *lq = test_arrays_of(&q->params), *ls = test_arrays_of(&s->params);
     for (int i = 0; i < lq->count; i++) {
         const char *path = lq->a[i].path;
         int fixed = !has(path, "/heads/") || is_statistic(path) || in_head(path, old_names[1]);
@@ -729,9 +663,9 @@ static void moment_sums(const moments *mo, const char *head, double *trunk, doub
     *trunk = *in = 0;
     const isl_params *sets[2] = {&mo->m, &mo->v};
     for (int k = 0; k < 2; k++) {
-        arr_list *l = arrays_of(sets[k]);
+        test_arr_list *l = test_arrays_of(sets[k]);
         for (int i = 0; i < l->count; i++) {
-            const arr *a = &l->a[i];
+            const test_arr *a = &l->a[i];
             if (is_statistic(a->path))
                 continue;
             double *sum = !has(a->path, "/heads/") ? trunk : in_head(a->path, head) ? in : NULL;
@@ -747,7 +681,7 @@ static int trunk_moments_equal(const moments *a, const moments *b)
     const isl_params *sa[2] = {&a->m, &a->v}, *sb[2] = {&b->m, &b->v};
     int equal = 1;
     for (int k = 0; k < 2; k++) {
-        arr_list *la = arrays_of(sa[k]), *lb = arrays_of(sb[k]);
+        test_arr_list *la = test_arrays_of(sa[k]), *lb = test_arrays_of(sb[k]);
         for (int i = 0; i < la->count; i++)
             if (!has(la->a[i].path, "/heads/"))
                 equal &= same(&la->a[i], &lb->a[i]);
@@ -768,7 +702,8 @@ START_TEST(frozen_checkpoints_resume)
     isl_model *m = pretrained(31);
     isl_model *q = with_new_head(m, 32);
     batch *b1 = random_batch(33), *b2 = random_batch(34);
-    char *path = temp_path("transfer_checkpoint"), *path2 = temp_path("transfer_checkpoint2");
+    char *path = test_temp_path("transfer_checkpoint");
+    char *path2 = test_temp_path("transfer_checkpoint2");
     float la[LABELS + 3], lb[LABELS + 3];
 
     isl_trainer *t = trainer(q, 1);
@@ -793,9 +728,7 @@ START_TEST(frozen_checkpoints_resume)
     ck_assert_int_eq(isl_trainer_step_count(u), 2);
     ck_assert(isl_trainer_random(u) == r1);
     step_ok(u, b1, lb);
-    for (int i = 0; i < LABELS + 3; i++)
-        ck_assert_msg(memcmp(&la[i], &lb[i], sizeof(float)) == 0, "loss %d: %.9g vs %.9g", i,
-                      la[i], lb[i]);
+    test_assert_losses_equal(la, lb, LABELS + 3);
     isl_model *ma, *mb;
     ck_assert_int_eq(isl_trainer_model(t, &ma), ISL_OK);
     ck_assert_int_eq(isl_trainer_model(u, &mb), ISL_OK);
