@@ -1032,13 +1032,10 @@ static isl_status write_temp_file(const char *path, char *tmp, const void *image
     return isl_fail(ISL_ERROR_IO, "%s: cannot %s %s: %s", path, step, tmp, strerror(saved));
 }
 
-isl_status isl_model_write_h5(const char *path, const isl_params *p)
+/* build_image, then the bytes to a temporary file renamed over path. */
+static isl_status write_atomic_extra(const char *path, const isl_params *p, isl_h5_extra_fn fn,
+                                     void *user)
 {
-    if (!path || !p)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_write_h5: %s is NULL",
-                        path ? "params" : "path");
-    ISL_CHECK(check_params(path, p));
-
     static const char suffix[] = ".tmp.XXXXXX";
     size_t len = strlen(path), size = 0;
     void *image = NULL;
@@ -1047,12 +1044,11 @@ isl_status isl_model_write_h5(const char *path, const isl_params *p)
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
     memcpy(tmp, path, len);
     memcpy(tmp + len, suffix, sizeof(suffix));
-
     writer w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
                 .str_type = H5I_INVALID_HID};
     h5_session s;
     h5_enter(&s);
-    isl_status st = build_image(&w, p, NULL, NULL, &image, &size);
+    isl_status st = build_image(&w, p, fn, user, &image, &size);
     h5_leave(&s);
     if (st == ISL_OK)
         st = write_temp_file(path, tmp, image, size);
@@ -1070,6 +1066,15 @@ isl_status isl_model_write_h5(const char *path, const isl_params *p)
         return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
                         strerror(errno));
     return ISL_OK;
+}
+
+isl_status isl_model_write_h5(const char *path, const isl_params *p)
+{
+    if (!path || !p)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_write_h5: %s is NULL",
+                        path ? "params" : "path");
+    ISL_CHECK(check_params(path, p));
+    return write_atomic_extra(path, p, NULL, NULL);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -1145,40 +1150,6 @@ cleanup:
     return st;
 }
 
-/* build_image, then the bytes to a temporary file renamed over path. */
-static isl_status write_atomic_extra(const char *path, const isl_params *p, isl_h5_extra_fn fn,
-                                     void *user)
-{
-    static const char suffix[] = ".tmp.XXXXXX";
-    size_t len = strlen(path), size = 0;
-    void *image = NULL;
-    char *tmp = malloc(len + sizeof(suffix));
-    if (!tmp)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
-    memcpy(tmp, path, len);
-    memcpy(tmp + len, suffix, sizeof(suffix));
-    writer w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
-                .str_type = H5I_INVALID_HID};
-    h5_session s;
-    h5_enter(&s);
-    isl_status st = build_image(&w, p, fn, user, &image, &size);
-    h5_leave(&s);
-    if (st == ISL_OK)
-        st = write_temp_file(path, tmp, image, size);
-    free(image);
-    if (st == ISL_OK && rename(tmp, path) != 0) {
-        st = isl_fail(ISL_ERROR_IO, "%s: cannot replace it with %s: %s", path, tmp,
-                      strerror(errno));
-        unlink(tmp);
-    }
-    free(tmp);
-    if (st != ISL_OK)
-        return st;
-    if (sync_parent_dir(path) != 0)
-        return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
-                        strerror(errno));
-    return ISL_OK;
-}
 
 isl_status isl_model_write_h5_extra(const char *path, const isl_params *p, isl_h5_extra_fn fn,
                                     void *user)
