@@ -144,9 +144,33 @@ CLONES static void stats_run(const float *x, size_t np, double *s1, double *s2)
     }
 }
 
+/* Adds up the per-task partial sums of isl_tk_bn_stats and isl_tk_bnact_backward (32
+ * doubles per task: 16 lanes of each of two sums, tasks in red_decode order) into per
+ * channel totals, channel g = off[k] + c of segment k. */
+static void sum_parts(const isl_tt *src, int nsrc, const int *off, const double *part,
+                      double *sum1, double *sum2)
+{
+    size_t it = 0;
+    for (int k = 0; k < nsrc; k++) {
+        const isl_tt *t = &src[k];
+        for (size_t b = 0; b < blocks_of(t->c); b++) {
+            double s1[16] = {0}, s2[16] = {0};
+            for (size_t s = 0; s < slices_of(t); s++, it++)
+                for (int l = 0; l < 16; l++) {
+                    s1[l] += part[32 * it + l];
+                    s2[l] += part[32 * it + 16 + l];
+                }
+            for (int l = 0; l < 16 && (int)(16 * b) + l < t->c; l++) {
+                sum1[off[k] + (int)(16 * b) + l] = s1[l];
+                sum2[off[k] + (int)(16 * b) + l] = s2[l];
+            }
+        }
+    }
+}
+
 int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var)
 {
-    int off[8];
+    int off[8] = {0};
     total_channels(src, nsrc, off);
     size_t items = 0;
     for (int k = 0; k < nsrc; k++)
@@ -168,23 +192,13 @@ int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var)
         memcpy(part + 32 * it, s1, sizeof(s1));
         memcpy(part + 32 * it + 16, s2, sizeof(s2));
     }
-    size_t it = 0;
+    sum_parts(src, nsrc, off, part, mean, var); /* sums, made moments below */
     for (int k = 0; k < nsrc; k++) {
-        const isl_tt *t = &src[k];
-        const double count = (double)t->n * plane(t);
-        for (size_t b = 0; b < blocks_of(t->c); b++) {
-            double s1[16] = {0}, s2[16] = {0};
-            for (size_t s = 0; s < slices_of(t); s++, it++)
-                for (int l = 0; l < 16; l++) {
-                    s1[l] += part[32 * it + l];
-                    s2[l] += part[32 * it + 16 + l];
-                }
-            for (int l = 0; l < 16 && (int)(16 * b) + l < t->c; l++) {
-                int g = off[k] + (int)(16 * b) + l;
-                double m = s1[l] / count, v = s2[l] / count - m * m;
-                mean[g] = m;
-                var[g] = v > 0 ? v : 0;
-            }
+        const double count = (double)src[k].n * plane(&src[k]);
+        for (int g = off[k]; g < off[k] + src[k].c; g++) {
+            double m = mean[g] / count, v = var[g] / count - m * m;
+            mean[g] = m;
+            var[g] = v > 0 ? v : 0;
         }
     }
     free(part);
@@ -226,7 +240,7 @@ CLONES static void bnact_run(const float *x, size_t np, const float *sc, const f
 void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *shift,
                   isl_tt *act)
 {
-    int off[8];
+    int off[8] = {0};
     const int C = total_channels(src, nsrc, off);
     size_t items = 0;
     for (int k = 0; k < nsrc; k++)
@@ -318,7 +332,7 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
                           const float *mean, const float *invstd, const float *gamma,
                           isl_tt *dx, const int *accumulate, float *dgamma, float *dbeta)
 {
-    int off[8];
+    int off[8] = {0};
     const int C = total_channels(src, nsrc, off);
     size_t items = 0;
     for (int k = 0; k < nsrc; k++)
@@ -355,24 +369,10 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
         memcpy(part + 32 * it, s1, sizeof(s1));
         memcpy(part + 32 * it + 16, s2, sizeof(s2));
     }
-    size_t it = 0;
-    for (int k = 0; k < nsrc; k++) {
-        const isl_tt *t = &src[k];
-        for (size_t b = 0; b < blocks_of(t->c); b++) {
-            double s1[16] = {0}, s2[16] = {0};
-            for (size_t s = 0; s < slices_of(t); s++, it++)
-                for (int l = 0; l < 16; l++) {
-                    s1[l] += part[32 * it + l];
-                    s2[l] += part[32 * it + 16 + l];
-                }
-            for (int l = 0; l < 16 && (int)(16 * b) + l < t->c; l++) {
-                int g = off[k] + (int)(16 * b) + l;
-                sum_dy[g] = s1[l];
-                sum_dyx[g] = s2[l];
-                dbeta[g] = (float)s1[l];
-                dgamma[g] = (float)s2[l];
-            }
-        }
+    sum_parts(src, nsrc, off, part, sum_dy, sum_dyx);
+    for (int g = 0; g < C; g++) {
+        dbeta[g] = (float)sum_dy[g];
+        dgamma[g] = (float)sum_dyx[g];
     }
     if (!dx) { /* gamma and beta only (statistics held constant) */
         free(part);
