@@ -6,35 +6,13 @@
  *                 [--threads 0] [--tile 0] [--memory-limit-mb 0 (the library default)] [--repeat 2]
  *                 [--peak-gflops 333] [--input STACK.tif] */
 #include "isl.h"
+#include "bench_util.h"
 #include "model.h"
 #include "tiff_io.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
-
-static double wall_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static double cpu_now(void)
-{
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1e-6;
-}
-
-static long peak_rss_mb(void)
-{
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return u.ru_maxrss / 1024;
-}
 
 static int discard_rows(void *user, int head, isl_stat stat, int y0, int rows, int width,
                         const float *data)

@@ -24,6 +24,7 @@
  *                                         float32, [B, 13, S, S] / [B, 3, S-242, S-242])
  */
 #include "isl.h"
+#include "bench_util.h"
 #include "model.h"
 
 #include <oneapi/dnnl/dnnl.h>
@@ -31,32 +32,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 
 #define NUM_Z 13
 #define NUM_LABELS 3
-
-static double wall_now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static double cpu_now(void)
-{
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1e-6;
-}
-
-static long peak_rss_mb(void)
-{
-    struct rusage u;
-    getrusage(RUSAGE_SELF, &u);
-    return u.ru_maxrss / 1024;
-}
 
 static int cmp_double(const void *a, const void *b)
 {

@@ -192,10 +192,27 @@ class _Handle:
             _capi.isl_model_free(ptr)
 
 
+class _Closable:
+    """Context manager protocol and finalizer of the public handle classes: close() on
+    leaving a with block and when garbage-collected."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
 _TOKEN = object()
 
 
-class Model:
+class Model(_Closable):
     """A network with its weights: immutable once created or loaded.
 
     Create one with :meth:`Model.load` or :meth:`Model.create`. A model is safe to share
@@ -281,18 +298,6 @@ class Model:
     def closed(self) -> bool:
         """True once :meth:`close` has been called."""
         return self._handle.closed
-
-    def __enter__(self) -> "Model":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def __getstate__(self):
         raise TypeError("an isl.Model cannot be pickled; save() it and load() the file instead")
@@ -563,7 +568,7 @@ def _train_options(learning_rate: float, label_weight: float, seed: int,
     return options
 
 
-class Trainer:
+class Trainer(_Closable):
     """A model being trained: weights, batch-norm averages, Adam state, step count and a
     random generator (see the "Training" section of include/isl.h and docs/training.md).
 
@@ -642,18 +647,6 @@ class Trainer:
     @property
     def closed(self) -> bool:
         return self._ptr is None
-
-    def __enter__(self) -> "Trainer":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     def __getstate__(self):
         raise TypeError("an isl.Trainer cannot be pickled; save() a checkpoint and load() it")
