@@ -270,10 +270,7 @@ ISL_API isl_status isl_train_options_set_adam(isl_train_options *o, double beta1
  *  1 trains without the autoencoder head (models without one need 1). */
 ISL_API isl_status isl_train_options_set_label_weight(isl_train_options *o, double weight);
 /** Decay of the batch-norm moving averages kept during training (default 0.999, the
- *  paper's; 0.99 suits runs of thousands of steps). Step t (0-based) uses
- *  min(decay, (1 + t) / (10 + t)), as TensorFlow's ExponentialMovingAverage does with
- *  num_updates, so the averages soon forget their initial values (mean 0, variance 1).
- *  See also isl_trainer_estimate_bn. */
+ *  paper's; 0.99 suits runs of thousands of steps). See also isl_trainer_estimate_bn. */
 ISL_API isl_status isl_train_options_set_bn_decay(isl_train_options *o, double decay);
 /** Threads of the calling thread's training work (0 = all cores, the default). */
 ISL_API isl_status isl_train_options_set_threads(isl_train_options *o, int threads);

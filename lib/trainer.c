@@ -469,17 +469,6 @@ static void load_input(isl_trainer *t, const isl_train_batch *b)
            sizeof(float) * (size_t)b->batch_size * t->params.arch.num_z * b->height * b->width);
 }
 
-/* The moving averages' decay at this step: min(decay, (1 + t) / (10 + t)), as TensorFlow's
- * ExponentialMovingAverage with num_updates. With a fixed 0.99 the averages of step 150
- * still held 22% of their initial values (mean 0, var 1), far from the real statistics
- * of a network whose weights move fast early on: validated models predicted nearly
- * uniform distributions. The warm-up forgets the initial values within a few steps. */
-static double bn_decay_at(const isl_trainer *t)
-{
-    const double warm = (1.0 + (double)t->step) / (10.0 + (double)t->step);
-    return warm < t->opts.bn_decay ? warm : t->opts.bn_decay;
-}
-
 static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_out)
 {
     ISL_CHECK(check_batch(t, b));
@@ -495,7 +484,7 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
         any |= t->active[L] = w < 1;
     load_input(t, b);
     const int frozen = t->opts.freeze_trunk;
-    ISL_CHECK(isl_train_net_forward(t->net, t->active, 1.0 - bn_decay_at(t), frozen));
+    ISL_CHECK(isl_train_net_forward(t->net, t->active, 1.0 - t->opts.bn_decay, frozen));
 
     for (int h = 0; h <= L; h++) { /* [L]: the autoencoder, NULL if the model has none */
         t->logits[h] = h < H ? isl_train_net_logits(t->net, h) : NULL;

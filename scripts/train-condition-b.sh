@@ -2,14 +2,12 @@
 # Trains the bundled model examples/data/condition-b.h5 on the real well in
 # ../shared/data/condition_b_well_a4 (see its README), with isl's own commands:
 #   isl dataset build -> isl model init -> isl train
-# Targets exist for columns 0..639; two bands of them, rows 128..255 and 768..895
-# (163,840 pixels), are held out for validation and never trained on. Nuclei are unevenly
-# spread over the field (0.5% to 9% of the pixels of a 128-row band are bright); the two
-# bands hold both dense and average regions, and the training rows keep some of each. Run it again after an interruption: it resumes
+# Targets exist for columns 0..639; rows 768..1023 of them (163,840 pixels) are held out
+# for validation and never trained on. Run it again after an interruption: it resumes
 # from the run's checkpoint. STEPS (default 1500) sets the length of the run; a finished
 # run with a larger STEPS continues.
 #
-# Takes about 2 hours on an idle 2-core AVX-512 machine (about 0.25 steps/s). On a busy
+# Takes about 2 hours on an idle 2-core AVX-512 machine (about 0.2 steps/s). On a busy
 # machine THREADS=1 is faster (oneDNN's backward passes spin at their barriers).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +37,7 @@ if [ ! -f "$run/data.h5" ]; then
     -o "$run/data.h5"
 fi
 if [ ! -f "$run/init.h5" ]; then
-  "$isl" model init --base-depth "${BASE:-64}" --num-z 13 \
+  "$isl" model init --base-depth 100 --num-z 13 \
     --heads dapi_confocal,map2_confocal,nfh_confocal --seed 1 -o "$run/init.h5"
 fi
 
@@ -52,8 +50,7 @@ fi
 OMP_WAIT_POLICY=passive "$isl" train --dataset "$run/data.h5" "${start[@]}" \
   --out "$run/model.h5" --steps "$steps" \
   --crop 378 --batch 4 --lr 3e-4 --lr-drop "$((steps * 4 / 5)):3e-5" --label-weight 1 \
-  --validation 0,128,640,128 --validation 0,768,640,128 \
-  --validate-every 50 --checkpoint-every 50 --seed 1 \
+  --validation 0,768,640,256 --validate-every 50 --checkpoint-every 50 --seed 1 \
   --threads "${THREADS:-0}"
 # Ship the best validated model (mean Pearson r over the three labels on the held-out
 # rows): on one well, training long enough overfits the 768 x 640 training pixels.
