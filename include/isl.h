@@ -284,6 +284,16 @@ ISL_API isl_status isl_train_options_set_seed(isl_train_options *o, uint64_t see
  *  train as usual; the trunk's Adam moments are left as they are; and
  *  isl_trainer_estimate_bn changes nothing. Steps cost about a third of full ones. */
 ISL_API isl_status isl_train_options_set_freeze_trunk(isl_train_options *o, int freeze);
+/** Freezes the batch-norm population statistics: every batch norm normalizes with its
+ *  stored statistics, as prediction does, and none is updated; every weight (gamma and
+ *  beta included) still trains, the gradients treating the statistics as constants.
+ *  Default 0: batch statistics, as the paper trains. For a last phase of training, from
+ *  a model whose statistics are already good (moving averages or
+ *  isl_trainer_estimate_bn): the network then learns to work with the statistics it
+ *  predicts with, which batch statistics of small batches of large crops do not
+ *  guarantee (docs/training.md). Steps are about 10% cheaper. isl_trainer_estimate_bn
+ *  still re-estimates the statistics when called. freeze_trunk takes precedence. */
+ISL_API isl_status isl_train_options_set_freeze_bn(isl_train_options *o, int freeze);
 
 /** One batch of training crops, plain arrays (row-major, batch outermost). Crops are
  *  height x width, each side 250 + 16m; outputs are (height - 242) x (width - 242),

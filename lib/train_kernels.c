@@ -330,7 +330,8 @@ static void bnact_dy(const isl_tt *dact, const isl_tt *act, int i, size_t p0, si
 
 int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *src, int nsrc,
                           const float *mean, const float *invstd, const float *gamma,
-                          isl_tt *dx, const int *accumulate, float *dgamma, float *dbeta)
+                          int batch_stats, isl_tt *dx, const int *accumulate, float *dgamma,
+                          float *dbeta)
 {
     int off[8] = {0};
     const int C = total_channels(src, nsrc, off);
@@ -380,7 +381,8 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
         free(sum_dyx);
         return 0;
     }
-    /* Pass 2: dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat)). */
+    /* Pass 2: dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat)), or with constant
+     * statistics gamma invstd dy. */
     items = 0;
     for (int k = 0; k < nsrc; k++)
         items += ew_count(&src[k]);
@@ -396,8 +398,8 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
         lanes(invstd, g, cnt, is);
         for (int l = 0; l < 16; l++) {
             a[l] = l < cnt ? gamma[g + l] * is[l] : 0.0f;
-            mdy[l] = l < cnt ? (float)(sum_dy[g + l] / count) : 0.0f;
-            mdyx[l] = l < cnt ? (float)(sum_dyx[g + l] / count) : 0.0f;
+            mdy[l] = l < cnt && batch_stats ? (float)(sum_dy[g + l] / count) : 0.0f;
+            mdyx[l] = l < cnt && batch_stats ? (float)(sum_dyx[g + l] / count) : 0.0f;
         }
         for (size_t p0 = k.p0; p0 < k.p1; p0 += SUB) {
             const size_t np = k.p1 - p0 < SUB ? k.p1 - p0 : SUB;

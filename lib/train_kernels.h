@@ -35,14 +35,16 @@ int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var);
 void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *shift,
                   isl_tt *act);
 
-/* Backward of BNAct with batch statistics. Given dact (2C channels), the forward's act and
- * x = src[0..nsrc) with its batch mean and 1/sqrt(var + eps), and gamma: writes
+/* Backward of BNAct. Given dact (2C channels), the forward's act and x = src[0..nsrc)
+ * with the mean and 1/sqrt(var + eps) it was normalized with, and gamma: writes
  * dgamma, dbeta [C] and dx[k] (shaped as src[k]), added to dx[k] if accumulate[k].
- * dx NULL: only dgamma and dbeta, which are the same whether mean and invstd are the
- * batch's or constants (stored population statistics). */
+ * batch_stats: mean and invstd are the statistics of x itself, so dx includes their
+ * dependence on x; 0: they are constants (stored population statistics) and
+ * dx = gamma invstd dy. dx NULL: only dgamma and dbeta, which are the same either way. */
 int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *src, int nsrc,
                           const float *mean, const float *invstd, const float *gamma,
-                          isl_tt *dx, const int *accumulate, float *dgamma, float *dbeta);
+                          int batch_stats, isl_tt *dx, const int *accumulate, float *dgamma,
+                          float *dbeta);
 
 /* Residual paths of the modules (spec, module step 4), writing all of out's channels:
  * channels x has not are zero (in, down) and x's extra channels are dropped (up). */

@@ -81,9 +81,9 @@ struct isl_train_net {
     head *heads;
     int num_heads;
     float *trunk_mean, *trunk_invstd;
-    float *stored_invstd; /* [trunk_ch]: a head's stored statistics in a frozen backward */
+    float *stored_invstd; /* [trunk_ch]: a head's stored 1/sqrt(var + eps) in a backward */
     conv proj_cv;
-    int frozen;           /* the last forward used stored statistics (frozen trunk) */
+    isl_net_mode mode;    /* of the last forward */
 
     /* Scratch buffers shared by all layers. */
     float *s_act, *s_dact, *g_buf[2], *g_conv, *g_pool;
@@ -935,13 +935,23 @@ static void fold_stored(isl_train_net *n, const isl_bn_params *bn)
 
 static double values_per_channel(const isl_tt *t) { return (double)t->n * t->h * t->w; }
 
-/* BNAct in a forward pass: with the statistics of the batch (kept in mean/invstd for the
- * backward pass and folded into the running averages), or, in a frozen forward, with the
- * stored population statistics. */
+/* The stored statistics as the float mean and invstd of the backward pass. */
+static void stored_stats(const isl_bn_params *bn, float *mean, float *invstd)
+{
+    for (int c = 0; c < bn->channels; c++) {
+        mean[c] = bn->mean[c];
+        invstd[c] = (float)(1.0 / sqrt((double)bn->var[c] + ISL_BN_EPSILON));
+    }
+}
+
+/* BNAct in a forward pass: with the statistics of the batch (folded into the running
+ * averages), or with the stored population statistics. Either way mean/invstd keep them
+ * for the backward pass. */
 static isl_status forward_bnact(isl_train_net *n, const isl_tt *src, int nsrc, isl_bn_params *bn,
                                 float *mean, float *invstd, double momentum, isl_tt *act)
 {
-    if (n->frozen) {
+    if (n->mode != ISL_NET_BATCH_STATS) {
+        stored_stats(bn, mean, invstd);
         fold_stored(n, bn);
     } else {
         ISL_CHECK(batch_stats(n, src, nsrc, bn->channels, mean, invstd));
@@ -952,32 +962,37 @@ static isl_status forward_bnact(isl_train_net *n, const isl_tt *src, int nsrc, i
     return ISL_OK;
 }
 
+/* BNAct recomputed in the backward pass, exactly as the forward pass computed it. */
 static isl_status bnact(isl_train_net *n, const isl_tt *src, int nsrc, const isl_bn_params *bn,
                         const float *mean, const float *invstd, isl_tt *act)
 {
-    fold(n, bn, mean, invstd);
+    if (n->mode == ISL_NET_BATCH_STATS)
+        fold(n, bn, mean, invstd);
+    else
+        fold_stored(n, bn);
     isl_tk_bnact(src, nsrc, n->wf_scale, n->wf_shift, act);
     return ISL_OK;
 }
 
-/* A head's BNAct: with the trunk's batch statistics, or in a frozen pass with the head's
- * stored ones. */
+/* A head's BNAct: with the trunk's batch statistics, or with the head's stored ones. */
 static isl_status head_bnact(isl_train_net *n, const isl_tt *trunk, const isl_bn_params *bn,
                              isl_tt *act)
 {
-    if (!n->frozen)
+    if (n->mode == ISL_NET_BATCH_STATS)
         return bnact(n, trunk, 1, bn, n->trunk_mean, n->trunk_invstd, act);
     fold_stored(n, bn);
     isl_tk_bnact(trunk, 1, n->wf_scale, n->wf_shift, act);
     return ISL_OK;
 }
 
-static isl_status bnact_backward(isl_tt *dact, const isl_tt *act, const isl_tt *src, int nsrc,
-                                 const float *mean, const float *invstd, const isl_bn_params *bn,
-                                 isl_tt *dx, const int *accumulate, isl_bn_params *grad)
+static isl_status bnact_backward(const isl_train_net *n, isl_tt *dact, const isl_tt *act,
+                                 const isl_tt *src, int nsrc, const float *mean,
+                                 const float *invstd, const isl_bn_params *bn, isl_tt *dx,
+                                 const int *accumulate, isl_bn_params *grad)
 {
-    if (isl_tk_bnact_backward(dact, act, src, nsrc, mean, invstd, bn->gamma, dx, accumulate,
-                              grad->gamma, grad->beta) != 0)
+    if (isl_tk_bnact_backward(dact, act, src, nsrc, mean, invstd, bn->gamma,
+                              n->mode == ISL_NET_BATCH_STATS, dx, accumulate, grad->gamma,
+                              grad->beta) != 0)
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory in batch normalization");
     return ISL_OK;
 }
@@ -1015,10 +1030,10 @@ static isl_status module_forward(isl_train_net *n, module *m, double momentum)
 }
 
 isl_status isl_train_net_forward(isl_train_net *n, const int *active, double momentum,
-                                 int frozen)
+                                 isl_net_mode mode)
 {
     const isl_arch *a = &n->p->arch;
-    n->frozen = frozen != 0;
+    n->mode = mode;
     for (int h = 0; h < n->num_heads; h++)
         n->heads[h].active = active[h] != 0;
     ISL_CHECK(run_reorder(n, &n->in_reorder, n->m_in, n->m_in_blk, "input reorder"));
@@ -1035,7 +1050,7 @@ isl_status isl_train_net_forward(isl_train_net *n, const int *active, double mom
         ISL_CHECK(module_forward(n, &n->mods[i], momentum));
     const isl_tt *trunk = &n->mods[a->num_modules - 1].next;
     /* Every head normalizes the same trunk: one set of batch statistics. */
-    if (!n->frozen) {
+    if (n->mode == ISL_NET_BATCH_STATS) {
         ISL_CHECK(batch_stats(n, trunk, 1, a->trunk_ch, n->trunk_mean, n->trunk_invstd));
         for (int h = 0; h < n->num_heads; h++)
             update_running(n, &n->p->heads[h].bn, momentum, values_per_channel(trunk));
@@ -1072,7 +1087,7 @@ static isl_status module_backward(isl_train_net *n, module *m)
     /* Reduce: r = conv1x1(BNAct(e)). */
     ISL_CHECK(bnact(n, e, ne, &mp->bn2, m->mean2, m->invstd2, &m->act2));
     ISL_CHECK(conv_backward(n, &m->reduce));
-    ISL_CHECK(bnact_backward(&m->dact2, &m->act2, e, ne, m->mean2, m->invstd2, &mp->bn2, de,
+    ISL_CHECK(bnact_backward(n, &m->dact2, &m->act2, e, ne, m->mean2, m->invstd2, &mp->bn2, de,
                              overwrite, &mg->bn2));
     /* Expand: conv(BNAct(x)), and maxpool(x). */
     ISL_CHECK(bnact(n, &m->x, 1, &mp->bn1, m->mean1, m->invstd1, &m->act1));
@@ -1084,7 +1099,7 @@ static isl_status module_backward(isl_train_net *n, module *m)
         ISL_CHECK(run(n, &m->pool_b, 3, p, "max pooling backward"));
     }
     const int acc = !up; /* the pooling backward wrote dx first */
-    ISL_CHECK(bnact_backward(&m->dact1, &m->act1, &m->x, 1, m->mean1, m->invstd1, &mp->bn1,
+    ISL_CHECK(bnact_backward(n, &m->dact1, &m->act1, &m->x, 1, m->mean1, m->invstd1, &mp->bn1,
                              &m->dx, &acc, &mg->bn1));
     switch (a->kind) {
     case ISL_MODULE_IN: isl_tk_residual_in_backward(&m->dout, &m->dx); break;
@@ -1120,22 +1135,24 @@ isl_status isl_train_net_backward(isl_train_net *n)
         ISL_CHECK(run_reorder(n, &hd->from_plain, hd->m_plain, hd->m_blk, "gradient reorder"));
         ISL_CHECK(head_bnact(n, trunk, bn, &hd->act));
         ISL_CHECK(conv_backward(n, &hd->cv));
-        if (n->frozen) {
-            /* Population statistics are constants: only gamma and beta get gradients, and
-             * nothing flows into the trunk. */
+        if (n->mode == ISL_NET_BATCH_STATS) {
+            ISL_CHECK(bnact_backward(n, &hd->dact, &hd->act, trunk, 1, n->trunk_mean,
+                                     n->trunk_invstd, bn, &top->dout, &any, &n->g->heads[h].bn));
+        } else {
+            /* Population statistics are constants; with a frozen trunk only gamma and beta
+             * get gradients and nothing flows into the trunk. */
             for (int c = 0; c < a->trunk_ch; c++)
                 n->stored_invstd[c] = (float)(1.0 / sqrt((double)bn->var[c] + ISL_BN_EPSILON));
-            ISL_CHECK(bnact_backward(&hd->dact, &hd->act, trunk, 1, bn->mean, n->stored_invstd,
-                                     bn, NULL, NULL, &n->g->heads[h].bn));
-        } else {
-            ISL_CHECK(bnact_backward(&hd->dact, &hd->act, trunk, 1, n->trunk_mean,
-                                     n->trunk_invstd, bn, &top->dout, &any, &n->g->heads[h].bn));
+            const int into_trunk = n->mode == ISL_NET_STORED_STATS;
+            ISL_CHECK(bnact_backward(n, &hd->dact, &hd->act, trunk, 1, bn->mean,
+                                     n->stored_invstd, bn, into_trunk ? &top->dout : NULL,
+                                     into_trunk ? &any : NULL, &n->g->heads[h].bn));
         }
         any = 1;
     }
     if (!any) /* no head, no gradient */
         return ISL_OK;
-    if (n->frozen) {
+    if (n->mode == ISL_NET_FROZEN_TRUNK) {
         if (dnnl_stream_wait(n->stream) != dnnl_success)
             return isl_fail(ISL_ERROR_BACKEND, "oneDNN: stream wait failed");
         return ISL_OK;

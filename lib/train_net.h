@@ -49,17 +49,27 @@ isl_status isl_train_net_load_head_weights(isl_train_net *net);
 /* The input batch, [batch, num_z, height, width] floats, filled by the caller. */
 float *isl_train_net_input(isl_train_net *net);
 
-/* Forward pass in training mode: every batch norm uses the statistics of this batch.
- * Heads with active[h] == 0 are not computed (their batch norm running statistics are
- * still updated: they are statistics of the trunk). bn_momentum is the weight of this
- * batch in the running statistics: running = (1 - m) running + m batch (variance
- * unbiased); 0 leaves them untouched.
- * frozen: for a frozen trunk, every batch norm uses its stored population statistics as
- * prediction does (the logits are the model's predictions), none is updated
- * (bn_momentum is ignored), and the following backward pass computes only the active
- * heads' gradients. */
+/* How a forward pass normalizes, and what the following backward pass computes. */
+typedef enum isl_net_mode {
+    /* Training mode: every batch norm uses the statistics of this batch. */
+    ISL_NET_BATCH_STATS,
+    /* Every batch norm uses its stored population statistics, as prediction does, and
+     * none is updated; the backward pass treats them as constants and computes every
+     * gradient (isl_train_options_set_freeze_bn). */
+    ISL_NET_STORED_STATS,
+    /* As ISL_NET_STORED_STATS, but the backward pass computes only the active heads'
+     * gradients (a frozen trunk). */
+    ISL_NET_FROZEN_TRUNK
+} isl_net_mode;
+
+/* Forward pass. Heads with active[h] == 0 are not computed (with batch statistics their
+ * batch norm running statistics are still updated: they are statistics of the trunk).
+ * bn_momentum is the weight of this batch in the running statistics: running =
+ * (1 - m) running + m batch (variance unbiased); 0 leaves them untouched. It is ignored
+ * unless mode is ISL_NET_BATCH_STATS. With stored statistics the logits are the model's
+ * predictions. */
 isl_status isl_train_net_forward(isl_train_net *net, const int *active, double bn_momentum,
-                                 int frozen);
+                                 isl_net_mode mode);
 
 /* Logits of an active head after the forward pass: [batch, channels, out_h, out_w]. */
 const float *isl_train_net_logits(const isl_train_net *net, int head);
@@ -69,8 +79,8 @@ const float *isl_train_net_logits(const isl_train_net *net, int head);
 float *isl_train_net_dlogits(isl_train_net *net, int head);
 
 /* Backward pass of the last forward (same active heads): overwrites every array of grad
- * with d(loss)/d(parameter) (zero for inactive heads and for running statistics; after a
- * frozen forward also for the trunk, and the input gradient is not computed). */
+ * with d(loss)/d(parameter) (zero for inactive heads and for running statistics; after an
+ * ISL_NET_FROZEN_TRUNK forward also for the trunk, and the input gradient is not computed). */
 isl_status isl_train_net_backward(isl_train_net *net);
 
 /* d(loss)/d(input) after a backward pass, shaped as the input (input_grad nets only). */

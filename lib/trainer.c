@@ -24,6 +24,7 @@ struct isl_train_options {
     int threads;
     uint64_t seed;
     int freeze_trunk;
+    int freeze_bn;
 };
 
 static const isl_train_options default_options = {
@@ -33,6 +34,7 @@ static const isl_train_options default_options = {
     .threads = 0,
     .seed = 0,
     .freeze_trunk = 0,
+    .freeze_bn = 0,
 };
 
 /* One parameter array with its gradient and Adam moments. */
@@ -162,6 +164,13 @@ isl_status isl_train_options_set_freeze_trunk(isl_train_options *o, int freeze)
 {
     NEED_OPTIONS(o);
     o->freeze_trunk = freeze != 0;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_freeze_bn(isl_train_options *o, int freeze)
+{
+    NEED_OPTIONS(o);
+    o->freeze_bn = freeze != 0;
     return ISL_OK;
 }
 
@@ -484,7 +493,10 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
         any |= t->active[L] = w < 1;
     load_input(t, b);
     const int frozen = t->opts.freeze_trunk;
-    ISL_CHECK(isl_train_net_forward(t->net, t->active, 1.0 - t->opts.bn_decay, frozen));
+    const isl_net_mode mode = frozen              ? ISL_NET_FROZEN_TRUNK
+                              : t->opts.freeze_bn ? ISL_NET_STORED_STATS
+                                                  : ISL_NET_BATCH_STATS;
+    ISL_CHECK(isl_train_net_forward(t->net, t->active, 1.0 - t->opts.bn_decay, mode));
 
     for (int h = 0; h <= L; h++) { /* [L]: the autoencoder, NULL if the model has none */
         t->logits[h] = h < H ? isl_train_net_logits(t->net, h) : NULL;
@@ -533,7 +545,7 @@ static isl_status estimate(isl_trainer *t, const isl_train_batch *b, int index)
     memset(t->active, 0, sizeof(int) * (size_t)t->params.num_heads);
     load_input(t, b);
     /* The k-th batch (0-based) weighs 1 / (k + 1): the running mean of the batches. */
-    return isl_train_net_forward(t->net, t->active, 1.0 / (index + 1.0), 0);
+    return isl_train_net_forward(t->net, t->active, 1.0 / (index + 1.0), ISL_NET_BATCH_STATS);
 }
 
 isl_status isl_trainer_estimate_bn(isl_trainer *t, const isl_train_batch *b, int index)

@@ -201,12 +201,14 @@ static void rt_heads(const isl_params *p, const ref_t *trunk, int B, int stored,
     free(y);
 }
 
-/* logits[b * num_heads + h] for every image b and head h; in: B images [nz, H, W]. */
-static inline void rt_network(const isl_params *p, const ref_t *in, int B, ref_t *logits)
+/* logits[b * num_heads + h] for every image b and head h; in: B images [nz, H, W];
+ * stored: every batch norm with the stored statistics, else the batch's. */
+static inline void rt_network(const isl_params *p, const ref_t *in, int B, int stored,
+                              ref_t *logits)
 {
     ref_t *trunk = calloc((size_t)B, sizeof(ref_t));
-    rt_trunk(p, in, B, 0, trunk);
-    rt_heads(p, trunk, B, 0, logits);
+    rt_trunk(p, in, B, stored, trunk);
+    rt_heads(p, trunk, B, stored, logits);
     rt_free(trunk, B);
     free(trunk);
 }

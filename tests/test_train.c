@@ -49,6 +49,7 @@ typedef struct batch {
     float targets[BATCH * LABELS * OUT * OUT];
     uint8_t masks[BATCH * LABELS * OUT * OUT];
     float ae_targets[BATCH * NZ * OUT * OUT]; /* the center of the inputs */
+    int stored; /* batch norms with the stored statistics (ISL_NET_STORED_STATS) */
 } batch;
 
 /* Label 0 known everywhere, label 1 on a diagonal half of the pixels of image 0 only. */
@@ -56,6 +57,7 @@ static batch *random_batch(uint64_t seed)
 {
     batch *b = malloc(sizeof(*b));
     test_fill_batch(b->inputs, b->targets, b->ae_targets, BATCH, NZ, LABELS, SIDE, OUT, seed);
+    b->stored = 0;
     for (int n = 0; n < BATCH; n++)
         for (int l = 0; l < LABELS; l++)
             for (int y = 0; y < OUT; y++)
@@ -71,12 +73,13 @@ static isl_train_batch api_batch(const batch *b)
     return tb;
 }
 
-/* The reference's total loss (label weight 0.5) for params and inputs. */
+/* The reference's total loss (label weight 0.5) for params and inputs, with the batch
+ * norms b->stored says. */
 static double ref_loss(const isl_params *p, const float *inputs, const batch *b)
 {
     ref_t in[BATCH], logits[BATCH * HEADS];
     test_ref_inputs(in, inputs, BATCH, NZ, SIDE, SIDE);
-    rt_network(p, in, BATCH, logits);
+    rt_network(p, in, BATCH, b->stored, logits);
     double loss = rt_loss(logits, BATCH, LABELS, NZ, b->targets, b->masks, b->ae_targets, 0.5);
     rt_free(in, BATCH);
     rt_free(logits, BATCH * HEADS);
@@ -128,7 +131,8 @@ static void engine_run(engine *e, const batch *b, int backward)
         active[l] = counts[l] > 0;
     active[LABELS] = 1;
     memcpy(isl_train_net_input(e->net), b->inputs, sizeof(b->inputs));
-    ck_assert_msg(isl_train_net_forward(e->net, active, 0, 0) == ISL_OK, "%s",
+    const isl_net_mode mode = b->stored ? ISL_NET_STORED_STATS : ISL_NET_BATCH_STATS;
+    ck_assert_msg(isl_train_net_forward(e->net, active, 0, mode) == ISL_OK, "%s",
                   isl_last_error());
     const float *logits[HEADS];
     float *dlogits[HEADS];
@@ -163,12 +167,18 @@ static int expand_of(const isl_params *p, const char *path, isl_module_kind kind
            p->arch.modules[i].kind == kind;
 }
 
-/* (The projection bias has no effect in training mode: every consumer of the projection
- * is batch-normalized or shift-equivariant, so its gradient is 0 and not checked.) */
+/* (The projection bias has no effect with batch statistics: every consumer of the
+ * projection is batch-normalized or shift-equivariant, so its gradient is 0 and checked
+ * only with stored statistics.) */
 static int g_projection(const isl_params *p, const char *s)
 {
     (void)p;
     return has(s, "/projection/weight");
+}
+static int g_projection_bias(const isl_params *p, const char *s)
+{
+    (void)p;
+    return has(s, "/projection/bias");
 }
 static int g_expand_in(const isl_params *p, const char *s)
 {
@@ -323,22 +333,33 @@ static void check_element(isl_params *p, batch *b, const test_arr_list *pl,
     free(d);
 }
 
-START_TEST(gradients_match_finite_differences)
+/* Forward against the reference, then every kind of parameter against finite
+ * differences; stored: with the stored batch-norm statistics. */
+static void check_gradients(int stored)
 {
     isl_params p;
     random_params(&p, 11);
     batch *b = random_batch(12);
     engine e = {0};
     engine_open(&e, &p, 1);
+    if (stored) {
+        /* Statistics that fit the activations (random ones would blow them up): this
+         * batch's, through a batch-statistics forward that replaces them (momentum 1). */
+        int all[HEADS] = {1, 1, 1};
+        memcpy(isl_train_net_input(e.net), b->inputs, sizeof(b->inputs));
+        ck_assert_msg(isl_train_net_forward(e.net, all, 1.0, ISL_NET_BATCH_STATS) == ISL_OK,
+                      "%s", isl_last_error());
+    }
+    b->stored = stored;
     double t0 = test_now();
     engine_run(&e, b, 1);
     printf("engine forward + backward: %.2f s\n", test_now() - t0);
 
-    /* The training-mode forward against the reference. */
+    /* The forward against the reference. */
     ref_t in[BATCH], logits[BATCH * HEADS];
     test_ref_inputs(in, b->inputs, BATCH, NZ, SIDE, SIDE);
     t0 = test_now();
-    rt_network(&p, in, BATCH, logits);
+    rt_network(&p, in, BATCH, stored, logits);
     printf("reference forward: %.2f s\n", test_now() - t0);
     for (int h = 0; h < HEADS; h++) {
         const float *lg = e.logits[h];
@@ -364,6 +385,8 @@ START_TEST(gradients_match_finite_differences)
     direction *d = calloc(1, sizeof(*d));
     t0 = test_now();
     add_group(d, &p, pl, gl, g_projection, 0.1); /* it moves every activation */
+    if (stored) /* then the projection bias matters (see g_projection) */
+        add_group(d, &p, pl, gl, g_projection_bias, 0.1);
     add_segment(d, b->inputs, isl_train_net_input_grad(e.net), sizeof(b->inputs) / sizeof(float),
                 FD_STEP / sqrt(sizeof(b->inputs) / sizeof(float) / 100.0));
     check_direction(d, &p, b, 101, "projection + input");
@@ -395,6 +418,13 @@ START_TEST(gradients_match_finite_differences)
     isl_params_free(&p);
     free(b);
 }
+
+START_TEST(gradients_match_finite_differences) { check_gradients(0); }
+END_TEST
+
+/* Training with frozen batch-norm statistics (isl_train_options_set_freeze_bn): the
+ * statistics are constants, so the mean and variance terms vanish from dx. */
+START_TEST(gradients_with_stored_statistics) { check_gradients(1); }
 END_TEST
 
 /* ------------------------------------------------------------------------------------ */
@@ -964,7 +994,7 @@ static int dump(const char *model_path, const char *batch_path, const char *out_
         active[h] = counts[h] > 0;
     active[c.L] = 1;
     memcpy(isl_train_net_input(net), c.inputs, sizeof(float) * (size_t)c.B * c.nz * c.H * c.W);
-    if (isl_train_net_forward(net, active, 0, 0) != ISL_OK)
+    if (isl_train_net_forward(net, active, 0, ISL_NET_BATCH_STATS) != ISL_OK)
         goto done;
     const float *lg[64];
     float *dl[64];
@@ -1019,6 +1049,7 @@ int main(int argc, char **argv)
                  {"batch_norm", batch_norm_statistics},
                  {"invalid", invalid_batches_and_options},
                  {"threads", threads_agree},
-                 {"gradients", gradients_match_finite_differences}};
+                 {"gradients", gradients_match_finite_differences},
+                 {"gradients_stored", gradients_with_stored_statistics}};
     return test_run_cases("train", cases, sizeof(cases) / sizeof(cases[0]), 600);
 }

@@ -416,7 +416,7 @@ START_TEST(frozen_engine_logits_and_gradients)
     ck_assert(active[0] && !active[1] && active[NEW]);
     memcpy(isl_train_net_input(net), b->inputs, sizeof(b->inputs));
     double t0 = test_now();
-    ck_assert_msg(isl_train_net_forward(net, active, 0.5, 1) == ISL_OK, "%s", isl_last_error());
+    ck_assert_msg(isl_train_net_forward(net, active, 0.5, ISL_NET_FROZEN_TRUNK) == ISL_OK, "%s", isl_last_error());
 
     /* The logits are the model's predictions (stored statistics), and the reference's. */
     const float *logits[HEADS];

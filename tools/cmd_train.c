@@ -39,6 +39,9 @@ static const char train_help[] =
     "  --label-weight W         total = W label + (1 - W) autoencoder (default 0.5)\n"
     "  --bn-decay D             decay of the batch-norm moving averages (default 0.99)\n"
     "  --bn-batches K           batches for the final batch-norm re-estimation (default 50)\n"
+    "  --freeze-bn              normalize with the model's stored batch-norm statistics, as\n"
+    "                           prediction does, and keep them (a last phase of training from\n"
+    "                           a trained model; no final re-estimation)\n"
     "  --seed S                 seed of the crops (default 0)\n"
     "  --threads N              threads (default 0: all cores)\n"
     "\n"
@@ -53,7 +56,8 @@ static const char train_help[] =
 
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
-       OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_SEED, OPT_THREADS,
+       OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_FREEZE_BN, OPT_SEED,
+       OPT_THREADS,
        OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST };
 
 static const cli_option train_options[] = {
@@ -65,7 +69,8 @@ static const cli_option train_options[] = {
     {"no-augment", 0, 0, OPT_NO_AUGMENT},   {"steps", 0, 1, OPT_STEPS},
     {"lr", 0, 1, OPT_LR},                   {"lr-drop", 0, 1, OPT_LR_DROP},
     {"label-weight", 0, 1, OPT_LABEL_WEIGHT}, {"bn-decay", 0, 1, OPT_BN_DECAY},
-    {"bn-batches", 0, 1, OPT_BN_BATCHES},   {"seed", 0, 1, OPT_SEED},
+    {"bn-batches", 0, 1, OPT_BN_BATCHES},   {"freeze-bn", 0, 0, OPT_FREEZE_BN},
+    {"seed", 0, 1, OPT_SEED},
     {"threads", 0, 1, OPT_THREADS},         {"out", 'o', 1, OPT_OUT},
     {"checkpoint", 0, 1, OPT_CHECKPOINT},   {"checkpoint-every", 0, 1, OPT_CHECKPOINT_EVERY},
     {"log", 0, 1, OPT_LOG},                 {"best", 0, 1, OPT_BEST},
@@ -77,7 +82,7 @@ static const cli_option train_options[] = {
 typedef struct train_args {
     const char *dataset, *model, *resume, *add_heads, *out, *checkpoint, *log, *best;
     const char *validation[MAX_REGIONS];
-    int num_validation, freeze_trunk, augment;
+    int num_validation, freeze_trunk, freeze_bn, augment;
     long long crop, batch, validate_every, steps, drop_step, bn_batches, threads,
         checkpoint_every;
     double lr, drop_rate, label_weight, bn_decay;
@@ -114,6 +119,7 @@ static int parse_option(train_args *a, int id, const char *v)
     case OPT_RESUME: a->resume = v; return 0;
     case OPT_ADD_HEAD: a->add_heads = v; return 0;
     case OPT_FREEZE: a->freeze_trunk = 1; return 0;
+    case OPT_FREEZE_BN: a->freeze_bn = 1; return 0;
     case OPT_NO_AUGMENT: a->augment = 0; return 0;
     case OPT_OUT: a->out = v; return 0;
     case OPT_CHECKPOINT: a->checkpoint = v; return 0;
@@ -360,7 +366,7 @@ static int validate(run_state *r, int64_t step)
 /* Batch-norm population statistics from --bn-batches fresh batches, then OUT. */
 static int finish(run_state *r)
 {
-    if (!r->a.freeze_trunk && r->a.bn_batches > 0) {
+    if (!r->a.freeze_trunk && !r->a.freeze_bn && r->a.bn_batches > 0) {
         cli_train_log_note(&r->log, "re-estimating batch-norm statistics over %lld batches",
                            r->a.bn_batches);
         for (long long k = 0; k < r->a.bn_batches; k++) {
@@ -484,6 +490,7 @@ static int setup(run_state *r)
         (s = isl_train_options_set_bn_decay(o, a->bn_decay)) == ISL_OK &&
         (s = isl_train_options_set_threads(o, (int)a->threads)) == ISL_OK &&
         (s = isl_train_options_set_freeze_trunk(o, a->freeze_trunk)) == ISL_OK &&
+        (s = isl_train_options_set_freeze_bn(o, a->freeze_bn)) == ISL_OK &&
         (s = isl_train_options_set_seed(o, a->seed)) == ISL_OK && a->drop_step)
         s = isl_train_options_set_rate_drop(o, a->drop_step, a->drop_rate);
     if (s == ISL_OK && a->resume) {

@@ -765,6 +765,37 @@ def test_add_heads_and_frozen_trunk(islpy, bindings_tmp):
     assert not any(name.endswith(("/mean", "/var")) for name in changed)
 
 
+def test_frozen_batch_norm(islpy, bindings_tmp):
+    """Trainer(freeze_bn=True) computes what prediction computes (the loss of a step is the
+    cross-entropy of predict_tile's probabilities), trains every weight and leaves every
+    batch-norm statistic as it was."""
+    import h5py
+
+    inputs, targets = train_batch()
+    before, after = bindings_tmp / "freeze-bn-before.h5", bindings_tmp / "freeze-bn-after.h5"
+    with tiny_model(islpy) as model, islpy.Trainer(model, threads=THREADS) as t:
+        t.estimate_bn([inputs])  # statistics that fit the activations
+        trained = t.model()
+    with trained, islpy.Trainer(trained, learning_rate=1e-3, label_weight=1.0, freeze_bn=True,
+                                threads=THREADS) as t:
+        trained.save(before)
+        probs = trained.predict_tile(inputs[0], probabilities=True, threads=THREADS)
+        bins = np.rint(targets[0, 0] * 255).astype(int)
+        p = np.take_along_axis(probs["dapi_confocal"], bins[None], 0)[0]
+        expected = -np.log(p.astype(np.float64)).mean() / np.log(256)
+        losses = [t.step(inputs, targets)["dapi_confocal"] for _ in range(4)]
+        assert losses[0] == pytest.approx(expected, rel=1e-4)
+        assert all(b < a for a, b in zip(losses, losses[1:])), losses
+        t.model().save(after)
+    with h5py.File(before, "r") as f0, h5py.File(after, "r") as f1:
+        changed = []
+        f0.visititems(lambda name, obj: changed.append(name) if isinstance(obj, h5py.Dataset)
+                      and not np.array_equal(obj[()], f1[name][()]) else None)
+    assert not any(name.endswith(("/mean", "/var")) for name in changed), changed
+    assert "projection/weight" in changed and "modules/000/expand/weight" in changed
+    assert any(name.endswith("/gamma") for name in changed)
+
+
 def test_trainer_bad_batches(islpy):
     inputs, targets = train_batch()
     with tiny_model(islpy) as model, islpy.Trainer(model, threads=THREADS) as t:

@@ -207,6 +207,24 @@ def test_transfer_learning_adds_a_head_and_keeps_the_trunk(run_isl, data, tmp_pa
     assert "b" in info.stdout
 
 
+def test_freeze_bn_trains_weights_and_keeps_statistics(run_isl, data, tmp_path):
+    """--freeze-bn: every weight trains, no batch-norm statistic changes (neither by the
+    steps nor by a final re-estimation)."""
+    first, out = tmp_path / "first.h5", tmp_path / "frozen.h5"
+    r = train(run_isl, data, first, "--model", data / "init.h5", steps=3)
+    assert r.returncode == 0, r.stderr
+    r = train(run_isl, data, out, "--model", first, "--freeze-bn", "--lr", 1e-3, steps=3)
+    assert r.returncode == 0, r.stderr
+    assert "re-estimating" not in r.stdout + r.stderr
+    before, after = model_arrays(first), model_arrays(out)
+    stats = [k for k in before if k.endswith(("/mean", "/var"))]
+    assert stats
+    for k in stats:
+        np.testing.assert_array_equal(before[k], after[k], err_msg=k)
+    for k in ("projection/weight", "modules/000/expand/weight", "heads/a/weight"):
+        assert not np.array_equal(before[k], after[k]), k
+
+
 @pytest.mark.parametrize("args, code, words", [
     (("--model", "{d}/init.h5", "--dataset", "{d}/missing.h5"), 1, "missing.h5"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--crop", "300"), 2, "250 + 16m"),

@@ -545,13 +545,14 @@ class Model(_Closable):
 def _train_options(learning_rate: float, label_weight: float, seed: int,
                    bn_decay: Optional[float], rate_drop: Optional[Tuple[int, float]],
                    adam: Optional[Tuple[float, float, float]], threads: int,
-                   freeze_trunk: bool):
+                   freeze_trunk: bool, freeze_bn: bool):
     options = _capi.isl_train_options_create()
     try:
         _capi.isl_train_options_set_learning_rate(options, float(learning_rate))
         _capi.isl_train_options_set_label_weight(options, float(label_weight))
         _capi.isl_train_options_set_seed(options, int(seed))
         _capi.isl_train_options_set_freeze_trunk(options, 1 if freeze_trunk else 0)
+        _capi.isl_train_options_set_freeze_bn(options, 1 if freeze_bn else 0)
         if bn_decay is not None:
             _capi.isl_train_options_set_bn_decay(options, float(bn_decay))
         if rate_drop is not None:
@@ -590,17 +591,20 @@ class Trainer(_Closable):
             the trunk's weights and every batch-norm statistic stay as they are, batch
             norms use the stored statistics as prediction does, and :meth:`estimate_bn`
             changes nothing.
+        freeze_bn: normalize with the stored batch-norm statistics, as prediction does,
+            and keep them; every weight still trains. For a last phase of training from a
+            trained model (docs/training.md, "Frozen batch-norm statistics").
     """
 
     def __init__(self, model: Model, *, learning_rate: float = 1e-4, label_weight: float = 0.5,
                  seed: int = 0, bn_decay: Optional[float] = None,
                  rate_drop: Optional[Tuple[int, float]] = None,
                  adam: Optional[Tuple[float, float, float]] = None, threads: int = 0,
-                 freeze_trunk: bool = False, _ptr=None) -> None:
+                 freeze_trunk: bool = False, freeze_bn: bool = False, _ptr=None) -> None:
         self._lock = threading.Lock()
         self._ptr = None
         options = _train_options(learning_rate, label_weight, seed, bn_decay, rate_drop, adam,
-                                 threads, freeze_trunk)
+                                 threads, freeze_trunk, freeze_bn)
         try:
             if _ptr is None:
                 if not isinstance(model, Model):
