@@ -291,9 +291,18 @@ ISL_API isl_status isl_train_options_set_freeze_trunk(isl_train_options *o, int 
  *  a model whose statistics are already good (moving averages or
  *  isl_trainer_estimate_bn): the network then learns to work with the statistics it
  *  predicts with, which batch statistics of small batches of large crops do not
- *  guarantee (docs/training.md). Steps are about 10% cheaper. isl_trainer_estimate_bn
+ *  guarantee (docs/training.md). isl_trainer_estimate_bn
  *  still re-estimates the statistics when called. freeze_trunk takes precedence. */
 ISL_API isl_status isl_train_options_set_freeze_bn(isl_train_options *o, int freeze);
+/** From step `step` on (1-based; 0 = never, the default) the trainer also keeps the
+ *  running mean of every trained array (weights, biases, gamma, beta) over the models
+ *  after each step: weight averaging, as in stochastic weight averaging.
+ *  isl_trainer_average_model returns it; checkpoints keep it. The batch-norm statistics
+ *  of the average are the current ones, which fit it with frozen statistics
+ *  (isl_train_options_set_freeze_bn); with batch statistics, re-estimate them for the
+ *  averaged weights. On one field, held-out accuracy of single steps swings widely and
+ *  the average holds it (docs/training.md). */
+ISL_API isl_status isl_train_options_set_average_from(isl_train_options *o, int64_t step);
 
 /** One batch of training crops, plain arrays (row-major, batch outermost). Crops are
  *  height x width, each side 250 + 16m; outputs are (height - 242) x (width - 242),
@@ -350,6 +359,13 @@ ISL_API isl_status isl_trainer_estimate_bn(isl_trainer *trainer, const isl_train
 /** A snapshot of the current weights and batch-norm statistics as a new model (for
  *  prediction or isl_model_save). The trainer is unchanged. */
 ISL_API isl_status isl_trainer_model(const isl_trainer *trainer, isl_model **out);
+
+/** The weight average (isl_train_options_set_average_from) as a new model, with the
+ *  current batch-norm statistics; ISL_ERROR_INVALID_ARGUMENT before its first step. */
+ISL_API isl_status isl_trainer_average_model(const isl_trainer *trainer, isl_model **out);
+
+/** Steps in the weight average so far (0: none). */
+ISL_API int64_t isl_trainer_average_count(const isl_trainer *trainer);
 
 /** Writes a checkpoint atomically: a model file (loadable by isl_model_load) plus the
  *  group /optimizer with the Adam moments, the step count and the random generator. */

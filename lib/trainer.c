@@ -16,6 +16,7 @@
 
 #define CHECKPOINT_VERSION 1
 #define OPTIMIZER_GROUP "/optimizer"
+#define AVERAGE_GROUP OPTIMIZER_GROUP "/average" /* present once averaging has begun */
 
 struct isl_train_options {
     isl_adam_config adam;
@@ -25,6 +26,7 @@ struct isl_train_options {
     uint64_t seed;
     int freeze_trunk;
     int freeze_bn;
+    int64_t average_from;
 };
 
 static const isl_train_options default_options = {
@@ -35,6 +37,7 @@ static const isl_train_options default_options = {
     .seed = 0,
     .freeze_trunk = 0,
     .freeze_bn = 0,
+    .average_from = 0,
 };
 
 /* One parameter array with its gradient and Adam moments. */
@@ -44,13 +47,15 @@ typedef struct param_array {
     int64_t dims[4];
     size_t count;
     float *w, *g, *m, *v;
+    float *avg;    /* running mean of w (isl_train_options_set_average_from), or NULL */
     int head;      /* index of the head it belongs to, -1 for the trunk */
     int trainable; /* 0 for batch-norm running statistics */
 } param_array;
 
 struct isl_trainer {
     isl_train_options opts;
-    isl_params params, grad, m, v;
+    isl_params params, grad, m, v, avg;
+    int64_t avg_count; /* steps in the running mean of the weights */
     int num_labels, has_autoencoder;
     param_array *arrays;
     int num_arrays;
@@ -174,6 +179,16 @@ isl_status isl_train_options_set_freeze_bn(isl_train_options *o, int freeze)
     return ISL_OK;
 }
 
+isl_status isl_train_options_set_average_from(isl_train_options *o, int64_t step)
+{
+    NEED_OPTIONS(o);
+    if (step < 0)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "averaging start step %lld is negative",
+                        (long long)step);
+    o->average_from = step;
+    return ISL_OK;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Parameter sets                                                                       */
 /* ------------------------------------------------------------------------------------ */
@@ -221,7 +236,7 @@ static int collect(void *user, const char *path, int rank, const int64_t *dims, 
         a->trainable = !ends_with(path, "/mean") && !ends_with(path, "/var");
     }
     param_array *a = &l->a[l->count++];
-    float **slot[4] = {&a->w, &a->g, &a->m, &a->v};
+    float **slot[5] = {&a->w, &a->g, &a->m, &a->v, &a->avg};
     *slot[l->which] = data;
     return 0;
 }
@@ -293,6 +308,7 @@ void isl_trainer_free(isl_trainer *t)
     isl_params_free(&t->grad);
     isl_params_free(&t->m);
     isl_params_free(&t->v);
+    isl_params_free(&t->avg);
     free(t->arrays);
     free(t->active);
     free(t->counts);
@@ -327,7 +343,9 @@ static isl_status trainer_from_params(isl_params *p, const isl_train_options *o,
                      t->opts.label_weight);
     else if (alloc_like(&t->grad, P, t->num_labels, t->has_autoencoder) ||
              alloc_like(&t->m, P, t->num_labels, t->has_autoencoder) ||
-             alloc_like(&t->v, P, t->num_labels, t->has_autoencoder))
+             alloc_like(&t->v, P, t->num_labels, t->has_autoencoder) ||
+             (t->opts.average_from > 0 &&
+              alloc_like(&t->avg, P, t->num_labels, t->has_autoencoder)))
         s = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for the optimizer state");
     if (s == ISL_OK) {
         /* Moments start at zero (alloc sets BN variances to 1). */
@@ -342,8 +360,9 @@ static isl_status trainer_from_params(isl_params *p, const isl_train_options *o,
         }
         array_list l = {0};
         l.p = P;
-        isl_params *sets[4] = {&t->params, &t->grad, &t->m, &t->v};
-        for (int k = 0; k < 4 && s == ISL_OK; k++) {
+        isl_params *sets[5] = {&t->params, &t->grad, &t->m, &t->v, &t->avg};
+        const int num_sets = t->opts.average_from > 0 ? 5 : 4;
+        for (int k = 0; k < num_sets && s == ISL_OK; k++) {
             l.which = k;
             l.count = 0;
             s = (isl_status)isl_params_visit(sets[k], collect, &l);
@@ -407,6 +426,38 @@ isl_status isl_trainer_model(const isl_trainer *t, isl_model **out)
     ISL_CHECK(copy_params(&p, &t->params));
     return isl_model_from_params(&p, out);
 }
+
+isl_status isl_trainer_average_model(const isl_trainer *t, isl_model **out)
+{
+    if (!out)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_average_model: out is NULL");
+    *out = NULL;
+    if (!t)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_average_model: trainer is NULL");
+    if (t->avg_count == 0)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        t->opts.average_from > 0
+                            ? "no weight average yet: averaging starts after step %lld"
+                            : "no weight average: averaging is off (%lld)",
+                        (long long)t->opts.average_from);
+    isl_params p;
+    ISL_CHECK(copy_params(&p, &t->params));
+    /* The copy's arrays come in the trainer's order: overwrite the trained ones. */
+    array_list l = {0};
+    l.p = &p;
+    isl_status s = (isl_status)isl_params_visit(&p, collect, &l);
+    for (int i = 0; s == ISL_OK && i < l.count; i++)
+        if (t->arrays[i].trainable)
+            memcpy(l.a[i].w, t->arrays[i].avg, sizeof(float) * t->arrays[i].count);
+    free(l.a);
+    if (s != ISL_OK) {
+        isl_params_free(&p);
+        return s;
+    }
+    return isl_model_from_params(&p, out);
+}
+
+int64_t isl_trainer_average_count(const isl_trainer *t) { return t ? t->avg_count : 0; }
 
 /* ------------------------------------------------------------------------------------ */
 /* Steps                                                                                */
@@ -478,6 +529,24 @@ static void load_input(isl_trainer *t, const isl_train_batch *b)
            sizeof(float) * (size_t)b->batch_size * t->params.arch.num_z * b->height * b->width);
 }
 
+/* Folds the weights after this step into their running mean. */
+static void update_average(isl_trainer *t)
+{
+    const int64_t n = ++t->avg_count;
+    for (int i = 0; i < t->num_arrays; i++) {
+        param_array *a = &t->arrays[i];
+        if (!a->trainable)
+            continue;
+        if (n == 1) {
+            memcpy(a->avg, a->w, sizeof(float) * a->count);
+            continue;
+        }
+        const float k = 1.0f / (float)n;
+        for (size_t j = 0; j < a->count; j++)
+            a->avg[j] += (a->w[j] - a->avg[j]) * k;
+    }
+}
+
 static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_out)
 {
     ISL_CHECK(check_batch(t, b));
@@ -523,6 +592,8 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
             isl_adam_update(&t->opts.adam, step_index, a->w, a->g, a->m, a->v, a->count);
     }
     t->step = step_index;
+    if (t->opts.average_from > 0 && step_index >= t->opts.average_from)
+        update_average(t);
     return frozen ? isl_train_net_load_head_weights(t->net) : isl_train_net_load_weights(t->net);
 }
 
@@ -578,7 +649,13 @@ static isl_status write_optimizer(void *user, isl_h5_file *f)
         ISL_CHECK(isl_h5_write_floats(f, path, a->rank, a->dims, a->m));
         snprintf(path, sizeof(path), OPTIMIZER_GROUP "/v%s", a->path);
         ISL_CHECK(isl_h5_write_floats(f, path, a->rank, a->dims, a->v));
+        if (t->avg_count > 0) {
+            snprintf(path, sizeof(path), AVERAGE_GROUP "%s", a->path);
+            ISL_CHECK(isl_h5_write_floats(f, path, a->rank, a->dims, a->avg));
+        }
     }
+    if (t->avg_count > 0)
+        ISL_CHECK(isl_h5_write_u64_attr(f, AVERAGE_GROUP, "count", (uint64_t)t->avg_count));
     return ISL_OK;
 }
 
@@ -622,6 +699,22 @@ static isl_status read_optimizer(void *user, isl_h5_file *f)
         for (size_t k = 0; k < a->count; k++)
             if (a->v[k] < 0)
                 return isl_fail(ISL_ERROR_VALUE, "%s: %s: negative second moment", c->file, path);
+    }
+    /* The weight average, when this trainer keeps one (else it is ignored). */
+    if (t->opts.average_from <= 0 || !isl_h5_exists(f, AVERAGE_GROUP))
+        return ISL_OK;
+    uint64_t count;
+    ISL_CHECK(isl_h5_read_u64_attr(f, AVERAGE_GROUP, "count", &count));
+    if (count == 0 || count > step)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: a weight average over %llu steps after step %llu",
+                        c->file, (unsigned long long)count, (unsigned long long)step);
+    t->avg_count = (int64_t)count;
+    for (int i = 0; i < t->num_arrays; i++) {
+        param_array *a = &t->arrays[i];
+        if (!a->trainable)
+            continue;
+        snprintf(path, sizeof(path), AVERAGE_GROUP "%s", a->path);
+        ISL_CHECK(isl_h5_read_floats(f, path, a->rank, a->dims, a->avg));
     }
     return ISL_OK;
 }

@@ -693,6 +693,96 @@ START_TEST(resuming_equals_not_stopping)
 }
 END_TEST
 
+/* isl_train_options_set_average_from: the running mean of the trained arrays over the
+ * models after steps 2, 3 and 4 (summed here in double from snapshots), the statistics
+ * the current ones; kept in checkpoints. */
+START_TEST(weight_average)
+{
+    isl_model *m = api_model(61);
+    batch *b[4] = {random_batch(62), random_batch(63), random_batch(64), random_batch(65)};
+    isl_train_options *o;
+    ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_learning_rate(o, 1e-3), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_average_from(o, -1), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_train_options_set_average_from(o, 2), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_freeze_bn(o, 1), ISL_OK);
+    isl_trainer *t = NULL;
+    ck_assert_msg(isl_trainer_create(m, o, &t) == ISL_OK, "%s", isl_last_error());
+    isl_model *avg = NULL, *cur = NULL;
+    ck_assert_int_eq(isl_trainer_average_model(t, &avg), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_ptr_null(avg);
+
+    const size_t n = (size_t)isl_model_parameter_count(m);
+    double *sum = calloc(n, sizeof(double));
+    char *path = test_temp_path("average");
+    for (int s = 0; s < 4; s++) {
+        step_ok(t, b[s], NULL);
+        ck_assert_int_eq(isl_trainer_average_count(t), s < 1 ? 0 : s);
+        if (s < 1)
+            continue;
+        ck_assert_int_eq(isl_trainer_model(t, &cur), ISL_OK);
+        test_arr_list *l = test_arrays_of(&cur->params);
+        for (int i = 0, k = 0; i < l->count; i++)
+            for (size_t j = 0; j < l->a[i].count; j++, k++)
+                sum[k] += l->a[i].data[j];
+        free(l);
+        isl_model_free(cur);
+        if (s == 2)
+            ck_assert_msg(isl_trainer_save(t, path) == ISL_OK, "%s", isl_last_error());
+    }
+    ck_assert_int_eq(isl_trainer_average_model(t, &avg), ISL_OK);
+    ck_assert_int_eq(isl_trainer_model(t, &cur), ISL_OK);
+    test_arr_list *la = test_arrays_of(&avg->params), *lc = test_arrays_of(&cur->params);
+    double worst = 0;
+    int differs = 0;
+    for (int i = 0, k = 0; i < la->count; i++) {
+        const int stat = strstr(la->a[i].path, "/mean") || strstr(la->a[i].path, "/var");
+        for (size_t j = 0; j < la->a[i].count; j++, k++) {
+            if (stat) { /* the current statistics (frozen: the initial ones) */
+                ck_assert(la->a[i].data[j] == lc->a[i].data[j]);
+                continue;
+            }
+            const double want = sum[k] / 3;
+            worst = fmax(worst, fabs(la->a[i].data[j] - want) / fmax(fabs(want), 1e-3));
+            differs |= la->a[i].data[j] != lc->a[i].data[j];
+        }
+    }
+    printf("weight average of 3 steps: max relative error %.2e\n", worst);
+    ck_assert(worst < 1e-5);
+    ck_assert(differs); /* the average is not the last model */
+
+    /* Resumed from the checkpoint after step 3 (average of 2), step 4 gives the same. */
+    isl_train_options *o2;
+    ck_assert_int_eq(isl_train_options_create(&o2), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_learning_rate(o2, 1e-3), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_average_from(o2, 2), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_freeze_bn(o2, 1), ISL_OK);
+    isl_trainer *r = NULL;
+    ck_assert_msg(isl_trainer_load(path, o2, &r) == ISL_OK, "%s", isl_last_error());
+    ck_assert_int_eq(isl_trainer_average_count(r), 2);
+    step_ok(r, b[3], NULL);
+    isl_model *ravg = NULL;
+    ck_assert_int_eq(isl_trainer_average_model(r, &ravg), ISL_OK);
+    ck_assert(models_equal(avg, ravg));
+
+    free(la);
+    free(lc);
+    free(sum);
+    remove(path);
+    free(path);
+    isl_model_free(ravg);
+    isl_model_free(avg);
+    isl_model_free(cur);
+    isl_trainer_free(r);
+    isl_trainer_free(t);
+    isl_train_options_free(o);
+    isl_train_options_free(o2);
+    isl_model_free(m);
+    for (int s = 0; s < 4; s++)
+        free(b[s]);
+}
+END_TEST
+
 START_TEST(absent_heads_are_not_updated)
 {
     isl_model *m = api_model(51);
@@ -1046,6 +1136,7 @@ int main(int argc, char **argv)
                  {"decrease", loss_decreases_on_a_fixed_batch},
                  {"resume", resuming_equals_not_stopping},
                  {"absent_heads", absent_heads_are_not_updated},
+                 {"average", weight_average},
                  {"batch_norm", batch_norm_statistics},
                  {"invalid", invalid_batches_and_options},
                  {"threads", threads_agree},

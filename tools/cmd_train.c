@@ -42,6 +42,8 @@ static const char train_help[] =
     "  --freeze-bn              normalize with the model's stored batch-norm statistics, as\n"
     "                           prediction does, and keep them (a last phase of training from\n"
     "                           a trained model; no final re-estimation)\n"
+    "  --average-from STEP      with --freeze-bn: average the weights of the steps from STEP\n"
+    "                           on; validations, --best and OUT use the average\n"
     "  --seed S                 seed of the crops (default 0)\n"
     "  --threads N              threads (default 0: all cores)\n"
     "\n"
@@ -56,7 +58,7 @@ static const char train_help[] =
 
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
-       OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_FREEZE_BN, OPT_SEED,
+       OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
        OPT_THREADS,
        OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST };
 
@@ -70,7 +72,7 @@ static const cli_option train_options[] = {
     {"lr", 0, 1, OPT_LR},                   {"lr-drop", 0, 1, OPT_LR_DROP},
     {"label-weight", 0, 1, OPT_LABEL_WEIGHT}, {"bn-decay", 0, 1, OPT_BN_DECAY},
     {"bn-batches", 0, 1, OPT_BN_BATCHES},   {"freeze-bn", 0, 0, OPT_FREEZE_BN},
-    {"seed", 0, 1, OPT_SEED},
+    {"average-from", 0, 1, OPT_AVERAGE_FROM}, {"seed", 0, 1, OPT_SEED},
     {"threads", 0, 1, OPT_THREADS},         {"out", 'o', 1, OPT_OUT},
     {"checkpoint", 0, 1, OPT_CHECKPOINT},   {"checkpoint-every", 0, 1, OPT_CHECKPOINT_EVERY},
     {"log", 0, 1, OPT_LOG},                 {"best", 0, 1, OPT_BEST},
@@ -83,7 +85,7 @@ typedef struct train_args {
     const char *dataset, *model, *resume, *add_heads, *out, *checkpoint, *log, *best;
     const char *validation[MAX_REGIONS];
     int num_validation, freeze_trunk, freeze_bn, augment;
-    long long crop, batch, validate_every, steps, drop_step, bn_batches, threads,
+    long long crop, batch, validate_every, steps, drop_step, bn_batches, average_from, threads,
         checkpoint_every;
     double lr, drop_rate, label_weight, bn_decay;
     uint64_t seed;
@@ -139,6 +141,7 @@ static int parse_option(train_args *a, int id, const char *v)
         {OPT_VALIDATE_EVERY, "--validate-every", 0, INT64_MAX, &a->validate_every},
         {OPT_STEPS, "--steps", 1, INT64_MAX, &a->steps},
         {OPT_BN_BATCHES, "--bn-batches", 0, 100000, &a->bn_batches},
+        {OPT_AVERAGE_FROM, "--average-from", 1, INT64_MAX, &a->average_from},
         {OPT_THREADS, "--threads", 0, 4096, &a->threads},
         {OPT_CHECKPOINT_EVERY, "--checkpoint-every", 1, INT64_MAX, &a->checkpoint_every},
     };
@@ -194,6 +197,9 @@ static int parse_train(int argc, char **argv, train_args *a)
                                         : "missing --model (or --resume; see 'isl train --help')");
     if (a->add_heads && !a->model)
         return cli_usage_error("--add-head needs the model to add to (--init-from)");
+    if (a->average_from && !a->freeze_bn)
+        return cli_usage_error("--average-from needs --freeze-bn: averaged weights need the "
+                               "statistics they are averaged under");
     if ((a->crop - 250) % 16 != 0)
         return cli_usage_error("--crop: %lld is not 250 + 16m (250, 266, ..., 378, ...)", a->crop);
     return CLI_EXIT_OK;
@@ -328,6 +334,13 @@ static int save_checkpoint(run_state *r)
     return s == ISL_OK ? CLI_EXIT_OK : cli_library_error(s);
 }
 
+/* The model to validate and write: the weight average once there is one. */
+static isl_status current_model(const run_state *r, isl_model **out)
+{
+    return isl_trainer_average_count(r->trainer) > 0 ? isl_trainer_average_model(r->trainer, out)
+                                                     : isl_trainer_model(r->trainer, out);
+}
+
 static int validate(run_state *r, int64_t step)
 {
     if (r->num_regions == 0)
@@ -336,7 +349,7 @@ static int validate(run_state *r, int64_t step)
     int heads = 0;
     double *rs = NULL;
     int64_t *pixels = NULL;
-    isl_status s = isl_trainer_model(r->trainer, &snapshot);
+    isl_status s = current_model(r, &snapshot);
     if (s == ISL_OK) {
         heads = isl_model_num_heads(snapshot);
         rs = malloc(sizeof(double) * (size_t)heads);
@@ -387,7 +400,7 @@ static int finish(run_state *r)
     if (rc != CLI_EXIT_OK)
         return rc;
     isl_model *trained = NULL;
-    isl_status s = isl_trainer_model(r->trainer, &trained);
+    isl_status s = current_model(r, &trained);
     if (s == ISL_OK)
         s = isl_model_save(trained, r->a.out);
     isl_model_free(trained);
@@ -491,6 +504,7 @@ static int setup(run_state *r)
         (s = isl_train_options_set_threads(o, (int)a->threads)) == ISL_OK &&
         (s = isl_train_options_set_freeze_trunk(o, a->freeze_trunk)) == ISL_OK &&
         (s = isl_train_options_set_freeze_bn(o, a->freeze_bn)) == ISL_OK &&
+        (s = isl_train_options_set_average_from(o, a->average_from)) == ISL_OK &&
         (s = isl_train_options_set_seed(o, a->seed)) == ISL_OK && a->drop_step)
         s = isl_train_options_set_rate_drop(o, a->drop_step, a->drop_rate);
     if (s == ISL_OK && a->resume) {

@@ -796,6 +796,38 @@ def test_frozen_batch_norm(islpy, bindings_tmp):
     assert any(name.endswith("/gamma") for name in changed)
 
 
+def test_weight_average(islpy, bindings_tmp):
+    """Trainer(average_from=2): average_model() is the mean of the models after steps 2
+    and 3, and a checkpoint keeps it."""
+    import h5py
+
+    inputs, targets = train_batch()
+    paths = [bindings_tmp / ("avg-step%d.h5" % k) for k in (2, 3)]
+    checkpoint = bindings_tmp / "avg-checkpoint.h5"
+    with tiny_model(islpy) as model, islpy.Trainer(
+            model, learning_rate=1e-3, freeze_bn=True, average_from=2, threads=THREADS) as t:
+        t.step(inputs, targets)
+        assert t.average_count == 0
+        with pytest.raises(islpy.InvalidArgumentError):
+            t.average_model()
+        for path in paths:
+            t.step(inputs, targets)
+            with t.model() as m:
+                m.save(path)
+        assert t.average_count == 2
+        t.save(checkpoint)
+        with t.average_model() as avg:
+            avg.save(bindings_tmp / "avg.h5")
+    with h5py.File(paths[0], "r") as a, h5py.File(paths[1], "r") as b, \
+            h5py.File(bindings_tmp / "avg.h5", "r") as m:
+        name = "modules/000/expand/weight"
+        np.testing.assert_allclose(m[name][()], (a[name][()].astype(np.float64) + b[name][()]) / 2,
+                                   rtol=1e-6, atol=1e-9)
+    with islpy.Trainer.load(checkpoint, learning_rate=1e-3, freeze_bn=True, average_from=2,
+                            threads=THREADS) as resumed:
+        assert resumed.average_count == 2
+
+
 def test_trainer_bad_batches(islpy):
     inputs, targets = train_batch()
     with tiny_model(islpy) as model, islpy.Trainer(model, threads=THREADS) as t:

@@ -225,6 +225,25 @@ def test_freeze_bn_trains_weights_and_keeps_statistics(run_isl, data, tmp_path):
         assert not np.array_equal(before[k], after[k]), k
 
 
+def test_average_from_writes_the_weight_average(run_isl, data, tmp_path):
+    """--average-from: OUT holds the averaged weights (not the last step's), the
+    checkpoint the last step's; without --freeze-bn it is refused."""
+    first, out = tmp_path / "first.h5", tmp_path / "avg.h5"
+    r = train(run_isl, data, first, "--model", data / "init.h5", steps=2)
+    assert r.returncode == 0, r.stderr
+    r = train(run_isl, data, out, "--model", first, "--freeze-bn", "--lr", 1e-3,
+              "--average-from", 2, steps=4)
+    assert r.returncode == 0, r.stderr
+    averaged, last = model_arrays(out), model_arrays(tmp_path / "avg.checkpoint.h5")
+    assert not np.array_equal(averaged["modules/000/expand/weight"],
+                              last["modules/000/expand/weight"])
+    for k in averaged:
+        if k.endswith(("/mean", "/var")):
+            np.testing.assert_array_equal(averaged[k], last[k], err_msg=k)
+    r = train(run_isl, data, tmp_path / "x.h5", "--model", first, "--average-from", 2)
+    assert r.returncode == 2 and "--freeze-bn" in r.stderr
+
+
 @pytest.mark.parametrize("args, code, words", [
     (("--model", "{d}/init.h5", "--dataset", "{d}/missing.h5"), 1, "missing.h5"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--crop", "300"), 2, "250 + 16m"),

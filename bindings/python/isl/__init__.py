@@ -545,7 +545,7 @@ class Model(_Closable):
 def _train_options(learning_rate: float, label_weight: float, seed: int,
                    bn_decay: Optional[float], rate_drop: Optional[Tuple[int, float]],
                    adam: Optional[Tuple[float, float, float]], threads: int,
-                   freeze_trunk: bool, freeze_bn: bool):
+                   freeze_trunk: bool, freeze_bn: bool, average_from: int):
     options = _capi.isl_train_options_create()
     try:
         _capi.isl_train_options_set_learning_rate(options, float(learning_rate))
@@ -553,6 +553,7 @@ def _train_options(learning_rate: float, label_weight: float, seed: int,
         _capi.isl_train_options_set_seed(options, int(seed))
         _capi.isl_train_options_set_freeze_trunk(options, 1 if freeze_trunk else 0)
         _capi.isl_train_options_set_freeze_bn(options, 1 if freeze_bn else 0)
+        _capi.isl_train_options_set_average_from(options, int(average_from))
         if bn_decay is not None:
             _capi.isl_train_options_set_bn_decay(options, float(bn_decay))
         if rate_drop is not None:
@@ -593,18 +594,21 @@ class Trainer(_Closable):
             changes nothing.
         freeze_bn: normalize with the stored batch-norm statistics, as prediction does,
             and keep them; every weight still trains. For a last phase of training from a
-            trained model (docs/training.md, "Frozen batch-norm statistics").
+            trained model (docs/training.md, "Why frozen statistics").
+        average_from: from this 1-based step on, also keep the running mean of the
+            weights (:meth:`average_model`; 0 = never). Meant with ``freeze_bn``.
     """
 
     def __init__(self, model: Model, *, learning_rate: float = 1e-4, label_weight: float = 0.5,
                  seed: int = 0, bn_decay: Optional[float] = None,
                  rate_drop: Optional[Tuple[int, float]] = None,
                  adam: Optional[Tuple[float, float, float]] = None, threads: int = 0,
-                 freeze_trunk: bool = False, freeze_bn: bool = False, _ptr=None) -> None:
+                 freeze_trunk: bool = False, freeze_bn: bool = False, average_from: int = 0,
+                 _ptr=None) -> None:
         self._lock = threading.Lock()
         self._ptr = None
         options = _train_options(learning_rate, label_weight, seed, bn_decay, rate_drop, adam,
-                                 threads, freeze_trunk, freeze_bn)
+                                 threads, freeze_trunk, freeze_bn, average_from)
         try:
             if _ptr is None:
                 if not isinstance(model, Model):
@@ -761,6 +765,19 @@ class Trainer(_Closable):
         """A snapshot of the current weights and batch-norm statistics as a new :class:`Model`."""
         with self._lock:
             return Model(_capi.isl_trainer_model(self._checked()), _TOKEN)
+
+    def average_model(self) -> Model:
+        """The running mean of the weights since step ``average_from`` as a new
+        :class:`Model` (with the current batch-norm statistics). Raises
+        :class:`InvalidArgumentError` before the first averaged step."""
+        with self._lock:
+            return Model(_capi.isl_trainer_average_model(self._checked()), _TOKEN)
+
+    @property
+    def average_count(self) -> int:
+        """Steps in the weight average so far (restored by :meth:`load`)."""
+        with self._lock:
+            return int(_capi.isl_trainer_average_count(self._checked()))
 
     def save(self, path: PathLike) -> None:
         """Writes a checkpoint atomically: a model file (loadable by :meth:`Model.load`)
