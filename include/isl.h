@@ -297,7 +297,8 @@ ISL_API isl_status isl_train_options_set_freeze_bn(isl_train_options *o, int fre
 /** From step `step` on (1-based; 0 = never, the default) the trainer also keeps the
  *  running mean of every trained array (weights, biases, gamma, beta) over the models
  *  after each step: weight averaging, as in stochastic weight averaging.
- *  isl_trainer_average_model returns it; checkpoints keep it. The batch-norm statistics
+ *  isl_trainer_average_model returns it; checkpoints keep it (and a trainer loaded
+ *  without averaging ignores a checkpoint's average). The batch-norm statistics
  *  of the average are the current ones, which fit it with frozen statistics
  *  (isl_train_options_set_freeze_bn); with batch statistics, re-estimate them for the
  *  averaged weights. On one field, held-out accuracy of single steps swings widely and
