@@ -11,7 +11,7 @@ static const char train_help[] =
     "Usage: isl train --dataset DATA.h5 --model INIT.h5 --out MODEL.h5 --steps N [options]\n"
     "\n"
     "Trains a model on random crops of a dataset (see 'isl dataset build') with Adam, as the\n"
-    "paper does, and writes the trained model (batch-norm statistics re-estimated) to OUT.\n"
+    "paper does, and writes the trained model to OUT.\n"
     "Checkpoints are written atomically every K steps and on Ctrl-C; --resume continues a\n"
     "run exactly where it stopped (give the same options). A CSV log records every step's\n"
     "losses and each validation's Pearson r per label.\n"
@@ -38,7 +38,8 @@ static const char train_help[] =
     "  --lr-drop STEP:RATE      use RATE from STEP on (the paper: 1e-5 in its second week)\n"
     "  --label-weight W         total = W label + (1 - W) autoencoder (default 0.5)\n"
     "  --bn-decay D             decay of the batch-norm moving averages (default 0.99)\n"
-    "  --bn-batches K           batches for the final batch-norm re-estimation (default 50)\n"
+    "  --bn-batches K           re-estimate the batch-norm statistics over K batches before\n"
+    "                           writing OUT (default 0: keep the moving averages)\n"
     "  --freeze-bn              normalize with the model's stored batch-norm statistics, as\n"
     "                           prediction does, and keep them (a last phase of training from\n"
     "                           a trained model; no final re-estimation)\n"
@@ -171,7 +172,7 @@ static int parse_train(int argc, char **argv, train_args *a)
     a->lr = 1e-4;
     a->label_weight = 0.5;
     a->bn_decay = 0.99;
-    a->bn_batches = 50;
+    a->bn_batches = 0; /* re-estimated statistics generalized worse here (docs/training.md) */
     a->checkpoint_every = 500;
     cli_args p;
     cli_args_init(&p, argc, argv, "train");
