@@ -207,6 +207,29 @@ def test_transfer_learning_adds_a_head_and_keeps_the_trunk(run_isl, data, tmp_pa
     assert "b" in info.stdout
 
 
+def test_default_keeps_the_moving_averages(run_isl, data, tmp_path):
+    """Without --bn-batches the model written is the checkpoint's: weights and moving
+    averages, no re-estimation; --bn-batches 2 changes the statistics only."""
+    out, re_est = tmp_path / "plain.h5", tmp_path / "re.h5"
+    args = ("--model", data / "init.h5", "--threads", 1, "--crop", CROP, "--batch", 2,
+            "--steps", 3)
+    r = run_isl("train", "--dataset", data / "data.h5", "--out", out, *args)
+    assert r.returncode == 0, r.stderr
+    assert "re-estimating" not in r.stderr
+    plain, ckpt = model_arrays(out), model_arrays(tmp_path / "plain.checkpoint.h5")
+    for k in plain:
+        np.testing.assert_array_equal(plain[k], ckpt[k], err_msg=k)
+    r = run_isl("train", "--dataset", data / "data.h5", "--out", re_est, *args,
+                "--bn-batches", 2)
+    assert r.returncode == 0 and "re-estimating" in r.stderr, r.stderr
+    other = model_arrays(re_est)
+    stats = [k for k in plain if k.endswith(("/mean", "/var"))]
+    assert any(not np.array_equal(plain[k], other[k]) for k in stats)
+    for k in plain:
+        if k not in stats:
+            np.testing.assert_array_equal(plain[k], other[k], err_msg=k)
+
+
 def test_freeze_bn_trains_weights_and_keeps_statistics(run_isl, data, tmp_path):
     """--freeze-bn: every weight trains, no batch-norm statistic changes (neither by the
     steps nor by a final re-estimation)."""
