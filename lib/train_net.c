@@ -935,11 +935,12 @@ static void fold_stored(isl_train_net *n, const isl_bn_params *bn)
 
 static double values_per_channel(const isl_tt *t) { return (double)t->n * t->h * t->w; }
 
-/* The stored statistics as the float mean and invstd of the backward pass. */
+/* The stored statistics as the float mean (unless NULL) and invstd of the backward pass. */
 static void stored_stats(const isl_bn_params *bn, float *mean, float *invstd)
 {
     for (int c = 0; c < bn->channels; c++) {
-        mean[c] = bn->mean[c];
+        if (mean)
+            mean[c] = bn->mean[c];
         invstd[c] = (float)(1.0 / sqrt((double)bn->var[c] + ISL_BN_EPSILON));
     }
 }
@@ -1141,8 +1142,7 @@ isl_status isl_train_net_backward(isl_train_net *n)
         } else {
             /* Population statistics are constants; with a frozen trunk only gamma and beta
              * get gradients and nothing flows into the trunk. */
-            for (int c = 0; c < a->trunk_ch; c++)
-                n->stored_invstd[c] = (float)(1.0 / sqrt((double)bn->var[c] + ISL_BN_EPSILON));
+            stored_stats(bn, NULL, n->stored_invstd);
             const int into_trunk = n->mode == ISL_NET_STORED_STATS;
             ISL_CHECK(bnact_backward(n, &hd->dact, &hd->act, trunk, 1, bn->mean,
                                      n->stored_invstd, bn, into_trunk ? &top->dout : NULL,
