@@ -39,10 +39,11 @@ static const char train_help[] =
     "  --label-weight W         total = W label + (1 - W) autoencoder (default 0.5)\n"
     "  --bn-decay D             decay of the batch-norm moving averages (default 0.99)\n"
     "  --bn-batches K           re-estimate the batch-norm statistics over K batches before\n"
-    "                           writing OUT (default 0: keep the moving averages)\n"
+    "                           writing OUT (default 0: keep the moving averages); with\n"
+    "                           --freeze-bn, estimate them before the first step instead\n"
     "  --freeze-bn              normalize with the model's stored batch-norm statistics, as\n"
-    "                           prediction does, and keep them (a last phase of training from\n"
-    "                           a trained model; no final re-estimation)\n"
+    "                           prediction does, and keep them: from an initial model with\n"
+    "                           --bn-batches, or as a last phase from a trained model\n"
     "  --average-from STEP      with --freeze-bn: average the weights of the steps from STEP\n"
     "                           on; validations, --best and OUT use the average\n"
     "  --seed S                 seed of the crops (default 0)\n"
@@ -377,25 +378,34 @@ static int validate(run_state *r, int64_t step)
     return rc;
 }
 
-/* Batch-norm population statistics from --bn-batches fresh batches, then OUT. */
+/* Batch-norm population statistics from --bn-batches batches of their own seeds. */
+static int estimate_statistics(run_state *r, const char *why)
+{
+    cli_train_log_note(&r->log, "%s batch-norm statistics over %lld batches", why,
+                       r->a.bn_batches);
+    for (long long k = 0; k < r->a.bn_batches; k++) {
+        batch_buf *b = &r->buf[0];
+        isl_status s = isl_sampler_draw(r->sampler, batch_seed(~r->a.seed, (uint64_t)k),
+                                        (int)r->a.batch, b->inputs, b->targets, b->masks);
+        isl_train_batch t = as_batch(r, b);
+        if (s == ISL_OK)
+            s = isl_trainer_estimate_bn(r->trainer, &t, (int)k);
+        if (s != ISL_OK)
+            return cli_library_error(s);
+        if (cli_interrupted())
+            return cli_runtime_error("interrupted while estimating the statistics; nothing "
+                                     "was written");
+    }
+    return CLI_EXIT_OK;
+}
+
+/* Batch-norm statistics re-estimated (unless they were frozen), then OUT. */
 static int finish(run_state *r)
 {
     if (!r->a.freeze_trunk && !r->a.freeze_bn && r->a.bn_batches > 0) {
-        cli_train_log_note(&r->log, "re-estimating batch-norm statistics over %lld batches",
-                           r->a.bn_batches);
-        for (long long k = 0; k < r->a.bn_batches; k++) {
-            batch_buf *b = &r->buf[0];
-            isl_status s = isl_sampler_draw(r->sampler, batch_seed(~r->a.seed, (uint64_t)k),
-                                            (int)r->a.batch, b->inputs, b->targets, b->masks);
-            isl_train_batch t = as_batch(r, b);
-            if (s == ISL_OK)
-                s = isl_trainer_estimate_bn(r->trainer, &t, (int)k);
-            if (s != ISL_OK)
-                return cli_library_error(s);
-            if (cli_interrupted())
-                return cli_runtime_error("interrupted; %s not written (the checkpoint %s is "
-                                         "complete)", r->a.out, r->checkpoint);
-        }
+        int rc = estimate_statistics(r, "re-estimating");
+        if (rc != CLI_EXIT_OK)
+            return rc;
     }
     int rc = validate(r, isl_trainer_step_count(r->trainer));
     if (rc != CLI_EXIT_OK)
@@ -603,6 +613,10 @@ static int train(run_state *r)
         return rc;
     r->log_open = 1;
     r->best_score = r->a.resume ? cli_train_log_best(r->log_path, r->num_labels) : -INFINITY;
+    /* Frozen statistics are estimated once, before the first step of a fresh run. */
+    if (r->a.freeze_bn && !r->a.resume && r->a.bn_batches > 0 &&
+        (rc = estimate_statistics(r, "estimating the frozen")) != CLI_EXIT_OK)
+        return rc;
     cli_train_log_note(&r->log, "training %d label head%s on %d well%s: steps %lld..%lld, "
                        "batch %lld x %lld^2, log %s",
                        r->num_labels, r->num_labels == 1 ? "" : "s", isl_dataset_num_wells(r->ds),

@@ -236,7 +236,8 @@ def test_freeze_bn_trains_weights_and_keeps_statistics(run_isl, data, tmp_path):
     first, out = tmp_path / "first.h5", tmp_path / "frozen.h5"
     r = train(run_isl, data, first, "--model", data / "init.h5", steps=3)
     assert r.returncode == 0, r.stderr
-    r = train(run_isl, data, out, "--model", first, "--freeze-bn", "--lr", 1e-3, steps=3)
+    r = train(run_isl, data, out, "--model", first, "--freeze-bn", "--lr", 1e-3,
+              "--bn-batches", 0, steps=3)
     assert r.returncode == 0, r.stderr
     assert "re-estimating" not in r.stdout + r.stderr
     before, after = model_arrays(first), model_arrays(out)
@@ -248,6 +249,43 @@ def test_freeze_bn_trains_weights_and_keeps_statistics(run_isl, data, tmp_path):
         assert not np.array_equal(before[k], after[k]), k
 
 
+def test_freeze_bn_from_an_initial_model_estimates_the_statistics_first(run_isl, data,
+                                                                         tmp_path):
+    """--freeze-bn --bn-batches K on a fresh run: the statistics are estimated over K
+    batches before the first step (the same batches and values as the end-of-run
+    re-estimation of an unchanged model), then stay frozen, also when resumed."""
+    init = model_arrays(data / "init.h5")
+    stats = [k for k in init if k.endswith(("/mean", "/var"))]
+    ref, zero, out = tmp_path / "ref.h5", tmp_path / "zero.h5", tmp_path / "frozen.h5"
+    # Reference: the established re-estimation at the end of a run whose one step changes
+    # the weights by at most 1e-30 (zero-initialized offsets become +-1e-30).
+    r = train(run_isl, data, ref, "--model", data / "init.h5", "--lr", 1e-30, steps=1)
+    assert r.returncode == 0 and "re-estimating" in r.stderr, r.stderr
+    r = train(run_isl, data, zero, "--model", data / "init.h5", "--freeze-bn", "--lr", 1e-30,
+              steps=1)
+    assert r.returncode == 0, r.stderr
+    assert "estimating the frozen batch-norm statistics over 2 batches" in r.stderr
+    assert "re-estimating" not in r.stderr
+    reference, estimated = model_arrays(ref), model_arrays(zero)
+    assert any(not np.array_equal(init[k], estimated[k]) for k in stats)
+    for k in init:
+        np.testing.assert_allclose(estimated[k], reference[k], rtol=1e-5, atol=1e-12,
+                                   err_msg=k)
+    # Training from there changes the weights, not the estimated statistics; a resumed
+    # run does not estimate again.
+    r = train(run_isl, data, out, "--model", data / "init.h5", "--freeze-bn", "--lr", 1e-3,
+              steps=2)
+    assert r.returncode == 0, r.stderr
+    r = train(run_isl, data, out, "--resume", tmp_path / "frozen.checkpoint.h5",
+              "--freeze-bn", "--lr", 1e-3, steps=4)
+    assert r.returncode == 0 and "estimating" not in r.stderr, r.stderr
+    trained = model_arrays(out)
+    for k in stats:
+        np.testing.assert_array_equal(trained[k], estimated[k], err_msg=k)
+    assert not np.array_equal(trained["modules/000/expand/weight"],
+                              init["modules/000/expand/weight"])
+
+
 def test_average_from_writes_the_weight_average(run_isl, data, tmp_path):
     """--average-from: OUT holds the averaged weights (not the last step's), the
     checkpoint the last step's; without --freeze-bn it is refused."""
@@ -255,7 +293,7 @@ def test_average_from_writes_the_weight_average(run_isl, data, tmp_path):
     r = train(run_isl, data, first, "--model", data / "init.h5", steps=2)
     assert r.returncode == 0, r.stderr
     r = train(run_isl, data, out, "--model", first, "--freeze-bn", "--lr", 1e-3,
-              "--average-from", 2, steps=4)
+              "--bn-batches", 0, "--average-from", 2, steps=4)
     assert r.returncode == 0, r.stderr
     averaged, last = model_arrays(out), model_arrays(tmp_path / "avg.checkpoint.h5")
     assert not np.array_equal(averaged["modules/000/expand/weight"],
