@@ -287,12 +287,12 @@ ISL_API isl_status isl_train_options_set_freeze_trunk(isl_train_options *o, int 
 /** Freezes the batch-norm population statistics: every batch norm normalizes with its
  *  stored statistics, as prediction does, and none is updated; every weight (gamma and
  *  beta included) still trains, the gradients treating the statistics as constants.
- *  Default 0: batch statistics, as the paper trains. For a last phase of training, from
- *  a model whose statistics are already good (moving averages or
- *  isl_trainer_estimate_bn): the network then learns to work with the statistics it
- *  predicts with, which batch statistics of small batches of large crops do not
- *  guarantee (docs/training.md). isl_trainer_estimate_bn
- *  still re-estimates the statistics when called. freeze_trunk takes precedence. */
+ *  Default 0: batch statistics, as the paper trains. The network then learns to work
+ *  with the statistics it predicts with, which batch statistics of small batches of
+ *  large crops do not guarantee (docs/training.md). Use it from an initial model after
+ *  isl_trainer_estimate_bn on training crops (the bundled model's recipe), or for a last
+ *  phase from a model whose statistics are already good. isl_trainer_estimate_bn still
+ *  re-estimates the statistics when called. freeze_trunk takes precedence. */
 ISL_API isl_status isl_train_options_set_freeze_bn(isl_train_options *o, int freeze);
 /** From step `step` on (1-based; 0 = never, the default) the trainer also keeps the
  *  running mean of every trained array (weights, biases, gamma, beta) over the models
