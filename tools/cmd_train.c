@@ -392,11 +392,12 @@ static int estimate_statistics(run_state *r, const char *why)
             s = isl_trainer_estimate_bn(r->trainer, &t, (int)k);
         if (s != ISL_OK)
             return cli_library_error(s);
-        if (cli_interrupted() && isl_trainer_step_count(r->trainer) > 0)
+        if (cli_interrupted()) {
+            if (isl_trainer_step_count(r->trainer) == 0)
+                return cli_runtime_error("interrupted before the first step; nothing written");
             return cli_runtime_error("interrupted; %s not written (the checkpoint %s is "
                                      "complete)", r->a.out, r->checkpoint);
-        if (cli_interrupted())
-            return cli_runtime_error("interrupted before the first step; nothing written");
+        }
     }
     return CLI_EXIT_OK;
 }
