@@ -7,6 +7,9 @@ large gap between the two means the model learned this field more than the task.
   examples/validation_figure.py --model examples/data/condition-b.h5 \
       --data ../shared/data/condition_b_well_a4 --png docs/images/condition-b-validation.png
 
+With --ensemble M2.h5 [M3.h5 ...], the prediction is that of the ensemble: the models'
+distributions are averaged (isl's ensemble prediction) before the median is taken.
+
 The validation region is rows 768..1023 of columns 0..639 (163,840 pixels), which
 scripts/train-condition-b.sh never trains on.
 """
@@ -50,13 +53,19 @@ def main():
     p.add_argument("--model", default=os.path.join(HERE, "data", "condition-b.h5"))
     p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data",
                                                   "condition_b_well_a4"))
+    p.add_argument("--ensemble", nargs="+", default=[], metavar="MODEL",
+                   help="other models averaged with --model")
     p.add_argument("--png", help="write the figure here")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
 
     stack = read_pages(os.path.join(args.data, "phase_contrast_z13.tif"))
+    others = [isl.Model.load(m) for m in args.ensemble]
     with isl.Model.load(args.model) as model:
-        pred = model.predict(stack, stats="median", heads=LABELS, threads=args.threads)
+        pred = model.predict(stack, stats="median", heads=LABELS, threads=args.threads,
+                             ensemble=others)
+    for m in others:
+        m.close()
     rows = []  # (target, prediction) per label, 8-bit with the target's contrast
     for name in LABELS:
         whole = read_pages(os.path.join(args.data, name + "_train_cols0-639.tif"))[0]

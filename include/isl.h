@@ -198,6 +198,21 @@ ISL_API isl_status isl_predict_options_set_probabilities(isl_predict_options *o,
 ISL_API isl_status isl_predict_options_set_cancel_flag(isl_predict_options *o,
                                                        const volatile int *flag);
 
+/** Most models one prediction averages: the predicting model and 15 others. */
+#define ISL_MAX_ENSEMBLE 16
+/** Ensemble prediction: every prediction made with these options averages the probability
+ *  distributions of the predicting model and these `count` other models (0 removes them),
+ *  then computes the statistics of the mean distribution. Independently trained models
+ *  err differently, so their mean predicts better than each (README, "The bundled
+ *  model"). The others must read the same number of planes with the same input
+ *  normalization and have every selected head (matched by name, not index). The options
+ *  keep the pointers, not the models: keep them loaded while the options are in use.
+ *  Each tile runs every model, so time grows with the count; working memory grows too
+ *  (whole images keep every model's tile; the automatic tile size accounts for it). With
+ *  an ensemble, isl_predict_tile's logits are the log of the mean probabilities. */
+ISL_API isl_status isl_predict_options_set_ensemble(isl_predict_options *o, int count,
+                                                    const isl_model *const *models);
+
 /* ---------------------------------------------------------------------------------- */
 /* Prediction                                                                          */
 /* ---------------------------------------------------------------------------------- */

@@ -4,6 +4,7 @@
 #include "predict_input.h"
 #include "stats.h"
 
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -24,6 +25,8 @@ struct isl_predict_options {
     void *progress_user;
     int probabilities;
     const volatile int *cancel_flag;
+    int num_members;                 /* ensemble: models besides the predicting one */
+    const isl_model **members;       /* not owned */
 };
 
 static const isl_predict_options default_options = {
@@ -45,6 +48,7 @@ void isl_predict_options_free(isl_predict_options *o)
     if (!o)
         return;
     free(o->heads);
+    free(o->members);
     free(o);
 }
 
@@ -146,6 +150,30 @@ isl_status isl_predict_options_set_cancel_flag(isl_predict_options *o, const vol
     return ISL_OK;
 }
 
+isl_status isl_predict_options_set_ensemble(isl_predict_options *o, int count,
+                                            const isl_model *const *models)
+{
+    NEED_OPTIONS(o);
+    if (count < 0 || count > ISL_MAX_ENSEMBLE - 1 || (count > 0 && !models))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "an ensemble takes 0 to %d models besides the predicting one, not %d",
+                        ISL_MAX_ENSEMBLE - 1, count);
+    for (int i = 0; i < count; i++)
+        if (!models[i])
+            return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "ensemble model %d is NULL", i);
+    const isl_model **copy = NULL;
+    if (count > 0) {
+        copy = malloc(sizeof(*copy) * (size_t)count);
+        if (!copy)
+            return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+        memcpy(copy, models, sizeof(*copy) * (size_t)count);
+    }
+    free(o->members);
+    o->members = copy;
+    o->num_members = count;
+    return ISL_OK;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Shared helpers                                                                       */
 /* ------------------------------------------------------------------------------------ */
@@ -195,6 +223,71 @@ static isl_status check_model(const isl_model *m, const char *fn)
     return ISL_OK;
 }
 
+/* The models whose distributions a prediction averages: the predicting model first, then
+ * the options' ensemble, with the index in each model of every requested head. */
+typedef struct ensemble {
+    int count;
+    const isl_model *models[ISL_MAX_ENSEMBLE];
+    int heads[ISL_MAX_ENSEMBLE][257]; /* 256 label heads and the autoencoder */
+} ensemble;
+
+/* Members must read the same input and have the requested heads, matched by name. */
+static isl_status resolve_ensemble(const isl_model *m, const isl_predict_options *o, int count,
+                                   const int *heads, ensemble *e)
+{
+    e->count = 1 + o->num_members;
+    e->models[0] = m;
+    memcpy(e->heads[0], heads, sizeof(int) * (size_t)count);
+    for (int k = 1; k < e->count; k++) {
+        const isl_model *x = o->members[k - 1];
+        e->models[k] = x;
+        if (x->params.arch.num_z != m->params.arch.num_z)
+            return isl_fail(ISL_ERROR_SHAPE,
+                            "ensemble model %d reads %d z planes but the predicting model %d",
+                            k - 1, x->params.arch.num_z, m->params.arch.num_z);
+        if (strcmp(x->params.input_normalization, m->params.input_normalization))
+            return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                            "ensemble model %d normalizes its input \"%s\" but the predicting "
+                            "model \"%s\"",
+                            k - 1, x->params.input_normalization, m->params.input_normalization);
+        for (int i = 0; i < count; i++) {
+            const isl_head_params *want = &m->params.heads[heads[i]];
+            int j = 0;
+            while (j < x->params.num_heads && strcmp(x->params.heads[j].name, want->name))
+                j++;
+            if (j == x->params.num_heads)
+                return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "ensemble model %d has no head '%s'",
+                                k - 1, want->name);
+            if (x->params.heads[j].out_ch != want->out_ch)
+                return isl_fail(ISL_ERROR_SHAPE,
+                                "head '%s' has %d channels in ensemble model %d, %d in the "
+                                "predicting model",
+                                want->name, x->params.heads[j].out_ch, k - 1, want->out_ch);
+            e->heads[k][i] = j;
+        }
+    }
+    return ISL_OK;
+}
+
+/* sum[i] += add[i] over n floats. */
+static void accumulate(float *sum, const float *add, size_t n)
+{
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++)
+        sum[i] += add[i];
+}
+
+/* Mean of `count` summed distributions; log of it for logits (softmax(log p) = p). */
+static void finish_mean(float *p, size_t n, int count, int logits)
+{
+    const float inv = 1.0f / (float)count;
+#pragma omp parallel for simd schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float v = p[i] * inv;
+        p[i] = logits ? logf(v > FLT_MIN ? v : FLT_MIN) : v;
+    }
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* One tile                                                                             */
 /* ------------------------------------------------------------------------------------ */
@@ -218,21 +311,50 @@ isl_status isl_predict_tile(const isl_model *m, const isl_predict_options *o, co
             return isl_fail(ISL_ERROR_VALUE, "input value %zu (plane %zu) is not finite", i,
                             i / ((size_t)height * width));
 
+    int requested[257], count = 0;
+    for (int h = 0; h < m->params.num_heads && count < 257; h++)
+        if (outputs[h])
+            requested[count++] = h;
+    ensemble e;
+    ISL_CHECK(resolve_ensemble(m, o, count, requested, &e));
+    const int out_h = isl_arch_output_side(height), out_w = isl_arch_output_side(width);
+    const size_t out_px = (size_t)out_h * out_w;
+    float *scratch = NULL; /* a member's probabilities, added to the first model's */
+    if (e.count > 1) {
+        int max_ch = 0;
+        for (int i = 0; i < count; i++)
+            if (m->params.heads[requested[i]].out_ch > max_ch)
+                max_ch = m->params.heads[requested[i]].out_ch;
+        if (count && !(scratch = malloc(sizeof(float) * max_ch * out_px)))
+            return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for an ensemble's outputs");
+    }
+    /* Members run one after another, so an ensemble needs no more working memory. */
+    const int probabilities = e.count > 1 || o->probabilities;
     thread_scope ts = threads_begin(o);
-    isl_plan *plan;
-    isl_exec *exec;
-    isl_status s = isl_model_acquire(m, height, width, o->precision, &plan, &exec);
-    if (s == ISL_OK) {
+    isl_status s = ISL_OK;
+    for (int k = 0; s == ISL_OK && k < e.count; k++) {
+        const isl_model *x = e.models[k];
+        isl_plan *plan;
+        isl_exec *exec;
+        s = isl_model_acquire(x, height, width, o->precision, &plan, &exec);
+        if (s != ISL_OK)
+            break;
         memcpy(isl_exec_input(exec), input, n * sizeof(float));
         s = isl_exec_run_trunk(exec);
-        for (int h = 0; s == ISL_OK && h < m->params.num_heads; h++)
-            if (outputs[h])
-                s = run_whole_head(exec, plan, h, o->probabilities, m->params.heads[h].out_ch,
-                                   isl_arch_output_side(height), isl_arch_output_side(width),
-                                   outputs[h]);
-        isl_model_release(m, plan, exec);
+        for (int i = 0; s == ISL_OK && i < count; i++) {
+            const int h = requested[i], ch = m->params.heads[h].out_ch;
+            s = run_whole_head(exec, plan, e.heads[k][i], probabilities, ch, out_h, out_w,
+                               k == 0 ? outputs[h] : scratch);
+            if (s == ISL_OK && k > 0)
+                accumulate(outputs[h], scratch, (size_t)ch * out_px);
+        }
+        isl_model_release(x, plan, exec);
     }
+    for (int i = 0; s == ISL_OK && e.count > 1 && i < count; i++)
+        finish_mean(outputs[requested[i]], (size_t)m->params.heads[requested[i]].out_ch * out_px,
+                    e.count, !o->probabilities);
     threads_end(ts);
+    free(scratch);
     return s;
 }
 
@@ -422,21 +544,26 @@ static isl_status select_heads(const isl_model *m, const isl_predict_options *o,
 }
 
 /* Working memory of a tile shape, with the row bands of every output. */
-static size_t tile_bytes(const isl_model *m, const selection *sel, isl_precision precision,
+static size_t tile_bytes(const ensemble *e, const selection *sel, isl_precision precision,
                          int my, int mx, int image_w, int stat_count)
 {
     int th = ISL_PATCH_INPUT + ISL_STRIDE * my, tw = ISL_PATCH_INPUT + ISL_STRIDE * mx;
-    size_t bytes =
-        isl_plan_estimate_bytes(&m->params, &m->layout, th, tw, sel->max_ch, precision);
+    size_t bytes = 0;
+    for (int k = 0; k < e->count; k++) /* every member keeps its tile's trunk output */
+        bytes += isl_plan_estimate_bytes(&e->models[k]->params, &e->models[k]->layout, th, tw,
+                                         sel->max_ch, precision);
     size_t out_h = (size_t)ISL_PATCH_OUTPUT + ISL_STRIDE * my;
+    size_t out_w = (size_t)ISL_PATCH_OUTPUT + ISL_STRIDE * mx;
     size_t planes = (size_t)sel->max_ch / ISL_NUM_CLASSES;
+    if (e->count > 1) /* the members' probabilities of a head chunk */
+        bytes += sizeof(float) * sel->max_ch * (out_h * out_w < 65536 ? out_h * out_w : 65536);
     return bytes + out_h * (size_t)image_w * sizeof(float) * stat_count * sel->count * planes;
 }
 
 /* The tile shape that predicts the image with the least arithmetic within the memory
  * limit. Bigger tiles recompute less context, but a tile only slightly too small for the
  * image costs a whole extra row or column of tiles: so weigh tiles x work per tile. */
-static void choose_tile(const isl_model *m, const isl_predict_options *o, const selection *sel,
+static void choose_tile(const ensemble *e, const isl_predict_options *o, const selection *sel,
                         int height, int width, int stat_count, int *my_out, int *mx_out)
 {
     if (o->tile_side) {
@@ -446,6 +573,7 @@ static void choose_tile(const isl_model *m, const isl_predict_options *o, const 
     /* Beyond the sizes that cover the image in one tile, nothing is gained. */
     const int max_y = make_axis(height, 1 << 20).tile_out / ISL_STRIDE;
     const int max_x = make_axis(width, 1 << 20).tile_out / ISL_STRIDE;
+    const isl_model *m = e->models[0];
     int head_ch[256];
     for (int i = 0; i < sel->count; i++)
         head_ch[i] = m->params.heads[sel->heads[i]].out_ch;
@@ -453,7 +581,7 @@ static void choose_tile(const isl_model *m, const isl_predict_options *o, const 
     *my_out = *mx_out = 1; /* ~100 MB: always allowed */
     for (int my = 1; my <= max_y; my++) {
         for (int mx = 1; mx <= max_x; mx++) {
-            if (tile_bytes(m, sel, o->precision, my, mx, width, stat_count) > o->memory_limit)
+            if (tile_bytes(e, sel, o->precision, my, mx, width, stat_count) > o->memory_limit)
                 break; /* larger mx only needs more */
             axis ay = make_axis(height, my), ax = make_axis(width, mx);
             double work = (double)ay.count * ax.count *
@@ -472,6 +600,7 @@ typedef struct band {
     float *data[256][ISL_STAT_COUNT]; /* [planes][tile_out_h][width] per head and stat */
     float *tile_stats[ISL_STAT_COUNT];
     float *probs;
+    float *member_probs; /* ensembles: another member's probabilities of the chunk */
     int *col_index;
 } band;
 
@@ -483,11 +612,12 @@ static void free_band(band *b, const selection *sel)
     for (int s = 0; s < ISL_STAT_COUNT; s++)
         free(b->tile_stats[s]);
     free(b->probs);
+    free(b->member_probs);
     free(b->col_index);
 }
 
 static isl_status alloc_band(band *b, const isl_model *m, const selection *sel, const axis *ay,
-                             const axis *ax, int head_rows)
+                             const axis *ax, int head_rows, int members)
 {
     memset(b, 0, sizeof(*b));
     const size_t tile_px = (size_t)head_rows * ax->tile_out; /* a head's chunk of rows */
@@ -504,6 +634,8 @@ static isl_status alloc_band(band *b, const isl_model *m, const selection *sel, 
                 return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
     b->probs = malloc(sizeof(float) * tile_px * sel->max_ch);
     b->col_index = malloc(sizeof(int) * (size_t)(ax->tile_out + ISL_PATCH_INPUT));
+    if (members > 1 && !(b->member_probs = malloc(sizeof(float) * tile_px * sel->max_ch)))
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for an ensemble's probabilities");
     if (!b->probs || !b->col_index)
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for %zu MB of probabilities",
                         (sizeof(float) * tile_px * sel->max_ch) >> 20);
@@ -556,6 +688,34 @@ static isl_status deliver_rows(const isl_model *m, const selection *sel, band *b
     return ISL_OK;
 }
 
+/* The members' working state for one tile shape. */
+typedef struct member_exec {
+    isl_plan *plan;
+    isl_exec *exec;
+} member_exec;
+
+static void release_members(const ensemble *e, member_exec *x)
+{
+    for (int k = 0; k < e->count; k++)
+        if (x[k].plan)
+            isl_model_release(e->models[k], x[k].plan, x[k].exec);
+}
+
+/* Probabilities of selected head i for chunk rows [r0, r0 + head_rows) of the tile: the
+ * model's, or the mean of the ensemble's, in b->probs. */
+static isl_status head_chunk_probabilities(const ensemble *e, member_exec *x, band *b, int i,
+                                           int out_ch, int r0, size_t chunk_px)
+{
+    ISL_CHECK(isl_exec_run_head(x[0].exec, e->heads[0][i], 1, r0, b->probs));
+    for (int k = 1; k < e->count; k++) {
+        ISL_CHECK(isl_exec_run_head(x[k].exec, e->heads[k][i], 1, r0, b->member_probs));
+        accumulate(b->probs, b->member_probs, (size_t)out_ch * chunk_px);
+    }
+    if (e->count > 1)
+        finish_mean(b->probs, (size_t)out_ch * chunk_px, e->count, 0);
+    return ISL_OK;
+}
+
 isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options *o,
                                   const isl_stack *in, isl_rows_fn fn, void *user)
 {
@@ -567,25 +727,32 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
     ISL_CHECK(check_stack(m, in));
     selection sel;
     ISL_CHECK(select_heads(m, o, &sel));
+    ensemble e;
+    ISL_CHECK(resolve_ensemble(m, o, sel.count, sel.heads, &e));
     int stat_count = __builtin_popcount(sel.stat_mask);
     int my, mx;
-    choose_tile(m, o, &sel, in->height, in->width, stat_count, &my, &mx);
+    choose_tile(&e, o, &sel, in->height, in->width, stat_count, &my, &mx);
     axis ay = make_axis(in->height, my), ax = make_axis(in->width, mx);
     const int th = ay.tile_out + ISL_PATCH_INPUT - ISL_PATCH_OUTPUT;
     const int tw = ax.tile_out + ISL_PATCH_INPUT - ISL_PATCH_OUTPUT;
+    const size_t input_floats = (size_t)in->num_z * th * tw;
 
     isl_input_transform t = {0};
     band b;
-    isl_plan *plan = NULL;
-    isl_exec *exec = NULL;
+    member_exec x[ISL_MAX_ENSEMBLE];
+    memset(x, 0, sizeof(x));
     thread_scope ts = threads_begin(o);
     memset(&b, 0, sizeof(b));
     isl_status s = isl_input_transform_init(m->params.input_normalization, in, &t);
+    for (int k = 0; s == ISL_OK && k < e.count; k++)
+        s = isl_model_acquire(e.models[k], th, tw, o->precision, &x[k].plan, &x[k].exec);
+    /* Head chunks depend on the tile shape only, so every member cuts the same rows. */
+    const int head_rows = s == ISL_OK ? isl_plan_head_rows(x[0].plan) : 0;
+    for (int k = 1; s == ISL_OK && k < e.count; k++)
+        if (isl_plan_head_rows(x[k].plan) != head_rows)
+            s = isl_fail(ISL_ERROR_BACKEND, "ensemble members cut a tile's rows differently");
     if (s == ISL_OK)
-        s = isl_model_acquire(m, th, tw, o->precision, &plan, &exec);
-    const int head_rows = s == ISL_OK ? isl_plan_head_rows(plan) : 0;
-    if (s == ISL_OK)
-        s = alloc_band(&b, m, &sel, &ay, &ax, head_rows);
+        s = alloc_band(&b, m, &sel, &ay, &ax, head_rows, e.count);
 
     const int64_t total = (int64_t)ay.count * ax.count;
     int delivered = 0;
@@ -593,16 +760,22 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
         const int oy = tile_origin(&ay, ty);
         for (int tx = 0; s == ISL_OK && tx < ax.count; tx++) {
             const int ox = tile_origin(&ax, tx);
-            isl_input_fill(isl_exec_input(exec), in, &t, oy, ox, th, tw, b.col_index);
-            s = isl_exec_run_trunk(exec);
+            float *input = isl_exec_input(x[0].exec);
+            isl_input_fill(input, in, &t, oy, ox, th, tw, b.col_index);
+            for (int k = 0; s == ISL_OK && k < e.count; k++) {
+                if (k > 0)
+                    memcpy(isl_exec_input(x[k].exec), input, sizeof(float) * input_floats);
+                s = isl_exec_run_trunk(x[k].exec);
+            }
             for (int i = 0; s == ISL_OK && i < sel.count; i++) {
-                const int h = sel.heads[i];
+                const int out_ch = m->params.heads[sel.heads[i]].out_ch;
                 for (int r = 0; s == ISL_OK && r < ay.tile_out; r += head_rows) {
                     const int r0 = isl_head_chunk_start(r, head_rows, ay.tile_out);
-                    s = isl_exec_run_head(exec, h, 1, r0, b.probs);
+                    s = head_chunk_probabilities(&e, x, &b, i, out_ch, r0,
+                                                 (size_t)head_rows * ax.tile_out);
                     if (s == ISL_OK)
-                        tile_stats_to_band(&b, i, m->params.heads[h].out_ch / ISL_NUM_CLASSES,
-                                           &ay, &ax, ox, r0, head_rows, sel.stat_mask);
+                        tile_stats_to_band(&b, i, out_ch / ISL_NUM_CLASSES, &ay, &ax, ox, r0,
+                                           head_rows, sel.stat_mask);
                 }
             }
             if (s == ISL_OK && o->progress &&
@@ -617,7 +790,7 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
             delivered = r1;
         }
     }
-    isl_model_release(m, plan, exec);
+    release_members(&e, x);
     threads_end(ts);
     free_band(&b, &sel);
     isl_input_transform_free(&t);

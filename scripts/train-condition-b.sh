@@ -21,6 +21,7 @@ data=${ISL_SHARED_DIR:-../shared}/data/condition_b_well_a4
 run=${ISL_RUN_DIR:-runs/condition-b}
 steps1=${STEPS1:-546}
 steps2=${STEPS2:-30}
+seed=${SEED:-1}   # another seed trains another member of an ensemble (README)
 out=${OUT:-examples/data/condition-b.h5}
 isl=build/tools/isl
 
@@ -44,7 +45,7 @@ if [ ! -f "$run/data.h5" ]; then
 fi
 if [ ! -f "$run/init.h5" ]; then
   "$isl" model init --base-depth 100 --num-z 13 \
-    --heads dapi_confocal,map2_confocal,nfh_confocal --seed 1 -o "$run/init.h5"
+    --heads dapi_confocal,map2_confocal,nfh_confocal --seed "$seed" -o "$run/init.h5"
 fi
 
 common=(--dataset "$run/data.h5" --crop 378 --batch 4 --label-weight 1
@@ -62,7 +63,7 @@ if [ ! -f "$run/model.h5" ]; then
   fi
   OMP_WAIT_POLICY=passive "$isl" train "${common[@]}" "${start[@]}" --out "$run/model.h5" \
     --steps "$steps1" --lr 3e-4 --lr-drop 1200:3e-5 --bn-decay 0.99 --bn-batches 0 \
-    --validate-every 50 --checkpoint-every 50 --seed 1
+    --validate-every 50 --checkpoint-every 50 --seed "$seed"
 fi
 
 # Phase 2: frozen batch-norm statistics, a fresh Adam at 1e-4, other crops (seed 2), the
@@ -73,7 +74,7 @@ if [ -f "$run/frozen.checkpoint.h5" ]; then
 fi
 OMP_WAIT_POLICY=passive "$isl" train "${common[@]}" "${start[@]}" --out "$run/frozen.h5" \
   --steps "$steps2" --lr 1e-4 --freeze-bn --average-from 5 --validate-every 10 \
-  --checkpoint-every 10 --seed 2
+  --checkpoint-every 10 --seed "$((seed + 1))"
 # Ship the average: single steps swing widely on held-out rows, the average holds (README).
 cp "$run/frozen.h5" "$out.tmp" && mv "$out.tmp" "$out"
 echo "train-condition-b: wrote $out from $run/frozen.h5 (logs: $run/model.log.csv, $run/frozen.log.csv)"

@@ -17,7 +17,9 @@ static const char predict_help[] =
     "if missing. Files appear only when everything succeeded.\n"
     "\n"
     "Options:\n"
-    "  -m, --model PATH         model file (required)\n"
+    "  -m, --model PATH         model file (required); repeat it (up to 16) to predict with\n"
+    "                           an ensemble: the models' distributions are averaged, which\n"
+    "                           predicts better than each (README, \"The bundled model\")\n"
     "  -i, --input PATH         input stack (required)\n"
     "  -O, --output-dir DIR     output directory (required)\n"
     "  --stats LIST             statistics, comma-separated (default median):\n"
@@ -42,7 +44,9 @@ static const cli_option predict_options[] = {
 };
 
 typedef struct predict_args {
-    const char *model, *input, *output_dir, *heads;
+    const char *models[ISL_MAX_ENSEMBLE];
+    int num_models;
+    const char *input, *output_dir, *heads;
     isl_stat stats[ISL_STAT_COUNT];
     int num_stats;
     long long threads, tile, memory_mb;
@@ -91,7 +95,13 @@ static int parse_predict(int argc, char **argv, predict_args *a)
             return cli_usage_error("unexpected argument '%s' (see 'isl predict --help')", v);
         int rc = 0;
         switch (id) {
-        case OPT_MODEL: a->model = v; break;
+        case OPT_MODEL:
+            if (a->num_models == ISL_MAX_ENSEMBLE)
+                rc = cli_usage_error("--model: at most %d models form an ensemble",
+                                     ISL_MAX_ENSEMBLE);
+            else
+                a->models[a->num_models++] = v;
+            break;
         case OPT_INPUT: a->input = v; break;
         case OPT_OUTDIR: a->output_dir = v; break;
         case OPT_HEADS: a->heads = v; break;
@@ -120,7 +130,7 @@ static int parse_predict(int argc, char **argv, predict_args *a)
         if (rc != 0)
             return rc;
     }
-    if (!a->model)
+    if (a->num_models == 0)
         return cli_usage_error("missing --model (see 'isl predict --help')");
     if (!a->input)
         return cli_usage_error("missing --input (see 'isl predict --help')");
@@ -217,7 +227,8 @@ static int select_heads(const isl_model *m, const char *names, int **heads, int 
 }
 
 typedef struct predict_job {
-    isl_model *model;
+    isl_model *model;                       /* the first --model: heads and names */
+    isl_model *members[ISL_MAX_ENSEMBLE - 1]; /* the others, averaged with it */
     isl_predict_options *options;
     int *heads;
     int num_heads;
@@ -238,6 +249,8 @@ static void job_free(predict_job *j, int failed)
     free(j->heads);
     isl_predict_options_free(j->options);
     isl_model_free(j->model);
+    for (int k = 0; k < ISL_MAX_ENSEMBLE - 1; k++)
+        isl_model_free(j->members[k]);
 }
 
 /* Runs the prediction into the opened outputs and commits them. */
@@ -268,10 +281,11 @@ static int run(predict_job *j, const predict_args *a)
     if (fflush(stdout) != 0)
         return cli_runtime_error("cannot write to stdout");
     fprintf(stderr,
-            "isl: predicted %d head%s x %d stat%s of a %d x %d image in %.2f s "
+            "isl: predicted %d head%s x %d stat%s of a %d x %d image%s in %.2f s "
             "(%.3g megapixels/s)\n",
             j->num_heads, j->num_heads == 1 ? "" : "s", a->num_stats, a->num_stats == 1 ? "" : "s",
-            input.width, input.height, seconds, seconds > 0 ? mpix / seconds : 0.0);
+            input.width, input.height, a->num_models > 1 ? " with an ensemble" : "", seconds,
+            seconds > 0 ? mpix / seconds : 0.0);
     return CLI_EXIT_OK;
 }
 
@@ -282,7 +296,14 @@ static int predict(predict_job *j, const predict_args *a)
         return rc;
     if (cli_interrupt_install() != 0)
         return cli_runtime_error("cannot install the SIGINT handler");
-    isl_status s = isl_model_load(a->model, &j->model);
+    isl_status s = isl_model_load(a->models[0], &j->model);
+    if (s != ISL_OK)
+        return cli_library_error(s);
+    for (int k = 1; k < a->num_models; k++)
+        if ((s = isl_model_load(a->models[k], &j->members[k - 1])) != ISL_OK)
+            return cli_library_error(s);
+    s = isl_predict_options_set_ensemble(j->options, a->num_models - 1,
+                                         (const isl_model *const *)j->members);
     if (s != ISL_OK)
         return cli_library_error(s);
     if ((rc = select_heads(j->model, a->heads, &j->heads, &j->num_heads)) != CLI_EXIT_OK)

@@ -128,6 +128,34 @@ static size_t islj_element_size(JNIEnv *jenv, jobject buffer)
 }
 %typemap(freearg) (int count, const isl_stat *stats) { free($2); }
 
+/* (int count, const isl_model *const *models): a Java long[] of model pointers
+ * (Model.java passes SWIGTYPE_p_isl_model.getCPtr of each member it holds open). */
+%typemap(jni) (int count, const isl_model *const *models) "jlongArray"
+%typemap(jtype) (int count, const isl_model *const *models) "long[]"
+%typemap(jstype) (int count, const isl_model *const *models) "long[]"
+%typemap(javain) (int count, const isl_model *const *models) "$javainput"
+%typemap(in) (int count, const isl_model *const *models) {
+    if (!$input) {
+        SWIG_JavaThrowException(jenv, SWIG_JavaNullPointerException, "null array");
+        return $null;
+    }
+    $1 = (int)(*jenv)->GetArrayLength(jenv, $input);
+    $2 = malloc(sizeof(isl_model *) * (size_t)($1 > 0 ? $1 : 1));
+    if (!$2) {
+        SWIG_JavaThrowException(jenv, SWIG_JavaOutOfMemoryError, "out of memory");
+        return $null;
+    }
+    jlong *values = (*jenv)->GetLongArrayElements(jenv, $input, NULL);
+    if (!values) {
+        free((void *)$2);
+        return $null;
+    }
+    for (int i = 0; i < $1; i++)
+        ((const isl_model **)$2)[i] = (const isl_model *)(intptr_t)values[i];
+    (*jenv)->ReleaseLongArrayElements(jenv, $input, values, JNI_ABORT);
+}
+%typemap(freearg) (int count, const isl_model *const *models) { free((void *)$2); }
+
 /* Replaced by the helpers below. */
 %ignore isl_model_config;
 %ignore isl_model_config_init;

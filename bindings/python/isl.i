@@ -147,6 +147,7 @@ ISLPY_NOGIL(isl_trainer_model)
 %ignore isl_model_add_heads;
 %ignore isl_stack;
 %ignore isl_predict_options_set_progress;
+%ignore isl_predict_options_set_ensemble;
 %ignore isl_predict_tile;
 %ignore isl_predict_image;
 %ignore isl_predict_image_rows;
@@ -516,6 +517,34 @@ isl_status _model_add_heads(const isl_model *model, PyObject *heads, unsigned lo
     s = isl_model_add_heads(model, (int)n, names, seed, out);
     Py_END_ALLOW_THREADS
     PyMem_Free(names);
+    Py_DECREF(seq);
+    return s;
+}
+
+/* isl_predict_options_set_ensemble from a sequence of model handles (the caller keeps
+ * the models open while the options are used). */
+isl_status _predict_options_set_ensemble(isl_predict_options *options, PyObject *models)
+{
+    PyObject *seq = PySequence_Fast(models, "the ensemble must be a sequence of models");
+    if (!seq)
+        return ISLPY_PYERR;
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    const isl_model *ptrs[ISL_MAX_ENSEMBLE];
+    isl_status s = ISL_OK;
+    if (n > ISL_MAX_ENSEMBLE - 1)
+        s = islpy_fail(ISL_ERROR_INVALID_ARGUMENT,
+                       "an ensemble takes at most %d models besides the predicting one, not %zd",
+                       ISL_MAX_ENSEMBLE - 1, n);
+    for (Py_ssize_t i = 0; s == ISL_OK && i < n; i++) {
+        void *p = NULL;
+        if (!SWIG_IsOK(SWIG_ConvertPtr(PySequence_Fast_GET_ITEM(seq, i), &p,
+                                       SWIGTYPE_p_isl_model, 0)) || !p)
+            s = islpy_fail(ISL_ERROR_INVALID_ARGUMENT, "ensemble member %zd is not a model", i);
+        else
+            ptrs[i] = p;
+    }
+    if (s == ISL_OK)
+        s = isl_predict_options_set_ensemble(options, (int)n, ptrs);
     Py_DECREF(seq);
     return s;
 }

@@ -160,6 +160,24 @@ public class TestPredict {
       check(error.get() == null && Arrays.equals(mine, ref) && Arrays.equals(other.get(), ref),
           "concurrent predictions");
 
+      // Ensemble: the mixture's mean is the mean of the members' means; members are
+      // matched by head name ("dapi_confocal" is head 1 of the other model).
+      try (Model second = Model.create(8, z, new String[] {"gfp", "dapi_confocal"}, 8, "none")) {
+        float[] alone = second.predict(small, z, sh, sw, "mean").get("dapi_confocal").get("mean");
+        Model.Options both = new Model.Options().heads("dapi_confocal").stats("mean")
+            .ensemble(second);
+        float[] mixed = model.predict(FloatBuffer.wrap(smallFloat), z, sh, sw, both)
+            .get("dapi_confocal").get("mean");
+        float worstMix = 0;
+        for (int i = 0; i < mixed.length; i++)
+          worstMix = Math.max(worstMix, Math.abs(mixed[i] - (ref[i] + alone[i]) / 2));
+        check(maxDiff(ref, alone) > 0.01f && worstMix < 1e-4f,
+            "ensemble mean is the members' mean (off by " + worstMix + ")");
+        expectStatus(Status.INVALID_ARGUMENT, "ensemble member without the head",
+            () -> model.predict(FloatBuffer.wrap(smallFloat), z, sh, sw,
+                new Model.Options().heads("tuj1").ensemble(second)));
+      }
+
       // Tiles: shape and probabilities that sum to 1.
       float[] tile = new float[z * 266 * 282];  // the tile size of the predictions above
       for (int i = 0; i < tile.length; i++)

@@ -76,6 +76,7 @@ def test_every_header_function_is_bound(islpy):
         "isl_model_create": "_model_create",
         "isl_model_add_heads": "_model_add_heads",
         "isl_predict_options_set_progress": "_predict_image",
+        "isl_predict_options_set_ensemble": "_predict_options_set_ensemble",
         "isl_predict_tile": "_predict_tile",
         "isl_predict_image": "_predict_image",
         "isl_predict_image_rows": "_predict_image_rows",
@@ -216,6 +217,56 @@ def test_predict_tile(islpy, small_model, small_stack, small_prediction):
     assert np.abs(softmax(logits["dapi_confocal"]) - p).max() < 1e-5
     sums = probs["autoencoder"].reshape(13, 256, 24, 40).sum(axis=1)
     assert np.abs(sums - 1).max() < 1e-4
+
+
+def test_ensemble_averages_the_members(islpy, small_model, small_stack, small_prediction):
+    """ensemble=: the mean distribution of independently created models. Oracles: each
+    model alone; the mixture's mean is the members' mean, its median lies between theirs."""
+    with islpy.Model.create(base_depth=8, num_z=13, heads=("extra", "dapi_confocal"),
+                            seed=4) as other:
+        mixed = small_model.predict(small_stack, stats=("mean", "median", "p_nonzero"),
+                                    heads="dapi_confocal", threads=THREADS, ensemble=[other])
+        alone = other.predict(small_stack, stats=("mean", "median", "p_nonzero"),
+                              heads="dapi_confocal", threads=THREADS)["dapi_confocal"]
+        own = small_model.predict(small_stack, stats=("median", "p_nonzero"),
+                                  heads="dapi_confocal", threads=THREADS)["dapi_confocal"]
+        own["mean"] = small_prediction["dapi_confocal"]["mean"]
+        got = mixed["dapi_confocal"]
+        assert np.abs(alone["mean"] - own["mean"]).max() > 0.01  # the members differ
+        for stat in ("mean", "p_nonzero"):
+            assert np.abs(got[stat] - (own[stat] + alone[stat]) / 2).max() < 1e-5
+        lo = np.minimum(own["median"], alone["median"])
+        hi = np.maximum(own["median"], alone["median"])
+        assert np.all((got["median"] >= lo) & (got["median"] <= hi))
+
+        rows = np.full(small_stack.shape[1:], np.nan, np.float32)
+
+        def sink(head, stat, y0, data):
+            rows[y0:y0 + data.shape[0]] = data
+
+        small_model.predict_rows(small_stack, sink, stats="mean", heads="dapi_confocal",
+                                 tile=266, threads=THREADS, ensemble=(other,))
+        assert np.abs(rows - got["mean"]).max() < 1e-5
+
+        tile = np.pad(small_stack.astype(np.float32) / 65535, ((0, 0), (121, 121), (121, 121)),
+                      mode="reflect")
+        probs = [m.predict_tile(tile, probabilities=True, heads="dapi_confocal",
+                                threads=THREADS)["dapi_confocal"] for m in (small_model, other)]
+        logits = small_model.predict_tile(tile, heads="dapi_confocal", threads=THREADS,
+                                          ensemble=[other])["dapi_confocal"]
+        assert np.abs(softmax(logits) - (probs[0] + probs[1]) / 2).max() < 1e-5
+
+        with pytest.raises(islpy.InvalidArgumentError, match="no head 'nfh_confocal'"):
+            small_model.predict(small_stack, threads=THREADS, ensemble=[other])
+        with pytest.raises(islpy.InvalidArgumentError, match="isl.Model"):
+            small_model.predict(small_stack, threads=THREADS, ensemble=["model.h5"])
+        with pytest.raises(islpy.InvalidArgumentError, match="at most 15"):
+            small_model.predict(small_stack, threads=THREADS, ensemble=[other] * 16)
+    with islpy.Model.create(base_depth=8, num_z=3, heads=["dapi_confocal"]) as planes:
+        with pytest.raises(islpy.ShapeError, match="3 z planes"):
+            small_model.predict(small_stack, threads=THREADS, ensemble=[planes])
+    with pytest.raises(islpy.ClosedModelError):
+        small_model.predict(small_stack, threads=THREADS, ensemble=[other])
 
 
 def test_model_properties_save_load(islpy, small_model, small_model_file, small_stack,

@@ -229,6 +229,40 @@ def test_predict_autoencoder(run_isl, small_model, small_stack, tmp_path):
     assert not np.allclose(ae[0], ae[12])
 
 
+def test_predict_ensemble(run_isl, small_model, small_stack, tmp_path):
+    """--model twice: the models' distributions are averaged. The mixture's mean is the
+    mean of each model's mean, its median lies between their medians."""
+    other = tmp_path / "other.h5"
+    r = run_isl("model", "init", "--base-depth", 8, "--num-z", 13, "--heads",
+                "nfh_confocal,dapi_confocal", "--seed", 8, "-o", other)
+    assert r.returncode == 0, r.stderr
+    images = {}
+    for name, models in (("a", [small_model]), ("b", [other]), ("ab", [small_model, other])):
+        args = [a for m in models for a in ("--model", m)]
+        r = run_isl("predict", *args, "--input", small_stack, "--output-dir", tmp_path / name,
+                    "--heads", "dapi_confocal,nfh_confocal", "--stats", "mean,median",
+                    *ONE_THREAD)
+        assert r.returncode == 0, r.stderr
+        assert ("with an ensemble" in r.stderr) == (len(models) > 1), r.stderr
+        images[name] = {f"{h}_{s}": tifffile.imread(tmp_path / name / f"{h}_{s}.tif")
+                        for h in ("dapi_confocal", "nfh_confocal") for s in ("mean", "median")}
+    for h in ("dapi_confocal", "nfh_confocal"):
+        a, b, ab = (images[n][h + "_mean"] for n in ("a", "b", "ab"))
+        assert np.abs(a - b).max() > 0.01
+        assert np.abs(ab - (a + b) / 2).max() < 1e-5
+        a, b, ab = (images[n][h + "_median"] for n in ("a", "b", "ab"))
+        assert np.all((ab >= np.minimum(a, b)) & (ab <= np.maximum(a, b)))
+
+    # The second model lacks map2_confocal, which the first's default heads include.
+    r = run_isl("predict", "--model", small_model, "--model", other, "--input", small_stack,
+                "--output-dir", tmp_path / "missing", *ONE_THREAD)
+    assert "ensemble model 0 has no head 'map2_confocal'" in assert_one_error_line(r)
+    assert_no_outputs(tmp_path / "missing")
+    r = run_isl("predict", *["--model", small_model] * 17, "--input", small_stack,
+                "--output-dir", tmp_path / "many")
+    assert "at most 16 models" in assert_one_error_line(r, 2)
+
+
 def test_predict_tile_size_invariance(run_isl, small_model, tmp_path):
     """Different tilings deliver rows in different bands: same images (the autoencoder's
     pages, which go through a scratch file, included)."""

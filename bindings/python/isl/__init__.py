@@ -22,6 +22,7 @@ Long calls release the GIL, so several threads can predict with one model at a t
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -395,6 +396,24 @@ class Model(_Closable):
             raise
         return options
 
+    def _check_ensemble(self, ensemble: Sequence["Model"]) -> List["Model"]:
+        members = list(ensemble)
+        for m in members:
+            if not isinstance(m, Model):
+                raise InvalidArgumentError("ensemble members must be isl.Model, not %s"
+                                           % type(m).__name__)
+        return members
+
+    @contextlib.contextmanager
+    def _in_use(self, options, ensemble: List["Model"]):
+        """This model's pointer, with the ensemble's models held open and set on options."""
+        with contextlib.ExitStack() as stack:
+            ptr = stack.enter_context(self._handle)
+            others = [stack.enter_context(m._handle) for m in ensemble]
+            if others:
+                _capi._predict_options_set_ensemble(options, others)
+            yield ptr
+
     @staticmethod
     def _progress(progress: Optional[ProgressFn], cancel: Optional[threading.Event]):
         if progress is None and cancel is None:
@@ -410,8 +429,8 @@ class Model(_Closable):
     def predict(self, stack: npt.ArrayLike, stats: StatNames = ("median",),
                 heads: HeadNames = None, *, tile: int = 0, threads: int = 0,
                 memory_limit: Optional[int] = None, progress: Optional[ProgressFn] = None,
-                cancel: Optional[threading.Event] = None,
-                precision: str = "fp32") -> Dict[str, Dict[str, FloatArray]]:
+                cancel: Optional[threading.Event] = None, precision: str = "fp32",
+                ensemble: Sequence["Model"] = ()) -> Dict[str, Dict[str, FloatArray]]:
         """Predicts the fluorescence labels of a whole transmitted-light z-stack.
 
         The image is mirror-padded and run in tiles whose size bounds the memory; the
@@ -433,6 +452,11 @@ class Model(_Closable):
             cancel: a :class:`threading.Event`; setting it (e.g. from another thread)
                 cancels the prediction at the next tile.
             precision: "fp32" or "bf16" (bfloat16 convolutions on CPUs that have them).
+            ensemble: other models (up to 15) whose probability distributions are averaged
+                with this one's before the statistics are taken. Independently trained
+                models err differently, so their mean predicts better. They must read the
+                same planes with the same input normalization and have the selected heads
+                (matched by name). Each tile runs every model.
 
         Returns:
             ``{head: {stat: image}}``; each image is float32 (y, x), or (num_z, y, x) for
@@ -462,12 +486,13 @@ class Model(_Closable):
                 image = np.empty(shape, dtype=np.float32)
                 outputs[h * len(STATS) + s] = image
                 result[name][STATS[s]] = image
-        with self._handle as ptr:
-            options = self._options(head_ids, stat_ids, tile, threads, memory_limit, precision)
-            try:
+        members = self._check_ensemble(ensemble)
+        options = self._options(head_ids, stat_ids, tile, threads, memory_limit, precision)
+        try:
+            with self._in_use(options, members) as ptr:
                 _capi._predict_image(ptr, options, array, outputs, self._progress(progress, cancel))
-            finally:
-                _capi.isl_predict_options_free(options)
+        finally:
+            _capi.isl_predict_options_free(options)
         return result
 
     def predict_rows(self, stack: npt.ArrayLike,
@@ -475,7 +500,8 @@ class Model(_Closable):
                      stats: StatNames = ("median",), heads: HeadNames = None, *,
                      tile: int = 0, threads: int = 0, memory_limit: Optional[int] = None,
                      progress: Optional[ProgressFn] = None,
-                     cancel: Optional[threading.Event] = None, precision: str = "fp32") -> None:
+                     cancel: Optional[threading.Event] = None, precision: str = "fp32",
+                     ensemble: Sequence["Model"] = ()) -> None:
         """Like :meth:`predict`, but streams finished rows instead of returning whole images.
 
         Memory stays bounded for images of any size. ``callback(head, stat, y0, rows)``
@@ -493,17 +519,19 @@ class Model(_Closable):
                 data = data[0]
             return callback(names[head], STATS[stat], y0, data) is True
 
-        with self._handle as ptr:
-            options = self._options(head_ids, stat_ids, tile, threads, memory_limit, precision)
-            try:
+        members = self._check_ensemble(ensemble)
+        options = self._options(head_ids, stat_ids, tile, threads, memory_limit, precision)
+        try:
+            with self._in_use(options, members) as ptr:
                 _capi._predict_image_rows(ptr, options, array, rows,
                                           self._progress(progress, cancel))
-            finally:
-                _capi.isl_predict_options_free(options)
+        finally:
+            _capi.isl_predict_options_free(options)
 
     def predict_tile(self, tile: npt.ArrayLike, probabilities: bool = False,
                      heads: HeadNames = None, *, threads: int = 0,
-                     precision: str = "fp32") -> Dict[str, FloatArray]:
+                     precision: str = "fp32",
+                     ensemble: Sequence["Model"] = ()) -> Dict[str, FloatArray]:
         """Runs the network once on one tile, without padding.
 
         Args:
@@ -511,6 +539,8 @@ class Model(_Closable):
                 each 250 + 16 m (250, 266, 282, ...).
             probabilities: return probabilities (softmax) instead of logits.
             heads: head name(s) or indices; default: all label heads.
+            ensemble: other models averaged with this one (see :meth:`predict`); the
+                logits are then the log of the mean probabilities.
 
         Returns:
             ``{head: array}`` of shape (256, h - 242, w - 242), or (num_z * 256, ...) for the
@@ -533,12 +563,13 @@ class Model(_Closable):
         for i in head_ids:
             outputs[i] = np.empty((self._channels[i], out_h, out_w), dtype=np.float32)
             result[self._heads[i]] = outputs[i]  # type: ignore[assignment]
-        with self._handle as ptr:
-            options = self._options(None, None, 0, threads, None, precision, probabilities)
-            try:
+        members = self._check_ensemble(ensemble)
+        options = self._options(None, None, 0, threads, None, precision, probabilities)
+        try:
+            with self._in_use(options, members) as ptr:
                 _capi._predict_tile(ptr, options, array, outputs)
-            finally:
-                _capi.isl_predict_options_free(options)
+        finally:
+            _capi.isl_predict_options_free(options)
         return result
 
 

@@ -290,6 +290,7 @@ public final class Model implements AutoCloseable {
     private int threads;
     private long memoryLimit;
     private boolean bf16;
+    private Model[] ensemble = {};
 
     /** Heads to predict; default: all label heads (not the autoencoder). */
     public Options heads(String... heads) {
@@ -324,6 +325,17 @@ public final class Model implements AutoCloseable {
     /** bfloat16 convolutions on CPUs that have them. */
     public Options bf16(boolean enable) {
       this.bf16 = enable;
+      return this;
+    }
+
+    /**
+     * Ensemble prediction: the probability distributions of these models (up to 15) are
+     * averaged with the predicting model's before the statistics are taken. They must read
+     * the same planes with the same input normalization and have the selected heads
+     * (matched by name). None (default): the predicting model alone.
+     */
+    public Options ensemble(Model... others) {
+      this.ensemble = others.clone();
       return this;
     }
   }
@@ -467,8 +479,16 @@ public final class Model implements AutoCloseable {
 
     int[] headArray = headIds.stream().mapToInt(Integer::intValue).toArray();
     int[] statArray = statIds.stream().mapToInt(Integer::intValue).toArray();
+    // Every member stays open (its read lock held) while the prediction uses it.
+    int held = 0;
     acquire();
     try {
+      for (Model m : options.ensemble) {
+        if (m == null)
+          throw invalid("an ensemble member is null");
+        m.acquire();
+        held++;
+      }
       SWIGTYPE_p_isl_predict_options opts = createOptions(options, headArray, statArray, false);
       try {
         checkHelper(IslNative.islj_predict_image(ptr, opts, direct, dtype, z, h, w, out, offsets));
@@ -476,6 +496,8 @@ public final class Model implements AutoCloseable {
         IslNative.isl_predict_options_free(opts);
       }
     } finally {
+      for (int i = 0; i < held; i++)
+        options.ensemble[i].release();
       release();
     }
 
@@ -575,6 +597,12 @@ public final class Model implements AutoCloseable {
       if (statIds != null)
         check(IslNative.isl_predict_options_set_stats(opts, statIds));
       check(IslNative.isl_predict_options_set_probabilities(opts, probabilities ? 1 : 0));
+      if (o.ensemble.length > 0) {
+        long[] members = new long[o.ensemble.length];
+        for (int i = 0; i < members.length; i++)
+          members[i] = SWIGTYPE_p_isl_model.getCPtr(o.ensemble[i].ptr);
+        check(IslNative.isl_predict_options_set_ensemble(opts, members));
+      }
       return opts;
     } catch (IslException | RuntimeException e) {
       IslNative.isl_predict_options_free(opts);
