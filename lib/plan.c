@@ -410,18 +410,18 @@ static isl_status build_all_trunk(builder *b, const isl_params *p, const isl_lay
     return b->plan->nhwc ? isl_nhwc_build_trunk(b, p, l) : build_trunk(b, p, l);
 }
 
-/* Heads run on chunks of rows of the trunk's output, of about this many pixels: a head's
- * logits and probabilities (256 or num_z x 256 per pixel) would otherwise outgrow the
- * trunk's own buffers on large tiles (1.1 GB for three label heads on a 762 x 762 tile).
- * ISL_HEAD_CHUNK_PIXELS overrides it (tests use small chunks on small tiles). */
-#define HEAD_CHUNK_PIXELS 65536
+/* Heads run on chunks of rows of the trunk's output, of about ISL_HEAD_CHUNK_DEFAULT_PIXELS
+ * pixels: a head's logits and probabilities (256 or num_z x 256 per pixel) would otherwise
+ * outgrow the trunk's own buffers on large tiles (1.1 GB for three label heads on a
+ * 762 x 762 tile). The environment variable ISL_HEAD_CHUNK_PIXELS overrides it (tests use
+ * small chunks on small tiles). */
 
 static void plan_head_chunks(builder *b)
 {
     isl_plan *plan = b->plan;
     const tref t = plan->trunk_out;
     const char *env = getenv("ISL_HEAD_CHUNK_PIXELS");
-    const long limit = env && atol(env) > 0 ? atol(env) : HEAD_CHUNK_PIXELS;
+    const long limit = env && atol(env) > 0 ? atol(env) : ISL_HEAD_CHUNK_DEFAULT_PIXELS;
     const int chunks = (int)(((size_t)t.h * t.w + (size_t)limit - 1) / (size_t)limit);
     const int rows = (t.h + chunks - 1) / chunks;
     plan->head_rows = rows < t.h ? rows : t.h;

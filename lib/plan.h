@@ -31,7 +31,9 @@ isl_precision isl_plan_precision(const isl_plan *plan);
 /* 1 when the plan uses the nhwc (AMX) layout. */
 int isl_plan_is_nhwc(const isl_plan *plan);
 /* Heads run on chunks of this many rows of the tile's output (all of them on small
- * tiles): their logits would otherwise dominate the working memory of large tiles. */
+ * tiles), about ISL_HEAD_CHUNK_DEFAULT_PIXELS pixels: their logits would otherwise
+ * dominate the working memory of large tiles. */
+#define ISL_HEAD_CHUNK_DEFAULT_PIXELS 65536
 int isl_plan_head_rows(const isl_plan *plan);
 /* The first row of the chunk that follows row0's chunk: chunks start at multiples of
  * rows, except the last, which ends at out_h (overlapping its predecessor). */

@@ -555,8 +555,9 @@ static size_t tile_bytes(const ensemble *e, const selection *sel, isl_precision 
     size_t out_h = (size_t)ISL_PATCH_OUTPUT + ISL_STRIDE * my;
     size_t out_w = (size_t)ISL_PATCH_OUTPUT + ISL_STRIDE * mx;
     size_t planes = (size_t)sel->max_ch / ISL_NUM_CLASSES;
+    const size_t chunk_px = ISL_HEAD_CHUNK_DEFAULT_PIXELS;
     if (e->count > 1) /* the members' probabilities of a head chunk */
-        bytes += sizeof(float) * sel->max_ch * (out_h * out_w < 65536 ? out_h * out_w : 65536);
+        bytes += sizeof(float) * sel->max_ch * (out_h * out_w < chunk_px ? out_h * out_w : chunk_px);
     return bytes + out_h * (size_t)image_w * sizeof(float) * stat_count * sel->count * planes;
 }
 
