@@ -16,16 +16,7 @@ static const char *three_heads[3] = {"dapi_confocal", "map2_confocal", "nfh_conf
 
 static isl_model *small_model(int base, int nz, uint64_t seed)
 {
-    isl_model_config c;
-    isl_model_config_init(&c);
-    c.base_depth = base;
-    c.num_z = nz;
-    c.num_heads = 1;
-    c.head_names = three_heads;
-    c.seed = seed;
-    isl_model *m = NULL;
-    ck_assert_msg(isl_model_create(&c, &m) == ISL_OK, "%s", isl_last_error());
-    return m;
+    return test_new_model(base, nz, 1, three_heads, seed, "none");
 }
 
 static void tmp_path(char *buf, size_t n, const char *name)

@@ -707,16 +707,7 @@ END_TEST
 
 static isl_model *label_model(int nz, int count, const char *const *heads, const char *norm)
 {
-    isl_model_config c;
-    isl_model_config_init(&c);
-    c.base_depth = 5;
-    c.num_z = nz;
-    c.num_heads = count;
-    c.head_names = heads;
-    c.input_normalization = norm;
-    isl_model *m = NULL;
-    ck_assert_msg(isl_model_create(&c, &m) == ISL_OK, "%s", isl_last_error());
-    return m;
+    return test_new_model(5, nz, count, heads, 0, norm);
 }
 
 typedef struct batch {

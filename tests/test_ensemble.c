@@ -13,16 +13,7 @@ static const char *two_heads[] = {"extra", "dapi_confocal"};
 static isl_model *member(uint64_t seed, int nz, int num_heads, const char **heads,
                          const char *normalization)
 {
-    isl_model_config c;
-    isl_model_config_init(&c);
-    c.base_depth = BASE;
-    c.num_z = nz;
-    c.num_heads = num_heads;
-    c.head_names = heads;
-    c.seed = seed;
-    c.input_normalization = normalization;
-    isl_model *m = NULL;
-    ck_assert_msg(isl_model_create(&c, &m) == ISL_OK, "%s", isl_last_error());
+    isl_model *m = test_new_model(BASE, nz, num_heads, heads, seed, normalization);
     test_randomize_bn(&m->params, seed + 100);
     test_sharpen_heads(&m->params, 10.0f);
     return m;

@@ -553,16 +553,7 @@ END_TEST
 
 static isl_model *api_model(uint64_t seed)
 {
-    isl_model_config c;
-    isl_model_config_init(&c);
-    c.base_depth = BASE;
-    c.num_z = NZ;
-    c.num_heads = LABELS;
-    c.head_names = head_names;
-    c.seed = seed;
-    isl_model *m = NULL;
-    ck_assert_msg(isl_model_create(&c, &m) == ISL_OK, "%s", isl_last_error());
-    return m;
+    return test_new_model(BASE, NZ, LABELS, head_names, seed, "none");
 }
 
 static isl_trainer *api_trainer(const isl_model *m, double rate)

@@ -72,6 +72,25 @@ static inline void test_randomize_bn(isl_params *p, uint64_t seed)
         p->projection_bias[c] = (float)(test_uniform(&s) - 0.5);
 }
 
+/* A model made through the public API (random weights drawn from seed); the test fails
+ * if it cannot be made. */
+static inline isl_model *test_new_model(int base, int nz, int num_heads,
+                                        const char *const *heads, uint64_t seed,
+                                        const char *normalization)
+{
+    isl_model_config c;
+    isl_model_config_init(&c);
+    c.base_depth = base;
+    c.num_z = nz;
+    c.num_heads = num_heads;
+    c.head_names = heads;
+    c.seed = seed;
+    c.input_normalization = normalization;
+    isl_model *m = NULL;
+    ck_assert_msg(isl_model_create(&c, &m) == ISL_OK, "%s", isl_last_error());
+    return m;
+}
+
 /* ---- time and files ------------------------------------------------------------- */
 
 static inline double test_now(void)
