@@ -8,7 +8,8 @@ large gap between the two means the model learned this field more than the task.
       --data ../shared/data/condition_b_well_a4 --png docs/images/condition-b-validation.png
 
 With --ensemble M2.h5 [M3.h5 ...], the prediction is that of the ensemble: the models'
-distributions are averaged (isl's ensemble prediction) before the median is taken.
+distributions are averaged (isl's ensemble prediction) before the median is taken. With
+--flip-average, each model also predicts the stack's three mirror images, averaged too.
 
 The validation region is rows 768..1023 of columns 0..639 (163,840 pixels), which
 scripts/train-condition-b.sh never trains on.
@@ -55,6 +56,8 @@ def main():
                                                   "condition_b_well_a4"))
     p.add_argument("--ensemble", nargs="+", default=[], metavar="MODEL",
                    help="other models averaged with --model")
+    p.add_argument("--flip-average", action="store_true",
+                   help="average the predictions of the stack's four mirror images")
     p.add_argument("--png", help="write the figure here")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
@@ -63,7 +66,7 @@ def main():
     others = [isl.Model.load(m) for m in args.ensemble]
     with isl.Model.load(args.model) as model:
         pred = model.predict(stack, stats="median", heads=LABELS, threads=args.threads,
-                             ensemble=others)
+                             ensemble=others, flip_average=args.flip_average)
     for m in others:
         m.close()
     rows = []  # (target, prediction) per label, 8-bit with the target's contrast

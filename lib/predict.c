@@ -1,5 +1,6 @@
 /* Prediction: options, single tiles, and whole images streamed through aligned tiles. */
 #include "error.h"
+#include "flip.h"
 #include "model.h"
 #include "predict_input.h"
 #include "stats.h"
@@ -27,6 +28,7 @@ struct isl_predict_options {
     const volatile int *cancel_flag;
     int num_members;                 /* ensemble: models besides the predicting one */
     const isl_model **members;       /* not owned */
+    int flip_average;                /* also average the input's three mirror images */
 };
 
 static const isl_predict_options default_options = {
@@ -174,6 +176,13 @@ isl_status isl_predict_options_set_ensemble(isl_predict_options *o, int count,
     return ISL_OK;
 }
 
+isl_status isl_predict_options_set_flip_average(isl_predict_options *o, int enable)
+{
+    NEED_OPTIONS(o);
+    o->flip_average = enable != 0;
+    return ISL_OK;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Shared helpers                                                                       */
 /* ------------------------------------------------------------------------------------ */
@@ -224,9 +233,12 @@ static isl_status check_model(const isl_model *m, const char *fn)
 }
 
 /* The models whose distributions a prediction averages: the predicting model first, then
- * the options' ensemble, with the index in each model of every requested head. */
+ * the options' ensemble, with the index in each model of every requested head. Each model
+ * sees `flips` views of the input (1, or ISL_FLIP_COUNT mirror images): view v is model
+ * v / flips on flip v % flips, and view 0 is the predicting model on the input itself. */
 typedef struct ensemble {
     int count;
+    int flips, views;
     const isl_model *models[ISL_MAX_ENSEMBLE];
     int heads[ISL_MAX_ENSEMBLE][257]; /* 256 label heads and the autoencoder */
 } ensemble;
@@ -236,6 +248,8 @@ static isl_status resolve_ensemble(const isl_model *m, const isl_predict_options
                                    const int *heads, ensemble *e)
 {
     e->count = 1 + o->num_members;
+    e->flips = o->flip_average ? ISL_FLIP_COUNT : 1;
+    e->views = e->count * e->flips;
     e->models[0] = m;
     memcpy(e->heads[0], heads, sizeof(int) * (size_t)count);
     for (int k = 1; k < e->count; k++) {
@@ -267,14 +281,6 @@ static isl_status resolve_ensemble(const isl_model *m, const isl_predict_options
         }
     }
     return ISL_OK;
-}
-
-/* sum[i] += add[i] over n floats. */
-static void accumulate(float *sum, const float *add, size_t n)
-{
-#pragma omp parallel for simd schedule(static)
-    for (size_t i = 0; i < n; i++)
-        sum[i] += add[i];
 }
 
 /* Mean of `count` summed distributions; log of it for logits (softmax(log p) = p). */
@@ -319,8 +325,8 @@ isl_status isl_predict_tile(const isl_model *m, const isl_predict_options *o, co
     ISL_CHECK(resolve_ensemble(m, o, count, requested, &e));
     const int out_h = isl_arch_output_side(height), out_w = isl_arch_output_side(width);
     const size_t out_px = (size_t)out_h * out_w;
-    float *scratch = NULL; /* a member's probabilities, added to the first model's */
-    if (e.count > 1) {
+    float *scratch = NULL; /* a view's probabilities, added to the first view's */
+    if (e.views > 1) {
         int max_ch = 0;
         for (int i = 0; i < count; i++)
             if (m->params.heads[requested[i]].out_ch > max_ch)
@@ -328,31 +334,32 @@ isl_status isl_predict_tile(const isl_model *m, const isl_predict_options *o, co
         if (count && !(scratch = malloc(sizeof(float) * max_ch * out_px)))
             return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for an ensemble's outputs");
     }
-    /* Members run one after another, so an ensemble needs no more working memory. */
-    const int probabilities = e.count > 1 || o->probabilities;
+    /* Views run one after another, so averaging needs no more working memory. */
+    const int probabilities = e.views > 1 || o->probabilities;
     thread_scope ts = threads_begin(o);
     isl_status s = ISL_OK;
-    for (int k = 0; s == ISL_OK && k < e.count; k++) {
+    for (int v = 0; s == ISL_OK && v < e.views; v++) {
+        const int k = v / e.flips, flip = v % e.flips;
         const isl_model *x = e.models[k];
         isl_plan *plan;
         isl_exec *exec;
         s = isl_model_acquire(x, height, width, o->precision, &plan, &exec);
         if (s != ISL_OK)
             break;
-        memcpy(isl_exec_input(exec), input, n * sizeof(float));
+        isl_flip_copy(isl_exec_input(exec), input, (size_t)nz, height, width, flip);
         s = isl_exec_run_trunk(exec);
         for (int i = 0; s == ISL_OK && i < count; i++) {
             const int h = requested[i], ch = m->params.heads[h].out_ch;
             s = run_whole_head(exec, plan, e.heads[k][i], probabilities, ch, out_h, out_w,
-                               k == 0 ? outputs[h] : scratch);
-            if (s == ISL_OK && k > 0)
-                accumulate(outputs[h], scratch, (size_t)ch * out_px);
+                               v == 0 ? outputs[h] : scratch);
+            if (s == ISL_OK && v > 0)
+                isl_flip_accumulate(outputs[h], scratch, (size_t)ch, out_h, out_w, flip);
         }
         isl_model_release(x, plan, exec);
     }
-    for (int i = 0; s == ISL_OK && e.count > 1 && i < count; i++)
+    for (int i = 0; s == ISL_OK && e.views > 1 && i < count; i++)
         finish_mean(outputs[requested[i]], (size_t)m->params.heads[requested[i]].out_ch * out_px,
-                    e.count, !o->probabilities);
+                    e.views, !o->probabilities);
     threads_end(ts);
     free(scratch);
     return s;
@@ -549,14 +556,14 @@ static size_t tile_bytes(const ensemble *e, const selection *sel, isl_precision 
 {
     int th = ISL_PATCH_INPUT + ISL_STRIDE * my, tw = ISL_PATCH_INPUT + ISL_STRIDE * mx;
     size_t bytes = 0;
-    for (int k = 0; k < e->count; k++) /* every member keeps its tile's trunk output */
-        bytes += isl_plan_estimate_bytes(&e->models[k]->params, &e->models[k]->layout, th, tw,
-                                         sel->max_ch, precision);
+    for (int k = 0; k < e->count; k++) /* every view keeps its tile's trunk output */
+        bytes += e->flips * isl_plan_estimate_bytes(&e->models[k]->params, &e->models[k]->layout,
+                                                    th, tw, sel->max_ch, precision);
     size_t out_h = (size_t)ISL_PATCH_OUTPUT + ISL_STRIDE * my;
     size_t out_w = (size_t)ISL_PATCH_OUTPUT + ISL_STRIDE * mx;
     size_t planes = (size_t)sel->max_ch / ISL_NUM_CLASSES;
     const size_t chunk_px = ISL_HEAD_CHUNK_DEFAULT_PIXELS;
-    if (e->count > 1) /* the members' probabilities of a head chunk */
+    if (e->views > 1) /* the other views' probabilities of a head chunk */
         bytes += sizeof(float) * sel->max_ch * (out_h * out_w < chunk_px ? out_h * out_w : chunk_px);
     return bytes + out_h * (size_t)image_w * sizeof(float) * stat_count * sel->count * planes;
 }
@@ -601,7 +608,7 @@ typedef struct band {
     float *data[256][ISL_STAT_COUNT]; /* [planes][tile_out_h][width] per head and stat */
     float *tile_stats[ISL_STAT_COUNT];
     float *probs;
-    float *member_probs; /* ensembles: another member's probabilities of the chunk */
+    float *view_probs; /* averages: another view's probabilities of the chunk */
     int *col_index;
 } band;
 
@@ -613,12 +620,12 @@ static void free_band(band *b, const selection *sel)
     for (int s = 0; s < ISL_STAT_COUNT; s++)
         free(b->tile_stats[s]);
     free(b->probs);
-    free(b->member_probs);
+    free(b->view_probs);
     free(b->col_index);
 }
 
 static isl_status alloc_band(band *b, const isl_model *m, const selection *sel, const axis *ay,
-                             const axis *ax, int head_rows, int members)
+                             const axis *ax, int head_rows, int views)
 {
     memset(b, 0, sizeof(*b));
     const size_t tile_px = (size_t)head_rows * ax->tile_out; /* a head's chunk of rows */
@@ -635,7 +642,7 @@ static isl_status alloc_band(band *b, const isl_model *m, const selection *sel, 
                 return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
     b->probs = malloc(sizeof(float) * tile_px * sel->max_ch);
     b->col_index = malloc(sizeof(int) * (size_t)(ax->tile_out + ISL_PATCH_INPUT));
-    if (members > 1 && !(b->member_probs = malloc(sizeof(float) * tile_px * sel->max_ch)))
+    if (views > 1 && !(b->view_probs = malloc(sizeof(float) * tile_px * sel->max_ch)))
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for an ensemble's probabilities");
     if (!b->probs || !b->col_index)
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for %zu MB of probabilities",
@@ -689,31 +696,34 @@ static isl_status deliver_rows(const isl_model *m, const selection *sel, band *b
     return ISL_OK;
 }
 
-/* The members' working state for one tile shape. */
-typedef struct member_exec {
+/* The views' working state for one tile shape. */
+typedef struct view_exec {
     isl_plan *plan;
     isl_exec *exec;
-} member_exec;
+} view_exec;
 
-static void release_members(const ensemble *e, member_exec *x)
+static void release_views(const ensemble *e, view_exec *x)
 {
-    for (int k = 0; k < e->count; k++)
-        if (x[k].plan)
-            isl_model_release(e->models[k], x[k].plan, x[k].exec);
+    for (int v = 0; v < e->views; v++)
+        if (x[v].plan)
+            isl_model_release(e->models[v / e->flips], x[v].plan, x[v].exec);
 }
 
-/* Probabilities of selected head i for chunk rows [r0, r0 + head_rows) of the tile: the
- * model's, or the mean of the ensemble's, in b->probs. */
-static isl_status head_chunk_probabilities(const ensemble *e, member_exec *x, band *b, int i,
-                                           int out_ch, int r0, size_t chunk_px)
+/* Probabilities of selected head i for chunk rows [r0, r0 + rows) of a tile with out_h x
+ * out_w outputs: the model's, or the mean of all views', in b->probs. A view of the
+ * up-down mirror image has these rows at the other end of its tile, in reverse. */
+static isl_status head_chunk_probabilities(const ensemble *e, view_exec *x, band *b, int i,
+                                           int out_ch, int r0, int rows, int out_h, int out_w)
 {
     ISL_CHECK(isl_exec_run_head(x[0].exec, e->heads[0][i], 1, r0, b->probs));
-    for (int k = 1; k < e->count; k++) {
-        ISL_CHECK(isl_exec_run_head(x[k].exec, e->heads[k][i], 1, r0, b->member_probs));
-        accumulate(b->probs, b->member_probs, (size_t)out_ch * chunk_px);
+    for (int v = 1; v < e->views; v++) {
+        const int flip = v % e->flips, vr0 = (flip & ISL_FLIP_Y) ? out_h - r0 - rows : r0;
+        ISL_CHECK(isl_exec_run_head(x[v].exec, e->heads[v / e->flips][i], 1, vr0,
+                                    b->view_probs));
+        isl_flip_accumulate(b->probs, b->view_probs, (size_t)out_ch, rows, out_w, flip);
     }
-    if (e->count > 1)
-        finish_mean(b->probs, (size_t)out_ch * chunk_px, e->count, 0);
+    if (e->views > 1)
+        finish_mean(b->probs, (size_t)out_ch * rows * out_w, e->views, 0);
     return ISL_OK;
 }
 
@@ -736,24 +746,24 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
     axis ay = make_axis(in->height, my), ax = make_axis(in->width, mx);
     const int th = ay.tile_out + ISL_PATCH_INPUT - ISL_PATCH_OUTPUT;
     const int tw = ax.tile_out + ISL_PATCH_INPUT - ISL_PATCH_OUTPUT;
-    const size_t input_floats = (size_t)in->num_z * th * tw;
 
     isl_input_transform t = {0};
     band b;
-    member_exec x[ISL_MAX_ENSEMBLE];
+    view_exec x[ISL_MAX_ENSEMBLE * ISL_FLIP_COUNT];
     memset(x, 0, sizeof(x));
     thread_scope ts = threads_begin(o);
     memset(&b, 0, sizeof(b));
     isl_status s = isl_input_transform_init(m->params.input_normalization, in, &t);
-    for (int k = 0; s == ISL_OK && k < e.count; k++)
-        s = isl_model_acquire(e.models[k], th, tw, o->precision, &x[k].plan, &x[k].exec);
-    /* Head chunks depend on the tile shape only, so every member cuts the same rows. */
+    for (int v = 0; s == ISL_OK && v < e.views; v++)
+        s = isl_model_acquire(e.models[v / e.flips], th, tw, o->precision, &x[v].plan,
+                              &x[v].exec);
+    /* Head chunks depend on the tile shape only, so every view cuts the same rows. */
     const int head_rows = s == ISL_OK ? isl_plan_head_rows(x[0].plan) : 0;
-    for (int k = 1; s == ISL_OK && k < e.count; k++)
-        if (isl_plan_head_rows(x[k].plan) != head_rows)
+    for (int v = 1; s == ISL_OK && v < e.views; v++)
+        if (isl_plan_head_rows(x[v].plan) != head_rows)
             s = isl_fail(ISL_ERROR_BACKEND, "ensemble members cut a tile's rows differently");
     if (s == ISL_OK)
-        s = alloc_band(&b, m, &sel, &ay, &ax, head_rows, e.count);
+        s = alloc_band(&b, m, &sel, &ay, &ax, head_rows, e.views);
 
     const int64_t total = (int64_t)ay.count * ax.count;
     int delivered = 0;
@@ -763,17 +773,18 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
             const int ox = tile_origin(&ax, tx);
             float *input = isl_exec_input(x[0].exec);
             isl_input_fill(input, in, &t, oy, ox, th, tw, b.col_index);
-            for (int k = 0; s == ISL_OK && k < e.count; k++) {
-                if (k > 0)
-                    memcpy(isl_exec_input(x[k].exec), input, sizeof(float) * input_floats);
-                s = isl_exec_run_trunk(x[k].exec);
+            for (int v = 0; s == ISL_OK && v < e.views; v++) {
+                if (v > 0)
+                    isl_flip_copy(isl_exec_input(x[v].exec), input, (size_t)in->num_z, th, tw,
+                                  v % e.flips);
+                s = isl_exec_run_trunk(x[v].exec);
             }
             for (int i = 0; s == ISL_OK && i < sel.count; i++) {
                 const int out_ch = m->params.heads[sel.heads[i]].out_ch;
                 for (int r = 0; s == ISL_OK && r < ay.tile_out; r += head_rows) {
                     const int r0 = isl_head_chunk_start(r, head_rows, ay.tile_out);
-                    s = head_chunk_probabilities(&e, x, &b, i, out_ch, r0,
-                                                 (size_t)head_rows * ax.tile_out);
+                    s = head_chunk_probabilities(&e, x, &b, i, out_ch, r0, head_rows,
+                                                 ay.tile_out, ax.tile_out);
                     if (s == ISL_OK)
                         tile_stats_to_band(&b, i, out_ch / ISL_NUM_CLASSES, &ay, &ax, ox, r0,
                                            head_rows, sel.stat_mask);
@@ -791,7 +802,7 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
             delivered = r1;
         }
     }
-    release_members(&e, x);
+    release_views(&e, x);
     threads_end(ts);
     free_band(&b, &sel);
     isl_input_transform_free(&t);

@@ -52,6 +52,18 @@ public class TestPredict {
     }
   }
 
+  /** Mirror image (bit 0: left-right, bit 1: up-down) of planes x h x w floats. */
+  private static float[] mirror(float[] a, int planes, int h, int w, int flip) {
+    float[] out = new float[a.length];
+    for (int p = 0; p < planes; p++)
+      for (int y = 0; y < h; y++)
+        for (int x = 0; x < w; x++) {
+          int sy = (flip & 2) != 0 ? h - 1 - y : y, sx = (flip & 1) != 0 ? w - 1 - x : x;
+          out[(p * h + y) * w + x] = a[(p * h + sy) * w + sx];
+        }
+    return out;
+  }
+
   private static float maxDiff(float[] a, float[] b) {
     if (a.length != b.length)
       return Float.POSITIVE_INFINITY;
@@ -177,6 +189,22 @@ public class TestPredict {
             () -> model.predict(FloatBuffer.wrap(smallFloat), z, sh, sw,
                 new Model.Options().heads("tuj1").ensemble(second)));
       }
+
+      // Flip averaging: the mean of the predictions of the four mirror images (made here),
+      // mirrored back. Sides of 8 + 16 m keep every pixel's phase of the network's stride.
+      float[] flipSum = new float[sh * sw];
+      for (int flip = 0; flip < 4; flip++) {
+        float[] mirrored = mirror(smallFloat, z, sh, sw, flip);
+        float[] mean = mirror(model.predict(mirrored, z, sh, sw, "mean").get("dapi_confocal")
+            .get("mean"), 1, sh, sw, flip);
+        for (int i = 0; i < flipSum.length; i++)
+          flipSum[i] += mean[i] / 4;
+      }
+      float[] flipped = model.predict(FloatBuffer.wrap(smallFloat), z, sh, sw,
+          new Model.Options().heads("dapi_confocal").stats("mean").flipAverage(true))
+          .get("dapi_confocal").get("mean");
+      check(maxDiff(flipped, ref) > 0.01f && maxDiff(flipped, flipSum) < 1e-4f,
+          "flip average is the mirror images' mean (off by " + maxDiff(flipped, flipSum) + ")");
 
       // Tiles: shape and probabilities that sum to 1.
       float[] tile = new float[z * 266 * 282];  // the tile size of the predictions above

@@ -269,6 +269,64 @@ def test_ensemble_averages_the_members(islpy, small_model, small_stack, small_pr
         small_model.predict(small_stack, threads=THREADS, ensemble=[other])
 
 
+def _mirror(a, flip):
+    """Mirror image `flip` (bit 0: left-right, bit 1: up-down) of the last two axes."""
+    if flip & 1:
+        a = a[..., ::-1]
+    if flip & 2:
+        a = a[..., ::-1, :]
+    return np.ascontiguousarray(a)
+
+
+def test_flip_average_is_the_mixture_of_mirror_images(islpy, small_model):
+    """flip_average=: the mean distribution over the stack's four mirror images. Oracle: the
+    models predicting mirror images made here; rows of 8 + 16 m keep each pixel's phase of
+    the network's stride 16 when the whole image is mirrored, as the library mirrors tiles."""
+    stack = np.random.default_rng(5).integers(0, 65536, size=(13, 40, 56), dtype=np.uint16)
+    stats = ("mean", "median", "p_nonzero")
+    with islpy.Model.create(base_depth=8, num_z=13, heads=("extra", "dapi_confocal"),
+                            seed=4) as other:
+        views = []
+        for model in (small_model, other):
+            for flip in range(4):
+                got = model.predict(_mirror(stack, flip), stats=stats, heads="dapi_confocal",
+                                    threads=THREADS)["dapi_confocal"]
+                views.append({k: _mirror(v, flip) for k, v in got.items()})
+        assert np.abs(views[1]["mean"] - views[0]["mean"]).max() > 0.01  # not symmetric
+
+        def check(got, members):
+            for stat in ("mean", "p_nonzero"):
+                want = np.mean([v[stat] for v in members], axis=0)
+                assert np.abs(got[stat] - want).max() < 1e-5
+            medians = np.array([v["median"] for v in members])
+            assert np.all((got["median"] >= medians.min(0)) & (got["median"] <= medians.max(0)))
+
+        flipped = small_model.predict(stack, stats=stats, heads="dapi_confocal", threads=THREADS,
+                                      flip_average=True)["dapi_confocal"]
+        check(flipped, views[:4])
+        both = small_model.predict(stack, stats=stats, heads="dapi_confocal", threads=THREADS,
+                                   flip_average=True, ensemble=[other])["dapi_confocal"]
+        check(both, views)
+
+        rows = np.full(stack.shape[1:], np.nan, np.float32)
+
+        def sink(head, stat, y0, data):
+            rows[y0:y0 + data.shape[0]] = data
+
+        small_model.predict_rows(stack, sink, stats="mean", heads="dapi_confocal", tile=266,
+                                 threads=THREADS, flip_average=True)
+        assert np.abs(rows - flipped["mean"]).max() < 1e-5
+
+        tile = np.random.default_rng(6).random((13, 266, 282), dtype=np.float32)
+        probs = [_mirror(small_model.predict_tile(_mirror(tile, f), probabilities=True,
+                                                  heads="dapi_confocal",
+                                                  threads=THREADS)["dapi_confocal"], f)
+                 for f in range(4)]
+        logits = small_model.predict_tile(tile, heads="dapi_confocal", threads=THREADS,
+                                          flip_average=True)["dapi_confocal"]
+        assert np.abs(softmax(logits) - np.mean(probs, axis=0)).max() < 1e-5
+
+
 def test_model_properties_save_load(islpy, small_model, small_model_file, small_stack,
                                     small_prediction):
     assert small_model.heads == LABEL_HEADS + ("autoencoder",)

@@ -263,6 +263,30 @@ def test_predict_ensemble(run_isl, small_model, small_stack, tmp_path):
     assert "at most 16 models" in assert_one_error_line(r, 2)
 
 
+def test_predict_flip_average(run_isl, small_model, tmp_path):
+    """--flip-average: the mean of the predictions of the stack's four mirror images (made
+    here), mirrored back. Sides of 8 + 16 m keep each pixel's phase of the network's stride."""
+    stack = np.random.default_rng(9).integers(0, 65536, size=(13, 40, 56), dtype=np.uint16)
+    means = []
+    for flip in range(4):
+        mirrored = stack[:, ::-1 if flip & 2 else 1, ::-1 if flip & 1 else 1]
+        tifffile.imwrite(tmp_path / f"m{flip}.tif", np.ascontiguousarray(mirrored))
+        r = run_isl("predict", "--model", small_model, "--input", tmp_path / f"m{flip}.tif",
+                    "--output-dir", tmp_path / f"m{flip}", "--heads", "nfh_confocal",
+                    "--stats", "mean", *ONE_THREAD)
+        assert r.returncode == 0, r.stderr
+        mean = tifffile.imread(tmp_path / f"m{flip}" / "nfh_confocal_mean.tif")
+        means.append(mean[::-1 if flip & 2 else 1, ::-1 if flip & 1 else 1])
+    r = run_isl("predict", "--model", small_model, "--input", tmp_path / "m0.tif", "--output-dir",
+                tmp_path / "avg", "--heads", "nfh_confocal", "--stats", "mean", "--flip-average",
+                *ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    assert "with flip averaging" in r.stderr
+    got = tifffile.imread(tmp_path / "avg" / "nfh_confocal_mean.tif")
+    assert np.abs(means[1] - means[0]).max() > 0.01  # the network is not mirror-symmetric
+    assert np.abs(got - np.mean(means, axis=0)).max() < 1e-5
+
+
 def test_predict_tile_size_invariance(run_isl, small_model, tmp_path):
     """Different tilings deliver rows in different bands: same images (the autoencoder's
     pages, which go through a scratch file, included)."""
