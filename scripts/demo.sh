@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what isl needs, builds it, and predicts fluorescence labels for the bundled
 # demo stack (a 256 x 256 crop of a real phase-contrast z-stack, 13 planes) with the
-# bundled trained model. Prints where the predicted images went.
+# bundled trained model, averaging the predictions of the stack and its three mirror
+# images (--flip-average: better images for 4x the time). Prints where the images went.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,5 +23,5 @@ if [ ! -f "$model" ]; then
 fi
 out=demo-output
 build/tools/isl predict --model "$model" --input examples/data/demo_z13.tif \
-  --output-dir "$out" --stats median,mean,entropy
+  --output-dir "$out" --stats median,mean,entropy --flip-average
 echo "demo: predicted images are in $(pwd)/$out"
