@@ -13,18 +13,7 @@ static const char *two_heads[] = {"extra", "dapi_confocal"};
 static isl_model *member(uint64_t seed, int nz, int num_heads, const char **heads,
                          const char *normalization)
 {
-    isl_model *m = test_new_model(BASE, nz, num_heads, heads, seed, normalization);
-    test_randomize_bn(&m->params, seed + 100);
-    test_sharpen_heads(&m->params, 10.0f);
-    return m;
-}
-
-static float *random_floats(size_t n, uint64_t seed)
-{
-    float *x = malloc(sizeof(float) * n);
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)test_uniform(&seed);
-    return x;
+    return test_sharp_model(BASE, nz, num_heads, heads, seed, normalization);
 }
 
 static isl_predict_options *ensemble_options(int count, isl_model *const *others)
@@ -37,22 +26,12 @@ static isl_predict_options *ensemble_options(int count, isl_model *const *others
     return o;
 }
 
-/* Probabilities of `head` (by name) and of the autoencoder for one 266 x 266 tile. */
-static void tile_probabilities(const isl_model *m, const isl_predict_options *o,
-                               const float *tile, float *label, float *ae)
-{
-    float *outs[3] = {NULL, NULL, NULL};
-    outs[isl_model_head_index(m, "dapi_confocal")] = label;
-    outs[isl_model_head_index(m, "autoencoder")] = ae;
-    ck_assert_msg(isl_predict_tile(m, o, tile, 266, 266, outs) == ISL_OK, "%s", isl_last_error());
-}
-
 START_TEST(tile_probabilities_are_the_mean_of_the_members)
 {
     const size_t label_n = 256 * OUT * OUT, ae_n = NZ * label_n;
     isl_model *m[3] = {member(1, NZ, 1, one_head, "none"), member(2, NZ, 2, two_heads, "none"),
                        member(3, NZ, 1, one_head, "none")};
-    float *tile = random_floats((size_t)NZ * 266 * 266, 7);
+    float *tile = test_random_input(NZ, 266, 266, 7);
     float *alone[3][2], *mixed[2] = {malloc(sizeof(float) * label_n), malloc(sizeof(float) * ae_n)};
     isl_predict_options *plain;
     ck_assert_int_eq(isl_predict_options_create(&plain), ISL_OK);
@@ -60,7 +39,7 @@ START_TEST(tile_probabilities_are_the_mean_of_the_members)
     for (int k = 0; k < 3; k++) {
         alone[k][0] = malloc(sizeof(float) * label_n);
         alone[k][1] = malloc(sizeof(float) * ae_n);
-        tile_probabilities(m[k], plain, tile, alone[k][0], alone[k][1]);
+        test_tile_probabilities(m[k], plain, tile, 266, 266, alone[k][0], alone[k][1]);
     }
     /* The members differ: otherwise the mean would prove nothing. */
     ck_assert(memcmp(alone[0][0], alone[1][0], sizeof(float) * label_n) != 0);
@@ -68,7 +47,7 @@ START_TEST(tile_probabilities_are_the_mean_of_the_members)
     for (int logits = 0; logits < 2; logits++) {
         isl_predict_options *o = ensemble_options(2, &m[1]);
         isl_predict_options_set_probabilities(o, !logits);
-        tile_probabilities(m[0], o, tile, mixed[0], mixed[1]);
+        test_tile_probabilities(m[0], o, tile, 266, 266, mixed[0], mixed[1]);
         for (int h = 0; h < 2; h++) {
             double worst = 0;
             for (size_t i = 0; i < (h ? ae_n : label_n); i++) {
@@ -93,20 +72,6 @@ START_TEST(tile_probabilities_are_the_mean_of_the_members)
 }
 END_TEST
 
-/* median, mean and P(k > 0) of the label head over a whole H x W image. */
-static void image_stats(const isl_model *m, isl_predict_options *o, const isl_stack *in,
-                        float *out[3])
-{
-    const isl_stat stats[3] = {ISL_STAT_MEDIAN, ISL_STAT_MEAN, ISL_STAT_P_NONZERO};
-    float *outputs[3 * ISL_STAT_COUNT] = {0};
-    int head = isl_model_head_index(m, "dapi_confocal");
-    for (int s = 0; s < 3; s++)
-        outputs[head * ISL_STAT_COUNT + stats[s]] = out[s];
-    ck_assert_int_eq(isl_predict_options_set_heads(o, 1, &head), ISL_OK);
-    ck_assert_int_eq(isl_predict_options_set_stats(o, 3, stats), ISL_OK);
-    ck_assert_msg(isl_predict_image(m, o, in, outputs) == ISL_OK, "%s", isl_last_error());
-}
-
 static float **alloc_stats(void)
 {
     float **s = malloc(sizeof(float *) * 3);
@@ -125,20 +90,20 @@ static void free_stats(float **s)
 START_TEST(image_statistics_are_those_of_the_mixture)
 {
     isl_model *m[2] = {member(4, NZ, 1, one_head, "none"), member(5, NZ, 2, two_heads, "none")};
-    float *image = random_floats((size_t)NZ * H * W, 11);
+    float *image = test_random_input(NZ, H, W, 11);
     isl_stack in = {image, ISL_DTYPE_F32, NZ, H, W};
     float **alone[2] = {alloc_stats(), alloc_stats()}, **mixed = alloc_stats(),
           **tiled = alloc_stats();
     for (int k = 0; k < 2; k++) {
         isl_predict_options *o;
         ck_assert_int_eq(isl_predict_options_create(&o), ISL_OK);
-        image_stats(m[k], o, &in, alone[k]);
+        test_label_stats(m[k], o, &in, alone[k]);
         isl_predict_options_free(o);
     }
     isl_predict_options *o = ensemble_options(1, &m[1]);
-    image_stats(m[0], o, &in, mixed);
+    test_label_stats(m[0], o, &in, mixed);
     ck_assert_int_eq(isl_predict_options_set_tile_size(o, 298), ISL_OK);
-    image_stats(m[0], o, &in, tiled); /* 9 tiles instead of one */
+    test_label_stats(m[0], o, &in, tiled); /* 9 tiles instead of one */
     isl_predict_options_free(o);
 
     double worst_mean = 0, worst_nonzero = 0;
@@ -180,20 +145,20 @@ END_TEST
 START_TEST(a_model_with_itself_predicts_as_alone)
 {
     isl_model *m = member(6, NZ, 1, one_head, "none");
-    float *image = random_floats((size_t)NZ * H * W, 12);
+    float *image = test_random_input(NZ, H, W, 12);
     isl_stack in = {image, ISL_DTYPE_F32, NZ, H, W};
     float **alone = alloc_stats(), **twice = alloc_stats();
     isl_predict_options *o;
     ck_assert_int_eq(isl_predict_options_create(&o), ISL_OK);
-    image_stats(m, o, &in, alone);
+    test_label_stats(m, o, &in, alone);
     isl_predict_options_free(o);
     o = ensemble_options(1, &m); /* the same model twice: (p + p) / 2 is p exactly */
-    image_stats(m, o, &in, twice);
+    test_label_stats(m, o, &in, twice);
     for (int s = 0; s < 3; s++)
         ck_assert_mem_eq(alone[s], twice[s], sizeof(float) * H * W);
     /* Count 0 removes the ensemble. */
     ck_assert_int_eq(isl_predict_options_set_ensemble(o, 0, NULL), ISL_OK);
-    image_stats(m, o, &in, twice);
+    test_label_stats(m, o, &in, twice);
     ck_assert_mem_eq(alone[0], twice[0], sizeof(float) * H * W);
     isl_predict_options_free(o);
     free_stats(alone);
@@ -205,7 +170,7 @@ END_TEST
 
 static void expect_refused(isl_model *m, isl_model *other, isl_status want, const char *words)
 {
-    float *image = random_floats((size_t)NZ * H * W, 13);
+    float *image = test_random_input(NZ, H, W, 13);
     isl_stack in = {image, ISL_DTYPE_F32, NZ, H, W};
     float *out = malloc(sizeof(float) * H * W), *outputs[3 * ISL_STAT_COUNT] = {out};
     isl_predict_options *o = ensemble_options(1, &other);
@@ -213,7 +178,7 @@ static void expect_refused(isl_model *m, isl_model *other, isl_status want, cons
     ck_assert_msg(strstr(isl_last_error(), words), "message \"%s\" lacks \"%s\"",
                   isl_last_error(), words);
     float tile_out[256 * OUT * OUT], *tile_outs[2] = {tile_out, NULL};
-    float *tile = random_floats((size_t)NZ * 266 * 266, 14);
+    float *tile = test_random_input(NZ, 266, 266, 14);
     ck_assert_int_eq(isl_predict_tile(m, o, tile, 266, 266, tile_outs), want);
     isl_predict_options_free(o);
     free(tile);

@@ -15,18 +15,7 @@ static const char *two_heads[] = {"extra", "dapi_confocal"};
 
 static isl_model *sharp_model(uint64_t seed)
 {
-    isl_model *m = test_new_model(BASE, NZ, 1, one_head, seed, "none");
-    test_randomize_bn(&m->params, seed + 100);
-    test_sharpen_heads(&m->params, 10.0f);
-    return m;
-}
-
-static float *random_floats(size_t n, uint64_t seed)
-{
-    float *x = malloc(sizeof(float) * n);
-    for (size_t i = 0; i < n; i++)
-        x[i] = (float)test_uniform(&seed);
-    return x;
+    return test_sharp_model(BASE, NZ, 1, one_head, seed, "none");
 }
 
 /* The test's own mirror image (bit 0: left-right, bit 1: up-down) of planes x rows x cols. */
@@ -48,25 +37,13 @@ static isl_predict_options *options(int flip_average)
     return o;
 }
 
-/* Probabilities of dapi_confocal and the autoencoder for one TH x TW tile. */
-static void tile_probabilities(const isl_model *m, const isl_predict_options *o,
-                               const float *tile, float *label, float *ae)
-{
-    float *outs[3] = {NULL, NULL, NULL};
-    outs[isl_model_head_index(m, "dapi_confocal")] = label;
-    outs[isl_model_head_index(m, "autoencoder")] = ae;
-    ck_assert_msg(isl_predict_tile(m, o, tile, TH, TW, outs) == ISL_OK, "%s", isl_last_error());
-}
-
 START_TEST(tile_probabilities_are_the_mean_of_the_mirror_images)
 {
     const size_t label_n = 256 * OH * OW, ae_n = NZ * label_n, in_n = (size_t)NZ * TH * TW;
     const size_t n[2] = {label_n, ae_n};
     /* The second model has its heads in another order: views are matched by head name. */
-    isl_model *m[2] = {sharp_model(1), test_new_model(BASE, NZ, 2, two_heads, 2, "none")};
-    test_randomize_bn(&m[1]->params, 102);
-    test_sharpen_heads(&m[1]->params, 10.0f);
-    float *tile = random_floats(in_n, 7), *mirrored = malloc(sizeof(float) * in_n);
+    isl_model *m[2] = {sharp_model(1), test_sharp_model(BASE, NZ, 2, two_heads, 2, "none")};
+    float *tile = test_random_input(NZ, TH, TW, 7), *mirrored = malloc(sizeof(float) * in_n);
     double *want[2][2]; /* [model][head]: the mean over the mirror images, mirrored back */
     float *one[2] = {malloc(sizeof(float) * label_n), malloc(sizeof(float) * ae_n)};
     float *got[2] = {malloc(sizeof(float) * label_n), malloc(sizeof(float) * ae_n)};
@@ -78,7 +55,7 @@ START_TEST(tile_probabilities_are_the_mean_of_the_mirror_images)
             want[k][h] = calloc(n[h], sizeof(double));
         for (int flip = 0; flip < 4; flip++) {
             mirror(mirrored, tile, NZ, TH, TW, flip);
-            tile_probabilities(m[k], plain, mirrored, one[0], one[1]);
+            test_tile_probabilities(m[k], plain, mirrored, TH, TW, one[0], one[1]);
             for (int h = 0; h < 2; h++) {
                 mirror(back, one[h], n[h] / ((size_t)OH * OW), OH, OW, flip);
                 for (size_t i = 0; i < n[h]; i++)
@@ -99,7 +76,7 @@ START_TEST(tile_probabilities_are_the_mean_of_the_mirror_images)
             isl_predict_options_set_probabilities(o, !logits);
             if (pair)
                 isl_predict_options_set_ensemble(o, 1, (const isl_model *const *)&m[1]);
-            tile_probabilities(m[0], o, tile, got[0], got[1]);
+            test_tile_probabilities(m[0], o, tile, TH, TW, got[0], got[1]);
             for (int h = 0; h < 2; h++) {
                 double worst = 0;
                 for (size_t i = 0; i < n[h]; i++) {
@@ -129,19 +106,12 @@ START_TEST(tile_probabilities_are_the_mean_of_the_mirror_images)
 }
 END_TEST
 
-/* median, mean and P(k > 0) of the label head over a whole image. */
+/* median, mean and P(k > 0) of the label head over a whole H x W image. */
 static void image_stats(const isl_model *m, isl_predict_options *o, const float *image,
                         float *out[3])
 {
-    const isl_stat stats[3] = {ISL_STAT_MEDIAN, ISL_STAT_MEAN, ISL_STAT_P_NONZERO};
-    float *outputs[3 * ISL_STAT_COUNT] = {0};
     isl_stack in = {image, ISL_DTYPE_F32, NZ, H, W};
-    int head = isl_model_head_index(m, "dapi_confocal");
-    for (int s = 0; s < 3; s++)
-        outputs[head * ISL_STAT_COUNT + stats[s]] = out[s];
-    ck_assert_int_eq(isl_predict_options_set_heads(o, 1, &head), ISL_OK);
-    ck_assert_int_eq(isl_predict_options_set_stats(o, 3, stats), ISL_OK);
-    ck_assert_msg(isl_predict_image(m, o, &in, outputs) == ISL_OK, "%s", isl_last_error());
+    test_label_stats(m, o, &in, out);
 }
 
 static float *stats_block(void) { return malloc(sizeof(float) * 3 * H * W); }
@@ -198,7 +168,7 @@ static float *mirrored_view(const isl_model *m, const float *image, int flip)
 START_TEST(image_statistics_are_those_of_the_mirror_images_mixture)
 {
     isl_model *m = sharp_model(4);
-    float *image = random_floats((size_t)NZ * H * W, 11);
+    float *image = test_random_input(NZ, H, W, 11);
     float *views[4];
     for (int v = 0; v < 4; v++)
         views[v] = mirrored_view(m, image, v);

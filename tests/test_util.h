@@ -374,6 +374,42 @@ static inline void test_sharpen_heads(isl_params *p, float factor)
             p->heads[h].weight[i] *= factor;
 }
 
+/* Probabilities of the heads "dapi_confocal" and "autoencoder" for one tile. */
+static inline void test_tile_probabilities(const isl_model *m, const isl_predict_options *o,
+                                           const float *tile, int h, int w, float *label,
+                                           float *ae)
+{
+    float *outs[3] = {NULL, NULL, NULL};
+    outs[isl_model_head_index(m, "dapi_confocal")] = label;
+    outs[isl_model_head_index(m, "autoencoder")] = ae;
+    ck_assert_msg(isl_predict_tile(m, o, tile, h, w, outs) == ISL_OK, "%s", isl_last_error());
+}
+
+/* Median, mean and P(k > 0) of the head "dapi_confocal" over a whole image, into out[0..2]. */
+static inline void test_label_stats(const isl_model *m, isl_predict_options *o,
+                                    const isl_stack *in, float *out[3])
+{
+    const isl_stat stats[3] = {ISL_STAT_MEDIAN, ISL_STAT_MEAN, ISL_STAT_P_NONZERO};
+    float *outputs[3 * ISL_STAT_COUNT] = {0};
+    int head = isl_model_head_index(m, "dapi_confocal");
+    for (int s = 0; s < 3; s++)
+        outputs[head * ISL_STAT_COUNT + stats[s]] = out[s];
+    ck_assert_int_eq(isl_predict_options_set_heads(o, 1, &head), ISL_OK);
+    ck_assert_int_eq(isl_predict_options_set_stats(o, 3, stats), ISL_OK);
+    ck_assert_msg(isl_predict_image(m, o, in, outputs) == ISL_OK, "%s", isl_last_error());
+}
+
+/* A random model with random batch-norm statistics and sharp heads: predictions far from
+ * uniform that differ from seed to seed (for tests of averaged predictions). */
+static inline isl_model *test_sharp_model(int base, int nz, int num_heads, const char **heads,
+                                          uint64_t seed, const char *normalization)
+{
+    isl_model *m = test_new_model(base, nz, num_heads, heads, seed, normalization);
+    test_randomize_bn(&m->params, seed + 100);
+    test_sharpen_heads(&m->params, 10.0f);
+    return m;
+}
+
 /* The reference's copies of batch inputs [batch, nz, h, w]; free with rt_free. */
 static inline void test_ref_inputs(ref_t *in, const float *inputs, int batch, int nz, int h, int w)
 {
