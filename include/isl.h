@@ -488,6 +488,12 @@ ISL_API void isl_sampler_free(isl_sampler *sampler);
 ISL_API isl_status isl_sampler_hold_out(isl_sampler *sampler, const isl_region *region);
 /** Random flips and 90-degree rotations of the crops (default on). */
 ISL_API isl_status isl_sampler_set_augment(isl_sampler *sampler, int enable);
+/** Random contrast of the crops' inputs (default 0: off): every plane of a crop is scaled
+ *  about its own mean by one factor e^u per crop, u uniform in [-amount, amount], then
+ *  clipped to [0, 1]; targets are unchanged. amount in [0, 1] (0.2: factors 0.82 to
+ *  1.22). Drawn from the same random value as the crop's transform, so a seed draws the
+ *  same wells, positions and transforms with any amount. */
+ISL_API isl_status isl_sampler_set_contrast_jitter(isl_sampler *sampler, double amount);
 /** Fills one batch (see isl_train_batch for the shapes: inputs [B, num_z, crop, crop],
  *  targets and masks [B, L, crop - 242, crop - 242], L = the model's label heads): a well
  *  in proportion to its known target pixels, a crop position uniformly among those whose

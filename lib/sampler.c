@@ -11,6 +11,7 @@
 #include "params.h"
 #include "predict_input.h"
 
+#include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,7 @@ struct isl_sampler {
     int crop, out, num_z;
     int num_labels;         /* L: the model's label heads */
     int augment;
+    double contrast;        /* jitter amount a: contrast factors e^u, u in [-a, a]; 0: off */
     int from_labels;        /* 1: windows holding a known label pixel; 0: no label is known
                                anywhere, windows holding a pixel that is not held out */
     int num_wells;
@@ -323,6 +325,18 @@ isl_status isl_sampler_set_augment(isl_sampler *s, int enable)
     return ISL_OK;
 }
 
+isl_status isl_sampler_set_contrast_jitter(isl_sampler *s, double amount)
+{
+    if (!s)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "isl_sampler_set_contrast_jitter: sampler is NULL");
+    if (!(amount >= 0.0 && amount <= 1.0))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "contrast jitter %g is outside [0, 1] (factors e^-a .. e^a)", amount);
+    s->contrast = amount;
+    return ISL_OK;
+}
+
 isl_status isl_sampler_hold_out(isl_sampler *s, const isl_region *r)
 {
     if (!s || !r)
@@ -461,6 +475,19 @@ static void copy_plane(float *dst, const float *src, int n, walk k)
     }
 }
 
+/* Scales a plane's contrast about its mean by `factor`, clipped to [0, 1] as inputs must be. */
+static void scale_contrast(float *plane, size_t n, double factor)
+{
+    double sum = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += plane[i];
+    const float mean = (float)(sum / (double)n), f = (float)factor;
+    for (size_t i = 0; i < n; i++) {
+        float v = mean + (plane[i] - mean) * f;
+        plane[i] = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
+    }
+}
+
 /* One label's output window: values where known and not held out, else 0 and mask 0. */
 static void copy_target(float *values, uint8_t *mask, const head_target *t,
                         const uint8_t *held, size_t offset, int n, walk k)
@@ -513,9 +540,14 @@ isl_status isl_sampler_draw(const isl_sampler *s, uint64_t seed, int batch_size,
         /* The crop's top-left in padded coordinates is the window's in well coordinates. */
         const float *origin = w->padded + (size_t)oy * (size_t)pw + (size_t)ox;
         walk in_walk = make_walk(t, crop, pw);
-        for (int z = 0; z < s->num_z; z++)
-            copy_plane(inputs + ((size_t)b * s->num_z + z) * crop_plane,
-                       origin + (size_t)z * padded_plane, crop, in_walk);
+        /* r's high bits (independent of t's low ones) give the crop's contrast factor. */
+        const double u = (double)(r >> 11) * 0x1.0p-53 * 2.0 - 1.0;
+        for (int z = 0; z < s->num_z; z++) {
+            float *plane = inputs + ((size_t)b * s->num_z + z) * crop_plane;
+            copy_plane(plane, origin + (size_t)z * padded_plane, crop, in_walk);
+            if (s->contrast > 0)
+                scale_contrast(plane, crop_plane, exp(u * s->contrast));
+        }
         walk out_walk = make_walk(t, out, w->width);
         size_t offset = (size_t)oy * (size_t)w->width + (size_t)ox;
         for (int l = 0; l < s->num_labels; l++) {

@@ -22,6 +22,7 @@ run=${ISL_RUN_DIR:-runs/condition-b}
 steps1=${STEPS1:-546}
 steps2=${STEPS2:-30}
 seed=${SEED:-1}   # another seed trains another member of an ensemble (README)
+contrast=${CONTRAST:-0}   # isl train --contrast-jitter (0, the bundled model's: off)
 out=${OUT:-examples/data/condition-b.h5}
 isl=build/tools/isl
 
@@ -49,7 +50,7 @@ if [ ! -f "$run/init.h5" ]; then
 fi
 
 common=(--dataset "$run/data.h5" --crop 378 --batch 4 --label-weight 1
-        --validation 0,768,640,256 --threads "${THREADS:-0}")
+        --validation 0,768,640,256 --threads "${THREADS:-0}" --contrast-jitter "$contrast")
 
 # Phase 1. Label weight 1: with the autoencoder half (weight 0.5) the model learned faster
 # early but its best held-out r by step 350 stayed lower (README). Crops of 378 train 30x

@@ -1020,6 +1020,76 @@ START_TEST(sampler_augmentation_is_one_dihedral_transform)
 }
 END_TEST
 
+/* Contrast jitter: with the same seed, every plane of crop i is the plain crop's plane
+ * scaled about its own mean by one factor per crop, clipped to [0, 1]; targets, masks,
+ * positions and transforms do not change. The factor is recovered here by least squares
+ * on plane 0's unclipped pixels. */
+START_TEST(sampler_contrast_jitter_scales_about_the_mean)
+{
+    fill_fixture(11);
+    isl_dataset *d = make_dataset();
+    isl_model *m = label_model(NZ, 2, heads_zeta_alpha, "none");
+    isl_sampler *s = NULL;
+    ck_assert_msg(isl_sampler_create(d, m, 266, &s) == ISL_OK, "%s", isl_last_error());
+    const int n = 266 * 266;
+    const double amount = 0.5;
+    batch plain = alloc_batch(16, 266, NZ, 2), jittered = alloc_batch(16, 266, NZ, 2);
+    draw(s, 200, &plain);
+    ck_assert_int_eq(isl_sampler_set_contrast_jitter(s, amount), ISL_OK);
+    draw(s, 200, &jittered);
+    size_t outs = (size_t)plain.size * 2 * plain.out * plain.out;
+    ck_assert_mem_eq(plain.targets, jittered.targets, sizeof(float) * outs);
+    ck_assert_mem_eq(plain.masks, jittered.masks, outs);
+    double lo = INFINITY, hi = -INFINITY;
+    for (int i = 0; i < plain.size; i++) {
+        double mean[NZ], sxy = 0, sxx = 0;
+        for (int z = 0; z < NZ; z++) {
+            double sum = 0;
+            for (int p = 0; p < n; p++)
+                sum += crop_input(&plain, i, z)[p];
+            mean[z] = sum / n;
+        }
+        for (int p = 0; p < n; p++) {
+            double x = crop_input(&plain, i, 0)[p] - mean[0];
+            double y = crop_input(&jittered, i, 0)[p] - mean[0];
+            if (crop_input(&jittered, i, 0)[p] > 0 && crop_input(&jittered, i, 0)[p] < 1) {
+                sxy += x * y;
+                sxx += x * x;
+            }
+        }
+        const double factor = sxy / sxx;
+        lo = fmin(lo, factor);
+        hi = fmax(hi, factor);
+        ck_assert_msg(factor >= exp(-amount) - 1e-4 && factor <= exp(amount) + 1e-4,
+                      "crop %d: contrast factor %g outside [e^-%g, e^%g]", i, factor, amount,
+                      amount);
+        for (int z = 0; z < NZ; z++)
+            for (int p = 0; p < n; p++) {
+                double want = mean[z] + (crop_input(&plain, i, z)[p] - mean[z]) * factor;
+                want = want < 0 ? 0 : want > 1 ? 1 : want;
+                ck_assert_msg(fabs(crop_input(&jittered, i, z)[p] - want) < 1e-4,
+                              "crop %d plane %d pixel %d: %g, not %g", i, z, p,
+                              crop_input(&jittered, i, z)[p], want);
+            }
+    }
+    ck_assert_msg(hi - lo > 0.2, "factors of 16 crops span only %g .. %g", lo, hi);
+    /* 0 turns it off; amounts outside [0, 1] are refused. */
+    ck_assert_int_eq(isl_sampler_set_contrast_jitter(s, 0), ISL_OK);
+    draw(s, 200, &jittered);
+    ck_assert_mem_eq(plain.inputs, jittered.inputs, sizeof(float) * plain.size * NZ * n);
+    expect_status(isl_sampler_set_contrast_jitter(s, -0.1), ISL_ERROR_INVALID_ARGUMENT,
+                  "outside [0, 1]");
+    expect_status(isl_sampler_set_contrast_jitter(s, NAN), ISL_ERROR_INVALID_ARGUMENT,
+                  "outside [0, 1]");
+    expect_status(isl_sampler_set_contrast_jitter(NULL, 0.1), ISL_ERROR_INVALID_ARGUMENT, NULL);
+    free_batch(&plain);
+    free_batch(&jittered);
+    isl_sampler_free(s);
+    isl_model_free(m);
+    isl_dataset_free(d);
+}
+END_TEST
+
 START_TEST(sampler_held_out_pixels_are_masked)
 {
     fill_fixture(10);
@@ -1336,6 +1406,7 @@ int main(void)
         {"sampler_basics", sampler_shapes_seeds_and_errors},
         {"sampler_crops", sampler_crops_match_an_independent_extraction},
         {"sampler_augment", sampler_augmentation_is_one_dihedral_transform},
+        {"sampler_contrast", sampler_contrast_jitter_scales_about_the_mean},
         {"sampler_hold_out", sampler_held_out_pixels_are_masked},
         {"sampler_labels", sampler_maps_heads_to_labels_by_name},
         {"sampler_distribution", sampler_draw_distribution},

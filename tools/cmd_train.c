@@ -31,6 +31,8 @@ static const char train_help[] =
     "                           (repeatable; WELL is a name or index, default 0)\n"
     "  --validate-every K       validate every K steps (default 1000; 0: only at the end)\n"
     "  --no-augment             no random flips and 90-degree rotations\n"
+    "  --contrast-jitter A      scale each crop's input contrast by a random factor in\n"
+    "                           [e^-A, e^A] (default 0: off; give it again on --resume)\n"
     "\n"
     "Optimization:\n"
     "  --steps N                total number of steps (required)\n"
@@ -61,7 +63,7 @@ static const char train_help[] =
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
        OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
-       OPT_THREADS,
+       OPT_THREADS, OPT_CONTRAST,
        OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST };
 
 static const cli_option train_options[] = {
@@ -78,6 +80,7 @@ static const cli_option train_options[] = {
     {"threads", 0, 1, OPT_THREADS},         {"out", 'o', 1, OPT_OUT},
     {"checkpoint", 0, 1, OPT_CHECKPOINT},   {"checkpoint-every", 0, 1, OPT_CHECKPOINT_EVERY},
     {"log", 0, 1, OPT_LOG},                 {"best", 0, 1, OPT_BEST},
+    {"contrast-jitter", 0, 1, OPT_CONTRAST},
     {NULL, 0, 0, 0},
 };
 
@@ -89,7 +92,7 @@ typedef struct train_args {
     int num_validation, freeze_trunk, freeze_bn, augment;
     long long crop, batch, validate_every, steps, drop_step, bn_batches, average_from, threads,
         checkpoint_every;
-    double lr, drop_rate, label_weight, bn_decay;
+    double lr, drop_rate, label_weight, bn_decay, contrast;
     uint64_t seed;
 } train_args;
 
@@ -155,6 +158,7 @@ static int parse_option(train_args *a, int id, const char *v)
         {OPT_LR, "--lr", 0, 1, &a->lr},
         {OPT_LABEL_WEIGHT, "--label-weight", 0, 1, &a->label_weight},
         {OPT_BN_DECAY, "--bn-decay", 0, 1, &a->bn_decay},
+        {OPT_CONTRAST, "--contrast-jitter", 0, 1, &a->contrast},
     };
     for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
         if (reals[i].id == id)
@@ -569,7 +573,8 @@ static int setup(run_state *r)
         return cli_runtime_error("the dataset has none of the model's labels; train the "
                                  "autoencoder alone with --label-weight 0");
     if ((s = isl_sampler_create(r->ds, r->init, (int)a->crop, &r->sampler)) != ISL_OK ||
-        (s = isl_sampler_set_augment(r->sampler, a->augment)) != ISL_OK)
+        (s = isl_sampler_set_augment(r->sampler, a->augment)) != ISL_OK ||
+        (s = isl_sampler_set_contrast_jitter(r->sampler, a->contrast)) != ISL_OK)
         return cli_library_error(s);
     for (int i = 0; i < r->num_regions; i++)
         if ((s = isl_sampler_hold_out(r->sampler, &r->regions[i])) != ISL_OK)

@@ -147,17 +147,26 @@ def test_validation_pearson_matches_independent_computation(run_isl, data, tmp_p
     np.testing.assert_allclose(logged, expected, atol=1e-4)
 
 
-def test_resume_gives_the_same_run(run_isl, data, tmp_path):
+@pytest.mark.parametrize("jitter", [(), ("--contrast-jitter", "0.5")])
+def test_resume_gives_the_same_run(run_isl, data, tmp_path, jitter):
+    """Also with contrast jitter, given again on --resume as its help says; the jitter
+    changes the run (its losses differ from the plain run's)."""
     straight = tmp_path / "straight.h5"
-    r = train(run_isl, data, straight, "--model", data / "init.h5", "--checkpoint-every", 100)
+    r = train(run_isl, data, straight, "--model", data / "init.h5", "--checkpoint-every", 100,
+              *jitter)
     assert r.returncode == 0, r.stderr
     split = tmp_path / "split.h5"
-    r = train(run_isl, data, split, "--model", data / "init.h5", steps=3)
+    r = train(run_isl, data, split, "--model", data / "init.h5", *jitter, steps=3)
     assert r.returncode == 0, r.stderr
-    r = train(run_isl, data, split, "--resume", tmp_path / "split.checkpoint.h5")
+    r = train(run_isl, data, split, "--resume", tmp_path / "split.checkpoint.h5", *jitter)
     assert r.returncode == 0, r.stderr
     a, _ = read_log(tmp_path / "straight.log.csv")
     b, _ = read_log(tmp_path / "split.log.csv")
+    if jitter:
+        plain = tmp_path / "plain.h5"
+        assert train(run_isl, data, plain, "--model", data / "init.h5", steps=1).returncode == 0
+        c, _ = read_log(tmp_path / "plain.log.csv")
+        assert c[0]["loss_total"] != a[0]["loss_total"]
     assert [s["step"] for s in b] == ["1", "2", "3", "4", "5", "6"]
     cols = ("loss_a", "loss_b", "loss_autoencoder", "loss_total")
     assert [[s[c] for c in cols] for s in a] == [[s[c] for c in cols] for s in b]
@@ -317,6 +326,8 @@ def test_average_from_writes_the_weight_average(run_isl, data, tmp_path):
     (("--resume", "{d}/init.h5", "--dataset", "{d}/data.h5"), 1, "checkpoint"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--lr", "nan"), 2, "--lr"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--lr-drop", "5"), 2, "STEP:RATE"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--contrast-jitter", "1.5"), 2,
+     "--contrast-jitter"),
     (("--model", "{d}/stack.tif", "--dataset", "{d}/data.h5"), 1, "stack.tif"),
 ])
 def test_bad_input_gives_one_error_line_and_no_output(run_isl, data, tmp_path, args, code, words):
