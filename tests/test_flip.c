@@ -173,40 +173,20 @@ START_TEST(image_statistics_are_those_of_the_mirror_images_mixture)
     for (int v = 0; v < 4; v++)
         views[v] = mirrored_view(m, image, v);
 
-    float *block = stats_block(), *tiled_block = stats_block(), *mixed[3], *tiled[3];
+    /* One tile of 280 x 264 outputs: its heads run in two chunks of rows, which the
+     * up-down mirror image computes in the other order. (Several tiles: the Python tests'
+     * predict_rows with tile=266; without the option: every view above.) */
+    float *block = stats_block(), *mixed[3];
     split(block, mixed);
-    split(tiled_block, tiled);
     isl_predict_options *o = options(1);
     image_stats(m, o, image, mixed);
     check_mixture(views, 4, mixed);
-    ck_assert_int_eq(isl_predict_options_set_tile_size(o, 394), ISL_OK);
-    image_stats(m, o, image, tiled); /* 4 tiles instead of one */
-    for (int s = 0; s < 3; s++) {
-        double worst = 0;
-        int differ = 0;
-        for (int i = 0; i < H * W; i++) {
-            worst = fmax(worst, fabs(mixed[s][i] - tiled[s][i]));
-            differ += mixed[s][i] != tiled[s][i];
-        }
-        /* Other tiles round differently. Where two mirror images put their mass on either
-         * side of a gap, the mixture's cumulative distribution is flat at 0.5 across it,
-         * and rounding may move the median anywhere in the gap (still between the views). */
-        const double tolerance = s == 0 ? 1.0 : 1e-5;
-        ck_assert_msg(worst < tolerance && (s > 0 || differ < H * W / 500),
-                      "stat %d depends on the tile size (%d pixels, up to %g)", s, differ, worst);
-    }
-    /* Off again: the plain prediction, bit for bit. */
-    isl_predict_options_set_tile_size(o, 0);
-    isl_predict_options_set_flip_average(o, 0);
-    image_stats(m, o, image, mixed);
-    ck_assert_mem_eq(block, views[0], sizeof(float) * 3 * H * W);
     ck_assert_int_eq(isl_predict_options_set_flip_average(NULL, 1), ISL_ERROR_INVALID_ARGUMENT);
 
     isl_predict_options_free(o);
     for (int v = 0; v < 4; v++)
         free(views[v]);
     free(block);
-    free(tiled_block);
     free(image);
     isl_model_free(m);
 }
