@@ -332,7 +332,7 @@ isl_status isl_predict_tile(const isl_model *m, const isl_predict_options *o, co
             if (m->params.heads[requested[i]].out_ch > max_ch)
                 max_ch = m->params.heads[requested[i]].out_ch;
         if (count && !(scratch = malloc(sizeof(float) * max_ch * out_px)))
-            return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for an ensemble's outputs");
+            return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for averaged outputs");
     }
     /* Views run one after another, so averaging needs no more working memory. */
     const int probabilities = e.views > 1 || o->probabilities;
@@ -643,7 +643,7 @@ static isl_status alloc_band(band *b, const isl_model *m, const selection *sel, 
     b->probs = malloc(sizeof(float) * tile_px * sel->max_ch);
     b->col_index = malloc(sizeof(int) * (size_t)(ax->tile_out + ISL_PATCH_INPUT));
     if (views > 1 && !(b->view_probs = malloc(sizeof(float) * tile_px * sel->max_ch)))
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for an ensemble's probabilities");
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for averaged probabilities");
     if (!b->probs || !b->col_index)
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for %zu MB of probabilities",
                         (sizeof(float) * tile_px * sel->max_ch) >> 20);
