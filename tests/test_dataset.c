@@ -918,15 +918,35 @@ START_TEST(sampler_shapes_seeds_and_errors)
 }
 END_TEST
 
+/* The fixture's dataset, a model with heads zeta and alpha, and a sampler of 266 crops. */
+typedef struct sampler_fixture {
+    isl_dataset *d;
+    isl_model *m;
+    isl_sampler *s;
+} sampler_fixture;
+
+static sampler_fixture sampler_fixture_open(uint64_t seed)
+{
+    fill_fixture(seed);
+    sampler_fixture f = {make_dataset(), label_model(NZ, 2, heads_zeta_alpha, "none"), NULL};
+    ck_assert_msg(isl_sampler_create(f.d, f.m, 266, &f.s) == ISL_OK, "%s", isl_last_error());
+    return f;
+}
+
+static void sampler_fixture_close(sampler_fixture *f)
+{
+    isl_sampler_free(f->s);
+    isl_model_free(f->m);
+    isl_dataset_free(f->d);
+}
+
 /* Without augmentation every crop is the reflect-padded well at a window whose output
  * holds a known pixel, its targets and masks that window of the dataset's labels. */
 START_TEST(sampler_crops_match_an_independent_extraction)
 {
-    fill_fixture(8);
-    isl_dataset *d = make_dataset();
-    isl_model *m = label_model(NZ, 2, heads_zeta_alpha, "none");
-    isl_sampler *s = NULL;
-    ck_assert_msg(isl_sampler_create(d, m, 266, &s) == ISL_OK, "%s", isl_last_error());
+    sampler_fixture f = sampler_fixture_open(8);
+    isl_dataset *d = f.d;
+    isl_sampler *s = f.s;
     ck_assert_int_eq(isl_sampler_set_augment(s, 0), ISL_OK);
     batch b = alloc_batch(16, 266, NZ, 2);
     int wells_seen[2] = {0, 0};
@@ -941,9 +961,7 @@ START_TEST(sampler_crops_match_an_independent_extraction)
     }
     ck_assert(wells_seen[0] > 0 && wells_seen[1] > 0);
     free_batch(&b);
-    isl_sampler_free(s);
-    isl_model_free(m);
-    isl_dataset_free(d);
+    sampler_fixture_close(&f);
 }
 END_TEST
 
@@ -972,11 +990,8 @@ static int same_after(int k, const float *plain, const float *aug, int n, float 
 
 START_TEST(sampler_augmentation_is_one_dihedral_transform)
 {
-    fill_fixture(9);
-    isl_dataset *d = make_dataset();
-    isl_model *m = label_model(NZ, 2, heads_zeta_alpha, "none");
-    isl_sampler *s = NULL;
-    ck_assert_msg(isl_sampler_create(d, m, 266, &s) == ISL_OK, "%s", isl_last_error());
+    sampler_fixture f = sampler_fixture_open(9);
+    isl_sampler *s = f.s;
     batch plain = alloc_batch(16, 266, NZ, 2), aug = alloc_batch(16, 266, NZ, 2);
     float *tmp = malloc(sizeof(float) * 266 * 266), *fm = malloc(sizeof(float) * 24 * 24 * 2);
     int used[8] = {0};
@@ -1014,9 +1029,7 @@ START_TEST(sampler_augmentation_is_one_dihedral_transform)
     free(fm);
     free_batch(&plain);
     free_batch(&aug);
-    isl_sampler_free(s);
-    isl_model_free(m);
-    isl_dataset_free(d);
+    sampler_fixture_close(&f);
 }
 END_TEST
 
@@ -1026,11 +1039,8 @@ END_TEST
  * on plane 0's unclipped pixels. */
 START_TEST(sampler_contrast_jitter_scales_about_the_mean)
 {
-    fill_fixture(11);
-    isl_dataset *d = make_dataset();
-    isl_model *m = label_model(NZ, 2, heads_zeta_alpha, "none");
-    isl_sampler *s = NULL;
-    ck_assert_msg(isl_sampler_create(d, m, 266, &s) == ISL_OK, "%s", isl_last_error());
+    sampler_fixture f = sampler_fixture_open(11);
+    isl_sampler *s = f.s;
     const int n = 266 * 266;
     const double amount = 0.5;
     batch plain = alloc_batch(16, 266, NZ, 2), jittered = alloc_batch(16, 266, NZ, 2);
@@ -1084,19 +1094,15 @@ START_TEST(sampler_contrast_jitter_scales_about_the_mean)
     expect_status(isl_sampler_set_contrast_jitter(NULL, 0.1), ISL_ERROR_INVALID_ARGUMENT, NULL);
     free_batch(&plain);
     free_batch(&jittered);
-    isl_sampler_free(s);
-    isl_model_free(m);
-    isl_dataset_free(d);
+    sampler_fixture_close(&f);
 }
 END_TEST
 
 START_TEST(sampler_held_out_pixels_are_masked)
 {
-    fill_fixture(10);
-    isl_dataset *d = make_dataset();
-    isl_model *m = label_model(NZ, 2, heads_zeta_alpha, "none");
-    isl_sampler *s = NULL;
-    ck_assert_msg(isl_sampler_create(d, m, 266, &s) == ISL_OK, "%s", isl_last_error());
+    sampler_fixture f = sampler_fixture_open(10);
+    isl_dataset *d = f.d;
+    isl_sampler *s = f.s;
     ck_assert_int_eq(isl_sampler_set_augment(s, 0), ISL_OK);
     /* Two regions in well A; all of B's known half. */
     const isl_region regions[3] = {{0, 10, 5, 20, 15}, {0, 30, 25, 20, 15}, {1, 0, 15, 36, 15}};
@@ -1141,9 +1147,7 @@ START_TEST(sampler_held_out_pixels_are_masked)
     expect_status(isl_sampler_draw(s, 1, 1, b.inputs, b.targets, b.masks), ISL_ERROR_VALUE,
                   "held out");
     free_batch(&b);
-    isl_sampler_free(s);
-    isl_model_free(m);
-    isl_dataset_free(d);
+    sampler_fixture_close(&f);
 }
 END_TEST
 
