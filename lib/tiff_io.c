@@ -1,4 +1,5 @@
-/* Reading transmitted-light stacks and writing float32 images with libtiff (>= 4.5).
+/* Reading transmitted-light stacks and writing float32 (or 8-bit RGB) images with
+ * libtiff (>= 4.5).
  *
  * libtiff's messages are captured per open file (TIFFOpenOptions handlers with a
  * per-call log) and folded into the isl error message; nothing is printed. Writes go to
@@ -436,9 +437,11 @@ struct isl_tiff_writer {
     char *path, *tmp_path;
     tiff_log log;
     int pages, height, width;
+    int rgb8;             /* 8-bit RGB pixels instead of one float32 sample */
+    size_t row_bytes;
     uint32_t rows_per_strip;
     int page, row;        /* where the next appended row goes */
-    float *strip;         /* rows of the strip being assembled */
+    unsigned char *strip; /* rows of the strip being assembled */
     uint32_t strip_rows;
     isl_status failed;    /* first I/O failure; the writer is then unusable */
 };
@@ -494,10 +497,12 @@ static isl_status writer_begin_page(isl_tiff_writer *w)
     TIFF *t = w->tif;
     if (!TIFFSetField(t, TIFFTAG_IMAGEWIDTH, (uint32_t)w->width) ||
         !TIFFSetField(t, TIFFTAG_IMAGELENGTH, (uint32_t)w->height) ||
-        !TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, (uint16_t)1) ||
-        !TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, (uint16_t)32) ||
-        !TIFFSetField(t, TIFFTAG_SAMPLEFORMAT, (uint16_t)SAMPLEFORMAT_IEEEFP) ||
-        !TIFFSetField(t, TIFFTAG_PHOTOMETRIC, (uint16_t)PHOTOMETRIC_MINISBLACK) ||
+        !TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, (uint16_t)(w->rgb8 ? 3 : 1)) ||
+        !TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, (uint16_t)(w->rgb8 ? 8 : 32)) ||
+        !TIFFSetField(t, TIFFTAG_SAMPLEFORMAT,
+                      (uint16_t)(w->rgb8 ? SAMPLEFORMAT_UINT : SAMPLEFORMAT_IEEEFP)) ||
+        !TIFFSetField(t, TIFFTAG_PHOTOMETRIC,
+                      (uint16_t)(w->rgb8 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK)) ||
         !TIFFSetField(t, TIFFTAG_PLANARCONFIG, (uint16_t)PLANARCONFIG_CONTIG) ||
         !TIFFSetField(t, TIFFTAG_COMPRESSION, (uint16_t)COMPRESSION_NONE) ||
         !TIFFSetField(t, TIFFTAG_ROWSPERSTRIP, w->rows_per_strip) ||
@@ -527,7 +532,7 @@ static isl_status writer_io_error(isl_tiff_writer *w, const char *what)
 static isl_status writer_flush_strip(isl_tiff_writer *w)
 {
     uint32_t strip = (uint32_t)(w->row - 1) / w->rows_per_strip;
-    tmsize_t bytes = (tmsize_t)((size_t)w->strip_rows * (size_t)w->width * sizeof(float));
+    tmsize_t bytes = (tmsize_t)((size_t)w->strip_rows * w->row_bytes);
     tiff_log_reset(&w->log);
     if (TIFFWriteEncodedStrip(w->tif, strip, w->strip, bytes) != bytes)
         return writer_io_error(w, "a strip");
@@ -544,8 +549,8 @@ static isl_status writer_flush_strip(isl_tiff_writer *w)
     return ISL_OK;
 }
 
-isl_status isl_tiff_writer_open(const char *path, int pages, int height, int width,
-                                isl_tiff_writer **out)
+static isl_status writer_open(const char *path, int pages, int height, int width, int rgb8,
+                              isl_tiff_writer **out)
 {
     if (!out)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_open: out is NULL");
@@ -572,7 +577,9 @@ isl_status isl_tiff_writer_open(const char *path, int pages, int height, int wid
     w->pages = pages;
     w->height = height;
     w->width = width;
-    size_t row_bytes = (size_t)width * sizeof(float);
+    w->rgb8 = rgb8;
+    size_t row_bytes = (size_t)width * (rgb8 ? 3 : sizeof(float));
+    w->row_bytes = row_bytes;
     w->rows_per_strip = row_bytes >= STRIP_BYTES ? 1 : (uint32_t)(STRIP_BYTES / row_bytes);
     if (w->rows_per_strip > (uint32_t)height)
         w->rows_per_strip = (uint32_t)height;
@@ -608,7 +615,14 @@ isl_status isl_tiff_writer_open(const char *path, int pages, int height, int wid
     return ISL_OK;
 }
 
-isl_status isl_tiff_writer_append(isl_tiff_writer *w, const float *data, int rows)
+isl_status isl_tiff_writer_open(const char *path, int pages, int height, int width,
+                                isl_tiff_writer **out)
+{
+    return writer_open(path, pages, height, width, 0, out);
+}
+
+/* Appends rows of w->row_bytes bytes each. */
+static isl_status writer_append(isl_tiff_writer *w, const unsigned char *data, int rows)
 {
     if (!w)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_append: writer is NULL");
@@ -620,7 +634,6 @@ isl_status isl_tiff_writer_append(isl_tiff_writer *w, const float *data, int row
                         "%s: cannot append %d rows (%lld of %d pages x %d rows remain)",
                         w->path, rows, (long long)left, w->pages, w->height);
 
-    size_t row_floats = (size_t)w->width;
     while (rows > 0) {
         uint32_t room = w->rows_per_strip - w->strip_rows;
         uint32_t page_left = (uint32_t)(w->height - w->row);
@@ -629,8 +642,8 @@ isl_status isl_tiff_writer_append(isl_tiff_writer *w, const float *data, int row
             n = room;
         if (n > page_left)
             n = page_left;
-        memcpy(w->strip + w->strip_rows * row_floats, data, n * row_floats * sizeof(float));
-        data += n * row_floats;
+        memcpy(w->strip + w->strip_rows * w->row_bytes, data, n * w->row_bytes);
+        data += n * w->row_bytes;
         rows -= (int)n;
         w->strip_rows += n;
         w->row += (int)n;
@@ -638,6 +651,11 @@ isl_status isl_tiff_writer_append(isl_tiff_writer *w, const float *data, int row
             ISL_CHECK(writer_flush_strip(w));
     }
     return ISL_OK;
+}
+
+isl_status isl_tiff_writer_append(isl_tiff_writer *w, const float *data, int rows)
+{
+    return writer_append(w, (const unsigned char *)data, rows);
 }
 
 /* fsync of the directory makes the rename durable; some file systems refuse it, which is
@@ -729,6 +747,20 @@ isl_status isl_tiff_write_float(const char *path, const float *data, int pages, 
             isl_tiff_writer_discard(w);
             return s;
         }
+    }
+    return isl_tiff_writer_close(w);
+}
+
+isl_status isl_tiff_write_rgb8(const char *path, const uint8_t *rgb, int height, int width)
+{
+    if (!rgb)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_write_rgb8: data is NULL");
+    isl_tiff_writer *w;
+    ISL_CHECK(writer_open(path, 1, height, width, 1, &w));
+    isl_status s = writer_append(w, rgb, height);
+    if (s != ISL_OK) {
+        isl_tiff_writer_discard(w);
+        return s;
     }
     return isl_tiff_writer_close(w);
 }

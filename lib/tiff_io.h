@@ -4,6 +4,8 @@
 
 #include "isl.h"
 
+#include <stdint.h>
+
 /* A stack read from a multi-page TIFF: pages are z planes, all of one size and one
  * sample format (8/16-bit unsigned or 32-bit float, one sample per pixel). data holds
  * num_z * height * width samples of dtype, plane-major. Free with isl_tiff_stack_free. */
@@ -24,6 +26,10 @@ void isl_tiff_stack_free(isl_tiff_stack *s);
  * Compression: none (fast, readable everywhere). */
 isl_status isl_tiff_write_float(const char *path, const float *data, int pages, int height,
                                 int width);
+
+/* Writes an 8-bit RGB image (height x width x 3 bytes, interleaved) atomically, as
+ * isl_tiff_write_float: a picture any viewer shows (`isl predict --preview`). */
+isl_status isl_tiff_write_rgb8(const char *path, const uint8_t *rgb, int height, int width);
 
 /* Streaming writer for images too large to hold: rows are appended in order. The file
  * appears at path (atomically) only when isl_tiff_writer_close succeeds. */

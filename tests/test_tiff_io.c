@@ -1,5 +1,6 @@
 /* Tests of lib/tiff_io.c: reading stacks written by libtiff directly (an independent
- * writer), a real data file, error reporting, and atomic / streaming float32 writes.
+ * writer), a real data file, error reporting, and atomic / streaming float32 and
+ * 8-bit RGB writes.
  *
  * Environment: ISL_SOURCE_ROOT (default ".") locates ../shared/data; ISL_TEST_TMPDIR
  * (default /tmp) holds a scratch directory made with mkdtemp and removed at the end. */
@@ -361,6 +362,57 @@ START_TEST(test_write_into_missing_directory)
 END_TEST
 
 /* A file size limit makes write() fail with EFBIG, as a full disk fails with ENOSPC. */
+/* An 8-bit RGB picture (isl predict --preview): libtiff reads back the tags and every byte
+ * of a pattern whose strips (65,536 bytes) end mid-image; the write is atomic. */
+START_TEST(test_write_rgb8)
+{
+    enum { H = 70, W = 401 }; /* 54 rows per strip: two strips */
+    const char *path = tpath("rgb.tif");
+    uint8_t *rgb = malloc((size_t)H * W * 3);
+    ck_assert_ptr_nonnull(rgb);
+    for (int y = 0; y < H; y++)
+        for (int x = 0; x < W; x++)
+            for (int c = 0; c < 3; c++)
+                rgb[((size_t)y * W + x) * 3 + c] = (uint8_t)(y * 7 + x * 3 + c * 101);
+    ck_assert_int_eq(isl_tiff_write_rgb8(path, rgb, H, W), ISL_OK);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
+
+    TIFF *t = TIFFOpen(path, "r");
+    ck_assert_ptr_nonnull(t);
+    uint32_t width = 0, height = 0;
+    uint16_t samples = 0, bits = 0, photometric = 0, planar = 0;
+    ck_assert(TIFFGetField(t, TIFFTAG_IMAGEWIDTH, &width));
+    ck_assert(TIFFGetField(t, TIFFTAG_IMAGELENGTH, &height));
+    ck_assert(TIFFGetField(t, TIFFTAG_SAMPLESPERPIXEL, &samples));
+    ck_assert(TIFFGetField(t, TIFFTAG_BITSPERSAMPLE, &bits));
+    ck_assert(TIFFGetField(t, TIFFTAG_PHOTOMETRIC, &photometric));
+    ck_assert(TIFFGetField(t, TIFFTAG_PLANARCONFIG, &planar));
+    ck_assert_uint_eq(width, W);
+    ck_assert_uint_eq(height, H);
+    ck_assert_uint_eq(samples, 3);
+    ck_assert_uint_eq(bits, 8);
+    ck_assert_uint_eq(photometric, PHOTOMETRIC_RGB);
+    ck_assert_uint_eq(planar, PLANARCONFIG_CONTIG);
+    ck_assert_int_eq(TIFFScanlineSize(t), W * 3);
+    uint8_t *row = malloc((size_t)W * 3);
+    ck_assert_ptr_nonnull(row);
+    for (int y = 0; y < H; y++) {
+        ck_assert_int_eq(TIFFReadScanline(t, row, (uint32_t)y, 0), 1);
+        ck_assert_msg(memcmp(row, rgb + (size_t)y * W * 3, (size_t)W * 3) == 0, "row %d", y);
+    }
+    ck_assert(!TIFFReadDirectory(t)); /* one page */
+    TIFFClose(t);
+    free(row);
+
+    ck_assert_int_eq(isl_tiff_write_rgb8(tpath("no/dir/rgb.tif"), rgb, H, W), ISL_ERROR_IO);
+    ck_assert_error_mentions("rgb.tif");
+    ck_assert_int_eq(isl_tiff_write_rgb8(path, NULL, H, W), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_tiff_write_rgb8(path, rgb, 0, W), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(test_count_temp_files(test_dir), 0);
+    free(rgb);
+}
+END_TEST
+
 START_TEST(test_write_fails_when_disk_full)
 {
     const char *path = tpath("full.tif");
@@ -903,6 +955,7 @@ static Suite *tiff_io_suite(void)
     tcase_add_test(tc, test_write_replaces_existing_file);
     tcase_add_test(tc, test_write_into_missing_directory);
     tcase_add_test(tc, test_write_fails_when_disk_full);
+    tcase_add_test(tc, test_write_rgb8);
     tcase_add_test(tc, test_streaming_writer_round_trip);
     tcase_add_test(tc, test_streaming_writer_discard);
     tcase_add_test(tc, test_writer_invalid_arguments);

@@ -142,7 +142,33 @@ const char *cli_outputs_error(const cli_outputs *o);
 /* Number of files and the final path of file i, in head-major order. */
 int cli_outputs_count(const cli_outputs *o);
 const char *cli_outputs_path(const cli_outputs *o, int i);
+/* 1 if a file takes the rows of (head, stat). */
+int cli_outputs_wants(const cli_outputs *o, int head, isl_stat stat);
 /* Removes whatever was not committed and frees. NULL is a no-op. */
 void cli_outputs_free(cli_outputs *o);
+
+/* ---- The preview picture (preview.c). ---------------------------------------------- */
+/* dir/preview.tif, 8-bit RGB: the input's middle z plane (gray) beside the medians of up
+ * to three label heads (first blue, second green, third red; one head alone: gray), each
+ * channel stretched between its 0.5th and 99.5th percentiles, shrunk by an integer factor
+ * to at most 1024 pixels per side. */
+struct isl_tiff_stack; /* tiff_io.h */
+typedef struct cli_preview cli_preview;
+
+/* Takes the first min(3, num_heads) heads (label heads). NULL only when out of memory. */
+cli_preview *cli_preview_open(const char *dir, const struct isl_tiff_stack *stack, const int *heads,
+                              int num_heads);
+/* 1 if the preview takes the rows of (head, stat): the median of one of its heads. */
+int cli_preview_wants(const cli_preview *p, int head, isl_stat stat);
+/* Adds rows y0 .. y0 + rows - 1 of head's median (rows x the image width). 0. */
+int cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *data);
+/* Writes the picture atomically. 0, or -1 with cli_preview_error set. */
+int cli_preview_commit(cli_preview *p);
+const char *cli_preview_path(const cli_preview *p);
+const char *cli_preview_error(const cli_preview *p);
+/* "dapi_confocal blue, map2_confocal green, nfh_confocal red" into buf. */
+void cli_preview_legend(const cli_preview *p, const isl_model *model, char *buf, size_t size);
+/* Frees (a committed picture stays). NULL is a no-op. */
+void cli_preview_free(cli_preview *p);
 
 #endif

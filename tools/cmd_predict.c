@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static const char predict_help[] =
     "Usage: isl predict --model MODEL.h5 --input STACK.tif --output-dir DIR [options]\n"
@@ -34,16 +35,19 @@ static const char predict_help[] =
     "  --flip-average           also predict the input's three mirror images and average\n"
     "                           the four distributions (test-time augmentation): better\n"
     "                           predictions for 4x the time (README, \"The bundled model\")\n"
+    "  --preview                also write DIR/preview.tif, an 8-bit RGB picture: the\n"
+    "                           input's middle z plane (left) beside the medians of the\n"
+    "                           first three label heads in blue, green and red (right)\n"
     "  -h, --help               show this help\n";
 
 enum { OPT_MODEL, OPT_INPUT, OPT_OUTDIR, OPT_STATS, OPT_HEADS, OPT_THREADS, OPT_TILE, OPT_MEMORY,
-       OPT_PRECISION, OPT_FLIP };
+       OPT_PRECISION, OPT_FLIP, OPT_PREVIEW };
 
 static const cli_option predict_options[] = {
     {"model", 'm', 1, OPT_MODEL},   {"input", 'i', 1, OPT_INPUT},     {"output-dir", 'O', 1, OPT_OUTDIR},
     {"stats", 0, 1, OPT_STATS},     {"heads", 0, 1, OPT_HEADS},       {"threads", 0, 1, OPT_THREADS},
     {"tile", 0, 1, OPT_TILE},       {"memory-limit", 0, 1, OPT_MEMORY}, {"precision", 0, 1, OPT_PRECISION},
-    {"flip-average", 0, 0, OPT_FLIP},
+    {"flip-average", 0, 0, OPT_FLIP}, {"preview", 0, 0, OPT_PREVIEW},
     {NULL, 0, 0, 0},
 };
 
@@ -56,6 +60,7 @@ typedef struct predict_args {
     long long threads, tile, memory_mb;
     isl_precision precision;
     int flip_average;
+    int preview;
 } predict_args;
 
 static int parse_stats(const char *text, predict_args *a)
@@ -124,6 +129,7 @@ static int parse_predict(int argc, char **argv, predict_args *a)
                 rc = CLI_EXIT_USAGE;
             break;
         case OPT_FLIP: a->flip_average = 1; break;
+        case OPT_PREVIEW: a->preview = 1; break;
         case OPT_PRECISION:
             if (!strcmp(v, "fp32"))
                 a->precision = ISL_PRECISION_FP32;
@@ -243,12 +249,14 @@ typedef struct predict_job {
     isl_tiff_stack stack;
     cli_dirs created;
     cli_outputs *outputs;
+    cli_preview *preview; /* --preview, else NULL */
     cli_progress progress;
 } predict_job;
 
 static void job_free(predict_job *j, int failed)
 {
     cli_outputs_free(j->outputs); /* removes uncommitted temporaries */
+    cli_preview_free(j->preview);
     if (failed)
         cli_remove_created_dirs(&j->created);
     else
@@ -261,6 +269,38 @@ static void job_free(predict_job *j, int failed)
         isl_model_free(j->members[k]);
 }
 
+/* isl_rows_fn (user = the job): rows go to their file and, medians, to the preview. */
+static int deliver_rows(void *user, int head, isl_stat stat, int y0, int rows, int width,
+                        const float *data)
+{
+    predict_job *j = user;
+    if (cli_preview_wants(j->preview, head, stat) &&
+        cli_preview_rows(j->preview, head, y0, rows, data) != 0)
+        return 1;
+    if (!cli_outputs_wants(j->outputs, head, stat))
+        return cli_interrupted();
+    return cli_outputs_rows(j->outputs, head, stat, y0, rows, width, data);
+}
+
+/* The preview first: if the images then fail, it is taken back, so that either every
+ * file appears or none. */
+static int commit(predict_job *j)
+{
+    if (j->preview && cli_preview_commit(j->preview) != 0)
+        return -1;
+    if (cli_outputs_commit(j->outputs) == 0)
+        return 0;
+    if (j->preview)
+        unlink(cli_preview_path(j->preview));
+    return -1;
+}
+
+static const char *commit_error(const predict_job *j)
+{
+    const char *e = j->preview ? cli_preview_error(j->preview) : "";
+    return e[0] ? e : cli_outputs_error(j->outputs);
+}
+
 /* Runs the prediction into the opened outputs and commits them. */
 static int run(predict_job *j, const predict_args *a)
 {
@@ -270,22 +310,24 @@ static int run(predict_job *j, const predict_args *a)
     if (s != ISL_OK)
         return cli_library_error(s);
     cli_progress_init(&j->progress);
-    s = isl_predict_image_rows(j->model, j->options, &input, cli_outputs_rows, j->outputs);
-    int committed = s == ISL_OK && !cli_interrupted() && cli_outputs_commit(j->outputs) == 0;
+    s = isl_predict_image_rows(j->model, j->options, &input, deliver_rows, j);
+    int committed = s == ISL_OK && !cli_interrupted() && commit(j) == 0;
     cli_progress_clear(&j->progress);
     if (!committed && cli_interrupted()) {
         cli_runtime_error("interrupted; no output written");
         return CLI_EXIT_INTERRUPTED;
     }
-    if (s != ISL_OK && cli_outputs_error(j->outputs)[0] == '\0')
+    if (s != ISL_OK && commit_error(j)[0] == '\0')
         return cli_library_error(s);
     if (!committed)
-        return cli_runtime_error("%s", cli_outputs_error(j->outputs));
+        return cli_runtime_error("%s", commit_error(j));
 
     double seconds = cli_now() - j->progress.start;
     double mpix = (double)input.height * input.width / 1e6;
     for (int i = 0; i < cli_outputs_count(j->outputs); i++)
         printf("wrote %s\n", cli_outputs_path(j->outputs, i));
+    if (j->preview)
+        printf("wrote %s\n", cli_preview_path(j->preview));
     if (fflush(stdout) != 0)
         return cli_runtime_error("cannot write to stdout");
     fprintf(stderr,
@@ -297,7 +339,38 @@ static int run(predict_job *j, const predict_args *a)
                             : "",
             seconds,
             seconds > 0 ? mpix / seconds : 0.0);
+    if (j->preview) {
+        char legend[1024];
+        cli_preview_legend(j->preview, j->model, legend, sizeof(legend));
+        fprintf(stderr, "isl: preview: left z plane %d of %d, right %s\n",
+                j->stack.num_z / 2, j->stack.num_z, legend);
+    }
     return CLI_EXIT_OK;
+}
+
+/* The preview of the first three label heads among those selected; the library then
+ * also computes their medians. */
+static int open_preview(predict_job *j, const predict_args *a)
+{
+    int labels[3], n = 0;
+    for (int h = 0; h < j->num_heads && n < 3; h++)
+        if (strcmp(isl_model_head_name(j->model, j->heads[h]), "autoencoder"))
+            labels[n++] = j->heads[h];
+    if (n == 0)
+        return cli_usage_error("--preview: no label head selected (the autoencoder is not "
+                               "shown)");
+    if (!(j->preview = cli_preview_open(a->output_dir, &j->stack, labels, n)))
+        return cli_runtime_error("out of memory");
+    isl_stat stats[ISL_STAT_COUNT];
+    int num_stats = a->num_stats, has_median = 0;
+    for (int i = 0; i < a->num_stats; i++) {
+        stats[i] = a->stats[i];
+        has_median |= stats[i] == ISL_STAT_MEDIAN;
+    }
+    if (!has_median)
+        stats[num_stats++] = ISL_STAT_MEDIAN;
+    isl_status s = isl_predict_options_set_stats(j->options, num_stats, stats);
+    return s == ISL_OK ? CLI_EXIT_OK : cli_library_error(s);
 }
 
 static int predict(predict_job *j, const predict_args *a)
@@ -333,6 +406,8 @@ static int predict(predict_job *j, const predict_args *a)
     if (cli_outputs_open(j->outputs, j->model, a->output_dir, j->heads, j->num_heads, a->stats,
                          a->num_stats, j->stack.height, j->stack.width) != 0)
         return cli_runtime_error("%s", cli_outputs_error(j->outputs));
+    if (a->preview && (rc = open_preview(j, a)) != CLI_EXIT_OK)
+        return rc;
     return run(j, a);
 }
 

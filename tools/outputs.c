@@ -189,6 +189,12 @@ static int spill_rows(cli_outputs *o, output_file *f, int y0, int rows, const fl
     return 0;
 }
 
+int cli_outputs_wants(const cli_outputs *o, int head, isl_stat stat)
+{
+    return head >= 0 && head < o->model_heads && (unsigned)stat < ISL_STAT_COUNT &&
+           o->index[head * ISL_STAT_COUNT + (int)stat] >= 0;
+}
+
 int cli_outputs_rows(void *user, int head, isl_stat stat, int y0, int rows, int width,
                      const float *data)
 {

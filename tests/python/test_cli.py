@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import HEADS
+from conftest import HEADS, REPO_ROOT
 
 STATS = ("median", "mean", "mode", "std", "entropy", "p_nonzero")
 # Small predictions run single-threaded: on a loaded machine (meson runs tests in
@@ -286,6 +286,90 @@ def test_predict_flip_average(run_isl, small_model, tmp_path):
     assert np.abs(means[1] - means[0]).max() > 0.01  # the network is not mirror-symmetric
     assert np.abs(got - np.mean(means, axis=0)).max() < 1e-5
 
+
+def stretched(v):
+    """The preview's display stretch, recomputed: the sorted values at ranks
+    round(q (n - 1)) for q = 0.005 and 0.995 map to 0 and 255."""
+    v = np.asarray(v, np.float64)
+    ranked = np.sort(v.ravel())
+    lo, hi = (ranked[int(np.floor(q * (ranked.size - 1) + 0.5))] for q in (0.005, 0.995))
+    t = np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(v)
+    return np.floor(255 * t + 0.5)
+
+
+def box_means(a, f):
+    """Means over f x f boxes (partial at the bottom and right)."""
+    h, w = a.shape
+    out = np.zeros(((h + f - 1) // f, (w + f - 1) // f))
+    for y in range(out.shape[0]):
+        for x in range(out.shape[1]):
+            out[y, x] = a[y * f:(y + 1) * f, x * f:(x + 1) * f].astype(np.float64).mean()
+    return out
+
+
+BUNDLED_MODEL = REPO_ROOT / "examples" / "data" / "condition-b.h5"
+DEMO_STACK = REPO_ROOT / "examples" / "data" / "demo_z13.tif"
+
+
+@pytest.mark.parametrize("height,width,factor", [(48, 64, 1), (1030, 21, 2)])
+def test_predict_preview(run_isl, tmp_path, height, width, factor):
+    """--preview: the middle plane (gray) beside the medians of the three label heads in
+    blue, green, red, each stretched to its 0.5 / 99.5 percentiles; sides over 1024 are
+    shrunk by box means (the second stack: the demo crop repeated down to 1030 rows).
+    Recomputed here from the median images and the stack. The bundled model: a random
+    one predicts one median bin everywhere."""
+    demo = tifffile.imread(DEMO_STACK)
+    stack = np.ascontiguousarray(np.tile(demo, (1, 5, 1))[:, :height, 100:100 + width])
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    out = tmp_path / "out"
+    r = run_isl("predict", "--model", BUNDLED_MODEL, "--input", tmp_path / "s.tif",
+                "--output-dir", out, "--stats", "median", "--preview", *ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == f"wrote {out / 'preview.tif'}"
+    assert ("isl: preview: left z plane 6 of 13, right dapi_confocal blue, map2_confocal green, "
+            "nfh_confocal red") in r.stderr
+    got = tifffile.imread(out / "preview.tif")
+    pw = (width + factor - 1) // factor
+    assert got.dtype == np.uint8 and got.shape == ((height + factor - 1) // factor, 2 * pw, 3)
+    gray = stretched(box_means(stack[6] / 65535.0, factor))
+    for c in range(3):
+        assert np.abs(got[:, :pw, c] - gray).max() <= 1
+    for head, c in zip(HEADS, (2, 1, 0)):
+        want = stretched(box_means(tifffile.imread(out / f"{head}_median.tif"), factor))
+        assert want.std() > 10, head  # something to see
+        assert np.abs(got[:, pw:, c] - want).max() <= 1, head
+
+
+def test_predict_preview_without_median_one_head_and_errors(run_isl, small_model, tmp_path):
+    """Without median in --stats the preview still shows the medians (not written); one
+    head shows in gray; the autoencoder alone has nothing to show (usage error, no files)."""
+    stack = tmp_path / "s.tif"
+    tifffile.imwrite(stack, np.ascontiguousarray(tifffile.imread(DEMO_STACK)[:, :40, :48]))
+    run = lambda out, *args: run_isl("predict", "--model", BUNDLED_MODEL, "--input", stack,
+                                     "--output-dir", tmp_path / out, "--preview", *args,
+                                     *ONE_THREAD)
+    r = run("median")
+    assert r.returncode == 0, r.stderr
+    r = run("mean", "--stats", "mean")
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / "mean")) == sorted(
+        [f"{h}_mean.tif" for h in HEADS] + ["preview.tif"])
+    assert (tifffile.imread(tmp_path / "mean" / "preview.tif") ==
+            tifffile.imread(tmp_path / "median" / "preview.tif")).all()
+
+    r = run("one", "--heads", "nfh_confocal")
+    assert r.returncode == 0, r.stderr
+    assert "right nfh_confocal gray" in r.stderr
+    right = tifffile.imread(tmp_path / "one" / "preview.tif")[:, 48:]
+    median = tifffile.imread(tmp_path / "one" / "nfh_confocal_median.tif")
+    assert (right[..., 0] == right[..., 1]).all() and (right[..., 1] == right[..., 2]).all()
+    assert np.abs(right[..., 0] - stretched(median)).max() <= 1
+
+    r = run_isl("predict", "--model", small_model, "--input", stack, "--output-dir",
+                tmp_path / "ae", "--heads", "autoencoder", "--preview", *ONE_THREAD)
+    line = assert_one_error_line(r, 2)
+    assert "--preview" in line
+    assert not (tmp_path / "ae").exists()
 
 def test_predict_tile_size_invariance(run_isl, small_model, tmp_path):
     """Different tilings deliver rows in different bands: same images (the autoencoder's

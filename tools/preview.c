@@ -1,0 +1,227 @@
+/* isl predict --preview: one 8-bit RGB picture to look at, beside the float32 images.
+ *
+ * Left panel: the input's middle z plane in gray. Right panel: the medians of up to three
+ * label heads, one color each (one head: gray). Each channel is stretched between its
+ * 0.5th and 99.5th percentiles: a display, not data. Panels wider or taller than
+ * PREVIEW_SIDE pixels are shrunk by an integer factor (box means), so memory stays
+ * bounded for any image size. */
+#include "cli.h"
+#include "tiff_io.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PREVIEW_SIDE 1024
+#define LOW_QUANTILE 0.005
+#define HIGH_QUANTILE 0.995
+
+enum { GRAY = -1, RED = 0, GREEN = 1, BLUE = 2 };
+
+struct cli_preview {
+    char *path;
+    int height, width;   /* the image predicted */
+    int factor;          /* panel pixel = factor x factor image pixels */
+    int ph, pw;          /* panel size */
+    int num_heads;
+    int heads[3];
+    int colors[3];       /* GRAY, or the RGB channel of each head */
+    float *input;        /* [ph * pw] box means of the middle plane */
+    float *sums[3];      /* [ph * pw] box sums of each head's median */
+    char error[1024];
+};
+
+static void set_error(cli_preview *p, const char *msg)
+{
+    if (!p->error[0])
+        snprintf(p->error, sizeof(p->error), "%s", msg);
+}
+
+static float input_value(const isl_tiff_stack *s, size_t i)
+{
+    switch (s->dtype) {
+    case ISL_DTYPE_U8: return ((const uint8_t *)s->data)[i] / 255.0f;
+    case ISL_DTYPE_U16: return ((const uint16_t *)s->data)[i] / 65535.0f;
+    default: return ((const float *)s->data)[i];
+    }
+}
+
+/* Pixels of the image that panel pixel (py, px) covers (fewer at the right and bottom). */
+static int box_count(const cli_preview *p, int py, int px)
+{
+    int h = p->height - py * p->factor, w = p->width - px * p->factor;
+    return (h < p->factor ? h : p->factor) * (w < p->factor ? w : p->factor);
+}
+
+cli_preview *cli_preview_open(const char *dir, const isl_tiff_stack *stack, const int *heads,
+                              int num_heads)
+{
+    cli_preview *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->height = stack->height;
+    p->width = stack->width;
+    int side = p->height > p->width ? p->height : p->width;
+    p->factor = (side + PREVIEW_SIDE - 1) / PREVIEW_SIDE;
+    p->ph = (p->height + p->factor - 1) / p->factor;
+    p->pw = (p->width + p->factor - 1) / p->factor;
+    p->num_heads = num_heads < 3 ? num_heads : 3;
+    static const int order[3] = {BLUE, GREEN, RED}; /* nuclei blue, as in the paper */
+    for (int k = 0; k < p->num_heads; k++) {
+        p->heads[k] = heads[k];
+        p->colors[k] = p->num_heads == 1 ? GRAY : order[k];
+    }
+    size_t n = (size_t)p->ph * (size_t)p->pw;
+    p->path = cli_path_join(dir, "preview.tif");
+    p->input = calloc(n, sizeof(float));
+    int ok = p->path && p->input;
+    for (int k = 0; ok && k < p->num_heads; k++)
+        ok = (p->sums[k] = calloc(n, sizeof(float))) != NULL;
+    if (!ok) {
+        cli_preview_free(p);
+        return NULL;
+    }
+    /* The middle plane now: the stack is freed with the job, the picture is made later. */
+    const size_t plane = (size_t)p->height * (size_t)p->width;
+    const size_t z = (size_t)(stack->num_z / 2);
+    for (int y = 0; y < p->height; y++)
+        for (int x = 0; x < p->width; x++)
+            p->input[(size_t)(y / p->factor) * p->pw + (size_t)(x / p->factor)] +=
+                input_value(stack, z * plane + (size_t)y * p->width + (size_t)x);
+    for (int py = 0; py < p->ph; py++)
+        for (int px = 0; px < p->pw; px++)
+            p->input[(size_t)py * p->pw + px] /= (float)box_count(p, py, px);
+    return p;
+}
+
+int cli_preview_wants(const cli_preview *p, int head, isl_stat stat)
+{
+    if (!p || stat != ISL_STAT_MEDIAN)
+        return 0;
+    for (int k = 0; k < p->num_heads; k++)
+        if (p->heads[k] == head)
+            return 1;
+    return 0;
+}
+
+int cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *data)
+{
+    for (int k = 0; k < p->num_heads; k++) {
+        if (p->heads[k] != head)
+            continue;
+        for (int y = y0; y < y0 + rows; y++) {
+            float *sum = p->sums[k] + (size_t)(y / p->factor) * p->pw;
+            const float *row = data + (size_t)(y - y0) * p->width;
+            for (int x = 0; x < p->width; x++)
+                sum[x / p->factor] += row[x];
+        }
+    }
+    return 0;
+}
+
+static int compare_floats(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* Writes v (n values) stretched to bytes into out. The quantiles are the sorted values at
+ * ranks round(q (n - 1)), so that anyone can recompute them. */
+static int stretch(const float *v, size_t n, uint8_t *out)
+{
+    float *sorted = malloc(n * sizeof(float));
+    if (!sorted)
+        return -1;
+    memcpy(sorted, v, n * sizeof(float));
+    qsort(sorted, n, sizeof(float), compare_floats);
+    double lo = sorted[(size_t)floor(LOW_QUANTILE * (double)(n - 1) + 0.5)];
+    double hi = sorted[(size_t)floor(HIGH_QUANTILE * (double)(n - 1) + 0.5)];
+    free(sorted);
+    for (size_t i = 0; i < n; i++) {
+        double t = hi > lo ? ((double)v[i] - lo) / (hi - lo) : 0.0;
+        t = t < 0 ? 0 : t > 1 ? 1 : t;
+        out[i] = (uint8_t)floor(255.0 * t + 0.5);
+    }
+    return 0;
+}
+
+int cli_preview_commit(cli_preview *p)
+{
+    const size_t n = (size_t)p->ph * (size_t)p->pw;
+    const int out_w = 2 * p->pw;
+    uint8_t *rgb = calloc(n * 2 * 3, 1);
+    uint8_t *channel = malloc(n);
+    float *median = malloc(n * sizeof(float));
+    int rc = rgb && channel && median ? 0 : -1;
+    if (rc != 0)
+        set_error(p, "out of memory for the preview");
+    /* Left panel: the input plane, gray. */
+    if (rc == 0 && (rc = stretch(p->input, n, channel)) != 0)
+        set_error(p, "out of memory for the preview");
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        uint8_t *px = rgb + (((i / p->pw) * out_w) + i % p->pw) * 3;
+        px[0] = px[1] = px[2] = channel[i];
+    }
+    /* Right panel: each head's median in its color. */
+    for (int k = 0; rc == 0 && k < p->num_heads; k++) {
+        for (int py = 0; py < p->ph; py++)
+            for (int px = 0; px < p->pw; px++) {
+                size_t i = (size_t)py * p->pw + px;
+                median[i] = p->sums[k][i] / (float)box_count(p, py, px);
+            }
+        if ((rc = stretch(median, n, channel)) != 0) {
+            set_error(p, "out of memory for the preview");
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            uint8_t *px = rgb + (((i / p->pw) * out_w) + p->pw + i % p->pw) * 3;
+            if (p->colors[k] == GRAY)
+                px[0] = px[1] = px[2] = channel[i];
+            else
+                px[p->colors[k]] = channel[i];
+        }
+    }
+    if (rc == 0) {
+        isl_status s = isl_tiff_write_rgb8(p->path, rgb, p->ph, out_w);
+        if (s != ISL_OK) {
+            set_error(p, isl_last_error());
+            rc = -1;
+        }
+    }
+    free(rgb);
+    free(channel);
+    free(median);
+    return rc;
+}
+
+const char *cli_preview_path(const cli_preview *p) { return p->path; }
+
+const char *cli_preview_error(const cli_preview *p) { return p->error; }
+
+/* "dapi_confocal blue, map2_confocal green, nfh_confocal red" into buf. */
+void cli_preview_legend(const cli_preview *p, const isl_model *model, char *buf, size_t size)
+{
+    static const char *names[3] = {"red", "green", "blue"};
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < p->num_heads && used < size; k++) {
+        int n = snprintf(buf + used, size - used, "%s%s %s", k ? ", " : "",
+                         isl_model_head_name(model, p->heads[k]),
+                         p->colors[k] == GRAY ? "gray" : names[p->colors[k]]);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+}
+
+void cli_preview_free(cli_preview *p)
+{
+    if (!p)
+        return;
+    free(p->path);
+    free(p->input);
+    for (int k = 0; k < 3; k++)
+        free(p->sums[k]);
+    free(p);
+}
