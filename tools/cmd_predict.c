@@ -2,11 +2,17 @@
 #include "cli.h"
 #include "tiff_io.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* Plane means (in [0, 1]) outside this range draw a warning for models without input
+ * normalization. */
+#define UNUSUAL_MEAN_LOW 0.2
+#define UNUSUAL_MEAN_HIGH 0.8
 
 static const char predict_help[] =
     "Usage: isl predict --model MODEL.h5 --input STACK.tif --output-dir DIR [options]\n"
@@ -15,7 +21,9 @@ static const char predict_help[] =
     "one page per z plane, as many as the model's num_z; 8/16-bit unsigned or float32) and\n"
     "writes DIR/<head>_<stat>.tif for each selected head and statistic: float32 images of\n"
     "the input's height and width (the autoencoder: one page per z plane). DIR is created\n"
-    "if missing. Files appear only when everything succeeded.\n"
+    "if missing. Files appear only when everything succeeded. A model without input\n"
+    "normalization needs stacks preprocessed as its training data (plane means near 0.5);\n"
+    "a warning says when the planes look raw (docs/cli.md, \"Input values\").\n"
     "\n"
     "Options:\n"
     "  -m, --model PATH         model file (required); repeat it (up to 16) to predict with\n"
@@ -269,6 +277,38 @@ static void job_free(predict_job *j, int failed)
         isl_model_free(j->members[k]);
 }
 
+/* Models without input normalization see the stack's values scaled to [0, 1] as they
+ * are, so they only predict stacks preprocessed as their training data was; the paper's
+ * pipeline (and the bundled model's data) puts every transmitted-light plane's mean near
+ * 0.5. Raw camera images (a 12-bit camera: means near 0.05) give confident nonsense, so
+ * say so. Returns 1 if it warned. */
+static int warn_unusual_input(const isl_model *m, const isl_tiff_stack *s)
+{
+    if (strcmp(isl_model_input_normalization(m), "none"))
+        return 0;
+    const size_t plane = (size_t)s->height * (size_t)s->width;
+    double lo = INFINITY, hi = -INFINITY;
+    for (int z = 0; z < s->num_z; z++) {
+        double sum = 0;
+        for (size_t i = (size_t)z * plane; i < (size_t)(z + 1) * plane; i++)
+            sum += s->dtype == ISL_DTYPE_U8    ? ((const uint8_t *)s->data)[i] / 255.0
+                   : s->dtype == ISL_DTYPE_U16 ? ((const uint16_t *)s->data)[i] / 65535.0
+                                               : ((const float *)s->data)[i];
+        double mean = sum / (double)plane;
+        lo = mean < lo ? mean : lo;
+        hi = mean > hi ? mean : hi;
+    }
+    if (lo >= UNUSUAL_MEAN_LOW && hi <= UNUSUAL_MEAN_HIGH)
+        return 0;
+    fprintf(stderr,
+            "isl: warning: the input's planes have means %.3g to %.3g (values scaled to [0, 1]); "
+            "this model (input normalization \"none\") expects stacks preprocessed like its "
+            "training data, typically means near 0.5: predictions of raw camera images are not "
+            "meaningful (docs/cli.md, \"Input values\")\n",
+            lo, hi);
+    return 1;
+}
+
 /* isl_rows_fn (user = the job): rows go to their file and, medians, to the preview. */
 static int deliver_rows(void *user, int head, isl_stat stat, int y0, int rows, int width,
                         const float *data)
@@ -339,6 +379,7 @@ static int run(predict_job *j, const predict_args *a)
                             : "",
             seconds,
             seconds > 0 ? mpix / seconds : 0.0);
+    warn_unusual_input(j->model, &j->stack);
     if (j->preview) {
         char legend[1024];
         cli_preview_legend(j->preview, j->model, legend, sizeof(legend));

@@ -371,6 +371,33 @@ def test_predict_preview_without_median_one_head_and_errors(run_isl, small_model
     assert "--preview" in line
     assert not (tmp_path / "ae").exists()
 
+def test_predict_warns_about_raw_camera_values(run_isl, small_model, tmp_path):
+    """A model without input normalization on a raw 12-bit camera stack (plane means near
+    0.03 of [0, 1]) predicts, and warns once at the end; preprocessed stacks (the demo's
+    planes have means near 0.5) and models with global normalization do not warn."""
+    demo = tifffile.imread(DEMO_STACK)[:, :40, :48]
+    tifffile.imwrite(tmp_path / "raw.tif", np.ascontiguousarray(demo // 16))
+    tifffile.imwrite(tmp_path / "demo.tif", np.ascontiguousarray(demo))
+    r = run_isl("predict", "--model", small_model, "--input", tmp_path / "raw.tif",
+                "--output-dir", tmp_path / "raw", *ONE_THREAD)
+    assert r.returncode == 0, r.stderr
+    warnings = [l for l in r.stderr.splitlines() if l.startswith("isl: warning: ")]
+    assert len(warnings) == 1, r.stderr
+    means = (demo // 16).reshape(13, -1).mean(axis=1) / 65535
+    assert f"means {means.min():.3g} to {means.max():.3g}" in warnings[0]
+    assert "Input values" in warnings[0]
+    assert len(os.listdir(tmp_path / "raw")) == 3
+    r = run_isl("predict", "--model", small_model, "--input", tmp_path / "demo.tif",
+                "--output-dir", tmp_path / "demo", *ONE_THREAD)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    glob = tmp_path / "global.h5"
+    r = run_isl("model", "init", "--base-depth", 16, "--heads", "dapi_confocal",
+                "--normalization", "global", "-o", glob)
+    assert r.returncode == 0, r.stderr
+    r = run_isl("predict", "--model", glob, "--input", tmp_path / "raw.tif",
+                "--output-dir", tmp_path / "glob", *ONE_THREAD)
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
 def test_predict_tile_size_invariance(run_isl, small_model, tmp_path):
     """Different tilings deliver rows in different bands: same images (the autoencoder's
     pages, which go through a scratch file, included)."""
