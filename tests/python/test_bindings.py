@@ -327,6 +327,29 @@ def test_flip_average_is_the_mixture_of_mirror_images(islpy, small_model):
         assert np.abs(softmax(logits) - np.mean(probs, axis=0)).max() < 1e-5
 
 
+def test_raw_camera_values_warn(islpy, small_model, small_stack):
+    """A model without input normalization warns (UnusualInputWarning, as isl predict) when
+    the stack's plane means lie outside [0.2, 0.8] of [0, 1] (a 12-bit camera's raw values);
+    the prediction is still returned. Preprocessed stacks and global models do not warn."""
+    import warnings as w
+
+    raw = np.ascontiguousarray(small_stack // 16)
+    means = raw.reshape(13, -1).mean(axis=1) / 65535
+    with pytest.warns(islpy.UnusualInputWarning, match=f"means {means.min():.3g} to "):
+        out = small_model.predict(raw, threads=THREADS)
+    assert out["dapi_confocal"]["median"].shape == raw.shape[1:]
+    with pytest.warns(islpy.UnusualInputWarning):
+        small_model.predict_rows(raw, lambda *a: None, threads=THREADS)
+    with pytest.warns(islpy.UnusualInputWarning):  # float32 values are used as they are
+        small_model.predict(raw.astype(np.float32) / 65535, threads=THREADS)
+    with w.catch_warnings():
+        w.simplefilter("error")
+        small_model.predict(small_stack, threads=THREADS)
+        with islpy.Model.create(base_depth=8, num_z=13, heads="dapi_confocal",
+                                input_normalization="global") as glob:
+            glob.predict(raw, threads=THREADS)
+
+
 def test_model_properties_save_load(islpy, small_model, small_model_file, small_stack,
                                     small_prediction):
     assert small_model.heads == LABEL_HEADS + ("autoencoder",)

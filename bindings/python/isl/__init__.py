@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -56,6 +57,7 @@ __all__ = [
     "STATS",
     "AUTOENCODER",
     "TILE_CONTEXT",
+    "UnusualInputWarning",
     *_errors.__all__,
 ]
 
@@ -72,6 +74,14 @@ AUTOENCODER = "autoencoder"
 TILE_CONTEXT = 242
 
 _NUM_CLASSES = 256
+
+#: Plane means (in [0, 1]) outside this range warn for models without input normalization.
+_USUAL_MEAN = (0.2, 0.8)
+
+
+class UnusualInputWarning(UserWarning):
+    """The stack does not look preprocessed as the model's training data (raw camera
+    values given to a model without input normalization); the prediction still ran."""
 _PRECISIONS = {"fp32": _capi.ISL_PRECISION_FP32, "bf16": _capi.ISL_PRECISION_BF16}
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -501,7 +511,24 @@ class Model(_Closable):
                 _capi._predict_image(ptr, options, array, outputs, self._progress(progress, cancel))
         finally:
             _capi.isl_predict_options_free(options)
+        self._warn_unusual_input(array)
         return result
+
+    def _warn_unusual_input(self, array: np.ndarray) -> None:
+        """As ``isl predict``: a model without input normalization predicts only stacks
+        preprocessed like its training data (plane means near 0.5 of [0, 1]); raw camera
+        images give confident nonsense, so say so (docs/cli.md, "Input values")."""
+        if self._input_normalization != "none":
+            return
+        scale = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}.get(array.dtype, 1.0)
+        means = array.reshape(array.shape[0], -1).mean(axis=1, dtype=np.float64) * scale
+        if means.min() < _USUAL_MEAN[0] or means.max() > _USUAL_MEAN[1]:
+            warnings.warn(
+                f"the input's planes have means {means.min():.3g} to {means.max():.3g} (values "
+                f"scaled to [0, 1]); this model (input normalization \"none\") expects stacks "
+                f"preprocessed like its training data, typically means near 0.5: predictions of "
+                f"raw camera images are not meaningful (docs/cli.md, \"Input values\")",
+                UnusualInputWarning, stacklevel=3)
 
     def predict_rows(self, stack: npt.ArrayLike,
                      callback: Callable[[str, str, int, FloatArray], Optional[bool]],
@@ -536,6 +563,7 @@ class Model(_Closable):
                                           self._progress(progress, cancel))
         finally:
             _capi.isl_predict_options_free(options)
+        self._warn_unusual_input(array)
 
     def predict_tile(self, tile: npt.ArrayLike, probabilities: bool = False,
                      heads: HeadNames = None, *, threads: int = 0,
