@@ -4,6 +4,7 @@
 
 #include "isl.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* A stack read from a multi-page TIFF: pages are z planes, all of one size and one
@@ -21,6 +22,17 @@ typedef struct isl_tiff_stack {
  * libtiff cannot decode). expect_pages > 0 also checks the page count. Returns ISL_OK. */
 isl_status isl_tiff_read_stack(const char *path, int expect_pages, isl_tiff_stack *out);
 void isl_tiff_stack_free(isl_tiff_stack *s);
+
+/* Sample i of s scaled as prediction scales a model's input without normalization:
+ * 8-bit by 1/255, 16-bit by 1/65535, float32 as is. */
+static inline double isl_tiff_stack_scaled(const isl_tiff_stack *s, size_t i)
+{
+    switch (s->dtype) {
+    case ISL_DTYPE_U8: return ((const uint8_t *)s->data)[i] / 255.0;
+    case ISL_DTYPE_U16: return ((const uint16_t *)s->data)[i] / 65535.0;
+    default: return ((const float *)s->data)[i];
+    }
+}
 
 /* Writes a float32 image (or stack of `pages` planes) atomically: temp file + rename.
  * Compression: none (fast, readable everywhere). */

@@ -291,9 +291,7 @@ static int warn_unusual_input(const isl_model *m, const isl_tiff_stack *s)
     for (int z = 0; z < s->num_z; z++) {
         double sum = 0;
         for (size_t i = (size_t)z * plane; i < (size_t)(z + 1) * plane; i++)
-            sum += s->dtype == ISL_DTYPE_U8    ? ((const uint8_t *)s->data)[i] / 255.0
-                   : s->dtype == ISL_DTYPE_U16 ? ((const uint16_t *)s->data)[i] / 65535.0
-                                               : ((const float *)s->data)[i];
+            sum += isl_tiff_stack_scaled(s, i);
         double mean = sum / (double)plane;
         lo = mean < lo ? mean : lo;
         hi = mean > hi ? mean : hi;

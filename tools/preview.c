@@ -38,15 +38,6 @@ static void set_error(cli_preview *p, const char *msg)
         snprintf(p->error, sizeof(p->error), "%s", msg);
 }
 
-static float input_value(const isl_tiff_stack *s, size_t i)
-{
-    switch (s->dtype) {
-    case ISL_DTYPE_U8: return ((const uint8_t *)s->data)[i] / 255.0f;
-    case ISL_DTYPE_U16: return ((const uint16_t *)s->data)[i] / 65535.0f;
-    default: return ((const float *)s->data)[i];
-    }
-}
-
 /* Pixels of the image that panel pixel (py, px) covers (fewer at the right and bottom). */
 static int box_count(const cli_preview *p, int py, int px)
 {
@@ -82,13 +73,13 @@ cli_preview *cli_preview_open(const char *dir, const isl_tiff_stack *stack, cons
         cli_preview_free(p);
         return NULL;
     }
-    /* The middle plane now: the stack is freed with the job, the picture is made later. */
+    /* The middle plane is summed now, so that the picture needs nothing of the stack later. */
     const size_t plane = (size_t)p->height * (size_t)p->width;
     const size_t z = (size_t)(stack->num_z / 2);
     for (int y = 0; y < p->height; y++)
         for (int x = 0; x < p->width; x++)
             p->input[(size_t)(y / p->factor) * p->pw + (size_t)(x / p->factor)] +=
-                input_value(stack, z * plane + (size_t)y * p->width + (size_t)x);
+                (float)isl_tiff_stack_scaled(stack, z * plane + (size_t)y * p->width + (size_t)x);
     for (int py = 0; py < p->ph; py++)
         for (int px = 0; px < p->pw; px++)
             p->input[(size_t)py * p->pw + px] /= (float)box_count(p, py, px);
