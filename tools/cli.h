@@ -156,8 +156,8 @@ struct isl_tiff_stack; /* tiff_io.h */
 typedef struct cli_preview cli_preview;
 
 /* Takes the first min(3, num_heads) heads (label heads). NULL only when out of memory. */
-cli_preview *cli_preview_open(const char *dir, const struct isl_tiff_stack *stack, const int *heads,
-                              int num_heads);
+cli_preview *cli_preview_open(const char *dir, const struct isl_tiff_stack *stack,
+                              const int *heads, int num_heads);
 /* 1 if the preview takes the rows of (head, stat): the median of one of its heads. */
 int cli_preview_wants(const cli_preview *p, int head, isl_stat stat);
 /* Adds rows y0 .. y0 + rows - 1 of head's median (rows x the image width). 0. */

@@ -281,11 +281,11 @@ static void job_free(predict_job *j, int failed)
  * are, so they only predict stacks preprocessed as their training data was; the paper's
  * pipeline (and the bundled model's data) puts every transmitted-light plane's mean near
  * 0.5. Raw camera images (a 12-bit camera: means near 0.05) give confident nonsense, so
- * say so. Returns 1 if it warned. */
-static int warn_unusual_input(const isl_model *m, const isl_tiff_stack *s)
+ * say so. */
+static void warn_unusual_input(const isl_model *m, const isl_tiff_stack *s)
 {
     if (strcmp(isl_model_input_normalization(m), "none"))
-        return 0;
+        return;
     const size_t plane = (size_t)s->height * (size_t)s->width;
     double lo = INFINITY, hi = -INFINITY;
     for (int z = 0; z < s->num_z; z++) {
@@ -297,14 +297,13 @@ static int warn_unusual_input(const isl_model *m, const isl_tiff_stack *s)
         hi = mean > hi ? mean : hi;
     }
     if (lo >= UNUSUAL_MEAN_LOW && hi <= UNUSUAL_MEAN_HIGH)
-        return 0;
+        return;
     fprintf(stderr,
             "isl: warning: the input's planes have means %.3g to %.3g (values scaled to [0, 1]); "
             "this model (input normalization \"none\") expects stacks preprocessed like its "
             "training data, typically means near 0.5: predictions of raw camera images are not "
             "meaningful (docs/cli.md, \"Input values\")\n",
             lo, hi);
-    return 1;
 }
 
 /* isl_rows_fn (user = the job): rows go to their file and, medians, to the preview. */
