@@ -160,8 +160,8 @@ cli_preview *cli_preview_open(const char *dir, const struct isl_tiff_stack *stac
                               const int *heads, int num_heads);
 /* 1 if the preview takes the rows of (head, stat): the median of one of its heads. */
 int cli_preview_wants(const cli_preview *p, int head, isl_stat stat);
-/* Adds rows y0 .. y0 + rows - 1 of head's median (rows x the image width). 0. */
-int cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *data);
+/* Adds rows y0 .. y0 + rows - 1 of head's median (rows x the image width). */
+void cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *data);
 /* Writes the picture atomically. 0, or -1 with cli_preview_error set. */
 int cli_preview_commit(cli_preview *p);
 const char *cli_preview_path(const cli_preview *p);

@@ -212,6 +212,11 @@ static void head_names(const isl_model *m, char *buf, size_t size)
     }
 }
 
+static int is_label_head(const isl_model *m, int head)
+{
+    return strcmp(isl_model_head_name(m, head), "autoencoder") != 0;
+}
+
 /* Head indices: the named ones (deduplicated) or every label head. */
 static int select_heads(const isl_model *m, const char *names, int **heads, int *count)
 {
@@ -221,7 +226,7 @@ static int select_heads(const isl_model *m, const char *names, int **heads, int 
         return cli_runtime_error("out of memory");
     if (!names) {
         for (int h = 0; h < total; h++)
-            if (strcmp(isl_model_head_name(m, h), "autoencoder"))
+            if (is_label_head(m, h))
                 (*heads)[(*count)++] = h;
         if (*count == 0)
             return cli_usage_error("the model has no label heads; use --heads autoencoder");
@@ -311,9 +316,8 @@ static int deliver_rows(void *user, int head, isl_stat stat, int y0, int rows, i
                         const float *data)
 {
     predict_job *j = user;
-    if (cli_preview_wants(j->preview, head, stat) &&
-        cli_preview_rows(j->preview, head, y0, rows, data) != 0)
-        return 1;
+    if (cli_preview_wants(j->preview, head, stat))
+        cli_preview_rows(j->preview, head, y0, rows, data);
     if (!cli_outputs_wants(j->outputs, head, stat))
         return cli_interrupted();
     return cli_outputs_rows(j->outputs, head, stat, y0, rows, width, data);
@@ -392,7 +396,7 @@ static int open_preview(predict_job *j, const predict_args *a)
 {
     int labels[3], n = 0;
     for (int h = 0; h < j->num_heads && n < 3; h++)
-        if (strcmp(isl_model_head_name(j->model, j->heads[h]), "autoencoder"))
+        if (is_label_head(j->model, j->heads[h]))
             labels[n++] = j->heads[h];
     if (n == 0)
         return cli_usage_error("--preview: no label head selected (the autoencoder is not "

@@ -45,6 +45,16 @@ static int box_count(const cli_preview *p, int py, int px)
     return (h < p->factor ? h : p->factor) * (w < p->factor ? w : p->factor);
 }
 
+/* means = box sums / pixels per box (in place when means == sums). */
+static void box_means(const cli_preview *p, const float *sums, float *means)
+{
+    for (int py = 0; py < p->ph; py++)
+        for (int px = 0; px < p->pw; px++) {
+            size_t i = (size_t)py * p->pw + px;
+            means[i] = sums[i] / (float)box_count(p, py, px);
+        }
+}
+
 cli_preview *cli_preview_open(const char *dir, const isl_tiff_stack *stack, const int *heads,
                               int num_heads)
 {
@@ -80,9 +90,7 @@ cli_preview *cli_preview_open(const char *dir, const isl_tiff_stack *stack, cons
         for (int x = 0; x < p->width; x++)
             p->input[(size_t)(y / p->factor) * p->pw + (size_t)(x / p->factor)] +=
                 (float)isl_tiff_stack_scaled(stack, z * plane + (size_t)y * p->width + (size_t)x);
-    for (int py = 0; py < p->ph; py++)
-        for (int px = 0; px < p->pw; px++)
-            p->input[(size_t)py * p->pw + px] /= (float)box_count(p, py, px);
+    box_means(p, p->input, p->input);
     return p;
 }
 
@@ -96,7 +104,7 @@ int cli_preview_wants(const cli_preview *p, int head, isl_stat stat)
     return 0;
 }
 
-int cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *data)
+void cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *data)
 {
     for (int k = 0; k < p->num_heads; k++) {
         if (p->heads[k] != head)
@@ -108,7 +116,6 @@ int cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *da
                 sum[x / p->factor] += row[x];
         }
     }
-    return 0;
 }
 
 static int compare_floats(const void *a, const void *b)
@@ -156,11 +163,7 @@ int cli_preview_commit(cli_preview *p)
     }
     /* Right panel: each head's median in its color. */
     for (int k = 0; rc == 0 && k < p->num_heads; k++) {
-        for (int py = 0; py < p->ph; py++)
-            for (int px = 0; px < p->pw; px++) {
-                size_t i = (size_t)py * p->pw + px;
-                median[i] = p->sums[k][i] / (float)box_count(p, py, px);
-            }
+        box_means(p, p->sums[k], median);
         if ((rc = stretch(median, n, channel)) != 0) {
             set_error(p, "out of memory for the preview");
             break;

@@ -74,6 +74,7 @@ AUTOENCODER = "autoencoder"
 TILE_CONTEXT = 242
 
 _NUM_CLASSES = 256
+_PRECISIONS = {"fp32": _capi.ISL_PRECISION_FP32, "bf16": _capi.ISL_PRECISION_BF16}
 
 #: Plane means (in [0, 1]) outside this range warn for models without input normalization.
 _USUAL_MEAN = (0.2, 0.8)
@@ -82,7 +83,7 @@ _USUAL_MEAN = (0.2, 0.8)
 class UnusualInputWarning(UserWarning):
     """The stack does not look preprocessed as the model's training data (raw camera
     values given to a model without input normalization); the prediction still ran."""
-_PRECISIONS = {"fp32": _capi.ISL_PRECISION_FP32, "bf16": _capi.ISL_PRECISION_BF16}
+
 
 PathLike = Union[str, "os.PathLike[str]"]
 StatNames = Union[str, Iterable[str]]
