@@ -392,7 +392,7 @@ static void *predict_job(void *arg)
     return NULL;
 }
 
-/* Heads run on row chunks of large tiles (lib/plan.c): a model whose plans use small
+/* Heads run on row chunks of large tiles (lib/engine/plan.c): a model whose plans use small
  * chunks (ISL_HEAD_CHUNK_PIXELS, read when a plan is built) must predict exactly what one
  * whose heads run on the whole tile does, the last, overlapping chunk included. */
 static void predict_both_ways(isl_model *m, const float *tile, float **tile_out,

@@ -3,6 +3,7 @@
  * rounds the input of every convolution to 8 significant bits (relative error up to
  * 2^-9), so bf16 results are compared with FP32 ones within tolerances derived from that
  * rounding, measured error x ~2.5 (docs/performance.md, "bf16"). */
+#include "cpu.h"
 #include "isl.h"
 #include "kernels_nhwc.h"
 #include "model.h"
@@ -17,14 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int cpu_has(dnnl_cpu_isa_t isa)
-{
-    return ((unsigned)dnnl_get_effective_cpu_isa() & (unsigned)isa) == (unsigned)isa;
-}
-
 static int skip_without(dnnl_cpu_isa_t isa, const char *name)
 {
-    if (cpu_has(isa))
+    if (isl_cpu_has(isa))
         return 0;
     printf("SKIPPED: the CPU has no %s\n", name);
     return 1;

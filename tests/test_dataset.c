@@ -1,8 +1,8 @@
-/* Datasets (lib/dataset.c, lib/dataset_io.c) and the training sampler (lib/sampler.c):
+/* Datasets (lib/train/dataset.c, lib/train/dataset_io.c) and the training sampler (lib/train/sampler.c):
  * round trips, every validation error, atomic saves, and crops checked against an
  * extraction written here from the documented semantics. */
 #include "isl.h"
-#include "predict_input.h"
+#include "input.h"
 #include "test_util.h"
 
 #include <check.h>

@@ -1,4 +1,4 @@
-/* Tests of the HDF5 model file reader and writer (lib/model_io.c). */
+/* Tests of the HDF5 model file reader and writer (lib/io/model_io.c). */
 #include "model_io.h"
 #include "params.h"
 #include "test_util.h"

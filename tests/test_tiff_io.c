@@ -1,4 +1,4 @@
-/* Tests of lib/tiff_io.c: reading stacks written by libtiff directly (an independent
+/* Tests of lib/io/tiff_io.c: reading stacks written by libtiff directly (an independent
  * writer), a real data file, error reporting, and atomic / streaming float32 and
  * 8-bit RGB writes.
  *

@@ -2,7 +2,7 @@
  * double-precision reference (tests/ref_train.h), the loss, Adam, masking, and the public
  * training API (steps, checkpoints and resuming, batch-norm re-estimation). */
 #include "adam.h"
-#include "checkpoint_io.h"
+#include "model_io.h"
 #include "error.h"
 #include "isl.h"
 #include "loss.h"
@@ -1054,7 +1054,7 @@ static int dump(const char *model_path, const char *batch_path, const char *out_
         isl_fail(ISL_ERROR_INVALID_ARGUMENT, "the model needs an autoencoder and <= 60 labels");
         goto done;
     }
-    if (isl_h5_read_extra(batch_path, read_dump_batch, &c) != ISL_OK)
+    if (isl_h5_read_file(batch_path, read_dump_batch, &c) != ISL_OK)
         goto done;
     const char *names[64];
     for (int h = 0; h < c.L; h++)

@@ -4,7 +4,7 @@
  * bit for bit, the heads learn from the features prediction computes, head gradients
  * match central finite differences of the double-precision reference with stored
  * statistics (tests/ref_train.h), and checkpoints resume exactly. */
-#include "checkpoint_io.h"
+#include "model_io.h"
 #include "error.h"
 #include "isl.h"
 #include "loss.h"
@@ -653,7 +653,7 @@ static void read_moments(const char *path, const isl_model *like, moments *mo)
 {
     copy_params(&mo->m, like);
     copy_params(&mo->v, like);
-    ck_assert_msg(isl_h5_read_extra(path, read_moments_cb, mo) == ISL_OK, "%s",
+    ck_assert_msg(isl_h5_read_file(path, read_moments_cb, mo) == ISL_OK, "%s",
                   isl_last_error());
 }
 

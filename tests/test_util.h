@@ -30,7 +30,7 @@ static inline double test_uniform(uint64_t *state)
     return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
 }
 
-/* numpy.pad(mode='reflect') index, written independently of lib/predict.c. */
+/* numpy.pad(mode='reflect') index, written independently of lib/common/input.c. */
 static inline int test_reflect(int i, int n)
 {
     while (i < 0 || i >= n) {

@@ -923,7 +923,7 @@ static void update_running(const isl_train_net *n, isl_bn_params *bn, double mom
     }
 }
 
-/* Folds the stored population statistics exactly as prediction does (lib/layout.c). */
+/* Folds the stored population statistics exactly as prediction does (lib/engine/layout.c). */
 static void fold_stored(isl_train_net *n, const isl_bn_params *bn)
 {
     for (int c = 0; c < bn->channels; c++) {

@@ -8,7 +8,7 @@
  * Convolutions, transposed convolutions and max pooling are oneDNN primitives
  * (forward_training, backward_data, backward_weights; pooling with a workspace); batch
  * norm + relu/tanh, residuals, crops and the tower concatenation are custom kernels
- * (lib/train_kernels.c). The forward keeps every module's input, expand output and
+ * (lib/train/train_kernels.c). The forward keeps every module's input, expand output and
  * maxpool output; BNAct outputs are recomputed in the backward pass (cheap elementwise
  * work instead of 3x the memory).
  *

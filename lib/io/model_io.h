@@ -1,7 +1,9 @@
-/* HDF5 model files (format "isl-model", version 1; docs/model-format.md). */
+/* HDF5 model files (format "isl-model", version 1; docs/model-format.md), on the HDF5
+ * layer (lib/io/h5_io.h). Training checkpoints are model files with extra objects. */
 #ifndef ISL_MODEL_IO_H
 #define ISL_MODEL_IO_H
 
+#include "h5_io.h"
 #include "isl.h"
 #include "params.h"
 
@@ -16,5 +18,10 @@ isl_status isl_model_read_h5(const char *path, isl_params *p);
 /* Writes *p atomically (temp file in the same directory + rename). Never leaves a
  * partial file at path; on failure the previous file at path is untouched. */
 isl_status isl_model_write_h5(const char *path, const isl_params *p);
+
+/* Writes p as isl_model_write_h5 does, after which fn adds its objects (a training
+ * checkpoint's /optimizer group). Read them back with isl_h5_read_file. */
+isl_status isl_model_write_h5_extra(const char *path, const isl_params *p, isl_h5_file_fn fn,
+                                    void *user);
 
 #endif

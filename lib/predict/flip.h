@@ -1,4 +1,4 @@
-/* Mirror images of planar data, for test-time flip averaging (lib/predict.c). */
+/* Mirror images of planar data, for test-time flip averaging (lib/predict/predict.c). */
 #ifndef ISL_FLIP_H
 #define ISL_FLIP_H
 

@@ -1,5 +1,5 @@
 /* HDF5 dataset files, format "isl-dataset" version 1 (docs/training.md, "Dataset files").
- * The HDF5 lock, error capture and atomic writing are lib/model_io.c's (lib/h5_io.h). */
+ * The HDF5 lock, error capture and atomic writing are the HDF5 layer's (lib/io/h5_io.h). */
 #include "dataset.h"
 
 #include "error.h"
@@ -135,7 +135,7 @@ static isl_status write_well(isl_h5_file *f, const isl_dataset *d, int index)
     return ISL_OK;
 }
 
-/* isl_h5_extra_fn: the whole file. */
+/* isl_h5_file_fn: the whole file. */
 static isl_status write_contents(void *user, isl_h5_file *f)
 {
     const isl_dataset *d = user;
@@ -484,7 +484,7 @@ static isl_status read_well(ds_reader *r, int index)
     return each_child(r, labels, read_label, &index);
 }
 
-/* isl_h5_extra_fn: the whole file into r->d. */
+/* isl_h5_file_fn: the whole file into r->d. */
 static isl_status read_contents(void *user, isl_h5_file *f)
 {
     ds_reader *r = user;
@@ -522,7 +522,7 @@ isl_status isl_dataset_load(const char *path, isl_dataset **out)
     if (!path)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_dataset_load: path is NULL");
     ds_reader r = {0};
-    isl_status st = isl_h5_read_extra(path, read_contents, &r);
+    isl_status st = isl_h5_read_file(path, read_contents, &r);
     free(r.listed);
     free(r.label_used);
     if (st != ISL_OK) {

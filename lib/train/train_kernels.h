@@ -1,4 +1,4 @@
-/* Memory-bound kernels of the training engine (lib/train_net.c) on batched tensors in
+/* Memory-bound kernels of the training engine (lib/train/train_net.c) on batched tensors in
  * oneDNN's nChw16c layout: batch-norm statistics, the spec's BNAct ([relu, tanh] of a
  * batch-normalized input) and its backward pass, the residual paths, crops and channel
  * copies. oneDNN has no primitive for these; each is one or two passes over memory.

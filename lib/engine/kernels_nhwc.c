@@ -1,4 +1,5 @@
 #include "kernels_nhwc.h"
+#include "cpu.h"
 #include "fast_math.h"
 
 #include <immintrin.h>
@@ -163,12 +164,6 @@ BF16_TARGET static void bnact_pool_row_bf16(const float *x, size_t xcs, size_t x
     }
 }
 
-static int have_bf16(void)
-{
-    __builtin_cpu_init(); /* idempotent; needed if called before libgcc's constructor */
-    return __builtin_cpu_supports("avx512bf16") != 0;
-}
-
 static void bnact_bf16(const isl_nhwc *a, const isl_nhwc *p, int k, int stride,
                        const float *scale, const float *shift, isl_nhwc *out, int avx512)
 {
@@ -196,7 +191,7 @@ static void bnact_bf16(const isl_nhwc *a, const isl_nhwc *p, int k, int stride,
 void isl_nhwc_bnact_bf16(const isl_nhwc *a, const isl_nhwc *p, int k, int stride,
                          const float *scale, const float *shift, isl_nhwc *out)
 {
-    bnact_bf16(a, p, k, stride, scale, shift, out, have_bf16());
+    bnact_bf16(a, p, k, stride, scale, shift, out, isl_cpu_has_avx512_bf16());
 }
 
 void isl_nhwc_bnact_bf16_portable(const isl_nhwc *a, const isl_nhwc *p, int k, int stride,

@@ -1,6 +1,6 @@
 /* Datasets in memory: wells (a stack scaled to [0, 1]) and their labels (full-well values
  * and masks), built with isl_dataset_add_well / isl_dataset_add_target and read back
- * through the accessors. Files: lib/dataset_io.c. */
+ * through the accessors. Files: lib/train/dataset_io.c. */
 #include "dataset.h"
 
 #include "error.h"

@@ -1,6 +1,7 @@
-/* Inside execution plans: the step list, the tensors of an isl_exec's buffers, and the
- * builder helpers shared by the two network builders (plan.c: nChw16c, FP32 and the
- * AVX512-BF16 path; plan_nhwc.c: nhwc, the AMX path) and the executor (plan_exec.c). */
+/* Inside execution plans: the step list, the tensors of an isl_exec's buffers, the
+ * builder helpers (plan_build.c) shared by the two network builders (plan_blocked.c:
+ * nChw16c, FP32 and the AVX512-BF16 path; plan_nhwc.c: nhwc, the AMX path), which the
+ * plan lifecycle (plan.c) chooses between, and the executor (plan_exec.c). */
 #ifndef ISL_PLAN_INTERNAL_H
 #define ISL_PLAN_INTERNAL_H
 
@@ -152,7 +153,9 @@ isl_status isl_add_projection(builder *b, const isl_params *p, tref input, tref 
 /* Mask of the up module's kept residual channels (owned by the plan). */
 isl_status isl_keep_mask(builder *b, const isl_chmap *out, const int **mask);
 
-/* The nhwc (AMX) network: trunk and one head. */
+/* The two networks, trunk and one head: nChw16c (plan_blocked.c), nhwc (AMX, plan_nhwc.c). */
+isl_status isl_blocked_build_trunk(builder *b, const isl_params *p, const isl_layout *l);
+isl_status isl_blocked_build_head(builder *b, const isl_layout *l, int h, int out_ch);
 isl_status isl_nhwc_build_trunk(builder *b, const isl_params *p, const isl_layout *l);
 isl_status isl_nhwc_build_head(builder *b, const isl_layout *l, int h, int out_ch);
 

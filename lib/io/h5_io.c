@@ -1,10 +1,8 @@
-/* HDF5 model files, format "isl-model" version 1 (docs/model-format.md). */
-#include "model_io.h"
-
-#include "error.h"
+/* The HDF5 layer (lib/io/h5_io.h): sessions under the process-wide lock, error capture,
+ * checked reads, writers, and files built in memory then written atomically. */
 #include "h5_io.h"
 
-#include <hdf5.h>
+#include "error.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -16,13 +14,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define MODEL_FORMAT "isl-model"
-#define MIN_BASE_DEPTH 5 /* up modules use depths(base - 4, .) */
-#define MAX_BASE_DEPTH 4096
-#define MAX_NUM_Z 1024
-#define MAX_HEADS 1024
 #define DETAIL_CAP 256
 #define CORE_INCREMENT (4 << 20) /* growth step of in-memory files being written */
+
+/* An open file: read (lcpl and str_type invalid) or being built in memory. */
+struct isl_h5_file {
+    const char *file; /* the path, for messages */
+    hid_t fid;
+    hid_t lcpl;     /* writing: creates intermediate groups */
+    hid_t str_type; /* writing: variable-length UTF-8, as h5py writes strings */
+    char detail[DETAIL_CAP];
+};
 
 /* ---------------------------------------------------------------------------------- */
 /* HDF5 sessions                                                                       */
@@ -114,51 +116,8 @@ static hid_t strong_fapl(void)
 }
 
 /* ---------------------------------------------------------------------------------- */
-/* Checks shared by reading and writing                                                */
-/* ---------------------------------------------------------------------------------- */
+/* Values                                                                              */
 
-static const char *kind_name(isl_module_kind kind)
-{
-    switch (kind) {
-    case ISL_MODULE_IN: return "in";
-    case ISL_MODULE_DOWN: return "down";
-    case ISL_MODULE_UP: return "up";
-    }
-    return "?";
-}
-
-static int valid_normalization(const char *s)
-{
-    return strcmp(s, "none") == 0 || strcmp(s, "global") == 0;
-}
-
-#define HEADS_ATTR "%s: /: attribute heads: "
-
-/* Head names become HDF5 path components: non-empty, short, unique, no '/', not ".". */
-static isl_status check_head_names(const char *file, int count, const char *const *names)
-{
-    for (int h = 0; h < count; h++) {
-        const char *name = names[h];
-        size_t len = strlen(name);
-        if (len == 0)
-            return isl_fail(ISL_ERROR_FORMAT, HEADS_ATTR "head %d has an empty name", file, h);
-        if (len >= ISL_MAX_NAME)
-            return isl_fail(ISL_ERROR_FORMAT,
-                            HEADS_ATTR "head name \"%.20s...\" is longer than %d bytes", file,
-                            name, ISL_MAX_NAME - 1);
-        if (strchr(name, '/') || strcmp(name, ".") == 0)
-            return isl_fail(ISL_ERROR_FORMAT,
-                            HEADS_ATTR "head name \"%s\" is not a valid group name", file, name);
-        if (strcmp(name, ISL_AUTOENCODER_NAME) == 0 && h != count - 1)
-            return isl_fail(ISL_ERROR_FORMAT, HEADS_ATTR "\"%s\" must be the last head", file,
-                            ISL_AUTOENCODER_NAME);
-        for (int g = 0; g < h; g++)
-            if (strcmp(names[g], name) == 0)
-                return isl_fail(ISL_ERROR_FORMAT, HEADS_ATTR "head name \"%s\" appears twice", file,
-                                name);
-    }
-    return ISL_OK;
-}
 
 static void format_dims(char *buf, size_t cap, int rank, const long long *dims)
 {
@@ -176,9 +135,8 @@ static int is_bn_var(const char *path)
     return len >= 4 && strcmp(path + len - 4, "/var") == 0;
 }
 
-/* Every value finite; batch-norm variances >= 0. Names the element by flat and
- * multi-dimensional index. */
-static isl_status check_values(const char *file, const char *path, int rank, const int64_t *dims,
+/* Names the element by flat and multi-dimensional index. */
+isl_status isl_h5_check_values(const char *file, const char *path, int rank, const int64_t *dims,
                                const float *data)
 {
     size_t count = 1;
@@ -210,12 +168,6 @@ static isl_status check_values(const char *file, const char *path, int rank, con
 /* Reading                                                                             */
 /* ---------------------------------------------------------------------------------- */
 
-typedef struct reader {
-    const char *file;
-    hid_t fid;
-    char detail[DETAIL_CAP];
-} reader;
-
 /* 1 if every component of the absolute path exists as a link, 0 if one does not, -1 on
  * error. (H5Lexists fails rather than answering 0 when an intermediate group is
  * missing, so walk the path.) */
@@ -238,7 +190,7 @@ static int path_exists(hid_t fid, const char *path)
 }
 
 /* Opens the attribute `name` of `obj` (at `where`, for messages), or fails with FORMAT. */
-static isl_status open_attr(reader *r, hid_t obj, const char *where, const char *name, hid_t *out)
+static isl_status open_attr(isl_h5_file *r, hid_t obj, const char *where, const char *name, hid_t *out)
 {
     htri_t e = H5Aexists(obj, name);
     if (e < 0)
@@ -254,7 +206,7 @@ static isl_status open_attr(reader *r, hid_t obj, const char *where, const char 
 }
 
 /* Number of elements of an attribute that must be scalar or one-dimensional. */
-static isl_status attr_count(reader *r, hid_t attr, const char *where, const char *name,
+static isl_status attr_count(isl_h5_file *r, hid_t attr, const char *where, const char *name,
                              hid_t *space, size_t *count)
 {
     hsize_t dims[1];
@@ -292,7 +244,7 @@ static char **pack_strings(size_t count, const char *const *items)
     return block;
 }
 
-static isl_status read_vlen_strings(reader *r, hid_t attr, hid_t ftype, hid_t space, size_t count,
+static isl_status read_vlen_strings(isl_h5_file *r, hid_t attr, hid_t ftype, hid_t space, size_t count,
                                     const char *where, const char *name, char ***out)
 {
     isl_status st = ISL_OK;
@@ -319,7 +271,7 @@ cleanup:
     return st;
 }
 
-static isl_status read_fixed_strings(reader *r, hid_t attr, hid_t ftype, size_t count,
+static isl_status read_fixed_strings(isl_h5_file *r, hid_t attr, hid_t ftype, size_t count,
                                      const char *where, const char *name, char ***out)
 {
     isl_status st = ISL_OK;
@@ -359,7 +311,7 @@ cleanup:
 
 /* Reads a string attribute (scalar or list; variable-length as h5py writes it, or
  * fixed-length) as a packed block of *count strings (free(*out)). */
-static isl_status read_string_attr(reader *r, hid_t obj, const char *where, const char *name,
+static isl_status read_string_attr(isl_h5_file *r, hid_t obj, const char *where, const char *name,
                                    char ***out, size_t *count)
 {
     hid_t attr = H5I_INVALID_HID, ftype = H5I_INVALID_HID, space = H5I_INVALID_HID;
@@ -375,9 +327,9 @@ static isl_status read_string_attr(reader *r, hid_t obj, const char *where, cons
     }
     if ((st = attr_count(r, attr, where, name, &space, count)) != ISL_OK)
         goto cleanup;
-    if (*count > MAX_HEADS) {
+    if (*count > ISL_H5_MAX_STRINGS) {
         st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s has %zu strings (at most %d)",
-                      r->file, where, name, *count, MAX_HEADS);
+                      r->file, where, name, *count, ISL_H5_MAX_STRINGS);
         goto cleanup;
     }
     htri_t vlen = H5Tis_variable_str(ftype);
@@ -396,7 +348,7 @@ cleanup:
 }
 
 /* A string attribute that must hold exactly one string, copied into buf. */
-static isl_status read_one_string(reader *r, hid_t obj, const char *where, const char *name,
+static isl_status read_one_string(isl_h5_file *r, hid_t obj, const char *where, const char *name,
                                   char *buf, size_t cap)
 {
     char **items;
@@ -417,7 +369,7 @@ static isl_status read_one_string(reader *r, hid_t obj, const char *where, const
 
 /* One number from attribute `name` of obj (at `where`): an integer, or also a float if
  * allow_float, read as mem_type into value. */
-static isl_status read_number_attr(reader *r, hid_t obj, const char *where, const char *name,
+static isl_status read_number_attr(isl_h5_file *r, hid_t obj, const char *where, const char *name,
                                    int allow_float, hid_t mem_type, void *value)
 {
     hid_t attr = H5I_INVALID_HID, ftype = H5I_INVALID_HID, space = H5I_INVALID_HID;
@@ -450,81 +402,8 @@ cleanup:
     return st;
 }
 
-static isl_status read_int_attr(reader *r, const char *name, long long *value)
-{
-    return read_number_attr(r, r->fid, "/", name, 0, H5T_NATIVE_LLONG, value);
-}
 
-static isl_status read_bounded_int(reader *r, const char *name, long long lo, long long hi,
-                                   int *value)
-{
-    long long v;
-    ISL_CHECK(read_int_attr(r, name, &v));
-    if (v < lo || v > hi) {
-        if (lo == hi)
-            return isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute %s is %lld; isl models have %lld",
-                            r->file, name, v, lo);
-        return isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute %s is %lld, outside %lld..%lld",
-                        r->file, name, v, lo, hi);
-    }
-    *value = (int)v;
-    return ISL_OK;
-}
-
-static isl_status check_format(reader *r)
-{
-    char format[32];
-    long long version;
-    if (H5Aexists(r->fid, "format") == 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: /: missing attribute format (not an isl model)",
-                        r->file);
-    ISL_CHECK(read_one_string(r, r->fid, "/", "format", format, sizeof(format)));
-    if (strcmp(format, MODEL_FORMAT) != 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute format is \"%s\", not \"%s\"", r->file,
-                        format, MODEL_FORMAT);
-    ISL_CHECK(read_int_attr(r, "format_version", &version));
-    if (version > ISL_MODEL_FORMAT_VERSION)
-        return isl_fail(ISL_ERROR_UNSUPPORTED,
-                        "%s: /: format_version %lld: written by a newer isl (this one reads "
-                        "version %d)",
-                        r->file, version, ISL_MODEL_FORMAT_VERSION);
-    if (version < 1)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: /: invalid format_version %lld", r->file, version);
-    return ISL_OK;
-}
-
-typedef struct model_header {
-    int base_depth, num_z, num_classes, projection_depth;
-    char normalization[16];
-    char **heads; /* packed block (free) */
-    size_t num_heads;
-    int has_autoencoder;
-} model_header;
-
-static isl_status read_header(reader *r, model_header *h)
-{
-    ISL_CHECK(check_format(r));
-    ISL_CHECK(read_bounded_int(r, "base_depth", MIN_BASE_DEPTH, MAX_BASE_DEPTH, &h->base_depth));
-    ISL_CHECK(read_bounded_int(r, "num_z", 1, MAX_NUM_Z, &h->num_z));
-    ISL_CHECK(read_bounded_int(r, "num_classes", ISL_NUM_CLASSES, ISL_NUM_CLASSES,
-                               &h->num_classes));
-    ISL_CHECK(read_bounded_int(r, "projection_depth", ISL_PROJECTION_DEPTH, ISL_PROJECTION_DEPTH,
-                               &h->projection_depth));
-    ISL_CHECK(read_one_string(r, r->fid, "/", "input_normalization", h->normalization,
-                              sizeof(h->normalization)));
-    if (!valid_normalization(h->normalization))
-        return isl_fail(ISL_ERROR_FORMAT,
-                        "%s: /: attribute input_normalization is \"%s\" (expected \"none\" or "
-                        "\"global\")",
-                        r->file, h->normalization);
-    ISL_CHECK(read_string_attr(r, r->fid, "/", "heads", &h->heads, &h->num_heads));
-    ISL_CHECK(check_head_names(r->file, (int)h->num_heads, (const char *const *)h->heads));
-    h->has_autoencoder = h->num_heads > 0 &&
-                         strcmp(h->heads[h->num_heads - 1], ISL_AUTOENCODER_NAME) == 0;
-    return ISL_OK;
-}
-
-static isl_status open_group(reader *r, const char *path, hid_t *out)
+static isl_status open_group(isl_h5_file *r, const char *path, hid_t *out)
 {
     *out = H5I_INVALID_HID;
     int e = path_exists(r->fid, path);
@@ -537,82 +416,7 @@ static isl_status open_group(reader *r, const char *path, hid_t *out)
     return ISL_OK;
 }
 
-static isl_status check_module_kinds(reader *r, const isl_arch *a)
-{
-    char path[32], kind[16];
-    for (int i = 0; i < a->num_modules; i++) {
-        hid_t g = H5I_INVALID_HID;
-        snprintf(path, sizeof(path), "/modules/%03d", i);
-        ISL_CHECK(open_group(r, path, &g));
-        isl_status st = read_one_string(r, g, path, "kind", kind, sizeof(kind));
-        h5_close(g);
-        if (st != ISL_OK)
-            return st;
-        const char *want = kind_name(a->modules[i].kind);
-        if (strcmp(kind, want) != 0)
-            return isl_fail(ISL_ERROR_FORMAT,
-                            "%s: %s: attribute kind is \"%s\" but the architecture (base_depth "
-                            "%d, num_z %d) has \"%s\" here",
-                            r->file, path, kind, a->base_depth, a->num_z, want);
-    }
-    return ISL_OK;
-}
-
-typedef int (*expected_name_fn)(const char *name, const isl_params *p);
-
-static int expected_module(const char *name, const isl_params *p)
-{
-    char canonical[16];
-    char *end;
-    long i = strtol(name, &end, 10);
-    if (*end || i < 0 || i >= p->arch.num_modules)
-        return 0;
-    snprintf(canonical, sizeof(canonical), "%03ld", i);
-    return strcmp(canonical, name) == 0;
-}
-
-static int expected_head(const char *name, const isl_params *p)
-{
-    for (int h = 0; h < p->num_heads; h++)
-        if (strcmp(p->heads[h].name, name) == 0)
-            return 1;
-    return 0;
-}
-
-/* Rejects children of group `path` that the model does not have (a /modules/104 in a
- * 104-module network means the file and the architecture disagree). */
-static isl_status check_no_extra(reader *r, const char *path, expected_name_fn expected,
-                                 const isl_params *p, const char *complaint)
-{
-    H5G_info_t info;
-    char name[256];
-    hid_t g = H5I_INVALID_HID;
-    isl_status st = ISL_OK;
-    ISL_CHECK(open_group(r, path, &g));
-    if (H5Gget_info(g, &info) < 0) {
-        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot list group: %s", r->file, path,
-                      h5_detail(r->detail));
-        goto cleanup;
-    }
-    for (hsize_t i = 0; i < info.nlinks; i++) {
-        ssize_t len = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof(name),
-                                         H5P_DEFAULT);
-        if (len < 0) {
-            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot list group: %s", r->file, path,
-                          h5_detail(r->detail));
-            goto cleanup;
-        }
-        if ((size_t)len >= sizeof(name) || !expected(name, p)) {
-            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s/%s: %s", r->file, path, name, complaint);
-            goto cleanup;
-        }
-    }
-cleanup:
-    h5_close(g);
-    return st;
-}
-
-static isl_status check_dataset_shape(reader *r, hid_t did, const char *path, int rank,
+static isl_status check_dataset_shape(isl_h5_file *r, hid_t did, const char *path, int rank,
                                       const int64_t *dims)
 {
     hid_t space = H5Dget_space(did);
@@ -644,7 +448,7 @@ cleanup:
     return st;
 }
 
-static isl_status check_dataset_type(reader *r, hid_t did, const char *path)
+static isl_status check_dataset_type(isl_h5_file *r, hid_t did, const char *path)
 {
     static const char *class_names[] = {"integer", "float", "time", "string", "bitfield", "opaque",
                                         "compound", "reference", "enum", "variable-length",
@@ -661,10 +465,9 @@ static isl_status check_dataset_type(reader *r, hid_t did, const char *path)
                     r->file, path, name);
 }
 
-/* isl_params_visit callback: one dataset into its parameter array. */
-static int read_dataset(void *user, const char *path, int rank, const int64_t *dims, float *data)
+isl_status isl_h5_read_floats(isl_h5_file *r, const char *path, int rank, const int64_t *dims,
+                              float *data)
 {
-    reader *r = user;
     isl_status st = ISL_OK;
     hid_t did = H5I_INVALID_HID;
     int e = path_exists(r->fid, path);
@@ -685,15 +488,15 @@ static int read_dataset(void *user, const char *path, int rank, const int64_t *d
                       h5_detail(r->detail));
         goto cleanup;
     }
-    st = check_values(r->file, path, rank, dims, data);
+    st = isl_h5_check_values(r->file, path, rank, dims, data);
 cleanup:
     h5_close(did);
-    return (int)st;
+    return st;
 }
 
 /* Opens path with the errors a user can act on: missing/unreadable (IO), not HDF5,
  * truncated or corrupt (FORMAT). */
-static isl_status open_for_reading(reader *r)
+static isl_status open_for_reading(isl_h5_file *r)
 {
     struct stat sb;
     int fd = open(r->file, O_RDONLY | O_CLOEXEC);
@@ -727,76 +530,13 @@ static isl_status open_for_reading(reader *r)
     return ISL_OK;
 }
 
-static isl_status read_model(reader *r, isl_params *p)
-{
-    model_header h = {0};
-    isl_status st = open_for_reading(r);
-    if (st != ISL_OK)
-        return st;
-    if ((st = read_header(r, &h)) != ISL_OK)
-        goto cleanup;
-    int num_labels = (int)h.num_heads - (h.has_autoencoder ? 1 : 0);
-    if (isl_params_alloc(p, h.base_depth, h.num_z, num_labels, (const char *const *)h.heads,
-                         h.has_autoencoder) != 0) {
-        st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory for a base-%d model", r->file,
-                      h.base_depth);
-        goto cleanup;
-    }
-    snprintf(p->input_normalization, sizeof(p->input_normalization), "%s", h.normalization);
-    char complaint[96];
-    snprintf(complaint, sizeof(complaint), "unexpected module (the architecture has %d, 000..%03d)",
-             p->arch.num_modules, p->arch.num_modules - 1);
-    if ((st = check_module_kinds(r, &p->arch)) != ISL_OK ||
-        (st = check_no_extra(r, "/modules", expected_module, p, complaint)) != ISL_OK)
-        goto cleanup;
-    if ((path_exists(r->fid, "/heads") != 0 || p->num_heads > 0) &&
-        (st = check_no_extra(r, "/heads", expected_head, p,
-                             "unexpected head (not listed in the heads attribute)")) != ISL_OK)
-        goto cleanup;
-    st = (isl_status)isl_params_visit(p, read_dataset, r);
-cleanup:
-    free(h.heads);
-    return st;
-}
-
-isl_status isl_model_read_h5(const char *path, isl_params *p)
-{
-    if (!p)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_read_h5: params is NULL");
-    memset(p, 0, sizeof(*p));
-    if (!path)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_read_h5: path is NULL");
-    reader r = {.file = path, .fid = H5I_INVALID_HID};
-    h5_session s;
-    h5_enter(&s);
-    isl_status st = read_model(&r, p);
-    if (r.fid >= 0 && H5Fclose(r.fid) < 0 && st == ISL_OK)
-        st = isl_fail(ISL_ERROR_FORMAT, "%s: cannot close: %s", path, h5_detail(r.detail));
-    h5_leave(&s);
-    if (st != ISL_OK)
-        isl_params_free(p);
-    return st;
-}
-
-/* ---------------------------------------------------------------------------------- */
-/* Writing                                                                             */
-/* ---------------------------------------------------------------------------------- */
-
-typedef struct writer {
-    const char *file; /* the target, for messages */
-    hid_t fid;
-    hid_t lcpl; /* creates intermediate groups */
-    hid_t str_type; /* variable-length UTF-8, as h5py writes strings */
-    char detail[DETAIL_CAP];
-} writer;
-
-static isl_status write_failed(writer *w, const char *what)
+static isl_status write_failed(isl_h5_file *w, const char *what)
 {
     return isl_fail(ISL_ERROR_IO, "%s: cannot write %s: %s", w->file, what, h5_detail(w->detail));
 }
 
 /* A scalar (count < 0) or 1-D attribute of variable-length UTF-8 strings. */
-static isl_status write_strings_attr(writer *w, hid_t obj, const char *name, int count,
+static isl_status write_strings_attr(isl_h5_file *w, hid_t obj, const char *name, int count,
                                      const char *const *values)
 {
     hsize_t dims[1] = {(hsize_t)(count < 0 ? 0 : count)};
@@ -812,13 +552,8 @@ static isl_status write_strings_attr(writer *w, hid_t obj, const char *name, int
     return st;
 }
 
-static isl_status write_string_attr(writer *w, hid_t obj, const char *name, const char *value)
-{
-    return write_strings_attr(w, obj, name, -1, &value);
-}
-
 /* A scalar attribute of obj, stored as file_type from *value of mem_type. */
-static isl_status write_scalar_attr(writer *w, hid_t obj, const char *name, hid_t file_type,
+static isl_status write_scalar_attr(isl_h5_file *w, hid_t obj, const char *name, hid_t file_type,
                                     hid_t mem_type, const void *value)
 {
     hid_t space = H5Screate(H5S_SCALAR);
@@ -833,48 +568,10 @@ static isl_status write_scalar_attr(writer *w, hid_t obj, const char *name, hid_
     return st;
 }
 
-static isl_status write_int_attr(writer *w, const char *name, int64_t value)
+/* A float32 dataset (the writer of every isl array). */
+isl_status isl_h5_write_floats(isl_h5_file *w, const char *path, int rank, const int64_t *dims,
+                               const float *data)
 {
-    return write_scalar_attr(w, w->fid, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
-}
-
-static isl_status write_root_attrs(writer *w, const isl_params *p)
-{
-    const char *names[MAX_HEADS];
-    for (int h = 0; h < p->num_heads; h++)
-        names[h] = p->heads[h].name;
-    ISL_CHECK(write_string_attr(w, w->fid, "format", MODEL_FORMAT));
-    ISL_CHECK(write_int_attr(w, "format_version", ISL_MODEL_FORMAT_VERSION));
-    ISL_CHECK(write_int_attr(w, "base_depth", p->arch.base_depth));
-    ISL_CHECK(write_int_attr(w, "num_z", p->arch.num_z));
-    ISL_CHECK(write_int_attr(w, "num_classes", ISL_NUM_CLASSES));
-    ISL_CHECK(write_int_attr(w, "projection_depth", ISL_PROJECTION_DEPTH));
-    ISL_CHECK(write_strings_attr(w, w->fid, "heads", p->num_heads, names));
-    return write_string_attr(w, w->fid, "input_normalization", p->input_normalization);
-}
-
-/* Creates the module groups up front so that each carries its kind attribute. */
-static isl_status write_module_groups(writer *w, const isl_arch *a)
-{
-    char path[32];
-    for (int i = 0; i < a->num_modules; i++) {
-        snprintf(path, sizeof(path), "/modules/%03d", i);
-        hid_t g = H5Gcreate2(w->fid, path, w->lcpl, H5P_DEFAULT, H5P_DEFAULT);
-        if (g < 0)
-            return write_failed(w, path);
-        isl_status st = write_string_attr(w, g, "kind", kind_name(a->modules[i].kind));
-        if (H5Gclose(g) < 0 && st == ISL_OK)
-            st = write_failed(w, path);
-        if (st != ISL_OK)
-            return st;
-    }
-    return ISL_OK;
-}
-
-/* isl_params_visit callback: one contiguous float32 dataset. */
-static int write_dataset(void *user, const char *path, int rank, const int64_t *dims, float *data)
-{
-    writer *w = user;
     hsize_t hdims[8];
     for (int i = 0; i < rank; i++)
         hdims[i] = (hsize_t)dims[i];
@@ -888,7 +585,7 @@ static int write_dataset(void *user, const char *path, int rank, const int64_t *
     if (h5_close(did) < 0 && st == ISL_OK)
         st = write_failed(w, path);
     h5_close(space);
-    return (int)st;
+    return st;
 }
 
 static hid_t utf8_string_type(void)
@@ -901,48 +598,7 @@ static hid_t utf8_string_type(void)
     return t;
 }
 
-/* Builds the whole file in memory (HDF5's core driver, no backing store) and returns its
- * bytes in *image (malloc'd). Writing the bytes ourselves keeps every disk error
- * (ENOSPC, EFBIG, EIO) in our hands: when HDF5 itself fails to flush a file, H5Fclose
- * fails and leaves a half-closed file identifier behind that crashes H5close later.
- * Costs a transient copy of the model in memory (33 MB at base depth 400). Without
- * params (p NULL) the file holds only what fn (may be NULL) writes. */
-static isl_status build_image(writer *w, const isl_params *p, isl_h5_extra_fn fn, void *user,
-                              void **image, size_t *size);
-
-/* isl_params_visit callback: refuse to save what the reader would reject. */
-static int check_dataset_values(void *user, const char *path, int rank, const int64_t *dims,
-                                float *data)
-{
-    return (int)check_values(user, path, rank, dims, data);
-}
-
-static isl_status check_params(const char *path, const isl_params *p)
-{
-    const char *names[MAX_HEADS];
-    if (!p->modules || p->arch.num_modules <= 0 || (!p->heads && p->num_heads != 0) ||
-        p->num_heads < 0 || p->num_heads > MAX_HEADS)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: parameters are not allocated", path);
-    if (p->arch.base_depth < MIN_BASE_DEPTH || p->arch.base_depth > MAX_BASE_DEPTH ||
-        p->arch.num_z < 1 || p->arch.num_z > MAX_NUM_Z)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: base_depth %d / num_z %d out of range",
-                        path, p->arch.base_depth, p->arch.num_z);
-    if (!valid_normalization(p->input_normalization))
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: invalid input_normalization \"%s\"", path,
-                        p->input_normalization);
-    for (int h = 0; h < p->num_heads; h++) {
-        if (!memchr(p->heads[h].name, '\0', sizeof(p->heads[h].name)))
-            return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: head %d has an unterminated name",
-                            path, h);
-        names[h] = p->heads[h].name;
-    }
-    isl_status st = check_head_names(path, p->num_heads, names);
-    if (st != ISL_OK)
-        return st == ISL_ERROR_FORMAT ? ISL_ERROR_INVALID_ARGUMENT : st;
-    return (isl_status)isl_params_visit((isl_params *)p, check_dataset_values, (void *)path);
-}
-
-/* mkstemp creates mode 0600; give the model what a plain create would (0666 & ~umask),
+/* mkstemp creates mode 0600; give the file what a plain create would (0666 & ~umask),
  * or the mode of the file it replaces. The umask is read from /proc, because umask()
  * can only be read by changing it, which races with other threads. */
 static mode_t target_mode(const char *path)
@@ -1032,66 +688,17 @@ static isl_status write_temp_file(const char *path, char *tmp, const void *image
     return isl_fail(ISL_ERROR_IO, "%s: cannot %s %s: %s", path, step, tmp, strerror(saved));
 }
 
-/* build_image, then the bytes to a temporary file renamed over path. */
-static isl_status write_atomic_extra(const char *path, const isl_params *p, isl_h5_extra_fn fn,
-                                     void *user)
-{
-    static const char suffix[] = ".tmp.XXXXXX";
-    size_t len = strlen(path), size = 0;
-    void *image = NULL;
-    char *tmp = malloc(len + sizeof(suffix));
-    if (!tmp)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
-    memcpy(tmp, path, len);
-    memcpy(tmp + len, suffix, sizeof(suffix));
-    writer w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
-                .str_type = H5I_INVALID_HID};
-    h5_session s;
-    h5_enter(&s);
-    isl_status st = build_image(&w, p, fn, user, &image, &size);
-    h5_leave(&s);
-    if (st == ISL_OK)
-        st = write_temp_file(path, tmp, image, size);
-    free(image);
-    if (st == ISL_OK && rename(tmp, path) != 0) {
-        st = isl_fail(ISL_ERROR_IO, "%s: cannot replace it with %s: %s", path, tmp,
-                      strerror(errno));
-        unlink(tmp);
-    }
-    free(tmp);
-    if (st != ISL_OK)
-        return st;
-    /* The new file is in place; only its durability across a crash is in doubt. */
-    if (sync_parent_dir(path) != 0)
-        return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
-                        strerror(errno));
-    return ISL_OK;
-}
-
-isl_status isl_model_write_h5(const char *path, const isl_params *p)
-{
-    if (!path || !p)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_write_h5: %s is NULL",
-                        path ? "params" : "path");
-    ISL_CHECK(check_params(path, p));
-    return write_atomic_extra(path, p, NULL, NULL);
-}
-
 /* ---------------------------------------------------------------------------------- */
-/* Extra objects of training checkpoints (lib/checkpoint_io.h)                         */
+/* Files                                                                               */
 /* ---------------------------------------------------------------------------------- */
 
-#include "checkpoint_io.h"
-
-struct isl_h5_file {
-    const char *file;
-    hid_t fid;
-    hid_t lcpl; /* writing only */
-    char detail[DETAIL_CAP];
-};
-
-static isl_status build_image(writer *w, const isl_params *p, isl_h5_extra_fn fn, void *user,
-                              void **image, size_t *size)
+/* Builds the whole file in memory (HDF5's core driver, no backing store) and returns its
+ * bytes in *image (malloc'd). Writing the bytes ourselves keeps every disk error
+ * (ENOSPC, EFBIG, EIO) in our hands: when HDF5 itself fails to flush a file, H5Fclose
+ * fails and leaves a half-closed file identifier behind that crashes H5close later.
+ * Costs a transient copy of the file in memory (33 MB for a model at base depth 400). */
+static isl_status build_image(isl_h5_file *w, isl_h5_file_fn fn, void *user, void **image,
+                              size_t *size)
 {
     isl_status st = ISL_OK;
     hid_t fapl = strong_fapl();
@@ -1110,12 +717,7 @@ static isl_status build_image(writer *w, const isl_params *p, isl_h5_extra_fn fn
         st = write_failed(w, "the file");
         goto cleanup;
     }
-    if (p && ((st = write_root_attrs(w, p)) != ISL_OK ||
-              (st = write_module_groups(w, &p->arch)) != ISL_OK ||
-              (st = (isl_status)isl_params_visit((isl_params *)p, write_dataset, w)) != ISL_OK))
-        goto cleanup;
-    isl_h5_file f = {.file = w->file, .fid = w->fid, .lcpl = w->lcpl};
-    if (fn && (st = fn(user, &f)) != ISL_OK)
+    if ((st = fn(user, w)) != ISL_OK)
         goto cleanup;
     if (H5Fflush(w->fid, H5F_SCOPE_GLOBAL) < 0) {
         st = write_failed(w, "the file");
@@ -1150,49 +752,148 @@ cleanup:
     return st;
 }
 
-
-isl_status isl_model_write_h5_extra(const char *path, const isl_params *p, isl_h5_extra_fn fn,
-                                    void *user)
-{
-    if (!path || !p || !fn)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_write_h5_extra: NULL argument");
-    ISL_CHECK(check_params(path, p));
-    return write_atomic_extra(path, p, fn, user);
-}
-
-isl_status isl_h5_read_extra(const char *path, isl_h5_extra_fn fn, void *user)
+/* build_image, then the bytes to a temporary file renamed over path. */
+isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
 {
     if (!path || !fn)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_read_extra: NULL argument");
-    reader r = {.file = path, .fid = H5I_INVALID_HID};
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_write_file: NULL argument");
+    static const char suffix[] = ".tmp.XXXXXX";
+    size_t len = strlen(path), size = 0;
+    void *image = NULL;
+    char *tmp = malloc(len + sizeof(suffix));
+    if (!tmp)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+    memcpy(tmp, path, len);
+    memcpy(tmp + len, suffix, sizeof(suffix));
+    isl_h5_file w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
+                     .str_type = H5I_INVALID_HID};
+    h5_session s;
+    h5_enter(&s);
+    isl_status st = build_image(&w, fn, user, &image, &size);
+    h5_leave(&s);
+    if (st == ISL_OK)
+        st = write_temp_file(path, tmp, image, size);
+    free(image);
+    if (st == ISL_OK && rename(tmp, path) != 0) {
+        st = isl_fail(ISL_ERROR_IO, "%s: cannot replace it with %s: %s", path, tmp,
+                      strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    if (st != ISL_OK)
+        return st;
+    /* The new file is in place; only its durability across a crash is in doubt. */
+    if (sync_parent_dir(path) != 0)
+        return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
+                        strerror(errno));
+    return ISL_OK;
+}
+
+isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user)
+{
+    if (!path || !fn)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_read_file: NULL argument");
+    isl_h5_file r = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
+                     .str_type = H5I_INVALID_HID};
     h5_session s;
     h5_enter(&s);
     isl_status st = open_for_reading(&r);
-    if (st == ISL_OK) {
-        isl_h5_file f = {.file = path, .fid = r.fid, .lcpl = H5I_INVALID_HID};
-        st = fn(user, &f);
-    }
+    if (st == ISL_OK)
+        st = fn(user, &r);
     if (r.fid >= 0 && H5Fclose(r.fid) < 0 && st == ISL_OK)
         st = isl_fail(ISL_ERROR_FORMAT, "%s: cannot close: %s", path, h5_detail(r.detail));
     h5_leave(&s);
     return st;
 }
 
-isl_status isl_h5_write_floats(isl_h5_file *f, const char *path, int rank, const int64_t *dims,
-                               const float *data)
-{
-    writer w = {.file = f->file, .fid = f->fid, .lcpl = f->lcpl, .str_type = H5I_INVALID_HID};
-    return (isl_status)write_dataset(&w, path, rank, dims, (float *)data);
-}
+/* ---------------------------------------------------------------------------------- */
+/* Objects                                                                             */
+/* ---------------------------------------------------------------------------------- */
 
-isl_status isl_h5_read_floats(isl_h5_file *f, const char *path, int rank, const int64_t *dims,
-                              float *data)
-{
-    reader r = {.file = f->file, .fid = f->fid};
-    return (isl_status)read_dataset(&r, path, rank, dims, data);
-}
-
+hid_t isl_h5_id(const isl_h5_file *f) { return f->fid; }
+const char *isl_h5_path(const isl_h5_file *f) { return f->file; }
+hid_t isl_h5_lcpl(const isl_h5_file *f) { return f->lcpl; }
+const char *isl_h5_detail(isl_h5_file *f) { return h5_detail(f->detail); }
+herr_t isl_h5_close(hid_t id) { return h5_close(id); }
 int isl_h5_exists(isl_h5_file *f, const char *path) { return path_exists(f->fid, path) > 0; }
+
+isl_status isl_h5_open_group(isl_h5_file *f, const char *path, hid_t *out)
+{
+    return open_group(f, path, out);
+}
+
+isl_status isl_h5_read_string(isl_h5_file *f, hid_t obj, const char *where, const char *name,
+                              char *buf, size_t cap)
+{
+    return read_one_string(f, obj, where, name, buf, cap);
+}
+
+isl_status isl_h5_read_strings(isl_h5_file *f, hid_t obj, const char *where, const char *name,
+                               char ***out, size_t *count)
+{
+    return read_string_attr(f, obj, where, name, out, count);
+}
+
+isl_status isl_h5_read_int(isl_h5_file *f, hid_t obj, const char *where, const char *name,
+                           long long *value)
+{
+    return read_number_attr(f, obj, where, name, 0, H5T_NATIVE_LLONG, value);
+}
+
+isl_status isl_h5_read_double(isl_h5_file *f, hid_t obj, const char *where, const char *name,
+                              double *value)
+{
+    return read_number_attr(f, obj, where, name, 1, H5T_NATIVE_DOUBLE, value);
+}
+
+isl_status isl_h5_read_u64_attr(isl_h5_file *f, const char *group, const char *name,
+                                uint64_t *value)
+{
+    if (path_exists(f->fid, group) <= 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing group", f->file, group);
+    hid_t g = H5Oopen(f->fid, group, H5P_DEFAULT), attr = H5I_INVALID_HID, type = H5I_INVALID_HID;
+    hid_t space = H5I_INVALID_HID;
+    isl_status st = g < 0 ? isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot open: %s", f->file, group,
+                                     h5_detail(f->detail))
+                          : open_attr(f, g, group, name, &attr);
+    if (st == ISL_OK) {
+        type = H5Aget_type(attr);
+        space = H5Aget_space(attr);
+        if (type < 0 || H5Tget_class(type) != H5T_INTEGER || space < 0 ||
+            H5Sget_simple_extent_npoints(space) != 1)
+            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s is not one integer", f->file,
+                          group, name);
+        else if (H5Aread(attr, H5T_NATIVE_UINT64, value) < 0)
+            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read attribute %s: %s", f->file,
+                          group, name, h5_detail(f->detail));
+    }
+    h5_close(space);
+    h5_close(type);
+    h5_close(attr);
+    h5_close(g);
+    return st;
+}
+
+isl_status isl_h5_write_strings(isl_h5_file *f, hid_t obj, const char *name, int count,
+                                const char *const *values)
+{
+    return write_strings_attr(f, obj, name, count, values);
+}
+
+isl_status isl_h5_write_string(isl_h5_file *f, hid_t obj, const char *name, const char *value)
+{
+    return write_strings_attr(f, obj, name, -1, &value);
+}
+
+isl_status isl_h5_write_int(isl_h5_file *f, hid_t obj, const char *name, int64_t value)
+{
+    return write_scalar_attr(f, obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
+}
+
+isl_status isl_h5_write_double(isl_h5_file *f, hid_t obj, const char *name, double value)
+{
+    return write_scalar_attr(f, obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
+}
 
 isl_status isl_h5_write_u64_attr(isl_h5_file *f, const char *group, const char *name,
                                  uint64_t value)
@@ -1212,111 +913,4 @@ isl_status isl_h5_write_u64_attr(isl_h5_file *f, const char *group, const char *
     h5_close(space);
     h5_close(g);
     return st;
-}
-
-isl_status isl_h5_read_u64_attr(isl_h5_file *f, const char *group, const char *name,
-                                uint64_t *value)
-{
-    reader r = {.file = f->file, .fid = f->fid};
-    if (path_exists(f->fid, group) <= 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing group", f->file, group);
-    hid_t g = H5Oopen(f->fid, group, H5P_DEFAULT), attr = H5I_INVALID_HID, type = H5I_INVALID_HID;
-    hid_t space = H5I_INVALID_HID;
-    isl_status st = g < 0 ? isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot open: %s", f->file, group,
-                                     h5_detail(f->detail))
-                          : open_attr(&r, g, group, name, &attr);
-    if (st == ISL_OK) {
-        type = H5Aget_type(attr);
-        space = H5Aget_space(attr);
-        if (type < 0 || H5Tget_class(type) != H5T_INTEGER || space < 0 ||
-            H5Sget_simple_extent_npoints(space) != 1)
-            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s is not one integer", f->file,
-                          group, name);
-        else if (H5Aread(attr, H5T_NATIVE_UINT64, value) < 0)
-            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read attribute %s: %s", f->file,
-                          group, name, h5_detail(f->detail));
-    }
-    h5_close(space);
-    h5_close(type);
-    h5_close(attr);
-    h5_close(g);
-    return st;
-}
-
-/* ---------------------------------------------------------------------------------- */
-/* Other HDF5 files (lib/h5_io.h)                                                       */
-/* ---------------------------------------------------------------------------------- */
-
-isl_status isl_h5_write_file(const char *path, isl_h5_extra_fn fn, void *user)
-{
-    if (!path || !fn)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_write_file: NULL argument");
-    return write_atomic_extra(path, NULL, fn, user);
-}
-
-hid_t isl_h5_id(const isl_h5_file *f) { return f->fid; }
-const char *isl_h5_path(const isl_h5_file *f) { return f->file; }
-hid_t isl_h5_lcpl(const isl_h5_file *f) { return f->lcpl; }
-const char *isl_h5_detail(isl_h5_file *f) { return h5_detail(f->detail); }
-herr_t isl_h5_close(hid_t id) { return h5_close(id); }
-
-isl_status isl_h5_open_group(isl_h5_file *f, const char *path, hid_t *out)
-{
-    reader r = {.file = f->file, .fid = f->fid};
-    return open_group(&r, path, out);
-}
-
-isl_status isl_h5_read_string(isl_h5_file *f, hid_t obj, const char *where, const char *name,
-                              char *buf, size_t cap)
-{
-    reader r = {.file = f->file, .fid = f->fid};
-    return read_one_string(&r, obj, where, name, buf, cap);
-}
-
-isl_status isl_h5_read_strings(isl_h5_file *f, hid_t obj, const char *where, const char *name,
-                               char ***out, size_t *count)
-{
-    reader r = {.file = f->file, .fid = f->fid};
-    return read_string_attr(&r, obj, where, name, out, count);
-}
-
-isl_status isl_h5_read_int(isl_h5_file *f, hid_t obj, const char *where, const char *name,
-                           long long *value)
-{
-    reader r = {.file = f->file, .fid = f->fid};
-    return read_number_attr(&r, obj, where, name, 0, H5T_NATIVE_LLONG, value);
-}
-
-isl_status isl_h5_read_double(isl_h5_file *f, hid_t obj, const char *where, const char *name,
-                              double *value)
-{
-    reader r = {.file = f->file, .fid = f->fid};
-    return read_number_attr(&r, obj, where, name, 1, H5T_NATIVE_DOUBLE, value);
-}
-
-isl_status isl_h5_write_strings(isl_h5_file *f, hid_t obj, const char *name, int count,
-                                const char *const *values)
-{
-    writer w = {.file = f->file, .fid = f->fid, .lcpl = f->lcpl, .str_type = utf8_string_type()};
-    isl_status st = w.str_type < 0 ? write_failed(&w, name)
-                                   : write_strings_attr(&w, obj, name, count, values);
-    h5_close(w.str_type);
-    return st;
-}
-
-isl_status isl_h5_write_string(isl_h5_file *f, hid_t obj, const char *name, const char *value)
-{
-    return isl_h5_write_strings(f, obj, name, -1, &value);
-}
-
-isl_status isl_h5_write_int(isl_h5_file *f, hid_t obj, const char *name, int64_t value)
-{
-    writer w = {.file = f->file, .fid = f->fid, .lcpl = f->lcpl, .str_type = H5I_INVALID_HID};
-    return write_scalar_attr(&w, obj, name, H5T_STD_I64LE, H5T_NATIVE_INT64, &value);
-}
-
-isl_status isl_h5_write_double(isl_h5_file *f, hid_t obj, const char *name, double value)
-{
-    writer w = {.file = f->file, .fid = f->fid, .lcpl = f->lcpl, .str_type = H5I_INVALID_HID};
-    return write_scalar_attr(&w, obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value);
 }

@@ -1,7 +1,7 @@
 /* Random training crops from a dataset (isl_sampler_*; docs/training.md, "Sampler").
  *
  * Creating a sampler does the slow work once: each well is normalized and mirror-padded
- * exactly as prediction prepares its input (lib/predict_input.h), and an index of the
+ * exactly as prediction prepares its input (lib/common/input.h), and an index of the
  * crop positions worth drawing is built. A draw then only copies (milliseconds for a
  * batch of 4 crops of 378). Draws never modify the sampler, so threads may share it. */
 #include "dataset.h"
@@ -9,7 +9,7 @@
 #include "arch.h"
 #include "error.h"
 #include "params.h"
-#include "predict_input.h"
+#include "input.h"
 
 #include <math.h>
 #include <stddef.h>

@@ -1,8 +1,8 @@
 /* Preparing network inputs from a stack: scaling, the model's input normalization and the
- * spec's mirror padding. Implemented in lib/predict.c; the training sampler
- * (lib/sampler.c) uses the same code so that training sees what prediction sees. */
-#ifndef ISL_PREDICT_INPUT_H
-#define ISL_PREDICT_INPUT_H
+ * spec's mirror padding (lib/common/input.c). Prediction and the training sampler
+ * (lib/train/sampler.c) use the same code so that training sees what prediction sees. */
+#ifndef ISL_INPUT_H
+#define ISL_INPUT_H
 
 #include "isl.h"
 

@@ -1,5 +1,5 @@
-/* The isl_dataset handle, shared by lib/dataset.c (building, accessors), lib/dataset_io.c
- * (HDF5 files) and lib/sampler.c (training crops). */
+/* The isl_dataset handle, shared by lib/train/dataset.c (building, accessors), lib/train/dataset_io.c
+ * (HDF5 files) and lib/train/sampler.c (training crops). */
 #ifndef ISL_DATASET_H
 #define ISL_DATASET_H
 

@@ -1,7 +1,6 @@
 /* The public training API (include/isl.h, "Training"): options, the trainer, steps,
  * batch-norm re-estimation, snapshots and checkpoints. */
 #include "adam.h"
-#include "checkpoint_io.h"
 #include "error.h"
 #include "loss.h"
 #include "model.h"
@@ -731,7 +730,7 @@ isl_status isl_trainer_load(const char *path, const isl_train_options *o, isl_tr
     isl_trainer *t;
     ISL_CHECK(trainer_from_params(&p, o, &t));
     load_ctx c = {t, path};
-    isl_status s = isl_h5_read_extra(path, read_optimizer, &c);
+    isl_status s = isl_h5_read_file(path, read_optimizer, &c);
     if (s != ISL_OK) {
         isl_trainer_free(t);
         return s;
