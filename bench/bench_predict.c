@@ -7,7 +7,6 @@
  *                 [--peak-gflops 333] [--input STACK.tif] */
 #include "isl.h"
 #include "bench_util.h"
-#include "model.h"
 #include "tiff_io.h"
 
 #include <stdio.h>
@@ -91,12 +90,14 @@ int main(int argc, char **argv)
     }
 
     /* Work of one whole-image pass (padded to 250 + 16M as the spec says). */
-    int ph = 250 + 16 * ((in.height + 242 - 250 + 15) / 16);
-    int pw = 250 + 16 * ((in.width + 242 - 250 + 15) / 16);
-    int head_ch[8];
+    int ph = ISL_TILE_MIN + ISL_TILE_STEP * ((in.height + ISL_TILE_CONTEXT - ISL_TILE_MIN +
+                                              ISL_TILE_STEP - 1) / ISL_TILE_STEP);
+    int pw = ISL_TILE_MIN + ISL_TILE_STEP * ((in.width + ISL_TILE_CONTEXT - ISL_TILE_MIN +
+                                              ISL_TILE_STEP - 1) / ISL_TILE_STEP);
+    int heads[8];
     for (int h = 0; h < nheads; h++)
-        head_ch[h] = 256;
-    double flops = 2.0 * isl_arch_macs(&m->params.arch, ph, pw, nheads, head_ch);
+        heads[h] = h;
+    double flops = 2.0 * isl_model_macs(m, ph, pw, nheads, heads);
 
     double sum = 0;
     for (int r = 0; r < repeat; r++) {

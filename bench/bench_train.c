@@ -25,7 +25,6 @@
  */
 #include "isl.h"
 #include "bench_util.h"
-#include "model.h"
 
 #include <oneapi/dnnl/dnnl.h>
 #include <omp.h>
@@ -112,7 +111,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (crop < 250 || (crop - 250) % 16 || batch < 1 || steps < 1 || warmup < 1 || threads < 0) {
+    if (crop < ISL_TILE_MIN || (crop - ISL_TILE_MIN) % ISL_TILE_STEP || batch < 1 || steps < 1 || warmup < 1 || threads < 0) {
         fprintf(stderr, "bench_train: need crop = 250 + 16m, batch >= 1, steps >= 1, warmup >= 1\n");
         return 2;
     }
@@ -148,7 +147,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    int out = crop - 242;
+    int out = crop - ISL_TILE_CONTEXT;
     size_t n_in = (size_t)batch * NUM_Z * crop * crop;
     size_t n_tg = (size_t)batch * NUM_LABELS * out * out;
     float *inputs = malloc(sizeof(float) * n_in), *targets = malloc(sizeof(float) * n_tg);
@@ -176,10 +175,10 @@ int main(int argc, char **argv)
     isl_train_batch b = {batch, crop, crop, inputs, targets, NULL};
 
     /* Real work of one training forward over the batch (heads that train). */
-    int head_ch[NUM_LABELS + 1] = {256, 256, 256, NUM_Z * 256};
+    int heads[NUM_LABELS + 1] = {0, 1, 2, 3}; /* the labels, then the autoencoder */
     double fwd_flop = 2.0 * batch *
-                      isl_arch_macs(&m->params.arch, crop, crop, label_weight < 1 ? NUM_LABELS + 1 : NUM_LABELS,
-                                    head_ch);
+                      isl_model_macs(m, crop, crop,
+                                     label_weight < 1 ? NUM_LABELS + 1 : NUM_LABELS, heads);
 
     double loss_first = 0, warm_wall = wall_now();
     for (int i = 0; i < warmup; i++) {

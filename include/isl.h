@@ -68,6 +68,22 @@ ISL_API const char *isl_status_string(isl_status status);
 ISL_API const char *isl_last_error(void);
 
 /* ---------------------------------------------------------------------------------- */
+/* Network constants                                                                   */
+/* ---------------------------------------------------------------------------------- */
+
+/* The geometry of the network (docs/network-spec.md): an input tile of side
+ * ISL_TILE_MIN + ISL_TILE_STEP * m (m >= 0) predicts a centred output of side
+ * tile - ISL_TILE_CONTEXT; each output pixel sees ISL_TILE_CONTEXT / 2 input pixels of
+ * context on every side. */
+#define ISL_TILE_MIN 250     /**< smallest input tile side (its output is 8 x 8) */
+#define ISL_TILE_STEP 16     /**< tile sides grow in steps of 16 */
+#define ISL_TILE_CONTEXT 242 /**< input side minus output side of a tile */
+/** Bins of every predicted per-pixel distribution (intensities 0..255). */
+#define ISL_NUM_CLASSES 256
+/** Name of the autoencoder head (it predicts the input stack itself); always last. */
+#define ISL_AUTOENCODER_NAME "autoencoder"
+
+/* ---------------------------------------------------------------------------------- */
 /* Models                                                                              */
 /* ---------------------------------------------------------------------------------- */
 
@@ -118,6 +134,12 @@ ISL_API int isl_model_head_channels(const isl_model *model, int head);
 ISL_API int64_t isl_model_parameter_count(const isl_model *model);
 /** "none" or "global". */
 ISL_API const char *isl_model_input_normalization(const isl_model *model);
+/** Multiply-accumulates of one forward pass of a height x width input tile (each side
+ *  250 + 16m) through the trunk and the `count` heads listed by index: the network's
+ *  arithmetic (for throughput figures), without isl's internal channel padding. -1 for
+ *  an invalid size or head. */
+ISL_API double isl_model_macs(const isl_model *model, int height, int width, int count,
+                              const int *heads);
 /** Model file format version this library writes (and the newest it reads). */
 ISL_API int isl_model_format_version(void);
 
@@ -156,9 +178,9 @@ ISL_API int isl_stat_from_name(const char *name);
 typedef enum isl_precision {
     ISL_PRECISION_FP32 = 0, /**< default */
     ISL_PRECISION_BF16 = 1  /**< bfloat16 convolution inputs, FP32 accumulation and elsewhere
-                                 (CPUs with AVX512-BF16 or AMX; with AMX about 3x faster than
-                                 FP32). Results differ from FP32 by bfloat16 rounding: see
-                                 docs/performance.md */
+                                 (CPUs with AVX512-BF16 or AMX; faster with AMX). Results
+                                 differ from FP32 by bfloat16 rounding; speed and error are
+                                 measured in docs/performance.md */
 } isl_precision;
 
 /** Progress of long work: called after each unit of work with done <= total.
@@ -293,8 +315,9 @@ ISL_API isl_status isl_train_options_set_adam(isl_train_options *o, double beta1
 /** Weight w of the label loss in the total w * label + (1 - w) * autoencoder (default 0.5).
  *  1 trains without the autoencoder head (models without one need 1). */
 ISL_API isl_status isl_train_options_set_label_weight(isl_train_options *o, double weight);
-/** Decay of the batch-norm moving averages kept during training (default 0.999, the
- *  paper's; 0.99 suits runs of thousands of steps). See also isl_trainer_estimate_bn. */
+/** Decay of the batch-norm moving averages kept during training (default 0.99, which
+ *  every run in docs/training.md used; the paper's 0.999 needs tens of thousands of
+ *  steps to forget the initial statistics). See also isl_trainer_estimate_bn. */
 ISL_API isl_status isl_train_options_set_bn_decay(isl_train_options *o, double decay);
 /** Threads of the calling thread's training work (0 = all cores, the default). */
 ISL_API isl_status isl_train_options_set_threads(isl_train_options *o, int threads);
@@ -403,8 +426,10 @@ ISL_API isl_status isl_trainer_load(const char *path, const isl_train_options *o
                                     isl_trainer **out);
 
 /** The next 64-bit value of the trainer's random generator (splitmix64, seeded by the
- *  options, saved in checkpoints): for choosing crops so that a resumed run draws the
- *  same ones. */
+ *  options, saved in checkpoints): for the caller's own random choices, so that a
+ *  resumed run continues the same sequence. The library draws nothing from it, and
+ *  `isl train` does not use it: its crops depend only on --seed and the step number
+ *  (docs/training.md), which also survives a resume. */
 ISL_API uint64_t isl_trainer_random(isl_trainer *trainer);
 
 /* ---------------------------------------------------------------------------------- */

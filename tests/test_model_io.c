@@ -31,12 +31,10 @@ static void make_scratch(void)
 
 static int golden_path(char *buf, size_t cap)
 {
-    const char *root = getenv("ISL_SOURCE_ROOT");
-    snprintf(buf, cap, "%s/../shared/testdata/golden-base32/model.h5", root ? root : ".");
+    test_shared_path(buf, cap, "testdata/golden-base32/model.h5");
     if (access(buf, R_OK) == 0)
         return 1;
-    fprintf(stderr, "SKIP: golden model not found at %s (set ISL_SOURCE_ROOT to the repository)\n",
-            buf);
+    fprintf(stderr, "SKIP: golden model not found at %s (set ISL_SHARED_DIR)\n", buf);
     return 0;
 }
 

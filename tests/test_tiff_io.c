@@ -1,9 +1,9 @@
-/* Tests of lib/io/tiff_io.c: reading stacks written by libtiff directly (an independent
+/* Tests of tools/tiff_io.c (the CLI's TIFF I/O): reading stacks written by libtiff directly (an independent
  * writer), a real data file, error reporting, and atomic / streaming float32 and
  * 8-bit RGB writes.
  *
- * Environment: ISL_SOURCE_ROOT (default ".") locates ../shared/data; ISL_TEST_TMPDIR
- * (default /tmp) holds a scratch directory made with mkdtemp and removed at the end. */
+ * Environment: ISL_SHARED_DIR (default: ISL_SOURCE_ROOT/../shared) locates the data;
+ * ISL_TEST_TMPDIR (default /tmp) holds a scratch directory made with mkdtemp and removed at the end. */
 #define _XOPEN_SOURCE 700
 
 #include "test_util.h"
@@ -58,10 +58,10 @@ static int file_exists(const char *path)
 #define ck_assert_error_mentions(needle)                                                  \
     do {                                                                                  \
         if (getenv("ISL_TEST_VERBOSE"))                                                   \
-            fprintf(stderr, "  message: %s\n", isl_last_error());                         \
-        ck_assert_msg(strstr(isl_last_error(), (needle)) != NULL,                         \
-                      "isl_last_error() = \"%s\" does not mention \"%s\"",                \
-                      isl_last_error(), (needle));                                        \
+            fprintf(stderr, "  message: %s\n", isl_tiff_last_error());                         \
+        ck_assert_msg(strstr(isl_tiff_last_error(), (needle)) != NULL,                         \
+                      "isl_tiff_last_error() = \"%s\" does not mention \"%s\"",                \
+                      isl_tiff_last_error(), (needle));                                        \
     } while (0)
 
 /* ---------------------------------------------------------------------------------- */
@@ -228,7 +228,7 @@ static void read_and_check(const char *name, const fixture *f)
     write_fixture(path, f);
     isl_tiff_stack s;
     isl_status st = isl_tiff_read_stack(path, f->pages, &s);
-    ck_assert_msg(st == ISL_OK, "%s: status %d: %s", name, st, isl_last_error());
+    ck_assert_msg(st == ISL_OK, "%s: status %d: %s", name, st, isl_tiff_last_error());
     check_stack(&s, f);
     isl_tiff_stack_free(&s);
     ck_assert_ptr_null(s.data);
@@ -240,7 +240,7 @@ static void expect_read_failure(const char *path, int expect_pages, isl_status s
     isl_tiff_stack s;
     isl_status st = isl_tiff_read_stack(path, expect_pages, &s);
     ck_assert_msg(st == status, "%s: status %d (expected %d): %s", path, st, status,
-                  isl_last_error());
+                  isl_tiff_last_error());
     ck_assert_ptr_null(s.data);
     ck_assert_int_eq(s.num_z, 0);
     const char *base = strrchr(path, '/');
@@ -265,7 +265,7 @@ static void check_float_file(const char *path, const float *want, int pages, int
 {
     isl_tiff_stack s;
     isl_status st = isl_tiff_read_stack(path, pages, &s);
-    ck_assert_msg(st == ISL_OK, "%s", isl_last_error());
+    ck_assert_msg(st == ISL_OK, "%s", isl_tiff_last_error());
     ck_assert_int_eq(s.dtype, ISL_DTYPE_F32);
     ck_assert_int_eq(s.num_z, pages);
     ck_assert_int_eq(s.height, height);
@@ -431,7 +431,7 @@ START_TEST(test_write_fails_when_disk_full)
 
     ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &saved), 0);
     signal(SIGXFSZ, saved_handler);
-    ck_assert_msg(st == ISL_ERROR_IO, "status %d: %s", st, isl_last_error());
+    ck_assert_msg(st == ISL_ERROR_IO, "status %d: %s", st, isl_tiff_last_error());
     ck_assert_error_mentions("full.tif");
     ck_assert_int_eq(test_count_temp_files(test_dir), 0);
     check_float_file(path, old, 1, 8, 8); /* the old file is untouched */
@@ -470,7 +470,7 @@ START_TEST(test_streaming_writer_round_trip)
     int done = 0;
     for (size_t i = 0; i < sizeof(chunks) / sizeof(chunks[0]); i++) {
         ck_assert_msg(isl_tiff_writer_append(w, d + (size_t)done * W, chunks[i]) == ISL_OK,
-                      "%s", isl_last_error());
+                      "%s", isl_tiff_last_error());
         done += chunks[i];
         ck_assert(!file_exists(path)); /* appears only on close */
     }
@@ -611,19 +611,17 @@ END_TEST
  *       print(a.shape, a.dtype, a[0,0,0], a[0,0,1], a[0,511,512], a[6,100,200], \
  *             a[12,1023,1023], a[12,0,1023], a[3,1023,0], a[9,777,333], \
  *             [int(a[z].astype('u8').sum()) for z in (0, 6, 12)])"
- * (tifffile 2023.2.3, in /work/shared/data/condition_b_well_a4). */
+ * (tifffile 2023.2.3, in <shared>/data/condition_b_well_a4). */
 START_TEST(test_read_real_phase_contrast_stack)
 {
-    const char *root = getenv("ISL_SOURCE_ROOT");
     char path[PATH_MAX];
-    snprintf(path, sizeof(path), "%s/../shared/data/condition_b_well_a4/phase_contrast_z13.tif",
-             root && root[0] ? root : ".");
+    test_shared_path(path, sizeof(path), "data/condition_b_well_a4/phase_contrast_z13.tif");
     if (access(path, R_OK) != 0) {
         fprintf(stderr, "test_read_real_phase_contrast_stack: SKIPPED: %s not found\n", path);
         return;
     }
     isl_tiff_stack s;
-    ck_assert_msg(isl_tiff_read_stack(path, 13, &s) == ISL_OK, "%s", isl_last_error());
+    ck_assert_msg(isl_tiff_read_stack(path, 13, &s) == ISL_OK, "%s", isl_tiff_last_error());
     ck_assert_int_eq(s.dtype, ISL_DTYPE_U16);
     ck_assert_int_eq(s.num_z, 13);
     ck_assert_int_eq(s.height, 1024);
@@ -851,7 +849,7 @@ START_TEST(test_absurd_dimensions)
     const char *path = tpath("handmade.tif");
     write_handmade_tiff(path, 5, 3, 8, 15);
     isl_tiff_stack s;
-    ck_assert_msg(isl_tiff_read_stack(path, 1, &s) == ISL_OK, "%s", isl_last_error());
+    ck_assert_msg(isl_tiff_read_stack(path, 1, &s) == ISL_OK, "%s", isl_tiff_last_error());
     ck_assert_int_eq(((const uint8_t *)s.data)[14], 14);
     isl_tiff_stack_free(&s);
 
@@ -860,7 +858,7 @@ START_TEST(test_absurd_dimensions)
     write_handmade_tiff(path, 100000, 100000, 16, 100);
     isl_status st = isl_tiff_read_stack(path, 0, &s);
     ck_assert_msg(st == ISL_ERROR_UNSUPPORTED || st == ISL_ERROR_FORMAT, "status %d: %s", st,
-                  isl_last_error());
+                  isl_tiff_last_error());
     ck_assert_error_mentions("huge.tif");
     ck_assert_ptr_null(s.data);
 }
@@ -908,7 +906,7 @@ static void *reader_thread(void *arg)
             job->ok = 0;
         isl_tiff_stack_free(&s);
         if (isl_tiff_read_stack(job->bad, 0, &s) != ISL_ERROR_FORMAT ||
-            strstr(isl_last_error(), job->bad) == NULL)
+            strstr(isl_tiff_last_error(), job->bad) == NULL)
             job->ok = 0;
     }
     return NULL;

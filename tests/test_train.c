@@ -982,7 +982,7 @@ START_TEST(threads_agree)
 END_TEST
 
 /* ------------------------------------------------------------------------------------ */
-/* Dump mode, for the PyTorch oracle (tests/python/test_train_oracle.py)                */
+/* Dump mode, for the PyTorch oracle (tests/python/cli/test_train_oracle.py)                */
 /* ------------------------------------------------------------------------------------ */
 
 /* test_train --dump MODEL BATCH OUT: one training-mode forward and backward of MODEL on

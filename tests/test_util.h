@@ -6,6 +6,7 @@
 #include "model.h"
 #include "params.h"
 #include "ref_net.h"
+#include "rng.h"
 #include "tiff_io.h"
 
 #include <check.h>
@@ -20,14 +21,11 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Uniform in (0, 1) from a splitmix64 state: reproducible everywhere. */
+/* Uniform in (0, 1) from the library's splitmix64 (lib/common/rng.h): reproducible
+ * everywhere. */
 static inline double test_uniform(uint64_t *state)
 {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    return ((double)(z >> 11) + 0.5) / 9007199254740992.0;
+    return ((double)(isl_splitmix64(state) >> 11) + 0.5) / 9007199254740992.0;
 }
 
 /* numpy.pad(mode='reflect') index, written independently of lib/common/input.c. */
@@ -299,15 +297,28 @@ static inline void test_free_all(const isl_model *m, float **outs)
     free(outs);
 }
 
-/* ---- golden vectors (../shared/testdata/golden-base32) --------------------------- */
+/* ---- shared data: $ISL_SHARED_DIR, else ../shared beside the repository ---------- */
+
+/* The path of `rel` inside the shared data directory (never an absolute machine path:
+ * ISL_SHARED_DIR, else $ISL_SOURCE_ROOT/../shared, else ./../shared). */
+static inline void test_shared_path(char *buf, size_t n, const char *rel)
+{
+    const char *shared = getenv("ISL_SHARED_DIR");
+    const char *root = getenv("ISL_SOURCE_ROOT");
+    if (shared && shared[0])
+        snprintf(buf, n, "%s/%s", shared, rel);
+    else
+        snprintf(buf, n, "%s/../shared/%s", root && root[0] ? root : ".", rel);
+}
+
+/* ---- golden vectors (<shared>/testdata/golden-base32) ------------------------------ */
 
 /* The three files' paths; 0 (after saying SKIPPED) where the vectors are absent. */
 static inline int test_golden_paths(char *model, char *input, char *expected, size_t n)
 {
-    const char *root = getenv("ISL_SOURCE_ROOT");
-    snprintf(model, n, "%s/../shared/testdata/golden-base32/model.h5", root ? root : ".");
-    snprintf(input, n, "%s/../shared/testdata/golden-base32/input.tif", root ? root : ".");
-    snprintf(expected, n, "%s/../shared/testdata/golden-base32/expected.h5", root ? root : ".");
+    test_shared_path(model, n, "testdata/golden-base32/model.h5");
+    test_shared_path(input, n, "testdata/golden-base32/input.tif");
+    test_shared_path(expected, n, "testdata/golden-base32/expected.h5");
     FILE *f = fopen(expected, "rb");
     if (!f) {
         printf("SKIPPED: golden vectors not found at %s\n", expected);
@@ -325,7 +336,7 @@ static inline int test_golden_load(isl_model **m, isl_tiff_stack *st, hid_t *exp
     if (!test_golden_paths(mp, ip, ep, sizeof(mp)))
         return 0;
     ck_assert_msg(isl_model_load(mp, m) == ISL_OK, "%s", isl_last_error());
-    ck_assert_msg(isl_tiff_read_stack(ip, 13, st) == ISL_OK, "%s", isl_last_error());
+    ck_assert_msg(isl_tiff_read_stack(ip, 13, st) == ISL_OK, "%s", isl_tiff_last_error());
     *expected = H5Fopen(ep, H5F_ACC_RDONLY, H5P_DEFAULT);
     ck_assert(*expected >= 0);
     return 1;

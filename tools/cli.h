@@ -31,6 +31,8 @@ int cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_runtime_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* "isl: error: <isl_last_error()>" (or the status text if there is no message). */
 int cli_library_error(isl_status status);
+/* "isl: error: <isl_tiff_last_error()>": the failures of tools/tiff_io.c. */
+int cli_tiff_error(isl_status status);
 /* Formats v with thousands separators ("8,212,345") into buf; returns buf. */
 const char *cli_thousands(int64_t v, char *buf, size_t size);
 

@@ -354,7 +354,7 @@ static int read_mask(const char *path, const isl_tiff_stack *target, const char 
     isl_tiff_stack m;
     isl_status s = isl_tiff_read_stack(path, 1, &m);
     if (s != ISL_OK)
-        return cli_library_error(s);
+        return cli_tiff_error(s);
     int rc = CLI_EXIT_OK;
     size_t n = (size_t)m.height * (size_t)m.width;
     if (m.height != target->height || m.width != target->width)
@@ -378,7 +378,7 @@ static int add_targets(isl_dataset *ds, int well, const well_spec *w)
         uint8_t *mask = NULL;
         isl_status s = isl_tiff_read_stack(ts->file, 1, &image);
         if (s != ISL_OK)
-            return cli_library_error(s);
+            return cli_tiff_error(s);
         int rc = ts->mask ? read_mask(ts->mask, &image, ts->file, &mask) : CLI_EXIT_OK;
         if (rc == CLI_EXIT_OK) {
             isl_stack st = {image.data, image.dtype, image.num_z, image.height, image.width};
@@ -400,7 +400,7 @@ static int add_well(isl_dataset **ds, const well_spec *w)
     isl_tiff_stack stack;
     isl_status s = isl_tiff_read_stack(w->input, 0, &stack);
     if (s != ISL_OK)
-        return cli_library_error(s);
+        return cli_tiff_error(s);
     char *fallback = w->name ? NULL : default_well_name(w->input);
     int well = -1, rc = CLI_EXIT_OK;
     if (!w->name && !fallback)

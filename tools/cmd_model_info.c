@@ -19,7 +19,7 @@ enum { OPT_JSON };
 
 static const cli_option info_options[] = {{"json", 0, 0, OPT_JSON}, {NULL, 0, 0, 0}};
 
-static int is_autoencoder(const char *name) { return !strcmp(name, "autoencoder"); }
+static int is_autoencoder(const char *name) { return !strcmp(name, ISL_AUTOENCODER_NAME); }
 
 static void json_string(FILE *out, const char *s)
 {

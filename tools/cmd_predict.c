@@ -214,7 +214,7 @@ static void head_names(const isl_model *m, char *buf, size_t size)
 
 static int is_label_head(const isl_model *m, int head)
 {
-    return strcmp(isl_model_head_name(m, head), "autoencoder") != 0;
+    return strcmp(isl_model_head_name(m, head), ISL_AUTOENCODER_NAME) != 0;
 }
 
 /* Head indices: the named ones (deduplicated) or every label head. */
@@ -436,7 +436,7 @@ static int predict(predict_job *j, const predict_args *a)
         return rc;
     s = isl_tiff_read_stack(a->input, isl_model_num_z(j->model), &j->stack);
     if (s != ISL_OK)
-        return cli_library_error(s);
+        return cli_tiff_error(s);
     if (cli_interrupted()) {
         cli_runtime_error("interrupted; no output written");
         return CLI_EXIT_INTERRUPTED;

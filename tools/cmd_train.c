@@ -39,7 +39,8 @@ static const char train_help[] =
     "  --lr RATE                Adam learning rate (default 1e-4)\n"
     "  --lr-drop STEP:RATE      use RATE from STEP on (the paper: 1e-5 in its second week)\n"
     "  --label-weight W         total = W label + (1 - W) autoencoder (default 0.5)\n"
-    "  --bn-decay D             decay of the batch-norm moving averages (default 0.99)\n"
+    "  --bn-decay D             decay of the batch-norm moving averages (default: the\n"
+    "                           library's, 0.99)\n"
     "  --bn-batches K           re-estimate the batch-norm statistics over K batches before\n"
     "                           writing OUT (default 0: keep the moving averages); with\n"
     "                           --freeze-bn, estimate them before the first step instead\n"
@@ -141,7 +142,7 @@ static int parse_option(train_args *a, int id, const char *v)
     case OPT_SEED: return cli_parse_u64("--seed", v, &a->seed) ? CLI_EXIT_USAGE : 0;
     }
     struct { int id; const char *name; long long min, max, *out; } ints[] = {
-        {OPT_CROP, "--crop", 250, 4090, &a->crop},
+        {OPT_CROP, "--crop", ISL_TILE_MIN, 4090, &a->crop},
         {OPT_BATCH, "--batch", 1, 4096, &a->batch},
         {OPT_VALIDATE_EVERY, "--validate-every", 0, INT64_MAX, &a->validate_every},
         {OPT_STEPS, "--steps", 1, INT64_MAX, &a->steps},
@@ -176,7 +177,7 @@ static int parse_train(int argc, char **argv, train_args *a)
     a->augment = 1;
     a->lr = 1e-4;
     a->label_weight = 0.5;
-    a->bn_decay = 0.99;
+    a->bn_decay = NAN; /* unset: the library's default */
     a->bn_batches = 0; /* re-estimated statistics generalized worse here (docs/training.md) */
     a->checkpoint_every = 500;
     cli_args p;
@@ -206,7 +207,7 @@ static int parse_train(int argc, char **argv, train_args *a)
     if (a->average_from && !a->freeze_bn)
         return cli_usage_error("--average-from needs --freeze-bn: averaged weights need the "
                                "statistics they are averaged under");
-    if ((a->crop - 250) % 16 != 0)
+    if ((a->crop - ISL_TILE_MIN) % ISL_TILE_STEP != 0)
         return cli_usage_error("--crop: %lld is not 250 + 16m (250, 266, ..., 378, ...)", a->crop);
     return CLI_EXIT_OK;
 }
@@ -313,7 +314,7 @@ static void *draw_thread(void *arg)
 
 static int alloc_batches(run_state *r)
 {
-    size_t B = (size_t)r->a.batch, crop = (size_t)r->a.crop, out = crop - 242;
+    size_t B = (size_t)r->a.batch, crop = (size_t)r->a.crop, out = crop - ISL_TILE_CONTEXT;
     for (int i = 0; i < 2; i++) {
         batch_buf *b = &r->buf[i];
         b->inputs = malloc(B * (size_t)r->num_z * crop * crop * sizeof(float));
@@ -518,7 +519,7 @@ static int setup(run_state *r)
     if ((s = isl_train_options_create(&o)) == ISL_OK &&
         (s = isl_train_options_set_learning_rate(o, a->lr)) == ISL_OK &&
         (s = isl_train_options_set_label_weight(o, a->label_weight)) == ISL_OK &&
-        (s = isl_train_options_set_bn_decay(o, a->bn_decay)) == ISL_OK &&
+        (isnan(a->bn_decay) || (s = isl_train_options_set_bn_decay(o, a->bn_decay)) == ISL_OK) &&
         (s = isl_train_options_set_threads(o, (int)a->threads)) == ISL_OK &&
         (s = isl_train_options_set_freeze_trunk(o, a->freeze_trunk)) == ISL_OK &&
         (s = isl_train_options_set_freeze_bn(o, a->freeze_bn)) == ISL_OK &&

@@ -1,5 +1,6 @@
 /* One-line diagnostics on stderr and number formatting. */
 #include "cli.h"
+#include "tiff_io.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -38,6 +39,12 @@ int cli_runtime_error(const char *fmt, ...)
 int cli_library_error(isl_status status)
 {
     const char *msg = isl_last_error();
+    return cli_runtime_error("%s", msg[0] ? msg : isl_status_string(status));
+}
+
+int cli_tiff_error(isl_status status)
+{
+    const char *msg = isl_tiff_last_error();
     return cli_runtime_error("%s", msg[0] ? msg : isl_status_string(status));
 }
 

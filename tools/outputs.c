@@ -46,9 +46,9 @@ static void set_error(cli_outputs *o, const char *fmt, ...)
     va_end(ap);
 }
 
-static void set_library_error(cli_outputs *o, isl_status s)
+static void set_tiff_error(cli_outputs *o, isl_status s)
 {
-    const char *msg = isl_last_error();
+    const char *msg = isl_tiff_last_error();
     set_error(o, "%s", msg[0] ? msg : isl_status_string(s));
 }
 
@@ -80,7 +80,7 @@ static int open_file(cli_outputs *o, output_file *f, const isl_model *model, con
     f->head = head;
     f->stat = stat;
     f->spill_fd = -1;
-    f->planes = isl_model_head_channels(model, head) / 256;
+    f->planes = isl_model_head_channels(model, head) / ISL_NUM_CLASSES;
     const char *head_name = isl_model_head_name(model, head);
     const char *stat_name = isl_stat_name(stat);
     if (f->planes < 1 || !head_name || !stat_name) {
@@ -103,7 +103,7 @@ static int open_file(cli_outputs *o, output_file *f, const isl_model *model, con
     isl_status s = isl_tiff_writer_open(f->path, f->planes, o->height, o->width, &f->writer);
     if (s != ISL_OK) {
         f->writer = NULL;
-        set_library_error(o, s);
+        set_tiff_error(o, s);
         return -1;
     }
     if (f->planes > 1 && (f->spill_fd = open_spill(o, dir)) < 0)
@@ -218,7 +218,7 @@ int cli_outputs_rows(void *user, int head, isl_stat stat, int y0, int rows, int 
     } else {
         isl_status s = isl_tiff_writer_append(f->writer, data, rows);
         if (s != ISL_OK) {
-            set_library_error(o, s);
+            set_tiff_error(o, s);
             return 1;
         }
     }
@@ -252,7 +252,7 @@ static int copy_spill(cli_outputs *o, output_file *f)
             } else {
                 isl_status s = isl_tiff_writer_append(f->writer, buf, rows);
                 if (s != ISL_OK) {
-                    set_library_error(o, s);
+                    set_tiff_error(o, s);
                     rc = -1;
                 }
             }
@@ -279,7 +279,7 @@ static int commit_file(cli_outputs *o, output_file *f)
     f->writer = NULL; /* close frees it, success or not */
     isl_status s = isl_tiff_writer_close(w);
     if (s != ISL_OK) {
-        set_library_error(o, s);
+        set_tiff_error(o, s);
         return -1;
     }
     f->committed = 1;

@@ -179,7 +179,7 @@ int cli_preview_commit(cli_preview *p)
     if (rc == 0) {
         isl_status s = isl_tiff_write_rgb8(p->path, rgb, p->ph, out_w);
         if (s != ISL_OK) {
-            set_error(p, isl_last_error());
+            set_error(p, isl_tiff_last_error());
             rc = -1;
         }
     }

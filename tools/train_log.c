@@ -18,7 +18,7 @@ int cli_train_log_open(cli_train_log *log, const char *path, const isl_model *mo
     memset(log, 0, sizeof(*log));
     log->model = model;
     for (int h = 0; h < isl_model_num_heads(model); h++)
-        if (strcmp(isl_model_head_name(model, h), "autoencoder"))
+        if (strcmp(isl_model_head_name(model, h), ISL_AUTOENCODER_NAME))
             log->num_labels++;
     if (log->num_labels + 3 > (int)(sizeof(log->avg) / sizeof(log->avg[0])))
         return cli_usage_error("too many label heads (%d) for the training log", log->num_labels);

@@ -63,7 +63,7 @@ static isl_status validate_well(const isl_dataset *ds, const isl_model *model, i
     }
     for (int h = 0; h < num_heads; h++) {
         const char *name = isl_model_head_name(model, h);
-        if (!strcmp(name, "autoencoder") ||
+        if (!strcmp(name, ISL_AUTOENCODER_NAME) ||
             isl_dataset_well_target(ds, well, name, NULL, NULL) != ISL_OK)
             continue;
         heads[num_labels++] = h;

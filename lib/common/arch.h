@@ -3,11 +3,12 @@
 #ifndef ISL_ARCH_H
 #define ISL_ARCH_H
 
-#define ISL_NUM_CLASSES 256
+#include "isl.h" /* ISL_NUM_CLASSES and the tile geometry */
+
 #define ISL_PROJECTION_DEPTH 16
-#define ISL_PATCH_INPUT 250  /* canonical input side of the patch network */
-#define ISL_PATCH_OUTPUT 8   /* its output side */
-#define ISL_STRIDE 16        /* input 250 + 16m -> output 8 + 16m */
+#define ISL_PATCH_INPUT ISL_TILE_MIN                      /* canonical input side */
+#define ISL_PATCH_OUTPUT (ISL_TILE_MIN - ISL_TILE_CONTEXT) /* its output side, 8 */
+#define ISL_STRIDE ISL_TILE_STEP                          /* 250 + 16m -> 8 + 16m */
 #define ISL_NUM_TOWERS 5
 #define ISL_UPPER_TOWER 5    /* tower index of the upper tower */
 #define ISL_UPPER_MODULES 14

@@ -48,4 +48,3 @@ void isl_error_prefix(const char *fmt, ...)
     snprintf(last_error, sizeof(last_error), "%.512s%.511s", prefix, old);
 }
 
-void isl_error_clear(void) { last_error[0] = '\0'; }

@@ -11,9 +11,6 @@ isl_status isl_fail(isl_status status, const char *fmt, ...) __attribute__((form
 /* Prefixes the calling thread's current message with context ("model.h5: " + message). */
 void isl_error_prefix(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-/* Clears the calling thread's message. */
-void isl_error_clear(void);
-
 #define ISL_CHECK(expr)                      \
     do {                                     \
         isl_status isl_check_s_ = (expr);    \

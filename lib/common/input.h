@@ -6,8 +6,8 @@
 
 #include "isl.h"
 
-/* (250 - 8) / 2: the context each output pixel needs on each side. */
-#define ISL_INPUT_PAD 121
+/* The context each output pixel needs on each side, (250 - 8) / 2. */
+#define ISL_INPUT_PAD (ISL_TILE_CONTEXT / 2)
 
 /* numpy.pad 'reflect' index (edge not repeated), for any distance outside [0, n). */
 int isl_reflect_index(int i, int n);

@@ -1,4 +1,5 @@
 #include "params.h"
+#include "rng.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -110,18 +111,16 @@ void isl_params_free(isl_params *p)
     memset(p, 0, sizeof(*p));
 }
 
-/* splitmix64: tiny, platform-independent, good enough for initial weights. */
-static uint64_t splitmix64(uint64_t *state)
+void isl_bn_fold(const isl_bn_params *bn, int c, float *scale, float *shift)
 {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
+    double s = bn->gamma[c] / sqrt((double)bn->var[c] + ISL_BN_EPSILON);
+    *scale = (float)s;
+    *shift = (float)(bn->beta[c] - bn->mean[c] * s);
 }
 
 static double uniform01(uint64_t *state)
 {
-    return ((double)(splitmix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    return ((double)(isl_splitmix64(state) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
 }
 
 static void fill_normal(float *w, size_t n, double sd, uint64_t *state)

@@ -8,12 +8,18 @@
 #include <stdint.h>
 
 #define ISL_MAX_NAME 64
-#define ISL_AUTOENCODER_NAME "autoencoder"
 
 typedef struct isl_bn_params {
     int channels;
     float *gamma, *beta, *mean, *var; /* [channels] each */
 } isl_bn_params;
+
+#define ISL_BN_EPSILON 1e-3
+
+/* Channel c of a batch norm with its stored statistics, as y = scale * x + shift:
+ * scale = gamma / sqrt(var + ISL_BN_EPSILON), shift = beta - mean * scale (in double,
+ * then rounded). Prediction and training fold it with this one formula. */
+void isl_bn_fold(const isl_bn_params *bn, int c, float *scale, float *shift);
 
 typedef struct isl_module_params {
     isl_bn_params bn1;     /* [C] */

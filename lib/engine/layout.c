@@ -1,6 +1,5 @@
 #include "layout.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,11 +76,8 @@ static int bn_pad(isl_bn_padded *d, const isl_bn_params *s, const isl_chmap *m)
     d->shift = calloc((size_t)m->padded, sizeof(float));
     if (!d->scale || !d->shift)
         return -1;
-    for (int c = 0; c < m->count; c++) {
-        double scale = s->gamma[c] / sqrt((double)s->var[c] + ISL_BN_EPSILON);
-        d->scale[m->pos[c]] = (float)scale;
-        d->shift[m->pos[c]] = (float)(s->beta[c] - s->mean[c] * scale);
-    }
+    for (int c = 0; c < m->count; c++)
+        isl_bn_fold(s, c, &d->scale[m->pos[c]], &d->shift[m->pos[c]]);
     return 0;
 }
 

@@ -22,14 +22,11 @@ typedef struct isl_chmap {
 } isl_chmap;
 
 /* Batch norm at inference, folded and padded to P positions:
- * y = scale * x + shift, scale = gamma / sqrt(var + 1e-3), shift = beta - mean * scale
- * (free positions: 0 and 0, so they stay 0). */
+ * isl_bn_fold's scale and shift (free positions: 0 and 0, so they stay 0). */
 typedef struct isl_bn_padded {
     int padded;
     float *scale, *shift;
 } isl_bn_padded;
-
-#define ISL_BN_EPSILON 1e-3
 
 typedef struct isl_module_layout {
     isl_chmap x, e, out;      /* input, expand output (+ maxpool), module output */

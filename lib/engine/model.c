@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define ISL_MAX_MACS_HEADS 1024 /* as many as a model file may have */
+
 void isl_model_config_init(isl_model_config *c)
 {
     if (!c)
@@ -231,6 +233,20 @@ int64_t isl_model_parameter_count(const isl_model *m)
 const char *isl_model_input_normalization(const isl_model *m)
 {
     return m ? m->params.input_normalization : NULL;
+}
+
+double isl_model_macs(const isl_model *m, int height, int width, int count, const int *heads)
+{
+    int channels[ISL_MAX_MACS_HEADS];
+    if (!m || count < 0 || count > ISL_MAX_MACS_HEADS || (count > 0 && !heads) ||
+        isl_arch_output_side(height) < 0 || isl_arch_output_side(width) < 0)
+        return -1.0;
+    for (int i = 0; i < count; i++) {
+        if (heads[i] < 0 || heads[i] >= m->params.num_heads)
+            return -1.0;
+        channels[i] = m->params.heads[heads[i]].out_ch;
+    }
+    return isl_arch_macs(&m->params.arch, height, width, count, channels);
 }
 
 /* ------------------------------------------------------------------------------------ */

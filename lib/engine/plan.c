@@ -107,7 +107,7 @@ size_t isl_plan_estimate_bytes(const isl_params *p, const isl_layout *l, int in_
     plan.in_w = in_w;
     plan.out_h = isl_arch_output_side(in_h);
     plan.out_w = isl_arch_output_side(in_w);
-    builder b = {&plan, &list, 1, 0};
+    builder b = {&plan, &list, 1};
     if (plan.out_h < 0 || plan.out_w < 0 || build_all_trunk(&b, p, l) != ISL_OK)
         return (size_t)-1;
     plan_head_chunks(&b);
@@ -150,15 +150,13 @@ isl_status isl_plan_create(const isl_params *p, const isl_layout *l, dnnl_engine
     isl_status s = ISL_OK;
     if (!plan->heads || !plan->head_out_ch)
         s = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
-    builder b = {plan, &plan->trunk, 0, 0};
+    builder b = {plan, &plan->trunk, 0};
     if (s == ISL_OK)
         s = build_all_trunk(&b, p, l);
     if (s == ISL_OK)
         plan_head_chunks(&b);
-    plan->trunk_macs = b.macs;
-    plan->trunk_ch_for_head = 2.0 * l->trunk.padded;
     for (int h = 0; s == ISL_OK && h < p->num_heads; h++) {
-        builder hb = {plan, &plan->heads[h], 0, 0};
+        builder hb = {plan, &plan->heads[h], 0};
         plan->head_out_ch[h] = p->heads[h].out_ch;
         s = build_any_head(&hb, l, h, p->heads[h].out_ch);
     }
@@ -175,12 +173,6 @@ int isl_plan_input_width(const isl_plan *plan) { return plan->in_w; }
 isl_precision isl_plan_precision(const isl_plan *plan) { return plan->precision; }
 int isl_plan_is_nhwc(const isl_plan *plan) { return plan->nhwc; }
 int isl_plan_head_rows(const isl_plan *plan) { return plan->head_rows; }
-double isl_plan_trunk_macs(const isl_plan *plan) { return plan->trunk_macs; }
-
-double isl_plan_head_macs(const isl_plan *plan, int out_ch)
-{
-    return plan->trunk_ch_for_head * out_ch * plan->out_h * plan->out_w;
-}
 
 static int list_primitives(const step_list *l, isl_plan_primitive *out, int max, int n)
 {

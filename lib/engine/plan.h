@@ -41,11 +41,6 @@ static inline int isl_head_chunk_start(int row0, int rows, int out_h)
 {
     return row0 + rows > out_h ? out_h - rows : row0;
 }
-/* Multiply-accumulates of the trunk (projection, towers, upper tower) and of one head
- * with out_ch channels, for this plan's tile. */
-double isl_plan_trunk_macs(const isl_plan *plan);
-double isl_plan_head_macs(const isl_plan *plan, int out_ch);
-
 /* The plan's oneDNN primitives (trunk, then heads), for tests and diagnostics: kind,
  * source data type and implementation name (valid while the plan lives). Fills up to max
  * entries; returns how many primitives there are. */

@@ -117,7 +117,6 @@ static isl_status add_crop(builder *b, tref src, int border, tref dst)
 static isl_status add_bnact(builder *b, tref src, const isl_bn_padded *bn, tref dst)
 {
     isl_need(b, dst);
-    b->macs += 2.0 * src.c * src.h * src.w;
     if (b->estimate_only)
         return ISL_OK;
     plan_step *st = NULL;
@@ -136,7 +135,6 @@ static isl_status add_bnact_pool(builder *b, tref a, tref x, int k, int stride,
                                  const isl_bn_padded *bn, tref dst)
 {
     isl_need(b, dst);
-    b->macs += 2.0 * (a.c + x.c) * a.h * a.w;
     if (b->estimate_only)
         return ISL_OK;
     plan_step *st = NULL;

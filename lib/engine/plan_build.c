@@ -277,8 +277,6 @@ isl_status isl_add_conv(builder *b, conv_kind kind, tref src, tref dst, int k, i
                         const float *weights, const float *bias, int accumulate)
 {
     isl_need(b, dst);
-    b->macs += (double)dst.c * src.c * k * k * (kind == CONV ? (double)dst.h * dst.w
-                                                             : (double)src.h * src.w);
     if (b->estimate_only)
         return ISL_OK;
     dnnl_memory_desc_t smd = isl_tref_md(src), dmd = isl_tref_md(dst);
@@ -312,7 +310,6 @@ isl_status isl_add_projection(builder *b, const isl_params *p, tref input, tref 
     const int nz = p->arch.num_z, H = input.h, W = input.w;
     isl_need(b, input);
     isl_need(b, proj);
-    b->macs += (double)ISL_PROJECTION_DEPTH * nz * H * W;
     if (b->estimate_only)
         return ISL_OK;
     dnnl_memory_desc_t smd = isl_md4(1, nz, H, W, dnnl_nchw);

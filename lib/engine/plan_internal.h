@@ -95,14 +95,12 @@ struct isl_plan {
     int *head_out_ch;
     int **keep_masks;         /* owned upsample masks, one per up module */
     int num_keep_masks;
-    double trunk_macs, trunk_ch_for_head;
 };
 
 typedef struct builder {
     isl_plan *plan;
     step_list *list;
-    int estimate_only;   /* only track buffer sizes and MACs */
-    double macs;
+    int estimate_only;   /* only track buffer sizes */
 } builder;
 
 isl_status isl_dnnl_fail(dnnl_status_t s, const char *what);

@@ -105,7 +105,6 @@ static isl_status add_bnact(builder *b, tref a, tref p, int k, int stride,
                             const isl_bn_padded *bn, tref out)
 {
     isl_need(b, out);
-    b->macs += 2.0 * (a.c + p.c) * a.h * a.w;
     if (b->estimate_only)
         return ISL_OK;
     if (bn->padded != a.c + p.c || out.c != 2 * bn->padded || out.dt != dnnl_bf16)

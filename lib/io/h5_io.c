@@ -2,6 +2,7 @@
  * checked reads, writers, and files built in memory then written atomically. */
 #include "h5_io.h"
 
+#include "atomic_file.h"
 #include "error.h"
 
 #include <errno.h>
@@ -598,94 +599,29 @@ static hid_t utf8_string_type(void)
     return t;
 }
 
-/* mkstemp creates mode 0600; give the file what a plain create would (0666 & ~umask),
- * or the mode of the file it replaces. The umask is read from /proc, because umask()
- * can only be read by changing it, which races with other threads. */
-static mode_t target_mode(const char *path)
-{
-    struct stat sb;
-    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode))
-        return sb.st_mode & 07777;
-    mode_t mode = 0644;
-    FILE *f = fopen("/proc/self/status", "re");
-    if (!f)
-        return mode;
-    char line[128];
-    unsigned mask;
-    while (fgets(line, sizeof(line), f))
-        if (sscanf(line, "Umask: %o", &mask) == 1) {
-            mode = 0666 & ~(mode_t)mask;
-            break;
-        }
-    fclose(f);
-    return mode;
-}
-
-/* Makes the rename durable. Filesystems that cannot sync directories answer EINVAL. */
-static int sync_parent_dir(const char *path)
-{
-    char *dir = strdup(path);
-    if (!dir)
-        return -1;
-    char *slash = strrchr(dir, '/');
-    const char *name = dir;
-    if (!slash)
-        name = ".";
-    else if (slash == dir)
-        name = "/";
-    else
-        *slash = '\0';
-    int fd = open(name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    int rc = fd < 0 ? -1 : fsync(fd);
-    if (rc != 0 && errno == EINVAL)
-        rc = 0;
-    int saved = errno;
-    if (fd >= 0)
-        close(fd);
-    free(dir);
-    errno = saved;
-    return rc;
-}
-
-static int write_fully(int fd, const char *data, size_t size)
-{
-    while (size > 0) {
-        ssize_t n = write(fd, data, size);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        data += n;
-        size -= (size_t)n;
-    }
-    return 0;
-}
-
 /* Puts image into a new file beside path (same filesystem, so rename is atomic), synced
- * to disk. On failure removes it again. */
-static isl_status write_temp_file(const char *path, char *tmp, const void *image, size_t size)
+ * to disk and renamed over path; the directory is synced last. */
+static isl_status write_atomically(const char *path, const void *image, size_t size)
 {
-    mode_t mode = target_mode(path);
-    int fd = mkstemp(tmp);
-    if (fd < 0)
+    isl_atomic_file f;
+    const char *step = "write";
+    if (isl_atomic_open(&f, path) != 0)
         return isl_fail(ISL_ERROR_IO, "%s: cannot create a temporary file beside it: %s", path,
                         strerror(errno));
-    const char *step = NULL;
-    if (fchmod(fd, mode) != 0)
-        step = "set permissions of";
-    else if (write_fully(fd, image, size) != 0)
-        step = "write";
-    else if (fsync(fd) != 0)
-        step = "sync";
-    int saved = errno;
-    if (close(fd) != 0 && !step) {
-        step = "close";
-        saved = errno;
+    if (isl_atomic_write_all(&f, image, size) != 0 || isl_atomic_commit(&f, path, &step) != 0) {
+        isl_status st = strcmp(step, "rename") == 0
+                            ? isl_fail(ISL_ERROR_IO, "%s: cannot replace it with %s: %s", path,
+                                       f.tmp, strerror(errno))
+                            : isl_fail(ISL_ERROR_IO, "%s: cannot %s %s: %s", path, step, f.tmp,
+                                       strerror(errno));
+        isl_atomic_discard(&f);
+        return st;
     }
-    if (!step)
-        return ISL_OK;
-    unlink(tmp);
-    return isl_fail(ISL_ERROR_IO, "%s: cannot %s %s: %s", path, step, tmp, strerror(saved));
+    /* The new file is in place; only its durability across a crash is in doubt. */
+    if (isl_atomic_sync_dir(path) != 0)
+        return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
+                        strerror(errno));
+    return ISL_OK;
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -752,19 +688,13 @@ cleanup:
     return st;
 }
 
-/* build_image, then the bytes to a temporary file renamed over path. */
+/* build_image, then the bytes written atomically. */
 isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
 {
     if (!path || !fn)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_write_file: NULL argument");
-    static const char suffix[] = ".tmp.XXXXXX";
-    size_t len = strlen(path), size = 0;
+    size_t size = 0;
     void *image = NULL;
-    char *tmp = malloc(len + sizeof(suffix));
-    if (!tmp)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
-    memcpy(tmp, path, len);
-    memcpy(tmp + len, suffix, sizeof(suffix));
     isl_h5_file w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
                      .str_type = H5I_INVALID_HID};
     h5_session s;
@@ -772,21 +702,9 @@ isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
     isl_status st = build_image(&w, fn, user, &image, &size);
     h5_leave(&s);
     if (st == ISL_OK)
-        st = write_temp_file(path, tmp, image, size);
+        st = write_atomically(path, image, size);
     free(image);
-    if (st == ISL_OK && rename(tmp, path) != 0) {
-        st = isl_fail(ISL_ERROR_IO, "%s: cannot replace it with %s: %s", path, tmp,
-                      strerror(errno));
-        unlink(tmp);
-    }
-    free(tmp);
-    if (st != ISL_OK)
-        return st;
-    /* The new file is in place; only its durability across a crash is in doubt. */
-    if (sync_parent_dir(path) != 0)
-        return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
-                        strerror(errno));
-    return ISL_OK;
+    return st;
 }
 
 isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user)

@@ -4,10 +4,10 @@
 #include "model.h"
 #include "input.h"
 #include "stats.h"
+#include "threads.h"
 
 #include <float.h>
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -187,21 +187,6 @@ isl_status isl_predict_options_set_flip_average(isl_predict_options *o, int enab
 /* Shared helpers                                                                       */
 /* ------------------------------------------------------------------------------------ */
 
-/* Runs with the requested thread count on the calling thread, then restores it. */
-typedef struct thread_scope {
-    int saved;
-} thread_scope;
-
-static thread_scope threads_begin(const isl_predict_options *o)
-{
-    thread_scope t = {omp_get_max_threads()};
-    if (o->threads > 0)
-        omp_set_num_threads(o->threads);
-    return t;
-}
-
-static void threads_end(thread_scope t) { omp_set_num_threads(t.saved); }
-
 /* Head h's output for the whole tile, [out_ch, out_h, out_w], from the plan's row chunks. */
 static isl_status run_whole_head(isl_exec *exec, const isl_plan *plan, int h, int probabilities,
                                  int out_ch, int out_h, int out_w, float *out)
@@ -336,7 +321,7 @@ isl_status isl_predict_tile(const isl_model *m, const isl_predict_options *o, co
     }
     /* Views run one after another, so averaging needs no more working memory. */
     const int probabilities = e.views > 1 || o->probabilities;
-    thread_scope ts = threads_begin(o);
+    int saved_threads = isl_threads_begin(o->threads);
     isl_status s = ISL_OK;
     for (int v = 0; s == ISL_OK && v < e.views; v++) {
         const int k = v / e.flips, flip = v % e.flips;
@@ -360,7 +345,7 @@ isl_status isl_predict_tile(const isl_model *m, const isl_predict_options *o, co
     for (int i = 0; s == ISL_OK && e.views > 1 && i < count; i++)
         finish_mean(outputs[requested[i]], (size_t)m->params.heads[requested[i]].out_ch * out_px,
                     e.views, !o->probabilities);
-    threads_end(ts);
+    isl_threads_end(saved_threads);
     free(scratch);
     return s;
 }
@@ -654,7 +639,7 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
     band b;
     view_exec x[ISL_MAX_ENSEMBLE * ISL_FLIP_COUNT];
     memset(x, 0, sizeof(x));
-    thread_scope ts = threads_begin(o);
+    int saved_threads = isl_threads_begin(o->threads);
     memset(&b, 0, sizeof(b));
     isl_status s = isl_input_transform_init(m->params.input_normalization, in, &t);
     for (int v = 0; s == ISL_OK && v < e.views; v++)
@@ -706,7 +691,7 @@ isl_status isl_predict_image_rows(const isl_model *m, const isl_predict_options 
         }
     }
     release_views(&e, x);
-    threads_end(ts);
+    isl_threads_end(saved_threads);
     free_band(&b, &sel);
     isl_input_transform_free(&t);
     return s;

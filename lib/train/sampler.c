@@ -10,6 +10,7 @@
 #include "error.h"
 #include "params.h"
 #include "input.h"
+#include "rng.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -394,18 +395,10 @@ isl_status isl_sampler_hold_out(isl_sampler *s, const isl_region *r)
 /* Drawing                                                                             */
 /* ---------------------------------------------------------------------------------- */
 
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
-
 /* Uniform in [0, n) (multiply-shift; the bias is below 2^-40 for any n used here). */
 static int64_t below(uint64_t *state, int64_t n)
 {
-    return (int64_t)(((unsigned __int128)splitmix64(state) * (uint64_t)n) >> 64);
+    return (int64_t)(((unsigned __int128)isl_splitmix64(state) * (uint64_t)n) >> 64);
 }
 
 /* The first i with start[i + 1] > k, for a non-decreasing start[0..n]. */
@@ -524,7 +517,7 @@ isl_status isl_sampler_draw(const isl_sampler *s, uint64_t seed, int batch_size,
     const int crop = s->crop, out = s->out;
     const size_t crop_plane = (size_t)crop * crop, out_plane = (size_t)out * out;
     uint64_t state = seed;
-    state = splitmix64(&state); /* nearby seeds start far apart in the sequence */
+    state = isl_splitmix64(&state); /* nearby seeds start far apart in the sequence */
     for (int b = 0; b < batch_size; b++) {
         /* Three values per crop, whatever the options: the same seed draws the same
          * wells and positions with and without augmentation. */
@@ -532,7 +525,7 @@ isl_status isl_sampler_draw(const isl_sampler *s, uint64_t seed, int batch_size,
         const sampler_well *w = &s->wells[well];
         int oy, ox;
         window_at(w, below(&state, w->index.windows), &oy, &ox);
-        uint64_t r = splitmix64(&state);
+        uint64_t r = isl_splitmix64(&state);
         int t = s->augment ? (int)(r & 7) : 0;
 
         const int pw = w->width + 2 * ISL_INPUT_PAD;

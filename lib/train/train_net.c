@@ -2,7 +2,6 @@
 #include "dnnl_md.h"
 
 #include "error.h"
-#include "layout.h" /* ISL_BN_EPSILON */
 #include "train_kernels.h"
 
 #include <math.h>
@@ -102,7 +101,6 @@ struct isl_train_net {
     int num_prims, cap_prims;
     dnnl_memory_t *mems;
     int num_mems, cap_mems;
-    size_t bytes;
 };
 
 /* ------------------------------------------------------------------------------------ */
@@ -139,7 +137,6 @@ static isl_status alloc_floats(isl_train_net *n, size_t count, float **out)
                         bytes >> 20);
     memset(p, 0, bytes ? bytes : 64);
     n->allocs[n->num_allocs++] = p;
-    n->bytes += bytes;
     *out = p;
     return ISL_OK;
 }
@@ -169,8 +166,6 @@ static isl_status make_mem(isl_train_net *n, const dnnl_memory_desc_t *md, void 
         return oom();
     DNNL_TRY(dnnl_memory_create(out, md, n->engine, ptr), "memory creation");
     n->mems[n->num_mems++] = *out;
-    if (ptr == DNNL_MEMORY_ALLOCATE)
-        n->bytes += dnnl_memory_desc_get_size(md);
     return ISL_OK;
 }
 
@@ -846,7 +841,6 @@ isl_status isl_train_net_create(isl_params *params, isl_params *grad, dnnl_engin
 int isl_train_net_batch(const isl_train_net *n) { return n->batch; }
 int isl_train_net_height(const isl_train_net *n) { return n->in_h; }
 int isl_train_net_width(const isl_train_net *n) { return n->in_w; }
-size_t isl_train_net_bytes(const isl_train_net *n) { return n->bytes; }
 float *isl_train_net_input(isl_train_net *n) { return n->input; }
 const float *isl_train_net_input_grad(const isl_train_net *n) { return n->dinput; }
 
@@ -923,14 +917,11 @@ static void update_running(const isl_train_net *n, isl_bn_params *bn, double mom
     }
 }
 
-/* Folds the stored population statistics exactly as prediction does (lib/engine/layout.c). */
+/* Folds the stored population statistics exactly as prediction does (isl_bn_fold). */
 static void fold_stored(isl_train_net *n, const isl_bn_params *bn)
 {
-    for (int c = 0; c < bn->channels; c++) {
-        double scale = bn->gamma[c] / sqrt((double)bn->var[c] + ISL_BN_EPSILON);
-        n->wf_scale[c] = (float)scale;
-        n->wf_shift[c] = (float)(bn->beta[c] - bn->mean[c] * scale);
-    }
+    for (int c = 0; c < bn->channels; c++)
+        isl_bn_fold(bn, c, &n->wf_scale[c], &n->wf_shift[c]);
 }
 
 static double values_per_channel(const isl_tt *t) { return (double)t->n * t->h * t->w; }

@@ -38,8 +38,6 @@ void isl_train_net_free(isl_train_net *net);
 int isl_train_net_batch(const isl_train_net *net);
 int isl_train_net_height(const isl_train_net *net);
 int isl_train_net_width(const isl_train_net *net);
-/* Bytes of working memory the net holds. */
-size_t isl_train_net_bytes(const isl_train_net *net);
 
 /* Reorders params' weights into the primitives' formats; call after changing them. */
 isl_status isl_train_net_load_weights(isl_train_net *net);

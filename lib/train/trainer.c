@@ -5,10 +5,11 @@
 #include "loss.h"
 #include "model.h"
 #include "model_io.h"
+#include "rng.h"
+#include "threads.h"
 #include "train_net.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +32,7 @@ struct isl_train_options {
 static const isl_train_options default_options = {
     .adam = {1e-4, 1e-5, 0, 0.9, 0.999, 1e-8},
     .label_weight = 0.5,
-    .bn_decay = 0.999,
+    .bn_decay = 0.99, /* the paper's 0.999 needs far longer runs (docs/training.md) */
     .threads = 0,
     .seed = 0,
     .freeze_trunk = 0,
@@ -408,10 +409,7 @@ uint64_t isl_trainer_random(isl_trainer *t)
 {
     if (!t)
         return 0;
-    uint64_t z = (t->rng += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
+    return isl_splitmix64(&t->rng);
 }
 
 isl_status isl_trainer_model(const isl_trainer *t, isl_model **out)
@@ -461,15 +459,6 @@ int64_t isl_trainer_average_count(const isl_trainer *t) { return t ? t->avg_coun
 /* ------------------------------------------------------------------------------------ */
 /* Steps                                                                                */
 /* ------------------------------------------------------------------------------------ */
-
-/* Runs with the requested thread count on the calling thread, then restores it. */
-static int threads_begin(const isl_trainer *t)
-{
-    int saved = omp_get_max_threads();
-    if (t->opts.threads > 0)
-        omp_set_num_threads(t->opts.threads);
-    return saved;
-}
 
 static isl_status check_batch(const isl_trainer *t, const isl_train_batch *b)
 {
@@ -600,9 +589,9 @@ isl_status isl_train_step(isl_trainer *t, const isl_train_batch *b, float *losse
 {
     if (!t)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_train_step: trainer is NULL");
-    int saved = threads_begin(t);
+    int saved = isl_threads_begin(t->opts.threads);
     isl_status s = step(t, b, losses_out);
-    omp_set_num_threads(saved);
+    isl_threads_end(saved);
     return s;
 }
 
@@ -623,9 +612,9 @@ isl_status isl_trainer_estimate_bn(isl_trainer *t, const isl_train_batch *b, int
     if (!t || index < 0)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_estimate_bn: %s",
                         t ? "negative index" : "trainer is NULL");
-    int saved = threads_begin(t);
+    int saved = isl_threads_begin(t->opts.threads);
     isl_status s = estimate(t, b, index);
-    omp_set_num_threads(saved);
+    isl_threads_end(saved);
     return s;
 }
 

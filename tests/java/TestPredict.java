@@ -15,7 +15,7 @@ import org.isl.Model;
 import org.isl.Status;
 
 /**
- * Tests of the Java bindings (run by tests/python/test_bindings.py::test_java_bindings).
+ * Tests of the Java bindings (run by tests/python/bindings/test_bindings.py::test_java_bindings).
  *
  * <pre>
  * java -cp isl.jar:CLASSES -Djava.library.path=build/bindings/java TestPredict \

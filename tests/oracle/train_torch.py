@@ -2,7 +2,7 @@
 """Training-mode oracle: the network of isl_torch.py with batch statistics and the spec's
 training loss, differentiated by PyTorch autograd (docs/training.md).
 
-Used ONLY as a test oracle for isl's training engine (tests/python/test_train_oracle.py).
+Used ONLY as a test oracle for isl's training engine (tests/python/cli/test_train_oracle.py).
 
 API:
   train_losses(model, inputs, targets, masks, label_weight=0.5, dtype=torch.float64)

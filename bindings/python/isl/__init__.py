@@ -68,12 +68,12 @@ __version__: str = _capi.isl_version_string()
 STATS: Tuple[str, ...] = tuple(_capi.isl_stat_name(i) for i in range(_capi.ISL_STAT_COUNT))
 
 #: Name of the autoencoder head (it predicts the input stack itself).
-AUTOENCODER = "autoencoder"
+AUTOENCODER: str = _capi.ISL_AUTOENCODER_NAME
 
 #: A tile of side n (250 + 16 m) predicts n - TILE_CONTEXT output pixels per side.
-TILE_CONTEXT = 242
+TILE_CONTEXT: int = _capi.ISL_TILE_CONTEXT
 
-_NUM_CLASSES = 256
+_NUM_CLASSES = _capi.ISL_NUM_CLASSES
 _PRECISIONS = {"fp32": _capi.ISL_PRECISION_FP32, "bf16": _capi.ISL_PRECISION_BF16}
 
 #: Plane means (in [0, 1]) outside this range warn for models without input normalization.
@@ -614,14 +614,17 @@ class Model(_Closable):
         return result
 
 
-def _train_options(learning_rate: float, label_weight: float, seed: int,
+def _train_options(learning_rate: Optional[float], label_weight: Optional[float], seed: int,
                    bn_decay: Optional[float], rate_drop: Optional[Tuple[int, float]],
                    adam: Optional[Tuple[float, float, float]], threads: int,
                    freeze_trunk: bool, freeze_bn: bool, average_from: int):
     options = _capi.isl_train_options_create()
     try:
-        _capi.isl_train_options_set_learning_rate(options, float(learning_rate))
-        _capi.isl_train_options_set_label_weight(options, float(label_weight))
+        # Only what the caller set: the defaults live in the library.
+        if learning_rate is not None:
+            _capi.isl_train_options_set_learning_rate(options, float(learning_rate))
+        if label_weight is not None:
+            _capi.isl_train_options_set_label_weight(options, float(label_weight))
         _capi.isl_train_options_set_seed(options, int(seed))
         _capi.isl_train_options_set_freeze_trunk(options, 1 if freeze_trunk else 0)
         _capi.isl_train_options_set_freeze_bn(options, 1 if freeze_bn else 0)
@@ -652,11 +655,12 @@ class Trainer(_Closable):
 
     Options (all keyword arguments of the constructor and :meth:`load`; not stored in
     checkpoints):
-        learning_rate: Adam learning rate (1e-4).
-        label_weight: weight w of the loss ``w * label + (1 - w) * autoencoder`` (0.5);
+        learning_rate: Adam learning rate (None: the library's 1e-4).
+        label_weight: weight w of the loss ``w * label + (1 - w) * autoencoder`` (None:
+            the library's 0.5);
             1 trains without the autoencoder head (models without one need 1).
         seed: seed of the trainer's random generator (:meth:`random`).
-        bn_decay: decay of the batch-norm moving averages (None: the library's 0.999).
+        bn_decay: decay of the batch-norm moving averages (None: the library's 0.99).
         rate_drop: ``(step, rate)``: from 1-based ``step`` on, use learning rate ``rate``.
         adam: ``(beta1, beta2, epsilon)`` (None: 0.9, 0.999, 1e-8).
         threads: threads of the training work (0 = all cores).
@@ -671,7 +675,8 @@ class Trainer(_Closable):
             weights (:meth:`average_model`; 0 = never). Meant with ``freeze_bn``.
     """
 
-    def __init__(self, model: Model, *, learning_rate: float = 1e-4, label_weight: float = 0.5,
+    def __init__(self, model: Model, *, learning_rate: Optional[float] = None,
+                 label_weight: Optional[float] = None,
                  seed: int = 0, bn_decay: Optional[float] = None,
                  rate_drop: Optional[Tuple[int, float]] = None,
                  adam: Optional[Tuple[float, float, float]] = None, threads: int = 0,

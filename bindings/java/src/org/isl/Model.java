@@ -36,10 +36,10 @@ import java.util.concurrent.locks.ReentrantReadWriteLock;
  */
 public final class Model implements AutoCloseable {
   /** Name of the autoencoder head (it predicts the input stack itself). */
-  public static final String AUTOENCODER = "autoencoder";
+  public static final String AUTOENCODER = IslNativeConstants.ISL_AUTOENCODER_NAME;
 
   /** A tile of side n (250 + 16 m) predicts n - TILE_CONTEXT output pixels per side. */
-  public static final int TILE_CONTEXT = 242;
+  public static final int TILE_CONTEXT = IslNativeConstants.ISL_TILE_CONTEXT;
 
   private static final int STAT_COUNT = isl_stat.ISL_STAT_COUNT.swigValue();
 
@@ -481,7 +481,7 @@ public final class Model implements AutoCloseable {
     for (int head : headIds)
       for (int s : statIds) {
         offsets[head * STAT_COUNT + s] = (int) total;
-        total += channels[head] / 256 * pixels;
+        total += channels[head] / IslNativeConstants.ISL_NUM_CLASSES * pixels;
         if (total > Integer.MAX_VALUE / 2)
           throw new IslException(Status.SHAPE, "the outputs exceed 4 GiB: predict a smaller region");
       }
@@ -516,7 +516,7 @@ public final class Model implements AutoCloseable {
     for (int head : headIds) {
       Map<String, float[]> byStat = new LinkedHashMap<>();
       for (int s : statIds) {
-        float[] image = new float[(int) (channels[head] / 256 * pixels)];
+        float[] image = new float[(int) (channels[head] / IslNativeConstants.ISL_NUM_CLASSES * pixels)];
         out.position(offsets[head * STAT_COUNT + s]);
         out.get(image);
         byStat.put(STATS.get(s), image);

@@ -1,8 +1,8 @@
 """Tests of the Python and Java bindings, the examples and the binding docs.
 
-    cd /work/main && /usr/bin/python3 -m pytest -q tests/python/test_bindings.py
+    /usr/bin/python3 -m pytest -q tests/python/bindings/test_bindings.py
 
-ISL_BUILD_DIR selects the build (default <source>/build); see conftest_bindings.py.
+ISL_BUILD_DIR selects the build (default <source>/build); see conftest.py.
 """
 import gc
 import os
@@ -18,7 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest_bindings import (  # noqa: F401  (fixtures)
+from .conftest import (  # noqa: F401  (fixtures)
     BUILD_DIR,
     EXAMPLES_BUILD_DIR,
     LABEL_HEADS,

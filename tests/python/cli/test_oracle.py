@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "oracle"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "oracle"))
 torch = pytest.importorskip("torch")
 import isl_torch  # noqa: E402
 

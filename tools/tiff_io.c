@@ -1,14 +1,16 @@
 /* Reading transmitted-light stacks and writing float32 (or 8-bit RGB) images with
  * libtiff (>= 4.5).
  *
+ * Part of the command-line program, not of libisl (as zstd keeps file I/O in programs/).
  * libtiff's messages are captured per open file (TIFFOpenOptions handlers with a
- * per-call log) and folded into the isl error message; nothing is printed. Writes go to
- * a temporary file beside the target that is renamed over it only once complete. */
+ * per-call log) and folded into this module's error message (isl_tiff_last_error);
+ * nothing is printed. Writes go to a temporary file beside the target that is renamed
+ * over it only once complete. */
 #define _POSIX_C_SOURCE 200809L
 
 #include "tiff_io.h"
 
-#include "error.h"
+#include "atomic_file.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -20,7 +22,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <tiffio.h>
@@ -35,6 +36,34 @@
 
 /* Target size of one written strip. */
 #define STRIP_BYTES 65536
+
+/* ---------------------------------------------------------------------------------- */
+/* Error messages                                                                      */
+/* ---------------------------------------------------------------------------------- */
+
+static _Thread_local char last_error[1024];
+
+const char *isl_tiff_last_error(void) { return last_error; }
+
+/* Records a formatted message for the calling thread and returns status. */
+static isl_status tiff_fail(isl_status status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static isl_status tiff_fail(isl_status status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof(last_error), fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+#define TIFF_CHECK(expr)                      \
+    do {                                      \
+        isl_status tiff_check_s_ = (expr);    \
+        if (tiff_check_s_ != ISL_OK)          \
+            return tiff_check_s_;             \
+    } while (0)
 
 /* ---------------------------------------------------------------------------------- */
 /* Capturing libtiff messages                                                          */
@@ -77,7 +106,7 @@ static int on_tiff_warning(TIFF *tif, void *user_data, const char *module, const
     return 1;
 }
 
-/* isl_fail with libtiff's own message, if it gave one, appended as " (libtiff: ...)". */
+/* tiff_fail with libtiff's own message, if it gave one, appended as " (libtiff: ...)". */
 static isl_status fail_tiff(isl_status status, const tiff_log *log, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -89,8 +118,8 @@ static isl_status fail_tiff(isl_status status, const tiff_log *log, const char *
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     if (log->errors > 0 && log->text[0])
-        return isl_fail(status, "%s (libtiff: %s)", msg, log->text);
-    return isl_fail(status, "%s", msg);
+        return tiff_fail(status, "%s (libtiff: %s)", msg, log->text);
+    return tiff_fail(status, "%s", msg);
 }
 
 /* Opens fd with libtiff, routing its messages into log. Does not take fd on failure. */
@@ -143,7 +172,7 @@ static isl_status sample_dtype(const char *path, int page, uint16_t bits, uint16
                        : format == SAMPLEFORMAT_IEEEFP ? "floating-point"
                        : format == SAMPLEFORMAT_VOID   ? "untyped"
                                                        : "complex or unknown";
-    return isl_fail(ISL_ERROR_UNSUPPORTED,
+    return tiff_fail(ISL_ERROR_UNSUPPORTED,
                     "%s: page %d has %u-bit %s samples; supported are 8/16-bit unsigned "
                     "integers and 32-bit floats",
                     path, page, bits, kind);
@@ -158,7 +187,7 @@ static isl_status page_info_read(TIFF *tif, const char *path, int page, page_inf
 
     if (!TIFFGetField(tif, TIFFTAG_IMAGEWIDTH, &width) ||
         !TIFFGetField(tif, TIFFTAG_IMAGELENGTH, &height) || width == 0 || height == 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: page %d has no valid image size", path, page);
+        return tiff_fail(ISL_ERROR_FORMAT, "%s: page %d has no valid image size", path, page);
     TIFFGetFieldDefaulted(tif, TIFFTAG_SAMPLESPERPIXEL, &spp);
     TIFFGetFieldDefaulted(tif, TIFFTAG_BITSPERSAMPLE, &bits);
     TIFFGetFieldDefaulted(tif, TIFFTAG_SAMPLEFORMAT, &format);
@@ -166,26 +195,26 @@ static isl_status page_info_read(TIFF *tif, const char *path, int page, page_inf
     TIFFGetField(tif, TIFFTAG_PHOTOMETRIC, &photometric); /* absent: grey assumed */
 
     if (spp != 1)
-        return isl_fail(ISL_ERROR_UNSUPPORTED,
+        return tiff_fail(ISL_ERROR_UNSUPPORTED,
                         "%s: page %d has %u samples per pixel; only single-channel (grey) "
                         "images are supported",
                         path, page, spp);
     if (photometric != PHOTOMETRIC_MINISBLACK)
-        return isl_fail(ISL_ERROR_UNSUPPORTED,
+        return tiff_fail(ISL_ERROR_UNSUPPORTED,
                         "%s: page %d has photometric interpretation %u%s; only min-is-black "
                         "grey images are supported",
                         path, page, photometric,
                         photometric == PHOTOMETRIC_PALETTE     ? " (palette)"
                         : photometric == PHOTOMETRIC_MINISWHITE ? " (min-is-white)"
                                                                 : "");
-    ISL_CHECK(sample_dtype(path, page, bits, format, &pi->dtype));
+    TIFF_CHECK(sample_dtype(path, page, bits, format, &pi->dtype));
     if (!TIFFIsCODECConfigured(compression))
-        return isl_fail(ISL_ERROR_UNSUPPORTED,
+        return tiff_fail(ISL_ERROR_UNSUPPORTED,
                         "%s: page %d uses compression scheme %u, which this libtiff cannot "
                         "decode",
                         path, page, compression);
     if ((uint64_t)width * height > MAX_PAGE_SAMPLES || width > INT_MAX || height > INT_MAX)
-        return isl_fail(ISL_ERROR_UNSUPPORTED,
+        return tiff_fail(ISL_ERROR_UNSUPPORTED,
                         "%s: page %d is %" PRIu32 "x%" PRIu32 " pixels, more than the "
                         "supported 2^31 pixels per page",
                         path, page, width, height);
@@ -206,7 +235,7 @@ static isl_status page_read_strips(TIFF *tif, tiff_log *log, const char *path, i
     uint32_t strips = TIFFNumberOfStrips(tif);
     uint32_t needed = (pi->height - 1) / rps + 1;
     if (strips < needed)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: page %d has %" PRIu32 " strips, expected %" PRIu32,
+        return tiff_fail(ISL_ERROR_FORMAT, "%s: page %d has %" PRIu32 " strips, expected %" PRIu32,
                         path, page, strips, needed);
 
     for (uint32_t s = 0; s < needed; s++) {
@@ -232,14 +261,14 @@ static isl_status page_read_tiles(TIFF *tif, tiff_log *log, const char *path, in
     uint32_t tw = 0, th = 0;
     if (!TIFFGetField(tif, TIFFTAG_TILEWIDTH, &tw) || !TIFFGetField(tif, TIFFTAG_TILELENGTH, &th) ||
         tw == 0 || th == 0 || (uint64_t)tw * th > MAX_PAGE_SAMPLES)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: page %d has an invalid tile size", path, page);
+        return tiff_fail(ISL_ERROR_FORMAT, "%s: page %d has an invalid tile size", path, page);
     tmsize_t tile_bytes = (tmsize_t)((uint64_t)tw * th * sample);
     if (TIFFTileSize(tif) != tile_bytes)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: page %d has an inconsistent tile layout", path,
+        return tiff_fail(ISL_ERROR_FORMAT, "%s: page %d has an inconsistent tile layout", path,
                         page);
     uint8_t *buf = malloc((size_t)tile_bytes);
     if (!buf)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: page %d: cannot allocate a %" PRIu32
+        return tiff_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: page %d: cannot allocate a %" PRIu32
                         "x%" PRIu32 " tile", path, page, tw, th);
 
     isl_status status = ISL_OK;
@@ -296,18 +325,18 @@ static isl_status reader_open(const char *path, tiff_log *log, TIFF **out)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return isl_fail(ISL_ERROR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return tiff_fail(ISL_ERROR_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     int err = fstat(fd, &st) != 0 ? errno : S_ISDIR(st.st_mode) ? EISDIR : 0;
     if (err) {
         close(fd);
-        return isl_fail(ISL_ERROR_IO, "%s: cannot read: %s", path, strerror(err));
+        return tiff_fail(ISL_ERROR_IO, "%s: cannot read: %s", path, strerror(err));
     }
     /* "m": no memory mapping, so a file shrinking under us is a read error, not SIGBUS. */
     TIFF *tif = tiff_fdopen(fd, path, "rm", log);
     if (!tif) {
         isl_status s = log->errors ? open_failure(fd, path, log)
-                                   : isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: cannot open with "
+                                   : tiff_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: cannot open with "
                                               "libtiff (out of memory?)", path);
         close(fd);
         return s;
@@ -328,7 +357,7 @@ static isl_status count_pages(TIFF *tif, tiff_log *log, const char *path, int *o
                          "corrupt",
                          path, (unsigned)n + 1);
     if (n == 0 || n > INT_MAX)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: invalid number of pages (%u)", path, (unsigned)n);
+        return tiff_fail(ISL_ERROR_FORMAT, "%s: invalid number of pages (%u)", path, (unsigned)n);
     *out = (int)n;
     return ISL_OK;
 }
@@ -337,11 +366,11 @@ static isl_status check_same_layout(const char *path, int page, const page_info 
                                     const page_info *first)
 {
     if (pi->width != first->width || pi->height != first->height)
-        return isl_fail(ISL_ERROR_SHAPE, "%s: page %d is %" PRIu32 "x%" PRIu32
+        return tiff_fail(ISL_ERROR_SHAPE, "%s: page %d is %" PRIu32 "x%" PRIu32
                         " but page 1 is %" PRIu32 "x%" PRIu32 " (width x height)",
                         path, page, pi->width, pi->height, first->width, first->height);
     if (pi->dtype != first->dtype)
-        return isl_fail(ISL_ERROR_SHAPE, "%s: page %d holds %s samples but page 1 holds %s",
+        return tiff_fail(ISL_ERROR_SHAPE, "%s: page %d holds %s samples but page 1 holds %s",
                         path, page, dtype_name(pi->dtype), dtype_name(first->dtype));
     return ISL_OK;
 }
@@ -351,12 +380,12 @@ static isl_status stack_alloc(const char *path, int pages, const page_info *pi, 
 {
     uint64_t plane = (uint64_t)pi->width * pi->height * dtype_size(pi->dtype);
     if ((uint64_t)pages > SIZE_MAX / plane)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %d pages of %" PRIu32 "x%" PRIu32
+        return tiff_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %d pages of %" PRIu32 "x%" PRIu32
                         " do not fit in memory", path, pages, pi->width, pi->height);
     size_t bytes = (size_t)pages * (size_t)plane;
     *out = malloc(bytes);
     if (!*out)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes for %d pages "
+        return tiff_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes for %d pages "
                         "of %" PRIu32 "x%" PRIu32, path, bytes, pages, pi->width, pi->height);
     return ISL_OK;
 }
@@ -365,9 +394,9 @@ static isl_status read_pages(TIFF *tif, tiff_log *log, const char *path, int exp
                              isl_tiff_stack *out)
 {
     int pages = 0;
-    ISL_CHECK(count_pages(tif, log, path, &pages));
+    TIFF_CHECK(count_pages(tif, log, path, &pages));
     if (expect_pages > 0 && pages != expect_pages)
-        return isl_fail(ISL_ERROR_SHAPE, "%s: has %d page%s, expected %d", path, pages,
+        return tiff_fail(ISL_ERROR_SHAPE, "%s: has %d page%s, expected %d", path, pages,
                         pages == 1 ? "" : "s", expect_pages);
 
     page_info first = {0};
@@ -380,15 +409,15 @@ static isl_status read_pages(TIFF *tif, tiff_log *log, const char *path, int exp
                              "or corrupt",
                              path, i + 1);
         page_info pi = {0};
-        ISL_CHECK(page_info_read(tif, path, i + 1, &pi));
+        TIFF_CHECK(page_info_read(tif, path, i + 1, &pi));
         if (i == 0) {
             first = pi;
             plane = (size_t)pi.width * pi.height * dtype_size(pi.dtype);
-            ISL_CHECK(stack_alloc(path, pages, &pi, &out->data));
+            TIFF_CHECK(stack_alloc(path, pages, &pi, &out->data));
         } else {
-            ISL_CHECK(check_same_layout(path, i + 1, &pi, &first));
+            TIFF_CHECK(check_same_layout(path, i + 1, &pi, &first));
         }
-        ISL_CHECK(page_read(tif, log, path, i + 1, &pi, (uint8_t *)out->data + i * plane));
+        TIFF_CHECK(page_read(tif, log, path, i + 1, &pi, (uint8_t *)out->data + i * plane));
     }
     out->dtype = first.dtype;
     out->num_z = pages;
@@ -400,18 +429,18 @@ static isl_status read_pages(TIFF *tif, tiff_log *log, const char *path, int exp
 isl_status isl_tiff_read_stack(const char *path, int expect_pages, isl_tiff_stack *out)
 {
     if (!out)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_read_stack: out is NULL");
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_read_stack: out is NULL");
     memset(out, 0, sizeof(*out));
     if (!path)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_read_stack: path is NULL");
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_read_stack: path is NULL");
     if (expect_pages < 0)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: invalid expected page count %d",
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: invalid expected page count %d",
                         path, expect_pages);
 
     tiff_log log;
     tiff_log_reset(&log);
     TIFF *tif = NULL;
-    ISL_CHECK(reader_open(path, &log, &tif));
+    TIFF_CHECK(reader_open(path, &log, &tif));
     isl_status status = read_pages(tif, &log, path, expect_pages, out);
     TIFFClose(tif);
     if (status != ISL_OK)
@@ -433,8 +462,8 @@ void isl_tiff_stack_free(isl_tiff_stack *s)
 
 struct isl_tiff_writer {
     TIFF *tif;
-    int fd;               /* our descriptor of the temp file (libtiff owns a dup of it) */
-    char *path, *tmp_path;
+    isl_atomic_file out;  /* the temp file; libtiff owns a dup of its descriptor */
+    char *path;
     tiff_log log;
     int pages, height, width;
     int rgb8;             /* 8-bit RGB pixels instead of one float32 sample */
@@ -445,51 +474,6 @@ struct isl_tiff_writer {
     uint32_t strip_rows;
     isl_status failed;    /* first I/O failure; the writer is then unusable */
 };
-
-static uint64_t splitmix64(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15u;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9u;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebu;
-    return x ^ (x >> 31);
-}
-
-/* Creates path.tmp.XXXXXX exclusively. Unlike mkstemp the mode is 0666, so the process
- * umask applies and the renamed file gets the usual permissions. */
-static isl_status create_temp(const char *path, char **tmp_out, int *fd_out)
-{
-    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    size_t len = strlen(path);
-    char *tmp = malloc(len + sizeof(".tmp.XXXXXX"));
-    if (!tmp)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t seed = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^
-                    ((uint64_t)getpid() << 16) ^ (uint64_t)(uintptr_t)&ts;
-    for (int attempt = 0; attempt < 100; attempt++) {
-        uint64_t r = splitmix64(seed + (uint64_t)attempt);
-        memcpy(tmp, path, len);
-        memcpy(tmp + len, ".tmp.", 5);
-        for (int i = 0; i < 6; i++, r /= 62)
-            tmp[len + 5 + i] = alphabet[r % 62];
-        tmp[len + 11] = '\0';
-        int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd >= 0) {
-            *tmp_out = tmp;
-            *fd_out = fd;
-            return ISL_OK;
-        }
-        if (errno != EEXIST) {
-            isl_status s = isl_fail(ISL_ERROR_IO, "%s: cannot create temporary file %s: %s",
-                                    path, tmp, strerror(errno));
-            free(tmp);
-            return s;
-        }
-    }
-    free(tmp);
-    return isl_fail(ISL_ERROR_IO, "%s: cannot create a unique temporary file", path);
-}
 
 /* Sets the tags of the page about to be written. */
 static isl_status writer_begin_page(isl_tiff_writer *w)
@@ -553,13 +537,13 @@ static isl_status writer_open(const char *path, int pages, int height, int width
                               isl_tiff_writer **out)
 {
     if (!out)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_open: out is NULL");
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_open: out is NULL");
     *out = NULL;
     if (!path || !path[0])
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_open: empty path");
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_open: empty path");
     if (pages < 1 || height < 1 || width < 1 ||
         (uint64_t)height * (uint64_t)width > MAX_PAGE_SAMPLES)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT,
                         "%s: cannot write %d pages of %dx%d (need at least one page and at "
                         "most 2^31 pixels per page)",
                         path, pages, width, height);
@@ -570,10 +554,10 @@ static isl_status writer_open(const char *path, int pages, int height, int width
         w->path = malloc(len);
     if (!w || !w->path) {
         free(w);
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+        return tiff_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
     }
     memcpy(w->path, path, len);
-    w->fd = -1;
+    w->out.fd = -1;
     w->pages = pages;
     w->height = height;
     w->width = width;
@@ -588,19 +572,22 @@ static isl_status writer_open(const char *path, int pages, int height, int width
     isl_status status = ISL_OK;
     w->strip = malloc(w->rows_per_strip * row_bytes);
     if (!w->strip)
-        status = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+        status = tiff_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
     if (status == ISL_OK)
-        status = create_temp(path, &w->tmp_path, &w->fd);
+        status = isl_atomic_open(&w->out, path) == 0
+                     ? ISL_OK
+                     : tiff_fail(ISL_ERROR_IO, "%s: cannot create a temporary file beside it: %s",
+                                 path, strerror(errno));
 
     if (status == ISL_OK) {
         /* libtiff closes its descriptor in TIFFClose (which returns nothing); keeping our
          * own lets us fsync and check close(). */
-        int tiff_fd = fcntl(w->fd, F_DUPFD_CLOEXEC, 0);
+        int tiff_fd = fcntl(w->out.fd, F_DUPFD_CLOEXEC, 0);
         uint64_t data_bytes = (uint64_t)pages * (uint64_t)height * row_bytes;
         const char *mode = data_bytes > BIGTIFF_THRESHOLD ? "w8" : "w";
         if (tiff_fd < 0)
-            status = isl_fail(ISL_ERROR_IO, "%s: %s", w->tmp_path, strerror(errno));
-        else if (!(w->tif = tiff_fdopen(tiff_fd, w->tmp_path, mode, &w->log))) {
+            status = tiff_fail(ISL_ERROR_IO, "%s: %s", w->out.tmp, strerror(errno));
+        else if (!(w->tif = tiff_fdopen(tiff_fd, w->out.tmp, mode, &w->log))) {
             close(tiff_fd);
             status = fail_tiff(ISL_ERROR_IO, &w->log, "%s: cannot start the TIFF file", path);
         }
@@ -625,12 +612,12 @@ isl_status isl_tiff_writer_open(const char *path, int pages, int height, int wid
 static isl_status writer_append(isl_tiff_writer *w, const unsigned char *data, int rows)
 {
     if (!w)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_append: writer is NULL");
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_append: writer is NULL");
     if (w->failed != ISL_OK)
-        return isl_fail(w->failed, "%s: an earlier write failed", w->path);
+        return tiff_fail(w->failed, "%s: an earlier write failed", w->path);
     int64_t left = (int64_t)(w->pages - w->page) * w->height - w->row;
     if (rows < 0 || rows > left || (rows > 0 && !data))
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT,
                         "%s: cannot append %d rows (%lld of %d pages x %d rows remain)",
                         w->path, rows, (long long)left, w->pages, w->height);
 
@@ -648,7 +635,7 @@ static isl_status writer_append(isl_tiff_writer *w, const unsigned char *data, i
         w->strip_rows += n;
         w->row += (int)n;
         if (w->strip_rows == w->rows_per_strip || w->row == w->height)
-            ISL_CHECK(writer_flush_strip(w));
+            TIFF_CHECK(writer_flush_strip(w));
     }
     return ISL_OK;
 }
@@ -656,22 +643,6 @@ static isl_status writer_append(isl_tiff_writer *w, const unsigned char *data, i
 isl_status isl_tiff_writer_append(isl_tiff_writer *w, const float *data, int rows)
 {
     return writer_append(w, (const unsigned char *)data, rows);
-}
-
-/* fsync of the directory makes the rename durable; some file systems refuse it, which is
- * not worth failing a completed write for. */
-static void sync_parent_dir(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
-    if (!dir)
-        return;
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
 }
 
 /* Closes libtiff's handle and our descriptor, reporting any failure on the way. */
@@ -682,32 +653,28 @@ static isl_status writer_finish(isl_tiff_writer *w)
     w->tif = NULL;
     if (w->log.errors)
         return fail_tiff(ISL_ERROR_IO, &w->log, "%s: cannot finish the TIFF file", w->path);
-    if (fsync(w->fd) != 0)
-        return isl_fail(ISL_ERROR_IO, "%s: cannot sync %s: %s", w->path, w->tmp_path,
-                        strerror(errno));
-    int rc = close(w->fd);
-    w->fd = -1;
-    if (rc != 0)
-        return isl_fail(ISL_ERROR_IO, "%s: cannot close %s: %s", w->path, w->tmp_path,
-                        strerror(errno));
-    if (rename(w->tmp_path, w->path) != 0)
-        return isl_fail(ISL_ERROR_IO, "%s: cannot rename %s into place: %s", w->path,
-                        w->tmp_path, strerror(errno));
-    free(w->tmp_path); /* renamed: nothing left to remove */
-    w->tmp_path = NULL;
-    sync_parent_dir(w->path);
+    const char *step;
+    if (isl_atomic_commit(&w->out, w->path, &step) != 0) {
+        if (strcmp(step, "rename") == 0)
+            return tiff_fail(ISL_ERROR_IO, "%s: cannot rename %s into place: %s", w->path,
+                             w->out.tmp, strerror(errno));
+        return tiff_fail(ISL_ERROR_IO, "%s: cannot %s %s: %s", w->path, step, w->out.tmp,
+                         strerror(errno));
+    }
+    /* Durability of the rename across a crash; not worth failing a completed write. */
+    (void)isl_atomic_sync_dir(w->path);
     return ISL_OK;
 }
 
 isl_status isl_tiff_writer_close(isl_tiff_writer *w)
 {
     if (!w)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_close: writer is NULL");
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_writer_close: writer is NULL");
     isl_status status;
     if (w->failed != ISL_OK)
-        status = isl_fail(w->failed, "%s: an earlier write failed; file not written", w->path);
+        status = tiff_fail(w->failed, "%s: an earlier write failed; file not written", w->path);
     else if (w->page < w->pages)
-        status = isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+        status = tiff_fail(ISL_ERROR_INVALID_ARGUMENT,
                           "%s: closed after %lld of %lld rows; file not written", w->path,
                           (long long)w->page * w->height + w->row,
                           (long long)w->pages * w->height);
@@ -723,11 +690,7 @@ void isl_tiff_writer_discard(isl_tiff_writer *w)
         return;
     if (w->tif)
         TIFFClose(w->tif);
-    if (w->fd >= 0)
-        close(w->fd);
-    if (w->tmp_path)
-        unlink(w->tmp_path);
-    free(w->tmp_path);
+    isl_atomic_discard(&w->out); /* removes the temp file unless it was renamed */
     free(w->path);
     free(w->strip);
     free(w);
@@ -737,9 +700,9 @@ isl_status isl_tiff_write_float(const char *path, const float *data, int pages, 
                                 int width)
 {
     if (!data)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_write_float: data is NULL");
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_write_float: data is NULL");
     isl_tiff_writer *w;
-    ISL_CHECK(isl_tiff_writer_open(path, pages, height, width, &w));
+    TIFF_CHECK(isl_tiff_writer_open(path, pages, height, width, &w));
     /* Page by page keeps each count within int. */
     for (int p = 0; p < pages; p++) {
         isl_status s = isl_tiff_writer_append(w, data + (size_t)p * height * width, height);
@@ -754,9 +717,9 @@ isl_status isl_tiff_write_float(const char *path, const float *data, int pages, 
 isl_status isl_tiff_write_rgb8(const char *path, const uint8_t *rgb, int height, int width)
 {
     if (!rgb)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_write_rgb8: data is NULL");
+        return tiff_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_tiff_write_rgb8: data is NULL");
     isl_tiff_writer *w;
-    ISL_CHECK(writer_open(path, 1, height, width, 1, &w));
+    TIFF_CHECK(writer_open(path, 1, height, width, 1, &w));
     isl_status s = writer_append(w, rgb, height);
     if (s != ISL_OK) {
         isl_tiff_writer_discard(w);

@@ -1,7 +1,7 @@
 """End-to-end tests of `isl train` (tools/cmd_train.c): a short run, its outputs and log,
 validation, resume equivalence, interruption, transfer learning, and bad input.
 
-Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_train_cli.py -q
+Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/cli/test_train_cli.py -q
 """
 import csv
 import math
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from test_cli import assert_one_error_line
+from .test_cli import assert_one_error_line
 
 NZ, H, W = 3, 300, 300
 CROP = 266  # outputs 24 x 24

@@ -1,9 +1,10 @@
-"""Fixtures of the binding tests (test_bindings.py imports them; kept apart from conftest.py,
-which belongs to the CLI tests).
+"""Fixtures of the binding tests (tests/python/bindings; the CLI tests have their own
+conftest.py in tests/python/cli).
 
 Environment:
-    ISL_BUILD_DIR   meson build directory (default: <source>/build, i.e. /work/main/build)
-    ISL_GOLDEN_DIR  golden vectors (default: /work/shared/testdata/golden-base32); the tests
+    ISL_BUILD_DIR   meson build directory (default: <source>/build)
+    ISL_GOLDEN_DIR  golden vectors (default: $ISL_SHARED_DIR/testdata/golden-base32, where
+                    ISL_SHARED_DIR defaults to ../shared beside the repository); the tests
                     that need them are skipped when they are absent.
     ISL_TEST_THREADS  threads per prediction (default 1: on a shared, busy machine OpenMP
                     teams of several threads mostly wait for each other).
@@ -18,9 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SOURCE_DIR = Path(__file__).resolve().parents[2]
+SOURCE_DIR = Path(__file__).resolve().parents[3]
 BUILD_DIR = Path(os.environ.get("ISL_BUILD_DIR", str(SOURCE_DIR / "build"))).resolve()
-GOLDEN_DIR = Path(os.environ.get("ISL_GOLDEN_DIR", "/work/shared/testdata/golden-base32"))
+SHARED_DIR = Path(os.environ.get("ISL_SHARED_DIR", str(SOURCE_DIR.parent / "shared")))
+GOLDEN_DIR = Path(os.environ.get("ISL_GOLDEN_DIR", str(SHARED_DIR / "testdata" / "golden-base32")))
 PYTHON_PACKAGE_DIR = BUILD_DIR / "bindings" / "python"
 JAVA_DIR = BUILD_DIR / "bindings" / "java"
 EXAMPLES_BUILD_DIR = BUILD_DIR / "examples"

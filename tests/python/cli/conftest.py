@@ -2,7 +2,7 @@
 small models.
 
 Environment:
-  ISL_BUILD_DIR   meson build directory (default: <repository>/build, i.e. /work/main/build);
+  ISL_BUILD_DIR   meson build directory (default: <repository>/build);
                   the binary is $ISL_BUILD_DIR/tools/isl
   ISL_SHARED_DIR  shared data directory (default: ../shared relative to the repository root)
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 def _build_dir():

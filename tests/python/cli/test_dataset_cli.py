@@ -3,7 +3,7 @@
 The files are written with tifffile and the result is read back with h5py, independently
 of the library, against the layout of docs/training.md ("Dataset files").
 
-Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_dataset_cli.py -q
+Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/cli/test_dataset_cli.py -q
 """
 import os
 

@@ -1,4 +1,7 @@
-/* Reading transmitted-light stacks and writing float32 images with libtiff. */
+/* Reading transmitted-light stacks and writing float32 images with libtiff: the
+ * command-line program's file I/O (tools/tiff_io.c), not part of libisl's API. Functions
+ * return isl_status codes; the message of a failure is isl_tiff_last_error(), not
+ * isl_last_error(). */
 #ifndef ISL_TIFF_IO_H
 #define ISL_TIFF_IO_H
 
@@ -55,5 +58,8 @@ isl_status isl_tiff_writer_append(isl_tiff_writer *w, const float *data, int row
 isl_status isl_tiff_writer_close(isl_tiff_writer *w);
 /* Abandons the file: removes the temp file. NULL is a no-op. */
 void isl_tiff_writer_discard(isl_tiff_writer *w);
+
+/* The calling thread's message of the last failed isl_tiff_* call ("" if none). */
+const char *isl_tiff_last_error(void);
 
 #endif

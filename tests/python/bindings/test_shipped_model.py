@@ -3,7 +3,7 @@ heads, size, and its validation Pearson r on the held-out rows of the real well
 (../shared/data; skipped when absent), computed here with numpy from a prediction through
 the Python bindings (examples/validation_figure.py).
 
-Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_shipped_model.py -q
+Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/bindings/test_shipped_model.py -q
 """
 import os
 import pathlib
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest_bindings import SOURCE_DIR as REPO, islpy, run  # noqa: F401  (fixtures)
+from .conftest import SOURCE_DIR as REPO, islpy, run  # noqa: F401  (fixtures)
 
 MODEL = REPO / "examples" / "data" / "condition-b.h5"
 LABELS = ("dapi_confocal", "map2_confocal", "nfh_confocal")

@@ -1,6 +1,6 @@
 """End-to-end tests of the isl command-line tool (tools/): model init/info, predict, errors.
 
-Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_cli.py -q
+Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/cli/test_cli.py -q
 (about 20-35 s on 2 cores; the golden predictions take most of it).
 """
 import json
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest import HEADS, REPO_ROOT
+from .conftest import HEADS, REPO_ROOT
 
 STATS = ("median", "mean", "mode", "std", "entropy", "p_nonzero")
 # Small predictions run single-threaded: on a loaded machine (meson runs tests in
