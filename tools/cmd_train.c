@@ -36,6 +36,9 @@ static const char train_help[] =
     "  --no-augment             no random flips and 90-degree rotations\n"
     "  --contrast-jitter A      scale each crop's input contrast by a random factor in\n"
     "                           [e^-A, e^A] (default 0: off; give it again on --resume)\n"
+    "  --unlabelled-share F     draw a share F of the crops anywhere in the wells, labelled\n"
+    "                           or not, for the autoencoder (semi-supervised; needs a\n"
+    "                           --label-weight below 1; default 0; give it again on --resume)\n"
     "\n"
     "Optimization:\n"
     "  --steps N                total number of steps (required)\n"
@@ -66,7 +69,7 @@ static const char train_help[] =
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
        OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
-       OPT_THREADS, OPT_CONTRAST, OPT_VALIDATION_MARGIN,
+       OPT_THREADS, OPT_CONTRAST, OPT_VALIDATION_MARGIN, OPT_UNLABELLED,
        OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST };
 
 static const cli_option train_options[] = {
@@ -84,6 +87,7 @@ static const cli_option train_options[] = {
     {"checkpoint", 0, 1, OPT_CHECKPOINT},   {"checkpoint-every", 0, 1, OPT_CHECKPOINT_EVERY},
     {"log", 0, 1, OPT_LOG},                 {"best", 0, 1, OPT_BEST},
     {"contrast-jitter", 0, 1, OPT_CONTRAST}, {"validation-margin", 0, 1, OPT_VALIDATION_MARGIN},
+    {"unlabelled-share", 0, 1, OPT_UNLABELLED},
     {NULL, 0, 0, 0},
 };
 
@@ -95,7 +99,7 @@ typedef struct train_args {
     int num_validation, freeze_trunk, freeze_bn, augment;
     long long crop, batch, validate_every, validation_margin, steps, drop_step, bn_batches, average_from, threads,
         checkpoint_every;
-    double lr, drop_rate, label_weight, bn_decay, contrast;
+    double lr, drop_rate, label_weight, bn_decay, contrast, unlabelled;
     uint64_t seed;
 } train_args;
 
@@ -163,6 +167,7 @@ static int parse_option(train_args *a, int id, const char *v)
         {OPT_LABEL_WEIGHT, "--label-weight", 0, 1, &a->label_weight},
         {OPT_BN_DECAY, "--bn-decay", 0, 1, &a->bn_decay},
         {OPT_CONTRAST, "--contrast-jitter", 0, 1, &a->contrast},
+        {OPT_UNLABELLED, "--unlabelled-share", 0, 1, &a->unlabelled},
     };
     for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
         if (reals[i].id == id)
@@ -211,6 +216,9 @@ static int parse_train(int argc, char **argv, train_args *a)
     if (a->average_from && !a->freeze_bn)
         return cli_usage_error("--average-from needs --freeze-bn: averaged weights need the "
                                "statistics they are averaged under");
+    if (a->unlabelled > 0 && a->label_weight >= 1)
+        return cli_usage_error("--unlabelled-share trains the autoencoder on unlabelled crops: "
+                               "give a --label-weight below 1");
     if ((a->crop - 250) % 16 != 0)
         return cli_usage_error("--crop: %lld is not 250 + 16m (250, 266, ..., 378, ...)", a->crop);
     return CLI_EXIT_OK;
@@ -591,7 +599,8 @@ static int setup(run_state *r)
                                  "autoencoder alone with --label-weight 0");
     if ((s = isl_sampler_create(r->ds, r->init, (int)a->crop, &r->sampler)) != ISL_OK ||
         (s = isl_sampler_set_augment(r->sampler, a->augment)) != ISL_OK ||
-        (s = isl_sampler_set_contrast_jitter(r->sampler, a->contrast)) != ISL_OK)
+        (s = isl_sampler_set_contrast_jitter(r->sampler, a->contrast)) != ISL_OK ||
+        (s = isl_sampler_set_unlabelled_share(r->sampler, a->unlabelled)) != ISL_OK)
         return cli_library_error(s);
     for (int i = 0; i < r->num_regions; i++) {
         isl_region held = widen_region(r->ds, &r->regions[i], (int)a->validation_margin);
