@@ -10,6 +10,10 @@ and seed and then as mean and standard deviation over them:
 - whether the prediction's uncertainty marks its errors: Pearson r between the per-pixel
   absolute error |median - target| and the entropy of the predicted distribution.
 
+--compare MODEL also scores MODEL (e.g. a model trained on rows 0..767 of all labelled
+columns, as the bundled model was until 0.6) against the fold models on the pixels neither
+trained on: rows 768..1023 of each held-out strip.
+
 --png writes the out-of-fold picture: every strip predicted by the model that never
 trained near it, stitched beside the targets (composite DAPI blue, MAP2 green, NFH red),
 the honest view of what the recipe does on unseen parts of the field.
@@ -55,12 +59,12 @@ def painted_background(pred, target):
     return float(np.mean(p[dark] > np.percentile(t, 90)))
 
 
-def fold_metrics(pred, target, cols):
+def fold_metrics(pred, target, cols, rows=slice(None)):
     out = {}
     for name in LABELS:
-        t = target[name][:, cols]
-        m = pred[name]["median"][:, cols]
-        e = pred[name]["entropy"][:, cols]
+        t = target[name][rows, cols]
+        m = pred[name]["median"][rows, cols]
+        e = pred[name]["entropy"][rows, cols]
         out[name] = {
             "r": float(np.corrcoef(m.ravel(), t.ravel())[0, 1]),
             "painted": painted_background(m, t),
@@ -89,6 +93,8 @@ def main():
                    help="file in each fold directory (default model.h5)")
     p.add_argument("--png", help="write the out-of-fold picture here")
     p.add_argument("--csv", help="write one row per fold, seed and label here")
+    p.add_argument("--compare", metavar="MODEL",
+                   help="also score MODEL on rows 768..1023 of each strip")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
 
@@ -104,12 +110,23 @@ def main():
     target = {n: read_pages(os.path.join(args.data, n + "_train_cols0-639.tif"))[0]
               for n in LABELS}
     rows, oof = [], {}  # oof[seed][label]: out-of-fold medians of columns 0..639
+    compared = []  # (fold, seed, label, fold model's metrics, MODEL's) on rows 768..1023
+    other = None
+    if args.compare:
+        with isl.Model.load(args.compare) as model:
+            other = model.predict(stack, stats=("median", "entropy"), heads=LABELS,
+                                  threads=args.threads)
     for fold, seed, path in runs:
         cols = slice(fold * STRIP, (fold + 1) * STRIP)
         with isl.Model.load(path) as model:
             pred = model.predict(stack, stats=("median", "entropy"), heads=LABELS,
                                  threads=args.threads)
         metrics = fold_metrics(pred, target, cols)
+        if other is not None:
+            bottom = slice(768, 1024)
+            a = fold_metrics(pred, target, cols, bottom)
+            b = fold_metrics(other, target, cols, bottom)
+            compared += [(fold, seed, n, a[n], b[n]) for n in LABELS]
         for name in LABELS:
             rows.append((fold, seed, name, metrics[name]))
             oof.setdefault(seed, {}).setdefault(name, np.zeros_like(target[name]))
@@ -130,6 +147,20 @@ def main():
               % (name, col["r"].mean(), sd(col["r"]), 100 * col["painted"].mean(),
                  100 * sd(col["painted"]), col["r_error_entropy"].mean(),
                  sd(col["r_error_entropy"]), 100 * col["painted"].max()))
+
+    if compared:
+        print("\nrows 768..1023 of the strips (held out by both), fold models vs %s:"
+              % args.compare)
+        print("| label | fold models r | %s r | fold models painted | %s painted |"
+              % ((os.path.basename(args.compare),) * 2))
+        print("|---|---|---|---|---|")
+        for name in LABELS:
+            sel = [(a, b) for _, _, n, a, b in compared if n == name]
+            ra, rb = np.array([a["r"] for a, _ in sel]), np.array([b["r"] for _, b in sel])
+            pa = np.array([a["painted"] for a, _ in sel])
+            pb = np.array([b["painted"] for _, b in sel])
+            print("| %s | %.3f | %.3f | %.2f%% | %.2f%% |" % (name, ra.mean(), rb.mean(),
+                                                           100 * pa.mean(), 100 * pb.mean()))
 
     if args.csv:
         with open(args.csv, "w") as f:
