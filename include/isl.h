@@ -519,6 +519,14 @@ ISL_API isl_status isl_sampler_set_augment(isl_sampler *sampler, int enable);
  *  1.22). Drawn from the same random value as the crop's transform, so a seed draws the
  *  same wells, positions and transforms with any amount. */
 ISL_API isl_status isl_sampler_set_contrast_jitter(isl_sampler *sampler, double amount);
+/** Semi-supervised training (STAR Methods: the autoencoder learns from unlabelled images
+ *  too): a share of the crops, in [0, 1] (default 0), is drawn anywhere in the wells, a
+ *  well in proportion to its pixels that are not held out and a position uniformly among
+ *  the windows holding such a pixel, whether or not a label is known there (the labels
+ *  known in such a crop still come with it). Train with a label weight below 1, so that
+ *  the autoencoder half of the loss learns from them. With share 0 a seed draws exactly
+ *  the crops it drew before this option existed. */
+ISL_API isl_status isl_sampler_set_unlabelled_share(isl_sampler *sampler, double share);
 /** Fills one batch (see isl_train_batch for the shapes: inputs [B, num_z, crop, crop],
  *  targets and masks [B, L, crop - 242, crop - 242], L = the model's label heads): a well
  *  in proportion to its known target pixels, a crop position uniformly among those whose

@@ -1265,6 +1265,75 @@ START_TEST(sampler_draw_distribution)
 }
 END_TEST
 
+/* The unlabelled share: crops drawn anywhere (well B has no label), in proportion to the
+ * pixels not held out; share 0 draws what a sampler without the option draws. */
+START_TEST(sampler_unlabelled_share_draws_anywhere)
+{
+    enum { H = 20, W = 24, DRAWS = 4000 };
+    static float stack[H * W];
+    static uint8_t full[H * W];
+    isl_dataset *d;
+    ck_assert_int_eq(isl_dataset_create(1, &d), ISL_OK);
+    for (int w = 0; w < 2; w++) {
+        for (int i = 0; i < H * W; i++)
+            stack[i] = w ? 0.75f : 0.25f;
+        isl_stack st = {stack, ISL_DTYPE_F32, 1, H, W};
+        ck_assert_int_eq(isl_dataset_add_well(d, w ? "B" : "A", NULL, 0, &st, NULL), ISL_OK);
+    }
+    memset(full, 200, sizeof(full));
+    isl_stack t = {full, ISL_DTYPE_U8, 1, H, W};
+    ck_assert_int_eq(isl_dataset_add_target(d, 0, "x", 0, 0, &t, NULL), ISL_OK);
+    const char *const heads[1] = {"x"};
+    isl_model *m = label_model(1, 1, heads, "none");
+    isl_sampler *s, *plain;
+    ck_assert_msg(isl_sampler_create(d, m, 250, &s) == ISL_OK, "%s", isl_last_error());
+    ck_assert_int_eq(isl_sampler_create(d, m, 250, &plain), ISL_OK);
+    batch b = alloc_batch(200, 250, 1, 1), c = alloc_batch(200, 250, 1, 1);
+
+    /* Half the crops anywhere: A and B have 480 free pixels each, so B (never labelled)
+     * gets a quarter of all crops, about 1000 +- 27 of 4000; its masks are all 0. */
+    ck_assert_int_eq(isl_sampler_set_unlabelled_share(s, 0.5), ISL_OK);
+    int in_b = 0;
+    for (int k = 0; k < DRAWS / b.size; k++) {
+        draw(s, (uint64_t)k, &b);
+        for (int i = 0; i < b.size; i++) {
+            int well = crop_input(&b, i, 0)[0] == 0.75f;
+            in_b += well;
+            const uint8_t *mask = b.masks + out_offset(&b, i, 0);
+            for (int p = 0; p < 64; p++)
+                ck_assert_int_eq(mask[p], well ? 0 : 1);
+        }
+    }
+    ck_assert_msg(in_b > 880 && in_b < 1120, "well B drawn %d times of %d", in_b, DRAWS);
+
+    /* Held-out pixels are left out of the share too: with B held out, only A. */
+    isl_region all_b = {1, 0, 0, W, H};
+    ck_assert_int_eq(isl_sampler_hold_out(s, &all_b), ISL_OK);
+    draw(s, 77, &b);
+    for (int i = 0; i < b.size; i++)
+        ck_assert(crop_input(&b, i, 0)[0] == 0.25f);
+
+    /* Share 0 again: the same crops as a sampler that never had the option. */
+    ck_assert_int_eq(isl_sampler_hold_out(plain, &all_b), ISL_OK);
+    ck_assert_int_eq(isl_sampler_set_unlabelled_share(s, 0), ISL_OK);
+    draw(s, 5, &b);
+    draw(plain, 5, &c);
+    ck_assert(!memcmp(b.inputs, c.inputs, sizeof(float) * (size_t)b.size * 250 * 250));
+    ck_assert(!memcmp(b.masks, c.masks, (size_t)b.size * 8 * 8));
+
+    expect_status(isl_sampler_set_unlabelled_share(s, 1.5), ISL_ERROR_INVALID_ARGUMENT,
+                  "outside [0, 1]");
+    expect_status(isl_sampler_set_unlabelled_share(s, NAN), ISL_ERROR_INVALID_ARGUMENT, NULL);
+    expect_status(isl_sampler_set_unlabelled_share(NULL, 0.1), ISL_ERROR_INVALID_ARGUMENT, NULL);
+    free_batch(&b);
+    free_batch(&c);
+    isl_sampler_free(s);
+    isl_sampler_free(plain);
+    isl_model_free(m);
+    isl_dataset_free(d);
+}
+END_TEST
+
 /* "global": per plane mean 0.5, sd 0.125, clipped, as predictions normalize. */
 START_TEST(sampler_global_normalization_matches_prediction)
 {
@@ -1411,6 +1480,7 @@ int main(void)
         {"sampler_crops", sampler_crops_match_an_independent_extraction},
         {"sampler_augment", sampler_augmentation_is_one_dihedral_transform},
         {"sampler_contrast", sampler_contrast_jitter_scales_about_the_mean},
+        {"sampler_unlabelled", sampler_unlabelled_share_draws_anywhere},
         {"sampler_hold_out", sampler_held_out_pixels_are_masked},
         {"sampler_labels", sampler_maps_heads_to_labels_by_name},
         {"sampler_distribution", sampler_draw_distribution},

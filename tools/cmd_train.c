@@ -29,10 +29,16 @@ static const char train_help[] =
     "  --batch N                crops per step (default 4; the paper: 16 crops of 250)\n"
     "  --validation REGION      hold out [WELL:]X0,Y0,WIDTH,HEIGHT of a well's targets\n"
     "                           (repeatable; WELL is a name or index, default 0)\n"
+    "  --validation-margin M    also keep the targets within M pixels of each region out of\n"
+    "                           training (default 121: no trained output pixel's receptive\n"
+    "                           field reaches a held-out pixel)\n"
     "  --validate-every K       validate every K steps (default 1000; 0: only at the end)\n"
     "  --no-augment             no random flips and 90-degree rotations\n"
     "  --contrast-jitter A      scale each crop's input contrast by a random factor in\n"
     "                           [e^-A, e^A] (default 0: off; give it again on --resume)\n"
+    "  --unlabelled-share F     draw a share F of the crops anywhere in the wells, labelled\n"
+    "                           or not, for the autoencoder (semi-supervised; needs a\n"
+    "                           --label-weight below 1; default 0; give it again on --resume)\n"
     "\n"
     "Optimization:\n"
     "  --steps N                total number of steps (required)\n"
@@ -64,7 +70,7 @@ static const char train_help[] =
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
        OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
-       OPT_THREADS, OPT_CONTRAST,
+       OPT_THREADS, OPT_CONTRAST, OPT_VALIDATION_MARGIN, OPT_UNLABELLED,
        OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST };
 
 static const cli_option train_options[] = {
@@ -81,7 +87,8 @@ static const cli_option train_options[] = {
     {"threads", 0, 1, OPT_THREADS},         {"out", 'o', 1, OPT_OUT},
     {"checkpoint", 0, 1, OPT_CHECKPOINT},   {"checkpoint-every", 0, 1, OPT_CHECKPOINT_EVERY},
     {"log", 0, 1, OPT_LOG},                 {"best", 0, 1, OPT_BEST},
-    {"contrast-jitter", 0, 1, OPT_CONTRAST},
+    {"contrast-jitter", 0, 1, OPT_CONTRAST}, {"validation-margin", 0, 1, OPT_VALIDATION_MARGIN},
+    {"unlabelled-share", 0, 1, OPT_UNLABELLED},
     {NULL, 0, 0, 0},
 };
 
@@ -91,9 +98,9 @@ typedef struct train_args {
     const char *dataset, *model, *resume, *add_heads, *out, *checkpoint, *log, *best;
     const char *validation[MAX_REGIONS];
     int num_validation, freeze_trunk, freeze_bn, augment;
-    long long crop, batch, validate_every, steps, drop_step, bn_batches, average_from, threads,
+    long long crop, batch, validate_every, validation_margin, steps, drop_step, bn_batches, average_from, threads,
         checkpoint_every;
-    double lr, drop_rate, label_weight, bn_decay, contrast;
+    double lr, drop_rate, label_weight, bn_decay, contrast, unlabelled;
     uint64_t seed;
 } train_args;
 
@@ -145,6 +152,7 @@ static int parse_option(train_args *a, int id, const char *v)
         {OPT_CROP, "--crop", ISL_TILE_MIN, 4090, &a->crop},
         {OPT_BATCH, "--batch", 1, 4096, &a->batch},
         {OPT_VALIDATE_EVERY, "--validate-every", 0, INT64_MAX, &a->validate_every},
+        {OPT_VALIDATION_MARGIN, "--validation-margin", 0, 100000, &a->validation_margin},
         {OPT_STEPS, "--steps", 1, INT64_MAX, &a->steps},
         {OPT_BN_BATCHES, "--bn-batches", 0, 100000, &a->bn_batches},
         {OPT_AVERAGE_FROM, "--average-from", 1, INT64_MAX, &a->average_from},
@@ -160,6 +168,7 @@ static int parse_option(train_args *a, int id, const char *v)
         {OPT_LABEL_WEIGHT, "--label-weight", 0, 1, &a->label_weight},
         {OPT_BN_DECAY, "--bn-decay", 0, 1, &a->bn_decay},
         {OPT_CONTRAST, "--contrast-jitter", 0, 1, &a->contrast},
+        {OPT_UNLABELLED, "--unlabelled-share", 0, 1, &a->unlabelled},
     };
     for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
         if (reals[i].id == id)
@@ -174,6 +183,7 @@ static int parse_train(int argc, char **argv, train_args *a)
     a->crop = 378;
     a->batch = 4;
     a->validate_every = 1000;
+    a->validation_margin = ISL_TILE_CONTEXT / 2; /* no trained receptive field reaches it */
     a->augment = 1;
     a->lr = 1e-4;
     a->label_weight = 0.5;
@@ -207,6 +217,9 @@ static int parse_train(int argc, char **argv, train_args *a)
     if (a->average_from && !a->freeze_bn)
         return cli_usage_error("--average-from needs --freeze-bn: averaged weights need the "
                                "statistics they are averaged under");
+    if (a->unlabelled > 0 && a->label_weight >= 1)
+        return cli_usage_error("--unlabelled-share trains the autoencoder on unlabelled crops: "
+                               "give a --label-weight below 1");
     if ((a->crop - ISL_TILE_MIN) % ISL_TILE_STEP != 0)
         return cli_usage_error("--crop: %lld is not 250 + 16m (250, 266, ..., 378, ...)", a->crop);
     return CLI_EXIT_OK;
@@ -353,21 +366,19 @@ static int validate(run_state *r, int64_t step)
     if (r->num_regions == 0)
         return CLI_EXIT_OK;
     isl_model *snapshot = NULL;
-    int heads = 0;
-    double *rs = NULL;
-    int64_t *pixels = NULL;
+    cli_validation v = {0};
     isl_status s = current_model(r, &snapshot);
     if (s == ISL_OK) {
-        heads = isl_model_num_heads(snapshot);
-        rs = malloc(sizeof(double) * (size_t)heads);
-        pixels = malloc(sizeof(int64_t) * (size_t)heads);
-        s = rs && pixels ? cli_validate(r->ds, snapshot, r->regions, r->num_regions,
-                                        (int)r->a.threads, rs, pixels)
-                         : ISL_ERROR_OUT_OF_MEMORY;
+        size_t heads = (size_t)isl_model_num_heads(snapshot);
+        v.r = malloc(sizeof(double) * heads);
+        v.painted = malloc(sizeof(double) * heads);
+        v.pixels = malloc(sizeof(int64_t) * heads);
+        s = v.r && v.painted && v.pixels ? cli_validate(r->ds, snapshot, r->regions,
+                                                        r->num_regions, (int)r->a.threads, &v)
+                                         : ISL_ERROR_OUT_OF_MEMORY;
     }
-    int rc = s == ISL_OK ? cli_train_log_validation(&r->log, step, rs, pixels)
-                         : cli_library_error(s);
-    double score = s == ISL_OK ? cli_mean_r(rs, pixels, r->num_labels) : -INFINITY;
+    int rc = s == ISL_OK ? cli_train_log_validation(&r->log, step, &v) : cli_library_error(s);
+    double score = s == ISL_OK ? cli_mean_r(v.r, v.pixels, r->num_labels) : -INFINITY;
     if (rc == CLI_EXIT_OK && score > r->best_score) {
         if ((s = isl_model_save(snapshot, r->best_path)) != ISL_OK)
             rc = cli_library_error(s);
@@ -377,8 +388,9 @@ static int validate(run_state *r, int64_t step)
             r->best_score = score;
         }
     }
-    free(rs);
-    free(pixels);
+    free(v.r);
+    free(v.painted);
+    free(v.pixels);
     isl_model_free(snapshot);
     return rc;
 }
@@ -503,6 +515,19 @@ static int train_loop(run_state *r)
     return rc;
 }
 
+/* The region grown by margin pixels on every side, clipped to its well: what training
+ * must not see so that no trained output's receptive field reaches the region. */
+static isl_region widen_region(const isl_dataset *ds, const isl_region *r, int margin)
+{
+    int height = 0, width = 0;
+    isl_dataset_well_size(ds, r->well, &height, &width); /* the region was checked */
+    int x0 = r->x0 > margin ? r->x0 - margin : 0;
+    int y0 = r->y0 > margin ? r->y0 - margin : 0;
+    int x1 = width - (r->x0 + r->width) > margin ? r->x0 + r->width + margin : width;
+    int y1 = height - (r->y0 + r->height) > margin ? r->y0 + r->height + margin : height;
+    return (isl_region){r->well, x0, y0, x1 - x0, y1 - y0};
+}
+
 /* Loads the data and the model, creates the trainer and the sampler. */
 static int setup(run_state *r)
 {
@@ -575,11 +600,14 @@ static int setup(run_state *r)
                                  "autoencoder alone with --label-weight 0");
     if ((s = isl_sampler_create(r->ds, r->init, (int)a->crop, &r->sampler)) != ISL_OK ||
         (s = isl_sampler_set_augment(r->sampler, a->augment)) != ISL_OK ||
-        (s = isl_sampler_set_contrast_jitter(r->sampler, a->contrast)) != ISL_OK)
+        (s = isl_sampler_set_contrast_jitter(r->sampler, a->contrast)) != ISL_OK ||
+        (s = isl_sampler_set_unlabelled_share(r->sampler, a->unlabelled)) != ISL_OK)
         return cli_library_error(s);
-    for (int i = 0; i < r->num_regions; i++)
-        if ((s = isl_sampler_hold_out(r->sampler, &r->regions[i])) != ISL_OK)
+    for (int i = 0; i < r->num_regions; i++) {
+        isl_region held = widen_region(r->ds, &r->regions[i], (int)a->validation_margin);
+        if ((s = isl_sampler_hold_out(r->sampler, &held)) != ISL_OK)
             return cli_library_error(s);
+    }
     return alloc_batches(r);
 }
 

@@ -6,11 +6,18 @@
 
 #include <stdio.h>
 
-/* Pearson r, per head of `model` (r[h], pixels[h] for h < isl_model_num_heads; NaN and 0
- * for heads without known pixels, e.g. the autoencoder), between the median prediction of
- * each well (predicted whole) and the known target pixels inside the regions. */
+/* What a validation measures per head h < isl_model_num_heads (NaN and 0 for heads
+ * without known pixels, e.g. the autoencoder), over the known target pixels inside the
+ * regions, against the median prediction of each well (predicted whole). */
+typedef struct cli_validation {
+    double *r;       /* [heads] Pearson r */
+    double *painted; /* [heads] fraction of the dark target pixels (below the target's
+                        median) predicted bright (above its 90th percentile) */
+    int64_t *pixels; /* [heads] pixels compared */
+} cli_validation;
+
 isl_status cli_validate(const isl_dataset *ds, const isl_model *model, const isl_region *regions,
-                        int num_regions, int threads, double *r, int64_t *pixels);
+                        int num_regions, int threads, cli_validation *v);
 
 /* Training log: one CSV row per step, a progress line on stderr. */
 typedef struct cli_train_log {
@@ -30,9 +37,8 @@ int cli_train_log_open(cli_train_log *log, const char *path, const isl_model *mo
                        int64_t first_step, int64_t last_step);
 /* Logs the losses of `step` (isl_trainer_num_losses floats) and the learning rate. */
 int cli_train_log_step(cli_train_log *log, int64_t step, double rate, const float *losses);
-/* Logs a validation (r and pixels per head) as a row and a line. */
-int cli_train_log_validation(cli_train_log *log, int64_t step, const double *r,
-                             const int64_t *pixels);
+/* Logs a validation as a row and a line. */
+int cli_train_log_validation(cli_train_log *log, int64_t step, const cli_validation *v);
 /* Prints a message line, clearing the progress line first. */
 void cli_train_log_note(cli_train_log *log, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

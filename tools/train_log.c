@@ -37,6 +37,8 @@ int cli_train_log_open(cli_train_log *log, const char *path, const isl_model *mo
         fputs(",loss_label,loss_autoencoder,loss_total", log->csv);
         for (int h = 0; h < log->num_labels; h++)
             fprintf(log->csv, ",r_%s", isl_model_head_name(model, h));
+        for (int h = 0; h < log->num_labels; h++)
+            fprintf(log->csv, ",painted_%s", isl_model_head_name(model, h));
         fputc('\n', log->csv);
     }
     return CLI_EXIT_OK;
@@ -87,7 +89,7 @@ int cli_train_log_step(cli_train_log *log, int64_t step, double rate, const floa
             log->avg[i] = NAN;
     }
     log->have_avg = 1;
-    for (int h = 0; h < log->num_labels; h++)
+    for (int h = 0; h < 2 * log->num_labels; h++)
         fputc(',', log->csv);
     fputc('\n', log->csv);
     if (fflush(log->csv) != 0 || ferror(log->csv))
@@ -100,17 +102,22 @@ int cli_train_log_step(cli_train_log *log, int64_t step, double rate, const floa
     return CLI_EXIT_OK;
 }
 
-int cli_train_log_validation(cli_train_log *log, int64_t step, const double *r,
-                             const int64_t *pixels)
+static void write_values(FILE *csv, const double *x, int n)
+{
+    for (int h = 0; h < n; h++)
+        if (isnan(x[h]))
+            fputc(',', csv);
+        else
+            fprintf(csv, ",%.4f", x[h]);
+}
+
+int cli_train_log_validation(cli_train_log *log, int64_t step, const cli_validation *v)
 {
     fprintf(log->csv, "%lld,%.2f,", (long long)step, cli_now() - log->start);
     for (int i = 0; i < log->num_labels + 3; i++)
         fputc(',', log->csv);
-    for (int h = 0; h < log->num_labels; h++)
-        if (isnan(r[h]))
-            fputc(',', log->csv);
-        else
-            fprintf(log->csv, ",%.4f", r[h]);
+    write_values(log->csv, v->r, log->num_labels);
+    write_values(log->csv, v->painted, log->num_labels);
     fputc('\n', log->csv);
     if (fflush(log->csv) != 0 || ferror(log->csv))
         return cli_runtime_error("cannot write the training log: %m");
@@ -118,10 +125,15 @@ int cli_train_log_validation(cli_train_log *log, int64_t step, const double *r,
     fprintf(stderr, "validation at step %lld: Pearson r", (long long)step);
     for (int h = 0; h < log->num_labels; h++) {
         char count[32];
-        if (pixels[h] > 0)
-            fprintf(stderr, " %s %.3f (%s px)", isl_model_head_name(log->model, h), r[h],
-                    cli_thousands(pixels[h], count, sizeof(count)));
+        if (v->pixels[h] > 0)
+            fprintf(stderr, " %s %.3f (%s px)", isl_model_head_name(log->model, h), v->r[h],
+                    cli_thousands(v->pixels[h], count, sizeof(count)));
     }
+    fputs("; dark background painted bright", stderr);
+    for (int h = 0; h < log->num_labels; h++)
+        if (v->pixels[h] > 0)
+            fprintf(stderr, " %s %.1f%%", isl_model_head_name(log->model, h),
+                    100 * v->painted[h]);
     fputc('\n', stderr);
     fflush(stderr);
     return CLI_EXIT_OK;

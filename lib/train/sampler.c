@@ -46,6 +46,7 @@ typedef struct sampler_well {
     int positions_y, positions_x;  /* output window positions: side - out + 1 */
     int words;                     /* bitmap words per row of positions */
     well_index index;
+    well_index anywhere;           /* windows holding a pixel not held out (unlabelled share) */
 } sampler_well;
 
 struct isl_sampler {
@@ -54,11 +55,14 @@ struct isl_sampler {
     int num_labels;         /* L: the model's label heads */
     int augment;
     double contrast;        /* jitter amount a: contrast factors e^u, u in [-a, a]; 0: off */
+    double unlabelled;      /* share of crops drawn anywhere, labelled or not; 0: off */
     int from_labels;        /* 1: windows holding a known label pixel; 0: no label is known
                                anywhere, windows holding a pixel that is not held out */
     int num_wells;
     sampler_well *wells;
     int64_t *well_start;    /* [num_wells + 1]: cumulative draw weights */
+    int64_t *anywhere_start; /* [num_wells + 1]: the same for the unlabelled share (pixels
+                                not held out); NULL while the share is 0 */
 };
 
 /* ---------------------------------------------------------------------------------- */
@@ -98,7 +102,7 @@ static void usable_row(const isl_sampler *s, const sampler_well *w, const uint8_
 {
     const int width = w->width;
     const size_t base = (size_t)y * (size_t)width;
-    memset(row, !from_labels, (size_t)width);
+    memset(row, !from_labels, (size_t)(unsigned)width); /* width > 0: a well is never empty */
     for (int l = 0; from_labels && l < s->num_labels; l++)
         if (w->targets[l].values)
             for (int x = 0; x < width; x++)
@@ -188,9 +192,11 @@ void isl_sampler_free(isl_sampler *s)
         free(s->wells[i].targets);
         free(s->wells[i].held);
         free_index(&s->wells[i].index);
+        free_index(&s->wells[i].anywhere);
     }
     free(s->wells);
     free(s->well_start);
+    free(s->anywhere_start);
     free(s);
 }
 
@@ -338,7 +344,62 @@ isl_status isl_sampler_set_contrast_jitter(isl_sampler *s, double amount)
     return ISL_OK;
 }
 
+/* The windows of every well that hold a pixel not held out, for the unlabelled share.
+ * On failure the sampler keeps its previous indexes. */
+static isl_status index_anywhere(isl_sampler *s)
+{
+    well_index *fresh = calloc((size_t)s->num_wells, sizeof(*fresh));
+    isl_status st = fresh ? ISL_OK : isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    int built = 0;
+    for (; st == ISL_OK && built < s->num_wells; built++)
+        st = build_index(s, &s->wells[built], s->wells[built].held, 0, &fresh[built]);
+    for (int i = 0; i < built; i++) {
+        free_index(st == ISL_OK ? &s->wells[i].anywhere : &fresh[i]);
+        if (st == ISL_OK)
+            s->wells[i].anywhere = fresh[i];
+    }
+    free(fresh);
+    if (st == ISL_OK) {
+        s->anywhere_start[0] = 0;
+        for (int i = 0; i < s->num_wells; i++)
+            s->anywhere_start[i + 1] = s->anywhere_start[i] + s->wells[i].anywhere.free_pixels;
+    }
+    return st;
+}
+
+isl_status isl_sampler_set_unlabelled_share(isl_sampler *s, double share)
+{
+    if (!s)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "isl_sampler_set_unlabelled_share: sampler is NULL");
+    if (!(share >= 0.0 && share <= 1.0))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "unlabelled share %g is outside [0, 1]", share);
+    if (share > 0 && !s->anywhere_start) {
+        if (!(s->anywhere_start = calloc((size_t)s->num_wells + 1, sizeof(int64_t))))
+            return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+        isl_status st = index_anywhere(s);
+        if (st != ISL_OK) {
+            free(s->anywhere_start);
+            s->anywhere_start = NULL;
+            return st;
+        }
+    }
+    s->unlabelled = share;
+    return ISL_OK;
+}
+
+static isl_status hold_out_labelled(isl_sampler *s, const isl_region *r);
+
 isl_status isl_sampler_hold_out(isl_sampler *s, const isl_region *r)
+{
+    isl_status st = hold_out_labelled(s, r);
+    if (st == ISL_OK && s->anywhere_start)
+        st = index_anywhere(s);
+    return st;
+}
+
+static isl_status hold_out_labelled(isl_sampler *s, const isl_region *r)
 {
     if (!s || !r)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_hold_out: %s is NULL",
@@ -415,12 +476,12 @@ static int find_interval(const int64_t *start, int n, int64_t k)
     return lo;
 }
 
-/* The k-th drawable window of a well, in row-major order. */
-static void window_at(const sampler_well *w, int64_t k, int *oy, int *ox)
+/* The k-th window of index x of a well, in row-major order. */
+static void window_at(const sampler_well *w, const well_index *x, int64_t k, int *oy, int *ox)
 {
-    int y = find_interval(w->index.row_start, w->positions_y, k);
-    int64_t rest = k - w->index.row_start[y];
-    const uint64_t *bits = w->index.valid + (size_t)y * (size_t)w->words;
+    int y = find_interval(x->row_start, w->positions_y, k);
+    int64_t rest = k - x->row_start[y];
+    const uint64_t *bits = x->valid + (size_t)y * (size_t)w->words;
     int word = 0;
     while (__builtin_popcountll(bits[word]) <= rest)
         rest -= __builtin_popcountll(bits[word++]);
@@ -520,11 +581,18 @@ isl_status isl_sampler_draw(const isl_sampler *s, uint64_t seed, int batch_size,
     state = isl_splitmix64(&state); /* nearby seeds start far apart in the sequence */
     for (int b = 0; b < batch_size; b++) {
         /* Three values per crop, whatever the options: the same seed draws the same
-         * wells and positions with and without augmentation. */
-        int well = find_interval(s->well_start, s->num_wells, below(&state, total));
+         * wells and positions with and without augmentation. A fourth, first, decides
+         * whether an unlabelled-share crop is drawn (only when the share is not 0). */
+        const int anywhere =
+            s->unlabelled > 0 &&
+            (double)(isl_splitmix64(&state) >> 11) * 0x1.0p-53 < s->unlabelled &&
+            s->anywhere_start[s->num_wells] > 0;
+        const int64_t *start = anywhere ? s->anywhere_start : s->well_start;
+        int well = find_interval(start, s->num_wells, below(&state, start[s->num_wells]));
         const sampler_well *w = &s->wells[well];
+        const well_index *x = anywhere ? &w->anywhere : &w->index;
         int oy, ox;
-        window_at(w, below(&state, w->index.windows), &oy, &ox);
+        window_at(w, x, below(&state, x->windows), &oy, &ox);
         uint64_t r = isl_splitmix64(&state);
         int t = s->augment ? (int)(r & 7) : 0;
 

@@ -139,12 +139,51 @@ def test_validation_pearson_matches_independent_computation(run_isl, data, tmp_p
     x0, y0, w, h = region
     target_b = np.zeros((H, W), np.float32)
     target_b[100:] = tifffile.imread(data / "b.tif")
-    expected = []
+    expected, painted = [], []
     for name, target in (("b", target_b), ("a", tifffile.imread(data / "a.tif"))):
         pred = tifffile.imread(tmp_path / "pred" / f"{name}_median.tif")
-        expected.append(np.corrcoef(pred[y0:y0 + h, x0:x0 + w].ravel(),
-                                    target[y0:y0 + h, x0:x0 + w].ravel())[0, 1])
+        p = pred[y0:y0 + h, x0:x0 + w].ravel().astype(np.float64)
+        t = target[y0:y0 + h, x0:x0 + w].ravel().astype(np.float64)
+        expected.append(np.corrcoef(p, t)[0, 1])
+        # The background check: dark target pixels (below the median) predicted bright
+        # (above the target's 90th percentile).
+        dark = t < np.median(t)
+        painted.append(np.mean(p[dark] > np.percentile(t, 90)))
     np.testing.assert_allclose(logged, expected, atol=1e-4)
+    logged_painted = float(validations[-1]["painted_b"]), float(validations[-1]["painted_a"])
+    np.testing.assert_allclose(logged_painted, painted, atol=1e-4)
+    assert "dark background painted bright" in r.stderr
+
+
+def test_unlabelled_share_trains_the_autoencoder_on_unlabelled_crops(run_isl, data, tmp_path):
+    """Label a is known on rows 0..299 and b on rows 100..299; held out with the margin,
+    rows 79..299 leave only a's rows 0..78. With an unlabelled share of 1 every crop is
+    drawn anywhere not held out, so crops whose window lies in rows 0..78 still carry a;
+    nothing else changes the run but the crops: the losses differ from the plain run's."""
+    common = ("--model", data / "init.h5", "--validation", "0,200,300,100",
+              "--validate-every", 0)
+    r = train(run_isl, data, tmp_path / "u.h5", *common, "--unlabelled-share", 1, steps=4)
+    assert r.returncode == 0, r.stderr
+    r = train(run_isl, data, tmp_path / "p.h5", *common, steps=4)
+    assert r.returncode == 0, r.stderr
+    u, _ = read_log(tmp_path / "u.log.csv")
+    p, _ = read_log(tmp_path / "p.log.csv")
+    assert all(s["loss_autoencoder"] != "" for s in u)
+    assert [s["loss_total"] for s in u] != [s["loss_total"] for s in p]
+
+
+@pytest.mark.parametrize("margin", [None, 0])
+def test_validation_margin_keeps_nearby_targets_out(run_isl, data, tmp_path, margin):
+    """Label b is known on rows 100..299. Holding out rows 200..299 with the default margin
+    of 121 pixels also keeps rows 79..199 out, so b is never trained (its loss is empty in
+    every step); with --validation-margin 0 rows 100..199 of b train."""
+    extra = () if margin is None else ("--validation-margin", margin)
+    r = train(run_isl, data, tmp_path / "m.h5", "--model", data / "init.h5", "--validation",
+              "0,200,300,100", "--validate-every", 0, *extra, steps=8)
+    assert r.returncode == 0, r.stderr
+    steps, _ = read_log(tmp_path / "m.log.csv")
+    trained_b = [s["loss_b"] != "" for s in steps]
+    assert any(trained_b) == (margin == 0), trained_b
 
 
 @pytest.mark.parametrize("jitter", [(), ("--contrast-jitter", "0.5")])
@@ -328,6 +367,10 @@ def test_average_from_writes_the_weight_average(run_isl, data, tmp_path):
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--lr-drop", "5"), 2, "STEP:RATE"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--contrast-jitter", "1.5"), 2,
      "--contrast-jitter"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--unlabelled-share", "0.5",
+      "--label-weight", "1"), 2, "--label-weight below 1"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--validation-margin", "-1"), 2,
+     "--validation-margin"),
     (("--model", "{d}/stack.tif", "--dataset", "{d}/data.h5"), 1, "stack.tif"),
 ])
 def test_bad_input_gives_one_error_line_and_no_output(run_isl, data, tmp_path, args, code, words):

@@ -1,0 +1,189 @@
+#!/usr/bin/python3
+"""Cross-validation report of a recipe run by scripts/cv-condition-b.sh: every fold's
+model predicts the whole well, and its held-out strip (columns 160k .. 160k + 159 of the
+labelled columns 0..639) is compared with the targets. Per label it prints, for each fold
+and seed and then as mean and standard deviation over them:
+
+- Pearson r of the median prediction against the target (numpy's corrcoef);
+- the background check: the fraction of the target's dark pixels (below its median) that
+  the prediction paints bright (above the target's 90th percentile);
+- whether the prediction's uncertainty marks its errors: Pearson r between the per-pixel
+  absolute error |median - target| and the entropy of the predicted distribution.
+
+--compare MODEL also scores MODEL (e.g. a model trained on rows 0..767 of all labelled
+columns, as the bundled model was until 0.6) against the fold models on the pixels neither
+trained on: rows 768..1023 of each held-out strip.
+
+--png writes the out-of-fold picture: every strip predicted by the model that never
+trained near it, stitched beside the targets (composite DAPI blue, MAP2 green, NFH red),
+the honest view of what the recipe does on unseen parts of the field.
+
+  examples/cv_report.py runs/cv [--png docs/images/cv-plain.png] [--csv cv.csv]
+"""
+import argparse
+import glob
+import os
+import re
+import sys
+
+import numpy as np
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+try:
+    import isl
+except ImportError:  # run from a source tree built in build/
+    sys.path.insert(0, os.path.join(HERE, "..", "build", "bindings", "python"))
+    import isl  # noqa: E402
+
+LABELS = ("dapi_confocal", "map2_confocal", "nfh_confocal")
+SHORT = {"dapi_confocal": "DAPI", "map2_confocal": "MAP2", "nfh_confocal": "NFH"}
+STRIP = 160
+
+
+def read_pages(path):
+    im = Image.open(path)
+    pages = []
+    for i in range(im.n_frames):
+        im.seek(i)
+        pages.append(np.array(im, dtype=np.float32) / 65535.0)
+    return np.stack(pages)
+
+
+def painted_background(pred, target):
+    """Fraction of target pixels below the target's median predicted above its 90th
+    percentile (numpy's linear percentiles)."""
+    t = target.astype(np.float64).ravel()
+    p = pred.astype(np.float64).ravel()
+    dark = t < np.median(t)
+    return float(np.mean(p[dark] > np.percentile(t, 90)))
+
+
+def fold_metrics(pred, target, cols, rows=slice(None)):
+    out = {}
+    for name in LABELS:
+        t = target[name][rows, cols]
+        m = pred[name]["median"][rows, cols]
+        e = pred[name]["entropy"][rows, cols]
+        out[name] = {
+            "r": float(np.corrcoef(m.ravel(), t.ravel())[0, 1]),
+            "painted": painted_background(m, t),
+            "r_error_entropy": float(np.corrcoef(np.abs(m - t).ravel(), e.ravel())[0, 1]),
+        }
+    return out
+
+
+def to_u8(a, lo, hi):
+    return (np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(np.uint8)
+
+
+def composite(images, limits):
+    rgb = [to_u8(images[name], *limits[name]) for name in ("nfh_confocal", "map2_confocal",
+                                                           "dapi_confocal")]
+    return np.stack(rgb, axis=-1)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="the ISL_RUN_DIR of scripts/cv-condition-b.sh")
+    p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data",
+                                                  "condition_b_well_a4"))
+    p.add_argument("--model-name", default="model.h5",
+                   help="file in each fold directory (default model.h5)")
+    p.add_argument("--png", help="write the out-of-fold picture here")
+    p.add_argument("--csv", help="write one row per fold, seed and label here")
+    p.add_argument("--compare", metavar="MODEL",
+                   help="also score MODEL on rows 768..1023 of each strip")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+
+    runs = []
+    for d in sorted(glob.glob(os.path.join(args.run, "fold*-seed*"))):
+        m = re.search(r"fold(\d+)-seed(\d+)$", d)
+        if m and os.path.isfile(os.path.join(d, args.model_name)):
+            runs.append((int(m.group(1)), int(m.group(2)), os.path.join(d, args.model_name)))
+    if not runs:
+        sys.exit("cv_report: no fold*-seed*/%s under %s" % (args.model_name, args.run))
+
+    stack = read_pages(os.path.join(args.data, "phase_contrast_z13.tif"))
+    target = {n: read_pages(os.path.join(args.data, n + "_train_cols0-639.tif"))[0]
+              for n in LABELS}
+    rows, oof = [], {}  # oof[seed][label]: out-of-fold medians of columns 0..639
+    compared = []  # (fold, seed, label, fold model's metrics, MODEL's) on rows 768..1023
+    other = None
+    if args.compare:
+        with isl.Model.load(args.compare) as model:
+            other = model.predict(stack, stats=("median", "entropy"), heads=LABELS,
+                                  threads=args.threads)
+    for fold, seed, path in runs:
+        cols = slice(fold * STRIP, (fold + 1) * STRIP)
+        with isl.Model.load(path) as model:
+            pred = model.predict(stack, stats=("median", "entropy"), heads=LABELS,
+                                 threads=args.threads)
+        metrics = fold_metrics(pred, target, cols)
+        if other is not None:
+            bottom = slice(768, 1024)
+            a = fold_metrics(pred, target, cols, bottom)
+            b = fold_metrics(other, target, cols, bottom)
+            compared += [(fold, seed, n, a[n], b[n]) for n in LABELS]
+        for name in LABELS:
+            rows.append((fold, seed, name, metrics[name]))
+            oof.setdefault(seed, {}).setdefault(name, np.zeros_like(target[name]))
+            oof[seed][name][:, cols] = pred[name]["median"][:, cols]
+        print("fold %d seed %d: " % (fold, seed) + "  ".join(
+            "%s r %.3f painted %.1f%% err~entropy %.2f"
+            % (SHORT[n], metrics[n]["r"], 100 * metrics[n]["painted"],
+               metrics[n]["r_error_entropy"]) for n in LABELS), flush=True)
+
+    print("\nmean +- sd over %d runs (folds x seeds):" % len(runs))
+    print("| label | r | painted dark background | r(|error|, entropy) | worst fold painted |")
+    print("|---|---|---|---|---|")
+    for name in LABELS:
+        sel = [m for _, _, n, m in rows if n == name]
+        col = {k: np.array([m[k] for m in sel]) for k in sel[0]}
+        sd = lambda a: a.std(ddof=1) if len(a) > 1 else 0.0  # noqa: E731
+        print("| %s | %.3f +- %.3f | %.2f%% +- %.2f%% | %.2f +- %.2f | %.2f%% |"
+              % (name, col["r"].mean(), sd(col["r"]), 100 * col["painted"].mean(),
+                 100 * sd(col["painted"]), col["r_error_entropy"].mean(),
+                 sd(col["r_error_entropy"]), 100 * col["painted"].max()))
+
+    if compared:
+        print("\nrows 768..1023 of the strips (held out by both), fold models vs %s:"
+              % args.compare)
+        print("| label | fold models r | %s r | fold models painted | %s painted |"
+              % ((os.path.basename(args.compare),) * 2))
+        print("|---|---|---|---|---|")
+        for name in LABELS:
+            sel = [(a, b) for _, _, n, a, b in compared if n == name]
+            ra, rb = np.array([a["r"] for a, _ in sel]), np.array([b["r"] for _, b in sel])
+            pa = np.array([a["painted"] for a, _ in sel])
+            pb = np.array([b["painted"] for _, b in sel])
+            print("| %s | %.3f | %.3f | %.2f%% | %.2f%% |" % (name, ra.mean(), rb.mean(),
+                                                           100 * pa.mean(), 100 * pb.mean()))
+
+    if args.csv:
+        with open(args.csv, "w") as f:
+            f.write("fold,seed,label,r,painted,r_error_entropy\n")
+            for fold, seed, name, m in rows:
+                f.write("%d,%d,%s,%.5f,%.5f,%.5f\n" % (fold, seed, name, m["r"], m["painted"],
+                                                      m["r_error_entropy"]))
+    if args.png:
+        folds = {f for f, _, _ in runs}
+        seed = min(oof)
+        if folds != {0, 1, 2, 3}:
+            print("cv_report: folds %s only; the picture shows zeros elsewhere" % sorted(folds))
+        limits = {n: (np.percentile(target[n], 0.5), np.percentile(target[n], 99.5))
+                  for n in LABELS}
+        gap = np.full((target[LABELS[0]].shape[0], 8, 3), 255, np.uint8)
+        picture = np.concatenate([composite(target, limits), gap,
+                                  composite(oof[seed], limits)], axis=1)
+        for k in range(1, 4):  # strip borders on the prediction
+            picture[:, 640 + 8 + k * STRIP - 1, :] = 255
+        Image.fromarray(picture).save(args.png)
+        print("cv_report: wrote %s (targets left, out-of-fold predictions of seed %d right)"
+              % (args.png, seed))
+
+
+if __name__ == "__main__":
+    main()

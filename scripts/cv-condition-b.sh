@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Cross-validates a training recipe on the real well in ../shared/data/condition_b_well_a4
+# over vertical strips of its labelled columns 0..639 (docs/training.md, "Honest
+# validation"): fold k holds out columns 160k .. 160k + 159 (all rows) and, with
+# `isl train --validation-margin 121`, keeps the targets within 121 pixels of the strip out
+# of training as well, so no trained output's receptive field reaches a held-out pixel.
+# Every fold and seed is a separate run under $ISL_RUN_DIR/fold<k>-seed<s>; run the script
+# again after an interruption and each run resumes from its checkpoint. Afterwards
+# examples/cv_report.py predicts each fold's strip and reports mean and spread.
+#
+#   FOLDS="0 1 2 3" SEEDS="1 2" scripts/cv-condition-b.sh
+#
+# The recipe is set by environment variables (defaults: the plain recipe of
+# docs/training.md): BASE, BATCH, CROP, STEPS, LR, BN_DECAY, LABEL_WEIGHT, AUGMENT_ARGS,
+# EXTRA_ARGS (more `isl train` options), THREADS (default 1), ISL (the isl binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+data=${ISL_SHARED_DIR:-../shared}/data/condition_b_well_a4
+run=${ISL_RUN_DIR:-runs/cv}
+isl=${ISL:-build/tools/isl}
+folds=${FOLDS:-0 1 2 3}
+seeds=${SEEDS:-1}
+strip=160
+
+if [ ! -f "$data/phase_contrast_z13.tif" ]; then
+  echo "cv-condition-b: the well is not at $data (set ISL_SHARED_DIR)" >&2
+  exit 1
+fi
+if [ ! -x "$isl" ]; then
+  [ -d build ] || meson setup build --buildtype=release
+  ninja -C build
+fi
+mkdir -p "$run"
+if [ ! -f "$run/data.h5" ]; then
+  "$isl" dataset build --input "$data/phase_contrast_z13.tif" \
+    --well condition_b_well_a4 --condition B \
+    --target "dapi_confocal=$data/dapi_confocal_train_cols0-639.tif:0,0" \
+    --target "map2_confocal=$data/map2_confocal_train_cols0-639.tif:0,0" \
+    --target "nfh_confocal=$data/nfh_confocal_train_cols0-639.tif:0,0" \
+    -o "$run/data.h5"
+fi
+
+for seed in $seeds; do
+  for fold in $folds; do
+    dir="$run/fold$fold-seed$seed"
+    mkdir -p "$dir"
+    [ -f "$dir/model.h5" ] && continue
+    if [ ! -f "$dir/init.h5" ]; then
+      "$isl" model init --base-depth "${BASE:-60}" --num-z 13 \
+        --heads dapi_confocal,map2_confocal,nfh_confocal --seed "$seed" -o "$dir/init.h5"
+    fi
+    start=(--model "$dir/init.h5")
+    [ -f "$dir/model.checkpoint.h5" ] && start=(--resume "$dir/model.checkpoint.h5")
+    # shellcheck disable=SC2086
+    OMP_WAIT_POLICY=passive "$isl" train --dataset "$run/data.h5" "${start[@]}" \
+      --out "$dir/model.h5" --steps "${STEPS:-1100}" --crop "${CROP:-378}" \
+      --batch "${BATCH:-1}" --lr "${LR:-3e-4}" --bn-decay "${BN_DECAY:-0.99}" \
+      --label-weight "${LABEL_WEIGHT:-1}" --validation "$((fold * strip)),0,$strip,1024" \
+      --validation-margin 121 --validate-every "${VALIDATE_EVERY:-250}" \
+      --checkpoint-every 100 --seed "$seed" --threads "${THREADS:-1}" \
+      ${AUGMENT_ARGS:-} ${EXTRA_ARGS:-}
+  done
+done
+echo "cv-condition-b: models in $run/fold*-seed*/model.h5; report: examples/cv_report.py $run"
