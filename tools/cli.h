@@ -23,6 +23,8 @@ int cli_cmd_model_init(int argc, char **argv);
 int cli_cmd_model_info(int argc, char **argv);
 int cli_cmd_predict(int argc, char **argv);
 int cli_cmd_train(int argc, char **argv);
+int cli_cmd_evaluate(int argc, char **argv);
+int cli_cmd_report(int argc, char **argv);
 
 /* ---- Diagnostics (diag.c). Each prints exactly one line to stderr. ----------------- */
 /* "isl: error: <message>"; returns CLI_EXIT_USAGE. */
@@ -79,6 +81,11 @@ typedef struct cli_list {
 } cli_list;
 int cli_split_list(const char *option, const char *text, cli_list *out);
 void cli_list_free(cli_list *l);
+/* NAME=FILE, with allow_offset an optional ":X0,Y0" after FILE (`--target`, `--truth`).
+ * *label and *file are allocated (free them). Returns 0 or the exit code of a reported
+ * error. */
+int cli_parse_named_file(const char *option, const char *text, int allow_offset, char **label,
+                         char **file, int *x0, int *y0);
 
 /* ---- Files (fsutil.c). -------------------------------------------------------------- */
 /* mkdir -p. Directories it creates are recorded in *created (deepest last) so that they

@@ -757,14 +757,8 @@ isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
 {
     if (!path || !fn)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_write_file: NULL argument");
-    static const char suffix[] = ".tmp.XXXXXX";
-    size_t len = strlen(path), size = 0;
+    size_t size = 0;
     void *image = NULL;
-    char *tmp = malloc(len + sizeof(suffix));
-    if (!tmp)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
-    memcpy(tmp, path, len);
-    memcpy(tmp + len, suffix, sizeof(suffix));
     isl_h5_file w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
                      .str_type = H5I_INVALID_HID};
     h5_session s;
@@ -772,8 +766,23 @@ isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
     isl_status st = build_image(&w, fn, user, &image, &size);
     h5_leave(&s);
     if (st == ISL_OK)
-        st = write_temp_file(path, tmp, image, size);
+        st = isl_write_file_atomic(path, image, size);
     free(image);
+    return st;
+}
+
+isl_status isl_write_file_atomic(const char *path, const void *data, size_t size)
+{
+    if (!path || (!data && size))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_write_file_atomic: NULL argument");
+    static const char suffix[] = ".tmp.XXXXXX";
+    size_t len = strlen(path);
+    char *tmp = malloc(len + sizeof(suffix));
+    if (!tmp)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+    memcpy(tmp, path, len);
+    memcpy(tmp + len, suffix, sizeof(suffix));
+    isl_status st = write_temp_file(path, tmp, data, size);
     if (st == ISL_OK && rename(tmp, path) != 0) {
         st = isl_fail(ISL_ERROR_IO, "%s: cannot replace it with %s: %s", path, tmp,
                       strerror(errno));
