@@ -75,22 +75,10 @@ static int save_text(const char *dir, const char *name, text *t)
     return rc;
 }
 
-static char *label_file(const char *dir, const char *label, const char *suffix)
-{
-    size_t n = strlen(label) + strlen(suffix) + 1;
-    char *name = malloc(n);
-    if (!name)
-        return NULL;
-    snprintf(name, n, "%s%s", label, suffix);
-    char *p = cli_path_join(dir, name);
-    free(name);
-    return p;
-}
-
 static int write_png(const char *dir, const char *label, const char *suffix, const uint8_t *pix,
                      int h, int w, int channels)
 {
-    char *path = label_file(dir, label, suffix);
+    char *path = cli_eval_label_path(dir, label, suffix);
     int rc = path ? cli_png_write(path, pix, h, w, channels) : cli_runtime_error("out of memory");
     free(path);
     return rc;

@@ -158,16 +158,24 @@ static int crop(const char *path, const float *image, int width, int ox, int oy,
     return 0;
 }
 
-static char *stat_path(const char *dir, const char *label, const char *stat)
+char *cli_eval_label_path(const char *dir, const char *label, const char *suffix)
 {
-    size_t n = strlen(label) + strlen(stat) + 6;
+    size_t n = strlen(label) + strlen(suffix) + 1;
     char *name = malloc(n);
     if (!name)
         return NULL;
-    snprintf(name, n, "%s_%s.tif", label, stat);
+    snprintf(name, n, "%s%s", label, suffix);
     char *path = cli_path_join(dir, name);
     free(name);
     return path;
+}
+
+/* dir/<label>_<stat>.tif */
+static char *stat_path(const char *dir, const char *label, const char *stat)
+{
+    char suffix[64];
+    snprintf(suffix, sizeof suffix, "_%s.tif", stat);
+    return cli_eval_label_path(dir, label, suffix);
 }
 
 static int is_nuclear(const cli_eval *e, const char *name)

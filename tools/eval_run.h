@@ -75,6 +75,8 @@ extern const char *const cli_eval_fig_caption[CLI_FIG_COUNT];
  * has none (no entropy or std image), or -1 with an error reported. */
 int cli_eval_picture(const cli_eval *e, const cli_eval_label *l, int fig, uint8_t **pixels,
                      int *height, int *width);
+/* dir/<label><suffix>, allocated (NULL when out of memory). */
+char *cli_eval_label_path(const char *dir, const char *label, const char *suffix);
 void cli_eval_free(cli_eval *e);
 
 #endif
