@@ -535,6 +535,93 @@ ISL_API isl_status isl_sampler_set_unlabelled_share(isl_sampler *sampler, double
 ISL_API isl_status isl_sampler_draw(const isl_sampler *sampler, uint64_t seed, int batch_size,
                                     float *inputs, float *targets, uint8_t *masks);
 
+/* ---------------------------------------------------------------------------------- */
+/* Evaluation                                                                          */
+/* ---------------------------------------------------------------------------------- */
+
+/* Metrics of predicted against true fluorescence images (STAR Methods, "Statistical
+ * calculations" and "Manual identification of network errors"; docs/evaluation.md). Images
+ * are plain row-major float arrays with values in [0, 1]; a mask (may be NULL: every
+ * pixel) selects the pixels that count (nonzero). Every function is reentrant. A pixel
+ * that counts and is NaN or infinite in either image is an ISL_ERROR_VALUE. */
+
+/** Pearson r of predicted against true values over `max_pixels` pixels drawn without
+ *  replacement from those the mask selects (seeded by `seed`; all of them when there are
+ *  fewer, or when max_pixels <= 0). The paper draws 1,000,000. *pixels_used (may be NULL)
+ *  receives the number drawn. r is NaN when either sample is constant; fewer than 2
+ *  pixels is ISL_ERROR_SHAPE. */
+ISL_API isl_status isl_eval_pearson(const float *predicted, const float *truth,
+                                    const uint8_t *mask, int64_t count, int64_t max_pixels,
+                                    uint64_t seed, double *r, int64_t *pixels_used);
+
+/** The paper's heat map: the selected pixels counted in bins x bins cells of width 1/bins
+ *  over [0, 1] (values outside are clipped into the end bins), true value along rows and
+ *  predicted along columns: per_thousand[t * bins + p] = 1000 * count / total. bins in
+ *  [2, 256] (the paper: 10). */
+ISL_API isl_status isl_eval_heatmap(const float *predicted, const float *truth,
+                                    const uint8_t *mask, int64_t count, int bins,
+                                    double *per_thousand);
+
+/** Otsu's threshold of the selected pixels: the value between two of 256 bins over [0, 1]
+ *  that maximizes the between-class variance. Pixels >= threshold are foreground. */
+ISL_API isl_status isl_eval_otsu(const float *image, const uint8_t *mask, int64_t count,
+                                 double *threshold);
+
+/** Segments nuclei: foreground = pixels >= threshold (threshold < 0: Otsu's), objects =
+ *  8-connected components of at least min_area pixels; with `split_touching`, a watershed
+ *  of the distance to the background separates touching round nuclei (seeds: the parts of
+ *  each component farther than 0.7 of its largest distance from the background, so two
+ *  disks of radius r with centres more than 1.43 r apart are split). labels receives
+ *  height x width ints: 0 background, 1..*num_objects the objects (scan order). */
+ISL_API isl_status isl_eval_segment_nuclei(const float *image, int height, int width,
+                                           double threshold, int min_area, int split_touching,
+                                           int32_t *labels, int *num_objects);
+
+/** Object errors of a predicted segmentation against a true one (Coelho et al. 2009). */
+typedef struct isl_object_errors {
+    size_t struct_size;    /**< sizeof(isl_object_errors): set it before the call */
+    int true_objects;      /**< true objects scored (not touching the border if excluded) */
+    int predicted_objects; /**< predicted objects scored */
+    int split;             /**< true objects that two or more predicted objects overlap most */
+    int merged;            /**< predicted objects that two or more true objects overlap most */
+    int added;             /**< predicted objects overlapping no true object */
+    int missed;            /**< true objects overlapping no predicted object */
+    double accuracy;       /**< (true - split - merged - added - missed) / true; NaN if none */
+} isl_object_errors;
+
+/** Classifies the errors of pred_labels against true_labels (0 background, objects
+ *  1..num_true and 1..num_pred). With `exclude_border`, objects touching the image border
+ *  are not scored (the paper's "cells at the edges of the field of view"). */
+ISL_API isl_status isl_eval_object_errors(const int32_t *true_labels, int num_true,
+                                          const int32_t *pred_labels, int num_pred,
+                                          int height, int width, int exclude_border,
+                                          isl_object_errors *out);
+
+/** Equivalent radius sqrt(area / pi), in pixels, of objects 1..num_objects:
+ *  radii[i - 1] for object i. */
+ISL_API isl_status isl_eval_object_radii(const int32_t *labels, int height, int width,
+                                         int num_objects, double *radii);
+
+/** Two-sample Kolmogorov-Smirnov test, two-sided, as scipy.stats.ks_2samp: the statistic
+ *  D = sup |F_a - F_b| and its p-value, exact (lattice paths) when na * nb <= 10^8 and
+ *  asymptotic (Kolmogorov's distribution at sqrt(na nb / (na + nb)) D) otherwise. */
+ISL_API isl_status isl_eval_ks_2samp(const double *a, int64_t na, const double *b, int64_t nb,
+                                     double *statistic, double *p_value);
+
+/** The paper's display of a fluorescence image: f(x) = clip((x - 0.2) / 0.6, 0, 1). */
+ISL_API double isl_eval_display(double x);
+
+/** Error composite (8-bit RGB, count * 3 bytes): t = f(truth), p = f(predicted) with
+ *  isl_eval_display; gray min(t, p) where they agree, plus magenta for p - t > 0 (too
+ *  bright: false positive) and teal for t - p > 0 (too dim: false negative). */
+ISL_API isl_status isl_eval_error_image(const float *predicted, const float *truth,
+                                        int64_t count, uint8_t *rgb);
+
+/** A map (entropy, standard deviation, ...) as 8-bit RGB with a perceptual colour scale
+ *  (dark blue = lo, yellow = hi; clipped). hi > lo. */
+ISL_API isl_status isl_eval_map_image(const float *values, int64_t count, double lo, double hi,
+                                      uint8_t *rgb);
+
 #ifdef __cplusplus
 }
 #endif

@@ -200,3 +200,47 @@ void cli_list_free(cli_list *l)
     l->items = NULL;
     l->count = 0;
 }
+
+/* Strict "X,Y" with non-negative integers. */
+static int parse_offset(const char *text, int *x0, int *y0)
+{
+    char *end;
+    if (text[0] < '0' || text[0] > '9')
+        return -1;
+    long x = strtol(text, &end, 10);
+    if (*end != ',' || end[1] < '0' || end[1] > '9')
+        return -1;
+    long y = strtol(end + 1, &end, 10);
+    if (*end != '\0' || x > (1 << 20) || y > (1 << 20))
+        return -1;
+    *x0 = (int)x;
+    *y0 = (int)y;
+    return 0;
+}
+
+/* NAME=FILE, and for targets an optional ":X0,Y0" after FILE. A suffix after the last ':'
+ * made only of digits, ',', '+' and '-' is an offset and must be valid; any other ':'
+ * belongs to the file name. */
+int cli_parse_named_file(const char *option, const char *text, int allow_offset, char **label,
+                         char **file, int *x0, int *y0)
+{
+    const char *eq = strchr(text, '=');
+    if (!eq || eq == text || eq[1] == '\0')
+        return cli_usage_error("%s: '%s' is not NAME=FILE", option, text);
+    const char *path = eq + 1, *end = path + strlen(path);
+    *x0 = *y0 = 0;
+    const char *colon = allow_offset ? strrchr(path, ':') : NULL;
+    if (colon && colon[1] && strspn(colon + 1, "0123456789,+-") == strlen(colon + 1)) {
+        if (parse_offset(colon + 1, x0, y0) != 0)
+            return cli_usage_error("%s: '%s': the offset must be X0,Y0 (non-negative integers)",
+                                   option, text);
+        end = colon;
+    }
+    if (end == path)
+        return cli_usage_error("%s: '%s' has no file name", option, text);
+    *label = strndup(text, (size_t)(eq - text));
+    *file = strndup(path, (size_t)(end - path));
+    if (!*label || !*file)
+        return cli_runtime_error("out of memory");
+    return CLI_EXIT_OK;
+}

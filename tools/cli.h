@@ -23,6 +23,8 @@ int cli_cmd_model_init(int argc, char **argv);
 int cli_cmd_model_info(int argc, char **argv);
 int cli_cmd_predict(int argc, char **argv);
 int cli_cmd_train(int argc, char **argv);
+int cli_cmd_evaluate(int argc, char **argv);
+int cli_cmd_report(int argc, char **argv);
 
 /* ---- Diagnostics (diag.c). Each prints exactly one line to stderr. ----------------- */
 /* "isl: error: <message>"; returns CLI_EXIT_USAGE. */
@@ -81,6 +83,11 @@ typedef struct cli_list {
 } cli_list;
 int cli_split_list(const char *option, const char *text, cli_list *out);
 void cli_list_free(cli_list *l);
+/* NAME=FILE, with allow_offset an optional ":X0,Y0" after FILE (`--target`, `--truth`).
+ * *label and *file are allocated (free them). Returns 0 or the exit code of a reported
+ * error. */
+int cli_parse_named_file(const char *option, const char *text, int allow_offset, char **label,
+                         char **file, int *x0, int *y0);
 
 /* ---- Files (fsutil.c). -------------------------------------------------------------- */
 /* mkdir -p. Directories it creates are recorded in *created (deepest last) so that they
@@ -97,6 +104,10 @@ void cli_dirs_free(cli_dirs *created);
 char *cli_path_join(const char *dir, const char *name);
 /* File size in bytes, or -1. */
 int64_t cli_file_size(const char *path);
+/* Writes size bytes to path atomically (temporary file beside it, synced, renamed, the
+ * directory synced: lib/common/atomic_file.h, the library's own writer). 0, or the exit
+ * code of the one-line error it printed. */
+int cli_write_file_atomic(const char *path, const void *data, size_t size);
 
 /* ---- Interruption (interrupt.c). ----------------------------------------------------- */
 /* Installs SIGINT/SIGTERM handlers that set a flag (a second signal kills as usual). */

@@ -162,50 +162,6 @@ static char *copy_n(const char *s, size_t n)
     return c;
 }
 
-/* Strict "X,Y" with non-negative integers. */
-static int parse_offset(const char *text, int *x0, int *y0)
-{
-    char *end;
-    if (text[0] < '0' || text[0] > '9')
-        return -1;
-    long x = strtol(text, &end, 10);
-    if (*end != ',' || end[1] < '0' || end[1] > '9')
-        return -1;
-    long y = strtol(end + 1, &end, 10);
-    if (*end != '\0' || x > (1 << 20) || y > (1 << 20))
-        return -1;
-    *x0 = (int)x;
-    *y0 = (int)y;
-    return 0;
-}
-
-/* NAME=FILE, and for targets an optional ":X0,Y0" after FILE. A suffix after the last ':'
- * made only of digits, ',', '+' and '-' is an offset and must be valid; any other ':'
- * belongs to the file name. */
-static int parse_named_file(const char *option, const char *text, int allow_offset,
-                            char **label, char **file, int *x0, int *y0)
-{
-    const char *eq = strchr(text, '=');
-    if (!eq || eq == text || eq[1] == '\0')
-        return cli_usage_error("%s: '%s' is not NAME=FILE", option, text);
-    const char *path = eq + 1, *end = path + strlen(path);
-    *x0 = *y0 = 0;
-    const char *colon = allow_offset ? strrchr(path, ':') : NULL;
-    if (colon && colon[1] && strspn(colon + 1, "0123456789,+-") == strlen(colon + 1)) {
-        if (parse_offset(colon + 1, x0, y0) != 0)
-            return cli_usage_error("%s: '%s': the offset must be X0,Y0 (non-negative integers)",
-                                   option, text);
-        end = colon;
-    }
-    if (end == path)
-        return cli_usage_error("%s: '%s' has no file name", option, text);
-    *label = copy_n(text, (size_t)(eq - text));
-    *file = copy_n(path, (size_t)(end - path));
-    if (!*label || !*file)
-        return cli_runtime_error("out of memory");
-    return CLI_EXIT_OK;
-}
-
 static target_spec *find_target(well_spec *w, const char *label)
 {
     for (int t = 0; t < w->num_targets; t++)
@@ -217,7 +173,7 @@ static target_spec *find_target(well_spec *w, const char *label)
 static int add_target_arg(well_spec *w, const char *text)
 {
     target_spec t = {0};
-    int rc = parse_named_file("--target", text, 1, &t.label, &t.file, &t.x0, &t.y0);
+    int rc = cli_parse_named_file("--target", text, 1, &t.label, &t.file, &t.x0, &t.y0);
     if (rc == CLI_EXIT_OK && find_target(w, t.label))
         rc = cli_usage_error("--target %s is given twice for input %s", t.label, w->input);
     if (rc != CLI_EXIT_OK) {
@@ -303,7 +259,7 @@ static int parse_build_args(int argc, char **argv, build_args *a, pending_masks 
         case OPT_TARGET: rc = add_target_arg(w, v); break;
         case OPT_MASK: {
             int x0, y0;
-            rc = parse_named_file("--mask", v, 0, &pm->labels[pm->count], &pm->files[pm->count],
+            rc = cli_parse_named_file("--mask", v, 0, &pm->labels[pm->count], &pm->files[pm->count],
                                   &x0, &y0);
             pm->count++;
             break;

@@ -1,6 +1,8 @@
 /* File-system helpers: mkdir -p (undoable), path joining, file sizes. */
 #include "cli.h"
 
+#include "atomic_file.h"
+
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -104,4 +106,20 @@ int64_t cli_file_size(const char *path)
     if (stat(path, &st) != 0)
         return -1;
     return (int64_t)st.st_size;
+}
+
+int cli_write_file_atomic(const char *path, const void *data, size_t size)
+{
+    isl_atomic_file f;
+    const char *step = "write";
+    if (isl_atomic_open(&f, path) != 0)
+        return cli_runtime_error("%s: cannot create a temporary file beside it: %m", path);
+    if (isl_atomic_write_all(&f, data, size) != 0 || isl_atomic_commit(&f, path, &step) != 0) {
+        int rc = cli_runtime_error("%s: cannot %s %s: %m", path, step, f.tmp);
+        isl_atomic_discard(&f);
+        return rc;
+    }
+    if (isl_atomic_sync_dir(path) != 0)
+        return cli_runtime_error("%s: written, but syncing its directory failed: %m", path);
+    return 0;
 }

@@ -13,9 +13,11 @@ static const char main_help[] =
     "Commands:\n"
     "  dataset build  make a training dataset from TIFF stacks and label images\n"
     "  dataset info   describe a dataset file\n"
+    "  evaluate       compare predicted with true images (metrics, heat maps, pictures)\n"
     "  model init     create a model with random weights\n"
     "  model info     describe a model file\n"
     "  predict        predict fluorescence images from a z-stack\n"
+    "  report         the evaluation as one self-contained HTML page\n"
     "  train          train a model on a dataset file\n"
     "\n"
     "Options:\n"
@@ -28,7 +30,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2)
         return cli_usage_error(
-            "missing command: isl dataset|model|predict|train (see 'isl --help')");
+            "missing command: isl dataset|evaluate|model|predict|report|train (see 'isl --help')");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         fputs(main_help, stdout);
@@ -46,8 +48,12 @@ int main(int argc, char **argv)
         return cli_cmd_predict(argc - 1, argv + 1);
     if (!strcmp(cmd, "train"))
         return cli_cmd_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "evaluate"))
+        return cli_cmd_evaluate(argc - 1, argv + 1);
+    if (!strcmp(cmd, "report"))
+        return cli_cmd_report(argc - 1, argv + 1);
     if (cmd[0] == '-')
         return cli_usage_error("unknown option '%s' (see 'isl --help')", cmd);
     return cli_usage_error(
-        "unknown command '%s' (commands: dataset, model, predict, train; see 'isl --help')", cmd);
+        "unknown command '%s' (commands: dataset, evaluate, model, predict, report, train; see 'isl --help')", cmd);
 }

@@ -166,6 +166,17 @@ static size_t islj_element_size(JNIEnv *jenv, jobject buffer)
 %ignore isl_predict_image;
 %ignore isl_predict_image_rows;
 %ignore isl_stats;
+/* Evaluation: arrays as Java arrays through the islj_eval_* helpers (org.isl.Evaluation). */
+%ignore isl_object_errors;
+%ignore isl_eval_pearson;
+%ignore isl_eval_heatmap;
+%ignore isl_eval_otsu;
+%ignore isl_eval_segment_nuclei;
+%ignore isl_eval_object_errors;
+%ignore isl_eval_object_radii;
+%ignore isl_eval_ks_2samp;
+%ignore isl_eval_error_image;
+%ignore isl_eval_map_image;
 
 /* isl_version.h is not included: its macros would make a public constants interface;
  * Model.version() calls isl_version_string(). */
@@ -293,5 +304,30 @@ isl_status islj_predict_tile(const isl_model *model, const isl_predict_options *
     isl_status s = isl_predict_tile(model, options, stack, height, width, outputs);
     free(outputs);
     return s;
+}
+%}
+
+/* Evaluation helpers on Java arrays (copied in; `result` copied back). */
+%include "arrays_java.i"
+%apply float[] { const float *predicted, const float *truth };
+%apply double[] { const double *a, const double *b, double *result };
+%inline %{
+/* result[0] = Pearson r, result[1] = pixels used (isl_eval_pearson, no mask). */
+isl_status islj_eval_pearson(const float *predicted, const float *truth, int count,
+                             long long max_pixels, long long seed, double *result)
+{
+    islj_message = NULL;
+    int64_t used = 0;
+    isl_status s = isl_eval_pearson(predicted, truth, NULL, count, max_pixels,
+                                    (uint64_t)seed, &result[0], &used);
+    result[1] = (double)used;
+    return s;
+}
+
+/* result[0] = D, result[1] = p-value (isl_eval_ks_2samp). */
+isl_status islj_eval_ks_2samp(const double *a, int na, const double *b, int nb, double *result)
+{
+    islj_message = NULL;
+    return isl_eval_ks_2samp(a, na, b, nb, &result[0], &result[1]);
 }
 %}

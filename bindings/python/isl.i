@@ -155,6 +155,16 @@ ISLPY_NOGIL(isl_trainer_model)
 %ignore isl_train_batch;
 %ignore isl_train_step;
 %ignore isl_trainer_estimate_bn;
+%ignore isl_object_errors;
+%ignore isl_eval_pearson;
+%ignore isl_eval_heatmap;
+%ignore isl_eval_otsu;
+%ignore isl_eval_segment_nuclei;
+%ignore isl_eval_object_errors;
+%ignore isl_eval_object_radii;
+%ignore isl_eval_ks_2samp;
+%ignore isl_eval_error_image;
+%ignore isl_eval_map_image;
 
 %include "isl_version.h"
 %include "isl.h"
@@ -708,5 +718,231 @@ isl_status _trainer_estimate_bn(isl_trainer *trainer, int num_z, PyObject *input
     s = isl_trainer_estimate_bn(trainer, &b, index);
     Py_END_ALLOW_THREADS
     return s;
+}
+
+%}
+
+%{
+/* ---- Evaluation (isl.evaluate and its parts in isl/__init__.py convert the arrays). ---- */
+
+/* A C-contiguous numpy array of `type` (NULL with a Python error otherwise). */
+static PyArrayObject *islpy_eval_array(PyObject *obj, int type, const char *what)
+{
+    PyArrayObject *a = islpy_array(obj, what, 0);
+    if (a && PyArray_TYPE(a) != type) {
+        PyErr_Format(PyExc_TypeError, "%s has the wrong dtype", what);
+        return NULL;
+    }
+    return a;
+}
+
+/* Optional uint8 mask of `count` pixels: NULL data for None. Returns -1 on error. */
+static int islpy_eval_mask(PyObject *obj, npy_intp count, const uint8_t **out)
+{
+    *out = NULL;
+    if (obj == Py_None)
+        return 0;
+    PyArrayObject *m = islpy_eval_array(obj, NPY_UINT8, "mask");
+    if (!m)
+        return -1;
+    if (PyArray_SIZE(m) != count) {
+        islpy_fail(ISL_ERROR_SHAPE, "the mask has %lld pixels, the images %lld",
+                   (long long)PyArray_SIZE(m), (long long)count);
+        return -1;
+    }
+    *out = PyArray_DATA(m);
+    return 0;
+}
+
+/* Two float32 images of the same size. */
+static int islpy_eval_pair(PyObject *pred, PyObject *truth, PyArrayObject **p, PyArrayObject **t)
+{
+    *p = islpy_eval_array(pred, NPY_FLOAT32, "predicted");
+    *t = *p ? islpy_eval_array(truth, NPY_FLOAT32, "truth") : NULL;
+    if (!*t)
+        return -1;
+    if (PyArray_NDIM(*p) != PyArray_NDIM(*t) ||
+        !PyArray_CompareLists(PyArray_DIMS(*p), PyArray_DIMS(*t), PyArray_NDIM(*p))) {
+        islpy_fail(ISL_ERROR_SHAPE, "predicted and true images differ in shape");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *islpy_eval_done(isl_status s, PyObject *result)
+{
+    if (s != ISL_OK) {
+        Py_XDECREF(result);
+        islpy_raise(s);
+        return NULL;
+    }
+    return result;
+}
+%}
+
+%inline %{
+/* (r, pixels used). */
+PyObject *_eval_pearson(PyObject *pred, PyObject *truth, PyObject *mask, long long max_pixels,
+                        unsigned long long seed)
+{
+    PyArrayObject *p, *t;
+    const uint8_t *m;
+    if (islpy_eval_pair(pred, truth, &p, &t) || islpy_eval_mask(mask, PyArray_SIZE(p), &m))
+        return NULL;
+    double r = 0;
+    int64_t used = 0;
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_eval_pearson(PyArray_DATA(p), PyArray_DATA(t), m, PyArray_SIZE(p), max_pixels, seed,
+                         &r, &used);
+    Py_END_ALLOW_THREADS
+    return islpy_eval_done(s, s == ISL_OK ? Py_BuildValue("(dL)", r, (long long)used) : NULL);
+}
+
+/* (bins, bins) float64 counts per 1,000: true bin along rows. */
+PyObject *_eval_heatmap(PyObject *pred, PyObject *truth, PyObject *mask, int bins)
+{
+    PyArrayObject *p, *t;
+    const uint8_t *m;
+    if (islpy_eval_pair(pred, truth, &p, &t) || islpy_eval_mask(mask, PyArray_SIZE(p), &m))
+        return NULL;
+    if (bins < 2 || bins > 256)
+        return islpy_fail(ISL_ERROR_INVALID_ARGUMENT, "bins %d not in [2, 256]", bins), NULL;
+    npy_intp dims[2] = {bins, bins};
+    PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT64);
+    if (!out)
+        return NULL;
+    isl_status s = isl_eval_heatmap(PyArray_DATA(p), PyArray_DATA(t), m, PyArray_SIZE(p), bins,
+                                    PyArray_DATA((PyArrayObject *)out));
+    return islpy_eval_done(s, out);
+}
+
+PyObject *_eval_otsu(PyObject *image, PyObject *mask)
+{
+    PyArrayObject *a = islpy_eval_array(image, NPY_FLOAT32, "image");
+    const uint8_t *m;
+    if (!a || islpy_eval_mask(mask, PyArray_SIZE(a), &m))
+        return NULL;
+    double th = 0;
+    isl_status s = isl_eval_otsu(PyArray_DATA(a), m, PyArray_SIZE(a), &th);
+    return islpy_eval_done(s, s == ISL_OK ? PyFloat_FromDouble(th) : NULL);
+}
+
+/* (int32 labels of the image's shape, number of objects). */
+PyObject *_eval_segment_nuclei(PyObject *image, double threshold, int min_area, int split)
+{
+    PyArrayObject *a = islpy_eval_array(image, NPY_FLOAT32, "image");
+    if (!a)
+        return NULL;
+    if (PyArray_NDIM(a) != 2 || islpy_int_dims(a, "image"))
+        return islpy_fail(ISL_ERROR_SHAPE, "the image must have 2 dimensions"), NULL;
+    PyObject *out = PyArray_SimpleNew(2, PyArray_DIMS(a), NPY_INT32);
+    if (!out)
+        return NULL;
+    int n = 0;
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_eval_segment_nuclei(PyArray_DATA(a), (int)PyArray_DIM(a, 0), (int)PyArray_DIM(a, 1),
+                                threshold, min_area, split, PyArray_DATA((PyArrayObject *)out), &n);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK)
+        return islpy_eval_done(s, out);
+    return Py_BuildValue("(Ni)", out, n);
+}
+
+/* A dict of the isl_object_errors fields. */
+PyObject *_eval_object_errors(PyObject *true_labels, int num_true, PyObject *pred_labels,
+                              int num_pred, int exclude_border)
+{
+    PyArrayObject *t = islpy_eval_array(true_labels, NPY_INT32, "true labels");
+    PyArrayObject *p = t ? islpy_eval_array(pred_labels, NPY_INT32, "predicted labels") : NULL;
+    if (!p)
+        return NULL;
+    if (PyArray_NDIM(t) != 2 || PyArray_NDIM(p) != 2 || islpy_int_dims(t, "labels") ||
+        !PyArray_CompareLists(PyArray_DIMS(t), PyArray_DIMS(p), 2))
+        return islpy_fail(ISL_ERROR_SHAPE, "label images must be 2-D and of one shape"), NULL;
+    isl_object_errors e = {.struct_size = sizeof e};
+    isl_status s = isl_eval_object_errors(PyArray_DATA(t), num_true, PyArray_DATA(p), num_pred,
+                                          (int)PyArray_DIM(t, 0), (int)PyArray_DIM(t, 1),
+                                          exclude_border, &e);
+    return islpy_eval_done(s, s != ISL_OK ? NULL
+        : Py_BuildValue("{s:i,s:i,s:i,s:i,s:i,s:i,s:d}", "true_objects", e.true_objects,
+                        "predicted_objects", e.predicted_objects, "split", e.split,
+                        "merged", e.merged, "added", e.added, "missed", e.missed,
+                        "accuracy", e.accuracy));
+}
+
+PyObject *_eval_object_radii(PyObject *labels, int num_objects)
+{
+    PyArrayObject *a = islpy_eval_array(labels, NPY_INT32, "labels");
+    if (!a)
+        return NULL;
+    if (PyArray_NDIM(a) != 2 || islpy_int_dims(a, "labels") || num_objects < 0)
+        return islpy_fail(ISL_ERROR_SHAPE, "labels must be 2-D"), NULL;
+    npy_intp n = num_objects;
+    PyObject *out = PyArray_SimpleNew(1, &n, NPY_FLOAT64);
+    if (!out)
+        return NULL;
+    isl_status s = isl_eval_object_radii(PyArray_DATA(a), (int)PyArray_DIM(a, 0),
+                                         (int)PyArray_DIM(a, 1), num_objects,
+                                         PyArray_DATA((PyArrayObject *)out));
+    return islpy_eval_done(s, out);
+}
+
+/* (statistic, p-value). */
+PyObject *_eval_ks_2samp(PyObject *a, PyObject *b)
+{
+    PyArrayObject *x = islpy_eval_array(a, NPY_FLOAT64, "a");
+    PyArrayObject *y = x ? islpy_eval_array(b, NPY_FLOAT64, "b") : NULL;
+    if (!y)
+        return NULL;
+    double d = 0, pv = 0;
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_eval_ks_2samp(PyArray_DATA(x), PyArray_SIZE(x), PyArray_DATA(y), PyArray_SIZE(y),
+                          &d, &pv);
+    Py_END_ALLOW_THREADS
+    return islpy_eval_done(s, s == ISL_OK ? Py_BuildValue("(dd)", d, pv) : NULL);
+}
+
+/* (..., 3) uint8 pictures. */
+PyObject *_eval_error_image(PyObject *pred, PyObject *truth)
+{
+    PyArrayObject *p, *t;
+    if (islpy_eval_pair(pred, truth, &p, &t))
+        return NULL;
+    npy_intp dims[NPY_MAXDIMS];
+    int nd = PyArray_NDIM(p);
+    if (nd >= NPY_MAXDIMS)
+        return islpy_fail(ISL_ERROR_SHAPE, "too many dimensions"), NULL;
+    for (int i = 0; i < nd; i++)
+        dims[i] = PyArray_DIM(p, i);
+    dims[nd] = 3;
+    PyObject *out = PyArray_SimpleNew(nd + 1, dims, NPY_UINT8);
+    if (!out)
+        return NULL;
+    isl_status s = isl_eval_error_image(PyArray_DATA(p), PyArray_DATA(t), PyArray_SIZE(p),
+                                        PyArray_DATA((PyArrayObject *)out));
+    return islpy_eval_done(s, out);
+}
+
+PyObject *_eval_map_image(PyObject *values, double lo, double hi)
+{
+    PyArrayObject *a = islpy_eval_array(values, NPY_FLOAT32, "values");
+    if (!a)
+        return NULL;
+    npy_intp dims[NPY_MAXDIMS];
+    int nd = PyArray_NDIM(a);
+    if (nd >= NPY_MAXDIMS)
+        return islpy_fail(ISL_ERROR_SHAPE, "too many dimensions"), NULL;
+    for (int i = 0; i < nd; i++)
+        dims[i] = PyArray_DIM(a, i);
+    dims[nd] = 3;
+    PyObject *out = PyArray_SimpleNew(nd + 1, dims, NPY_UINT8);
+    if (!out)
+        return NULL;
+    isl_status s = isl_eval_map_image(PyArray_DATA(a), PyArray_SIZE(a), lo, hi,
+                                      PyArray_DATA((PyArrayObject *)out));
+    return islpy_eval_done(s, out);
 }
 %}

@@ -601,7 +601,7 @@ static hid_t utf8_string_type(void)
 
 /* Puts image into a new file beside path (same filesystem, so rename is atomic), synced
  * to disk and renamed over path; the directory is synced last. */
-static isl_status write_atomically(const char *path, const void *image, size_t size)
+isl_status isl_write_file_atomic(const char *path, const void *image, size_t size)
 {
     isl_atomic_file f;
     const char *step = "write";
@@ -702,7 +702,7 @@ isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
     isl_status st = build_image(&w, fn, user, &image, &size);
     h5_leave(&s);
     if (st == ISL_OK)
-        st = write_atomically(path, image, size);
+        st = isl_write_file_atomic(path, image, size);
     free(image);
     return st;
 }

@@ -73,6 +73,24 @@ public class TestPredict {
     return d;
   }
 
+  /** Evaluation with known answers: r of exact linear relations; KS of disjoint samples of
+   *  3 and 3 (D = 1, p = 2 / C(6, 3) = 0.1); the display transform. */
+  private static void checkEvaluation() throws Exception {
+    float[] x = new float[50], up = new float[50], down = new float[50];
+    for (int i = 0; i < 50; i++) {
+      x[i] = (i * 7 % 50) / 50f;
+      up[i] = 0.5f * x[i] + 0.1f;
+      down[i] = 1f - x[i];
+    }
+    check(Math.abs(org.isl.Evaluation.pearson(up, x, 0, 0) - 1) < 1e-9, "pearson r = 1");
+    check(Math.abs(org.isl.Evaluation.pearson(down, x, 20, 3) + 1) < 1e-9, "pearson r = -1");
+    double[] ks = org.isl.Evaluation.ks2samp(new double[] {1, 2, 3}, new double[] {4, 5, 6});
+    check(ks[0] == 1 && Math.abs(ks[1] - 0.1) < 1e-12, "ks " + Arrays.toString(ks));
+    check(org.isl.Evaluation.display(0.5) == 0.5, "display");
+    x[3] = Float.NaN;
+    expectStatus(Status.VALUE, "pearson NaN", () -> org.isl.Evaluation.pearson(up, x, 0, 0));
+  }
+
   public static void main(String[] args) throws Exception {
     if (args.length != 7) {
       System.err.println("usage: TestPredict GOLDEN_MODEL INPUT_U16.raw Z H W OUT.raw TMP_DIR");
@@ -89,6 +107,7 @@ public class TestPredict {
     check(Model.STATS.equals(List.of("median", "mean", "mode", "std", "entropy", "p_nonzero")),
         "STATS " + Model.STATS);
     check(Model.formatVersion() >= 1, "format version " + Model.formatVersion());
+    checkEvaluation();
 
     // Errors.
     expectStatus(Status.IO, "missing model file", () -> Model.load(tmp.resolve("missing.h5").toString()));

@@ -32,6 +32,10 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _capi, _errors
+from ._evaluate import (
+    display, error_image, evaluate, heatmap, ks_2samp, map_image, object_errors, object_radii,
+    otsu, pearson, segment_nuclei,
+)
 from ._errors import (
     BackendError,
     CancelledError,
@@ -58,6 +62,17 @@ __all__ = [
     "AUTOENCODER",
     "TILE_CONTEXT",
     "UnusualInputWarning",
+    "evaluate",
+    "pearson",
+    "heatmap",
+    "otsu",
+    "segment_nuclei",
+    "object_errors",
+    "object_radii",
+    "ks_2samp",
+    "error_image",
+    "map_image",
+    "display",
     *_errors.__all__,
 ]
 

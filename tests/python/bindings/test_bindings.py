@@ -83,6 +83,15 @@ def test_every_header_function_is_bound(islpy):
         "isl_stats": "_stats",
         "isl_train_step": "_train_step",
         "isl_trainer_estimate_bn": "_trainer_estimate_bn",
+        "isl_eval_pearson": "_eval_pearson",
+        "isl_eval_heatmap": "_eval_heatmap",
+        "isl_eval_otsu": "_eval_otsu",
+        "isl_eval_segment_nuclei": "_eval_segment_nuclei",
+        "isl_eval_object_errors": "_eval_object_errors",
+        "isl_eval_object_radii": "_eval_object_radii",
+        "isl_eval_ks_2samp": "_eval_ks_2samp",
+        "isl_eval_error_image": "_eval_error_image",
+        "isl_eval_map_image": "_eval_map_image",
     }
     missing = sorted(f for f in functions if f not in replaced and not hasattr(_capi, f))
     assert not missing, "functions of isl.h missing from the bindings: %s" % missing

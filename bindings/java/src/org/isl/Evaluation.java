@@ -1,0 +1,41 @@
+package org.isl;
+
+/**
+ * Evaluation metrics of predicted against true images (docs/evaluation.md): the C
+ * functions isl_eval_* on Java arrays. Images are row-major float arrays in [0, 1].
+ */
+public final class Evaluation {
+  private Evaluation() {}
+
+  private static void check(isl_status s) throws IslException {
+    if (s != isl_status.ISL_OK)
+      throw new IslException(Status.fromCode(s.swigValue()), IslNative.islj_last_error());
+  }
+
+  /**
+   * Pearson r of predicted against true values over maxPixels pixels drawn without
+   * replacement (seeded; all pixels when fewer or when maxPixels is 0). The paper draws
+   * 1,000,000.
+   */
+  public static double pearson(float[] predicted, float[] truth, long maxPixels, long seed)
+      throws IslException {
+    if (predicted.length != truth.length)
+      throw new IslException(Status.SHAPE, "predicted and true images differ in size");
+    double[] result = new double[2];
+    check(IslNative.islj_eval_pearson(predicted, truth, predicted.length, maxPixels, seed,
+                                      result));
+    return result[0];
+  }
+
+  /** Two-sided two-sample Kolmogorov-Smirnov test: {statistic, p-value}. */
+  public static double[] ks2samp(double[] a, double[] b) throws IslException {
+    double[] result = new double[2];
+    check(IslNative.islj_eval_ks_2samp(a, a.length, b, b.length, result));
+    return result;
+  }
+
+  /** The paper's display transform clip((x - 0.2) / 0.6, 0, 1). */
+  public static double display(double x) {
+    return IslNative.isl_eval_display(x);
+  }
+}
