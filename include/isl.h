@@ -502,6 +502,54 @@ ISL_API isl_status isl_sampler_set_contrast_jitter(isl_sampler *sampler, double 
 ISL_API isl_status isl_sampler_draw(const isl_sampler *sampler, uint64_t seed, int batch_size,
                                     float *inputs, float *targets, uint8_t *masks);
 
+/* ---------------------------------------------------------------------------------- */
+/* Preprocessing                                                                       */
+/* ---------------------------------------------------------------------------------- */
+
+/* The paper's image preprocessing (STAR Methods, "Preprocessing pipeline"; choices where it
+ * is ambiguous: docs/preprocessing.md). Images are float32, height x width, row-major; a
+ * stack is num_z such planes. Every function refuses NaN and infinite values. */
+
+/** Light of an image: the paper blurs flat fields and normalizes per light. */
+typedef enum isl_light { ISL_LIGHT_TRANSMITTED = 0, ISL_LIGHT_FLUORESCENCE = 1 } isl_light;
+
+/** Salt-and-pepper noise and specks: applies the 5 x 5 median (image edges reflected, edge
+ *  pixel repeated, as scipy.ndimage 'reflect') again and again until a pass changes no
+ *  pixel or max_passes passes ran (the paper: converges within 32). In place. *passes
+ *  (may be NULL) receives the passes that changed something. */
+ISL_API isl_status isl_median5_until_stable(float *image, int height, int width, int max_passes,
+                                            int *passes);
+
+/** The paper's bilinear 2x downscaling: out[y][x] is the mean of the 2 x 2 block at
+ *  (2y, 2x), what bilinear sampling at the block centre gives. out is (height / 2) x
+ *  (width / 2); an odd last row or column is dropped. */
+ISL_API isl_status isl_downscale2(const float *image, int height, int width, float *out);
+
+/** Standard deviation of the flat field's Gaussian blur: height / 16 for fluorescence,
+ *  height / 32 for transmitted light (the paper). */
+ISL_API double isl_flat_field_sigma(isl_light light, int height);
+
+/** A flat field from `count` images of one microscope (all of height x width): the
+ *  per-pixel median over the images, blurred by a Gaussian of standard deviation sigma
+ *  (edges reflected; kernel cut at 4 sigma), scaled to mean 1. sigma 0: no blur, the
+ *  paper's transmitted-light dust field. Memory: one row of count values per thread
+ *  besides the output. */
+ISL_API isl_status isl_flat_field_estimate(const float *const *images, int count, int height,
+                                           int width, double sigma, float *field);
+
+/** Flat-field (or dust) correction: image /= field, pixel by pixel, in place. The field
+ *  must be positive; the division does not clip (normalization clips afterwards). */
+ISL_API isl_status isl_flat_field_apply(float *image, const float *field, int height,
+                                        int width);
+
+/** The paper's intensity normalization: an affine map giving the image mean `mean` and
+ *  standard deviation `sd` (population, in double precision), then clipping to [0, 1].
+ *  The paper: transmitted light 0.5 and 0.125, fluorescence 0.25 and 0.125 (see
+ *  isl_normalize_light). A constant image cannot be normalized (ISL_ERROR_VALUE). */
+ISL_API isl_status isl_normalize(float *image, int64_t count, double mean, double sd);
+/** isl_normalize with the paper's mean and sd for the light. */
+ISL_API isl_status isl_normalize_light(float *image, int64_t count, isl_light light);
+
 #ifdef __cplusplus
 }
 #endif

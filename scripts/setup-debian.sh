@@ -7,7 +7,7 @@ packages=(
   build-essential pkg-config meson ninja-build
   libdnnl-dev libhdf5-dev libtiff-dev check
   swig python3-dev python3-numpy python3-h5py python3-pytest python3-torch
-  python3-tifffile python3-pil
+  python3-tifffile python3-pil python3-scipy
   default-jdk-headless junit5
   abigail-tools doxygen valgrind
 )

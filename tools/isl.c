@@ -13,9 +13,11 @@ static const char main_help[] =
     "Commands:\n"
     "  dataset build  make a training dataset from TIFF stacks and label images\n"
     "  dataset info   describe a dataset file\n"
+    "  flat-field     estimate a flat field from a plate's tiles\n"
     "  model init     create a model with random weights\n"
     "  model info     describe a model file\n"
     "  predict        predict fluorescence images from a z-stack\n"
+    "  preprocess     flat-field, clean and normalize a raw stack as the paper did\n"
     "  train          train a model on a dataset file\n"
     "\n"
     "Options:\n"
@@ -28,7 +30,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2)
         return cli_usage_error(
-            "missing command: isl dataset|model|predict|train (see 'isl --help')");
+            "missing command: isl dataset|flat-field|model|predict|preprocess|train (see 'isl --help')");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         fputs(main_help, stdout);
@@ -40,6 +42,10 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "dataset"))
         return cli_cmd_dataset(argc - 1, argv + 1);
+    if (!strcmp(cmd, "flat-field"))
+        return cli_cmd_flat_field(argc - 1, argv + 1);
+    if (!strcmp(cmd, "preprocess"))
+        return cli_cmd_preprocess(argc - 1, argv + 1);
     if (!strcmp(cmd, "model"))
         return cli_cmd_model(argc - 1, argv + 1);
     if (!strcmp(cmd, "predict"))
@@ -49,5 +55,5 @@ int main(int argc, char **argv)
     if (cmd[0] == '-')
         return cli_usage_error("unknown option '%s' (see 'isl --help')", cmd);
     return cli_usage_error(
-        "unknown command '%s' (commands: dataset, model, predict, train; see 'isl --help')", cmd);
+        "unknown command '%s' (commands: dataset, flat-field, model, predict, preprocess, train; see 'isl --help')", cmd);
 }
