@@ -102,8 +102,10 @@ static int read_field(const char *path, const char *option, const cli_float_stac
     else if (f->num_z != 1 && f->num_z != s->num_z)
         rc = cli_runtime_error("%s: %s has %d pages; give 1 or the stack's %d", path, option,
                                f->num_z, s->num_z);
-    if (rc)
+    if (rc) {
         free(f->data);
+        f->data = NULL;
+    }
     return rc;
 }
 
