@@ -155,6 +155,12 @@ ISLPY_NOGIL(isl_trainer_model)
 %ignore isl_train_batch;
 %ignore isl_train_step;
 %ignore isl_trainer_estimate_bn;
+%ignore isl_median5_until_stable;
+%ignore isl_downscale2;
+%ignore isl_flat_field_estimate;
+%ignore isl_flat_field_apply;
+%ignore isl_normalize;
+%ignore isl_normalize_light;
 
 %include "isl_version.h"
 %include "isl.h"
@@ -671,6 +677,145 @@ PyObject *_stats(PyObject *logits, int stat)
         return NULL;
     }
     return out;
+}
+
+/* ---- Preprocessing (isl.preprocess): float32 C-contiguous images, 2-D or a 3-D stack. */
+
+/* The last two dimensions of a float32 array of 2 or 3 dimensions (ndim 3: planes). */
+static float *islpy_images(PyObject *obj, const char *what, int writable, int *planes,
+                           int *height, int *width)
+{
+    PyArrayObject *a = islpy_array(obj, what, writable);
+    if (!a)
+        return NULL;
+    if (PyArray_TYPE(a) != NPY_FLOAT32 || (PyArray_NDIM(a) != 2 && PyArray_NDIM(a) != 3)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a float32 array of 2 or 3 dimensions", what);
+        return NULL;
+    }
+    if (islpy_int_dims(a, what))
+        return NULL;
+    int nd = PyArray_NDIM(a);
+    *planes = nd == 3 ? (int)PyArray_DIM(a, 0) : 1;
+    *height = (int)PyArray_DIM(a, nd - 2);
+    *width = (int)PyArray_DIM(a, nd - 1);
+    return (float *)PyArray_DATA(a);
+}
+
+/* isl_median5_until_stable on a float32 image in place: returns the passes. */
+PyObject *_median5(PyObject *image, int max_passes)
+{
+    int h, w, n, passes = 0;
+    float *d = islpy_images(image, "image", 1, &n, &h, &w);
+    if (!d)
+        return NULL;
+    if (n != 1)
+        return PyErr_Format(PyExc_ValueError, "image must have 2 dimensions");
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_median5_until_stable(d, h, w, max_passes, &passes);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK) {
+        islpy_raise(s);
+        return NULL;
+    }
+    return PyLong_FromLong(passes);
+}
+
+/* isl_downscale2: a new float32 image. */
+PyObject *_downscale2(PyObject *image)
+{
+    int h, w, n;
+    float *d = islpy_images(image, "image", 0, &n, &h, &w);
+    if (!d)
+        return NULL;
+    if (n != 1)
+        return PyErr_Format(PyExc_ValueError, "image must have 2 dimensions");
+    npy_intp dims[2] = {h / 2, w / 2};
+    PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (!out)
+        return NULL;
+    isl_status s;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_downscale2(d, h, w, o);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK) {
+        Py_DECREF(out);
+        islpy_raise(s);
+        return NULL;
+    }
+    return out;
+}
+
+/* isl_flat_field_estimate over the planes of a float32 stack: a new float32 image. */
+PyObject *_flat_field(PyObject *images, double sigma)
+{
+    int h, w, n;
+    float *d = islpy_images(images, "images", 0, &n, &h, &w);
+    if (!d)
+        return NULL;
+    npy_intp dims[2] = {h, w};
+    const float **pages = malloc(sizeof(float *) * (size_t)(n > 0 ? n : 1));
+    PyObject *out = pages ? PyArray_SimpleNew(2, dims, NPY_FLOAT32) : PyErr_NoMemory();
+    if (!out) {
+        free(pages);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        pages[i] = d + (size_t)i * h * w;
+    isl_status s;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_flat_field_estimate(pages, n, h, w, sigma, o);
+    Py_END_ALLOW_THREADS
+    free(pages);
+    if (s != ISL_OK) {
+        Py_DECREF(out);
+        islpy_raise(s);
+        return NULL;
+    }
+    return out;
+}
+
+/* isl_flat_field_apply in place on a float32 image. */
+PyObject *_flat_field_apply(PyObject *image, PyObject *field)
+{
+    int h, w, n, fh, fw, fn;
+    float *d = islpy_images(image, "image", 1, &n, &h, &w);
+    const float *f = d ? islpy_images(field, "field", 0, &fn, &fh, &fw) : NULL;
+    if (!f)
+        return NULL;
+    if (n != 1 || fn != 1 || fh != h || fw != w)
+        return PyErr_Format(PyExc_ValueError, "image and field must be 2-D of one shape");
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_flat_field_apply(d, f, h, w);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK) {
+        islpy_raise(s);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* isl_normalize in place on a float32 image. */
+PyObject *_normalize(PyObject *image, double mean, double sd)
+{
+    int h, w, n;
+    float *d = islpy_images(image, "image", 1, &n, &h, &w);
+    if (!d)
+        return NULL;
+    if (n != 1)
+        return PyErr_Format(PyExc_ValueError, "image must have 2 dimensions");
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_normalize(d, (int64_t)h * w, mean, sd);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK) {
+        islpy_raise(s);
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 /* isl_train_step on numpy arrays (see islpy_train_batch): returns the float32 losses. */

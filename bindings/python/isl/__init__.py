@@ -31,7 +31,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import numpy.typing as npt
 
-from . import _capi, _errors
+from . import _capi, _errors, preprocess
 from ._errors import (
     BackendError,
     CancelledError,
@@ -58,6 +58,7 @@ __all__ = [
     "AUTOENCODER",
     "TILE_CONTEXT",
     "UnusualInputWarning",
+    "preprocess",
     *_errors.__all__,
 ]
 
