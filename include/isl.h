@@ -550,6 +550,40 @@ ISL_API isl_status isl_normalize(float *image, int64_t count, double mean, doubl
 /** isl_normalize with the paper's mean and sd for the light. */
 ISL_API isl_status isl_normalize_light(float *image, int64_t count, isl_light light);
 
+/* Stitching a plate's overlapping tiles (STAR Methods, "Image stitching"): offsets between
+ * neighbours by normalized cross-correlation, positions by least squares, a feathered
+ * composite. Compute positions on one plane and compose every z plane with them. */
+
+/** Where tile b lies in tile a's coordinates (b's pixel (0, 0) at a's (offset_y,
+ *  offset_x)): the maximum of the normalized cross-correlation over their overlap among
+ *  integer offsets within +-search of the nominal one (coarse to fine on 2x downscaled
+ *  tiles for wide searches; offsets keeping under a quarter of the nominal overlap are not
+ *  considered), refined to a fraction of a pixel by a parabola through the neighbours.
+ *  *ncc (may be NULL) receives the maximum, in [-1, 1]: low values mean an untextured
+ *  overlap whose offset is unreliable. Both tiles height x width. */
+ISL_API isl_status isl_stitch_pair_offset(const float *a, const float *b, int height, int width,
+                                          double nominal_y, double nominal_x, int search,
+                                          double *offset_y, double *offset_x, double *ncc);
+
+/** Tile positions minimizing sum over pairs of |p_j - p_i - o_ij|^2 (the paper's spring
+ *  system), tile 0 at (0, 0). pair_tiles: 2 x pairs tile indices (i, j); offsets: 2 x
+ *  pairs (y, x) of p_j - p_i; positions: 2 x tiles (y, x). ISL_ERROR_VALUE if the pairs do
+ *  not connect every tile. */
+ISL_API isl_status isl_stitch_solve(int tiles, int pairs, const int *pair_tiles,
+                                    const double *offsets, double *positions);
+
+/** Size of the canvas holding every tile at its position rounded to whole pixels. */
+ISL_API isl_status isl_stitch_canvas_size(int tiles, const double *positions, int height,
+                                          int width, int *canvas_height, int *canvas_width);
+
+/** Rows [y0, y0 + rows) of the composite (rows x canvas_width floats into out): each tile
+ *  at its rounded position, shifted so that the smallest is 0; where tiles overlap, the
+ *  mean weighted by each pixel's distance to its tile's nearest edge (feathering); 0 where
+ *  no tile lies. Row bands keep memory bounded for large canvases. */
+ISL_API isl_status isl_stitch_blend(const float *const *tiles, int count,
+                                    const double *positions, int height, int width, int y0,
+                                    int rows, int canvas_width, float *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -254,6 +254,149 @@ START_TEST(normalization_statistics_are_exact)
 }
 END_TEST
 
+/* A smooth analytic scene (Gaussian blobs) sampled anywhere, for sub-pixel shifts. */
+typedef struct blob {
+    double y, x, s, a;
+} blob;
+enum { BLOBS = 90 };
+
+static void make_blobs(blob *b, uint64_t seed)
+{
+    for (int k = 0; k < BLOBS; k++) {
+        b[k].y = test_uniform(&seed) * 200.0;
+        b[k].x = test_uniform(&seed) * 240.0;
+        b[k].s = 2.5 + 5.0 * test_uniform(&seed);
+        b[k].a = 100.0 + 400.0 * test_uniform(&seed);
+    }
+}
+
+static double scene_at(const blob *b, double y, double x)
+{
+    double v = 50.0;
+    for (int k = 0; k < BLOBS; k++)
+        v += b[k].a * exp(-((y - b[k].y) * (y - b[k].y) + (x - b[k].x) * (x - b[k].x)) /
+                          (2.0 * b[k].s * b[k].s));
+    return v;
+}
+
+/* A 3 x 3 grid of 72 x 88 tiles with nominal steps of 56 and 68 pixels (overlaps 16 and
+ * 20) and the true positions jittered by up to +-5 pixels: offsets found by NCC (with a
+ * search of +-8) within 0.5 pixel, the least-squares positions too, and the composite of
+ * whole-pixel positions equal to the scene. */
+static void stitch_grid(int subpixel)
+{
+    enum { R = 3, C = 3, H = 72, W = 88, N = R * C };
+    blob b[BLOBS];
+    make_blobs(b, 21);
+    double truth[2 * N];
+    uint64_t seed = 5;
+    float *tiles = malloc(sizeof(float) * N * H * W);
+    const float *t[N];
+    for (int i = 0; i < N; i++) {
+        double jy = 10.0 * test_uniform(&seed) - 5.0, jx = 10.0 * test_uniform(&seed) - 5.0;
+        if (!subpixel)
+            jy = round(jy), jx = round(jx);
+        truth[2 * i] = 8.0 + (i / C) * 56.0 + jy;
+        truth[2 * i + 1] = 8.0 + (i % C) * 68.0 + jx;
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                tiles[((size_t)i * H + y) * W + x] =
+                    (float)scene_at(b, truth[2 * i] + y, truth[2 * i + 1] + x);
+        t[i] = tiles + (size_t)i * H * W;
+    }
+    int pair_tiles[2 * 12], pairs = 0;
+    double offsets[2 * 12], pos[2 * N], worst = 0;
+    for (int i = 0; i < N; i++)
+        for (int dir = 0; dir < 2; dir++) {
+            int j = dir ? i + C : i + 1;
+            if ((dir && j >= N) || (!dir && i % C == C - 1))
+                continue;
+            double oy, ox, ncc;
+            ck_assert_int_eq(isl_stitch_pair_offset(t[i], t[j], H, W, dir ? 56 : 0, dir ? 0 : 68,
+                                                    8, &oy, &ox, &ncc),
+                             ISL_OK);
+            double ty = truth[2 * j] - truth[2 * i], tx = truth[2 * j + 1] - truth[2 * i + 1];
+            ck_assert_msg(fabs(oy - ty) < 0.5 && fabs(ox - tx) < 0.5,
+                          "pair %d-%d: (%g, %g), true (%g, %g)", i, j, oy, ox, ty, tx);
+            worst = fmax(worst, fmax(fabs(oy - ty), fabs(ox - tx)));
+            ck_assert_double_gt(ncc, 0.99);
+            pair_tiles[2 * pairs] = i, pair_tiles[2 * pairs + 1] = j;
+            offsets[2 * pairs] = oy, offsets[2 * pairs + 1] = ox;
+            pairs++;
+        }
+    ck_assert_int_eq(pairs, 12);
+    if (getenv("ISL_TEST_VERBOSE"))
+        fprintf(stderr, "stitch %s: worst pair offset error %.3f px\n",
+                subpixel ? "sub-pixel" : "whole-pixel", worst);
+    ck_assert_int_eq(isl_stitch_solve(N, pairs, pair_tiles, offsets, pos), ISL_OK);
+    for (int i = 0; i < N; i++) {
+        ck_assert(fabs(pos[2 * i] - (truth[2 * i] - truth[0])) < 0.5);
+        ck_assert(fabs(pos[2 * i + 1] - (truth[2 * i + 1] - truth[1])) < 0.5);
+    }
+    if (!subpixel) {
+        int ch, cw;
+        ck_assert_int_eq(isl_stitch_canvas_size(N, pos, H, W, &ch, &cw), ISL_OK);
+        float *canvas = malloc(sizeof(float) * (size_t)ch * cw);
+        /* In two bands, as a streaming writer would. */
+        ck_assert_int_eq(isl_stitch_blend(t, N, pos, H, W, 0, ch / 2, cw, canvas), ISL_OK);
+        ck_assert_int_eq(isl_stitch_blend(t, N, pos, H, W, ch / 2, ch - ch / 2, cw,
+                                          canvas + (size_t)(ch / 2) * cw),
+                         ISL_OK);
+        double oy = INFINITY, ox = INFINITY;
+        for (int i = 0; i < N; i++)
+            oy = fmin(oy, truth[2 * i]), ox = fmin(ox, truth[2 * i + 1]);
+        int covered = 0;
+        for (int y = 0; y < ch; y++)
+            for (int x = 0; x < cw; x++) {
+                int in = 0;
+                for (int i = 0; i < N; i++)
+                    in |= y + oy >= truth[2 * i] && y + oy < truth[2 * i] + H &&
+                          x + ox >= truth[2 * i + 1] && x + ox < truth[2 * i + 1] + W;
+                if (!in) {
+                    ck_assert_float_eq(canvas[(size_t)y * cw + x], 0.0f);
+                    continue;
+                }
+                covered++;
+                double want = scene_at(b, y + oy, x + ox);
+                ck_assert_double_eq_tol(canvas[(size_t)y * cw + x], want, 1e-4 * want);
+            }
+        ck_assert_int_gt(covered, ch * cw * 9 / 10);
+        free(canvas);
+    }
+    free(tiles);
+}
+
+START_TEST(stitch_recovers_whole_pixel_shifts)
+{
+    stitch_grid(0);
+}
+END_TEST
+
+START_TEST(stitch_recovers_subpixel_shifts)
+{
+    stitch_grid(1);
+}
+END_TEST
+
+START_TEST(stitch_refuses_bad_input)
+{
+    float flat[16 * 16];
+    for (int i = 0; i < 16 * 16; i++)
+        flat[i] = 3.0f;
+    double oy, ox;
+    ck_assert_int_eq(isl_stitch_pair_offset(flat, flat, 16, 16, 0, 10, 2, &oy, &ox, NULL),
+                     ISL_ERROR_VALUE);
+    ck_assert_ptr_nonnull(strstr(isl_last_error(), "textured"));
+    ck_assert_int_eq(isl_stitch_pair_offset(flat, flat, 16, 16, 0, 20, 2, &oy, &ox, NULL),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    const int pt[4] = {0, 1, 2, 3};
+    const double off[4] = {0, 10, 0, 10};
+    double pos[8];
+    ck_assert_int_eq(isl_stitch_solve(4, 2, pt, off, pos), ISL_ERROR_VALUE);
+    ck_assert_ptr_nonnull(strstr(isl_last_error(), "do not connect all 4 tiles"));
+}
+END_TEST
+
 static Suite *preprocess_suite(void)
 {
     Suite *s = suite_create("preprocess");
@@ -266,6 +409,9 @@ static Suite *preprocess_suite(void)
     tcase_add_test(tc, flat_field_refuses_bad_input);
     tcase_add_test(tc, blurred_impulse_is_the_gaussian);
     tcase_add_test(tc, normalization_statistics_are_exact);
+    tcase_add_test(tc, stitch_recovers_whole_pixel_shifts);
+    tcase_add_test(tc, stitch_recovers_subpixel_shifts);
+    tcase_add_test(tc, stitch_refuses_bad_input);
     suite_add_tcase(s, tc);
     return s;
 }

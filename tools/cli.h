@@ -20,6 +20,7 @@ enum {
 int cli_cmd_dataset(int argc, char **argv);
 int cli_cmd_flat_field(int argc, char **argv);
 int cli_cmd_preprocess(int argc, char **argv);
+int cli_cmd_stitch(int argc, char **argv);
 int cli_cmd_model(int argc, char **argv);
 int cli_cmd_model_init(int argc, char **argv);
 int cli_cmd_model_info(int argc, char **argv);

@@ -18,6 +18,7 @@ static const char main_help[] =
     "  model info     describe a model file\n"
     "  predict        predict fluorescence images from a z-stack\n"
     "  preprocess     flat-field, clean and normalize a raw stack as the paper did\n"
+    "  stitch         montage a grid of overlapping tiles\n"
     "  train          train a model on a dataset file\n"
     "\n"
     "Options:\n"
@@ -30,7 +31,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2)
         return cli_usage_error(
-            "missing command: isl dataset|flat-field|model|predict|preprocess|train (see 'isl --help')");
+            "missing command: isl dataset|flat-field|model|predict|preprocess|stitch|train (see 'isl --help')");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         fputs(main_help, stdout);
@@ -50,10 +51,12 @@ int main(int argc, char **argv)
         return cli_cmd_model(argc - 1, argv + 1);
     if (!strcmp(cmd, "predict"))
         return cli_cmd_predict(argc - 1, argv + 1);
+    if (!strcmp(cmd, "stitch"))
+        return cli_cmd_stitch(argc - 1, argv + 1);
     if (!strcmp(cmd, "train"))
         return cli_cmd_train(argc - 1, argv + 1);
     if (cmd[0] == '-')
         return cli_usage_error("unknown option '%s' (see 'isl --help')", cmd);
     return cli_usage_error(
-        "unknown command '%s' (commands: dataset, flat-field, model, predict, preprocess, train; see 'isl --help')", cmd);
+        "unknown command '%s' (commands: dataset, flat-field, model, predict, preprocess, stitch, train; see 'isl --help')", cmd);
 }

@@ -161,6 +161,10 @@ ISLPY_NOGIL(isl_trainer_model)
 %ignore isl_flat_field_apply;
 %ignore isl_normalize;
 %ignore isl_normalize_light;
+%ignore isl_stitch_pair_offset;
+%ignore isl_stitch_solve;
+%ignore isl_stitch_canvas_size;
+%ignore isl_stitch_blend;
 
 %include "isl_version.h"
 %include "isl.h"

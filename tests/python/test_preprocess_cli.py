@@ -179,3 +179,50 @@ def test_raw_camera_stack_predicts_as_its_preprocessed_twin(run_isl, tmp_path):
             b = tifffile.imread(tmp_path / "twin" / f"{head}_{stat}.tif")
             assert a.std() > 0.005  # a real prediction, not a constant
             np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+def stitch_case(tmp_path, rows=2, cols=3, h=60, w=70, overlap=(18, 22), pages=2, seed=9):
+    """Tiles cut from a smooth random scene at jittered whole-pixel positions."""
+    rng = np.random.default_rng(seed)
+    scene = ndi.gaussian_filter(rng.normal(0, 1, (200, 260)), 3.0) * 4000 + 1000
+    planes = [scene, 6000 - scene * 0.5][:pages]
+    truth, paths = [], []
+    for r in range(rows):
+        for c in range(cols):
+            y = 10 + r * (h - overlap[0]) + int(rng.integers(-4, 5))
+            x = 10 + c * (w - overlap[1]) + int(rng.integers(-4, 5))
+            truth.append((y, x))
+            paths.append(tmp_path / f"tile_{r}_{c}.tif")
+            imwrite(paths[-1], np.stack([p[y:y + h, x:x + w] for p in planes]).astype(np.float32))
+    return planes, truth, paths
+
+
+def test_stitch_composes_every_plane_with_the_found_offsets(run_isl, tmp_path):
+    planes, truth, paths = stitch_case(tmp_path)
+    out = tmp_path / "montage.tif"
+    r = run_isl("stitch", "--grid", "2x3", "--overlap", "18,22", "--search", "8", "--input",
+                *paths, "-o", out)
+    assert r.returncode == 0, r.stderr
+    got = tifffile.imread(out)
+    y0, x0 = min(t[0] for t in truth), min(t[1] for t in truth)
+    y1, x1 = max(t[0] for t in truth) + 60, max(t[1] for t in truth) + 70
+    assert got.shape == (2, y1 - y0, x1 - x0)
+    covered = np.zeros(got.shape[1:], bool)
+    for y, x in truth:
+        covered[y - y0:y - y0 + 60, x - x0:x - x0 + 70] = True
+    for z in range(2):  # the same offsets serve both planes; blending equal values is exact
+        want = planes[z][y0:y1, x0:x1]
+        np.testing.assert_allclose(got[z][covered], want[covered], rtol=1e-5)
+        assert (got[z][~covered] == 0).all()
+
+
+def test_stitch_errors(run_isl, tmp_path):
+    _, _, paths = stitch_case(tmp_path, rows=1, cols=2)
+    r = run_isl("stitch", "--grid", "2x2", "--overlap", "20", "--input", *paths, "-o",
+                tmp_path / "o.tif")
+    assert r.returncode == 2 and "--grid 2x2 needs 4 tiles, 2 given" in r.stderr
+    imwrite(tmp_path / "odd.tif", np.ones((2, 60, 50), np.float32))
+    r = run_isl("stitch", "--grid", "1x2", "--overlap", "20", "--input", paths[0],
+                tmp_path / "odd.tif", "-o", tmp_path / "o.tif")
+    assert r.returncode == 1 and "odd.tif: 2 pages of 60 x 50 differ from" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o.tif").exists()
