@@ -32,13 +32,15 @@ static const char preprocess_help[] =
     "  --downscale           downscale 2x\n"
     "  --flat-field FILE     flat field to divide by (its size: the stack's after downscaling)\n"
     "  --dust-field FILE     dust field to divide by (likewise)\n"
+    "  --mean M, --sd S      normalize to this mean and standard deviation instead (e.g.\n"
+    "                        to match a model's training stacks; docs/preprocessing.md)\n"
     "  --no-normalize        keep the corrected values (no normalization or clipping)\n"
     "  -o, --output PATH     stack to write (float32 TIFF, required)\n"
     "  -h, --help            show this help\n";
 
 enum {
     OPT_INPUT = 1, OPT_LIGHT, OPT_MEDIAN, OPT_NO_MEDIAN, OPT_DOWNSCALE, OPT_FLAT, OPT_DUST,
-    OPT_NO_NORMALIZE, OPT_OUTPUT
+    OPT_NO_NORMALIZE, OPT_MEAN, OPT_SD, OPT_OUTPUT
 };
 
 static const cli_option preprocess_options[] = {
@@ -46,6 +48,7 @@ static const cli_option preprocess_options[] = {
     {"median", 0, 0, OPT_MEDIAN},         {"no-median", 0, 0, OPT_NO_MEDIAN},
     {"downscale", 0, 0, OPT_DOWNSCALE},   {"flat-field", 0, 1, OPT_FLAT},
     {"dust-field", 0, 1, OPT_DUST},       {"no-normalize", 0, 0, OPT_NO_NORMALIZE},
+    {"mean", 0, 1, OPT_MEAN},             {"sd", 0, 1, OPT_SD},
     {"output", 'o', 1, OPT_OUTPUT},       {NULL, 0, 0, 0}};
 
 typedef struct preprocess_args {
@@ -53,11 +56,13 @@ typedef struct preprocess_args {
     isl_light light;
     int median; /* -1: by light */
     int downscale, normalize;
+    double mean, sd; /* < 0: the light's */
 } preprocess_args;
 
 static int parse(int argc, char **argv, preprocess_args *a)
 {
-    *a = (preprocess_args){.light = ISL_LIGHT_TRANSMITTED, .median = -1, .normalize = 1};
+    *a = (preprocess_args){
+        .light = ISL_LIGHT_TRANSMITTED, .median = -1, .normalize = 1, .mean = -1, .sd = -1};
     cli_args p;
     cli_args_init(&p, argc, argv, "preprocess");
     int kind, id, rc;
@@ -79,6 +84,14 @@ static int parse(int argc, char **argv, preprocess_args *a)
         case OPT_FLAT: a->flat = v; break;
         case OPT_DUST: a->dust = v; break;
         case OPT_NO_NORMALIZE: a->normalize = 0; break;
+        case OPT_MEAN:
+            if (cli_parse_double("--mean", v, 0.0, 1.0, &a->mean))
+                return CLI_EXIT_USAGE;
+            break;
+        case OPT_SD:
+            if (cli_parse_double("--sd", v, 1e-6, 1.0, &a->sd))
+                return CLI_EXIT_USAGE;
+            break;
         case OPT_OUTPUT: a->output = v; break;
         }
     }
@@ -86,6 +99,10 @@ static int parse(int argc, char **argv, preprocess_args *a)
         return cli_usage_error("missing --input or -o (see 'isl preprocess --help')");
     if (a->median < 0)
         a->median = a->light == ISL_LIGHT_FLUORESCENCE;
+    if (a->mean < 0)
+        a->mean = a->light == ISL_LIGHT_FLUORESCENCE ? 0.25 : 0.5;
+    if (a->sd < 0)
+        a->sd = 0.125;
     return 0;
 }
 
@@ -163,7 +180,7 @@ int cli_cmd_preprocess(int argc, char **argv)
                                                s.height, s.width) != ISL_OK) ||
             (dust.data && isl_flat_field_apply(page, dust.data + (dust.num_z > 1 ? z * plane : 0),
                                                s.height, s.width) != ISL_OK) ||
-            (a.normalize && isl_normalize_light(page, (int64_t)plane, a.light) != ISL_OK)) {
+            (a.normalize && isl_normalize(page, (int64_t)plane, a.mean, a.sd) != ISL_OK)) {
             rc = page_error(&a, z);
             goto done;
         }

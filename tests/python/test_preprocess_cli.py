@@ -114,6 +114,11 @@ def test_preprocess_normalizes_each_page(run_isl, tmp_path):
     for z in range(3):  # uniform values lie within 1.8 sd: nothing is clipped
         assert abs(got[z].mean() - 0.5) < 1e-6 and abs(got[z].std() - 0.125) < 1e-6
         np.testing.assert_allclose(got[z], oracle_normalize(raw[z], 0.5, 0.125), atol=1e-6)
+    r = run_isl("preprocess", "--input", tmp_path / "raw.tif", "--mean", "0.4", "--sd", "0.1",
+                "-o", tmp_path / "out.tif")
+    assert r.returncode == 0, r.stderr
+    got = tifffile.imread(tmp_path / "out.tif").astype(np.float64)
+    assert abs(got[1].mean() - 0.4) < 1e-6 and abs(got[1].std() - 0.1) < 1e-6
 
 
 @pytest.mark.parametrize("case", ["tile_size", "field_size", "field_pages", "nan", "constant",
