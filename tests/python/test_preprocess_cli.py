@@ -37,6 +37,13 @@ def camera_tiles(rng, count, pages, h, w):
     return tiles
 
 
+def write_tiles(tmp_path, tiles):
+    paths = [tmp_path / f"tile{i}.tif" for i in range(len(tiles))]
+    for p, t in zip(paths, tiles):
+        imwrite(p, t)
+    return paths
+
+
 def oracle_field(pages, sigma):
     med = np.median(np.stack(pages).astype(np.float64), axis=0)
     if sigma > 0:
@@ -52,10 +59,7 @@ def oracle_normalize(img, mean, sd):
 def test_flat_field_matches_numpy_and_scipy(run_isl, tmp_path):
     rng = np.random.default_rng(5)
     tiles = camera_tiles(rng, 4, 2, 64, 96)
-    paths = []
-    for i, t in enumerate(tiles):
-        paths.append(tmp_path / f"tile{i}.tif")
-        imwrite(paths[-1], t)
+    paths = write_tiles(tmp_path, tiles)
     pages = [p for t in tiles for p in t]
     for extra, sigma in (([], 64 / 32), (["--light", "fluorescence"], 64 / 16),
                          (["--sigma", "3.5"], 3.5), (["--dust"], 0.0)):
@@ -70,10 +74,7 @@ def test_flat_field_matches_numpy_and_scipy(run_isl, tmp_path):
 def test_preprocess_matches_the_oracle_pipeline(run_isl, tmp_path):
     rng = np.random.default_rng(6)
     tiles = camera_tiles(rng, 5, 1, 64, 64)
-    paths = []
-    for i, t in enumerate(tiles):
-        paths.append(tmp_path / f"t{i}.tif")
-        imwrite(paths[-1], t)
+    paths = write_tiles(tmp_path, tiles)
     # Flat field of the downscaled tiles, then one tile through every step.
     ff = tmp_path / "ff.tif"
     r = run_isl("flat-field", "--input", *paths, "--downscale", "--light", "fluorescence",
