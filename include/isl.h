@@ -532,8 +532,8 @@ ISL_API double isl_flat_field_sigma(isl_light light, int height);
 /** A flat field from `count` images of one microscope (all of height x width): the
  *  per-pixel median over the images, blurred by a Gaussian of standard deviation sigma
  *  (edges reflected; kernel cut at 4 sigma), scaled to mean 1. sigma 0: no blur, the
- *  paper's transmitted-light dust field. Memory: one row of count values per thread
- *  besides the output. */
+ *  paper's transmitted-light dust field. Working memory: count floats per thread and,
+ *  for the blur, one image of doubles. */
 ISL_API isl_status isl_flat_field_estimate(const float *const *images, int count, int height,
                                            int width, double sigma, float *field);
 
