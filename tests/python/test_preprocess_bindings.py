@@ -60,3 +60,19 @@ def test_errors(islpy):
         pp.normalize(np.ones((4, 4)), "uv")
     with pytest.raises(ValueError, match="one shape"):
         pp.flat_field_apply(np.ones((4, 4)), np.ones((4, 5)))
+
+
+def test_stitch(islpy):
+    pp = islpy.preprocess
+    rng = np.random.default_rng(12)
+    scene = ndi.gaussian_filter(rng.normal(0, 1, (90, 150)), 2.0).astype(np.float32)
+    left, right = scene[3:63, :80], scene[:60, 57:137]  # right at (-3, 57) in left's frame
+    oy, ox, ncc = pp.stitch_pair_offset(left, right, (0, 60), 6)
+    assert abs(oy + 3) < 0.5 and abs(ox - 57) < 0.5 and ncc > 0.99
+    pos = pp.stitch_solve(2, [(0, 1)], [(oy, ox)])
+    np.testing.assert_allclose(pos, [[0, 0], [oy, ox]], atol=1e-9)
+    canvas = pp.stitch_blend(np.stack([left, right]), pos)
+    assert canvas.shape == (63, 137)
+    np.testing.assert_allclose(canvas[3:60, :137], scene[3:60, :137], rtol=1e-5, atol=1e-6)
+    with pytest.raises(islpy.InvalidValueError, match="do not connect"):
+        pp.stitch_solve(3, [(0, 1)], [(0.0, 5.0)])

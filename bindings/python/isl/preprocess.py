@@ -18,7 +18,8 @@ import numpy.typing as npt
 from . import _capi
 
 __all__ = ["LIGHTS", "median5_until_stable", "downscale2", "flat_field_sigma", "flat_field",
-           "flat_field_apply", "normalize", "preprocess"]
+           "flat_field_apply", "normalize", "preprocess", "stitch_pair_offset", "stitch_solve",
+           "stitch_blend"]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -121,3 +122,25 @@ def preprocess(stack: npt.ArrayLike, light: str = "transmitted",
         out.append(p)
     result = np.stack(out)
     return result[0] if a.ndim == 2 else result
+
+
+def stitch_pair_offset(a: npt.ArrayLike, b: npt.ArrayLike, nominal: tuple,
+                       search: int) -> tuple:
+    """Where tile b lies in tile a's coordinates, (offset_y, offset_x, ncc): the maximum of
+    the normalized cross-correlation within +-search pixels of nominal (y, x)."""
+    return _capi._stitch_pair_offset(_f32(a, (2,), "a"), _f32(b, (2,), "b"),
+                                     float(nominal[0]), float(nominal[1]), int(search))
+
+
+def stitch_solve(tiles: int, pairs: npt.ArrayLike, offsets: npt.ArrayLike) -> np.ndarray:
+    """Tile positions (tiles, 2) minimizing sum |p_j - p_i - o_ij|^2, tile 0 at (0, 0);
+    pairs (p, 2) of tile indices (i, j), offsets (p, 2) of p_j - p_i."""
+    return _capi._stitch_solve(int(tiles), np.ascontiguousarray(pairs, np.int32),
+                               np.ascontiguousarray(offsets, np.float64))
+
+
+def stitch_blend(tiles: npt.ArrayLike, positions: npt.ArrayLike) -> FloatArray:
+    """The feathered composite of tiles (n, y, x) at positions (n, 2), rounded to whole
+    pixels and shifted so that the smallest is 0."""
+    return _capi._stitch_blend(_f32(tiles, (3,), "tiles"),
+                               np.ascontiguousarray(positions, np.float64))
