@@ -622,6 +622,88 @@ ISL_API isl_status isl_eval_error_image(const float *predicted, const float *tru
 ISL_API isl_status isl_eval_map_image(const float *values, int64_t count, double lo, double hi,
                                       uint8_t *rgb);
 
+/* ---------------------------------------------------------------------------------- */
+/* Preprocessing                                                                       */
+/* ---------------------------------------------------------------------------------- */
+
+/* The paper's image preprocessing (STAR Methods, "Preprocessing pipeline"; choices where it
+ * is ambiguous: docs/preprocessing.md). Images are float32, height x width, row-major; a
+ * stack is num_z such planes. Every function refuses NaN and infinite values. */
+
+/** Light of an image: the paper blurs flat fields and normalizes per light. */
+typedef enum isl_light { ISL_LIGHT_TRANSMITTED = 0, ISL_LIGHT_FLUORESCENCE = 1 } isl_light;
+
+/** Salt-and-pepper noise and specks: applies the 5 x 5 median (image edges reflected, edge
+ *  pixel repeated, as scipy.ndimage 'reflect') again and again until a pass changes no
+ *  pixel or max_passes passes ran (the paper: converges within 32). In place. *passes
+ *  (may be NULL) receives the passes that changed something. */
+ISL_API isl_status isl_median5_until_stable(float *image, int height, int width, int max_passes,
+                                            int *passes);
+
+/** The paper's bilinear 2x downscaling: out[y][x] is the mean of the 2 x 2 block at
+ *  (2y, 2x), what bilinear sampling at the block centre gives. out is (height / 2) x
+ *  (width / 2); an odd last row or column is dropped. */
+ISL_API isl_status isl_downscale2(const float *image, int height, int width, float *out);
+
+/** Standard deviation of the flat field's Gaussian blur: height / 16 for fluorescence,
+ *  height / 32 for transmitted light (the paper). */
+ISL_API double isl_flat_field_sigma(isl_light light, int height);
+
+/** A flat field from `count` images of one microscope (all of height x width): the
+ *  per-pixel median over the images, blurred by a Gaussian of standard deviation sigma
+ *  (edges reflected; kernel cut at 4 sigma), scaled to mean 1. sigma 0: no blur, the
+ *  paper's transmitted-light dust field. Working memory: count floats per thread and,
+ *  for the blur, one image of doubles. */
+ISL_API isl_status isl_flat_field_estimate(const float *const *images, int count, int height,
+                                           int width, double sigma, float *field);
+
+/** Flat-field (or dust) correction: image /= field, pixel by pixel, in place. The field
+ *  must be positive; the division does not clip (normalization clips afterwards). */
+ISL_API isl_status isl_flat_field_apply(float *image, const float *field, int height,
+                                        int width);
+
+/** The paper's intensity normalization: an affine map giving the image mean `mean` and
+ *  standard deviation `sd` (population, in double precision), then clipping to [0, 1].
+ *  The paper: transmitted light 0.5 and 0.125, fluorescence 0.25 and 0.125 (see
+ *  isl_normalize_light). A constant image cannot be normalized (ISL_ERROR_VALUE). */
+ISL_API isl_status isl_normalize(float *image, int64_t count, double mean, double sd);
+/** isl_normalize with the paper's mean and sd for the light. */
+ISL_API isl_status isl_normalize_light(float *image, int64_t count, isl_light light);
+
+/* Stitching a plate's overlapping tiles (STAR Methods, "Image stitching"): offsets between
+ * neighbours by normalized cross-correlation, positions by least squares, a feathered
+ * composite. Compute positions on one plane and compose every z plane with them. */
+
+/** Where tile b lies in tile a's coordinates (b's pixel (0, 0) at a's (offset_y,
+ *  offset_x)): the maximum of the normalized cross-correlation over their overlap among
+ *  integer offsets within +-search of the nominal one (coarse to fine on 2x downscaled
+ *  tiles for wide searches; offsets keeping under a quarter of the nominal overlap are not
+ *  considered), refined to a fraction of a pixel by a parabola through the neighbours.
+ *  *ncc (may be NULL) receives the maximum, in [-1, 1]: low values mean an untextured
+ *  overlap whose offset is unreliable. Both tiles height x width. */
+ISL_API isl_status isl_stitch_pair_offset(const float *a, const float *b, int height, int width,
+                                          double nominal_y, double nominal_x, int search,
+                                          double *offset_y, double *offset_x, double *ncc);
+
+/** Tile positions minimizing sum over pairs of |p_j - p_i - o_ij|^2 (the paper's spring
+ *  system), tile 0 at (0, 0). pair_tiles: 2 x pairs tile indices (i, j); offsets: 2 x
+ *  pairs (y, x) of p_j - p_i; positions: 2 x tiles (y, x). ISL_ERROR_VALUE if the pairs do
+ *  not connect every tile. */
+ISL_API isl_status isl_stitch_solve(int tiles, int pairs, const int *pair_tiles,
+                                    const double *offsets, double *positions);
+
+/** Size of the canvas holding every tile at its position rounded to whole pixels. */
+ISL_API isl_status isl_stitch_canvas_size(int tiles, const double *positions, int height,
+                                          int width, int *canvas_height, int *canvas_width);
+
+/** Rows [y0, y0 + rows) of the composite (rows x canvas_width floats into out): each tile
+ *  at its rounded position, shifted so that the smallest is 0; where tiles overlap, the
+ *  mean weighted by each pixel's distance to its tile's nearest edge (feathering); 0 where
+ *  no tile lies. Row bands keep memory bounded for large canvases. */
+ISL_API isl_status isl_stitch_blend(const float *const *tiles, int count,
+                                    const double *positions, int height, int width, int y0,
+                                    int rows, int canvas_width, float *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -18,6 +18,9 @@ enum {
 
 /* ---- Commands (cmd_*.c). argv[0] is the command name. ------------------------------ */
 int cli_cmd_dataset(int argc, char **argv);
+int cli_cmd_flat_field(int argc, char **argv);
+int cli_cmd_preprocess(int argc, char **argv);
+int cli_cmd_stitch(int argc, char **argv);
 int cli_cmd_model(int argc, char **argv);
 int cli_cmd_model_init(int argc, char **argv);
 int cli_cmd_model_info(int argc, char **argv);
@@ -25,6 +28,18 @@ int cli_cmd_predict(int argc, char **argv);
 int cli_cmd_train(int argc, char **argv);
 int cli_cmd_evaluate(int argc, char **argv);
 int cli_cmd_report(int argc, char **argv);
+
+/* ---- Preprocessing inputs (cmd_flat_field.c). -------------------------------------- */
+/* A TIFF stack as float32 raw values (integers not scaled). */
+typedef struct cli_float_stack {
+    float *data;
+    int num_z, height, width;
+} cli_float_stack;
+/* Reads path (expect_pages > 0 checks the page count), each page downscaled 2x if asked.
+ * Returns 0, or the exit code of an error it reported. Free data with free(). */
+int cli_read_float_stack(const char *path, int expect_pages, int downscale, cli_float_stack *out);
+/* "transmitted" or "fluorescence"; 0, or the exit code of a reported usage error. */
+int cli_parse_light(const char *text, isl_light *out);
 
 /* ---- Diagnostics (diag.c). Each prints exactly one line to stderr. ----------------- */
 /* "isl: error: <message>"; returns CLI_EXIT_USAGE. */

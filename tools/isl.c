@@ -14,10 +14,13 @@ static const char main_help[] =
     "  dataset build  make a training dataset from TIFF stacks and label images\n"
     "  dataset info   describe a dataset file\n"
     "  evaluate       compare predicted with true images (metrics, heat maps, pictures)\n"
+    "  flat-field     estimate a flat field from a plate's tiles\n"
     "  model init     create a model with random weights\n"
     "  model info     describe a model file\n"
     "  predict        predict fluorescence images from a z-stack\n"
+    "  preprocess     flat-field, clean and normalize a raw stack as the paper did\n"
     "  report         the evaluation as one self-contained HTML page\n"
+    "  stitch         montage a grid of overlapping tiles\n"
     "  train          train a model on a dataset file\n"
     "\n"
     "Options:\n"
@@ -30,7 +33,8 @@ int main(int argc, char **argv)
 {
     if (argc < 2)
         return cli_usage_error(
-            "missing command: isl dataset|evaluate|model|predict|report|train (see 'isl --help')");
+            "missing command: isl dataset|evaluate|flat-field|model|predict|preprocess|"
+            "report|stitch|train (see 'isl --help')");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         fputs(main_help, stdout);
@@ -42,10 +46,16 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "dataset"))
         return cli_cmd_dataset(argc - 1, argv + 1);
+    if (!strcmp(cmd, "flat-field"))
+        return cli_cmd_flat_field(argc - 1, argv + 1);
+    if (!strcmp(cmd, "preprocess"))
+        return cli_cmd_preprocess(argc - 1, argv + 1);
     if (!strcmp(cmd, "model"))
         return cli_cmd_model(argc - 1, argv + 1);
     if (!strcmp(cmd, "predict"))
         return cli_cmd_predict(argc - 1, argv + 1);
+    if (!strcmp(cmd, "stitch"))
+        return cli_cmd_stitch(argc - 1, argv + 1);
     if (!strcmp(cmd, "train"))
         return cli_cmd_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "evaluate"))
@@ -55,5 +65,6 @@ int main(int argc, char **argv)
     if (cmd[0] == '-')
         return cli_usage_error("unknown option '%s' (see 'isl --help')", cmd);
     return cli_usage_error(
-        "unknown command '%s' (commands: dataset, evaluate, model, predict, report, train; see 'isl --help')", cmd);
+        "unknown command '%s' (commands: dataset, evaluate, flat-field, model, predict, "
+        "preprocess, report, stitch, train; see 'isl --help')", cmd);
 }

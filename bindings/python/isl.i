@@ -165,6 +165,16 @@ ISLPY_NOGIL(isl_trainer_model)
 %ignore isl_eval_ks_2samp;
 %ignore isl_eval_error_image;
 %ignore isl_eval_map_image;
+%ignore isl_median5_until_stable;
+%ignore isl_downscale2;
+%ignore isl_flat_field_estimate;
+%ignore isl_flat_field_apply;
+%ignore isl_normalize;
+%ignore isl_normalize_light;
+%ignore isl_stitch_pair_offset;
+%ignore isl_stitch_solve;
+%ignore isl_stitch_canvas_size;
+%ignore isl_stitch_blend;
 
 %include "isl_version.h"
 %include "isl.h"
@@ -675,6 +685,249 @@ PyObject *_stats(PyObject *logits, int stat)
         s = isl_stats(in, classes, count, count, (isl_stat)stat, o);
         Py_END_ALLOW_THREADS
     }
+    if (s != ISL_OK) {
+        Py_DECREF(out);
+        islpy_raise(s);
+        return NULL;
+    }
+    return out;
+}
+
+/* ---- Preprocessing (isl.preprocess): float32 C-contiguous images, 2-D or a 3-D stack. */
+
+/* The last two dimensions of a float32 array of 2 or 3 dimensions (ndim 3: planes). */
+static float *islpy_images(PyObject *obj, const char *what, int writable, int *planes,
+                           int *height, int *width)
+{
+    PyArrayObject *a = islpy_array(obj, what, writable);
+    if (!a)
+        return NULL;
+    if (PyArray_TYPE(a) != NPY_FLOAT32 || (PyArray_NDIM(a) != 2 && PyArray_NDIM(a) != 3)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a float32 array of 2 or 3 dimensions", what);
+        return NULL;
+    }
+    if (islpy_int_dims(a, what))
+        return NULL;
+    int nd = PyArray_NDIM(a);
+    *planes = nd == 3 ? (int)PyArray_DIM(a, 0) : 1;
+    *height = (int)PyArray_DIM(a, nd - 2);
+    *width = (int)PyArray_DIM(a, nd - 1);
+    return (float *)PyArray_DATA(a);
+}
+
+/* isl_median5_until_stable on a float32 image in place: returns the passes. */
+PyObject *_median5(PyObject *image, int max_passes)
+{
+    int h, w, n, passes = 0;
+    float *d = islpy_images(image, "image", 1, &n, &h, &w);
+    if (!d)
+        return NULL;
+    if (n != 1)
+        return PyErr_Format(PyExc_ValueError, "image must have 2 dimensions");
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_median5_until_stable(d, h, w, max_passes, &passes);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK) {
+        islpy_raise(s);
+        return NULL;
+    }
+    return PyLong_FromLong(passes);
+}
+
+/* isl_downscale2: a new float32 image. */
+PyObject *_downscale2(PyObject *image)
+{
+    int h, w, n;
+    float *d = islpy_images(image, "image", 0, &n, &h, &w);
+    if (!d)
+        return NULL;
+    if (n != 1)
+        return PyErr_Format(PyExc_ValueError, "image must have 2 dimensions");
+    npy_intp dims[2] = {h / 2, w / 2};
+    PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    if (!out)
+        return NULL;
+    isl_status s;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_downscale2(d, h, w, o);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK) {
+        Py_DECREF(out);
+        islpy_raise(s);
+        return NULL;
+    }
+    return out;
+}
+
+/* isl_flat_field_estimate over the planes of a float32 stack: a new float32 image. */
+PyObject *_flat_field(PyObject *images, double sigma)
+{
+    int h, w, n;
+    float *d = islpy_images(images, "images", 0, &n, &h, &w);
+    if (!d)
+        return NULL;
+    npy_intp dims[2] = {h, w};
+    const float **pages = malloc(sizeof(float *) * (size_t)(n > 0 ? n : 1));
+    PyObject *out = pages ? PyArray_SimpleNew(2, dims, NPY_FLOAT32) : PyErr_NoMemory();
+    if (!out) {
+        free(pages);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        pages[i] = d + (size_t)i * h * w;
+    isl_status s;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_flat_field_estimate(pages, n, h, w, sigma, o);
+    Py_END_ALLOW_THREADS
+    free(pages);
+    if (s != ISL_OK) {
+        Py_DECREF(out);
+        islpy_raise(s);
+        return NULL;
+    }
+    return out;
+}
+
+/* isl_flat_field_apply in place on a float32 image. */
+PyObject *_flat_field_apply(PyObject *image, PyObject *field)
+{
+    int h, w, n, fh, fw, fn;
+    float *d = islpy_images(image, "image", 1, &n, &h, &w);
+    const float *f = d ? islpy_images(field, "field", 0, &fn, &fh, &fw) : NULL;
+    if (!f)
+        return NULL;
+    if (n != 1 || fn != 1 || fh != h || fw != w)
+        return PyErr_Format(PyExc_ValueError, "image and field must be 2-D of one shape");
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_flat_field_apply(d, f, h, w);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK) {
+        islpy_raise(s);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* isl_normalize in place on a float32 image. */
+PyObject *_normalize(PyObject *image, double mean, double sd)
+{
+    int h, w, n;
+    float *d = islpy_images(image, "image", 1, &n, &h, &w);
+    if (!d)
+        return NULL;
+    if (n != 1)
+        return PyErr_Format(PyExc_ValueError, "image must have 2 dimensions");
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_normalize(d, (int64_t)h * w, mean, sd);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK) {
+        islpy_raise(s);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* A float64 array of shape (n, 2), C-contiguous: positions or offsets (y, x). */
+static double *islpy_pairs_f64(PyObject *obj, const char *what, npy_intp *n)
+{
+    PyArrayObject *a = islpy_array(obj, what, 0);
+    if (!a)
+        return NULL;
+    if (PyArray_TYPE(a) != NPY_FLOAT64 || PyArray_NDIM(a) != 2 || PyArray_DIM(a, 1) != 2) {
+        PyErr_Format(PyExc_TypeError, "%s must be a float64 array of shape (n, 2)", what);
+        return NULL;
+    }
+    *n = PyArray_DIM(a, 0);
+    return (double *)PyArray_DATA(a);
+}
+
+/* isl_stitch_pair_offset: (offset_y, offset_x, ncc). */
+PyObject *_stitch_pair_offset(PyObject *a, PyObject *b, double nominal_y, double nominal_x,
+                              int search)
+{
+    int h, w, n, bh, bw, bn;
+    const float *da = islpy_images(a, "a", 0, &n, &h, &w);
+    const float *db = da ? islpy_images(b, "b", 0, &bn, &bh, &bw) : NULL;
+    if (!db)
+        return NULL;
+    if (n != 1 || bn != 1 || bh != h || bw != w)
+        return PyErr_Format(PyExc_ValueError, "a and b must be 2-D of one shape");
+    double oy = 0, ox = 0, ncc = 0;
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_stitch_pair_offset(da, db, h, w, nominal_y, nominal_x, search, &oy, &ox, &ncc);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK) {
+        islpy_raise(s);
+        return NULL;
+    }
+    return Py_BuildValue("(ddd)", oy, ox, ncc);
+}
+
+/* isl_stitch_solve: pairs int32 (p, 2), offsets float64 (p, 2) -> positions (tiles, 2). */
+PyObject *_stitch_solve(int tiles, PyObject *pairs, PyObject *offsets)
+{
+    PyArrayObject *pa = islpy_array(pairs, "pairs", 0);
+    if (!pa)
+        return NULL;
+    if (PyArray_TYPE(pa) != NPY_INT32 || PyArray_NDIM(pa) != 2 || PyArray_DIM(pa, 1) != 2)
+        return PyErr_Format(PyExc_TypeError, "pairs must be an int32 array of shape (p, 2)");
+    npy_intp np_off;
+    const double *off = islpy_pairs_f64(offsets, "offsets", &np_off);
+    if (!off)
+        return NULL;
+    if (np_off != PyArray_DIM(pa, 0) || np_off > (1 << 24) || tiles < 1 || tiles > 4096)
+        return PyErr_Format(PyExc_ValueError, "pairs and offsets must have one length; "
+                            "tiles in [1, 4096]");
+    npy_intp dims[2] = {tiles, 2};
+    PyObject *out = PyArray_SimpleNew(2, dims, NPY_FLOAT64);
+    if (!out)
+        return NULL;
+    isl_status s = isl_stitch_solve(tiles, (int)np_off, PyArray_DATA(pa), off,
+                                    PyArray_DATA((PyArrayObject *)out));
+    if (s != ISL_OK) {
+        Py_DECREF(out);
+        islpy_raise(s);
+        return NULL;
+    }
+    return out;
+}
+
+/* isl_stitch_canvas_size + isl_stitch_blend of float32 tiles (n, y, x): the canvas. */
+PyObject *_stitch_blend(PyObject *tiles, PyObject *positions)
+{
+    int h, w, n, ch, cw;
+    npy_intp np_pos;
+    const float *d = islpy_images(tiles, "tiles", 0, &n, &h, &w);
+    const double *pos = d ? islpy_pairs_f64(positions, "positions", &np_pos) : NULL;
+    if (!pos)
+        return NULL;
+    if (np_pos != n)
+        return PyErr_Format(PyExc_ValueError, "%d tiles but %zd positions", n, (Py_ssize_t)np_pos);
+    isl_status s = isl_stitch_canvas_size(n, pos, h, w, &ch, &cw);
+    if (s != ISL_OK) {
+        islpy_raise(s);
+        return NULL;
+    }
+    npy_intp dims[2] = {ch, cw};
+    const float **t = malloc(sizeof(float *) * (size_t)n);
+    PyObject *out = t ? PyArray_SimpleNew(2, dims, NPY_FLOAT32) : PyErr_NoMemory();
+    if (!out) {
+        free(t);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        t[i] = d + (size_t)i * h * w;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_stitch_blend(t, n, pos, h, w, 0, ch, cw, o);
+    Py_END_ALLOW_THREADS
+    free(t);
     if (s != ISL_OK) {
         Py_DECREF(out);
         islpy_raise(s);

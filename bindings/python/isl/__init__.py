@@ -31,7 +31,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import numpy as np
 import numpy.typing as npt
 
-from . import _capi, _errors
+from . import _capi, _errors, preprocess
 from ._evaluate import (
     display, error_image, evaluate, heatmap, ks_2samp, map_image, object_errors, object_radii,
     otsu, pearson, segment_nuclei,
@@ -73,6 +73,7 @@ __all__ = [
     "error_image",
     "map_image",
     "display",
+    "preprocess",
     *_errors.__all__,
 ]
 

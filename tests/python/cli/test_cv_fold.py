@@ -16,7 +16,7 @@ import pathlib
 
 import pytest
 
-from conftest import REPO_ROOT as REPO
+from .conftest import REPO_ROOT as REPO
 
 LABELS = ("dapi_confocal", "map2_confocal", "nfh_confocal")
 # Recorded by scripts/cv-condition-b.sh (fold 0, seed 1, isl 0.5.0 on an AMD EPYC Zen 5,

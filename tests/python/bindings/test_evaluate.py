@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from conftest_bindings import islpy  # noqa: F401  (fixture)
+from .conftest import islpy  # noqa: F401  (fixture)
 
 scipy_stats = pytest.importorskip("scipy.stats", reason="python3-scipy is the oracle")
 

@@ -1,0 +1,78 @@
+"""isl.preprocess against scipy/numpy oracles, and its errors."""
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from .conftest import islpy  # noqa: F401  (fixture)
+
+
+def test_functions_match_scipy(islpy):
+    pp = islpy.preprocess
+    rng = np.random.default_rng(11)
+    y, x = np.mgrid[0:37, 0:41]
+    img = 1000 + 10 * np.floor((x + 2 * y) / 6.0)  # a staircase with specks: converges
+    img[rng.random(img.shape) < 0.03] = 5000
+    out, passes = pp.median5_until_stable(img)
+    ref = img.astype(np.float32)
+    for n in range(32):
+        nxt = ndi.median_filter(ref, size=5, mode="reflect")
+        if np.array_equal(nxt, ref):
+            break
+        ref = nxt
+    assert 1 <= passes == n < 32 and out.dtype == np.float32
+    np.testing.assert_array_equal(out, ref)
+    assert img.max() == 5000  # the input is not modified
+
+    np.testing.assert_allclose(pp.downscale2(img), img[:36, :40].reshape(18, 2, 20, 2).mean((1, 3)),
+                               rtol=1e-6)
+    stack = rng.uniform(500, 1500, (5, 64, 48))
+    med = np.median(stack, axis=0)
+    blurred = ndi.gaussian_filter(med, 2.0, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(pp.flat_field(stack), blurred / blurred.mean(), rtol=2e-6)
+    np.testing.assert_allclose(pp.flat_field(stack, dust=True), med / med.mean(), rtol=2e-6)
+    blurred = ndi.gaussian_filter(med, 4.0, mode="reflect", truncate=4.0)
+    np.testing.assert_allclose(pp.flat_field(stack, light="fluorescence"),
+                               blurred / blurred.mean(), rtol=2e-6)
+    assert pp.flat_field_sigma("transmitted", 2048) == 64.0
+
+    norm = pp.normalize(stack[0], "fluorescence")
+    assert abs(norm.astype(np.float64).mean() - 0.25) < 1e-6
+    assert abs(norm.astype(np.float64).std() - 0.125) < 1e-6
+    field = pp.flat_field(stack)
+    both = pp.preprocess(stack[:2], flat_field=field)
+    for z in range(2):
+        x = stack[z].astype(np.float32) / field
+        np.testing.assert_allclose(both[z], np.clip((x - x.mean()) / x.std() * 0.125 + 0.5, 0, 1),
+                                   atol=2e-6)
+
+
+def test_errors(islpy):
+    pp = islpy.preprocess
+    bad = np.ones((8, 8))
+    bad[2, 3] = np.nan
+    with pytest.raises(islpy.InvalidValueError, match=r"pixel \(2, 3\) is not finite"):
+        pp.median5_until_stable(bad)
+    with pytest.raises(islpy.InvalidValueError, match="constant"):
+        pp.normalize(np.ones((4, 4)))
+    with pytest.raises(islpy.InvalidValueError, match="must be positive"):
+        pp.flat_field_apply(np.ones((4, 4)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="light must be one of"):
+        pp.normalize(np.ones((4, 4)), "uv")
+    with pytest.raises(ValueError, match="one shape"):
+        pp.flat_field_apply(np.ones((4, 4)), np.ones((4, 5)))
+
+
+def test_stitch(islpy):
+    pp = islpy.preprocess
+    rng = np.random.default_rng(12)
+    scene = ndi.gaussian_filter(rng.normal(0, 1, (90, 150)), 2.0).astype(np.float32)
+    left, right = scene[3:63, :80], scene[:60, 57:137]  # right at (-3, 57) in left's frame
+    oy, ox, ncc = pp.stitch_pair_offset(left, right, (0, 60), 6)
+    assert abs(oy + 3) < 0.5 and abs(ox - 57) < 0.5 and ncc > 0.99
+    pos = pp.stitch_solve(2, [(0, 1)], [(oy, ox)])
+    np.testing.assert_allclose(pos, [[0, 0], [oy, ox]], atol=1e-9)
+    canvas = pp.stitch_blend(np.stack([left, right]), pos)
+    assert canvas.shape == (63, 137)
+    np.testing.assert_allclose(canvas[3:60, :137], scene[3:60, :137], rtol=1e-5, atol=1e-6)
+    with pytest.raises(islpy.InvalidValueError, match="do not connect"):
+        pp.stitch_solve(3, [(0, 1)], [(0.0, 5.0)])
