@@ -18,6 +18,7 @@ enum {
 
 /* ---- Commands (cmd_*.c). argv[0] is the command name. ------------------------------ */
 int cli_cmd_dataset(int argc, char **argv);
+int cli_cmd_export(int argc, char **argv);
 int cli_cmd_model(int argc, char **argv);
 int cli_cmd_model_init(int argc, char **argv);
 int cli_cmd_model_info(int argc, char **argv);

@@ -28,7 +28,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2)
         return cli_usage_error(
-            "missing command: isl dataset|model|predict|train (see 'isl --help')");
+            "missing command: isl dataset|export|model|predict|train (see 'isl --help')");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
         fputs(main_help, stdout);
@@ -40,6 +40,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "dataset"))
         return cli_cmd_dataset(argc - 1, argv + 1);
+    if (!strcmp(cmd, "export"))
+        return cli_cmd_export(argc - 1, argv + 1);
     if (!strcmp(cmd, "model"))
         return cli_cmd_model(argc - 1, argv + 1);
     if (!strcmp(cmd, "predict"))
@@ -49,5 +51,5 @@ int main(int argc, char **argv)
     if (cmd[0] == '-')
         return cli_usage_error("unknown option '%s' (see 'isl --help')", cmd);
     return cli_usage_error(
-        "unknown command '%s' (commands: dataset, model, predict, train; see 'isl --help')", cmd);
+        "unknown command '%s' (commands: dataset, export, model, predict, train; see 'isl --help')", cmd);
 }

@@ -70,6 +70,13 @@ static int out_map_shrink(isl_chmap *out, const isl_chmap *x, int count)
     return 0;
 }
 
+void isl_bn_fold(const isl_bn_params *s, int c, float *scale, float *shift)
+{
+    double k = s->gamma[c] / sqrt((double)s->var[c] + ISL_BN_EPSILON);
+    *scale = (float)k;
+    *shift = (float)(s->beta[c] - s->mean[c] * k);
+}
+
 static int bn_pad(isl_bn_padded *d, const isl_bn_params *s, const isl_chmap *m)
 {
     d->padded = m->padded;
@@ -77,11 +84,8 @@ static int bn_pad(isl_bn_padded *d, const isl_bn_params *s, const isl_chmap *m)
     d->shift = calloc((size_t)m->padded, sizeof(float));
     if (!d->scale || !d->shift)
         return -1;
-    for (int c = 0; c < m->count; c++) {
-        double scale = s->gamma[c] / sqrt((double)s->var[c] + ISL_BN_EPSILON);
-        d->scale[m->pos[c]] = (float)scale;
-        d->shift[m->pos[c]] = (float)(s->beta[c] - s->mean[c] * scale);
-    }
+    for (int c = 0; c < m->count; c++)
+        isl_bn_fold(s, c, &d->scale[m->pos[c]], &d->shift[m->pos[c]]);
     return 0;
 }
 

@@ -31,6 +31,9 @@ typedef struct isl_bn_padded {
 
 #define ISL_BN_EPSILON 1e-3
 
+/* Channel c of a batch norm folded for inference: y = scale * x + shift. */
+void isl_bn_fold(const isl_bn_params *s, int c, float *scale, float *shift);
+
 typedef struct isl_module_layout {
     isl_chmap x, e, out;      /* input, expand output (+ maxpool), module output */
     int conv_padded;          /* padded channels of the expand conv (first part of e) */

@@ -688,6 +688,32 @@ static isl_status write_temp_file(const char *path, char *tmp, const void *image
     return isl_fail(ISL_ERROR_IO, "%s: cannot %s %s: %s", path, step, tmp, strerror(saved));
 }
 
+/* Bytes to a temporary file beside path, renamed over it, the directory synced. */
+isl_status isl_write_bytes_atomic(const char *path, const void *data, size_t size)
+{
+    static const char suffix[] = ".tmp.XXXXXX";
+    size_t len = strlen(path);
+    char *tmp = malloc(len + sizeof(suffix));
+    if (!tmp)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
+    memcpy(tmp, path, len);
+    memcpy(tmp + len, suffix, sizeof(suffix));
+    isl_status st = write_temp_file(path, tmp, data, size);
+    if (st == ISL_OK && rename(tmp, path) != 0) {
+        st = isl_fail(ISL_ERROR_IO, "%s: cannot replace it with %s: %s", path, tmp,
+                      strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    if (st != ISL_OK)
+        return st;
+    /* The new file is in place; only its durability across a crash is in doubt. */
+    if (sync_parent_dir(path) != 0)
+        return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
+                        strerror(errno));
+    return ISL_OK;
+}
+
 /* ---------------------------------------------------------------------------------- */
 /* Files                                                                               */
 /* ---------------------------------------------------------------------------------- */
@@ -757,14 +783,8 @@ isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
 {
     if (!path || !fn)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_write_file: NULL argument");
-    static const char suffix[] = ".tmp.XXXXXX";
-    size_t len = strlen(path), size = 0;
+    size_t size = 0;
     void *image = NULL;
-    char *tmp = malloc(len + sizeof(suffix));
-    if (!tmp)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory", path);
-    memcpy(tmp, path, len);
-    memcpy(tmp + len, suffix, sizeof(suffix));
     isl_h5_file w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
                      .str_type = H5I_INVALID_HID};
     h5_session s;
@@ -772,21 +792,9 @@ isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
     isl_status st = build_image(&w, fn, user, &image, &size);
     h5_leave(&s);
     if (st == ISL_OK)
-        st = write_temp_file(path, tmp, image, size);
+        st = isl_write_bytes_atomic(path, image, size);
     free(image);
-    if (st == ISL_OK && rename(tmp, path) != 0) {
-        st = isl_fail(ISL_ERROR_IO, "%s: cannot replace it with %s: %s", path, tmp,
-                      strerror(errno));
-        unlink(tmp);
-    }
-    free(tmp);
-    if (st != ISL_OK)
-        return st;
-    /* The new file is in place; only its durability across a crash is in doubt. */
-    if (sync_parent_dir(path) != 0)
-        return isl_fail(ISL_ERROR_IO, "%s: written, but syncing its directory failed: %s", path,
-                        strerror(errno));
-    return ISL_OK;
+    return st;
 }
 
 isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user)

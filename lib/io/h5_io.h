@@ -27,6 +27,10 @@ isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user);
  * failure a previous file at path is untouched. */
 isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user);
 
+/* Writes size bytes atomically in the same way (temporary file beside path, fsync,
+ * rename, directory sync): the writer behind every file the library writes. */
+isl_status isl_write_bytes_atomic(const char *path, const void *data, size_t size);
+
 /* The open file, its path (for messages) and, when writing, a link creation property
  * list that creates intermediate groups. */
 hid_t isl_h5_id(const isl_h5_file *f);

@@ -1,0 +1,114 @@
+"""`isl export --onnx`: the exported graph passes onnx's checker and shape inference, and an
+independent evaluator of its ops (tests/oracle/onnx_torch.py, PyTorch) reproduces the golden
+vectors and `isl predict`.
+
+Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_export.py -q (~20 s).
+"""
+import os
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import REPO_ROOT
+
+onnx = pytest.importorskip("onnx")
+torch = pytest.importorskip("torch")
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(REPO_ROOT / "tests" / "oracle"))
+import onnx_torch  # noqa: E402
+
+# The golden input is reflect-padded as the spec says (121 before, 121 + e after), without
+# the project's code: numpy's "reflect" is the spec's mirror padding.
+MARGIN = 121
+
+
+def export(run_isl, model, out):
+    r = run_isl("export", "--model", model, "--onnx", out)
+    assert r.returncode == 0, r.stderr
+    return onnx.load(str(out))
+
+
+def test_export_onnx_is_valid(run_isl, golden_dir, tmp_path):
+    m = export(run_isl, golden_dir / "model.h5", tmp_path / "g.onnx")
+    onnx.checker.check_model(m, full_check=True)
+    assert m.opset_import[0].version >= 13
+    ops = {n.op_type for n in m.graph.node}
+    assert "BatchNormalization" not in ops  # folded
+    assert [o.name for o in m.graph.output] == ["dapi_confocal", "nfh_confocal"]  # no autoencoder
+    meta = {p.key: p.value for p in m.metadata_props}
+    assert meta["isl.num_z"] == "13" and meta["isl.input_normalization"] == "none"
+    # Shape inference with a concrete tile 266 x 282 (266 + 16m): 24 x 40 outputs.
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    for d, v in zip(dims, (1, 13, 266, 282)):
+        d.dim_value = v
+    inferred = onnx.shape_inference.infer_shapes(m, strict_mode=True, data_prop=True)
+    vi = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    last = [n.output[0] for n in inferred.graph.node if n.output[0] == "dapi_confocal"][0]
+    conv_in = [n for n in inferred.graph.node if n.output[0] == last][0].input[0]
+    shape = [d.dim_value for d in vi[conv_in].type.tensor_type.shape.dim]
+    assert shape[0] == 1 and shape[2:] == [24, 40], shape
+
+
+def test_export_onnx_matches_golden_and_predict(run_isl, golden_dir, tmp_path):
+    m = export(run_isl, golden_dir / "model.h5", tmp_path / "g.onnx")
+    stack = tifffile.imread(golden_dir / "input.tif").astype(np.float64) / 65535
+    padded = np.pad(stack, ((0, 0), (MARGIN, MARGIN), (MARGIN, MARGIN)), mode="reflect")
+    torch.set_num_threads(2)
+    out = onnx_torch.run(m, {"input": padded[None, :, :266, :266]}, torch.float32)
+    assert out["dapi_confocal"].shape == (1, 256, 24, 24)
+    with h5py.File(golden_dir / "expected.h5", "r") as f:
+        patch = f["patch_0_0_logits_head0"][()]
+    # The top-left 8 x 8 outputs are the patch network on the first 250 x 250 window.
+    assert np.abs(out["dapi_confocal"][0, :, :8, :8] - patch).max() < 1e-3
+
+    r = run_isl("predict", "--model", golden_dir / "model.h5", "--input", golden_dir / "input.tif",
+                "--output-dir", tmp_path / "pred", "--stats", "mean,median", "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    k = np.arange(256)[:, None, None]
+    for head in ("dapi_confocal", "nfh_confocal"):
+        lg = out[head][0].astype(np.float64)
+        p = np.exp(lg - lg.max(0))
+        p /= p.sum(0)
+        mean = (p * k).sum(0) / 255
+        median = np.argmax(np.cumsum(p, 0) >= 0.5, axis=0)  # bin index
+        want_mean = tifffile.imread(tmp_path / "pred" / f"{head}_mean.tif")[:24, :24]
+        want_median = np.rint(tifffile.imread(tmp_path / "pred" / f"{head}_median.tif")[:24, :24] * 255)
+        assert np.abs(mean - want_mean).max() < 1e-4, head
+        assert np.mean(median == want_median) > 0.99, head
+
+
+@pytest.mark.skipif(os.environ.get("ISL_LONG_TESTS") != "1", reason="long test (ISL_LONG_TESTS=1)")
+def test_export_onnx_base100_widening_residuals(run_isl, tmp_path):
+    """Base 100 has in modules whose reduce output is wider than their input (the residual
+    fills the first channels): the bundled example model against `isl predict`."""
+    model = REPO_ROOT / "examples" / "data" / "condition-b.h5"
+    m = export(run_isl, model, tmp_path / "b.onnx")
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 65536, size=(13, 24, 24), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    padded = np.pad(stack / 65535, ((0, 0), (MARGIN, MARGIN), (MARGIN, MARGIN)), mode="reflect")
+    # 24 + 242 = 266: one tile, outputs exactly the image.
+    out = onnx_torch.run(m, {"input": padded[None]}, torch.float32)
+    r = run_isl("predict", "--model", model, "--input", tmp_path / "s.tif", "--output-dir",
+                tmp_path / "pred", "--stats", "mean", "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    for head in [o.name for o in m.graph.output]:
+        lg = out[head][0].astype(np.float64)
+        p = np.exp(lg - lg.max(0))
+        p /= p.sum(0)
+        mean = (p * np.arange(256)[:, None, None]).sum(0) / 255
+        want = tifffile.imread(tmp_path / "pred" / f"{head}_mean.tif")
+        assert np.abs(mean - want).max() < 1e-4, head
+
+
+def test_export_errors(run_isl, tmp_path):
+    r = run_isl("export", "--model", tmp_path / "missing.h5", "--onnx", tmp_path / "x.onnx")
+    assert r.returncode == 1 and "missing.h5" in r.stderr
+    assert not (tmp_path / "x.onnx").exists()
+    r = run_isl("export", "--model", tmp_path / "missing.h5")
+    assert r.returncode == 2 and "--onnx" in r.stderr
+    r = run_isl("export", "--onnx", tmp_path / "x.onnx")
+    assert r.returncode == 2 and "--model" in r.stderr

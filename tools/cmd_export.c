@@ -1,0 +1,60 @@
+/* isl export: a model in formats other tools load (ONNX; docs/interop.md). */
+#include "cli.h"
+
+#include <stdio.h>
+
+static const char export_help[] =
+    "Usage: isl export --model MODEL.h5 --onnx OUT.onnx\n"
+    "\n"
+    "Writes the network as an ONNX model (opset 13, batch norm folded), atomically: input\n"
+    "\"input\" [N, num_z, H, W] with each side 250 + 16m (266 + 16m for tiled whole images),\n"
+    "scaled to [0, 1] and normalized as the model's input normalization says; one output\n"
+    "per label head, named after it, with 256 logits per pixel [N, 256, H - 242, W - 242].\n"
+    "The autoencoder head is not exported. See docs/interop.md.\n"
+    "\n"
+    "Options:\n"
+    "  --model FILE   the model to export\n"
+    "  --onnx FILE    where to write the ONNX model\n"
+    "  -h, --help     show this help\n";
+
+enum { OPT_MODEL, OPT_ONNX };
+
+static const cli_option export_options[] = {
+    {"model", 'm', 1, OPT_MODEL}, {"onnx", 0, 1, OPT_ONNX}, {NULL, 0, 0, 0}};
+
+int cli_cmd_export(int argc, char **argv)
+{
+    if (cli_wants_help(argc, argv)) {
+        fputs(export_help, stdout);
+        return CLI_EXIT_OK;
+    }
+    const char *model_path = NULL, *onnx_path = NULL;
+    cli_args p;
+    cli_args_init(&p, argc, argv, "export");
+    int kind, id;
+    const char *v;
+    while ((kind = cli_args_next(&p, export_options, &id, &v)) != CLI_ARG_END) {
+        if (kind == CLI_ARG_ERROR)
+            return CLI_EXIT_USAGE;
+        if (kind == CLI_ARG_POSITIONAL)
+            return cli_usage_error("unexpected argument '%s' (see 'isl export --help')", v);
+        if (id == OPT_MODEL)
+            model_path = v;
+        else
+            onnx_path = v;
+    }
+    if (!model_path)
+        return cli_usage_error("missing --model (see 'isl export --help')");
+    if (!onnx_path)
+        return cli_usage_error("nothing to export: give --onnx FILE (see 'isl export --help')");
+
+    isl_model *model = NULL;
+    isl_status s = isl_model_load(model_path, &model);
+    if (s == ISL_OK)
+        s = isl_model_export_onnx(model, onnx_path);
+    isl_model_free(model);
+    if (s != ISL_OK)
+        return cli_library_error(s);
+    printf("wrote %s\n", onnx_path);
+    return fflush(stdout) == 0 ? CLI_EXIT_OK : cli_runtime_error("cannot write to stdout");
+}
