@@ -163,6 +163,8 @@ cli_preview *cli_preview_open(const char *dir, const struct isl_tiff_stack *stac
 int cli_preview_wants(const cli_preview *p, int head, isl_stat stat);
 /* Adds rows y0 .. y0 + rows - 1 of head's median (rows x the image width). */
 void cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *data);
+/* Writes the picture to path as PNG instead (a bioimage.io cover). 0, or -1 (memory). */
+int cli_preview_as_png(cli_preview *p, const char *path);
 /* Writes the picture atomically. 0, or -1 with cli_preview_error set. */
 int cli_preview_commit(cli_preview *p);
 const char *cli_preview_path(const cli_preview *p);
@@ -171,5 +173,16 @@ const char *cli_preview_error(const cli_preview *p);
 void cli_preview_legend(const cli_preview *p, const isl_model *model, char *buf, size_t size);
 /* Frees (a committed picture stays). NULL is a no-op. */
 void cli_preview_free(cli_preview *p);
+
+/* ---- PNG (png_write.c). ------------------------------------------------------------ */
+/* Writes an 8-bit RGB picture (interleaved) atomically. 0, or -1 with a message in error. */
+int cli_png_write_rgb8(const char *path, const uint8_t *rgb, int height, int width,
+                       char *error, size_t error_size);
+
+/* ---- bioimage.io model packages (bioimageio.c). ------------------------------------- */
+/* Writes dir/{rdf.yaml, README.md, weights.onnx, test_input.npy, test_output_<head>.npy,
+ * cover.png} from the model and a sample z-stack. Returns an exit code. */
+int cli_export_bioimageio(const isl_model *model, const char *model_path, const char *dir,
+                          const char *sample);
 
 #endif

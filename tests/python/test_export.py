@@ -23,6 +23,9 @@ import onnx_torch  # noqa: E402
 # The golden input is reflect-padded as the spec says (121 before, 121 + e after), without
 # the project's code: numpy's "reflect" is the spec's mirror padding.
 MARGIN = 121
+# The cover's prediction single-threaded: on a loaded machine OpenMP's spinning threads
+# make small predictions slow (tests/python/test_cli.py).
+ONE_THREAD_ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def export(run_isl, model, out):
@@ -112,3 +115,82 @@ def test_export_errors(run_isl, tmp_path):
     assert r.returncode == 2 and "--onnx" in r.stderr
     r = run_isl("export", "--onnx", tmp_path / "x.onnx")
     assert r.returncode == 2 and "--model" in r.stderr
+
+
+# ---------------------------------------------------------------------------- bioimage.io
+# Required fields of a model RDF, bioimage.io model spec 0.5 (bioimageio.spec ModelDescr).
+RDF_REQUIRED = ("format_version", "type", "name", "description", "authors", "cite", "license",
+                "documentation", "inputs", "outputs", "weights")
+
+
+def test_export_bioimageio(run_isl, golden_dir, tmp_path):
+    yaml = pytest.importorskip("yaml")
+    import hashlib
+
+    from PIL import Image
+
+    pkg = tmp_path / "pkg"
+    r = run_isl("export", "--model", golden_dir / "model.h5", "--bioimageio", pkg,
+                "--sample", golden_dir / "input.tif", env=ONE_THREAD_ENV)
+    assert r.returncode == 0, r.stderr
+    rdf = yaml.safe_load((pkg / "rdf.yaml").read_text())
+    missing = [k for k in RDF_REQUIRED if k not in rdf]
+    assert not missing, missing
+    assert rdf["type"] == "model" and rdf["format_version"].startswith("0.5.")
+    assert all("name" in a for a in rdf["authors"]) and rdf["authors"]
+    assert all("text" in c and ("doi" in c or "url" in c) for c in rdf["cite"])
+    assert (pkg / rdf["documentation"]).is_file()
+    for cover in rdf["covers"]:
+        with Image.open(pkg / cover) as im:
+            assert im.format == "PNG" and im.mode == "RGB"
+            # The preview: input panel beside the predicted labels, as large as the sample.
+            assert im.size == (2 * 300, 266)
+    w = rdf["weights"]["onnx"]
+    assert hashlib.sha256((pkg / w["source"]).read_bytes()).hexdigest() == w["sha256"]
+    assert w["opset_version"] >= 13
+    ids = {t["id"] for t in rdf["inputs"] + rdf["outputs"]}
+    assert len(ids) == len(rdf["inputs"]) + len(rdf["outputs"])
+    for t in rdf["inputs"] + rdf["outputs"]:
+        assert [a["type"] for a in t["axes"]] == ["batch", "channel", "space", "space"]
+        assert (pkg / t["test_tensor"]["source"]).is_file()
+    assert [t["id"] for t in rdf["outputs"]] == ["dapi_confocal", "nfh_confocal"]
+    assert rdf["outputs"][0]["axes"][2]["size"] == {"tensor_id": "input", "axis_id": "y", "offset": -242}
+    # "none" normalization: the preprocessing only makes float32.
+    assert [p["id"] for p in rdf["inputs"][0]["preprocessing"]] == ["ensure_dtype"]
+
+    # The test input is the middle 266 x 266 of the sample, scaled to [0, 1].
+    x = np.load(pkg / rdf["inputs"][0]["test_tensor"]["source"])
+    stack = tifffile.imread(golden_dir / "input.tif")
+    y0, x0 = (266 - 266) // 2, (300 - 266) // 2
+    np.testing.assert_allclose(x[0], stack[:, y0:y0 + 266, x0:x0 + 266] / 65535, atol=1e-7)
+    # Re-running the test tensors through the exported ONNX gives the test outputs.
+    torch.set_num_threads(2)
+    out = onnx_torch.run(onnx.load(str(pkg / w["source"])), {"input": x}, torch.float32)
+    for t in rdf["outputs"]:
+        want = np.load(pkg / t["test_tensor"]["source"])
+        assert want.shape == (1, 256, 24, 24) and want.dtype == np.float32
+        assert np.abs(out[t["id"]] - want).max() < 1e-3, t["id"]
+
+
+def test_export_bioimageio_small_sample(run_isl, golden_dir, tmp_path):
+    """A sample smaller than the 266 x 266 test window is mirrored as prediction pads it."""
+    stack = np.random.default_rng(5).integers(0, 65536, size=(13, 150, 200), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    r = run_isl("export", "--model", golden_dir / "model.h5", "--bioimageio", tmp_path / "p",
+                "--sample", tmp_path / "s.tif", env=ONE_THREAD_ENV)
+    assert r.returncode == 0, r.stderr
+    x = np.load(tmp_path / "p" / "test_input.npy")
+    # numpy's reflect padding centred: 58 rows before, 58 after; 33 columns before and after.
+    want = np.pad(stack / 65535, ((0, 0), (58, 58), (33, 33)), mode="reflect")
+    np.testing.assert_allclose(x[0], want, atol=1e-7)
+
+
+def test_export_bioimageio_errors(run_isl, golden_dir, tmp_path):
+    r = run_isl("export", "--model", golden_dir / "model.h5", "--bioimageio", tmp_path / "p")
+    assert r.returncode == 2 and "--sample" in r.stderr
+    assert not (tmp_path / "p").exists()
+    wrong = tmp_path / "wrong.tif"
+    tifffile.imwrite(wrong, np.zeros((5, 300, 300), np.uint16))
+    r = run_isl("export", "--model", golden_dir / "model.h5", "--bioimageio", tmp_path / "p",
+                "--sample", wrong)
+    assert r.returncode == 1 and "wrong.tif" in r.stderr
