@@ -10,7 +10,7 @@ packages=(
   python3-tifffile python3-pil
   default-jdk-headless junit5
   abigail-tools doxygen valgrind
-  python3-onnx python3-yaml libssl-dev libpng-dev
+  python3-onnx python3-yaml libssl-dev libpng-dev libxml2-dev
 )
 
 SUDO=""

@@ -185,4 +185,28 @@ int cli_png_write_rgb8(const char *path, const uint8_t *rgb, int height, int wid
 int cli_export_bioimageio(const isl_model *model, const char *model_path, const char *dir,
                           const char *sample);
 
+/* ---- OME-TIFF (ome_tiff.c). --------------------------------------------------------- */
+#define CLI_OME_MAX_CHANNELS 16
+#define CLI_OME_NAME 96
+typedef struct cli_ome_info {
+    int present;                 /* the first page's description is OME-XML */
+    double pixel_x_um, pixel_y_um; /* PhysicalSizeX/Y in micrometres; 0 if not given */
+    int size_z, size_c, size_t;
+    char order[8];               /* DimensionOrder, e.g. "XYZCT" */
+    int num_channels;
+    char channel[CLI_OME_MAX_CHANNELS][64];
+} cli_ome_info;
+/* Reads path's OME-XML, if any (info->present). 0, or -1 if it is OME-XML without
+ * Image/Pixels. */
+int cli_ome_read(const char *path, cli_ome_info *info);
+/* For an input stack: refuses OME-TIFFs that are not one z-stack of num_z planes and
+ * prints the metadata found (stderr). Returns an exit code. */
+int cli_ome_check_input(const char *path, int num_z);
+/* Writes the float32 TIFFs files (num_planes pages in all) as one OME-TIFF with a named
+ * channel per page (names[num_planes]), atomically; BigTIFF when large. 0, or -1 with a
+ * message in err. */
+int cli_ome_write(const char *path, int num_files, const char *const *files,
+                  char (*names)[CLI_OME_NAME], int num_planes, int height, int width,
+                  double pixel_um, char *err, size_t err_size);
+
 #endif

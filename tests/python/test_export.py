@@ -194,3 +194,54 @@ def test_export_bioimageio_errors(run_isl, golden_dir, tmp_path):
     r = run_isl("export", "--model", golden_dir / "model.h5", "--bioimageio", tmp_path / "p",
                 "--sample", wrong)
     assert r.returncode == 1 and "wrong.tif" in r.stderr
+
+
+# ---------------------------------------------------------------------------- OME-TIFF
+def test_predict_ome_tiff(run_isl, small_model, tmp_path):
+    """OME-XML of the input is read (pixel size, channel) and the predictions come back as
+    one OME-TIFF with a named channel per (head, statistic), equal to the per-image TIFFs."""
+    stack = np.random.default_rng(2).integers(0, 65536, size=(13, 40, 50), dtype=np.uint16)
+    src = tmp_path / "in.ome.tif"
+    tifffile.imwrite(src, stack, ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.65,
+                                                     "PhysicalSizeY": 0.65,
+                                                     "Channel": {"Name": "phase"}})
+    out = tmp_path / "out"
+    r = run_isl("predict", "--model", small_model, "--input", src, "--output-dir", out,
+                "--stats", "median,entropy", "--heads", "dapi_confocal,autoencoder",
+                "--format", "ome-tiff", "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    assert "pixel size 0.65 x 0.65 um" in r.stderr and "'phase'" in r.stderr
+    with tifffile.TiffFile(out / "predictions.ome.tif") as tf:
+        assert tf.is_ome and not tf.is_bigtiff
+        meta = tifffile.xml2dict(tf.ome_metadata)["OME"]["Image"]["Pixels"]
+        names = [c["Name"] for c in meta["Channel"]]
+        data = tf.series[0].asarray()
+    assert names == ["dapi_confocal_median", "dapi_confocal_entropy"] + \
+        [f"autoencoder_{s}_z{z:02d}" for s in ("median", "entropy") for z in range(13)]
+    assert meta["PhysicalSizeX"] == 0.65 and meta["SizeC"] == 28
+    assert data.shape == (28, 40, 50) and data.dtype == np.float32
+    np.testing.assert_array_equal(data[1], tifffile.imread(out / "dapi_confocal_entropy.tif"))
+    np.testing.assert_array_equal(data[2:15], tifffile.imread(out / "autoencoder_median.tif"))
+
+
+def test_predict_ome_tiff_bigtiff_and_errors(run_isl, small_model, tmp_path):
+    stack = np.random.default_rng(2).integers(0, 65536, size=(13, 30, 30), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    env = dict(os.environ, ISL_OME_BIGTIFF_BYTES="1000")  # 30 x 30 x 4 bytes is over it
+    r = run_isl("predict", "--model", small_model, "--input", tmp_path / "s.tif", "--output-dir",
+                tmp_path / "o", "--heads", "nfh_confocal", "--format", "ome-tiff", "--threads", 1,
+                env=env)
+    assert r.returncode == 0, r.stderr
+    with tifffile.TiffFile(tmp_path / "o" / "predictions.ome.tif") as tf:
+        assert tf.is_bigtiff and tf.is_ome
+        np.testing.assert_array_equal(tf.series[0].asarray(),
+                                      tifffile.imread(tmp_path / "o" / "nfh_confocal_median.tif"))
+    r = run_isl("predict", "--model", small_model, "--input", tmp_path / "s.tif", "--output-dir",
+                tmp_path / "o", "--format", "png")
+    assert r.returncode == 2 and "ome-tiff" in r.stderr
+    # Two channels interleaved with the z planes: not one z-stack.
+    two = np.zeros((13, 2, 30, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "two.ome.tif", two, ome=True, metadata={"axes": "ZCYX"})
+    r = run_isl("predict", "--model", small_model, "--input", tmp_path / "two.ome.tif",
+                "--output-dir", tmp_path / "o2")
+    assert r.returncode == 1 and "2 channels" in r.stderr
