@@ -8,7 +8,7 @@
 #include "cli.h"
 #include "error.h"
 #include "model_io.h"
-#include "predict_input.h"
+#include "input.h"
 #include "tiff_io.h"
 
 #include <errno.h>
