@@ -28,6 +28,16 @@ MARGIN = 121
 ONE_THREAD_ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
+BINS = np.arange(256)[:, None, None]
+
+
+def softmax(logits):
+    """Softmax over the 256 bins (axis 0), in float64."""
+    lg = logits.astype(np.float64)
+    p = np.exp(lg - lg.max(0))
+    return p / p.sum(0)
+
+
 def export(run_isl, model, out):
     r = run_isl("export", "--model", model, "--onnx", out)
     assert r.returncode == 0, r.stderr
@@ -70,12 +80,9 @@ def test_export_onnx_matches_golden_and_predict(run_isl, golden_dir, tmp_path):
     r = run_isl("predict", "--model", golden_dir / "model.h5", "--input", golden_dir / "input.tif",
                 "--output-dir", tmp_path / "pred", "--stats", "mean,median", "--threads", 1)
     assert r.returncode == 0, r.stderr
-    k = np.arange(256)[:, None, None]
     for head in ("dapi_confocal", "nfh_confocal"):
-        lg = out[head][0].astype(np.float64)
-        p = np.exp(lg - lg.max(0))
-        p /= p.sum(0)
-        mean = (p * k).sum(0) / 255
+        p = softmax(out[head][0])
+        mean = (p * BINS).sum(0) / 255
         median = np.argmax(np.cumsum(p, 0) >= 0.5, axis=0)  # bin index
         want_mean = tifffile.imread(tmp_path / "pred" / f"{head}_mean.tif")[:24, :24]
         want_median = np.rint(tifffile.imread(tmp_path / "pred" / f"{head}_median.tif")[:24, :24] * 255)
@@ -99,10 +106,7 @@ def test_export_onnx_base100_widening_residuals(run_isl, tmp_path):
                 tmp_path / "pred", "--stats", "mean", "--threads", 1)
     assert r.returncode == 0, r.stderr
     for head in [o.name for o in m.graph.output]:
-        lg = out[head][0].astype(np.float64)
-        p = np.exp(lg - lg.max(0))
-        p /= p.sum(0)
-        mean = (p * np.arange(256)[:, None, None]).sum(0) / 255
+        mean = (softmax(out[head][0]) * BINS).sum(0) / 255
         want = tifffile.imread(tmp_path / "pred" / f"{head}_mean.tif")
         assert np.abs(mean - want).max() < 1e-4, head
 
