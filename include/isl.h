@@ -156,6 +156,18 @@ ISL_API isl_status isl_model_add_heads(const isl_model *model, int count,
                                        isl_model **out);
 
 /* ---------------------------------------------------------------------------------- */
+/* Export                                                                              */
+/* ---------------------------------------------------------------------------------- */
+
+/** Writes the network as an ONNX model (opset 13; docs/interop.md), atomically. The graph
+ *  is isl_predict_tile's: input "input" [N, num_z, H, W] (each side 250 + 16m, scaled and
+ *  normalized as for isl_predict_tile), and per label head an output named after the head
+ *  with its 256 logits [N, 256, H - 242, W - 242]. Batch norm is folded for inference;
+ *  the autoencoder head is left out. Metadata props "isl.num_z" and
+ *  "isl.input_normalization" carry what a caller needs to prepare the input. */
+ISL_API isl_status isl_model_export_onnx(const isl_model *model, const char *path);
+
+/* ---------------------------------------------------------------------------------- */
 /* Prediction options                                                                  */
 /* ---------------------------------------------------------------------------------- */
 

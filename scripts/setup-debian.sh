@@ -11,6 +11,8 @@ packages=(
   libpng-dev chromium
   default-jdk-headless junit5
   abigail-tools doxygen valgrind
+  python3-onnx python3-yaml libssl-dev libpng-dev libxml2-dev
+  imagej xvfb xauth
 )
 
 SUDO=""

@@ -18,6 +18,7 @@ enum {
 
 /* ---- Commands (cmd_*.c). argv[0] is the command name. ------------------------------ */
 int cli_cmd_dataset(int argc, char **argv);
+int cli_cmd_export(int argc, char **argv);
 int cli_cmd_flat_field(int argc, char **argv);
 int cli_cmd_preprocess(int argc, char **argv);
 int cli_cmd_stitch(int argc, char **argv);
@@ -190,6 +191,8 @@ cli_preview *cli_preview_open(const char *dir, const struct isl_tiff_stack *stac
 int cli_preview_wants(const cli_preview *p, int head, isl_stat stat);
 /* Adds rows y0 .. y0 + rows - 1 of head's median (rows x the image width). */
 void cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *data);
+/* Writes the picture to path as PNG instead (a bioimage.io cover). 0, or -1 (memory). */
+int cli_preview_as_png(cli_preview *p, const char *path);
 /* Writes the picture atomically. 0, or -1 with cli_preview_error set. */
 int cli_preview_commit(cli_preview *p);
 const char *cli_preview_path(const cli_preview *p);
@@ -198,5 +201,40 @@ const char *cli_preview_error(const cli_preview *p);
 void cli_preview_legend(const cli_preview *p, const isl_model *model, char *buf, size_t size);
 /* Frees (a committed picture stays). NULL is a no-op. */
 void cli_preview_free(cli_preview *p);
+
+/* ---- PNG (png_write.c). ------------------------------------------------------------ */
+/* Writes an 8-bit RGB picture (interleaved) atomically. 0, or -1 with a message in error. */
+int cli_png_write_rgb8(const char *path, const uint8_t *rgb, int height, int width,
+                       char *error, size_t error_size);
+
+/* ---- bioimage.io model packages (bioimageio.c). ------------------------------------- */
+/* Writes dir/{rdf.yaml, README.md, weights.onnx, test_input.npy, test_output_<head>.npy,
+ * cover.png} from the model and a sample z-stack. Returns an exit code. */
+int cli_export_bioimageio(const isl_model *model, const char *model_path, const char *dir,
+                          const char *sample);
+
+/* ---- OME-TIFF (ome_tiff.c). --------------------------------------------------------- */
+#define CLI_OME_MAX_CHANNELS 16
+#define CLI_OME_NAME 96
+typedef struct cli_ome_info {
+    int present;                 /* the first page's description is OME-XML */
+    double pixel_x_um, pixel_y_um; /* PhysicalSizeX/Y in micrometres; 0 if not given */
+    int size_z, size_c, size_t;
+    char order[8];               /* DimensionOrder, e.g. "XYZCT" */
+    int num_channels;
+    char channel[CLI_OME_MAX_CHANNELS][64];
+} cli_ome_info;
+/* Reads path's OME-XML, if any (info->present). 0, or -1 if it is OME-XML without
+ * Image/Pixels. */
+int cli_ome_read(const char *path, cli_ome_info *info);
+/* For an input stack: refuses OME-TIFFs that are not one z-stack of num_z planes and
+ * prints the metadata found (stderr). Returns an exit code. */
+int cli_ome_check_input(const char *path, int num_z);
+/* Writes the float32 TIFFs files (num_planes pages in all) as one OME-TIFF with a named
+ * channel per page (names[num_planes]), atomically; BigTIFF when large. 0, or -1 with a
+ * message in err. */
+int cli_ome_write(const char *path, int num_files, const char *const *files,
+                  char (*names)[CLI_OME_NAME], int num_planes, int height, int width,
+                  double pixel_um, char *err, size_t err_size);
 
 #endif

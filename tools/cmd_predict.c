@@ -46,16 +46,20 @@ static const char predict_help[] =
     "  --preview                also write DIR/preview.tif, an 8-bit RGB picture: the\n"
     "                           input's middle z plane (left) beside the medians of the\n"
     "                           first three label heads in blue, green and red (right)\n"
+    "  --format F               tiff (default): one float32 TIFF per head and statistic;\n"
+    "                           ome-tiff: also DIR/predictions.ome.tif, all of them as one\n"
+    "                           OME-TIFF with named channels (docs/interop.md)\n"
     "  -h, --help               show this help\n";
 
 enum { OPT_MODEL, OPT_INPUT, OPT_OUTDIR, OPT_STATS, OPT_HEADS, OPT_THREADS, OPT_TILE, OPT_MEMORY,
-       OPT_PRECISION, OPT_FLIP, OPT_PREVIEW };
+       OPT_PRECISION, OPT_FLIP, OPT_PREVIEW, OPT_FORMAT };
 
 static const cli_option predict_options[] = {
     {"model", 'm', 1, OPT_MODEL},   {"input", 'i', 1, OPT_INPUT},     {"output-dir", 'O', 1, OPT_OUTDIR},
     {"stats", 0, 1, OPT_STATS},     {"heads", 0, 1, OPT_HEADS},       {"threads", 0, 1, OPT_THREADS},
     {"tile", 0, 1, OPT_TILE},       {"memory-limit", 0, 1, OPT_MEMORY}, {"precision", 0, 1, OPT_PRECISION},
     {"flip-average", 0, 0, OPT_FLIP}, {"preview", 0, 0, OPT_PREVIEW},
+    {"format", 0, 1, OPT_FORMAT},
     {NULL, 0, 0, 0},
 };
 
@@ -68,6 +72,7 @@ typedef struct predict_args {
     long long threads, tile, memory_mb;
     isl_precision precision;
     int flip_average;
+    int ome_tiff; /* --format ome-tiff */
     int preview;
 } predict_args;
 
@@ -138,6 +143,12 @@ static int parse_predict(int argc, char **argv, predict_args *a)
             break;
         case OPT_FLIP: a->flip_average = 1; break;
         case OPT_PREVIEW: a->preview = 1; break;
+        case OPT_FORMAT:
+            if (!strcmp(v, "ome-tiff"))
+                a->ome_tiff = 1;
+            else if (strcmp(v, "tiff") != 0)
+                rc = cli_usage_error("--format: '%s' is not one of: tiff, ome-tiff", v);
+            break;
         case OPT_PRECISION:
             if (!strcmp(v, "fp32"))
                 a->precision = ISL_PRECISION_FP32;
@@ -342,6 +353,39 @@ static const char *commit_error(const predict_job *j)
     return e[0] ? e : cli_outputs_error(j->outputs);
 }
 
+/* --format ome-tiff: the committed images again, as one OME-TIFF with named channels
+ * (<head>_<stat>, autoencoder planes _zNN) and the input's pixel size. */
+static int write_ome(predict_job *j, const predict_args *a)
+{
+    int files = cli_outputs_count(j->outputs), planes = 0, nz = j->stack.num_z;
+    const char **paths = calloc((size_t)files, sizeof(*paths));
+    char(*names)[CLI_OME_NAME] = calloc((size_t)files * (size_t)nz, sizeof(*names));
+    char *out = cli_path_join(a->output_dir, "predictions.ome.tif");
+    int rc = CLI_EXIT_OK;
+    if (!paths || !names || !out)
+        rc = cli_runtime_error("out of memory");
+    for (int i = 0; rc == CLI_EXIT_OK && i < files; i++) {
+        paths[i] = cli_outputs_path(j->outputs, i);
+        const char *base = strrchr(paths[i], '/') ? strrchr(paths[i], '/') + 1 : paths[i];
+        int len = (int)strlen(base) - 4; /* without ".tif" */
+        int pages = !strncmp(base, "autoencoder_", 12) ? nz : 1;
+        for (int z = 0; z < pages; z++, planes++)
+            snprintf(names[planes], CLI_OME_NAME, pages > 1 ? "%.*s_z%02d" : "%.*s", len, base, z);
+    }
+    cli_ome_info info;
+    double pixel = cli_ome_read(a->input, &info) == 0 ? info.pixel_x_um : 0;
+    char err[1024];
+    if (rc == CLI_EXIT_OK && cli_ome_write(out, files, paths, names, planes, j->stack.height,
+                                           j->stack.width, pixel, err, sizeof(err)) != 0)
+        rc = cli_runtime_error("%s", err);
+    if (rc == CLI_EXIT_OK)
+        printf("wrote %s\n", out);
+    free(paths);
+    free(names);
+    free(out);
+    return rc;
+}
+
 /* Runs the prediction into the opened outputs and commits them. */
 static int run(predict_job *j, const predict_args *a)
 {
@@ -369,6 +413,11 @@ static int run(predict_job *j, const predict_args *a)
         printf("wrote %s\n", cli_outputs_path(j->outputs, i));
     if (j->preview)
         printf("wrote %s\n", cli_preview_path(j->preview));
+    if (a->ome_tiff) {
+        int rc = write_ome(j, a);
+        if (rc != CLI_EXIT_OK)
+            return rc;
+    }
     if (fflush(stdout) != 0)
         return cli_runtime_error("cannot write to stdout");
     fprintf(stderr,
@@ -433,6 +482,8 @@ static int predict(predict_job *j, const predict_args *a)
     if (s != ISL_OK)
         return cli_library_error(s);
     if ((rc = select_heads(j->model, a->heads, &j->heads, &j->num_heads)) != CLI_EXIT_OK)
+        return rc;
+    if ((rc = cli_ome_check_input(a->input, isl_model_num_z(j->model))) != CLI_EXIT_OK)
         return rc;
     s = isl_tiff_read_stack(a->input, isl_model_num_z(j->model), &j->stack);
     if (s != ISL_OK)

@@ -14,6 +14,7 @@ static const char main_help[] =
     "  dataset build  make a training dataset from TIFF stacks and label images\n"
     "  dataset info   describe a dataset file\n"
     "  evaluate       compare predicted with true images (metrics, heat maps, pictures)\n"
+    "  export         write a model as ONNX or as a bioimage.io package\n"
     "  flat-field     estimate a flat field from a plate's tiles\n"
     "  model init     create a model with random weights\n"
     "  model info     describe a model file\n"
@@ -33,7 +34,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2)
         return cli_usage_error(
-            "missing command: isl dataset|evaluate|flat-field|model|predict|preprocess|"
+            "missing command: isl dataset|evaluate|export|flat-field|model|predict|preprocess|"
             "report|stitch|train (see 'isl --help')");
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
@@ -46,6 +47,8 @@ int main(int argc, char **argv)
     }
     if (!strcmp(cmd, "dataset"))
         return cli_cmd_dataset(argc - 1, argv + 1);
+    if (!strcmp(cmd, "export"))
+        return cli_cmd_export(argc - 1, argv + 1);
     if (!strcmp(cmd, "flat-field"))
         return cli_cmd_flat_field(argc - 1, argv + 1);
     if (!strcmp(cmd, "preprocess"))
@@ -65,6 +68,6 @@ int main(int argc, char **argv)
     if (cmd[0] == '-')
         return cli_usage_error("unknown option '%s' (see 'isl --help')", cmd);
     return cli_usage_error(
-        "unknown command '%s' (commands: dataset, evaluate, flat-field, model, predict, "
+        "unknown command '%s' (commands: dataset, evaluate, export, flat-field, model, predict, "
         "preprocess, report, stitch, train; see 'isl --help')", cmd);
 }

@@ -1,6 +1,12 @@
 /* PNG pictures with libpng: encoded in memory (for files and for inline HTML images). */
 #include "png_write.h"
 
+#include "atomic_file.h"
+#include "cli.h"
+
+#include <errno.h>
+#include <stdio.h>
+
 
 #include <png.h>
 #include <stdlib.h>
@@ -83,6 +89,32 @@ int cli_png_write(const char *path, const uint8_t *pixels, int height, int width
     if (cli_png_encode(pixels, height, width, channels, &data, &size) != 0)
         return cli_runtime_error("%s: cannot encode the PNG picture", path);
     int rc = cli_write_file_atomic(path, data, size);
+    free(data);
+    return rc;
+}
+
+int cli_png_write_rgb8(const char *path, const uint8_t *rgb, int height, int width,
+                       char *error, size_t error_size)
+{
+    uint8_t *data;
+    size_t size;
+    if (cli_png_encode(rgb, height, width, 3, &data, &size) != 0) {
+        snprintf(error, error_size, "%s: cannot encode the PNG picture", path);
+        return -1;
+    }
+    isl_atomic_file f;
+    const char *step = "write";
+    int rc = 0;
+    if (isl_atomic_open(&f, path) != 0) {
+        snprintf(error, error_size, "%s: cannot create a temporary file beside it: %s", path,
+                 strerror(errno));
+        rc = -1;
+    } else if (isl_atomic_write_all(&f, data, size) != 0 ||
+               isl_atomic_commit(&f, path, &step) != 0) {
+        snprintf(error, error_size, "%s: cannot %s %s: %s", path, step, f.tmp, strerror(errno));
+        isl_atomic_discard(&f);
+        rc = -1;
+    }
     free(data);
     return rc;
 }

@@ -29,6 +29,7 @@ struct cli_preview {
     int colors[3];       /* GRAY, or the RGB channel of each head */
     float *input;        /* [ph * pw] box means of the middle plane */
     float *sums[3];      /* [ph * pw] box sums of each head's median */
+    int png;             /* write PNG (cli_preview_as_png) instead of TIFF */
     char error[1024];
 };
 
@@ -176,7 +177,9 @@ int cli_preview_commit(cli_preview *p)
                 px[p->colors[k]] = channel[i];
         }
     }
-    if (rc == 0) {
+    if (rc == 0 && p->png) {
+        rc = cli_png_write_rgb8(p->path, rgb, p->ph, out_w, p->error, sizeof(p->error));
+    } else if (rc == 0) {
         isl_status s = isl_tiff_write_rgb8(p->path, rgb, p->ph, out_w);
         if (s != ISL_OK) {
             set_error(p, isl_tiff_last_error());
@@ -187,6 +190,17 @@ int cli_preview_commit(cli_preview *p)
     free(channel);
     free(median);
     return rc;
+}
+
+int cli_preview_as_png(cli_preview *p, const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return -1;
+    free(p->path);
+    p->path = copy;
+    p->png = 1;
+    return 0;
 }
 
 const char *cli_preview_path(const cli_preview *p) { return p->path; }
