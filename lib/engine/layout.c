@@ -69,13 +69,6 @@ static int out_map_shrink(isl_chmap *out, const isl_chmap *x, int count)
     return 0;
 }
 
-void isl_bn_fold(const isl_bn_params *s, int c, float *scale, float *shift)
-{
-    double k = s->gamma[c] / sqrt((double)s->var[c] + ISL_BN_EPSILON);
-    *scale = (float)k;
-    *shift = (float)(s->beta[c] - s->mean[c] * k);
-}
-
 static int bn_pad(isl_bn_padded *d, const isl_bn_params *s, const isl_chmap *m)
 {
     d->padded = m->padded;
