@@ -36,18 +36,10 @@ except ImportError:  # run from a source tree built in build/
     sys.path.insert(0, os.path.join(HERE, "..", "build", "bindings", "python"))
     import isl  # noqa: E402
 
-LABELS = ("dapi_confocal", "map2_confocal", "nfh_confocal")
+from validation_figure import LABELS, read_pages  # noqa: E402  (this folder)
+
 SHORT = {"dapi_confocal": "DAPI", "map2_confocal": "MAP2", "nfh_confocal": "NFH"}
 STRIP = 160
-
-
-def read_pages(path):
-    im = Image.open(path)
-    pages = []
-    for i in range(im.n_frames):
-        im.seek(i)
-        pages.append(np.array(im, dtype=np.float32) / 65535.0)
-    return np.stack(pages)
 
 
 def painted_background(pred, target):
