@@ -362,7 +362,7 @@ int cli_export_bioimageio(const isl_model *m, const char *model_path, const char
     isl_tiff_stack stack = {0};
     isl_status s = isl_tiff_read_stack(sample, isl_model_num_z(m), &stack);
     if (s != ISL_OK)
-        return cli_library_error(s);
+        return cli_tiff_error(s);
     int rc = CLI_EXIT_OK;
     cli_dirs created = {0};
     if (cli_mkdir_p(dir, &created) != 0) {

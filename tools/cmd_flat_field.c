@@ -49,7 +49,7 @@ int cli_read_float_stack(const char *path, int expect_pages, int downscale, cli_
     isl_tiff_stack s;
     isl_status st = isl_tiff_read_stack(path, expect_pages, &s);
     if (st != ISL_OK)
-        return cli_library_error(st);
+        return cli_tiff_error(st);
     const size_t plane = (size_t)s.height * s.width, n = plane * s.num_z;
     float *data = malloc(sizeof(float) * (n + 1));
     if (!data) {
@@ -163,9 +163,10 @@ int cli_cmd_flat_field(int argc, char **argv)
         else if (sigma < 0.0)
             sigma = isl_flat_field_sigma(light, h);
         isl_status st = isl_flat_field_estimate(pages, total, h, w, sigma, field);
-        if (st == ISL_OK)
-            st = isl_tiff_write_float(output, field, 1, h, w);
-        rc = st == ISL_OK ? 0 : cli_library_error(st);
+        if (st != ISL_OK)
+            rc = cli_library_error(st);
+        else if ((st = isl_tiff_write_float(output, field, 1, h, w)) != ISL_OK)
+            rc = cli_tiff_error(st);
         if (!rc)
             fprintf(stderr, "isl: %s: %s of %d pages of %d tiles (%d x %d, sigma %g)\n", output,
                     dust ? "dust field" : "flat field", total, count, h, w, sigma);

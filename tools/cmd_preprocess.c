@@ -187,7 +187,7 @@ int cli_cmd_preprocess(int argc, char **argv)
     }
     isl_status st = isl_tiff_write_float(a.output, s.data, s.num_z, s.height, s.width);
     if (st != ISL_OK)
-        rc = cli_library_error(st);
+        rc = cli_tiff_error(st);
 done:
     free(s.data), free(flat.data), free(dust.data);
     return rc;

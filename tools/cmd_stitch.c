@@ -183,10 +183,11 @@ static int compose(const stitch_args *a, const cli_float_stack *tiles, const dou
     const float **planes = malloc(sizeof(float *) * (size_t)a->count);
     float *rows = malloc(sizeof(float) * (size_t)band * cw);
     isl_tiff_writer *wr = NULL;
+    int tiff_failed = 0; /* the writer's messages are isl_tiff_last_error()'s */
     if (!planes || !rows)
         s = ISL_ERROR_OUT_OF_MEMORY;
     else
-        s = isl_tiff_writer_open(a->output, nz, ch, cw, &wr);
+        tiff_failed = (s = isl_tiff_writer_open(a->output, nz, ch, cw, &wr)) != ISL_OK;
     for (int z = 0; z < nz && s == ISL_OK; z++) {
         for (int i = 0; i < a->count; i++)
             planes[i] = tiles[i].data + (size_t)z * h * w;
@@ -194,18 +195,18 @@ static int compose(const stitch_args *a, const cli_float_stack *tiles, const dou
             const int n = ch - y < band ? ch - y : band;
             s = isl_stitch_blend(planes, a->count, pos, h, w, y, n, cw, rows);
             if (s == ISL_OK)
-                s = isl_tiff_writer_append(wr, rows, n);
+                tiff_failed = (s = isl_tiff_writer_append(wr, rows, n)) != ISL_OK;
         }
     }
     free(planes), free(rows);
     if (s == ISL_OK)
-        s = isl_tiff_writer_close(wr);
+        tiff_failed = (s = isl_tiff_writer_close(wr)) != ISL_OK;
     else
         isl_tiff_writer_discard(wr);
     if (s == ISL_ERROR_OUT_OF_MEMORY && !wr)
         return cli_runtime_error("out of memory");
     if (s != ISL_OK)
-        return cli_library_error(s);
+        return tiff_failed ? cli_tiff_error(s) : cli_library_error(s);
     fprintf(stderr, "isl: %s: %d tiles (%dx%d) stitched into %d pages of %d x %d\n", a->output,
             a->count, a->rows, a->cols, nz, ch, cw);
     return 0;

@@ -125,7 +125,7 @@ static int read_image(const char *path, float **data, int *height, int *width)
     *data = NULL;
     isl_status st = isl_tiff_read_stack(path, 1, &s);
     if (st != ISL_OK)
-        return cli_library_error(st);
+        return cli_tiff_error(st);
     size_t n = (size_t)s.height * s.width;
     *data = malloc(n * sizeof **data);
     if (!*data) {

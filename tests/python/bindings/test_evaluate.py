@@ -15,7 +15,21 @@ import numpy as np
 import pytest
 import tifffile
 
-from .conftest import islpy  # noqa: F401  (fixture)
+from .conftest import BUILD_DIR, islpy  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def run_isl():
+    """The CLI half of these tests: run_isl(*args) -> CompletedProcess (text)."""
+    path = BUILD_DIR / "tools" / "isl"
+    if not path.is_file():
+        pytest.skip(f"isl binary not found at {path} (build it, or set ISL_BUILD_DIR)")
+
+    def run(*args, timeout=300, **kw):
+        return subprocess.run([str(path), *map(str, args)], capture_output=True, text=True,
+                              timeout=timeout, **kw)
+
+    return run
 
 scipy_stats = pytest.importorskip("scipy.stats", reason="python3-scipy is the oracle")
 
