@@ -124,6 +124,9 @@ int64_t cli_file_size(const char *path);
  * directory synced: lib/common/atomic_file.h, the library's own writer). 0, or the exit
  * code of the one-line error it printed. */
 int cli_write_file_atomic(const char *path, const void *data, size_t size);
+/* The same, printing nothing: 0, or -1 with the message in error. */
+int cli_write_file_atomic_quiet(const char *path, const void *data, size_t size, char *error,
+                                size_t error_size);
 
 /* ---- Interruption (interrupt.c). ----------------------------------------------------- */
 /* Installs SIGINT/SIGTERM handlers that set a flag (a second signal kills as usual). */

@@ -4,6 +4,7 @@
 #include "atomic_file.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -108,18 +109,33 @@ int64_t cli_file_size(const char *path)
     return (int64_t)st.st_size;
 }
 
-int cli_write_file_atomic(const char *path, const void *data, size_t size)
+int cli_write_file_atomic_quiet(const char *path, const void *data, size_t size, char *error,
+                                size_t error_size)
 {
     isl_atomic_file f;
     const char *step = "write";
-    if (isl_atomic_open(&f, path) != 0)
-        return cli_runtime_error("%s: cannot create a temporary file beside it: %m", path);
-    if (isl_atomic_write_all(&f, data, size) != 0 || isl_atomic_commit(&f, path, &step) != 0) {
-        int rc = cli_runtime_error("%s: cannot %s %s: %m", path, step, f.tmp);
-        isl_atomic_discard(&f);
-        return rc;
+    if (isl_atomic_open(&f, path) != 0) {
+        snprintf(error, error_size, "%s: cannot create a temporary file beside it: %s", path,
+                 strerror(errno));
+        return -1;
     }
-    if (isl_atomic_sync_dir(path) != 0)
-        return cli_runtime_error("%s: written, but syncing its directory failed: %m", path);
+    if (isl_atomic_write_all(&f, data, size) != 0 || isl_atomic_commit(&f, path, &step) != 0) {
+        snprintf(error, error_size, "%s: cannot %s %s: %s", path, step, f.tmp, strerror(errno));
+        isl_atomic_discard(&f);
+        return -1;
+    }
+    if (isl_atomic_sync_dir(path) != 0) {
+        snprintf(error, error_size, "%s: written, but syncing its directory failed: %s", path,
+                 strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int cli_write_file_atomic(const char *path, const void *data, size_t size)
+{
+    char error[1024];
+    if (cli_write_file_atomic_quiet(path, data, size, error, sizeof(error)) != 0)
+        return cli_runtime_error("%s", error);
     return 0;
 }

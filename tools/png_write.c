@@ -1,10 +1,8 @@
 /* PNG pictures with libpng: encoded in memory (for files and for inline HTML images). */
 #include "png_write.h"
 
-#include "atomic_file.h"
 #include "cli.h"
 
-#include <errno.h>
 #include <stdio.h>
 
 
@@ -102,19 +100,7 @@ int cli_png_write_rgb8(const char *path, const uint8_t *rgb, int height, int wid
         snprintf(error, error_size, "%s: cannot encode the PNG picture", path);
         return -1;
     }
-    isl_atomic_file f;
-    const char *step = "write";
-    int rc = 0;
-    if (isl_atomic_open(&f, path) != 0) {
-        snprintf(error, error_size, "%s: cannot create a temporary file beside it: %s", path,
-                 strerror(errno));
-        rc = -1;
-    } else if (isl_atomic_write_all(&f, data, size) != 0 ||
-               isl_atomic_commit(&f, path, &step) != 0) {
-        snprintf(error, error_size, "%s: cannot %s %s: %s", path, step, f.tmp, strerror(errno));
-        isl_atomic_discard(&f);
-        rc = -1;
-    }
+    int rc = cli_write_file_atomic_quiet(path, data, size, error, error_size);
     free(data);
     return rc;
 }
