@@ -187,6 +187,19 @@ ISL_API const char *isl_stat_name(isl_stat stat);
 /** Statistic by name, or -1. */
 ISL_API int isl_stat_from_name(const char *name);
 
+/** The predicted standard deviation (ISL_STAT_STD, intensity in [0, 1]) above which
+ *  isl_uncertain_mask marks a pixel as not to be trusted. Measured on out-of-fold
+ *  predictions (docs/training.md, "Where a prediction cannot be trusted"): almost every
+ *  pixel with an error above 0.1 lies above it, and the pixels below it have small errors. */
+#define ISL_UNCERTAIN_STD 0.15f
+
+/** Marks the pixels of a prediction that cannot be trusted: mask[i] = 1 where std[i] (the
+ *  ISL_STAT_STD image of a head, count pixels) exceeds threshold or is NaN, else 0; mask may
+ *  be NULL. Stores the number of such pixels in *uncertain. threshold must be positive;
+ *  ISL_UNCERTAIN_STD is the measured default. */
+ISL_API isl_status isl_uncertain_mask(const float *std, size_t count, float threshold,
+                                      unsigned char *mask, size_t *uncertain);
+
 typedef enum isl_precision {
     ISL_PRECISION_FP32 = 0, /**< default */
     ISL_PRECISION_BF16 = 1  /**< bfloat16 convolution inputs, FP32 accumulation and elsewhere

@@ -159,6 +159,28 @@ START_TEST(stat_names_round_trip)
 }
 END_TEST
 
+START_TEST(uncertain_mask_thresholds_std)
+{
+    /* Above the threshold (strictly) or NaN is uncertain; at or below it is not. */
+    const float std[] = {0.0f, 0.1f, 0.15f, 0.1501f, 0.5f, NAN, 1.0f, 0.149f};
+    const unsigned char want[] = {0, 0, 0, 1, 1, 1, 1, 0};
+    unsigned char mask[8];
+    size_t n = 99;
+    ck_assert_int_eq(isl_uncertain_mask(std, 8, 0.15f, mask, &n), ISL_OK);
+    ck_assert_uint_eq(n, 4);
+    ck_assert_mem_eq(mask, want, sizeof(want));
+    ck_assert_int_eq(isl_uncertain_mask(std, 8, 0.6f, NULL, &n), ISL_OK);
+    ck_assert_uint_eq(n, 2); /* 1.0 and NaN */
+    ck_assert_int_eq(isl_uncertain_mask(std, 0, 0.15f, NULL, &n), ISL_OK);
+    ck_assert_uint_eq(n, 0);
+    const float bad[] = {0.0f, -1.0f, NAN, INFINITY};
+    for (int i = 0; i < 4; i++)
+        ck_assert_int_eq(isl_uncertain_mask(std, 8, bad[i], mask, &n), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_uncertain_mask(NULL, 8, 0.15f, mask, &n), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_uncertain_mask(std, 8, 0.15f, mask, NULL), ISL_ERROR_INVALID_ARGUMENT);
+}
+END_TEST
+
 /* ---- models --------------------------------------------------------------------- */
 
 START_TEST(parameter_count_of_the_paper_network)
@@ -497,6 +519,7 @@ int main(void)
         {"stats", stats_of_a_hand_made_distribution},
         {"stats_stride", stats_with_stride_and_many_pixels},
         {"names", stat_names_round_trip},
+        {"uncertain_mask", uncertain_mask_thresholds_std},
         {"fast_tanh", fast_tanh_tracks_libm},
         {"fused_pool", fused_pool_bnact_matches_pooling_then_bnact},
         {"parameter_count", parameter_count_of_the_paper_network},

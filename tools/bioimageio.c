@@ -255,7 +255,7 @@ static int cover_rows(void *user, int head, isl_stat stat, int y0, int rows, int
 {
     (void)width;
     if (cli_preview_wants(user, head, stat))
-        cli_preview_rows(user, head, y0, rows, data);
+        cli_preview_rows(user, head, stat, y0, rows, data);
     return 0;
 }
 

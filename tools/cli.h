@@ -190,10 +190,15 @@ typedef struct cli_preview cli_preview;
 /* Takes the first min(3, num_heads) heads (label heads). NULL only when out of memory. */
 cli_preview *cli_preview_open(const char *dir, const struct isl_tiff_stack *stack,
                               const int *heads, int num_heads);
-/* 1 if the preview takes the rows of (head, stat): the median of one of its heads. */
+/* Adds the third panel, where the prediction cannot be trusted: the preview then also
+ * takes its heads' standard deviations. 0, or -1 (memory). */
+int cli_preview_show_uncertainty(cli_preview *p);
+/* 1 if the preview takes the rows of (head, stat): the median of one of its heads, or with
+ * the uncertainty panel their standard deviation. */
 int cli_preview_wants(const cli_preview *p, int head, isl_stat stat);
-/* Adds rows y0 .. y0 + rows - 1 of head's median (rows x the image width). */
-void cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *data);
+/* Adds rows y0 .. y0 + rows - 1 of head's stat (rows x the image width). */
+void cli_preview_rows(cli_preview *p, int head, isl_stat stat, int y0, int rows,
+                      const float *data);
 /* Writes the picture to path as PNG instead (a bioimage.io cover). 0, or -1 (memory). */
 int cli_preview_as_png(cli_preview *p, const char *path);
 /* Writes the picture atomically. 0, or -1 with cli_preview_error set. */
@@ -202,6 +207,10 @@ const char *cli_preview_path(const cli_preview *p);
 const char *cli_preview_error(const cli_preview *p);
 /* "dapi_confocal blue, map2_confocal green, nfh_confocal red" into buf. */
 void cli_preview_legend(const cli_preview *p, const isl_model *model, char *buf, size_t size);
+/* "dapi_confocal 12.3%, ...": each head's share of uncertain pixels (isl_uncertain_mask
+ * with ISL_UNCERTAIN_STD), after the rows were added with the uncertainty panel. */
+void cli_preview_uncertainty(const cli_preview *p, const isl_model *model, char *buf,
+                             size_t size);
 /* Frees (a committed picture stays). NULL is a no-op. */
 void cli_preview_free(cli_preview *p);
 

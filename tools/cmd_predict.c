@@ -44,8 +44,10 @@ static const char predict_help[] =
     "                           the four distributions (test-time augmentation): better\n"
     "                           predictions for 4x the time (README, \"The bundled model\")\n"
     "  --preview                also write DIR/preview.tif, an 8-bit RGB picture: the\n"
-    "                           input's middle z plane (left) beside the medians of the\n"
-    "                           first three label heads in blue, green and red (right)\n"
+    "                           input's middle z plane (left), the medians of the first\n"
+    "                           three label heads in blue, green and red (middle), and in\n"
+    "                           magenta where they cannot be trusted (right: predicted\n"
+    "                           std above 0.15); prints the uncertain share per head\n"
     "  --format F               tiff (default): one float32 TIFF per head and statistic;\n"
     "                           ome-tiff: also DIR/predictions.ome.tif, all of them as one\n"
     "                           OME-TIFF with named channels (docs/interop.md)\n"
@@ -322,13 +324,14 @@ static void warn_unusual_input(const isl_model *m, const isl_tiff_stack *s)
             lo, hi);
 }
 
-/* isl_rows_fn (user = the job): rows go to their file and, medians, to the preview. */
+/* isl_rows_fn (user = the job): rows go to their file and, medians and standard
+ * deviations, to the preview. */
 static int deliver_rows(void *user, int head, isl_stat stat, int y0, int rows, int width,
                         const float *data)
 {
     predict_job *j = user;
     if (cli_preview_wants(j->preview, head, stat))
-        cli_preview_rows(j->preview, head, y0, rows, data);
+        cli_preview_rows(j->preview, head, stat, y0, rows, data);
     if (!cli_outputs_wants(j->outputs, head, stat))
         return cli_interrupted();
     return cli_outputs_rows(j->outputs, head, stat, y0, rows, width, data);
@@ -433,14 +436,17 @@ static int run(predict_job *j, const predict_args *a)
     if (j->preview) {
         char legend[1024];
         cli_preview_legend(j->preview, j->model, legend, sizeof(legend));
-        fprintf(stderr, "isl: preview: left z plane %d of %d, right %s\n",
-                j->stack.num_z / 2, j->stack.num_z, legend);
+        fprintf(stderr, "isl: preview: left z plane %d of %d, middle %s, right magenta where "
+                "uncertain\n", j->stack.num_z / 2, j->stack.num_z, legend);
+        cli_preview_uncertainty(j->preview, j->model, legend, sizeof(legend));
+        fprintf(stderr, "isl: uncertain (predicted std > %.2f, docs/cli.md \"Uncertainty\"): "
+                "%s of the field\n", (double)ISL_UNCERTAIN_STD, legend);
     }
     return CLI_EXIT_OK;
 }
 
-/* The preview of the first three label heads among those selected; the library then
- * also computes their medians. */
+/* The preview of the first three label heads among those selected and where they are
+ * uncertain; the library then also computes their medians and standard deviations. */
 static int open_preview(predict_job *j, const predict_args *a)
 {
     int labels[3], n = 0;
@@ -450,16 +456,20 @@ static int open_preview(predict_job *j, const predict_args *a)
     if (n == 0)
         return cli_usage_error("--preview: no label head selected (the autoencoder is not "
                                "shown)");
-    if (!(j->preview = cli_preview_open(a->output_dir, &j->stack, labels, n)))
+    if (!(j->preview = cli_preview_open(a->output_dir, &j->stack, labels, n)) ||
+        cli_preview_show_uncertainty(j->preview) != 0)
         return cli_runtime_error("out of memory");
     isl_stat stats[ISL_STAT_COUNT];
-    int num_stats = a->num_stats, has_median = 0;
+    int num_stats = a->num_stats, has_median = 0, has_std = 0;
     for (int i = 0; i < a->num_stats; i++) {
         stats[i] = a->stats[i];
         has_median |= stats[i] == ISL_STAT_MEDIAN;
+        has_std |= stats[i] == ISL_STAT_STD;
     }
     if (!has_median)
         stats[num_stats++] = ISL_STAT_MEDIAN;
+    if (!has_std)
+        stats[num_stats++] = ISL_STAT_STD;
     isl_status s = isl_predict_options_set_stats(j->options, num_stats, stats);
     return s == ISL_OK ? CLI_EXIT_OK : cli_library_error(s);
 }

@@ -4,7 +4,9 @@
  * label heads, one color each (one head: gray). Each channel is stretched between its
  * 0.5th and 99.5th percentiles: a display, not data. Panels wider or taller than
  * PREVIEW_SIDE pixels are shrunk by an integer factor (box means), so memory stays
- * bounded for any image size. */
+ * bounded for any image size. With cli_preview_show_uncertainty, a third panel shows where
+ * the prediction cannot be trusted: the input plane, dimmed, with the pixels that
+ * isl_uncertain_mask marks for any shown head in magenta. */
 #include "cli.h"
 #include "tiff_io.h"
 
@@ -29,6 +31,9 @@ struct cli_preview {
     int colors[3];       /* GRAY, or the RGB channel of each head */
     float *input;        /* [ph * pw] box means of the middle plane */
     float *sums[3];      /* [ph * pw] box sums of each head's median */
+    float *unsure[3];    /* [ph * pw] box counts of each head's uncertain pixels, or NULL */
+    size_t uncertain[3]; /* each head's uncertain pixels in the whole image */
+    unsigned char *mask; /* [width] one row of isl_uncertain_mask */
     int png;             /* write PNG (cli_preview_as_png) instead of TIFF */
     char error[1024];
 };
@@ -95,9 +100,20 @@ cli_preview *cli_preview_open(const char *dir, const isl_tiff_stack *stack, cons
     return p;
 }
 
+int cli_preview_show_uncertainty(cli_preview *p)
+{
+    const size_t n = (size_t)p->ph * (size_t)p->pw;
+    if (!(p->mask = malloc((size_t)p->width)))
+        return -1;
+    for (int k = 0; k < p->num_heads; k++)
+        if (!(p->unsure[k] = calloc(n, sizeof(float))))
+            return -1;
+    return 0;
+}
+
 int cli_preview_wants(const cli_preview *p, int head, isl_stat stat)
 {
-    if (!p || stat != ISL_STAT_MEDIAN)
+    if (!p || !(stat == ISL_STAT_MEDIAN || (stat == ISL_STAT_STD && p->mask)))
         return 0;
     for (int k = 0; k < p->num_heads; k++)
         if (p->heads[k] == head)
@@ -105,11 +121,31 @@ int cli_preview_wants(const cli_preview *p, int head, isl_stat stat)
     return 0;
 }
 
-void cli_preview_rows(cli_preview *p, int head, int y0, int rows, const float *data)
+/* Box counts of the uncertain pixels of rows of a head's standard deviation. */
+static void add_uncertain_rows(cli_preview *p, int k, int y0, int rows, const float *data)
+{
+    for (int y = y0; y < y0 + rows; y++) {
+        size_t count = 0;
+        /* Cannot fail: the arguments are valid by construction. */
+        (void)isl_uncertain_mask(data + (size_t)(y - y0) * p->width, (size_t)p->width,
+                                 ISL_UNCERTAIN_STD, p->mask, &count);
+        p->uncertain[k] += count;
+        float *box = p->unsure[k] + (size_t)(y / p->factor) * p->pw;
+        for (int x = 0; x < p->width; x++)
+            box[x / p->factor] += p->mask[x];
+    }
+}
+
+void cli_preview_rows(cli_preview *p, int head, isl_stat stat, int y0, int rows,
+                      const float *data)
 {
     for (int k = 0; k < p->num_heads; k++) {
         if (p->heads[k] != head)
             continue;
+        if (stat == ISL_STAT_STD) {
+            add_uncertain_rows(p, k, y0, rows, data);
+            continue;
+        }
         for (int y = y0; y < y0 + rows; y++) {
             float *sum = p->sums[k] + (size_t)(y / p->factor) * p->pw;
             const float *row = data + (size_t)(y - y0) * p->width;
@@ -145,11 +181,28 @@ static int stretch(const float *v, size_t n, uint8_t *out)
     return 0;
 }
 
+/* Third panel: the input plane (already stretched in gray), dimmed, turning magenta with
+ * the largest share of uncertain pixels of any head in each box. */
+static void uncertainty_panel(const cli_preview *p, const uint8_t *gray, uint8_t *rgb, int out_w)
+{
+    for (size_t i = 0; i < (size_t)p->ph * (size_t)p->pw; i++) {
+        float share = 0;
+        for (int k = 0; k < p->num_heads; k++) {
+            float f = p->unsure[k][i] / (float)box_count(p, (int)(i / p->pw), (int)(i % p->pw));
+            share = f > share ? f : share;
+        }
+        const float g = 0.6f * gray[i];
+        uint8_t *px = rgb + (((i / p->pw) * out_w) + 2 * p->pw + i % p->pw) * 3;
+        px[RED] = px[BLUE] = (uint8_t)(g + share * (255.0f - g) + 0.5f);
+        px[GREEN] = (uint8_t)(g * (1.0f - share) + 0.5f);
+    }
+}
+
 int cli_preview_commit(cli_preview *p)
 {
     const size_t n = (size_t)p->ph * (size_t)p->pw;
-    const int out_w = 2 * p->pw;
-    uint8_t *rgb = calloc(n * 2 * 3, 1);
+    const int panels = p->mask ? 3 : 2, out_w = panels * p->pw;
+    uint8_t *rgb = calloc(n * panels * 3, 1);
     uint8_t *channel = malloc(n);
     float *median = malloc(n * sizeof(float));
     int rc = rgb && channel && median ? 0 : -1;
@@ -162,7 +215,9 @@ int cli_preview_commit(cli_preview *p)
         uint8_t *px = rgb + (((i / p->pw) * out_w) + i % p->pw) * 3;
         px[0] = px[1] = px[2] = channel[i];
     }
-    /* Right panel: each head's median in its color. */
+    if (rc == 0 && p->mask)
+        uncertainty_panel(p, channel, rgb, out_w);
+    /* Middle panel: each head's median in its color. */
     for (int k = 0; rc == 0 && k < p->num_heads; k++) {
         box_means(p, p->sums[k], median);
         if ((rc = stretch(median, n, channel)) != 0) {
@@ -207,6 +262,22 @@ const char *cli_preview_path(const cli_preview *p) { return p->path; }
 
 const char *cli_preview_error(const cli_preview *p) { return p->error; }
 
+void cli_preview_uncertainty(const cli_preview *p, const isl_model *model, char *buf,
+                             size_t size)
+{
+    const double pixels = (double)p->height * (double)p->width;
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < p->num_heads && used < size; k++) {
+        int n = snprintf(buf + used, size - used, "%s%s %.1f%%", k ? ", " : "",
+                         isl_model_head_name(model, p->heads[k]),
+                         100.0 * (double)p->uncertain[k] / pixels);
+        if (n < 0)
+            break;
+        used += (size_t)n;
+    }
+}
+
 /* "dapi_confocal blue, map2_confocal green, nfh_confocal red" into buf. */
 void cli_preview_legend(const cli_preview *p, const isl_model *model, char *buf, size_t size)
 {
@@ -229,7 +300,10 @@ void cli_preview_free(cli_preview *p)
         return;
     free(p->path);
     free(p->input);
-    for (int k = 0; k < 3; k++)
+    free(p->mask);
+    for (int k = 0; k < 3; k++) {
         free(p->sums[k]);
+        free(p->unsure[k]);
+    }
     free(p);
 }

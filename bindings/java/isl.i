@@ -166,6 +166,7 @@ static size_t islj_element_size(JNIEnv *jenv, jobject buffer)
 %ignore isl_predict_image;
 %ignore isl_predict_image_rows;
 %ignore isl_stats;
+%ignore isl_uncertain_mask;
 /* Evaluation: arrays as Java arrays through the islj_eval_* helpers (org.isl.Evaluation). */
 %ignore isl_object_errors;
 %ignore isl_eval_pearson;
@@ -309,7 +310,8 @@ isl_status islj_predict_tile(const isl_model *model, const isl_predict_options *
 
 /* Evaluation helpers on Java arrays (copied in; `result` copied back). */
 %include "arrays_java.i"
-%apply float[] { const float *predicted, const float *truth };
+%apply float[] { const float *predicted, const float *truth, const float *std };
+%apply signed char[] { signed char *mask };
 %apply double[] { const double *a, const double *b, double *result };
 %inline %{
 /* result[0] = Pearson r, result[1] = pixels used (isl_eval_pearson, no mask). */
@@ -321,6 +323,18 @@ isl_status islj_eval_pearson(const float *predicted, const float *truth, int cou
     isl_status s = isl_eval_pearson(predicted, truth, NULL, count, max_pixels,
                                     (uint64_t)seed, &result[0], &used);
     result[1] = (double)used;
+    return s;
+}
+
+/* mask[i] = 1 where std[i] is uncertain (isl_uncertain_mask); result[0] = their number. */
+isl_status islj_uncertain_mask(const float *std, int count, float threshold, signed char *mask,
+                               double *result)
+{
+    islj_message = NULL;
+    size_t uncertain = 0;
+    isl_status s = isl_uncertain_mask(std, count > 0 ? (size_t)count : 0, threshold,
+                                      (unsigned char *)mask, &uncertain);
+    result[0] = (double)uncertain;
     return s;
 }
 

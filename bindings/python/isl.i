@@ -152,6 +152,7 @@ ISLPY_NOGIL(isl_trainer_model)
 %ignore isl_predict_image;
 %ignore isl_predict_image_rows;
 %ignore isl_stats;
+%ignore isl_uncertain_mask;
 %ignore isl_train_batch;
 %ignore isl_train_step;
 %ignore isl_trainer_estimate_bn;
@@ -685,6 +686,31 @@ PyObject *_stats(PyObject *logits, int stat)
         s = isl_stats(in, classes, count, count, (isl_stat)stat, o);
         Py_END_ALLOW_THREADS
     }
+    if (s != ISL_OK) {
+        Py_DECREF(out);
+        islpy_raise(s);
+        return NULL;
+    }
+    return out;
+}
+
+/* isl_uncertain_mask of a float32 array of standard deviations: a bool array of its shape. */
+PyObject *_uncertain_mask(PyObject *std, float threshold)
+{
+    PyArrayObject *a = islpy_array(std, "std", 0);
+    if (!a)
+        return NULL;
+    if (PyArray_TYPE(a) != NPY_FLOAT32)
+        return PyErr_Format(PyExc_TypeError, "std must be float32");
+    PyObject *out = PyArray_SimpleNew(PyArray_NDIM(a), PyArray_DIMS(a), NPY_BOOL);
+    if (!out)
+        return NULL;
+    size_t uncertain = 0;
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_uncertain_mask(PyArray_DATA(a), (size_t)PyArray_SIZE(a), threshold,
+                           PyArray_DATA((PyArrayObject *)out), &uncertain);
+    Py_END_ALLOW_THREADS
     if (s != ISL_OK) {
         Py_DECREF(out);
         islpy_raise(s);

@@ -87,6 +87,13 @@ public class TestPredict {
     double[] ks = org.isl.Evaluation.ks2samp(new double[] {1, 2, 3}, new double[] {4, 5, 6});
     check(ks[0] == 1 && Math.abs(ks[1] - 0.1) < 1e-12, "ks " + Arrays.toString(ks));
     check(org.isl.Evaluation.display(0.5) == 0.5, "display");
+    float[] std = {0.0f, 0.15f, 0.1501f, Float.NaN, 0.5f};
+    byte[] mask = new byte[std.length];
+    long uncertain = org.isl.Evaluation.uncertainMask(std, org.isl.Evaluation.UNCERTAIN_STD, mask);
+    check(uncertain == 3 && Arrays.equals(mask, new byte[] {0, 0, 1, 1, 1}),
+          "uncertain mask " + Arrays.toString(mask));
+    expectStatus(Status.INVALID_ARGUMENT, "uncertain threshold 0",
+                 () -> org.isl.Evaluation.uncertainMask(std, 0, mask));
     x[3] = Float.NaN;
     expectStatus(Status.VALUE, "pearson NaN", () -> org.isl.Evaluation.pearson(up, x, 0, 0));
   }

@@ -56,6 +56,9 @@ __all__ = [
     "Model",
     "Trainer",
     "stats",
+    "uncertain_mask",
+    "uncertainty_summary",
+    "UNCERTAIN_STD",
     "version",
     "format_version",
     "STATS",
@@ -88,6 +91,10 @@ AUTOENCODER: str = _capi.ISL_AUTOENCODER_NAME
 
 #: A tile of side n (250 + 16 m) predicts n - TILE_CONTEXT output pixels per side.
 TILE_CONTEXT: int = _capi.ISL_TILE_CONTEXT
+
+#: Predicted standard deviation above which :func:`uncertain_mask` marks a pixel as not to
+#: be trusted (the C library's ISL_UNCERTAIN_STD; measured in docs/training.md).
+UNCERTAIN_STD: float = float(_capi.ISL_UNCERTAIN_STD)
 
 _NUM_CLASSES = _capi.ISL_NUM_CLASSES
 _PRECISIONS = {"fp32": _capi.ISL_PRECISION_FP32, "bf16": _capi.ISL_PRECISION_BF16}
@@ -158,6 +165,47 @@ def stats(logits: npt.ArrayLike, stat: Union[str, int] = "median") -> FloatArray
     """
     array = np.ascontiguousarray(logits, dtype=np.float32)
     return _capi._stats(array, _stat_index(stat))
+
+
+def uncertain_mask(std: npt.ArrayLike, threshold: float = UNCERTAIN_STD) -> np.ndarray:
+    """Where a prediction cannot be trusted: ``std > threshold`` (NaN counts as uncertain).
+
+    Args:
+        std: the "std" statistic of a head, e.g. ``model.predict(stack, ("median", "std"))
+            [head]["std"]``; converted to float32 C order if needed.
+        threshold: positive; the default :data:`UNCERTAIN_STD` was measured on out-of-fold
+            predictions, where almost every pixel with an error above 0.1 lay above it.
+
+    Returns:
+        bool array of ``std``'s shape, True where uncertain.
+    """
+    array = np.ascontiguousarray(std, dtype=np.float32)
+    return _capi._uncertain_mask(array, float(threshold))
+
+
+def uncertainty_summary(prediction: Dict[str, Dict[str, FloatArray]],
+                        threshold: float = UNCERTAIN_STD) -> str:
+    """One line saying how much of the field cannot be trusted, as ``isl predict --preview``
+    prints it: ``"uncertain (predicted std > 0.15): dapi_confocal 12.3%, ... of the field"``.
+
+    Args:
+        prediction: the result of :meth:`Model.predict` with "std" among its stats; every
+            head that has it is summarised (the autoencoder is skipped).
+        threshold: as in :func:`uncertain_mask`.
+
+    Raises:
+        InvalidArgumentError: no head of ``prediction`` has the "std" statistic.
+    """
+    parts = []
+    for head, images in prediction.items():
+        if head == AUTOENCODER or "std" not in images:
+            continue
+        share = 100.0 * float(np.mean(uncertain_mask(images["std"], threshold)))
+        parts.append("%s %.1f%%" % (head, share))
+    if not parts:
+        raise InvalidArgumentError('the prediction has no "std" statistic: predict with '
+                                   'stats=("median", "std")')
+    return "uncertain (predicted std > %.2f): %s of the field" % (threshold, ", ".join(parts))
 
 
 def _as_stack(stack: npt.ArrayLike) -> np.ndarray:

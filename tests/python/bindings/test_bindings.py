@@ -81,6 +81,7 @@ def test_every_header_function_is_bound(islpy):
         "isl_predict_image": "_predict_image",
         "isl_predict_image_rows": "_predict_image_rows",
         "isl_stats": "_stats",
+        "isl_uncertain_mask": "_uncertain_mask",
         "isl_train_step": "_train_step",
         "isl_trainer_estimate_bn": "_trainer_estimate_bn",
         "isl_eval_pearson": "_eval_pearson",
@@ -152,6 +153,32 @@ def test_stats_match_numpy(islpy):
     assert islpy.stats(logits[:, 0, 0].tolist(), 1).shape == ()  # lists, stat by index
     with pytest.raises(islpy.InvalidArgumentError):
         islpy.stats(logits, "average")
+
+
+def test_uncertain_mask_and_summary(islpy, small_model, small_stack):
+    """uncertain_mask is std > threshold (NaN uncertain);
+    uncertainty_summary prints each head's share of it, as isl predict --preview does."""
+    assert islpy.UNCERTAIN_STD == pytest.approx(0.15)
+    rng = np.random.default_rng(2)
+    std = rng.uniform(0, 0.3, (9, 11)).astype(np.float32)
+    std[0, 0] = np.nan
+    for threshold in (islpy.UNCERTAIN_STD, float(np.median(std[1:]))):
+        got = islpy.uncertain_mask(std, threshold)
+        want = ~(std <= np.float32(threshold))
+        assert got.dtype == bool and got.shape == std.shape
+        assert np.array_equal(got, want) and 0 < got.sum() < got.size
+    assert np.array_equal(islpy.uncertain_mask(std.astype(np.float64).T), islpy.uncertain_mask(std).T)
+    for bad in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(islpy.InvalidArgumentError):
+            islpy.uncertain_mask(std, bad)
+
+    out = small_model.predict(small_stack, stats=("median", "std"), threads=THREADS)
+    shares = {h: 100 * np.mean(out[h]["std"] > 0.15) for h in out}
+    want = ", ".join("%s %.1f%%" % (h, shares[h]) for h in out)
+    assert islpy.uncertainty_summary(out) == (
+        "uncertain (predicted std > 0.15): %s of the field" % want)
+    with pytest.raises(islpy.InvalidArgumentError):
+        islpy.uncertainty_summary({h: {"median": v["median"]} for h, v in out.items()})
 
 
 def test_input_types_agree(small_model, small_stack, small_prediction):

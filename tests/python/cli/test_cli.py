@@ -314,30 +314,41 @@ DEMO_STACK = REPO_ROOT / "examples" / "data" / "demo_z13.tif"
 @pytest.mark.parametrize("height,width,factor", [(48, 64, 1), (1030, 21, 2)])
 def test_predict_preview(run_isl, tmp_path, height, width, factor):
     """--preview: the middle plane (gray) beside the medians of the three label heads in
-    blue, green, red, each stretched to its 0.5 / 99.5 percentiles; sides over 1024 are
-    shrunk by box means (the second stack: the demo crop repeated down to 1030 rows).
-    Recomputed here from the median images and the stack. The bundled model: a random
-    one predicts one median bin everywhere."""
+    blue, green, red, each stretched to its 0.5 / 99.5 percentiles, and the plane again,
+    dimmed to 0.6, turning magenta with the largest share of pixels of any head whose
+    predicted std exceeds 0.15; sides over 1024 are shrunk by box means (the second stack:
+    the demo crop repeated down to 1030 rows). Recomputed here from the median and std
+    images and the stack; the printed shares from the std images. The bundled model: a
+    random one predicts one median bin everywhere."""
     demo = tifffile.imread(DEMO_STACK)
     stack = np.ascontiguousarray(np.tile(demo, (1, 5, 1))[:, :height, 100:100 + width])
     tifffile.imwrite(tmp_path / "s.tif", stack)
     out = tmp_path / "out"
     r = run_isl("predict", "--model", BUNDLED_MODEL, "--input", tmp_path / "s.tif",
-                "--output-dir", out, "--stats", "median", "--preview", *ONE_THREAD)
+                "--output-dir", out, "--stats", "median,std", "--preview", *ONE_THREAD)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == f"wrote {out / 'preview.tif'}"
-    assert ("isl: preview: left z plane 6 of 13, right dapi_confocal blue, map2_confocal green, "
-            "nfh_confocal red") in r.stderr
+    assert ("isl: preview: left z plane 6 of 13, middle dapi_confocal blue, map2_confocal green, "
+            "nfh_confocal red, right magenta where uncertain") in r.stderr
     got = tifffile.imread(out / "preview.tif")
     pw = (width + factor - 1) // factor
-    assert got.dtype == np.uint8 and got.shape == ((height + factor - 1) // factor, 2 * pw, 3)
+    assert got.dtype == np.uint8 and got.shape == ((height + factor - 1) // factor, 3 * pw, 3)
     gray = stretched(box_means(stack[6] / 65535.0, factor))
     for c in range(3):
         assert np.abs(got[:, :pw, c] - gray).max() <= 1
     for head, c in zip(HEADS, (2, 1, 0)):
         want = stretched(box_means(tifffile.imread(out / f"{head}_median.tif"), factor))
         assert want.std() > 10, head  # something to see
-        assert np.abs(got[:, pw:, c] - want).max() <= 1, head
+        assert np.abs(got[:, pw:2 * pw, c] - want).max() <= 1, head
+    unsure = [tifffile.imread(out / f"{h}_std.tif") > 0.15 for h in HEADS]
+    share = np.max([box_means(u, factor) for u in unsure], axis=0)
+    dim = 0.6 * gray
+    assert np.abs(got[:, 2 * pw:, 0] - (dim + share * (255 - dim))).max() <= 1
+    assert np.abs(got[:, 2 * pw:, 2] - (dim + share * (255 - dim))).max() <= 1
+    assert np.abs(got[:, 2 * pw:, 1] - dim * (1 - share)).max() <= 1
+    shares = ", ".join(f"{h} {100 * u.mean():.1f}%" for h, u in zip(HEADS, unsure))
+    assert (f'isl: uncertain (predicted std > 0.15, docs/cli.md "Uncertainty"): {shares} of '
+            "the field") in r.stderr
 
 
 def test_predict_preview_without_median_one_head_and_errors(run_isl, small_model, tmp_path):
@@ -353,14 +364,14 @@ def test_predict_preview_without_median_one_head_and_errors(run_isl, small_model
     r = run("mean", "--stats", "mean")
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(tmp_path / "mean")) == sorted(
-        [f"{h}_mean.tif" for h in HEADS] + ["preview.tif"])
+        [f"{h}_mean.tif" for h in HEADS] + ["preview.tif"])  # no median or std files
     assert (tifffile.imread(tmp_path / "mean" / "preview.tif") ==
             tifffile.imread(tmp_path / "median" / "preview.tif")).all()
 
     r = run("one", "--heads", "nfh_confocal")
     assert r.returncode == 0, r.stderr
-    assert "right nfh_confocal gray" in r.stderr
-    right = tifffile.imread(tmp_path / "one" / "preview.tif")[:, 48:]
+    assert "middle nfh_confocal gray" in r.stderr
+    right = tifffile.imread(tmp_path / "one" / "preview.tif")[:, 48:96]
     median = tifffile.imread(tmp_path / "one" / "nfh_confocal_median.tif")
     assert (right[..., 0] == right[..., 1]).all() and (right[..., 1] == right[..., 2]).all()
     assert np.abs(right[..., 0] - stretched(median)).max() <= 1

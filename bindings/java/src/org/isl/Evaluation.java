@@ -27,6 +27,26 @@ public final class Evaluation {
     return result[0];
   }
 
+  /**
+   * Predicted standard deviation above which {@link #uncertainMask} marks a pixel as not to
+   * be trusted (ISL_UNCERTAIN_STD; measured in docs/training.md).
+   */
+  public static final float UNCERTAIN_STD = (float) IslNativeConstants.ISL_UNCERTAIN_STD;
+
+  /**
+   * Where a prediction cannot be trusted: mask[i] = 1 where the head's predicted standard
+   * deviation std[i] exceeds threshold (or is NaN), else 0. Returns the number of such
+   * pixels. mask has std's length.
+   */
+  public static long uncertainMask(float[] std, float threshold, byte[] mask)
+      throws IslException {
+    if (mask.length != std.length)
+      throw new IslException(Status.SHAPE, "the mask and std images differ in size");
+    double[] result = new double[1];
+    check(IslNative.islj_uncertain_mask(std, std.length, threshold, mask, result));
+    return (long) result[0];
+  }
+
   /** Two-sided two-sample Kolmogorov-Smirnov test: {statistic, p-value}. */
   public static double[] ks2samp(double[] a, double[] b) throws IslException {
     double[] result = new double[2];
