@@ -162,12 +162,19 @@ isl_status isl_sum_verify_fd(int fd, const char *path, int *verified)
     if (memcmp(block, hdf5_signature, sizeof(hdf5_signature)) == 0)
         return ISL_OK; /* HDF5 at offset 0: no user block, no record */
 
-    sum_record r;
-    int first = decode(block, &r);
-    int found = first == 1 ? 1 : decode(block + COPY_OFFSET, &r);
-    if (found == 0 && first == 0)
+    /* Both copies intact and equal, the rest of the block zero: any flipped bit in the
+     * block is reported too, and a damaged magic in one copy is not mistaken for a file
+     * without a record. */
+    sum_record r, copy;
+    int first = decode(block, &r), second = decode(block + COPY_OFFSET, &copy);
+    if (first == 0 && second == 0)
         return ISL_OK; /* a user block of some other program */
-    if (found != 1)
+    int padding_zero = 1;
+    for (size_t i = 0; i < ISL_SUM_BLOCK; i++)
+        if ((i % COPY_OFFSET) >= RECORD_BYTES && block[i])
+            padding_zero = 0;
+    if (first != 1 || second != 1 || memcmp(block, block + COPY_OFFSET, RECORD_BYTES) != 0 ||
+        !padding_zero)
         return isl_fail(ISL_ERROR_DAMAGED,
                         "%s: damaged file: its checksum record (first %d bytes) is corrupt",
                         path, ISL_SUM_BLOCK);

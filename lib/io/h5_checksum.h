@@ -7,7 +7,8 @@
  * there: magic "ISLSUM1", the algorithm, the length of the content after the block and
  * its XXH3-128 digest, protected by an XXH64 of the record itself; the record is stored
  * twice (offsets 0 and 256) so that damage to one copy is still told apart from a file
- * without a record. The reader verifies the bytes before HDF5 opens the file. */
+ * without a record, and the rest of the block is zero. The reader verifies the block and
+ * the content before HDF5 opens the file: any changed byte is reported. */
 #ifndef ISL_H5_CHECKSUM_H
 #define ISL_H5_CHECKSUM_H
 
