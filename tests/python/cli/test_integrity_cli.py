@@ -6,9 +6,11 @@ no filters but those isl writes, stored sizes that can hold what the file claims
 claimed by files are capped before allocating: every crafted file here runs under a 1 GB
 address-space limit and must fail with a clear message, not run out of memory.
 """
+import os
 import resource
 import shutil
 import struct
+import subprocess
 
 import h5py
 import numpy as np
@@ -256,3 +258,43 @@ def test_tiff_claiming_huge_stacks_is_refused(run_isl, tmp_path, kw, needles):
                 preexec_fn=limited)
     assert_clean_error(r, str(path), *needles)
     assert not (tmp_path / "out.h5").exists()
+
+
+PLUGIN_SOURCE = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void mark(void)
+{
+    FILE *f = fopen(MARKER, "w");
+    if (f)
+        fclose(f);
+}
+int H5PLget_plugin_type(void) { return 0; }
+const void *H5PLget_plugin_info(void) { return 0; }
+"""
+
+
+def test_filter_plugins_are_never_loaded(run_isl, tiny_model, small_dataset, tmp_path):
+    """A plugin directory holding a library that leaves a marker when loaded: HDF5 would
+    load it to decode an unknown filter (lzf here); isl refuses the dataset first."""
+    cc = shutil.which("cc")
+    if not cc:
+        pytest.skip("no C compiler to build the fake plugin")
+    plugins, marker = tmp_path / "plugins", tmp_path / "LOADED"
+    plugins.mkdir()
+    (tmp_path / "plugin.c").write_text(PLUGIN_SOURCE)
+    subprocess.run([cc, "-shared", "-fPIC", f'-DMARKER="{marker}"', "-o",
+                    plugins / "libmarker.so", tmp_path / "plugin.c"], check=True)
+    env = dict(os.environ, HDF5_PLUGIN_PATH=str(plugins))
+    zeros = np.zeros((3, 30, 40), np.uint16)  # compressible: lzf really filters it
+    for source, path, command in ((tiny_model, "projection/weight", "model"),
+                                  (small_dataset, "wells/000/stack", "dataset")):
+        crafted = tmp_path / f"{command}.h5"
+        shutil.copy(source, crafted)
+        strip_record(crafted)
+        with h5py.File(crafted, "r+") as f:
+            data = f[path][()] * 0 if command == "model" else zeros
+            del f[path]
+            f.create_dataset(path, data=data, compression="lzf")
+        r = run_isl(command, "info", crafted, env=env)
+        assert_clean_error(r, f"/{path}: is stored with filter 32000 (a plugin filter)")
+        assert not marker.exists(), f"isl {command} info loaded a filter plugin"
