@@ -463,15 +463,18 @@ cleanup:
 }
 
 
-static isl_status open_group(isl_h5_file *r, const char *path, hid_t *out)
+/* The group or dataset (what) at path, opened with open (H5Gopen2 or H5Dopen2) once
+ * every component of the path is known to be a hard link. */
+static isl_status open_object(isl_h5_file *r, const char *path, const char *what,
+                              hid_t (*open)(hid_t, const char *, hid_t), hid_t *out)
 {
     *out = H5I_INVALID_HID;
     int e = path_exists(r->fid, path);
     if (e != 1)
-        return missing(r, path, "group", e);
-    *out = H5Gopen2(r->fid, path, H5P_DEFAULT);
+        return missing(r, path, what, e);
+    *out = open(r->fid, path, H5P_DEFAULT);
     if (*out < 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: not a group: %s", r->file, path,
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: not a %s: %s", r->file, path, what,
                         h5_detail(r->detail));
     return ISL_OK;
 }
@@ -923,20 +926,12 @@ int isl_h5_exists(isl_h5_file *f, const char *path) { return path_exists(f->fid,
 
 isl_status isl_h5_open_group(isl_h5_file *f, const char *path, hid_t *out)
 {
-    return open_group(f, path, out);
+    return open_object(f, path, "group", H5Gopen2, out);
 }
 
 isl_status isl_h5_open_dataset(isl_h5_file *f, const char *path, hid_t *out)
 {
-    int e = path_exists(f->fid, path);
-    *out = H5I_INVALID_HID;
-    if (e != 1)
-        return missing(f, path, "dataset", e);
-    *out = H5Dopen2(f->fid, path, H5P_DEFAULT);
-    if (*out < 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot open as a dataset: %s", f->file, path,
-                        h5_detail(f->detail));
-    return ISL_OK;
+    return open_object(f, path, "dataset", H5Dopen2, out);
 }
 
 isl_status isl_h5_read_string(isl_h5_file *f, hid_t obj, const char *where, const char *name,
