@@ -58,7 +58,8 @@ typedef enum isl_status {
     ISL_ERROR_UNSUPPORTED = 7,      /**< valid but not supported (sample format, CPU feature) */
     ISL_ERROR_CANCELLED = 8,        /**< a progress callback asked to stop */
     ISL_ERROR_BACKEND = 9,          /**< oneDNN, HDF5 or libtiff failed unexpectedly */
-    ISL_ERROR_INTERNAL = 10         /**< a bug in isl; please report it */
+    ISL_ERROR_INTERNAL = 10,        /**< a bug in isl; please report it */
+    ISL_ERROR_DAMAGED = 11          /**< a file's content does not match its checksum (docs/security.md) */
 } isl_status;
 
 /** Static description of a status code ("invalid argument", ...). Never NULL. */
@@ -134,6 +135,10 @@ ISL_API int isl_model_head_channels(const isl_model *model, int head);
 ISL_API int64_t isl_model_parameter_count(const isl_model *model);
 /** "none" or "global". */
 ISL_API const char *isl_model_input_normalization(const isl_model *model);
+/** "xxh3-128" if the model was loaded from a file whose content matched the checksum isl
+ *  stored in it (files written by isl >= 0.7); "" if the file had none (other programs,
+ *  older isl) or the model was not loaded from a file (docs/security.md). NULL model: NULL. */
+ISL_API const char *isl_model_checksum(const isl_model *model);
 /** Multiply-accumulates of one forward pass of a height x width input tile (each side
  *  250 + 16m) through the trunk and the `count` heads listed by index: the network's
  *  arithmetic (for throughput figures), without isl's internal channel padding. -1 for

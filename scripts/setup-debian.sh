@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential pkg-config meson ninja-build
-  libdnnl-dev libhdf5-dev libtiff-dev check
+  libdnnl-dev libhdf5-dev libtiff-dev check libxxhash-dev
   swig python3-dev python3-numpy python3-h5py python3-pytest python3-torch
   python3-tifffile python3-pil python3-scipy
   libpng-dev chromium

@@ -624,6 +624,8 @@ START_TEST(missing_truncated_and_corrupt_files)
     char *bytes = test_read_file(path, &size);
     test_scratch_path(other, sizeof(other), "truncated.h5");
     test_write_file(other, bytes, size / 2);
+    expect_load_error(other, ISL_ERROR_DAMAGED, "truncated");
+    test_strip_checksum(other); /* the same without a checksum: HDF5 notices */
     expect_load_error(other, ISL_ERROR_FORMAT, "truncated");
 
     /* Garbage in the compressed data of well B's stack. */
@@ -642,6 +644,8 @@ START_TEST(missing_truncated_and_corrupt_files)
         bytes[addr + i] = (char)(0x5a ^ (i * 31));
     test_scratch_path(other, sizeof(other), "corrupt.h5");
     test_write_file(other, bytes, size);
+    expect_load_error(other, ISL_ERROR_DAMAGED, "checksum mismatch");
+    test_strip_checksum(other);
     expect_load_error(other, ISL_ERROR_FORMAT, "/wells/001/stack: cannot read");
     free(bytes);
     test_scratch_remove();

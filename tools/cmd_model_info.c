@@ -9,7 +9,8 @@ static const char info_help[] =
     "\n"
     "Loads and validates a model file and prints its format version, base depth, number of\n"
     "z planes, input normalization, heads (with output channels; the autoencoder marked),\n"
-    "parameter count and file size.\n"
+    "parameter count, file size and whether the file's checksum was verified (files\n"
+    "written by isl >= 0.7 carry one; a damaged file is refused: \"damaged file\").\n"
     "\n"
     "Options:\n"
     "  --json       print one JSON object instead of text\n"
@@ -51,8 +52,14 @@ static void print_json(FILE *out, const char *path, const isl_model *m, int64_t 
         fprintf(out, ", \"channels\": %d, \"autoencoder\": %s}", isl_model_head_channels(m, h),
                 is_autoencoder(name) ? "true" : "false");
     }
-    fprintf(out, "], \"parameter_count\": %lld, \"file_size\": %lld}\n",
+    fprintf(out, "], \"parameter_count\": %lld, \"file_size\": %lld, \"checksum\": ",
             (long long)isl_model_parameter_count(m), (long long)size);
+    const char *sum = isl_model_checksum(m);
+    if (sum[0])
+        json_string(out, sum);
+    else
+        fputs("null", out);
+    fputs("}\n", out);
 }
 
 static void print_text(FILE *out, const char *path, const isl_model *m, int64_t size)
@@ -83,6 +90,11 @@ static void print_text(FILE *out, const char *path, const isl_model *m, int64_t 
     double mib = (double)size / (1024.0 * 1024.0);
     fprintf(out, "file size:           %s bytes (%.1f MiB)\n", cli_thousands(size, buf, sizeof(buf)),
             mib);
+    const char *sum = isl_model_checksum(m);
+    if (sum[0])
+        fprintf(out, "checksum:            verified (%s)\n", sum);
+    else
+        fputs("checksum:            none (file not written by isl >= 0.7)\n", out);
 }
 
 int cli_cmd_model_info(int argc, char **argv)

@@ -17,7 +17,25 @@
  * ISL_OME_BIGTIFF_BYTES overrides it (tests). */
 #define BIGTIFF_BYTES ((uint64_t)3 << 30)
 
-static void quiet_tiff(const char *m, const char *f, va_list ap) { (void)m; (void)f; (void)ap; }
+static int quiet_tiff(TIFF *t, void *user, const char *m, const char *f, va_list ap)
+{
+    (void)t, (void)user, (void)m, (void)f, (void)ap;
+    return 1; /* handled: libtiff prints nothing */
+}
+
+/* TIFFOpen with this file's own (silent) message handlers: TIFFSetErrorHandler would
+ * change them for the whole process, including a host program's own libtiff use. */
+static TIFF *open_quiet(const char *path, const char *mode)
+{
+    TIFFOpenOptions *opts = TIFFOpenOptionsAlloc();
+    if (!opts)
+        return NULL;
+    TIFFOpenOptionsSetErrorHandlerExtR(opts, quiet_tiff, NULL);
+    TIFFOpenOptionsSetWarningHandlerExtR(opts, quiet_tiff, NULL);
+    TIFF *t = TIFFOpenExt(path, mode, opts);
+    TIFFOpenOptionsFree(opts);
+    return t;
+}
 
 static const xmlNode *child(const xmlNode *n, const char *name)
 {
@@ -51,9 +69,7 @@ static void attr_string(const xmlNode *n, const char *name, char *buf, size_t si
 int cli_ome_read(const char *path, cli_ome_info *info)
 {
     memset(info, 0, sizeof(*info));
-    TIFFErrorHandler old_err = TIFFSetErrorHandler(quiet_tiff);
-    TIFFErrorHandler old_warn = TIFFSetWarningHandler(quiet_tiff);
-    TIFF *t = TIFFOpen(path, "r");
+    TIFF *t = open_quiet(path, "r");
     char *desc = NULL;
     if (t && TIFFGetField(t, TIFFTAG_IMAGEDESCRIPTION, &desc) && desc && strstr(desc, "<OME"))
         desc = strdup(desc);
@@ -61,8 +77,6 @@ int cli_ome_read(const char *path, cli_ome_info *info)
         desc = NULL;
     if (t)
         TIFFClose(t);
-    TIFFSetErrorHandler(old_err);
-    TIFFSetWarningHandler(old_warn);
     if (!desc)
         return 0; /* not OME: nothing to read */
     xmlDoc *doc = xmlReadMemory(desc, (int)strlen(desc), "ome.xml", NULL,

@@ -11,6 +11,7 @@
 #include "tiff_io.h"
 
 #include "atomic_file.h"
+#include "bounds.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -27,8 +28,15 @@
 #include <tiffio.h>
 
 /* Largest page we read or write, in samples: keeps every size computation far from
- * overflow and rejects absurd headers before allocating. */
+ * overflow and rejects absurd headers before allocating. Sides are also at most
+ * ISL_MAX_IMAGE_SIDE, pages ISL_MAX_PAGES and a stack ISL_MAX_ARRAY_BYTES
+ * (lib/common/bounds.h). */
 #define MAX_PAGE_SAMPLES ((uint64_t)1 << 31)
+
+/* Largest decoded-to-stored ratio of a compressed page: deflate stops near 1032:1 and
+ * libtiff's LZW near 150:1, so a page claiming more is a forged header, and a small file
+ * cannot make the reader allocate more than this many times its size. */
+#define MAX_COMPRESSION_RATIO 2048
 
 /* Files whose pixel data exceed this are written as BigTIFF (classic TIFF offsets are
  * 32-bit; the margin leaves room for directories and strip tables). */
@@ -143,6 +151,8 @@ static TIFF *tiff_fdopen(int fd, const char *name, const char *mode, tiff_log *l
 typedef struct page_info {
     uint32_t width, height;
     isl_dtype dtype;
+    int compressed;
+    uint64_t stored; /* bytes of its strips or tiles, as the directory claims */
 } page_info;
 
 static size_t dtype_size(isl_dtype dtype)
@@ -213,11 +223,13 @@ static isl_status page_info_read(TIFF *tif, const char *path, int page, page_inf
                         "%s: page %d uses compression scheme %u, which this libtiff cannot "
                         "decode",
                         path, page, compression);
-    if ((uint64_t)width * height > MAX_PAGE_SAMPLES || width > INT_MAX || height > INT_MAX)
+    if ((uint64_t)width * height > MAX_PAGE_SAMPLES || width > ISL_MAX_IMAGE_SIDE ||
+        height > ISL_MAX_IMAGE_SIDE)
         return tiff_fail(ISL_ERROR_UNSUPPORTED,
-                        "%s: page %d is %" PRIu32 "x%" PRIu32 " pixels, more than the "
-                        "supported 2^31 pixels per page",
-                        path, page, width, height);
+                        "%s: page %d is %" PRIu32 "x%" PRIu32 " pixels; supported are sides up to "
+                        "%d and 2^31 pixels per page",
+                        path, page, width, height, ISL_MAX_IMAGE_SIDE);
+    pi->compressed = compression != COMPRESSION_NONE;
     pi->width = width;
     pi->height = height;
     return ISL_OK;
@@ -321,7 +333,7 @@ static isl_status open_failure(int fd, const char *path, const tiff_log *log)
 
 /* Opens path for reading. We open the descriptor ourselves to tell a missing file (I/O)
  * from a bad one (format) and to look at the header when libtiff rejects it. */
-static isl_status reader_open(const char *path, tiff_log *log, TIFF **out)
+static isl_status reader_open(const char *path, tiff_log *log, TIFF **out, uint64_t *file_size)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
@@ -332,6 +344,7 @@ static isl_status reader_open(const char *path, tiff_log *log, TIFF **out)
         close(fd);
         return tiff_fail(ISL_ERROR_IO, "%s: cannot read: %s", path, strerror(err));
     }
+    *file_size = (uint64_t)st.st_size;
     /* "m": no memory mapping, so a file shrinking under us is a read error, not SIGBUS. */
     TIFF *tif = tiff_fdopen(fd, path, "rm", log);
     if (!tif) {
@@ -356,8 +369,11 @@ static isl_status count_pages(TIFF *tif, tiff_log *log, const char *path, int *o
                          "%s: page %u: cannot read the TIFF directory: file truncated or "
                          "corrupt",
                          path, (unsigned)n + 1);
-    if (n == 0 || n > INT_MAX)
+    if (n == 0)
         return tiff_fail(ISL_ERROR_FORMAT, "%s: invalid number of pages (%u)", path, (unsigned)n);
+    if (n > ISL_MAX_PAGES)
+        return tiff_fail(ISL_ERROR_UNSUPPORTED, "%s: has %u pages; at most %d are supported",
+                         path, (unsigned)n, ISL_MAX_PAGES);
     *out = (int)n;
     return ISL_OK;
 }
@@ -375,14 +391,38 @@ static isl_status check_same_layout(const char *path, int page, const page_info 
     return ISL_OK;
 }
 
-/* Allocates the whole stack once page 1's layout is known. */
+/* Sums the byte counts of the current page's strips or tiles (what the directory
+ * claims; libtiff checks them against the file when decoding) and checks that they can
+ * hold the page: all of it uncompressed, 1/MAX_COMPRESSION_RATIO of it compressed. */
+static isl_status page_stored(TIFF *tif, const char *path, int page, page_info *pi)
+{
+    uint32_t n = TIFFIsTiled(tif) ? TIFFNumberOfTiles(tif) : TIFFNumberOfStrips(tif);
+    uint64_t stored = 0, plane = (uint64_t)pi->width * pi->height * dtype_size(pi->dtype);
+    for (uint32_t i = 0; i < n; i++) {
+        int err = 0;
+        stored += TIFFGetStrileByteCountWithErr(tif, i, &err);
+        if (err || stored > ((uint64_t)1 << 62))
+            return tiff_fail(ISL_ERROR_FORMAT, "%s: page %d has invalid strip or tile sizes",
+                             path, page);
+    }
+    if (pi->compressed ? plane / MAX_COMPRESSION_RATIO > stored : stored < plane)
+        return tiff_fail(ISL_ERROR_FORMAT,
+                         "%s: page %d: %" PRIu64 " stored bytes cannot hold a %" PRIu32 "x%" PRIu32
+                         " page of %" PRIu64 " bytes (truncated, or a forged header)",
+                         path, page, stored, pi->width, pi->height, plane);
+    pi->stored = stored;
+    return ISL_OK;
+}
+
+/* Allocates the whole stack once every page's layout is known and checked. */
 static isl_status stack_alloc(const char *path, int pages, const page_info *pi, void **out)
 {
-    uint64_t plane = (uint64_t)pi->width * pi->height * dtype_size(pi->dtype);
-    if ((uint64_t)pages > SIZE_MAX / plane)
-        return tiff_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %d pages of %" PRIu32 "x%" PRIu32
-                        " do not fit in memory", path, pages, pi->width, pi->height);
-    size_t bytes = (size_t)pages * (size_t)plane;
+    uint64_t bytes64, factors[4] = {(uint64_t)pages, pi->width, pi->height, dtype_size(pi->dtype)};
+    if (isl_mul_u64_capped(&bytes64, factors, 4, ISL_MAX_ARRAY_BYTES) != 0 || bytes64 > SIZE_MAX)
+        return tiff_fail(ISL_ERROR_UNSUPPORTED, "%s: %d pages of %" PRIu32 "x%" PRIu32
+                        " need more than the supported %llu GiB", path, pages, pi->width,
+                        pi->height, (unsigned long long)(ISL_MAX_ARRAY_BYTES >> 30));
+    size_t bytes = (size_t)bytes64;
     *out = malloc(bytes);
     if (!*out)
         return tiff_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: cannot allocate %zu bytes for %d pages "
@@ -390,8 +430,21 @@ static isl_status stack_alloc(const char *path, int pages, const page_info *pi, 
     return ISL_OK;
 }
 
-static isl_status read_pages(TIFF *tif, tiff_log *log, const char *path, int expect_pages,
-                             isl_tiff_stack *out)
+/* Makes page i (0-based) the current directory: the next one, or page 1 again. */
+static isl_status goto_page(TIFF *tif, tiff_log *log, const char *path, int i)
+{
+    tiff_log_reset(log);
+    if (i == 0 ? TIFFCurrentDirectory(tif) == 0 || TIFFSetDirectory(tif, 0) : TIFFReadDirectory(tif))
+        return ISL_OK;
+    return fail_tiff(ISL_ERROR_FORMAT, log,
+                     "%s: page %d: cannot read the TIFF directory: file truncated or corrupt",
+                     path, i + 1);
+}
+
+/* Two passes: every directory is read and checked (sizes, layout, stored bytes within
+ * the file) before the stack is allocated; then the pages are decoded into it. */
+static isl_status read_pages(TIFF *tif, tiff_log *log, const char *path, uint64_t file_size,
+                             int expect_pages, isl_tiff_stack *out)
 {
     int pages = 0;
     TIFF_CHECK(count_pages(tif, log, path, &pages));
@@ -400,24 +453,27 @@ static isl_status read_pages(TIFF *tif, tiff_log *log, const char *path, int exp
                         pages == 1 ? "" : "s", expect_pages);
 
     page_info first = {0};
-    size_t plane = 0;
+    uint64_t stored = 0;
     for (int i = 0; i < pages; i++) {
-        tiff_log_reset(log);
-        if (i > 0 && !TIFFReadDirectory(tif))
-            return fail_tiff(ISL_ERROR_FORMAT, log,
-                             "%s: page %d: cannot read the TIFF directory: file truncated "
-                             "or corrupt",
-                             path, i + 1);
         page_info pi = {0};
+        TIFF_CHECK(goto_page(tif, log, path, i));
         TIFF_CHECK(page_info_read(tif, path, i + 1, &pi));
-        if (i == 0) {
+        if (i == 0)
             first = pi;
-            plane = (size_t)pi.width * pi.height * dtype_size(pi.dtype);
-            TIFF_CHECK(stack_alloc(path, pages, &pi, &out->data));
-        } else {
-            TIFF_CHECK(check_same_layout(path, i + 1, &pi, &first));
-        }
-        TIFF_CHECK(page_read(tif, log, path, i + 1, &pi, (uint8_t *)out->data + i * plane));
+        TIFF_CHECK(check_same_layout(path, i + 1, &pi, &first));
+        TIFF_CHECK(page_stored(tif, path, i + 1, &pi));
+        stored += pi.stored;
+        if (stored > file_size)
+            return tiff_fail(ISL_ERROR_FORMAT,
+                             "%s: page %d: pages 1-%d claim %" PRIu64 " bytes of image data; "
+                             "the file has %" PRIu64 " (truncated, or a forged header)",
+                             path, i + 1, i + 1, stored, file_size);
+    }
+    size_t plane = (size_t)first.width * first.height * dtype_size(first.dtype);
+    TIFF_CHECK(stack_alloc(path, pages, &first, &out->data));
+    for (int i = 0; i < pages; i++) {
+        TIFF_CHECK(goto_page(tif, log, path, i));
+        TIFF_CHECK(page_read(tif, log, path, i + 1, &first, (uint8_t *)out->data + i * plane));
     }
     out->dtype = first.dtype;
     out->num_z = pages;
@@ -440,8 +496,9 @@ isl_status isl_tiff_read_stack(const char *path, int expect_pages, isl_tiff_stac
     tiff_log log;
     tiff_log_reset(&log);
     TIFF *tif = NULL;
-    TIFF_CHECK(reader_open(path, &log, &tif));
-    isl_status status = read_pages(tif, &log, path, expect_pages, out);
+    uint64_t file_size = 0;
+    TIFF_CHECK(reader_open(path, &log, &tif, &file_size));
+    isl_status status = read_pages(tif, &log, path, file_size, expect_pages, out);
     TIFFClose(tif);
     if (status != ISL_OK)
         isl_tiff_stack_free(out);

@@ -22,6 +22,7 @@ const char *isl_status_string(isl_status status)
     case ISL_ERROR_CANCELLED: return "cancelled";
     case ISL_ERROR_BACKEND: return "backend failure";
     case ISL_ERROR_INTERNAL: return "internal error";
+    case ISL_ERROR_DAMAGED: return "damaged file";
     }
     return "unknown status";
 }

@@ -193,16 +193,38 @@ void isl_params_copy_head(isl_head_params *dst, const isl_head_params *src, int 
     memcpy(dst->bias, src->bias, sizeof(float) * (size_t)src->out_ch);
 }
 
-static long long bn_count(const isl_bn_params *bn) { return 4LL * bn->channels; }
-
-long long isl_params_count(const isl_params *p)
+/* Projection and modules. */
+static long long trunk_count(const isl_arch *a)
 {
-    const isl_arch *a = &p->arch;
     long long n = (long long)ISL_PROJECTION_DEPTH * a->num_z + ISL_PROJECTION_DEPTH;
     for (int i = 0; i < a->num_modules; i++)
         n += isl_arch_module_parameters(&a->modules[i]);
+    return n;
+}
+
+/* Batch norm, weight and bias of a head with out_ch outputs. */
+static long long head_count(const isl_arch *a, int out_ch)
+{
+    return 4LL * a->trunk_ch + (long long)out_ch * (2 * a->trunk_ch + 1);
+}
+
+long long isl_params_count(const isl_params *p)
+{
+    long long n = trunk_count(&p->arch);
     for (int h = 0; h < p->num_heads; h++)
-        n += bn_count(&p->heads[h].bn) + (long long)p->heads[h].out_ch * (2 * a->trunk_ch + 1);
+        n += head_count(&p->arch, p->heads[h].out_ch);
+    return n;
+}
+
+long long isl_params_count_for(int base_depth, int num_z, int num_label_heads,
+                               int with_autoencoder)
+{
+    isl_arch a;
+    if (isl_arch_build(&a, base_depth, num_z) != 0)
+        return -1;
+    long long n = trunk_count(&a) + num_label_heads * head_count(&a, ISL_NUM_CLASSES) +
+                  (with_autoencoder ? head_count(&a, num_z * ISL_NUM_CLASSES) : 0);
+    isl_arch_free(&a);
     return n;
 }
 

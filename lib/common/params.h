@@ -39,6 +39,7 @@ typedef struct isl_head_params {
 typedef struct isl_params {
     isl_arch arch;
     char input_normalization[16]; /* "none" or "global" */
+    char checksum[16];            /* "xxh3-128": read from a file that matched its record */
     float *projection_weight;     /* [16, nz, 1, 1] */
     float *projection_bias;       /* [16] */
     isl_module_params *modules;   /* [arch.num_modules] */
@@ -68,6 +69,10 @@ void isl_params_copy_head(isl_head_params *dst, const isl_head_params *src, int 
 
 /* Total number of stored floats (the model's parameter count). */
 long long isl_params_count(const isl_params *p);
+/* The same for an architecture before allocating it (-1 if it cannot be built): lets a
+ * reader check a file's claims against its size first. */
+long long isl_params_count_for(int base_depth, int num_z, int num_label_heads,
+                               int with_autoencoder);
 
 /* Calls fn for every parameter array with its HDF5 dataset path, shape and pointer,
  * in file order. Stops and returns fn's first non-zero result. */

@@ -235,6 +235,11 @@ const char *isl_model_input_normalization(const isl_model *m)
     return m ? m->params.input_normalization : NULL;
 }
 
+const char *isl_model_checksum(const isl_model *m)
+{
+    return m ? m->params.checksum : NULL;
+}
+
 double isl_model_macs(const isl_model *m, int height, int width, int count, const int *heads)
 {
     int channels[ISL_MAX_MACS_HEADS];

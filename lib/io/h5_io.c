@@ -4,9 +4,12 @@
 
 #include "atomic_file.h"
 #include "error.h"
+#include "h5_checksum.h"
+#include "bounds.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -18,12 +21,21 @@
 #define DETAIL_CAP 256
 #define CORE_INCREMENT (4 << 20) /* growth step of in-memory files being written */
 
-/* An open file: read (lcpl and str_type invalid) or being built in memory. */
+/* Largest stored-to-decoded expansion accepted for a filtered dataset: deflate's own
+ * limit is about 1032:1, so more can only come from a forged chunk index. */
+#define MAX_FILTER_RATIO 1100
+/* Longest fixed-size string attribute element read (isl writes names < 256 bytes). */
+#define MAX_STRING_BYTES 4096
+
+/* An open file: read (lcpl invalid) or being built in memory. */
 struct isl_h5_file {
     const char *file; /* the path, for messages */
     hid_t fid;
     hid_t lcpl;     /* writing: creates intermediate groups */
-    hid_t str_type; /* writing: variable-length UTF-8, as h5py writes strings */
+    int fd;         /* reading: the descriptor verified and handed to HDF5, or -1 */
+    int verified;   /* reading: the content matched the checksum record */
+    uint64_t size;  /* reading: file size in bytes */
+    uint64_t stored; /* reading: bytes of dataset storage met so far */
     char detail[DETAIL_CAP];
 };
 
@@ -39,10 +51,18 @@ struct isl_h5_file {
  * cannot be protected by it.) */
 static pthread_mutex_t h5_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* The host's automatic error handler of the default stack, saved for the session. HDF5
+ * has one per process (per thread in thread-safe builds) and no per-call setting, so it
+ * is swapped out under the lock and put back exactly as found, whether the host set it
+ * with H5Eset_auto2 or the deprecated H5Eset_auto1 (as HDF5's own H5E_BEGIN_TRY does). */
 typedef struct h5_session {
-    H5E_auto2_t saved_func;
-    void *saved_data;
-    int restore;
+    unsigned is_v2;
+    int saved;
+    H5E_auto2_t func2;
+#ifndef H5_NO_DEPRECATED_SYMBOLS
+    H5E_auto1_t func1;
+#endif
+    void *data;
 } h5_session;
 
 /* Takes the lock and silences HDF5's automatic error printing (the library never prints;
@@ -50,14 +70,29 @@ typedef struct h5_session {
 static void h5_enter(h5_session *s)
 {
     pthread_mutex_lock(&h5_lock);
-    s->restore = H5Eget_auto2(H5E_DEFAULT, &s->saved_func, &s->saved_data) >= 0;
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    s->saved = 0;
+    s->is_v2 = 1;
+    if (H5Eauto_is_v2(H5E_DEFAULT, &s->is_v2) < 0)
+        return; /* cannot tell: leave the host's handler alone */
+    if (s->is_v2)
+        s->saved = H5Eget_auto2(H5E_DEFAULT, &s->func2, &s->data) >= 0 &&
+                   H5Eset_auto2(H5E_DEFAULT, NULL, NULL) >= 0;
+#ifndef H5_NO_DEPRECATED_SYMBOLS
+    else
+        s->saved = H5Eget_auto1(&s->func1, &s->data) >= 0 && H5Eset_auto1(NULL, NULL) >= 0;
+#endif
 }
 
+/* Restores the host's handler and leaves no isl failure on the host's error stack. */
 static void h5_leave(h5_session *s)
 {
-    if (s->restore)
-        H5Eset_auto2(H5E_DEFAULT, s->saved_func, s->saved_data);
+    H5Eclear2(H5E_DEFAULT);
+    if (s->saved && s->is_v2)
+        H5Eset_auto2(H5E_DEFAULT, s->func2, s->data);
+#ifndef H5_NO_DEPRECATED_SYMBOLS
+    else if (s->saved)
+        H5Eset_auto1(s->func1, s->data);
+#endif
     pthread_mutex_unlock(&h5_lock);
 }
 
@@ -169,9 +204,10 @@ isl_status isl_h5_check_values(const char *file, const char *path, int rank, con
 /* Reading                                                                             */
 /* ---------------------------------------------------------------------------------- */
 
-/* 1 if every component of the absolute path exists as a link, 0 if one does not, -1 on
- * error. (H5Lexists fails rather than answering 0 when an intermediate group is
- * missing, so walk the path.) */
+/* 1 if every component of the absolute path exists as a hard link, 0 if one does not,
+ * -1 on error, -2 if one is a soft, external or user-defined link: isl never writes
+ * those, and following one would reach outside the file (H5Lexists fails rather than
+ * answering 0 when an intermediate group is missing, so walk the path.) */
 static int path_exists(hid_t fid, const char *path)
 {
     char prefix[512];
@@ -186,8 +222,27 @@ static int path_exists(hid_t fid, const char *path)
         htri_t e = H5Lexists(fid, prefix, H5P_DEFAULT);
         if (e <= 0)
             return e < 0 ? -1 : 0;
+        H5L_info_t info;
+        if (H5Lget_info(fid, prefix, &info, H5P_DEFAULT) < 0)
+            return -1;
+        if (info.type != H5L_TYPE_HARD)
+            return -2;
     }
     return 1;
+}
+
+/* The failure of path_exists(fid, path) = e (not 1), worded for "dataset" or "group". */
+static isl_status missing(isl_h5_file *r, const char *path, const char *what, int e)
+{
+    if (e == -2)
+        return isl_fail(ISL_ERROR_FORMAT,
+                        "%s: %s: is a soft or external link; isl reads only objects stored in "
+                        "the file",
+                        r->file, path);
+    if (e < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot look up %s: %s", r->file, path, what,
+                        h5_detail(r->detail));
+    return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing %s", r->file, path, what);
 }
 
 /* Opens the attribute `name` of `obj` (at `where`, for messages), or fails with FORMAT. */
@@ -334,10 +389,14 @@ static isl_status read_string_attr(isl_h5_file *r, hid_t obj, const char *where,
         goto cleanup;
     }
     htri_t vlen = H5Tis_variable_str(ftype);
-    if (vlen < 0)
+    size_t size = H5Tget_size(ftype);
+    if (vlen < 0 || size == 0)
         st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s has an invalid string type: %s",
                       r->file, where, name, h5_detail(r->detail));
-    else if (vlen)
+    else if (!vlen && size > MAX_STRING_BYTES)
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s has %zu-byte strings (at most %d)",
+                      r->file, where, name, size, MAX_STRING_BYTES);
+    else if (vlen) /* isl < 0.7 and h5py write these; see docs/security.md */
         st = read_vlen_strings(r, attr, ftype, space, *count, where, name, out);
     else
         st = read_fixed_strings(r, attr, ftype, *count, where, name, out);
@@ -404,15 +463,18 @@ cleanup:
 }
 
 
-static isl_status open_group(isl_h5_file *r, const char *path, hid_t *out)
+/* The group or dataset (what) at path, opened with open (H5Gopen2 or H5Dopen2) once
+ * every component of the path is known to be a hard link. */
+static isl_status open_object(isl_h5_file *r, const char *path, const char *what,
+                              hid_t (*open)(hid_t, const char *, hid_t), hid_t *out)
 {
     *out = H5I_INVALID_HID;
     int e = path_exists(r->fid, path);
-    if (e <= 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing group", r->file, path);
-    *out = H5Gopen2(r->fid, path, H5P_DEFAULT);
+    if (e != 1)
+        return missing(r, path, what, e);
+    *out = open(r->fid, path, H5P_DEFAULT);
     if (*out < 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: not a group: %s", r->file, path,
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: not a %s: %s", r->file, path, what,
                         h5_detail(r->detail));
     return ISL_OK;
 }
@@ -449,6 +511,103 @@ cleanup:
     return st;
 }
 
+static const char *filter_name(H5Z_filter_t id)
+{
+    switch (id) {
+    case H5Z_FILTER_DEFLATE: return "deflate";
+    case H5Z_FILTER_SHUFFLE: return "shuffle";
+    case H5Z_FILTER_FLETCHER32: return "fletcher32";
+    case H5Z_FILTER_SZIP: return "szip";
+    case H5Z_FILTER_NBIT: return "nbit";
+    case H5Z_FILTER_SCALEOFFSET: return "scaleoffset";
+    default: return "a plugin filter";
+    }
+}
+
+/* The filters of dcpl are ones isl writes (deflate, shuffle; fletcher32 accepted) and
+ * only if allowed: anything else would make HDF5 look for a plugin library to load. */
+static isl_status check_filters(isl_h5_file *r, hid_t dcpl, const char *path, int allow_filters,
+                                int *filtered)
+{
+    int n = H5Pget_nfilters(dcpl);
+    if (n < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read its filters: %s", r->file, path,
+                        h5_detail(r->detail));
+    *filtered = n > 0;
+    for (int i = 0; i < n; i++) {
+        unsigned flags, config;
+        size_t nvalues = 0;
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &nvalues, NULL, 0, NULL,
+                                         &config);
+        int known = id == H5Z_FILTER_DEFLATE || id == H5Z_FILTER_SHUFFLE ||
+                    id == H5Z_FILTER_FLETCHER32;
+        if (id < 0 || !known || !allow_filters)
+            return isl_fail(ISL_ERROR_FORMAT,
+                            "%s: %s: is stored with filter %d (%s); isl reads %s", r->file, path,
+                            (int)id, filter_name(id),
+                            allow_filters ? "only deflate, shuffle and fletcher32"
+                                          : "this dataset only unfiltered");
+    }
+    return ISL_OK;
+}
+
+/* Before a dataset is read: no external or virtual storage (data in other files), only
+ * the filters isl writes, and as many stored bytes as its size needs (unfiltered) or at
+ * most MAX_FILTER_RATIO times fewer (filtered), all within the file. Bounds what a small
+ * file can make isl allocate and decode. */
+isl_status isl_h5_check_storage(isl_h5_file *r, hid_t did, const char *path, int allow_filters)
+{
+    hid_t dcpl = H5Dget_create_plist(did), type = H5Dget_type(did), space = H5Dget_space(did);
+    isl_status st = ISL_OK;
+    int filtered = 0;
+    if (dcpl < 0 || type < 0 || space < 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read its layout: %s", r->file, path,
+                      h5_detail(r->detail));
+        goto cleanup;
+    }
+    H5D_layout_t layout = H5Pget_layout(dcpl);
+    if (layout != H5D_CONTIGUOUS && layout != H5D_CHUNKED && layout != H5D_COMPACT) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: has a virtual or unknown layout (%d)", r->file,
+                      path, (int)layout);
+        goto cleanup;
+    }
+    if (H5Pget_external_count(dcpl) != 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: keeps its data in external files", r->file,
+                      path);
+        goto cleanup;
+    }
+    if ((st = check_filters(r, dcpl, path, allow_filters, &filtered)) != ISL_OK)
+        goto cleanup;
+    hssize_t points = H5Sget_simple_extent_npoints(space);
+    size_t elem = H5Tget_size(type);
+    uint64_t logical, stored = H5Dget_storage_size(did);
+    if (points < 0 || elem == 0 || isl_mul_u64(&logical, (uint64_t)points, elem) != 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: has an invalid size", r->file, path);
+        goto cleanup;
+    }
+    if (!filtered && stored < logical)
+        st = isl_fail(ISL_ERROR_FORMAT,
+                      "%s: %s: stores %" PRIu64 " bytes of its %" PRIu64 " (unwritten or "
+                      "damaged)",
+                      r->file, path, stored, logical);
+    else if (filtered && logical / MAX_FILTER_RATIO > stored)
+        st = isl_fail(ISL_ERROR_FORMAT,
+                      "%s: %s: %" PRIu64 " stored bytes cannot decode to %" PRIu64
+                      " (more than %d:1)",
+                      r->file, path, stored, logical, MAX_FILTER_RATIO);
+    else if (stored > r->size || r->stored + stored > r->size)
+        st = isl_fail(ISL_ERROR_FORMAT,
+                      "%s: %s: claims more stored bytes than the file has (%" PRIu64 ")", r->file,
+                      path, r->size);
+    else
+        r->stored += stored;
+cleanup:
+    h5_close(space);
+    h5_close(type);
+    h5_close(dcpl);
+    return st;
+}
+
 static isl_status check_dataset_type(isl_h5_file *r, hid_t did, const char *path)
 {
     static const char *class_names[] = {"integer", "float", "time", "string", "bitfield", "opaque",
@@ -471,18 +630,11 @@ isl_status isl_h5_read_floats(isl_h5_file *r, const char *path, int rank, const 
 {
     isl_status st = ISL_OK;
     hid_t did = H5I_INVALID_HID;
-    int e = path_exists(r->fid, path);
-    if (e < 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot look up dataset: %s", r->file, path,
-                        h5_detail(r->detail));
-    if (e == 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing dataset", r->file, path);
-    did = H5Dopen2(r->fid, path, H5P_DEFAULT);
-    if (did < 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot open as a dataset: %s", r->file, path,
-                        h5_detail(r->detail));
+    if ((st = isl_h5_open_dataset(r, path, &did)) != ISL_OK)
+        return st;
     if ((st = check_dataset_type(r, did, path)) != ISL_OK ||
-        (st = check_dataset_shape(r, did, path, rank, dims)) != ISL_OK)
+        (st = check_dataset_shape(r, did, path, rank, dims)) != ISL_OK ||
+        (st = isl_h5_check_storage(r, did, path, 0)) != ISL_OK)
         goto cleanup;
     if (H5Dread(did, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
         st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read: %s", r->file, path,
@@ -495,23 +647,33 @@ cleanup:
     return st;
 }
 
-/* Opens path with the errors a user can act on: missing/unreadable (IO), not HDF5,
- * truncated or corrupt (FORMAT). */
-static isl_status open_for_reading(isl_h5_file *r)
+/* Opens path (r->fd) and checks its content against its checksum record, if it has one,
+ * before HDF5 sees a byte: missing/unreadable (IO), damaged (DAMAGED). */
+static isl_status verify_file(isl_h5_file *r)
 {
     struct stat sb;
-    int fd = open(r->file, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    r->fd = open(r->file, O_RDONLY | O_CLOEXEC);
+    if (r->fd < 0)
         return isl_fail(ISL_ERROR_IO, "%s: cannot open: %s", r->file, strerror(errno));
-    int stat_ok = fstat(fd, &sb) == 0;
-    int stat_errno = errno;
-    close(fd);
-    if (!stat_ok)
-        return isl_fail(ISL_ERROR_IO, "%s: cannot stat: %s", r->file, strerror(stat_errno));
+    if (fstat(r->fd, &sb) != 0)
+        return isl_fail(ISL_ERROR_IO, "%s: cannot stat: %s", r->file, strerror(errno));
     if (!S_ISREG(sb.st_mode))
         return isl_fail(ISL_ERROR_IO, "%s: not a regular file", r->file);
+    r->size = (uint64_t)sb.st_size;
+    return isl_sum_verify_fd(r->fd, r->file, &r->verified);
+}
 
-    htri_t is_hdf5 = H5Fis_hdf5(r->file);
+/* Opens the verified file with the errors a user can act on: not HDF5, truncated or
+ * corrupt (FORMAT). HDF5 opens it through /proc/self/fd, so that it reads the very file
+ * whose bytes were verified even if path has been replaced since. */
+static isl_status open_for_reading(isl_h5_file *r)
+{
+    char fd_path[64];
+    const char *name = r->file;
+    snprintf(fd_path, sizeof(fd_path), "/proc/self/fd/%d", r->fd);
+    if (access(fd_path, R_OK) == 0)
+        name = fd_path;
+    htri_t is_hdf5 = H5Fis_hdf5(name);
     if (is_hdf5 < 0)
         return isl_fail(ISL_ERROR_IO, "%s: cannot read: %s", r->file, h5_detail(r->detail));
     if (is_hdf5 == 0)
@@ -520,7 +682,7 @@ static isl_status open_for_reading(isl_h5_file *r)
     if (fapl < 0)
         return isl_fail(ISL_ERROR_BACKEND, "%s: HDF5 property list: %s", r->file,
                         h5_detail(r->detail));
-    r->fid = H5Fopen(r->file, H5F_ACC_RDONLY, fapl);
+    r->fid = H5Fopen(name, H5F_ACC_RDONLY, fapl);
     if (r->fid < 0) {
         isl_fail(ISL_ERROR_FORMAT, "%s: corrupt or truncated HDF5 file: %s", r->file,
                  h5_detail(r->detail));
@@ -536,20 +698,47 @@ static isl_status write_failed(isl_h5_file *w, const char *what)
     return isl_fail(ISL_ERROR_IO, "%s: cannot write %s: %s", w->file, what, h5_detail(w->detail));
 }
 
-/* A scalar (count < 0) or 1-D attribute of variable-length UTF-8 strings. */
+/* Fixed-size NUL-terminated UTF-8 strings of size bytes. */
+static hid_t utf8_string_type(size_t size)
+{
+    hid_t t = H5Tcopy(H5T_C_S1);
+    if (t >= 0 && (H5Tset_size(t, size) < 0 || H5Tset_strpad(t, H5T_STR_NULLTERM) < 0 ||
+                   H5Tset_cset(t, H5T_CSET_UTF8) < 0)) {
+        H5Tclose(t);
+        return H5I_INVALID_HID;
+    }
+    return t;
+}
+
+/* A scalar (count < 0) or 1-D attribute of fixed-size UTF-8 strings, as long as the
+ * longest value: unlike variable-length strings, they live in the attribute itself, not
+ * in HDF5's global heap, so reading them never follows a pointer stored in the file. */
 static isl_status write_strings_attr(isl_h5_file *w, hid_t obj, const char *name, int count,
                                      const char *const *values)
 {
-    hsize_t dims[1] = {(hsize_t)(count < 0 ? 0 : count)};
+    size_t n = count < 0 ? 1 : (size_t)count, size = 1;
+    for (size_t i = 0; i < n; i++)
+        if (strlen(values[i]) + 1 > size)
+            size = strlen(values[i]) + 1;
+    char *chars = calloc(n ? n : 1, size);
+    if (!chars)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory writing %s", w->file, name);
+    for (size_t i = 0; i < n; i++)
+        memcpy(chars + i * size, values[i], strlen(values[i]));
+    hsize_t dims[1] = {(hsize_t)n};
+    hid_t type = utf8_string_type(size);
     hid_t space = count < 0 ? H5Screate(H5S_SCALAR) : H5Screate_simple(1, dims, NULL);
-    hid_t attr = space < 0 ? H5I_INVALID_HID
-                           : H5Acreate2(obj, name, w->str_type, space, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t attr = space < 0 || type < 0
+                     ? H5I_INVALID_HID
+                     : H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
     isl_status st = ISL_OK;
-    if (attr < 0 || H5Awrite(attr, w->str_type, values) < 0)
+    if (attr < 0 || H5Awrite(attr, type, chars) < 0)
         st = write_failed(w, name);
     if (h5_close(attr) < 0 && st == ISL_OK)
         st = write_failed(w, name);
     h5_close(space);
+    h5_close(type);
+    free(chars);
     return st;
 }
 
@@ -589,16 +778,6 @@ isl_status isl_h5_write_floats(isl_h5_file *w, const char *path, int rank, const
     return st;
 }
 
-static hid_t utf8_string_type(void)
-{
-    hid_t t = H5Tcopy(H5T_C_S1);
-    if (t >= 0 && (H5Tset_size(t, H5T_VARIABLE) < 0 || H5Tset_cset(t, H5T_CSET_UTF8) < 0)) {
-        H5Tclose(t);
-        return H5I_INVALID_HID;
-    }
-    return t;
-}
-
 /* Puts image into a new file beside path (same filesystem, so rename is atomic), synced
  * to disk and renamed over path; the directory is synced last. */
 isl_status isl_write_file_atomic(const char *path, const void *image, size_t size)
@@ -632,7 +811,11 @@ isl_status isl_write_file_atomic(const char *path, const void *image, size_t siz
  * bytes in *image (malloc'd). Writing the bytes ourselves keeps every disk error
  * (ENOSPC, EFBIG, EIO) in our hands: when HDF5 itself fails to flush a file, H5Fclose
  * fails and leaves a half-closed file identifier behind that crashes H5close later.
- * Costs a transient copy of the file in memory (33 MB for a model at base depth 400). */
+ * Costs a transient copy of the file in memory (33 MB for a model at base depth 400).
+ * The image starts with ISL_SUM_BLOCK bytes left for the checksum record: HDF5 looks
+ * for its superblock at offsets 0, 512, 1024, ... and takes the bytes before it as a
+ * user block (H5Fget_file_image leaves out a user block set with H5Pset_userblock, so
+ * the block is added here instead). */
 static isl_status build_image(isl_h5_file *w, isl_h5_file_fn fn, void *user, void **image,
                               size_t *size)
 {
@@ -640,9 +823,7 @@ static isl_status build_image(isl_h5_file *w, isl_h5_file_fn fn, void *user, voi
     hid_t fapl = strong_fapl();
     *image = NULL;
     w->lcpl = H5Pcreate(H5P_LINK_CREATE);
-    w->str_type = utf8_string_type();
-    if (fapl < 0 || w->lcpl < 0 || w->str_type < 0 ||
-        H5Pset_fapl_core(fapl, CORE_INCREMENT, 0) < 0 ||
+    if (fapl < 0 || w->lcpl < 0 || H5Pset_fapl_core(fapl, CORE_INCREMENT, 0) < 0 ||
         H5Pset_create_intermediate_group(w->lcpl, 1) < 0) {
         st = isl_fail(ISL_ERROR_BACKEND, "%s: HDF5 setup failed: %s", w->file,
                       h5_detail(w->detail));
@@ -664,21 +845,20 @@ static isl_status build_image(isl_h5_file *w, isl_h5_file_fn fn, void *user, voi
         st = write_failed(w, "the file image");
         goto cleanup;
     }
-    *image = malloc((size_t)n);
+    *image = calloc((size_t)n + ISL_SUM_BLOCK, 1);
     if (!*image) {
         st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory for a %zd-byte file", w->file, n);
         goto cleanup;
     }
-    if (H5Fget_file_image(w->fid, *image, (size_t)n) != n) {
+    if (H5Fget_file_image(w->fid, (char *)*image + ISL_SUM_BLOCK, (size_t)n) != n) {
         st = write_failed(w, "the file image");
         goto cleanup;
     }
-    *size = (size_t)n;
+    *size = (size_t)n + ISL_SUM_BLOCK;
 cleanup:
     if (w->fid >= 0 && H5Fclose(w->fid) < 0 && st == ISL_OK)
         st = write_failed(w, "the file");
     w->fid = H5I_INVALID_HID;
-    h5_close(w->str_type);
     h5_close(w->lcpl);
     h5_close(fapl);
     if (st != ISL_OK) {
@@ -695,14 +875,15 @@ isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_write_file: NULL argument");
     size_t size = 0;
     void *image = NULL;
-    isl_h5_file w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
-                     .str_type = H5I_INVALID_HID};
+    isl_h5_file w = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID, .fd = -1};
     h5_session s;
     h5_enter(&s);
     isl_status st = build_image(&w, fn, user, &image, &size);
     h5_leave(&s);
-    if (st == ISL_OK)
+    if (st == ISL_OK) {
+        isl_sum_seal(image, size);
         st = isl_write_file_atomic(path, image, size);
+    }
     free(image);
     return st;
 }
@@ -711,16 +892,22 @@ isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user)
 {
     if (!path || !fn)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_read_file: NULL argument");
-    isl_h5_file r = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
-                     .str_type = H5I_INVALID_HID};
+    isl_h5_file r = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID, .fd = -1};
+    isl_status st = verify_file(&r); /* outside the lock: hashing needs no HDF5 */
+    if (st != ISL_OK) {
+        if (r.fd >= 0)
+            close(r.fd);
+        return st;
+    }
     h5_session s;
     h5_enter(&s);
-    isl_status st = open_for_reading(&r);
+    st = open_for_reading(&r);
     if (st == ISL_OK)
         st = fn(user, &r);
     if (r.fid >= 0 && H5Fclose(r.fid) < 0 && st == ISL_OK)
         st = isl_fail(ISL_ERROR_FORMAT, "%s: cannot close: %s", path, h5_detail(r.detail));
     h5_leave(&s);
+    close(r.fd);
     return st;
 }
 
@@ -729,15 +916,22 @@ isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user)
 /* ---------------------------------------------------------------------------------- */
 
 hid_t isl_h5_id(const isl_h5_file *f) { return f->fid; }
+int isl_h5_verified(const isl_h5_file *f) { return f->verified; }
+uint64_t isl_h5_file_size(const isl_h5_file *f) { return f->size; }
 const char *isl_h5_path(const isl_h5_file *f) { return f->file; }
 hid_t isl_h5_lcpl(const isl_h5_file *f) { return f->lcpl; }
 const char *isl_h5_detail(isl_h5_file *f) { return h5_detail(f->detail); }
 herr_t isl_h5_close(hid_t id) { return h5_close(id); }
-int isl_h5_exists(isl_h5_file *f, const char *path) { return path_exists(f->fid, path) > 0; }
+int isl_h5_exists(isl_h5_file *f, const char *path) { return path_exists(f->fid, path) != 0; }
 
 isl_status isl_h5_open_group(isl_h5_file *f, const char *path, hid_t *out)
 {
-    return open_group(f, path, out);
+    return open_object(f, path, "group", H5Gopen2, out);
+}
+
+isl_status isl_h5_open_dataset(isl_h5_file *f, const char *path, hid_t *out)
+{
+    return open_object(f, path, "dataset", H5Dopen2, out);
 }
 
 isl_status isl_h5_read_string(isl_h5_file *f, hid_t obj, const char *where, const char *name,
@@ -767,8 +961,9 @@ isl_status isl_h5_read_double(isl_h5_file *f, hid_t obj, const char *where, cons
 isl_status isl_h5_read_u64_attr(isl_h5_file *f, const char *group, const char *name,
                                 uint64_t *value)
 {
-    if (path_exists(f->fid, group) <= 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing group", f->file, group);
+    int e = path_exists(f->fid, group);
+    if (e != 1)
+        return missing(f, group, "group", e);
     hid_t g = H5Oopen(f->fid, group, H5P_DEFAULT), attr = H5I_INVALID_HID, type = H5I_INVALID_HID;
     hid_t space = H5I_INVALID_HID;
     isl_status st = g < 0 ? isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot open: %s", f->file, group,

@@ -18,11 +18,13 @@
 typedef struct isl_h5_file isl_h5_file;
 typedef isl_status (*isl_h5_file_fn)(void *user, isl_h5_file *f);
 
-/* Opens path for reading (missing/unreadable: ISL_ERROR_IO; not HDF5, truncated or
- * corrupt: ISL_ERROR_FORMAT) and calls fn. */
+/* Opens path for reading (missing/unreadable: ISL_ERROR_IO; content not matching the
+ * checksum record isl wrote into it: ISL_ERROR_DAMAGED, before HDF5 parses anything;
+ * not HDF5, truncated or corrupt: ISL_ERROR_FORMAT) and calls fn. */
 isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user);
 
-/* Builds a new file in memory with fn, then writes it atomically (temporary file beside
+/* Builds a new file in memory with fn, seals it with a checksum record in its user block
+ * (lib/io/h5_checksum.h), then writes it atomically (temporary file beside
  * path, synced, renamed over it, directory synced). Never leaves a partial file; on
  * failure a previous file at path is untouched. */
 isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user);
@@ -37,6 +39,10 @@ isl_status isl_write_file_atomic(const char *path, const void *data, size_t size
 hid_t isl_h5_id(const isl_h5_file *f);
 const char *isl_h5_path(const isl_h5_file *f);
 hid_t isl_h5_lcpl(const isl_h5_file *f);
+/* 1 if the file being read matched its checksum record, 0 if it has none. */
+int isl_h5_verified(const isl_h5_file *f);
+/* Size in bytes of the file being read. */
+uint64_t isl_h5_file_size(const isl_h5_file *f);
 /* HDF5's innermost error description ("" if none); call right after the failing call. */
 const char *isl_h5_detail(isl_h5_file *f);
 /* Closes any identifier; negative ids are ignored. */
@@ -44,8 +50,14 @@ herr_t isl_h5_close(hid_t id);
 
 /* 1 if an object exists at the absolute path, 0 if not. */
 int isl_h5_exists(isl_h5_file *f, const char *path);
-/* The group at an absolute path ("missing group" / "not a group" errors). */
+/* The group or dataset at an absolute path ("missing group" / "not a group" errors).
+ * Every component must be a hard link: soft and external links are refused. */
 isl_status isl_h5_open_group(isl_h5_file *f, const char *path, hid_t *out);
+isl_status isl_h5_open_dataset(isl_h5_file *f, const char *path, hid_t *out);
+/* Checks a dataset before it is read: no external or virtual storage, filters only
+ * deflate/shuffle/fletcher32 and only if allow_filters, and stored bytes that can hold
+ * its size (all of it unfiltered, 1/1100 filtered) within the file's size. */
+isl_status isl_h5_check_storage(isl_h5_file *f, hid_t did, const char *path, int allow_filters);
 
 /* Attributes of obj, whose path `where` names it in messages. Readers fail with
  * ISL_ERROR_FORMAT and the attribute's path. */
@@ -64,7 +76,8 @@ isl_status isl_h5_read_double(isl_h5_file *f, hid_t obj, const char *where, cons
 /* A scalar uint64 attribute of the group at `group`. */
 isl_status isl_h5_read_u64_attr(isl_h5_file *f, const char *group, const char *name,
                                 uint64_t *value);
-/* Writers: variable-length UTF-8 strings (as h5py writes them; count < 0: a scalar),
+/* Writers: fixed-size UTF-8 strings (count < 0: a scalar; the readers also take the
+ * variable-length strings of h5py and isl < 0.7),
  * int64, float64, and a uint64 of the group at `group` (created if missing). */
 isl_status isl_h5_write_string(isl_h5_file *f, hid_t obj, const char *name, const char *value);
 isl_status isl_h5_write_strings(isl_h5_file *f, hid_t obj, const char *name, int count,

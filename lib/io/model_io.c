@@ -3,6 +3,7 @@
 #include "model_io.h"
 
 #include "error.h"
+#include "h5_checksum.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -231,6 +232,17 @@ static isl_status read_model(void *user, isl_h5_file *f)
     if (st != ISL_OK)
         goto cleanup;
     int num_labels = (int)h.num_heads - (h.has_autoencoder ? 1 : 0);
+    /* Model datasets are stored unfiltered (isl_h5_check_storage), so a file that cannot
+     * hold the float32 parameters its attributes claim is refused before allocating. */
+    long long count = isl_params_count_for(h.base_depth, h.num_z, num_labels, h.has_autoencoder);
+    if (count < 0 || (uint64_t)count > isl_h5_file_size(f) / sizeof(float)) {
+        st = isl_fail(ISL_ERROR_FORMAT,
+                      "%s: /: base_depth %d, num_z %d and %d heads need %lld parameters; a file "
+                      "of %llu bytes cannot hold them (truncated or damaged)",
+                      isl_h5_path(f), h.base_depth, h.num_z, (int)h.num_heads, count,
+                      (unsigned long long)isl_h5_file_size(f));
+        goto cleanup;
+    }
     if (isl_params_alloc(p, h.base_depth, h.num_z, num_labels, (const char *const *)h.heads,
                          h.has_autoencoder) != 0) {
         st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: out of memory for a base-%d model",
@@ -238,6 +250,8 @@ static isl_status read_model(void *user, isl_h5_file *f)
         goto cleanup;
     }
     snprintf(p->input_normalization, sizeof(p->input_normalization), "%s", h.normalization);
+    if (isl_h5_verified(f))
+        snprintf(p->checksum, sizeof(p->checksum), "%s", ISL_SUM_ALGORITHM);
     char complaint[96];
     snprintf(complaint, sizeof(complaint), "unexpected module (the architecture has %d, 000..%03d)",
              p->arch.num_modules, p->arch.num_modules - 1);

@@ -3,6 +3,7 @@
 #include "dataset.h"
 
 #include "error.h"
+#include "bounds.h"
 #include "h5_io.h"
 
 #include <math.h>
@@ -288,13 +289,7 @@ typedef enum sample_kind { SAMPLES, MASK } sample_kind;
 static isl_status open_array(ds_reader *r, const char *path, sample_kind kind, int rank,
                              hid_t *did, hsize_t *dims, double *scale)
 {
-    *did = H5I_INVALID_HID;
-    if (!isl_h5_exists(r->f, path))
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: missing dataset", file_of(r), path);
-    *did = H5Dopen2(isl_h5_id(r->f), path, H5P_DEFAULT);
-    if (*did < 0)
-        return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot open as a dataset: %s", file_of(r), path,
-                        isl_h5_detail(r->f));
+    ISL_CHECK(isl_h5_open_dataset(r->f, path, did));
     hid_t type = H5Dget_type(*did), space = H5Dget_space(*did);
     H5T_class_t cls = type < 0 ? H5T_NO_CLASS : H5Tget_class(type);
     size_t size = type < 0 ? 0 : H5Tget_size(type);
@@ -310,7 +305,8 @@ static isl_status open_array(ds_reader *r, const char *path, sample_kind kind, i
     else if (file_rank != rank || H5Sget_simple_extent_dims(space, dims, NULL) < 0)
         st = isl_fail(ISL_ERROR_SHAPE, "%s: %s: has %d dimensions, expected %d", file_of(r), path,
                       file_rank, rank);
-    else if (kind == SAMPLES && cls == H5T_INTEGER)
+    else if ((st = isl_h5_check_storage(r->f, *did, path, 1)) == ISL_OK && kind == SAMPLES &&
+             cls == H5T_INTEGER)
         *scale = size == 1 ? 255.0 : 65535.0;
     isl_h5_close(type);
     isl_h5_close(space);
@@ -373,6 +369,12 @@ static isl_status read_stack(ds_reader *r, const char *well_path, int *height, i
                       "%s: %s: has shape %s; expected [num_z = %d, height, width] with sides in "
                       "1..%d",
                       file_of(r), path, have, r->d->num_z, ISL_DATASET_MAX_SIDE);
+    }
+    uint64_t bytes, factors[4] = {dims[0], dims[1], dims[2], sizeof(float)};
+    if (st == ISL_OK && isl_mul_u64_capped(&bytes, factors, 4, ISL_MAX_ARRAY_BYTES) != 0) {
+        format_shape(have, sizeof(have), 3, dims);
+        st = isl_fail(ISL_ERROR_UNSUPPORTED, "%s: %s: shape %s needs more than %llu GiB", file_of(r),
+                      path, have, (unsigned long long)(ISL_MAX_ARRAY_BYTES >> 30));
     }
     if (st == ISL_OK) {
         *height = (int)dims[1];

@@ -40,6 +40,7 @@ from ._errors import (
     BackendError,
     CancelledError,
     ClosedModelError,
+    DamagedFileError,
     FormatError,
     InternalError,
     InvalidArgumentError,

@@ -21,6 +21,7 @@ __all__ = [
     "CancelledError",
     "BackendError",
     "InternalError",
+    "DamagedFileError",
     "ClosedModelError",
 ]
 
@@ -39,6 +40,7 @@ class Status(enum.IntEnum):
     CANCELLED = 8
     BACKEND = 9
     INTERNAL = 10
+    DAMAGED = 11
 
 
 class IslError(Exception):
@@ -132,6 +134,12 @@ class InternalError(IslError, RuntimeError):
     status = Status.INTERNAL
 
 
+class DamagedFileError(FormatError):
+    """A file's content does not match the checksum isl stored in it (truncated or bit-flipped)."""
+
+    status = Status.DAMAGED
+
+
 class ClosedModelError(InvalidArgumentError):
     """A :class:`isl.Model` was used after :meth:`isl.Model.close`."""
 
@@ -149,6 +157,7 @@ _BY_STATUS: Dict[int, Type[IslError]] = {
         CancelledError,
         BackendError,
         InternalError,
+        DamagedFileError,
     )
 }
 

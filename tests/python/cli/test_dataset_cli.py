@@ -15,6 +15,18 @@ import tifffile
 NZ = 3
 
 
+def text(obj, name):
+    """A string attribute as isl writes it: fixed-size UTF-8 (never variable-length,
+    docs/security.md), decoded; lists become lists of str."""
+    dtype = obj.attrs.get_id(name).dtype
+    info = h5py.check_string_dtype(dtype)
+    assert info is not None and info.length is not None, f"{name}: {dtype} is not fixed-size"
+    value = obj.attrs[name]
+    if isinstance(value, np.ndarray):
+        return [v.decode() for v in value]
+    return value.decode()
+
+
 def write_tif(path, array):
     tifffile.imwrite(path, array, photometric="minisblack")
     return path
@@ -75,15 +87,15 @@ def test_build_writes_the_documented_layout(run_isl, files, tmp_path):
     assert f"map2 {known_map2_a + 1080:,} known pixels in 2 wells" in r.stdout
 
     with h5py.File(out, "r") as f:
-        assert f.attrs["format"] == "isl-dataset"
+        assert text(f, "format") == "isl-dataset"
         assert f.attrs["version"] == 1
         assert f.attrs["num_z"] == NZ
-        assert list(f.attrs["labels"]) == ["dapi", "map2"]
+        assert text(f, "labels") == ["dapi", "map2"]
         assert sorted(f["wells"]) == ["000", "001"]
         a, b = f["wells/000"], f["wells/001"]
-        assert a.attrs["name"] == "a" and a.attrs["condition"] == "B"
+        assert text(a, "name") == "a" and text(a, "condition") == "B"
         assert a.attrs["pixel_size_um"] == 0.5
-        assert b.attrs["name"] == "second" and b.attrs["condition"] == ""
+        assert text(b, "name") == "second" and text(b, "condition") == ""
         assert b.attrs["pixel_size_um"] == 0.0
 
         # Integer images are stored as uint16 (value x 65535), floats as float32.
@@ -130,8 +142,8 @@ def test_default_well_name_and_no_labels(run_isl, files, tmp_path):
     r = run_isl("dataset", "build", "--input", paths["a"], "-o", out)
     assert r.returncode == 0, r.stderr
     with h5py.File(out, "r") as f:
-        assert f["wells/000"].attrs["name"] == "a"
-        assert list(f.attrs["labels"]) == []
+        assert text(f["wells/000"], "name") == "a"
+        assert text(f, "labels") == []
         assert "labels" not in f["wells/000"]
     assert "labels:    0" in run_isl("dataset", "info", out).stdout
 

@@ -23,7 +23,9 @@ public enum Status {
   /** oneDNN, HDF5 or libtiff failed unexpectedly. */
   BACKEND(9),
   /** A bug in isl. */
-  INTERNAL(10);
+  INTERNAL(10),
+  /** A file's content does not match its checksum (truncated or bit-flipped). */
+  DAMAGED(11);
 
   private final int code;
 
