@@ -13,12 +13,13 @@ import os
 import shutil
 import subprocess
 
-import h5py
 import numpy as np
 import pytest
 import tifffile
 
-NZ = 3
+# The well (labels a everywhere, b on rows 100..) and base-8 model of the training tests.
+from .test_train_cli import NZ, data, model_arrays  # noqa: F401 (data: a fixture)
+
 CROP = 266  # outputs 24 x 24
 RATE = 1e-4
 STEPS = 2
@@ -53,47 +54,21 @@ def mpirun(isl_bin):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, run_isl):
-    """A 3-plane well with labels a (everywhere) and b (rows 100.. only), a base-8 model,
-    and three small fields to predict."""
-    d = tmp_path_factory.mktemp("mpi")
-    rng = np.random.default_rng(3)
-    stack = rng.random((NZ, 300, 300)).astype(np.float32)
-    a = np.clip(stack[1] * 1.5 - 0.25, 0, 1).astype(np.float32)
-    b = np.clip(1 - stack[0], 0, 1).astype(np.float32)[100:, :]
-    tifffile.imwrite(d / "stack.tif", stack, photometric="minisblack")
-    tifffile.imwrite(d / "a.tif", a)
-    tifffile.imwrite(d / "b.tif", b)
-    r = run_isl("dataset", "build", "--input", d / "stack.tif", "--target", f"a={d / 'a.tif'}",
-                "--target", f"b={d / 'b.tif'}:0,100", "-o", d / "data.h5")
-    assert r.returncode == 0, r.stderr
-    r = run_isl("model", "init", "--base-depth", 8, "--num-z", NZ, "--heads", "a,b", "--seed", 5,
-                "-o", d / "init.h5")
-    assert r.returncode == 0, r.stderr
+def fields(data):
+    """Three small fields to predict, listed in fields.txt (with a comment and blanks)."""
+    rng = np.random.default_rng(4)
     for i, (h, w) in enumerate([(40, 48), (32, 32), (24, 56)]):
         field = (rng.random((NZ, h, w)) * 0.5 + 0.25).astype(np.float32)
-        tifffile.imwrite(d / f"field{i}.tif", field, photometric="minisblack")
-    (d / "fields.txt").write_text(
-        "# three fields\n" + "".join(f"{d / f'field{i}.tif'}\n\n" for i in range(3)))
-    return d
-
-
-def model_arrays(path):
-    out = {}
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and not name.startswith("optimizer"):
-            out[name] = obj[()].astype(np.float64)
-
-    with h5py.File(path, "r") as f:
-        f.visititems(visit)
-    return out
+        tifffile.imwrite(data / f"field{i}.tif", field, photometric="minisblack")
+    (data / "fields.txt").write_text(
+        "# three fields\n" + "".join(f"{data / f'field{i}.tif'}\n\n" for i in range(3)))
+    return data
 
 
 def weight_differences(a_path, b_path):
     a, b = model_arrays(a_path), model_arrays(b_path)
     assert a.keys() == b.keys()
-    return np.concatenate([np.abs(a[k] - b[k]).ravel() for k in sorted(a)])
+    return np.concatenate([np.abs(a[k].astype(np.float64) - b[k]).ravel() for k in sorted(a)])
 
 
 def logged_losses(path):
@@ -117,13 +92,13 @@ def assert_same_training(a_path, b_path, steps):
 
 
 @pytest.fixture(scope="module")
-def alone(run_isl, data):
+def alone(run_isl, fields):
     """The fields predicted by one process without MPI."""
-    r = run_isl("predict", "-m", data / "init.h5", "--input-list", data / "fields.txt",
-                "-O", data / "alone", "--threads", 1)
+    r = run_isl("predict", "-m", fields / "init.h5", "--input-list", fields / "fields.txt",
+                "-O", fields / "alone", "--threads", 1)
     assert r.returncode == 0, r.stderr
     assert "rank 0 of 1: predicted 3 fields of 3, 0 failed" in r.stderr
-    return data / "alone"
+    return fields / "alone"
 
 
 def test_input_list_alone_equals_one_field_at_a_time(run_isl, data, alone, tmp_path):
@@ -138,7 +113,8 @@ def test_input_list_alone_equals_one_field_at_a_time(run_isl, data, alone, tmp_p
             np.testing.assert_array_equal(got, want)
 
 
-def test_input_list_errors(run_isl, data, tmp_path):
+def test_input_list_errors(run_isl, fields, tmp_path):
+    data = fields
     same = tmp_path / "same.txt"
     os.makedirs(tmp_path / "x")
     shutil.copy(data / "field0.tif", tmp_path / "x" / "field0.tif")
@@ -163,7 +139,8 @@ def test_input_list_errors(run_isl, data, tmp_path):
     assert not (tmp_path / "b" / "missing").exists()
 
 
-def test_input_list_over_two_ranks(mpirun, isl_bin, data, alone, tmp_path):
+def test_input_list_over_two_ranks(mpirun, isl_bin, fields, alone, tmp_path):
+    data = fields
     r = mpirun(2, isl_bin, "predict", "-m", data / "init.h5", "--input-list",
                data / "fields.txt", "-O", tmp_path / "mpi", "--threads", 1)
     assert r.returncode == 0, r.stderr
