@@ -576,10 +576,12 @@ isl_status isl_sampler_draw_part(const isl_sampler *s, uint64_t seed, int first,
     if (!s || !inputs || (s->num_labels > 0 && (!targets || !masks)))
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_draw: %s is NULL",
                         !s ? "sampler" : !inputs ? "inputs" : !targets ? "targets" : "masks");
-    if (batch_size < 1 || first < 0 || first > INT_MAX - batch_size)
+    if (batch_size < 1)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_draw: batch size %d < 1",
+                        batch_size);
+    if (first < 0 || first > INT_MAX - batch_size)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
-                        "isl_sampler_draw: crops %d .. %d + %d: need first >= 0, count >= 1",
-                        first, first, batch_size);
+                        "isl_sampler_draw_part: first crop %d is out of range", first);
     const int64_t total = s->well_start[s->num_wells];
     if (total <= 0)
         return isl_fail(ISL_ERROR_VALUE, "nothing to draw: every pixel of the dataset is held out");
