@@ -566,6 +566,47 @@ ISL_API isl_status isl_sampler_draw(const isl_sampler *sampler, uint64_t seed, i
                                     float *inputs, float *targets, uint8_t *masks);
 
 /* ---------------------------------------------------------------------------------- */
+/* Data-parallel training                                                              */
+/* ---------------------------------------------------------------------------------- */
+
+/* Synchronous data-parallel training over several processes (docs/scaling.md): each
+ * process steps its own trainer on its part of a global batch; the library exchanges
+ * numbers only through a caller's allreduce hook, so any transport fits (`isl train`
+ * plugs in MPI; the library never links it). */
+
+/** Element types an allreduce hook sums. */
+typedef enum isl_reduce_type {
+    ISL_REDUCE_FLOAT32 = 0, /**< float */
+    ISL_REDUCE_FLOAT64 = 1  /**< double */
+} isl_reduce_type;
+
+/** Replaces buf[0..count) (of type) by its element-wise sum over all processes of the
+ *  run, on every process (e.g. MPI_Allreduce with MPI_SUM in place). Every process must
+ *  get the same sums, bit for bit (their weights stay identical). Return 0, or nonzero
+ *  on failure (the trainer's call then fails with ISL_ERROR_BACKEND). */
+typedef int (*isl_allreduce_fn)(void *buf, size_t count, isl_reduce_type type, void *user);
+
+/** Makes the trainer one of the processes of a data-parallel run (fn NULL: alone again,
+ *  the default). From then on every process must call isl_train_step (and
+ *  isl_trainer_estimate_bn) the same number of times with batches of one crop size; the
+ *  global batch is the union of their batches: its known-pixel counts normalize the
+ *  loss, its batch-norm statistics normalize every layer (forward and backward), the
+ *  losses reported are the global batch's, and the gradients are summed over the
+ *  processes, so each process takes the step one process would take on the global batch
+ *  (up to float summation order). Each step calls fn a few times with float64 (counts,
+ *  batch-norm sums, losses) and once with float32 (all the updated gradients). Start
+ *  every process from the same weights (one checkpoint or initial model). */
+ISL_API isl_status isl_trainer_set_allreduce(isl_trainer *trainer, isl_allreduce_fn fn,
+                                             void *user);
+
+/** Crops first .. first + count - 1 of the batch that isl_sampler_draw draws from seed
+ *  (any batch size above them): the part of a global batch of one process of a
+ *  data-parallel run, e.g. first = rank * count. Buffers hold count crops. */
+ISL_API isl_status isl_sampler_draw_part(const isl_sampler *sampler, uint64_t seed, int first,
+                                         int count, float *inputs, float *targets,
+                                         uint8_t *masks);
+
+/* ---------------------------------------------------------------------------------- */
 /* Evaluation                                                                          */
 /* ---------------------------------------------------------------------------------- */
 

@@ -882,6 +882,16 @@ START_TEST(sampler_shapes_seeds_and_errors)
     c.size = 2;
     draw(s, 42, &c);
     ck_assert(memcmp(b.inputs, c.inputs, sizeof(float) * 2 * NZ * 266 * 266) == 0);
+    /* A part of a batch (a data-parallel rank's share) is those crops of the whole. */
+    ck_assert_msg(isl_sampler_draw_part(s, 42, 2, 3, c.inputs, c.targets, c.masks) == ISL_OK,
+                  "%s", isl_last_error());
+    ck_assert(memcmp(b.inputs + (size_t)2 * NZ * 266 * 266, c.inputs,
+                     sizeof(float) * 3 * NZ * 266 * 266) == 0);
+    ck_assert(memcmp(b.targets + (size_t)2 * 2 * 24 * 24, c.targets,
+                     sizeof(float) * 3 * 2 * 24 * 24) == 0);
+    ck_assert(memcmp(b.masks + (size_t)2 * 2 * 24 * 24, c.masks, 3 * 2 * 24 * 24) == 0);
+    expect_status(isl_sampler_draw_part(s, 42, -1, 3, c.inputs, c.targets, c.masks),
+                  ISL_ERROR_INVALID_ARGUMENT, "first crop -1");
     /* Wells and labels added to the dataset later (moving its records) change nothing. */
     isl_stack more = {fx.b_stack, ISL_DTYPE_F32, NZ, BH, BW};
     isl_stack label = {fx.b_map2, ISL_DTYPE_U16, 1, BH, BW};

@@ -116,7 +116,7 @@ static void engine_close(engine *e)
 
 static isl_loss_batch loss_batch(const batch *b)
 {
-    isl_loss_batch lb = {BATCH, LABELS, NZ, SIDE, SIDE, OUT, OUT, b->inputs, b->targets, b->masks};
+    isl_loss_batch lb = {BATCH, LABELS, NZ, SIDE, SIDE, OUT, OUT, b->inputs, b->targets, b->masks, 0};
     return lb;
 }
 
@@ -1067,7 +1067,7 @@ static int dump(const char *model_path, const char *batch_path, const char *out_
     masks = malloc(lab + 1);
     for (size_t i = 0; i < lab; i++)
         masks[i] = c.maskf[i] != 0;
-    isl_loss_batch lb = {c.B, c.L, c.nz, c.H, c.W, c.oh, c.ow, c.inputs, c.targets, masks};
+    isl_loss_batch lb = {c.B, c.L, c.nz, c.H, c.W, c.oh, c.ow, c.inputs, c.targets, masks, 0};
     int64_t counts[64];
     int active[64];
     isl_loss_label_counts(&lb, counts);

@@ -406,7 +406,7 @@ START_TEST(frozen_engine_logits_and_gradients)
     ck_assert_msg(isl_train_net_create(&p, &g, eng, BATCH, SIDE, SIDE, 0, &net) == ISL_OK, "%s",
                   isl_last_error());
 
-    isl_loss_batch lb = {BATCH, LABELS, NZ, SIDE, SIDE, OUT, OUT, b->inputs, b->targets, b->masks};
+    isl_loss_batch lb = {BATCH, LABELS, NZ, SIDE, SIDE, OUT, OUT, b->inputs, b->targets, b->masks, 0};
     int64_t counts[LABELS];
     int active[HEADS];
     isl_loss_label_counts(&lb, counts);

@@ -128,6 +128,17 @@ int cli_write_file_atomic(const char *path, const void *data, size_t size);
 int cli_write_file_atomic_quiet(const char *path, const void *data, size_t size, char *error,
                                 size_t error_size);
 
+/* ---- Field lists (field_list.c): `isl predict --input-list`. ------------------------- */
+typedef struct cli_field_list {
+    char **paths; /* input stacks */
+    char **names; /* their output directories' names: file names without .tif etc. */
+    int count;
+} cli_field_list;
+/* Reads FILE: one path a line, blank lines and # comments skipped; two fields with one
+ * name are a usage error. 0 or the exit code of a reported error. */
+int cli_field_list_read(const char *path, cli_field_list *l);
+void cli_field_list_free(cli_field_list *l);
+
 /* ---- Interruption (interrupt.c). ----------------------------------------------------- */
 /* Installs SIGINT/SIGTERM handlers that set a flag (a second signal kills as usual). */
 int cli_interrupt_install(void);

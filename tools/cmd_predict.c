@@ -1,5 +1,6 @@
 /* isl predict: a transmitted-light stack in, one float32 TIFF per (head, statistic) out. */
 #include "cli.h"
+#include "dist.h"
 #include "tiff_io.h"
 
 #include <math.h>
@@ -29,7 +30,12 @@ static const char predict_help[] =
     "  -m, --model PATH         model file (required); repeat it (up to 16) to predict with\n"
     "                           an ensemble: the models' distributions are averaged, which\n"
     "                           predicts better than each (README, \"The bundled model\")\n"
-    "  -i, --input PATH         input stack (required)\n"
+    "  -i, --input PATH         input stack (this or --input-list)\n"
+    "  --input-list FILE        many fields: FILE lists input stacks, one path a line\n"
+    "                           (blank lines and lines starting with # skipped); the\n"
+    "                           outputs of STACK.tif go to DIR/STACK/. Under 'mpirun -np N'\n"
+    "                           the fields are shared out to the N ranks as they finish\n"
+    "                           (docs/scaling.md); each rank prints a summary line\n"
     "  -O, --output-dir DIR     output directory (required)\n"
     "  --stats LIST             statistics, comma-separated (default median):\n"
     "                           median, mean, mode, std, entropy, p_nonzero\n"
@@ -54,21 +60,21 @@ static const char predict_help[] =
     "  -h, --help               show this help\n";
 
 enum { OPT_MODEL, OPT_INPUT, OPT_OUTDIR, OPT_STATS, OPT_HEADS, OPT_THREADS, OPT_TILE, OPT_MEMORY,
-       OPT_PRECISION, OPT_FLIP, OPT_PREVIEW, OPT_FORMAT };
+       OPT_PRECISION, OPT_FLIP, OPT_PREVIEW, OPT_FORMAT, OPT_INPUT_LIST };
 
 static const cli_option predict_options[] = {
     {"model", 'm', 1, OPT_MODEL},   {"input", 'i', 1, OPT_INPUT},     {"output-dir", 'O', 1, OPT_OUTDIR},
     {"stats", 0, 1, OPT_STATS},     {"heads", 0, 1, OPT_HEADS},       {"threads", 0, 1, OPT_THREADS},
     {"tile", 0, 1, OPT_TILE},       {"memory-limit", 0, 1, OPT_MEMORY}, {"precision", 0, 1, OPT_PRECISION},
     {"flip-average", 0, 0, OPT_FLIP}, {"preview", 0, 0, OPT_PREVIEW},
-    {"format", 0, 1, OPT_FORMAT},
+    {"format", 0, 1, OPT_FORMAT},   {"input-list", 0, 1, OPT_INPUT_LIST},
     {NULL, 0, 0, 0},
 };
 
 typedef struct predict_args {
     const char *models[ISL_MAX_ENSEMBLE];
     int num_models;
-    const char *input, *output_dir, *heads;
+    const char *input, *input_list, *output_dir, *heads;
     isl_stat stats[ISL_STAT_COUNT];
     int num_stats;
     long long threads, tile, memory_mb;
@@ -128,6 +134,7 @@ static int parse_predict(int argc, char **argv, predict_args *a)
                 a->models[a->num_models++] = v;
             break;
         case OPT_INPUT: a->input = v; break;
+        case OPT_INPUT_LIST: a->input_list = v; break;
         case OPT_OUTDIR: a->output_dir = v; break;
         case OPT_HEADS: a->heads = v; break;
         case OPT_STATS: rc = parse_stats(v, a); break;
@@ -165,8 +172,9 @@ static int parse_predict(int argc, char **argv, predict_args *a)
     }
     if (a->num_models == 0)
         return cli_usage_error("missing --model (see 'isl predict --help')");
-    if (!a->input)
-        return cli_usage_error("missing --input (see 'isl predict --help')");
+    if (!a->input == !a->input_list)
+        return cli_usage_error(a->input ? "give --input or --input-list, not both"
+                                        : "missing --input (see 'isl predict --help')");
     if (!a->output_dir)
         return cli_usage_error("missing --output-dir (see 'isl predict --help')");
     return CLI_EXIT_OK;
@@ -277,17 +285,28 @@ typedef struct predict_job {
     cli_outputs *outputs;
     cli_preview *preview; /* --preview, else NULL */
     cli_progress progress;
+    const char *input, *output_dir; /* the field being predicted */
 } predict_job;
 
-static void job_free(predict_job *j, int failed)
+/* Releases what one field needed (the models and options stay). */
+static void field_free(predict_job *j, int failed)
 {
     cli_outputs_free(j->outputs); /* removes uncommitted temporaries */
+    j->outputs = NULL;
     cli_preview_free(j->preview);
+    j->preview = NULL;
     if (failed)
         cli_remove_created_dirs(&j->created);
     else
         cli_dirs_free(&j->created);
+    memset(&j->created, 0, sizeof(j->created));
     isl_tiff_stack_free(&j->stack);
+    memset(&j->stack, 0, sizeof(j->stack));
+}
+
+static void job_free(predict_job *j, int failed)
+{
+    field_free(j, failed);
     free(j->heads);
     isl_predict_options_free(j->options);
     isl_model_free(j->model);
@@ -358,12 +377,12 @@ static const char *commit_error(const predict_job *j)
 
 /* --format ome-tiff: the committed images again, as one OME-TIFF with named channels
  * (<head>_<stat>, autoencoder planes _zNN) and the input's pixel size. */
-static int write_ome(predict_job *j, const predict_args *a)
+static int write_ome(predict_job *j)
 {
     int files = cli_outputs_count(j->outputs), planes = 0, nz = j->stack.num_z;
     const char **paths = calloc((size_t)files, sizeof(*paths));
     char(*names)[CLI_OME_NAME] = calloc((size_t)files * (size_t)nz, sizeof(*names));
-    char *out = cli_path_join(a->output_dir, "predictions.ome.tif");
+    char *out = cli_path_join(j->output_dir, "predictions.ome.tif");
     int rc = CLI_EXIT_OK;
     if (!paths || !names || !out)
         rc = cli_runtime_error("out of memory");
@@ -376,7 +395,7 @@ static int write_ome(predict_job *j, const predict_args *a)
             snprintf(names[planes], CLI_OME_NAME, pages > 1 ? "%.*s_z%02d" : "%.*s", len, base, z);
     }
     cli_ome_info info;
-    double pixel = cli_ome_read(a->input, &info) == 0 ? info.pixel_x_um : 0;
+    double pixel = cli_ome_read(j->input, &info) == 0 ? info.pixel_x_um : 0;
     char err[1024];
     if (rc == CLI_EXIT_OK && cli_ome_write(out, files, paths, names, planes, j->stack.height,
                                            j->stack.width, pixel, err, sizeof(err)) != 0)
@@ -417,7 +436,7 @@ static int run(predict_job *j, const predict_args *a)
     if (j->preview)
         printf("wrote %s\n", cli_preview_path(j->preview));
     if (a->ome_tiff) {
-        int rc = write_ome(j, a);
+        int rc = write_ome(j);
         if (rc != CLI_EXIT_OK)
             return rc;
     }
@@ -456,7 +475,7 @@ static int open_preview(predict_job *j, const predict_args *a)
     if (n == 0)
         return cli_usage_error("--preview: no label head selected (the autoencoder is not "
                                "shown)");
-    if (!(j->preview = cli_preview_open(a->output_dir, &j->stack, labels, n)) ||
+    if (!(j->preview = cli_preview_open(j->output_dir, &j->stack, labels, n)) ||
         cli_preview_show_uncertainty(j->preview) != 0)
         return cli_runtime_error("out of memory");
     isl_stat stats[ISL_STAT_COUNT];
@@ -474,7 +493,8 @@ static int open_preview(predict_job *j, const predict_args *a)
     return s == ISL_OK ? CLI_EXIT_OK : cli_library_error(s);
 }
 
-static int predict(predict_job *j, const predict_args *a)
+/* The models, options and heads, shared by every field. */
+static int predict_setup(predict_job *j, const predict_args *a)
 {
     int rc = make_options(a, &j->progress, &j->options);
     if (rc != CLI_EXIT_OK)
@@ -491,27 +511,88 @@ static int predict(predict_job *j, const predict_args *a)
                                          (const isl_model *const *)j->members);
     if (s != ISL_OK)
         return cli_library_error(s);
-    if ((rc = select_heads(j->model, a->heads, &j->heads, &j->num_heads)) != CLI_EXIT_OK)
+    return select_heads(j->model, a->heads, &j->heads, &j->num_heads);
+}
+
+/* One field: j->input into j->output_dir. */
+static int predict_field(predict_job *j, const predict_args *a)
+{
+    int rc;
+    isl_status s;
+    if ((rc = cli_ome_check_input(j->input, isl_model_num_z(j->model))) != CLI_EXIT_OK)
         return rc;
-    if ((rc = cli_ome_check_input(a->input, isl_model_num_z(j->model))) != CLI_EXIT_OK)
-        return rc;
-    s = isl_tiff_read_stack(a->input, isl_model_num_z(j->model), &j->stack);
+    s = isl_tiff_read_stack(j->input, isl_model_num_z(j->model), &j->stack);
     if (s != ISL_OK)
         return cli_tiff_error(s);
     if (cli_interrupted()) {
         cli_runtime_error("interrupted; no output written");
         return CLI_EXIT_INTERRUPTED;
     }
-    if ((rc = cli_mkdir_p(a->output_dir, &j->created)) != CLI_EXIT_OK)
+    if ((rc = cli_mkdir_p(j->output_dir, &j->created)) != CLI_EXIT_OK)
         return rc;
     if (!(j->outputs = cli_outputs_new()))
         return cli_runtime_error("out of memory");
-    if (cli_outputs_open(j->outputs, j->model, a->output_dir, j->heads, j->num_heads, a->stats,
+    if (cli_outputs_open(j->outputs, j->model, j->output_dir, j->heads, j->num_heads, a->stats,
                          a->num_stats, j->stack.height, j->stack.width) != 0)
         return cli_runtime_error("%s", cli_outputs_error(j->outputs));
     if (a->preview && (rc = open_preview(j, a)) != CLI_EXIT_OK)
         return rc;
     return run(j, a);
+}
+
+/* --input-list: the fields of the list, handed out one at a time to whichever rank of
+ * an MPI job is free (all of them to this process without MPI). A field that fails is
+ * reported and counted; the others go on. */
+static int predict_fields(const predict_args *a, predict_job *j)
+{
+    cli_field_list fields;
+    int rc = cli_field_list_read(a->input_list, &fields);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    cli_dist d;
+    if (cli_dist_init(&d, CLI_DIST_DEFAULT_TIMEOUT) != 0) {
+        cli_field_list_free(&fields);
+        return CLI_EXIT_RUNTIME;
+    }
+    /* Every rank needs the models: a rank that cannot load them ends the job. */
+    if ((rc = predict_setup(j, a)) != CLI_EXIT_OK) {
+        cli_field_list_free(&fields);
+        if (d.size > 1)
+            cli_dist_abort(&d, rc, "cannot predict (the message above)");
+        return rc;
+    }
+    if (cli_dist_queue_start(&d, fields.count) != 0)
+        cli_dist_abort(&d, CLI_EXIT_RUNTIME, "cannot share out the fields");
+    const double start = cli_now();
+    int done = 0, failed = 0, skipped = 0;
+    int64_t i;
+    while ((i = cli_dist_queue_next(&d)) >= 0) {
+        if (cli_interrupted()) { /* drain the queue so that rank 0 can finish */
+            skipped++;
+            continue;
+        }
+        char *dir = cli_path_join(a->output_dir, fields.names[i]);
+        j->input = fields.paths[i];
+        j->output_dir = dir;
+        int field_rc = dir ? predict_field(j, a) : cli_runtime_error("out of memory");
+        field_free(j, field_rc != CLI_EXIT_OK);
+        free(dir);
+        if (field_rc == CLI_EXIT_INTERRUPTED)
+            skipped++;
+        else if (field_rc != CLI_EXIT_OK) {
+            fprintf(stderr, "isl: error: field %lld (%s) failed\n", (long long)i + 1,
+                    fields.paths[i]);
+            failed++;
+        } else
+            done++;
+    }
+    cli_dist_queue_end(&d);
+    fprintf(stderr, "isl: rank %d of %d: predicted %d field%s of %d, %d failed%s in %.1f s\n",
+            d.rank, d.size, done, done == 1 ? "" : "s", fields.count, failed,
+            skipped ? " (interrupted)" : "", cli_now() - start);
+    cli_field_list_free(&fields);
+    cli_dist_finalize(&d);
+    return skipped ? CLI_EXIT_INTERRUPTED : failed ? CLI_EXIT_RUNTIME : CLI_EXIT_OK;
 }
 
 int cli_cmd_predict(int argc, char **argv)
@@ -526,7 +607,16 @@ int cli_cmd_predict(int argc, char **argv)
         return rc;
     predict_job job;
     memset(&job, 0, sizeof(job));
-    rc = predict(&job, &a);
+    if (a.input_list) {
+        rc = predict_fields(&a, &job);
+        job_free(&job, 0);
+        return rc;
+    }
+    job.input = a.input;
+    job.output_dir = a.output_dir;
+    rc = predict_setup(&job, &a);
+    if (rc == CLI_EXIT_OK)
+        rc = predict_field(&job, &a);
     job_free(&job, rc != CLI_EXIT_OK);
     return rc;
 }

@@ -1,6 +1,8 @@
 /* isl train: trains a model on a dataset file with checkpoints, validation and a log. */
 #include "train.h"
 
+#include "dist.h"
+
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -65,13 +67,20 @@ static const char train_help[] =
     "  --log PATH               CSV log (default OUT with .log.csv), appended on resume\n"
     "  --best PATH              the best validated model so far (mean r over labels;\n"
     "                           default OUT with .best.h5; written when validating)\n"
-    "  -h, --help               show this help\n";
+    "  -h, --help               show this help\n"
+    "\n"
+    "Cluster: 'mpirun -np N isl train ... --batch B' trains one model on N processes, each\n"
+    "drawing its B crops of a global batch of N x B (the crops one process with --batch\n"
+    "N x B would draw), with gradients and batch-norm statistics summed over all of them;\n"
+    "rank 0 writes the log, checkpoints and OUT (docs/scaling.md).\n"
+    "  --comm-timeout S         end the job when a rank gets no answer from the others for\n"
+    "                           S seconds (default 1800: rank 0 may be validating)\n";
 
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
        OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
        OPT_THREADS, OPT_CONTRAST, OPT_VALIDATION_MARGIN, OPT_UNLABELLED,
-       OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST };
+       OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST, OPT_COMM_TIMEOUT };
 
 static const cli_option train_options[] = {
     {"dataset", 0, 1, OPT_DATASET},         {"model", 'm', 1, OPT_MODEL},
@@ -88,7 +97,7 @@ static const cli_option train_options[] = {
     {"checkpoint", 0, 1, OPT_CHECKPOINT},   {"checkpoint-every", 0, 1, OPT_CHECKPOINT_EVERY},
     {"log", 0, 1, OPT_LOG},                 {"best", 0, 1, OPT_BEST},
     {"contrast-jitter", 0, 1, OPT_CONTRAST}, {"validation-margin", 0, 1, OPT_VALIDATION_MARGIN},
-    {"unlabelled-share", 0, 1, OPT_UNLABELLED},
+    {"unlabelled-share", 0, 1, OPT_UNLABELLED}, {"comm-timeout", 0, 1, OPT_COMM_TIMEOUT},
     {NULL, 0, 0, 0},
 };
 
@@ -100,7 +109,7 @@ typedef struct train_args {
     int num_validation, freeze_trunk, freeze_bn, augment;
     long long crop, batch, validate_every, validation_margin, steps, drop_step, bn_batches, average_from, threads,
         checkpoint_every;
-    double lr, drop_rate, label_weight, bn_decay, contrast, unlabelled;
+    double lr, drop_rate, label_weight, bn_decay, contrast, unlabelled, comm_timeout;
     uint64_t seed;
 } train_args;
 
@@ -169,6 +178,7 @@ static int parse_option(train_args *a, int id, const char *v)
         {OPT_BN_DECAY, "--bn-decay", 0, 1, &a->bn_decay},
         {OPT_CONTRAST, "--contrast-jitter", 0, 1, &a->contrast},
         {OPT_UNLABELLED, "--unlabelled-share", 0, 1, &a->unlabelled},
+        {OPT_COMM_TIMEOUT, "--comm-timeout", 1, 1e7, &a->comm_timeout},
     };
     for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
         if (reals[i].id == id)
@@ -190,6 +200,7 @@ static int parse_train(int argc, char **argv, train_args *a)
     a->bn_decay = NAN; /* unset: the library's default */
     a->bn_batches = 0; /* re-estimated statistics generalized worse here (docs/training.md) */
     a->checkpoint_every = 500;
+    a->comm_timeout = CLI_DIST_DEFAULT_TIMEOUT;
     cli_args p;
     cli_args_init(&p, argc, argv, "train");
     int kind, id;
@@ -297,7 +308,12 @@ typedef struct run_state {
     int num_z, num_labels, num_losses;
     cli_train_log log;
     int log_open;
+    cli_dist *dist; /* the ranks of an MPI job (one process: rank 0 of 1) */
+    double step_seconds; /* spent in isl_train_step, for the summary */
 } run_state;
+
+/* Rank 0 writes every file and the log; the other ranks only train. */
+static int is_root(const run_state *r) { return r->dist->rank == 0; }
 
 /* The crops of a step depend only on --seed and the step, so a resumed run (same seed)
  * draws what an uninterrupted one would have. splitmix64 of both. */
@@ -309,17 +325,19 @@ static uint64_t batch_seed(uint64_t seed, uint64_t step)
     return z ^ (z >> 31);
 }
 
+/* This rank's crops of the global batch of a seed: crops rank * B .. rank * B + B - 1, so
+ * that N ranks draw what one process with batch N x B draws. */
 typedef struct draw_job {
     const isl_sampler *sampler;
     batch_buf *buf;
-    int batch;
+    int batch, first;
 } draw_job;
 
 static void *draw_thread(void *arg)
 {
     draw_job *j = arg;
-    j->buf->status = isl_sampler_draw(j->sampler, j->buf->seed, j->batch, j->buf->inputs,
-                                      j->buf->targets, j->buf->masks);
+    j->buf->status = isl_sampler_draw_part(j->sampler, j->buf->seed, j->first, j->batch,
+                                           j->buf->inputs, j->buf->targets, j->buf->masks);
     if (j->buf->status != ISL_OK)
         snprintf(j->buf->error, sizeof(j->buf->error), "%s", isl_last_error());
     return NULL;
@@ -350,6 +368,8 @@ static isl_train_batch as_batch(const run_state *r, const batch_buf *b)
 
 static int save_checkpoint(run_state *r)
 {
+    if (!is_root(r)) /* every rank holds the same state */
+        return CLI_EXIT_OK;
     isl_status s = isl_trainer_save(r->trainer, r->checkpoint);
     return s == ISL_OK ? CLI_EXIT_OK : cli_library_error(s);
 }
@@ -363,7 +383,7 @@ static isl_status current_model(const run_state *r, isl_model **out)
 
 static int validate(run_state *r, int64_t step)
 {
-    if (r->num_regions == 0)
+    if (r->num_regions == 0 || !is_root(r))
         return CLI_EXIT_OK;
     isl_model *snapshot = NULL;
     cli_validation v = {0};
@@ -402,8 +422,9 @@ static int estimate_statistics(run_state *r, const char *why)
                        r->a.bn_batches);
     for (long long k = 0; k < r->a.bn_batches; k++) {
         batch_buf *b = &r->buf[0];
-        isl_status s = isl_sampler_draw(r->sampler, batch_seed(~r->a.seed, (uint64_t)k),
-                                        (int)r->a.batch, b->inputs, b->targets, b->masks);
+        isl_status s = isl_sampler_draw_part(r->sampler, batch_seed(~r->a.seed, (uint64_t)k),
+                                             r->dist->rank * (int)r->a.batch, (int)r->a.batch,
+                                             b->inputs, b->targets, b->masks);
         isl_train_batch t = as_batch(r, b);
         if (s == ISL_OK)
             s = isl_trainer_estimate_bn(r->trainer, &t, (int)k);
@@ -428,7 +449,7 @@ static int finish(run_state *r)
             return rc;
     }
     int rc = validate(r, isl_trainer_step_count(r->trainer));
-    if (rc != CLI_EXIT_OK)
+    if (rc != CLI_EXIT_OK || !is_root(r))
         return rc;
     isl_model *trained = NULL;
     isl_status s = current_model(r, &trained);
@@ -450,12 +471,13 @@ static int train_loop(run_state *r)
     if (!losses)
         return cli_runtime_error("out of memory");
     int rc = CLI_EXIT_OK, cur = 0;
+    const int first = r->dist->rank * (int)r->a.batch;
     pthread_t thread;
     draw_job jobs[2];
     int pending = 0;
     if (step < r->a.steps) {
         r->buf[cur].seed = batch_seed(r->a.seed, (uint64_t)step + 1);
-        jobs[cur] = (draw_job){r->sampler, &r->buf[cur], (int)r->a.batch};
+        jobs[cur] = (draw_job){r->sampler, &r->buf[cur], (int)r->a.batch, first};
         draw_thread(&jobs[cur]);
     }
     while (step < r->a.steps && rc == CLI_EXIT_OK) {
@@ -468,14 +490,16 @@ static int train_loop(run_state *r)
         if (step + 1 < r->a.steps) {
             batch_buf *next = &r->buf[1 - cur];
             next->seed = batch_seed(r->a.seed, (uint64_t)step + 2);
-            jobs[1 - cur] = (draw_job){r->sampler, next, (int)r->a.batch};
+            jobs[1 - cur] = (draw_job){r->sampler, next, (int)r->a.batch, first};
             if (pthread_create(&thread, NULL, draw_thread, &jobs[1 - cur]) != 0)
                 draw_thread(&jobs[1 - cur]);
             else
                 pending = 1;
         }
         isl_train_batch t = as_batch(r, b);
+        double started = cli_now();
         isl_status s = isl_train_step(r->trainer, &t, losses);
+        r->step_seconds += cli_now() - started;
         if (pending) {
             pthread_join(thread, NULL);
             pending = 0;
@@ -493,7 +517,12 @@ static int train_loop(run_state *r)
                                    "last checkpoint is %s", (long long)step, r->checkpoint);
             break;
         }
-        if (cli_interrupted()) {
+        int stop = cli_interrupted(); /* the ranks stop together, at the same step */
+        if (cli_dist_max(r->dist, &stop) != 0) {
+            rc = cli_runtime_error("MPI failed agreeing on an interruption");
+            break;
+        }
+        if (stop) {
             if ((rc = save_checkpoint(r)) == CLI_EXIT_OK) {
                 cli_train_log_note(&r->log, "interrupted at step %lld; checkpoint %s written; "
                                    "continue with --resume %s", (long long)step, r->checkpoint,
@@ -645,11 +674,21 @@ static int train(run_state *r)
     int rc = setup(r);
     if (rc != CLI_EXIT_OK)
         return rc;
+    const int ranks = r->dist->size;
+    isl_status s = ranks > 1 ? isl_trainer_set_allreduce(r->trainer, cli_dist_allreduce, r->dist)
+                             : ISL_OK;
+    if (s != ISL_OK)
+        return cli_library_error(s);
     int64_t first = isl_trainer_step_count(r->trainer);
-    if ((rc = cli_train_log_open(&r->log, r->log_path, r->init, first, r->a.steps)) != CLI_EXIT_OK)
+    if (!is_root(r))
+        r->log.quiet = 1;
+    else if ((rc = cli_train_log_open(&r->log, r->log_path, r->init, first, r->a.steps)) !=
+             CLI_EXIT_OK)
         return rc;
-    r->log_open = 1;
-    r->best_score = r->a.resume ? cli_train_log_best(r->log_path, r->num_labels) : -INFINITY;
+    else
+        r->log_open = 1;
+    r->best_score = r->a.resume && is_root(r) ? cli_train_log_best(r->log_path, r->num_labels)
+                                              : -INFINITY;
     /* Frozen statistics are estimated once, before the first step of a fresh run. */
     if (r->a.freeze_bn && !r->a.resume && r->a.bn_batches > 0 &&
         (rc = estimate_statistics(r, "estimating the frozen")) != CLI_EXIT_OK)
@@ -659,7 +698,19 @@ static int train(run_state *r)
                        r->num_labels, r->num_labels == 1 ? "" : "s", isl_dataset_num_wells(r->ds),
                        isl_dataset_num_wells(r->ds) == 1 ? "" : "s", (long long)first + 1,
                        r->a.steps, r->a.batch, r->a.crop, r->log_path);
-    return train_loop(r);
+    if (ranks > 1)
+        cli_train_log_note(&r->log, "data-parallel on %d MPI ranks: a global batch of %d x %lld "
+                           "crops", ranks, ranks, r->a.batch);
+    rc = train_loop(r);
+    int64_t steps = isl_trainer_step_count(r->trainer) - first;
+    if (ranks > 1 && steps > 0)
+        fprintf(stderr, "isl: rank %d of %d: %lld steps, %.3f s/step, of which waiting for "
+                "and in collectives %.3f s/step (%.2f MB, %lld calls per step)\n",
+                r->dist->rank, ranks, (long long)steps, r->step_seconds / (double)steps,
+                r->dist->comm_seconds / (double)steps,
+                (double)r->dist->comm_bytes / (double)steps / 1e6,
+                (long long)(r->dist->comm_calls / steps));
+    return rc;
 }
 
 int cli_cmd_train(int argc, char **argv)
@@ -671,8 +722,18 @@ int cli_cmd_train(int argc, char **argv)
     run_state r;
     memset(&r, 0, sizeof(r));
     int rc = parse_train(argc, argv, &r.a);
-    if (rc == CLI_EXIT_OK)
-        rc = train(&r);
+    if (rc != CLI_EXIT_OK)
+        return rc;
+    cli_dist dist;
+    if (cli_dist_init(&dist, r.a.comm_timeout) != 0)
+        return CLI_EXIT_RUNTIME;
+    r.dist = &dist;
+    rc = train(&r);
     run_free(&r);
+    /* A rank that fails ends the job: the others would wait for it. Interruptions are
+     * agreed on by all ranks. */
+    if (dist.size > 1 && rc != CLI_EXIT_OK && rc != CLI_EXIT_INTERRUPTED)
+        cli_dist_abort(&dist, rc, "training failed (the message above)");
+    cli_dist_finalize(&dist);
     return rc;
 }

@@ -30,6 +30,7 @@ typedef struct cli_train_log {
     double avg[64];         /* smoothed losses for the progress line */
     int have_avg;
     int drawn;
+    int quiet;              /* a data-parallel rank other than 0: logs nothing */
 } cli_train_log;
 
 /* Opens (appends to) the CSV log; writes the header if the file is new. 0 or exit code. */

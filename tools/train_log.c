@@ -73,6 +73,8 @@ static void print_progress(cli_train_log *log, int64_t step, double now)
 
 int cli_train_log_step(cli_train_log *log, int64_t step, double rate, const float *losses)
 {
+    if (log->quiet)
+        return CLI_EXIT_OK;
     int n = log->num_labels + 3;
     fprintf(log->csv, "%lld,%.2f,%.3g", (long long)step, cli_now() - log->start, rate);
     for (int i = 0; i < n; i++) {
@@ -141,6 +143,8 @@ int cli_train_log_validation(cli_train_log *log, int64_t step, const cli_validat
 
 void cli_train_log_note(cli_train_log *log, const char *fmt, ...)
 {
+    if (log->quiet)
+        return;
     clear_line(log);
     va_list ap;
     va_start(ap, fmt);

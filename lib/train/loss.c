@@ -156,7 +156,8 @@ int isl_loss_compute(const isl_loss_batch *b, const float *const *logits, float 
     double total = present ? label_weight * label : 0;
     if (logits[L]) {
         const int nz = b->num_z, cy = (b->in_h - b->out_h) / 2, cx = (b->in_w - b->out_w) / 2;
-        const double count = (double)nz * b->batch * b->out_h * b->out_w;
+        const int images = b->count_batch > 0 ? b->count_batch : b->batch;
+        const double count = (double)nz * images * b->out_h * b->out_w;
         /* The center crop of the input planes, at the output pixels. */
         isl_loss_view t = {b->inputs + (size_t)cy * b->in_w + cx,
                            (size_t)nz * b->in_h * b->in_w, (size_t)b->in_h * b->in_w,

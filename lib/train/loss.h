@@ -39,6 +39,8 @@ typedef struct isl_loss_batch {
     const float *inputs;    /* [batch, num_z, in_h, in_w] */
     const float *targets;   /* [batch, num_labels, out_h, out_w], or NULL (no labels) */
     const uint8_t *masks;   /* same shape, nonzero where the label is known; NULL: everywhere */
+    int count_batch;        /* images the autoencoder loss is a mean over: the global batch
+                               of a data-parallel step (0: batch) */
 } isl_loss_batch;
 
 /* Known pixels of each label head in the batch (counts[num_labels]). */
@@ -47,7 +49,9 @@ void isl_loss_label_counts(const isl_loss_batch *b, int64_t *counts);
 /* The loss of a batch and its gradient with respect to every computed head's logits.
  * logits[h], dlogits[h] for h < num_labels are the label heads, [num_labels] the
  * autoencoder; NULL logits mark heads not computed (a label head must be computed
- * exactly when it has known pixels, counts from isl_loss_label_counts).
+ * exactly when it has known pixels, counts from isl_loss_label_counts). In a data-parallel
+ * step counts are those of the global batch (summed over the processes): each process's
+ * losses and gradients are then its share, which add up to those of the global batch.
  * losses[num_labels + 3]: each label head's loss (NaN when not computed), the label loss
  * (mean over the computed label heads, NaN when none), the autoencoder loss (mean over
  * the num_z planes; NaN when not computed) and the total

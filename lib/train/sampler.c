@@ -12,6 +12,7 @@
 #include "input.h"
 #include "rng.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -566,12 +567,21 @@ static void copy_target(float *values, uint8_t *mask, const head_target *t,
 isl_status isl_sampler_draw(const isl_sampler *s, uint64_t seed, int batch_size, float *inputs,
                             float *targets, uint8_t *masks)
 {
+    return isl_sampler_draw_part(s, seed, 0, batch_size, inputs, targets, masks);
+}
+
+isl_status isl_sampler_draw_part(const isl_sampler *s, uint64_t seed, int first, int batch_size,
+                                 float *inputs, float *targets, uint8_t *masks)
+{
     if (!s || !inputs || (s->num_labels > 0 && (!targets || !masks)))
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_draw: %s is NULL",
                         !s ? "sampler" : !inputs ? "inputs" : !targets ? "targets" : "masks");
     if (batch_size < 1)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_draw: batch size %d < 1",
                         batch_size);
+    if (first < 0 || first > INT_MAX - batch_size)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "isl_sampler_draw_part: first crop %d is out of range", first);
     const int64_t total = s->well_start[s->num_wells];
     if (total <= 0)
         return isl_fail(ISL_ERROR_VALUE, "nothing to draw: every pixel of the dataset is held out");
@@ -579,7 +589,9 @@ isl_status isl_sampler_draw(const isl_sampler *s, uint64_t seed, int batch_size,
     const size_t crop_plane = (size_t)crop * crop, out_plane = (size_t)out * out;
     uint64_t state = seed;
     state = isl_splitmix64(&state); /* nearby seeds start far apart in the sequence */
-    for (int b = 0; b < batch_size; b++) {
+    /* The crops before `first` are drawn (their random values) but not copied. */
+    for (int i = 0; i < first + batch_size; i++) {
+        const int b = i - first;
         /* Three values per crop, whatever the options: the same seed draws the same
          * wells and positions with and without augmentation. A fourth, first, decides
          * whether an unlabelled-share crop is drawn (only when the share is not 0). */
@@ -595,6 +607,8 @@ isl_status isl_sampler_draw(const isl_sampler *s, uint64_t seed, int batch_size,
         window_at(w, x, below(&state, x->windows), &oy, &ox);
         uint64_t r = isl_splitmix64(&state);
         int t = s->augment ? (int)(r & 7) : 0;
+        if (b < 0)
+            continue;
 
         const int pw = w->width + 2 * ISL_INPUT_PAD;
         const size_t padded_plane = (size_t)(w->height + 2 * ISL_INPUT_PAD) * (size_t)pw;

@@ -168,10 +168,26 @@ static void sum_parts(const isl_tt *src, int nsrc, const int *off, const double 
     }
 }
 
-int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var)
+/* sum1 and sum2 [C] added up over the processes of sync (one call of sync->sum). */
+static int sync_sums(const isl_tk_sync *sync, double *sum1, double *sum2, int C)
+{
+    double *buf = malloc(sizeof(double) * 2 * (size_t)C);
+    if (!buf)
+        return -1;
+    memcpy(buf, sum1, sizeof(double) * (size_t)C);
+    memcpy(buf + C, sum2, sizeof(double) * (size_t)C);
+    int rc = sync->sum(buf, 2 * (size_t)C, sync->user) != 0 ? -2 : 0;
+    memcpy(sum1, buf, sizeof(double) * (size_t)C);
+    memcpy(sum2, buf + C, sizeof(double) * (size_t)C);
+    free(buf);
+    return rc;
+}
+
+int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var,
+                    const isl_tk_sync *sync)
 {
     int off[8] = {0};
-    total_channels(src, nsrc, off);
+    const int C = total_channels(src, nsrc, off);
     size_t items = 0;
     for (int k = 0; k < nsrc; k++)
         items += red_count(&src[k]);
@@ -193,15 +209,20 @@ int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var)
         memcpy(part + 32 * it + 16, s2, sizeof(s2));
     }
     sum_parts(src, nsrc, off, part, mean, var); /* sums, made moments below */
+    free(part);
+    if (sync) {
+        int rc = sync_sums(sync, mean, var, C);
+        if (rc != 0)
+            return rc;
+    }
     for (int k = 0; k < nsrc; k++) {
-        const double count = (double)src[k].n * plane(&src[k]);
+        const double count = (double)(sync ? sync->global_n : src[k].n) * plane(&src[k]);
         for (int g = off[k]; g < off[k] + src[k].c; g++) {
             double m = mean[g] / count, v = var[g] / count - m * m;
             mean[g] = m;
             var[g] = v > 0 ? v : 0;
         }
     }
-    free(part);
     return 0;
 }
 
@@ -331,7 +352,7 @@ static void bnact_dy(const isl_tt *dact, const isl_tt *act, int i, size_t p0, si
 int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *src, int nsrc,
                           const float *mean, const float *invstd, const float *gamma,
                           int batch_stats, isl_tt *dx, const int *accumulate, float *dgamma,
-                          float *dbeta)
+                          float *dbeta, const isl_tk_sync *sync)
 {
     int off[8] = {0};
     const int C = total_channels(src, nsrc, off);
@@ -375,11 +396,14 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
         dbeta[g] = (float)sum_dy[g];
         dgamma[g] = (float)sum_dyx[g];
     }
-    if (!dx) { /* gamma and beta only (statistics held constant) */
+    int rc = 0;
+    if (dx && batch_stats && sync) /* the means of pass 2 are over the global batch */
+        rc = sync_sums(sync, sum_dy, sum_dyx, C);
+    if (!dx || rc != 0) { /* gamma and beta only (statistics held constant) */
         free(part);
         free(sum_dy);
         free(sum_dyx);
-        return 0;
+        return rc;
     }
     /* Pass 2: dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat)), or with constant
      * statistics gamma invstd dy. */
@@ -390,7 +414,7 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
     for (size_t it2 = 0; it2 < items; it2++) {
         ew_task k = ew_decode(src, nsrc, it2);
         const isl_tt *t = &src[k.seg];
-        const double count = (double)t->n * plane(t);
+        const double count = (double)(sync ? sync->global_n : t->n) * plane(t);
         const int c0 = 16 * (int)k.block, g = off[k.seg] + c0;
         const int cnt = t->c - c0 < 16 ? t->c - c0 : 16;
         float mu[16], is[16], a[16], mdy[16], mdyx[16], tmp[64 * SUB], dy[16 * SUB];

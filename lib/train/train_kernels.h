@@ -26,9 +26,22 @@ static inline isl_tt isl_tt_make(int n, int c, int h, int w, float *v)
 /* Floats of storage: n * 16 ceil(c / 16) * h * w. */
 size_t isl_tt_floats(int n, int c, int h, int w);
 
+/* Batch norm over a batch split between processes (data-parallel training): the
+ * per-channel sums of every process are added up by sum (in place, over all of them;
+ * returns 0 on success), so that the statistics are those of the global batch of
+ * global_n images (each process's tensors hold their own n of them). */
+typedef struct isl_tk_sync {
+    int (*sum)(double *buf, size_t count, void *user);
+    void *user;
+    int global_n;
+} isl_tk_sync;
+
 /* Batch statistics of the channel concatenation of src[0..nsrc) (same n, h, w): per
- * channel mean and biased variance over n * h * w values, accumulated in double. */
-int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var);
+ * channel mean and biased variance over n * h * w values, accumulated in double; with
+ * sync (not NULL) over the global batch. Returns 0, -1 when out of memory, -2 when
+ * sync->sum failed. */
+int isl_tk_bn_stats(const isl_tt *src, int nsrc, double *mean, double *var,
+                    const isl_tk_sync *sync);
 
 /* act = [relu(y), tanh(y)] with y = scale * x + shift per channel, x the channel
  * concatenation of src[0..nsrc) (C channels in all); act has 2C channels. */
@@ -40,11 +53,15 @@ void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *
  * dgamma, dbeta [C] and dx[k] (shaped as src[k]), added to dx[k] if accumulate[k].
  * batch_stats: mean and invstd are the statistics of x itself, so dx includes their
  * dependence on x; 0: they are constants (stored population statistics) and
- * dx = gamma invstd dy. dx NULL: only dgamma and dbeta, which are the same either way. */
+ * dx = gamma invstd dy. dx NULL: only dgamma and dbeta, which are the same either way.
+ * sync (with batch_stats and dx): the statistics are those of the global batch, and the
+ * mean(dy) and mean(dy xhat) of dx are taken over it too; dgamma and dbeta stay this
+ * process's share (summed with the other gradients). Returns 0, -1 when out of memory,
+ * -2 when sync->sum failed. */
 int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *src, int nsrc,
                           const float *mean, const float *invstd, const float *gamma,
                           int batch_stats, isl_tt *dx, const int *accumulate, float *dgamma,
-                          float *dbeta);
+                          float *dbeta, const isl_tk_sync *sync);
 
 /* Residual paths of the modules (spec, module step 4), writing all of out's channels:
  * channels x has not are zero (in, down) and x's extra channels are dropped (up). */

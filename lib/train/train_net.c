@@ -83,6 +83,7 @@ struct isl_train_net {
     float *stored_invstd; /* [trunk_ch]: a head's stored 1/sqrt(var + eps) in a backward */
     conv proj_cv;
     isl_net_mode mode;    /* of the last forward */
+    isl_tk_sync sync;     /* batch statistics over all processes (sync.sum not NULL) */
 
     /* Scratch buffers shared by all layers. */
     float *s_act, *s_dact, *g_buf[2], *g_conv, *g_pool;
@@ -838,6 +839,14 @@ isl_status isl_train_net_create(isl_params *params, isl_params *grad, dnnl_engin
     return ISL_OK;
 }
 
+void isl_train_net_set_sync(isl_train_net *n, const isl_tk_sync *sync)
+{
+    if (sync)
+        n->sync = *sync;
+    else
+        memset(&n->sync, 0, sizeof(n->sync));
+}
+
 int isl_train_net_batch(const isl_train_net *n) { return n->batch; }
 int isl_train_net_height(const isl_train_net *n) { return n->in_h; }
 int isl_train_net_width(const isl_train_net *n) { return n->in_w; }
@@ -891,11 +900,23 @@ static void fold(isl_train_net *n, const isl_bn_params *bn, const float *mean,
 
 /* Batch statistics of src (C channels) into mean/invstd; the double-precision values stay
  * in the work arrays for update_running. */
+static const isl_tk_sync *sync_of(const isl_train_net *n)
+{
+    return n->sync.sum ? &n->sync : NULL;
+}
+
+static isl_status kernel_failed(int rc)
+{
+    return rc == -2 ? isl_fail(ISL_ERROR_BACKEND, "batch norm: the allreduce hook failed")
+                    : isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory in batch normalization");
+}
+
 static isl_status batch_stats(isl_train_net *n, const isl_tt *src, int nsrc, int C, float *mean,
                               float *invstd)
 {
-    if (isl_tk_bn_stats(src, nsrc, n->wd_mean, n->wd_var) != 0)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory in batch normalization");
+    int rc = isl_tk_bn_stats(src, nsrc, n->wd_mean, n->wd_var, sync_of(n));
+    if (rc != 0)
+        return kernel_failed(rc);
     for (int c = 0; c < C; c++) {
         mean[c] = (float)n->wd_mean[c];
         invstd[c] = (float)(1.0 / sqrt(n->wd_var[c] + ISL_BN_EPSILON));
@@ -924,7 +945,11 @@ static void fold_stored(isl_train_net *n, const isl_bn_params *bn)
         isl_bn_fold(bn, c, &n->wf_scale[c], &n->wf_shift[c]);
 }
 
-static double values_per_channel(const isl_tt *t) { return (double)t->n * t->h * t->w; }
+/* Values per channel of the batch statistics: of the global batch when synchronized. */
+static double values_per_channel(const isl_train_net *n, const isl_tt *t)
+{
+    return (double)(n->sync.sum ? n->sync.global_n : t->n) * t->h * t->w;
+}
 
 /* The stored statistics as the float mean (unless NULL) and invstd of the backward pass. */
 static void stored_stats(const isl_bn_params *bn, float *mean, float *invstd)
@@ -947,7 +972,7 @@ static isl_status forward_bnact(isl_train_net *n, const isl_tt *src, int nsrc, i
         fold_stored(n, bn);
     } else {
         ISL_CHECK(batch_stats(n, src, nsrc, bn->channels, mean, invstd));
-        update_running(n, bn, momentum, values_per_channel(src));
+        update_running(n, bn, momentum, values_per_channel(n, src));
         fold(n, bn, mean, invstd);
     }
     isl_tk_bnact(src, nsrc, n->wf_scale, n->wf_shift, act);
@@ -982,11 +1007,10 @@ static isl_status bnact_backward(const isl_train_net *n, isl_tt *dact, const isl
                                  const float *invstd, const isl_bn_params *bn, isl_tt *dx,
                                  const int *accumulate, isl_bn_params *grad)
 {
-    if (isl_tk_bnact_backward(dact, act, src, nsrc, mean, invstd, bn->gamma,
-                              n->mode == ISL_NET_BATCH_STATS, dx, accumulate, grad->gamma,
-                              grad->beta) != 0)
-        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory in batch normalization");
-    return ISL_OK;
+    int rc = isl_tk_bnact_backward(dact, act, src, nsrc, mean, invstd, bn->gamma,
+                                   n->mode == ISL_NET_BATCH_STATS, dx, accumulate, grad->gamma,
+                                   grad->beta, sync_of(n));
+    return rc == 0 ? ISL_OK : kernel_failed(rc);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -1045,7 +1069,7 @@ isl_status isl_train_net_forward(isl_train_net *n, const int *active, double mom
     if (n->mode == ISL_NET_BATCH_STATS) {
         ISL_CHECK(batch_stats(n, trunk, 1, a->trunk_ch, n->trunk_mean, n->trunk_invstd));
         for (int h = 0; h < n->num_heads; h++)
-            update_running(n, &n->p->heads[h].bn, momentum, values_per_channel(trunk));
+            update_running(n, &n->p->heads[h].bn, momentum, values_per_channel(n, trunk));
     }
     for (int h = 0; h < n->num_heads; h++) {
         head *hd = &n->heads[h];

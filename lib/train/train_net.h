@@ -20,6 +20,7 @@
 
 #include "isl.h"
 #include "params.h"
+#include "train_kernels.h"
 
 #include <oneapi/dnnl/dnnl.h>
 
@@ -38,6 +39,11 @@ void isl_train_net_free(isl_train_net *net);
 int isl_train_net_batch(const isl_train_net *net);
 int isl_train_net_height(const isl_train_net *net);
 int isl_train_net_width(const isl_train_net *net);
+
+/* Batch statistics over a batch split between processes (see isl_tk_sync): sync->sum
+ * adds up per-channel sums over all of them, global_n is the global batch. NULL (the
+ * default): this process's batch is the batch. Copied; applies to later passes. */
+void isl_train_net_set_sync(isl_train_net *net, const isl_tk_sync *sync);
 
 /* Reorders params' weights into the primitives' formats; call after changing them. */
 isl_status isl_train_net_load_weights(isl_train_net *net);

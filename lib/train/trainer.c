@@ -68,6 +68,12 @@ struct isl_trainer {
     double *losses;    /* [num_labels + 3] */
     const float **logits; /* [num_labels + 1]: the net's head outputs ... */
     float **dlogits;      /* ... and where their gradients go */
+    /* Data-parallel training (isl_trainer_set_allreduce): the hook, and the gradients of
+     * a step packed into one buffer for it. */
+    isl_allreduce_fn allreduce;
+    void *allreduce_user;
+    float *flat;
+    size_t flat_count;
 };
 
 /* ------------------------------------------------------------------------------------ */
@@ -315,6 +321,7 @@ void isl_trainer_free(isl_trainer *t)
     free(t->losses);
     free(t->logits);
     free(t->dlogits);
+    free(t->flat);
     free(t);
 }
 
@@ -535,6 +542,109 @@ static void update_average(isl_trainer *t)
     }
 }
 
+/* ------------------------------------------------------------------------------------ */
+/* Data-parallel steps (isl_trainer_set_allreduce)                                      */
+/* ------------------------------------------------------------------------------------ */
+
+isl_status isl_trainer_set_allreduce(isl_trainer *t, isl_allreduce_fn fn, void *user)
+{
+    if (!t)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_set_allreduce: trainer is NULL");
+    t->allreduce = fn;
+    t->allreduce_user = fn ? user : NULL;
+    return ISL_OK;
+}
+
+static isl_status reduce(const isl_trainer *t, void *buf, size_t count, isl_reduce_type type,
+                         const char *what)
+{
+    int rc = t->allreduce(buf, count, type, t->allreduce_user);
+    if (rc != 0)
+        return isl_fail(ISL_ERROR_BACKEND, "the allreduce hook failed (%d) on the %s", rc, what);
+    return ISL_OK;
+}
+
+static int sum_doubles(double *buf, size_t count, void *user)
+{
+    const isl_trainer *t = user;
+    return t->allreduce(buf, count, ISL_REDUCE_FLOAT64, t->allreduce_user);
+}
+
+/* The global batch of a data-parallel step: its size into *global, and counts (unless
+ * NULL) made the known pixels of each label head over all processes. The net's batch
+ * norms then use the statistics of the global batch. */
+static isl_status global_batch(isl_trainer *t, const isl_train_batch *b, int64_t *counts,
+                               int *global)
+{
+    const int L = counts ? t->num_labels : 0;
+    double *d = malloc(sizeof(double) * (size_t)(L + 4));
+    if (!d)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (int l = 0; l < L; l++)
+        d[l] = (double)counts[l];
+    d[L] = b->batch_size;
+    d[L + 1] = 1; /* the number of processes */
+    d[L + 2] = b->height;
+    d[L + 3] = b->width;
+    isl_status s = reduce(t, d, (size_t)L + 4, ISL_REDUCE_FLOAT64, "batch shape");
+    if (s == ISL_OK && (d[L + 2] != d[L + 1] * b->height || d[L + 3] != d[L + 1] * b->width))
+        s = isl_fail(ISL_ERROR_SHAPE, "data-parallel processes train on crops of different "
+                     "sizes (this one: %dx%d)", b->height, b->width);
+    if (s == ISL_OK && !(d[L] <= INT32_MAX))
+        s = isl_fail(ISL_ERROR_SHAPE, "a global batch of %g crops", d[L]);
+    if (s == ISL_OK) {
+        for (int l = 0; l < L; l++)
+            counts[l] = (int64_t)d[l];
+        *global = (int)d[L];
+        isl_tk_sync sync = {sum_doubles, t, *global};
+        isl_train_net_set_sync(t->net, &sync);
+    }
+    free(d);
+    return s;
+}
+
+/* Whether a step updates an array: heads without known pixels are not updated at all
+ * (no momentum either); a frozen trunk keeps its weights and moments. */
+static int updates(const isl_trainer *t, const param_array *a)
+{
+    return a->trainable && (a->head < 0 ? !t->opts.freeze_trunk : t->active[a->head]);
+}
+
+/* Sums the gradients of the arrays this step updates over the processes, in one buffer.
+ * Each process's gradient is its share of the global batch's (the loss is normalized by
+ * global counts), so the sum is the global batch's gradient. */
+static isl_status reduce_gradients(isl_trainer *t)
+{
+    size_t n = 0;
+    for (int i = 0; i < t->num_arrays; i++)
+        n += updates(t, &t->arrays[i]) ? t->arrays[i].count : 0;
+    if (n > t->flat_count) {
+        float *f = realloc(t->flat, sizeof(float) * n);
+        if (!f)
+            return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory for %zu gradients", n);
+        t->flat = f;
+        t->flat_count = n;
+    }
+    float *cursor = t->flat;
+    for (int i = 0; i < t->num_arrays; i++)
+        if (updates(t, &t->arrays[i])) {
+            memcpy(cursor, t->arrays[i].g, sizeof(float) * t->arrays[i].count);
+            cursor += t->arrays[i].count;
+        }
+    ISL_CHECK(reduce(t, t->flat, n, ISL_REDUCE_FLOAT32, "gradients"));
+    cursor = t->flat;
+    for (int i = 0; i < t->num_arrays; i++)
+        if (updates(t, &t->arrays[i])) {
+            memcpy(t->arrays[i].g, cursor, sizeof(float) * t->arrays[i].count);
+            cursor += t->arrays[i].count;
+        }
+    return ISL_OK;
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Steps                                                                                */
+/* ------------------------------------------------------------------------------------ */
+
 static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_out)
 {
     ISL_CHECK(check_batch(t, b));
@@ -543,6 +653,10 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
     const double w = t->opts.label_weight;
     isl_loss_batch lb = loss_batch(t, b);
     isl_loss_label_counts(&lb, t->counts);
+    if (t->allreduce) /* one batch over all processes: global counts and statistics */
+        ISL_CHECK(global_batch(t, b, t->counts, &lb.count_batch));
+    else
+        isl_train_net_set_sync(t->net, NULL);
     int any = 0;
     for (int l = 0; l < L; l++)
         any |= t->active[l] = w > 0 && t->counts[l] > 0;
@@ -561,6 +675,8 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
     }
     if (isl_loss_compute(&lb, t->logits, t->dlogits, t->counts, w, t->losses))
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory computing the loss");
+    if (t->allreduce) /* each process has its share of the global batch's losses */
+        ISL_CHECK(reduce(t, t->losses, (size_t)L + 3, ISL_REDUCE_FLOAT64, "losses"));
     if (losses_out)
         for (int i = 0; i < L + 3; i++)
             losses_out[i] = (float)t->losses[i];
@@ -571,12 +687,12 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
         return ISL_OK;
 
     ISL_CHECK(isl_train_net_backward(t->net));
+    if (t->allreduce)
+        ISL_CHECK(reduce_gradients(t));
     const int64_t step_index = t->step + 1;
     for (int i = 0; i < t->num_arrays; i++) {
         param_array *a = &t->arrays[i];
-        /* Heads without known pixels are not updated at all (no momentum either); a
-         * frozen trunk keeps its weights and moments. */
-        if (a->trainable && (a->head < 0 ? !frozen : t->active[a->head]))
+        if (updates(t, a))
             isl_adam_update(&t->opts.adam, step_index, a->w, a->g, a->m, a->v, a->count);
     }
     t->step = step_index;
@@ -601,6 +717,11 @@ static isl_status estimate(isl_trainer *t, const isl_train_batch *b, int index)
     if (t->opts.freeze_trunk) /* the statistics are part of what is frozen */
         return ISL_OK;
     ISL_CHECK(ensure_net(t, b));
+    int global;
+    if (t->allreduce) /* the statistics of the global batch */
+        ISL_CHECK(global_batch(t, b, NULL, &global));
+    else
+        isl_train_net_set_sync(t->net, NULL);
     memset(t->active, 0, sizeof(int) * (size_t)t->params.num_heads);
     load_input(t, b);
     /* The k-th batch (0-based) weighs 1 / (k + 1): the running mean of the batches. */
