@@ -228,7 +228,7 @@ START_TEST(soak)
     int cycles = env ? atoi(env) : long_tests() ? 10000 : 60;
 #ifdef SANITIZED
     if (!env) /* the sanitizers find a leak in one cycle; they also make RSS meaningless */
-        cycles = 20;
+        cycles = 5;
 #endif
     const int settled = cycles / 10;
     ck_assert(settled >= 1);
@@ -287,18 +287,6 @@ END_TEST
 int main(void)
 {
     /* Two cases, so that CK_RUN_CASE=threads runs the threads alone (under TSan). */
-    Suite *s = suite_create("concurrency");
-    TCase *tc = tcase_create("threads");
-    tcase_set_timeout(tc, 7200);
-    tcase_add_test(tc, threads);
-    suite_add_tcase(s, tc);
-    tc = tcase_create("soak");
-    tcase_set_timeout(tc, 7200);
-    tcase_add_test(tc, soak);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+    const test_case cases[] = {{"threads", threads}, {"soak", soak}};
+    return test_run_cases("concurrency", cases, sizeof(cases) / sizeof(cases[0]), 7200);
 }
