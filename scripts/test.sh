@@ -2,7 +2,8 @@
 # Installs what isl needs, builds it, and runs the whole test suite: the C tests (Check)
 # and the Python tests (pytest) through meson, checks the ABI against abi/, then runs the
 # quick tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
-#   ISL_TEST_SANITIZE=0 skips the sanitizer pass; ISL_LONG_TESTS=1 adds the long tests.
+# Last, the concurrency test alone under ThreadSanitizer (docs/reliability.md).
+#   ISL_TEST_SANITIZE=0 skips the sanitizer passes; ISL_LONG_TESTS=1 adds the long tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,4 +38,13 @@ if [ "${ISL_TEST_SANITIZE:-1}" = 1 ]; then
   # The quick suite exercises every code path; the slow one only repeats them at scale.
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     meson test -C build-asan --suite quick --print-errorlogs --num-processes 1
+fi
+
+if [ "${ISL_TEST_SANITIZE:-1}" = 1 ]; then
+  if [ ! -d build-tsan ]; then
+    meson setup build-tsan --buildtype=debugoptimized -Db_sanitize=thread -Db_lundef=false \
+      -Dpython=disabled -Djava=disabled -Ddocs=disabled
+  fi
+  ninja -C build-tsan tests/test_concurrency
+  CK_RUN_CASE=threads meson test -C build-tsan --print-errorlogs --no-rebuild concurrency
 fi

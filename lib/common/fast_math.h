@@ -8,6 +8,15 @@
 #include <stdint.h>
 #include <string.h>
 
+/* The vector inner loops, compiled for the CPU at hand (the library's baseline is SSE2)
+ * and picked by an ifunc resolver at load time. Not under ThreadSanitizer: the resolvers
+ * run before its runtime is up and crash in its instrumentation. */
+#ifdef __SANITIZE_THREAD__
+#define ISL_CLONES
+#else
+#define ISL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+
 /* expf for x in [-87, 87] (Cephes-style: 2^n * p(r), r = x - n ln 2; ~2 ulp). */
 static inline float isl_exp_approx(float x)
 {

@@ -6,7 +6,7 @@
 #include <string.h>
 
 /* One 16-channel block over `pixels` pixels: the inner loop is 16 SIMD lanes. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
+ISL_CLONES
 static void bnact_block(const float *x, const float *scale, const float *shift, size_t pixels,
                         float *relu_out, float *tanh_out)
 {
@@ -20,7 +20,7 @@ static void bnact_block(const float *x, const float *scale, const float *shift, 
     }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
+ISL_CLONES
 static void bnact_block_bf16(const float *x, const float *scale, const float *shift, size_t pixels,
                              uint16_t *relu_out, uint16_t *tanh_out)
 {
@@ -66,7 +66,7 @@ static void bnact(const float *x, const float *scale, const float *shift, int ch
 
 /* BNAct of the k x k max pooling (stride s, no padding) of one 16-channel block of x
  * (xh x xw), for output rows [y0, y1) of width ow. */
-__attribute__((target_clones("avx512f", "avx2", "default")))
+ISL_CLONES
 static void bnact_pool_rows(const float *x, int xw, int k, int s, int y0, int y1, int ow,
                             const float *scale, const float *shift, float *relu_out,
                             float *tanh_out)

@@ -5,9 +5,6 @@
 #include <immintrin.h>
 #include <string.h>
 
-/* The vector inner loops, compiled for the CPU at hand (the library's baseline is SSE2). */
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-
 static inline const float *fpx(const isl_nhwc *t, int y, int x)
 {
     return (const float *)t->v + (size_t)y * t->rs + (size_t)x * t->cs;
@@ -52,9 +49,10 @@ static inline void act16(const float *m, const float *sc, const float *sh, uint1
 /* The per-pixel loops, over n channels (a multiple of 16) of w pixels: x (pixel stride xcs)
  * -> relu and tanh (pixel stride ocs); the pooled version takes the k x k maximum (stride
  * s) of x, pixel p pooling rows [0, k) (row stride xrs) and columns [s p, s p + k). */
-CLONES static void bnact_row_c(const void *x, int x16, size_t xcs, int n, int w,
-                               const float *sc, const float *sh, uint16_t *relu,
-                               uint16_t *tanh_out, size_t ocs)
+ISL_CLONES
+static void bnact_row_c(const void *x, int x16, size_t xcs, int n, int w,
+                        const float *sc, const float *sh, uint16_t *relu,
+                        uint16_t *tanh_out, size_t ocs)
 {
     for (int p = 0; p < w; p++) {
         for (int c0 = 0; c0 < n; c0 += 16) {
@@ -71,9 +69,10 @@ CLONES static void bnact_row_c(const void *x, int x16, size_t xcs, int n, int w,
     }
 }
 
-CLONES static void bnact_pool_row_c(const float *x, size_t xcs, size_t xrs, int k, int s, int n,
-                                    int w, const float *sc, const float *sh, uint16_t *relu,
-                                    uint16_t *tanh_out, size_t ocs)
+ISL_CLONES
+static void bnact_pool_row_c(const float *x, size_t xcs, size_t xrs, int k, int s, int n,
+                             int w, const float *sc, const float *sh, uint16_t *relu,
+                             uint16_t *tanh_out, size_t ocs)
 {
     for (int p = 0; p < w; p++) {
         const float *x0 = x + (size_t)p * s * xcs;
@@ -205,8 +204,9 @@ void isl_nhwc_bnact_bf16_portable(const isl_nhwc *a, const isl_nhwc *p, int k, i
 /* ------------------------------------------------------------------------------------ */
 
 /* n pixels: channels [0, c) of dst = those of src, [c, dc) = 0 (strides scs, dcs). */
-CLONES static void copy_pixels(const float *src, size_t scs, int c, int n, float *dst,
-                               size_t dcs, int dc)
+ISL_CLONES
+static void copy_pixels(const float *src, size_t scs, int c, int n, float *dst,
+                        size_t dcs, int dc)
 {
     if (scs == (size_t)c && dcs == (size_t)dc && c == dc) {
         memcpy(dst, src, sizeof(float) * (size_t)n * c);
@@ -230,8 +230,9 @@ void isl_nhwc_residual_in(const isl_nhwc *x, isl_nhwc *out)
         copy_pixels(fpx(x, y + 1, 1), x->cs, x->c, out->w, fpx_mut(out, y, 0), out->cs, out->c);
 }
 
-CLONES static void average4(const float *a, const float *b, const float *c, const float *d,
-                            int n, float *o)
+ISL_CLONES
+static void average4(const float *a, const float *b, const float *c, const float *d,
+                     int n, float *o)
 {
 #pragma omp simd
     for (int i = 0; i < n; i++)
@@ -253,7 +254,8 @@ void isl_nhwc_residual_down(const isl_nhwc *x, isl_nhwc *out)
     }
 }
 
-CLONES static void masked_copy(const float *src, const int *keep, int n, float *dst)
+ISL_CLONES
+static void masked_copy(const float *src, const int *keep, int n, float *dst)
 {
 #pragma omp simd
     for (int c = 0; c < n; c++)

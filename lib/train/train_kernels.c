@@ -128,11 +128,10 @@ static int total_channels(const isl_tt *src, int nsrc, int *offset)
 /* Batch normalization + [relu, tanh]                                                   */
 /* ------------------------------------------------------------------------------------ */
 
-/* The vector inner loops, compiled for the CPU at hand (the library's baseline is SSE2). */
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define SUB 128 /* pixels per gathered run */
 
-CLONES static void stats_run(const float *x, size_t np, double *s1, double *s2)
+ISL_CLONES
+static void stats_run(const float *x, size_t np, double *s1, double *s2)
 {
     for (size_t j = 0; j < np; j++) {
 #pragma omp simd
@@ -245,8 +244,9 @@ static const float *gather(const isl_tt *t, int i, size_t p0, size_t np, int g, 
     return tmp;
 }
 
-CLONES static void bnact_run(const float *x, size_t np, const float *sc, const float *sh,
-                             float *r, float *th)
+ISL_CLONES
+static void bnact_run(const float *x, size_t np, const float *sc, const float *sh,
+                      float *r, float *th)
 {
     for (size_t j = 0; j < np; j++) {
 #pragma omp simd
@@ -304,15 +304,17 @@ void isl_tk_bnact(const isl_tt *src, int nsrc, const float *scale, const float *
 }
 
 /* dy of BNAct: relu' and tanh' = 1 - tanh^2 from the forward's outputs. */
-CLONES static void dy_run(size_t np, const float *dr, const float *dt, const float *r,
-                          const float *t, float *dy)
+ISL_CLONES
+static void dy_run(size_t np, const float *dr, const float *dt, const float *r,
+                   const float *t, float *dy)
 {
     for (size_t j = 0; j < 16 * np; j++)
         dy[j] = (r[j] > 0.0f ? dr[j] : 0.0f) + dt[j] * (1.0f - t[j] * t[j]);
 }
 
-CLONES static void dsums_run(size_t np, const float *x, const float *dy, const float *mu,
-                             const float *is, double *s1, double *s2)
+ISL_CLONES
+static void dsums_run(size_t np, const float *x, const float *dy, const float *mu,
+                      const float *is, double *s1, double *s2)
 {
     for (size_t j = 0; j < np; j++) {
 #pragma omp simd
@@ -324,9 +326,10 @@ CLONES static void dsums_run(size_t np, const float *x, const float *dy, const f
     }
 }
 
-CLONES static void dx_run(size_t np, const float *x, const float *dy, const float *mu,
-                          const float *is, const float *a, const float *mdy, const float *mdyx,
-                          float *d, int acc)
+ISL_CLONES
+static void dx_run(size_t np, const float *x, const float *dy, const float *mu,
+                   const float *is, const float *a, const float *mdy, const float *mdyx,
+                   float *d, int acc)
 {
     for (size_t j = 0; j < np; j++) {
 #pragma omp simd
