@@ -707,21 +707,63 @@ isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
     return st;
 }
 
-isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user)
+/* Opens a file image held in memory (HDF5's core driver, no backing store): HDF5 copies
+ * the bytes, so nothing on disk is read or written. HDF5 refuses an image whose name is
+ * an existing file, and takes two open files of one name for the same file: each image
+ * gets a fresh name under a path that cannot exist. */
+static isl_status open_image(isl_h5_file *r, const void *image, size_t size)
 {
-    if (!path || !fn)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_read_file: NULL argument");
+    static unsigned long long images; /* under h5_lock */
+    char name[64];
+    snprintf(name, sizeof(name), "/proc/self/fd/-1/isl-image-%llu", ++images);
+    hid_t fapl = strong_fapl();
+    if (fapl < 0 || H5Pset_fapl_core(fapl, CORE_INCREMENT, 0) < 0 ||
+        H5Pset_file_image(fapl, (void *)image, size) < 0) {
+        isl_status st = isl_fail(ISL_ERROR_BACKEND, "%s: HDF5 property list: %s", r->file,
+                                 h5_detail(r->detail));
+        h5_close(fapl);
+        return st;
+    }
+    r->fid = H5Fopen(name, H5F_ACC_RDONLY, fapl);
+    h5_close(fapl);
+    if (r->fid < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: not HDF5, or a corrupt or truncated HDF5 file: %s",
+                        r->file, h5_detail(r->detail));
+    return ISL_OK;
+}
+
+/* Opens path (image NULL) or the file image, calls fn, closes. */
+static isl_status read_with(const char *path, const void *image, size_t size,
+                            isl_h5_file_fn fn, void *user)
+{
     isl_h5_file r = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID,
                      .str_type = H5I_INVALID_HID};
     h5_session s;
     h5_enter(&s);
-    isl_status st = open_for_reading(&r);
+    isl_status st = image ? open_image(&r, image, size) : open_for_reading(&r);
     if (st == ISL_OK)
         st = fn(user, &r);
     if (r.fid >= 0 && H5Fclose(r.fid) < 0 && st == ISL_OK)
         st = isl_fail(ISL_ERROR_FORMAT, "%s: cannot close: %s", path, h5_detail(r.detail));
     h5_leave(&s);
     return st;
+}
+
+isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user)
+{
+    if (!path || !fn)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_read_file: NULL argument");
+    return read_with(path, NULL, 0, fn, user);
+}
+
+isl_status isl_h5_read_image(const char *name, const void *image, size_t size,
+                             isl_h5_file_fn fn, void *user)
+{
+    if (!name || !image || !fn)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_read_image: NULL argument");
+    if (size == 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: empty file", name);
+    return read_with(name, image, size, fn, user);
 }
 
 /* ---------------------------------------------------------------------------------- */

@@ -21,6 +21,11 @@ typedef isl_status (*isl_h5_file_fn)(void *user, isl_h5_file *f);
 /* Opens path for reading (missing/unreadable: ISL_ERROR_IO; not HDF5, truncated or
  * corrupt: ISL_ERROR_FORMAT) and calls fn. */
 isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user);
+/* The same for a whole file's bytes held in memory (image, size bytes; HDF5 copies them):
+ * nothing on disk is touched. name stands for the file in messages. The fuzz harnesses
+ * (tests/fuzz/) read through it. */
+isl_status isl_h5_read_image(const char *name, const void *image, size_t size,
+                             isl_h5_file_fn fn, void *user);
 
 /* Builds a new file in memory with fn, then writes it atomically (temporary file beside
  * path, synced, renamed over it, directory synced). Never leaves a partial file; on
