@@ -13,6 +13,7 @@ packages=(
   abigail-tools doxygen valgrind
   python3-onnx python3-yaml libssl-dev libpng-dev libxml2-dev
   imagej xvfb xauth
+  clang libclang-rt-dev libomp-dev
 )
 
 SUDO=""

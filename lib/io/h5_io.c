@@ -466,6 +466,30 @@ static isl_status check_dataset_type(isl_h5_file *r, hid_t did, const char *path
                     r->file, path, name);
 }
 
+isl_status isl_h5_check_chunks(isl_h5_file *r, hid_t did, const char *path)
+{
+    hid_t dcpl = H5Dget_create_plist(did), space = H5Dget_space(did);
+    hsize_t chunk[H5S_MAX_RANK], dims[H5S_MAX_RANK], maxdims[H5S_MAX_RANK];
+    isl_status st = ISL_OK;
+    H5D_layout_t layout = dcpl < 0 ? H5D_LAYOUT_ERROR : H5Pget_layout(dcpl);
+    int rank = space < 0 ? -1 : H5Sget_simple_extent_dims(space, dims, maxdims);
+    if (layout < 0 || rank < 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read the storage layout: %s", r->file,
+                      path, h5_detail(r->detail));
+    } else if (layout == H5D_CHUNKED) {
+        int chunk_rank = H5Pget_chunk(dcpl, H5S_MAX_RANK, chunk);
+        int ok = chunk_rank == rank;
+        for (int i = 0; ok && i < rank; i++)
+            ok = chunk[i] > 0 && (maxdims[i] == H5S_UNLIMITED || chunk[i] <= maxdims[i]);
+        if (!ok)
+            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: damaged chunk layout (chunks larger than "
+                          "the dataset)", r->file, path);
+    }
+    h5_close(space);
+    h5_close(dcpl);
+    return st;
+}
+
 isl_status isl_h5_read_floats(isl_h5_file *r, const char *path, int rank, const int64_t *dims,
                               float *data)
 {
@@ -482,7 +506,8 @@ isl_status isl_h5_read_floats(isl_h5_file *r, const char *path, int rank, const 
         return isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot open as a dataset: %s", r->file, path,
                         h5_detail(r->detail));
     if ((st = check_dataset_type(r, did, path)) != ISL_OK ||
-        (st = check_dataset_shape(r, did, path, rank, dims)) != ISL_OK)
+        (st = check_dataset_shape(r, did, path, rank, dims)) != ISL_OK ||
+        (st = isl_h5_check_chunks(r, did, path)) != ISL_OK)
         goto cleanup;
     if (H5Dread(did, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
         st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read: %s", r->file, path,

@@ -312,6 +312,8 @@ static isl_status open_array(ds_reader *r, const char *path, sample_kind kind, i
                       file_rank, rank);
     else if (kind == SAMPLES && cls == H5T_INTEGER)
         *scale = size == 1 ? 255.0 : 65535.0;
+    if (st == ISL_OK)
+        st = isl_h5_check_chunks(r->f, *did, path);
     isl_h5_close(type);
     isl_h5_close(space);
     return st;
