@@ -40,16 +40,14 @@ for h in "${harnesses[@]}"; do
   mkdir -p "$work/corpus" "$work/artifacts" "tests/fuzz/crashes/$h"
   echo "fuzz: $h for ${seconds}s ($(lscpu | sed -n 's/^Model name: *//p'))"
   # One process (fork mode re-runs the corpus per job: a third of the speed here); after
-  # a crash it starts again until the time is up. A run that fails at once (a crash in
-  # the corpus itself) ends the loop.
+  # a crash it starts again until the time is up (at most 100 times: a crash in the
+  # corpus itself would otherwise repeat).
   : >"$work/log.txt"
   end=$((SECONDS + seconds))
-  while [ $SECONDS -lt $end ]; do
-    start=$SECONDS
+  for ((restart = 0; restart < 100 && SECONDS < end; restart++)); do
     nice "$bin" "$work/corpus" "tests/fuzz/corpus/$h" -timeout=20 -rss_limit_mb=2560 \
       -max_total_time=$((end - SECONDS)) -artifact_prefix="$work/artifacts/" \
       >>"$work/log.txt" 2>&1 && break
-    [ $((SECONDS - start)) -ge 10 ] || break
   done
   # Executions: the last "#N" status line of each run (a run starts with "INFO: Seed:").
   runs=$(awk '/^INFO: Seed:/ {sum += last; last = 0} /^#[0-9]+/ {last = substr($1, 2)}
