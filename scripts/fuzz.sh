@@ -63,11 +63,12 @@ for h in "${harnesses[@]}"; do
     [ -e "$dest" ] && continue
     sha1sum "tests/fuzz/crashes/$h"/* "tests/fuzz/hdf5-crashes/$h"/* 2>/dev/null |
       grep -q "^${name#*-} " && continue
-    # Crashes and leaks: the smallest input that still fails, within a minute (falls back
-    # to the original); a timeout or out-of-memory input is kept as it is.
+    # Crashes and leaks: the smallest input that still fails, within two minutes (falls
+    # back to the original; timeout ends the minimizer's whole process group); a timeout
+    # or out-of-memory input is kept as it is.
     case $name in
       crash-* | leak-*)
-        "$bin" -minimize_crash=1 -runs=20000 -timeout=20 -max_total_time=60 \
+        timeout 120 "$bin" -minimize_crash=1 -runs=20000 -timeout=20 -max_total_time=60 \
           -exact_artifact_path="$dest" "$a" >"$work/minimize-$name.txt" 2>&1 || true ;;
     esac
     [ -s "$dest" ] || cp "$a" "$dest"
