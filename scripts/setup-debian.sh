@@ -14,6 +14,7 @@ packages=(
   python3-onnx python3-yaml libssl-dev libpng-dev libxml2-dev
   imagej xvfb xauth
   libopenmpi-dev openmpi-bin
+  clang libclang-rt-dev libomp-dev
 )
 
 SUDO=""

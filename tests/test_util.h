@@ -506,6 +506,16 @@ typedef struct test_case {
 
 static inline int test_run_cases(const char *suite, const test_case *cases, size_t n, int timeout)
 {
+    /* Re-runs limited to AVX2 (tests/meson.build, avx2_*) must really run there: fail if
+     * oneDNN ignored ONEDNN_MAX_CPU_ISA (a build without ISA control, or a query made
+     * before the variable was read). */
+    const char *max_isa = getenv("ONEDNN_MAX_CPU_ISA");
+    if (max_isa && strcmp(max_isa, "AVX2") == 0 &&
+        ((unsigned)dnnl_get_effective_cpu_isa() & ~(unsigned)dnnl_cpu_isa_avx2) != 0) {
+        fprintf(stderr, "ONEDNN_MAX_CPU_ISA=AVX2 but oneDNN runs ISA 0x%x\n",
+                (unsigned)dnnl_get_effective_cpu_isa());
+        return EXIT_FAILURE;
+    }
     Suite *s = suite_create(suite);
     for (size_t i = 0; i < n; i++) {
         TCase *tc = tcase_create(cases[i].name);
@@ -516,6 +526,13 @@ static inline int test_run_cases(const char *suite, const test_case *cases, size
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
+    /* CK_RUN_CASE naming no case (renamed, or a list, which Check does not take) would
+     * pass without testing anything. */
+    if (getenv("CK_RUN_CASE") && srunner_ntests_run(sr) == 0) {
+        fprintf(stderr, "CK_RUN_CASE=%s matches no test case of %s\n", getenv("CK_RUN_CASE"),
+                suite);
+        failed = 1;
+    }
     srunner_free(sr);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

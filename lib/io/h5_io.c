@@ -625,6 +625,30 @@ static isl_status check_dataset_type(isl_h5_file *r, hid_t did, const char *path
                     r->file, path, name);
 }
 
+isl_status isl_h5_check_chunks(isl_h5_file *r, hid_t did, const char *path)
+{
+    hid_t dcpl = H5Dget_create_plist(did), space = H5Dget_space(did);
+    hsize_t chunk[H5S_MAX_RANK], dims[H5S_MAX_RANK], maxdims[H5S_MAX_RANK];
+    isl_status st = ISL_OK;
+    H5D_layout_t layout = dcpl < 0 ? H5D_LAYOUT_ERROR : H5Pget_layout(dcpl);
+    int rank = space < 0 ? -1 : H5Sget_simple_extent_dims(space, dims, maxdims);
+    if (layout < 0 || rank < 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read the storage layout: %s", r->file,
+                      path, h5_detail(r->detail));
+    } else if (layout == H5D_CHUNKED) {
+        int chunk_rank = H5Pget_chunk(dcpl, H5S_MAX_RANK, chunk);
+        int ok = chunk_rank == rank;
+        for (int i = 0; ok && i < rank; i++)
+            ok = chunk[i] > 0 && (maxdims[i] == H5S_UNLIMITED || chunk[i] <= maxdims[i]);
+        if (!ok)
+            st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: damaged chunk layout (chunks larger than "
+                          "the dataset)", r->file, path);
+    }
+    h5_close(space);
+    h5_close(dcpl);
+    return st;
+}
+
 isl_status isl_h5_read_floats(isl_h5_file *r, const char *path, int rank, const int64_t *dims,
                               float *data)
 {
@@ -634,7 +658,8 @@ isl_status isl_h5_read_floats(isl_h5_file *r, const char *path, int rank, const 
         return st;
     if ((st = check_dataset_type(r, did, path)) != ISL_OK ||
         (st = check_dataset_shape(r, did, path, rank, dims)) != ISL_OK ||
-        (st = isl_h5_check_storage(r, did, path, 0)) != ISL_OK)
+        (st = isl_h5_check_storage(r, did, path, 0)) != ISL_OK ||
+        (st = isl_h5_check_chunks(r, did, path)) != ISL_OK)
         goto cleanup;
     if (H5Dread(did, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
         st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read: %s", r->file, path,
@@ -888,27 +913,72 @@ isl_status isl_h5_write_file(const char *path, isl_h5_file_fn fn, void *user)
     return st;
 }
 
-isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user)
+/* Opens a file image held in memory (HDF5's core driver, no backing store): HDF5 copies
+ * the bytes, so nothing on disk is read or written. HDF5 refuses an image whose name is
+ * an existing file, and takes two open files of one name for the same file: each image
+ * gets a fresh name under a path that cannot exist. */
+static isl_status open_image(isl_h5_file *r, const void *image, size_t size)
 {
-    if (!path || !fn)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_read_file: NULL argument");
+    static unsigned long long images; /* under h5_lock */
+    char name[64];
+    snprintf(name, sizeof(name), "/proc/self/fd/-1/isl-image-%llu", ++images);
+    hid_t fapl = strong_fapl();
+    if (fapl < 0 || H5Pset_fapl_core(fapl, CORE_INCREMENT, 0) < 0 ||
+        H5Pset_file_image(fapl, (void *)image, size) < 0) {
+        isl_status st = isl_fail(ISL_ERROR_BACKEND, "%s: HDF5 property list: %s", r->file,
+                                 h5_detail(r->detail));
+        h5_close(fapl);
+        return st;
+    }
+    r->fid = H5Fopen(name, H5F_ACC_RDONLY, fapl);
+    h5_close(fapl);
+    if (r->fid < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: not HDF5, or a corrupt or truncated HDF5 file: %s",
+                        r->file, h5_detail(r->detail));
+    return ISL_OK;
+}
+
+/* Opens path (image NULL) or the file image, calls fn, closes. */
+static isl_status read_with(const char *path, const void *image, size_t size,
+                            isl_h5_file_fn fn, void *user)
+{
     isl_h5_file r = {.file = path, .fid = H5I_INVALID_HID, .lcpl = H5I_INVALID_HID, .fd = -1};
-    isl_status st = verify_file(&r); /* outside the lock: hashing needs no HDF5 */
-    if (st != ISL_OK) {
+    isl_status st = ISL_OK;
+    if (image) {
+        r.size = (uint64_t)size; /* an image has no checksum record: structure checks only */
+    } else if ((st = verify_file(&r)) != ISL_OK) { /* outside the lock: hashing needs no HDF5 */
         if (r.fd >= 0)
             close(r.fd);
         return st;
     }
     h5_session s;
     h5_enter(&s);
-    st = open_for_reading(&r);
+    st = image ? open_image(&r, image, size) : open_for_reading(&r);
     if (st == ISL_OK)
         st = fn(user, &r);
     if (r.fid >= 0 && H5Fclose(r.fid) < 0 && st == ISL_OK)
         st = isl_fail(ISL_ERROR_FORMAT, "%s: cannot close: %s", path, h5_detail(r.detail));
     h5_leave(&s);
-    close(r.fd);
+    if (r.fd >= 0)
+        close(r.fd);
     return st;
+}
+
+isl_status isl_h5_read_file(const char *path, isl_h5_file_fn fn, void *user)
+{
+    if (!path || !fn)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_read_file: NULL argument");
+    return read_with(path, NULL, 0, fn, user);
+}
+
+isl_status isl_h5_read_image(const char *name, const void *image, size_t size,
+                             isl_h5_file_fn fn, void *user)
+{
+    if (!name || !image || !fn)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_h5_read_image: NULL argument");
+    if (size == 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: empty file", name);
+    return read_with(name, image, size, fn, user);
 }
 
 /* ---------------------------------------------------------------------------------- */

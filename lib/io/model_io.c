@@ -268,17 +268,32 @@ cleanup:
     return st;
 }
 
-isl_status isl_model_read_h5(const char *path, isl_params *p)
+/* A file (image NULL) or a file image into *p. */
+static isl_status read_params(const char *path, const void *image, size_t size, isl_params *p)
 {
     if (!p)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_read_h5: params is NULL");
     memset(p, 0, sizeof(*p));
     if (!path)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_read_h5: path is NULL");
-    isl_status st = isl_h5_read_file(path, read_model, p);
+    isl_status st = image ? isl_h5_read_image(path, image, size, read_model, p)
+                          : isl_h5_read_file(path, read_model, p);
     if (st != ISL_OK)
         isl_params_free(p);
     return st;
+}
+
+isl_status isl_model_read_h5(const char *path, isl_params *p)
+{
+    return read_params(path, NULL, 0, p);
+}
+
+isl_status isl_model_read_h5_image(const char *name, const void *image, size_t size,
+                                   isl_params *p)
+{
+    if (!image)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_model_read_h5_image: image is NULL");
+    return read_params(name, image, size, p);
 }
 
 /* ---------------------------------------------------------------------------------- */

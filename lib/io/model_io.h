@@ -14,6 +14,9 @@
  * shape (against the architecture derived from base_depth/num_z) and finiteness
  * (BN var must be >= 0), and reports the first problem with its dataset path. */
 isl_status isl_model_read_h5(const char *path, isl_params *p);
+/* The same from a whole model file's bytes in memory (name is for messages). */
+isl_status isl_model_read_h5_image(const char *name, const void *image, size_t size,
+                                   isl_params *p);
 
 /* Writes *p atomically (temp file in the same directory + rename). Never leaves a
  * partial file at path; on failure the previous file at path is untouched. */

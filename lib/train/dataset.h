@@ -63,4 +63,8 @@ int isl_ds_label_index(const isl_dataset *d, const char *label);
 /* The target of label index `label` in a well, or NULL. */
 const isl_ds_target *isl_ds_find_target(const isl_ds_well *w, int label);
 
+/* isl_dataset_load from a whole dataset file's bytes in memory (name is for messages). */
+isl_status isl_dataset_load_image(const char *name, const void *image, size_t size,
+                                  isl_dataset **out);
+
 #endif

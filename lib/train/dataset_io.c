@@ -308,6 +308,8 @@ static isl_status open_array(ds_reader *r, const char *path, sample_kind kind, i
     else if ((st = isl_h5_check_storage(r->f, *did, path, 1)) == ISL_OK && kind == SAMPLES &&
              cls == H5T_INTEGER)
         *scale = size == 1 ? 255.0 : 65535.0;
+    if (st == ISL_OK)
+        st = isl_h5_check_chunks(r->f, *did, path);
     isl_h5_close(type);
     isl_h5_close(space);
     return st;
@@ -516,7 +518,8 @@ static isl_status read_contents(void *user, isl_h5_file *f)
     return ISL_OK;
 }
 
-isl_status isl_dataset_load(const char *path, isl_dataset **out)
+/* A file (image NULL) or a file image into *out. */
+static isl_status load(const char *path, const void *image, size_t size, isl_dataset **out)
 {
     if (!out)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_dataset_load: out is NULL");
@@ -524,7 +527,8 @@ isl_status isl_dataset_load(const char *path, isl_dataset **out)
     if (!path)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_dataset_load: path is NULL");
     ds_reader r = {0};
-    isl_status st = isl_h5_read_file(path, read_contents, &r);
+    isl_status st = image ? isl_h5_read_image(path, image, size, read_contents, &r)
+                          : isl_h5_read_file(path, read_contents, &r);
     free(r.listed);
     free(r.label_used);
     if (st != ISL_OK) {
@@ -533,4 +537,17 @@ isl_status isl_dataset_load(const char *path, isl_dataset **out)
     }
     *out = r.d;
     return ISL_OK;
+}
+
+isl_status isl_dataset_load(const char *path, isl_dataset **out)
+{
+    return load(path, NULL, 0, out);
+}
+
+isl_status isl_dataset_load_image(const char *name, const void *image, size_t size,
+                                  isl_dataset **out)
+{
+    if (!image)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_dataset_load_image: image is NULL");
+    return load(name, image, size, out);
 }
