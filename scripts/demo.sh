@@ -3,7 +3,8 @@
 # demo stack (a 256 x 256 crop of a real phase-contrast z-stack, 13 planes) with the
 # bundled trained model, averaging the predictions of the stack and its three mirror
 # images (--flip-average: better images for 4x the time). Prints where the images went;
-# preview.tif among them is the picture to open first (input beside the three labels).
+# preview.tif among them is the picture to open first (input, the three labels, and in
+# magenta where they cannot be trusted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
