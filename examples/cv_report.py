@@ -14,6 +14,14 @@ and seed and then as mean and standard deviation over them:
 columns, as the bundled model was until 0.6) against the fold models on the pixels neither
 trained on: rows 768..1023 of each held-out strip.
 
+--ensemble averages, per fold, the predicted distributions of all its seeds' models (one
+ensemble per fold, reported as seed 0); --flip-average also predicts the three mirror
+images of the input and averages the four distributions (test-time augmentation).
+
+--oof-dir DIR writes the out-of-fold prediction of the lowest seed (or of the ensembles)
+as `isl predict` would name it, DIR/<label>_<median|entropy|std>.tif over the labelled
+columns 0..639, for `isl evaluate` / `isl report` (docs/evaluation.md).
+
 --png writes the out-of-fold picture: every strip predicted by the model that never
 trained near it, stitched beside the targets (composite DAPI blue, MAP2 green, NFH red),
 the honest view of what the recipe does on unseen parts of the field.
@@ -87,6 +95,11 @@ def main():
     p.add_argument("--csv", help="write one row per fold, seed and label here")
     p.add_argument("--compare", metavar="MODEL",
                    help="also score MODEL on rows 768..1023 of each strip")
+    p.add_argument("--ensemble", action="store_true",
+                   help="one ensemble of all seeds per fold instead of one run per seed")
+    p.add_argument("--flip-average", action="store_true",
+                   help="average the predictions of the input's four mirror images")
+    p.add_argument("--oof-dir", help="write the out-of-fold prediction images here")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
 
@@ -97,22 +110,34 @@ def main():
             runs.append((int(m.group(1)), int(m.group(2)), os.path.join(d, args.model_name)))
     if not runs:
         sys.exit("cv_report: no fold*-seed*/%s under %s" % (args.model_name, args.run))
+    jobs = [(fold, seed, [path]) for fold, seed, path in runs]
+    if args.ensemble:  # seed 0 stands for the ensemble of every seed of the fold
+        folds = sorted({fold for fold, _, _ in runs})
+        jobs = [(fold, 0, [path for f, _, path in runs if f == fold]) for fold in folds]
+        for fold, _, paths in jobs:
+            print("fold %d: ensemble of %d models" % (fold, len(paths)))
 
     stack = read_pages(os.path.join(args.data, "phase_contrast_z13.tif"))
     target = {n: read_pages(os.path.join(args.data, n + "_train_cols0-639.tif"))[0]
               for n in LABELS}
-    rows, oof = [], {}  # oof[seed][label]: out-of-fold medians of columns 0..639
+    rows, oof = [], {}  # oof[seed][label][stat]: out-of-fold images of columns 0..639
+    stats = ("median", "entropy", "std") if args.oof_dir else ("median", "entropy")
     compared = []  # (fold, seed, label, fold model's metrics, MODEL's) on rows 768..1023
     other = None
     if args.compare:
         with isl.Model.load(args.compare) as model:
             other = model.predict(stack, stats=("median", "entropy"), heads=LABELS,
                                   threads=args.threads)
-    for fold, seed, path in runs:
+    for fold, seed, paths in jobs:
         cols = slice(fold * STRIP, (fold + 1) * STRIP)
-        with isl.Model.load(path) as model:
-            pred = model.predict(stack, stats=("median", "entropy"), heads=LABELS,
-                                 threads=args.threads)
+        models = [isl.Model.load(path) for path in paths]
+        try:
+            pred = models[0].predict(stack, stats=stats, heads=LABELS,
+                                     threads=args.threads, ensemble=models[1:],
+                                     flip_average=args.flip_average)
+        finally:
+            for model in models:
+                model.close()
         metrics = fold_metrics(pred, target, cols)
         if other is not None:
             bottom = slice(768, 1024)
@@ -121,14 +146,17 @@ def main():
             compared += [(fold, seed, n, a[n], b[n]) for n in LABELS]
         for name in LABELS:
             rows.append((fold, seed, name, metrics[name]))
-            oof.setdefault(seed, {}).setdefault(name, np.zeros_like(target[name]))
-            oof[seed][name][:, cols] = pred[name]["median"][:, cols]
+            for stat in stats:
+                image = oof.setdefault(seed, {}).setdefault(name, {}).setdefault(
+                    stat, np.zeros_like(target[name]))
+                image[:, cols] = pred[name][stat][:, cols]
         print("fold %d seed %d: " % (fold, seed) + "  ".join(
             "%s r %.3f painted %.1f%% err~entropy %.2f"
             % (SHORT[n], metrics[n]["r"], 100 * metrics[n]["painted"],
                metrics[n]["r_error_entropy"]) for n in LABELS), flush=True)
 
-    print("\nmean +- sd over %d runs (folds x seeds):" % len(runs))
+    print("\nmean +- sd over %d runs (folds x %s):"
+          % (len(jobs), "ensembles of seeds" if args.ensemble else "seeds"))
     print("| label | r | painted dark background | r(|error|, entropy) | worst fold painted |")
     print("|---|---|---|---|---|")
     for name in LABELS:
@@ -161,7 +189,7 @@ def main():
                 f.write("%d,%d,%s,%.5f,%.5f,%.5f\n" % (fold, seed, name, m["r"], m["painted"],
                                                       m["r_error_entropy"]))
     if args.png:
-        folds = {f for f, _, _ in runs}
+        folds = {f for f, _, _ in jobs}
         seed = min(oof)
         if folds != {0, 1, 2, 3}:
             print("cv_report: folds %s only; the picture shows zeros elsewhere" % sorted(folds))
@@ -169,12 +197,23 @@ def main():
                   for n in LABELS}
         gap = np.full((target[LABELS[0]].shape[0], 8, 3), 255, np.uint8)
         picture = np.concatenate([composite(target, limits), gap,
-                                  composite(oof[seed], limits)], axis=1)
+                                  composite({n: oof[seed][n]["median"] for n in LABELS},
+                                            limits)], axis=1)
         for k in range(1, 4):  # strip borders on the prediction
             picture[:, 640 + 8 + k * STRIP - 1, :] = 255
         Image.fromarray(picture).save(args.png)
         print("cv_report: wrote %s (targets left, out-of-fold predictions of seed %d right)"
               % (args.png, seed))
+    if args.oof_dir:
+        import tifffile
+        seed = min(oof)
+        os.makedirs(args.oof_dir, exist_ok=True)
+        for name in LABELS:
+            for stat in stats:
+                tifffile.imwrite(os.path.join(args.oof_dir, "%s_%s.tif" % (name, stat)),
+                                 oof[seed][name][stat].astype(np.float32))
+        print("cv_report: wrote the out-of-fold prediction of %s to %s"
+              % ("the ensembles" if seed == 0 else "seed %d" % seed, args.oof_dir))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
-"""Long test (meson -Dlong_tests=true, `ISL_LONG_TESTS=1 scripts/test.sh`): the plain
-recipe of docs/training.md ("Honest validation") retrained on one cross-validation fold of
-the real well reaches, on the strip it never saw, what the recorded run reached.
+"""Long test (meson -Dlong_tests=true, `ISL_LONG_TESTS=1 scripts/test.sh`): the fast
+recipe of docs/training.md ("The learning rate"), the recipe of the bundled model,
+retrained on one cross-validation fold of the real well reaches, on the strip it never
+saw, what the recorded run reached.
 
-Fold 0 holds out columns 0..159 of the labelled columns 0..639 (all rows) and, with the
-121-pixel margin, trains on columns 281..639 only; `isl train` validates on the strip at the
-end (moving-average statistics, as prediction runs). Its r per label must reach the
-recorded thresholds and no label may paint more than 2% of the strip's dark background
-bright. The run takes about 20 minutes on one idle core (AMD EPYC, Zen 5).
+Fold 1 holds out columns 160..319 of the labelled columns 0..639 (all rows) and, with the
+121-pixel margin, trains on columns 0..38 and 441..639 only: the fold where the plain
+recipe painted 43.6% of the strip's dark background bright (issue #15), so a regression
+towards it fails here. `isl train` validates on the strip at the end (moving-average
+statistics, as prediction runs). Its r per label must reach the recorded thresholds and
+no label may paint more than 2% of the strip's dark background bright. The run takes
+about 10 minutes on one idle core (AMD EPYC, Zen 5).
 
-Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_cv_fold.py -q
+Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/cli/test_cv_fold.py -q
 """
 import csv
 import os
@@ -19,11 +22,11 @@ import pytest
 from .conftest import REPO_ROOT as REPO
 
 LABELS = ("dapi_confocal", "map2_confocal", "nfh_confocal")
-# Recorded by scripts/cv-condition-b.sh (fold 0, seed 1, isl 0.5.0 on an AMD EPYC Zen 5,
+# Recorded by scripts/cv-condition-b.sh (fold 1, seed 1, isl 0.6.0 on an AMD EPYC Zen 5,
 # one thread), less a margin for runs that sum floats in another order: another build or
 # CPU drifts from the recorded run after a few hundred steps. The recorded run painted
-# 0.0% of the strip's dark background bright for every label.
-FOLD0_R = {"dapi_confocal": 0.645, "map2_confocal": 0.731, "nfh_confocal": 0.486}
+# 0.6% / 0.6% / 0.3% of the strip's dark background bright.
+FOLD1_R = {"dapi_confocal": 0.631, "map2_confocal": 0.653, "nfh_confocal": 0.376}
 MARGIN = 0.06
 PAINTED_LIMIT = 0.02
 
@@ -36,7 +39,7 @@ def well():
     return data
 
 
-def test_fold0_generalizes_to_its_strip(run_isl, tmp_path):
+def test_fold1_generalizes_to_its_strip(run_isl, tmp_path):
     data = well()
     targets = []
     for name in LABELS:
@@ -48,14 +51,14 @@ def test_fold0_generalizes_to_its_strip(run_isl, tmp_path):
                 ",".join(LABELS), "--seed", 1, "-o", tmp_path / "init.h5")
     assert r.returncode == 0, r.stderr
     r = run_isl("train", "--dataset", tmp_path / "data.h5", "--model", tmp_path / "init.h5",
-                "--out", tmp_path / "m.h5", "--steps", 1100, "--crop", 378, "--batch", 1,
-                "--lr", 3e-4, "--bn-decay", 0.99, "--label-weight", 1,
-                "--validation", "0,0,160,1024", "--validation-margin", 121,
+                "--out", tmp_path / "m.h5", "--steps", 600, "--crop", 378, "--batch", 1,
+                "--lr", 3e-3, "--lr-drop", "450:3e-4", "--bn-decay", 0.99,
+                "--label-weight", 1, "--validation", "160,0,160,1024", "--validation-margin", 121,
                 "--validate-every", 0, "--seed", 1, "--threads", 1, timeout=4 * 3600)
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "m.log.csv", newline="") as f:
         last = [row for row in csv.DictReader(f) if row["loss_total"] == ""][-1]
     for name in LABELS:
         got, painted = float(last["r_" + name]), float(last["painted_" + name])
-        assert got >= FOLD0_R[name] - MARGIN, (name, got, FOLD0_R[name])
+        assert got >= FOLD1_R[name] - MARGIN, (name, got, FOLD1_R[name])
         assert painted <= PAINTED_LIMIT, (name, painted)

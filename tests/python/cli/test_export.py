@@ -93,8 +93,11 @@ def test_export_onnx_matches_golden_and_predict(run_isl, golden_dir, tmp_path):
 @pytest.mark.skipif(os.environ.get("ISL_LONG_TESTS") != "1", reason="long test (ISL_LONG_TESTS=1)")
 def test_export_onnx_base100_widening_residuals(run_isl, tmp_path):
     """Base 100 has in modules whose reduce output is wider than their input (the residual
-    fills the first channels): the bundled example model against `isl predict`."""
-    model = REPO_ROOT / "examples" / "data" / "condition-b.h5"
+    fills the first channels): a random base-100 model against `isl predict`."""
+    model = tmp_path / "base100.h5"
+    r = run_isl("model", "init", "--base-depth", 100, "--num-z", 13, "--heads",
+                "dapi_confocal,map2_confocal,nfh_confocal", "--seed", 5, "-o", model)
+    assert r.returncode == 0, r.stderr
     m = export(run_isl, model, tmp_path / "b.onnx")
     rng = np.random.default_rng(3)
     stack = rng.integers(0, 65536, size=(13, 24, 24), dtype=np.uint16)
