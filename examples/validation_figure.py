@@ -4,15 +4,17 @@ label (median prediction vs target, numpy's corrcoef) and a PNG figure with targ
 predictions side by side. The r on the training rows is printed too, for comparison: a
 large gap between the two means the model learned this field more than the task.
 
-  examples/validation_figure.py --model examples/data/condition-b.h5 \
-      --data ../shared/data/condition_b_well_a4 --png docs/images/condition-b-validation.png
+  examples/validation_figure.py --model MODEL.h5 \
+      --data ../shared/data/condition_b_well_a4 --png validation.png
 
 With --ensemble M2.h5 [M3.h5 ...], the prediction is that of the ensemble: the models'
 distributions are averaged (isl's ensemble prediction) before the median is taken. With
 --flip-average, each model also predicts the stack's three mirror images, averaged too.
 
-The validation region is rows 768..1023 of columns 0..639 (163,840 pixels), which
-scripts/train-condition-b.sh never trains on.
+The validation region is rows 768..1023 of columns 0..639 (163,840 pixels), which the
+bundled model until isl 0.7 never trained on (`isl train --validation 0,768,640,256`).
+The bundled model since 0.8 trained on every labelled pixel: judge a recipe by strips
+instead (scripts/cv-condition-b.sh, examples/cv_report.py; docs/training.md).
 """
 import argparse
 import os
@@ -51,7 +53,7 @@ def to_u8(a, lo=None, hi=None):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=os.path.join(HERE, "data", "condition-b.h5"))
+    p.add_argument("--model", required=True)
     p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data",
                                                   "condition_b_well_a4"))
     p.add_argument("--ensemble", nargs="+", default=[], metavar="MODEL",
