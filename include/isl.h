@@ -249,6 +249,10 @@ ISL_API isl_status isl_predict_options_set_probabilities(isl_predict_options *o,
  *  between tiles and the call then returns ISL_ERROR_CANCELLED. NULL removes it. */
 ISL_API isl_status isl_predict_options_set_cancel_flag(isl_predict_options *o,
                                                        const volatile int *flag);
+/** The memory limit in bytes and the thread count the options hold; with o NULL, the
+ *  library's defaults (read by the CLI's help instead of repeating them). */
+ISL_API size_t isl_predict_options_get_memory_limit(const isl_predict_options *o);
+ISL_API int isl_predict_options_get_threads(const isl_predict_options *o);
 
 /** Most models one prediction averages: the predicting model and 15 others. */
 #define ISL_MAX_ENSEMBLE 16
@@ -381,6 +385,13 @@ ISL_API isl_status isl_train_options_set_freeze_bn(isl_train_options *o, int fre
  *  averaged weights. On one field, held-out accuracy of single steps swings widely and
  *  the average holds it (docs/training.md). */
 ISL_API isl_status isl_train_options_set_average_from(isl_train_options *o, int64_t step);
+/** The values the options hold; with o NULL, the library's defaults (the only place they
+ *  are set: the CLI's help and the bindings read them here instead of repeating them). */
+ISL_API double isl_train_options_get_learning_rate(const isl_train_options *o);
+ISL_API double isl_train_options_get_label_weight(const isl_train_options *o);
+ISL_API double isl_train_options_get_bn_decay(const isl_train_options *o);
+ISL_API int isl_train_options_get_threads(const isl_train_options *o);
+ISL_API uint64_t isl_train_options_get_seed(const isl_train_options *o);
 
 /** One batch of training crops, plain arrays (row-major, batch outermost). Crops are
  *  height x width, each side 250 + 16m; outputs are (height - 242) x (width - 242),

@@ -15,6 +15,7 @@
 #define UNUSUAL_MEAN_LOW 0.2
 #define UNUSUAL_MEAN_HIGH 0.8
 
+/* The %d and %zu fields are the library's defaults (isl_predict_options_get_*). */
 static const char predict_help[] =
     "Usage: isl predict --model MODEL.h5 --input STACK.tif --output-dir DIR [options]\n"
     "\n"
@@ -41,10 +42,10 @@ static const char predict_help[] =
     "                           median, mean, mode, std, entropy, p_nonzero\n"
     "  --heads LIST             heads, comma-separated (default: every label head);\n"
     "                           'autoencoder' selects the autoencoder head\n"
-    "  --threads N              threads (default 0: all cores)\n"
+    "  --threads N              threads (0: all cores; default %d)\n"
     "  --tile N                 input tile side, 266 + 16m (266, 282, ..., 506, ..., 1018);\n"
     "                           0 (default): the cheapest within the memory limit\n"
-    "  --memory-limit MB        working-memory bound in MiB (default 1792)\n"
+    "  --memory-limit MB        working-memory bound in MiB (default %zu)\n"
     "  --precision P            fp32 (default) or bf16\n"
     "  --flip-average           also predict the input's three mirror images and average\n"
     "                           the four distributions (test-time augmentation): better\n"
@@ -77,8 +78,9 @@ typedef struct predict_args {
     const char *input, *input_list, *output_dir, *heads;
     isl_stat stats[ISL_STAT_COUNT];
     int num_stats;
-    long long threads, tile, memory_mb;
+    long long threads, tile, memory_mb; /* -1, -1, 0: not given */
     isl_precision precision;
+    int precision_given;
     int flip_average;
     int ome_tiff; /* --format ome-tiff */
     int preview;
@@ -114,7 +116,7 @@ static int parse_predict(int argc, char **argv, predict_args *a)
     memset(a, 0, sizeof(*a));
     a->stats[0] = ISL_STAT_MEDIAN;
     a->num_stats = 1;
-    a->precision = ISL_PRECISION_FP32;
+    a->threads = a->tile = -1;
     cli_args p;
     cli_args_init(&p, argc, argv, "predict");
     int kind, id;
@@ -159,6 +161,7 @@ static int parse_predict(int argc, char **argv, predict_args *a)
                 rc = cli_usage_error("--format: '%s' is not one of: tiff, ome-tiff", v);
             break;
         case OPT_PRECISION:
+            a->precision_given = 1;
             if (!strcmp(v, "fp32"))
                 a->precision = ISL_PRECISION_FP32;
             else if (!strcmp(v, "bf16"))
@@ -188,7 +191,8 @@ static int option_error(isl_status s, const char *option)
     return cli_usage_error("%s: %s", option, isl_last_error());
 }
 
-/* Options that do not depend on the model. */
+/* Options that do not depend on the model: only those given, the library's defaults
+ * apply to the rest. The statistics are always set: the CLI names its files by them. */
 static int make_options(const predict_args *a, cli_progress *progress, isl_predict_options **out)
 {
     isl_predict_options *o = NULL;
@@ -198,16 +202,18 @@ static int make_options(const predict_args *a, cli_progress *progress, isl_predi
     const char *failed = NULL;
     if ((s = isl_predict_options_set_stats(o, a->num_stats, a->stats)) != ISL_OK)
         failed = "--stats";
-    else if ((s = isl_predict_options_set_threads(o, (int)a->threads)) != ISL_OK)
+    else if (a->threads >= 0 &&
+             (s = isl_predict_options_set_threads(o, (int)a->threads)) != ISL_OK)
         failed = "--threads";
-    else if ((s = isl_predict_options_set_tile_size(o, (int)a->tile)) != ISL_OK)
+    else if (a->tile >= 0 && (s = isl_predict_options_set_tile_size(o, (int)a->tile)) != ISL_OK)
         failed = "--tile";
     else if (a->memory_mb &&
              (s = isl_predict_options_set_memory_limit(o, (size_t)a->memory_mb << 20)) != ISL_OK)
         failed = "--memory-limit";
-    else if ((s = isl_predict_options_set_precision(o, a->precision)) != ISL_OK)
+    else if (a->precision_given &&
+             (s = isl_predict_options_set_precision(o, a->precision)) != ISL_OK)
         failed = "--precision";
-    else if ((s = isl_predict_options_set_flip_average(o, a->flip_average)) != ISL_OK)
+    else if (a->flip_average && (s = isl_predict_options_set_flip_average(o, 1)) != ISL_OK)
         failed = "--flip-average";
     else if ((s = isl_predict_options_set_progress(o, cli_progress_update, progress)) != ISL_OK)
         failed = "progress";
@@ -598,7 +604,8 @@ static int predict_fields(const predict_args *a, predict_job *j)
 int cli_cmd_predict(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        fputs(predict_help, stdout);
+        printf(predict_help, isl_predict_options_get_threads(NULL),
+               isl_predict_options_get_memory_limit(NULL) >> 20);
         return CLI_EXIT_OK;
     }
     predict_args a;

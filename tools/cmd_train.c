@@ -2,6 +2,7 @@
 #include "train.h"
 
 #include "dist.h"
+#include "rng.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The %g and %d fields are the library's defaults (isl_train_options_get_*). */
 static const char train_help[] =
     "Usage: isl train --dataset DATA.h5 --model INIT.h5 --out MODEL.h5 --steps N [options]\n"
     "\n"
@@ -44,11 +46,10 @@ static const char train_help[] =
     "\n"
     "Optimization:\n"
     "  --steps N                total number of steps (required)\n"
-    "  --lr RATE                Adam learning rate (default 1e-4)\n"
+    "  --lr RATE                Adam learning rate (default %g)\n"
     "  --lr-drop STEP:RATE      use RATE from STEP on (the paper: 1e-5 in its second week)\n"
-    "  --label-weight W         total = W label + (1 - W) autoencoder (default 0.5)\n"
-    "  --bn-decay D             decay of the batch-norm moving averages (default: the\n"
-    "                           library's, 0.99)\n"
+    "  --label-weight W         total = W label + (1 - W) autoencoder (default %g)\n"
+    "  --bn-decay D             decay of the batch-norm moving averages (default %g)\n"
     "  --bn-batches K           re-estimate the batch-norm statistics over K batches before\n"
     "                           writing OUT (default 0: keep the moving averages); with\n"
     "                           --freeze-bn, estimate them before the first step instead\n"
@@ -57,8 +58,8 @@ static const char train_help[] =
     "                           --bn-batches, or as a last phase from a trained model\n"
     "  --average-from STEP      with --freeze-bn: average the weights of the steps from STEP\n"
     "                           on; validations, --best and OUT use the average\n"
-    "  --seed S                 seed of the crops (default 0)\n"
-    "  --threads N              threads (default 0: all cores)\n"
+    "  --seed S                 seed of the crops (default %llu)\n"
+    "  --threads N              threads (0: all cores; default %d)\n"
     "\n"
     "Outputs:\n"
     "  -o, --out PATH           trained model (required)\n"
@@ -109,8 +110,11 @@ typedef struct train_args {
     int num_validation, freeze_trunk, freeze_bn, augment;
     long long crop, batch, validate_every, validation_margin, steps, drop_step, bn_batches, average_from, threads,
         checkpoint_every;
-    double lr, drop_rate, label_weight, bn_decay, contrast, unlabelled, comm_timeout;
+    double lr, drop_rate, label_weight, contrast, unlabelled, comm_timeout;
     uint64_t seed;
+    /* The trainer's options: the CLI sets only those given, so the library's defaults
+     * apply to the rest; lr, label_weight, threads and seed are read back from it. */
+    isl_train_options *options;
 } train_args;
 
 static int parse_drop(const char *text, train_args *a)
@@ -127,6 +131,47 @@ static int parse_drop(const char *text, train_args *a)
     if (cli_parse_int("--lr-drop", step, 1, INT64_MAX, &a->drop_step) != 0 ||
         cli_parse_double("--lr-drop", colon + 1, 0, 1, &a->drop_rate) != 0)
         return CLI_EXIT_USAGE;
+    return CLI_EXIT_OK;
+}
+
+/* An option of the trainer: handed to its setter, whose checks make bad values usage
+ * errors. */
+static int parse_trainer_option(isl_train_options *o, int id, const char *v)
+{
+    long long n = 0;
+    double x = 0;
+    uint64_t seed = 0;
+    isl_status s = ISL_OK;
+    switch (id) {
+    case OPT_LR:
+        if (cli_parse_double("--lr", v, 0, 1, &x) != 0)
+            return CLI_EXIT_USAGE;
+        s = isl_train_options_set_learning_rate(o, x);
+        break;
+    case OPT_LABEL_WEIGHT:
+        if (cli_parse_double("--label-weight", v, 0, 1, &x) != 0)
+            return CLI_EXIT_USAGE;
+        s = isl_train_options_set_label_weight(o, x);
+        break;
+    case OPT_BN_DECAY:
+        if (cli_parse_double("--bn-decay", v, 0, 1, &x) != 0)
+            return CLI_EXIT_USAGE;
+        s = isl_train_options_set_bn_decay(o, x);
+        break;
+    case OPT_THREADS:
+        if (cli_parse_int("--threads", v, 0, 4096, &n) != 0)
+            return CLI_EXIT_USAGE;
+        s = isl_train_options_set_threads(o, (int)n);
+        break;
+    case OPT_SEED:
+        if (cli_parse_u64("--seed", v, &seed) != 0)
+            return CLI_EXIT_USAGE;
+        s = isl_train_options_set_seed(o, seed);
+        break;
+    }
+    if (s != ISL_OK)
+        return s == ISL_ERROR_INVALID_ARGUMENT ? cli_usage_error("%s", isl_last_error())
+                                               : cli_library_error(s);
     return CLI_EXIT_OK;
 }
 
@@ -155,8 +200,10 @@ static int parse_option(train_args *a, int id, const char *v)
         a->validation[a->num_validation++] = v;
         return 0;
     case OPT_LR_DROP: return parse_drop(v, a);
-    case OPT_SEED: return cli_parse_u64("--seed", v, &a->seed) ? CLI_EXIT_USAGE : 0;
     }
+    if (id == OPT_LR || id == OPT_LABEL_WEIGHT || id == OPT_BN_DECAY || id == OPT_THREADS ||
+        id == OPT_SEED)
+        return parse_trainer_option(a->options, id, v);
     struct { int id; const char *name; long long min, max, *out; } ints[] = {
         {OPT_CROP, "--crop", ISL_TILE_MIN, 4090, &a->crop},
         {OPT_BATCH, "--batch", 1, 4096, &a->batch},
@@ -165,7 +212,6 @@ static int parse_option(train_args *a, int id, const char *v)
         {OPT_STEPS, "--steps", 1, INT64_MAX, &a->steps},
         {OPT_BN_BATCHES, "--bn-batches", 0, 100000, &a->bn_batches},
         {OPT_AVERAGE_FROM, "--average-from", 1, INT64_MAX, &a->average_from},
-        {OPT_THREADS, "--threads", 0, 4096, &a->threads},
         {OPT_CHECKPOINT_EVERY, "--checkpoint-every", 1, INT64_MAX, &a->checkpoint_every},
     };
     for (size_t i = 0; i < sizeof(ints) / sizeof(ints[0]); i++)
@@ -173,9 +219,6 @@ static int parse_option(train_args *a, int id, const char *v)
             return cli_parse_int(ints[i].name, v, ints[i].min, ints[i].max, ints[i].out)
                        ? CLI_EXIT_USAGE : 0;
     struct { int id; const char *name; double min, max, *out; } reals[] = {
-        {OPT_LR, "--lr", 0, 1, &a->lr},
-        {OPT_LABEL_WEIGHT, "--label-weight", 0, 1, &a->label_weight},
-        {OPT_BN_DECAY, "--bn-decay", 0, 1, &a->bn_decay},
         {OPT_CONTRAST, "--contrast-jitter", 0, 1, &a->contrast},
         {OPT_UNLABELLED, "--unlabelled-share", 0, 1, &a->unlabelled},
         {OPT_COMM_TIMEOUT, "--comm-timeout", 1, 1e7, &a->comm_timeout},
@@ -195,12 +238,12 @@ static int parse_train(int argc, char **argv, train_args *a)
     a->validate_every = 1000;
     a->validation_margin = ISL_TILE_CONTEXT / 2; /* no trained receptive field reaches it */
     a->augment = 1;
-    a->lr = 1e-4;
-    a->label_weight = 0.5;
-    a->bn_decay = NAN; /* unset: the library's default */
     a->bn_batches = 0; /* re-estimated statistics generalized worse here (docs/training.md) */
     a->checkpoint_every = 500;
     a->comm_timeout = CLI_DIST_DEFAULT_TIMEOUT;
+    isl_status s = isl_train_options_create(&a->options);
+    if (s != ISL_OK)
+        return cli_library_error(s);
     cli_args p;
     cli_args_init(&p, argc, argv, "train");
     int kind, id;
@@ -214,6 +257,10 @@ static int parse_train(int argc, char **argv, train_args *a)
         if (rc != 0)
             return rc;
     }
+    a->lr = isl_train_options_get_learning_rate(a->options);
+    a->label_weight = isl_train_options_get_label_weight(a->options);
+    a->threads = isl_train_options_get_threads(a->options);
+    a->seed = isl_train_options_get_seed(a->options);
     if (!a->dataset)
         return cli_usage_error("missing --dataset (see 'isl train --help')");
     if (!a->out)
@@ -316,13 +363,12 @@ typedef struct run_state {
 static int is_root(const run_state *r) { return r->dist->rank == 0; }
 
 /* The crops of a step depend only on --seed and the step, so a resumed run (same seed)
- * draws what an uninterrupted one would have. splitmix64 of both. */
+ * draws what an uninterrupted one would have: the library's generator, one draw from a
+ * state made of both (the draw adds one GAMMA: seed * GAMMA + step + a constant). */
 static uint64_t batch_seed(uint64_t seed, uint64_t step)
 {
-    uint64_t z = seed * 0x9e3779b97f4a7c15ULL + step + 0x632be59bd9b4e019ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
+    uint64_t state = (seed - 1) * ISL_SPLITMIX64_GAMMA + step + 0x632be59bd9b4e019ULL;
+    return isl_splitmix64(&state);
 }
 
 /* This rank's crops of the global batch of a seed: crops rank * B .. rank * B + B - 1, so
@@ -569,16 +615,15 @@ static int setup(run_state *r)
         if (rc != CLI_EXIT_OK)
             return rc;
     }
-    isl_train_options *o = NULL;
-    if ((s = isl_train_options_create(&o)) == ISL_OK &&
-        (s = isl_train_options_set_learning_rate(o, a->lr)) == ISL_OK &&
-        (s = isl_train_options_set_label_weight(o, a->label_weight)) == ISL_OK &&
-        (isnan(a->bn_decay) || (s = isl_train_options_set_bn_decay(o, a->bn_decay)) == ISL_OK) &&
-        (s = isl_train_options_set_threads(o, (int)a->threads)) == ISL_OK &&
-        (s = isl_train_options_set_freeze_trunk(o, a->freeze_trunk)) == ISL_OK &&
-        (s = isl_train_options_set_freeze_bn(o, a->freeze_bn)) == ISL_OK &&
-        (s = isl_train_options_set_average_from(o, a->average_from)) == ISL_OK &&
-        (s = isl_train_options_set_seed(o, a->seed)) == ISL_OK && a->drop_step)
+    isl_train_options *o = a->options;
+    s = ISL_OK;
+    if (a->freeze_trunk)
+        s = isl_train_options_set_freeze_trunk(o, 1);
+    if (s == ISL_OK && a->freeze_bn)
+        s = isl_train_options_set_freeze_bn(o, 1);
+    if (s == ISL_OK && a->average_from)
+        s = isl_train_options_set_average_from(o, a->average_from);
+    if (s == ISL_OK && a->drop_step)
         s = isl_train_options_set_rate_drop(o, a->drop_step, a->drop_rate);
     if (s == ISL_OK && a->resume) {
         s = isl_trainer_load(a->resume, o, &r->trainer);
@@ -589,10 +634,8 @@ static int setup(run_state *r)
         if (s == ISL_OK && a->add_heads) {
             cli_list names;
             int rc = cli_split_list("--add-head", a->add_heads, &names);
-            if (rc != 0) {
-                isl_train_options_free(o);
+            if (rc != 0)
                 return rc;
-            }
             isl_model *grown = NULL;
             s = isl_model_add_heads(r->init, names.count, (const char *const *)names.items,
                                     a->seed, &grown);
@@ -605,7 +648,6 @@ static int setup(run_state *r)
         if (s == ISL_OK)
             s = isl_trainer_create(r->init, o, &r->trainer);
     }
-    isl_train_options_free(o);
     if (s != ISL_OK)
         return s == ISL_ERROR_INVALID_ARGUMENT ? cli_usage_error("%s", isl_last_error())
                                                : cli_library_error(s);
@@ -627,10 +669,12 @@ static int setup(run_state *r)
     if (!known && a->label_weight > 0)
         return cli_runtime_error("the dataset has none of the model's labels; train the "
                                  "autoencoder alone with --label-weight 0");
+    /* The sampler's settings only where given: its defaults are the library's. */
     if ((s = isl_sampler_create(r->ds, r->init, (int)a->crop, &r->sampler)) != ISL_OK ||
-        (s = isl_sampler_set_augment(r->sampler, a->augment)) != ISL_OK ||
-        (s = isl_sampler_set_contrast_jitter(r->sampler, a->contrast)) != ISL_OK ||
-        (s = isl_sampler_set_unlabelled_share(r->sampler, a->unlabelled)) != ISL_OK)
+        (!a->augment && (s = isl_sampler_set_augment(r->sampler, 0)) != ISL_OK) ||
+        (a->contrast > 0 && (s = isl_sampler_set_contrast_jitter(r->sampler, a->contrast)) != ISL_OK) ||
+        (a->unlabelled > 0 &&
+         (s = isl_sampler_set_unlabelled_share(r->sampler, a->unlabelled)) != ISL_OK))
         return cli_library_error(s);
     for (int i = 0; i < r->num_regions; i++) {
         isl_region held = widen_region(r->ds, &r->regions[i], (int)a->validation_margin);
@@ -656,6 +700,7 @@ static void run_free(run_state *r)
     free(r->checkpoint);
     free(r->log_path);
     free(r->best_path);
+    isl_train_options_free(r->a.options);
 }
 
 static int train(run_state *r)
@@ -716,14 +761,19 @@ static int train(run_state *r)
 int cli_cmd_train(int argc, char **argv)
 {
     if (cli_wants_help(argc, argv)) {
-        fputs(train_help, stdout);
+        printf(train_help, isl_train_options_get_learning_rate(NULL),
+               isl_train_options_get_label_weight(NULL), isl_train_options_get_bn_decay(NULL),
+               (unsigned long long)isl_train_options_get_seed(NULL),
+               isl_train_options_get_threads(NULL));
         return CLI_EXIT_OK;
     }
     run_state r;
     memset(&r, 0, sizeof(r));
     int rc = parse_train(argc, argv, &r.a);
-    if (rc != CLI_EXIT_OK)
+    if (rc != CLI_EXIT_OK) {
+        isl_train_options_free(r.a.options);
         return rc;
+    }
     cli_dist dist;
     if (cli_dist_init(&dist, r.a.comm_timeout) != 0)
         return CLI_EXIT_RUNTIME;

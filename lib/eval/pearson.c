@@ -1,15 +1,9 @@
 /* Pearson r on a seeded random sample of pixels (STAR Methods: one million pixels). */
 #include "eval_check.h"
 
-#include <stdlib.h>
+#include "rng.h"
 
-static uint64_t splitmix64(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
+#include <stdlib.h>
 
 /* Uniform in [0, n) without modulo bias. */
 static uint64_t below(uint64_t *state, uint64_t n)
@@ -17,7 +11,7 @@ static uint64_t below(uint64_t *state, uint64_t n)
     uint64_t limit = UINT64_MAX - UINT64_MAX % n;
     uint64_t v;
     do
-        v = splitmix64(state);
+        v = isl_splitmix64(state);
     while (v >= limit);
     return v % n;
 }

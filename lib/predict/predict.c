@@ -78,6 +78,17 @@ isl_status isl_predict_options_set_memory_limit(isl_predict_options *o, size_t b
     return ISL_OK;
 }
 
+/* NULL reads the defaults (for help texts and bindings: they live only here). */
+size_t isl_predict_options_get_memory_limit(const isl_predict_options *o)
+{
+    return (o ? o : &default_options)->memory_limit;
+}
+
+int isl_predict_options_get_threads(const isl_predict_options *o)
+{
+    return (o ? o : &default_options)->threads;
+}
+
 isl_status isl_predict_options_set_threads(isl_predict_options *o, int threads)
 {
     NEED_OPTIONS(o);

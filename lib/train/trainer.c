@@ -195,6 +195,32 @@ isl_status isl_train_options_set_average_from(isl_train_options *o, int64_t step
     return ISL_OK;
 }
 
+/* The getters read the defaults when o is NULL: the one place they are written down is
+ * default_options, which the CLI's help and the bindings read through these. */
+static const isl_train_options *or_defaults(const isl_train_options *o)
+{
+    return o ? o : &default_options;
+}
+
+double isl_train_options_get_learning_rate(const isl_train_options *o)
+{
+    return or_defaults(o)->adam.learning_rate;
+}
+
+double isl_train_options_get_label_weight(const isl_train_options *o)
+{
+    return or_defaults(o)->label_weight;
+}
+
+double isl_train_options_get_bn_decay(const isl_train_options *o)
+{
+    return or_defaults(o)->bn_decay;
+}
+
+int isl_train_options_get_threads(const isl_train_options *o) { return or_defaults(o)->threads; }
+
+uint64_t isl_train_options_get_seed(const isl_train_options *o) { return or_defaults(o)->seed; }
+
 /* ------------------------------------------------------------------------------------ */
 /* Parameter sets                                                                       */
 /* ------------------------------------------------------------------------------------ */

@@ -460,7 +460,8 @@ class Model(_Closable):
                 if int(memory_limit) <= 0:
                     raise InvalidArgumentError("memory_limit must be a positive number of bytes")
                 _capi.isl_predict_options_set_memory_limit(options, int(memory_limit))
-            _capi.isl_predict_options_set_precision(options, _PRECISIONS[precision])
+            if precision != "fp32":  # the library's default
+                _capi.isl_predict_options_set_precision(options, _PRECISIONS[precision])
             if heads is not None:
                 _capi.isl_predict_options_set_heads(options, heads)
             if stat_ids is not None:
@@ -679,7 +680,8 @@ class Model(_Closable):
         return result
 
 
-def _train_options(learning_rate: Optional[float], label_weight: Optional[float], seed: int,
+def _train_options(learning_rate: Optional[float], label_weight: Optional[float],
+                   seed: Optional[int],
                    bn_decay: Optional[float], rate_drop: Optional[Tuple[int, float]],
                    adam: Optional[Tuple[float, float, float]], threads: int,
                    freeze_trunk: bool, freeze_bn: bool, average_from: int):
@@ -690,10 +692,14 @@ def _train_options(learning_rate: Optional[float], label_weight: Optional[float]
             _capi.isl_train_options_set_learning_rate(options, float(learning_rate))
         if label_weight is not None:
             _capi.isl_train_options_set_label_weight(options, float(label_weight))
-        _capi.isl_train_options_set_seed(options, int(seed))
-        _capi.isl_train_options_set_freeze_trunk(options, 1 if freeze_trunk else 0)
-        _capi.isl_train_options_set_freeze_bn(options, 1 if freeze_bn else 0)
-        _capi.isl_train_options_set_average_from(options, int(average_from))
+        if seed is not None:
+            _capi.isl_train_options_set_seed(options, int(seed))
+        if freeze_trunk:
+            _capi.isl_train_options_set_freeze_trunk(options, 1)
+        if freeze_bn:
+            _capi.isl_train_options_set_freeze_bn(options, 1)
+        if average_from:
+            _capi.isl_train_options_set_average_from(options, int(average_from))
         if bn_decay is not None:
             _capi.isl_train_options_set_bn_decay(options, float(bn_decay))
         if rate_drop is not None:
@@ -724,7 +730,8 @@ class Trainer(_Closable):
         label_weight: weight w of the loss ``w * label + (1 - w) * autoencoder`` (None:
             the library's 0.5);
             1 trains without the autoencoder head (models without one need 1).
-        seed: seed of the trainer's random generator (:meth:`random`).
+        seed: seed of the trainer's random generator (:meth:`random`; None: the
+            library's 0).
         bn_decay: decay of the batch-norm moving averages (None: the library's 0.99).
         rate_drop: ``(step, rate)``: from 1-based ``step`` on, use learning rate ``rate``.
         adam: ``(beta1, beta2, epsilon)`` (None: 0.9, 0.999, 1e-8).
@@ -742,7 +749,7 @@ class Trainer(_Closable):
 
     def __init__(self, model: Model, *, learning_rate: Optional[float] = None,
                  label_weight: Optional[float] = None,
-                 seed: int = 0, bn_decay: Optional[float] = None,
+                 seed: Optional[int] = None, bn_decay: Optional[float] = None,
                  rate_drop: Optional[Tuple[int, float]] = None,
                  adam: Optional[Tuple[float, float, float]] = None, threads: int = 0,
                  freeze_trunk: bool = False, freeze_bn: bool = False, average_from: int = 0,

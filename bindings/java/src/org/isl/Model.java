@@ -596,19 +596,25 @@ public final class Model implements AutoCloseable {
       IslNative.delete_OptionsOut(out);
     }
     try {
-      check(IslNative.isl_predict_options_set_tile_size(opts, o.tileSize));
-      check(IslNative.isl_predict_options_set_threads(opts, o.threads));
+      // Only what the caller set: the defaults live in the library.
+      if (o.tileSize != 0)
+        check(IslNative.isl_predict_options_set_tile_size(opts, o.tileSize));
+      if (o.threads != 0)
+        check(IslNative.isl_predict_options_set_threads(opts, o.threads));
       if (o.memoryLimit < 0)
         throw invalid("memory limit must not be negative");
-      check(IslNative.isl_predict_options_set_memory_limit(opts, o.memoryLimit));
-      check(IslNative.isl_predict_options_set_precision(opts,
-          o.bf16 ? isl_precision.ISL_PRECISION_BF16 : isl_precision.ISL_PRECISION_FP32));
+      if (o.memoryLimit != 0)
+        check(IslNative.isl_predict_options_set_memory_limit(opts, o.memoryLimit));
+      if (o.bf16)
+        check(IslNative.isl_predict_options_set_precision(opts, isl_precision.ISL_PRECISION_BF16));
       if (headIds != null)
         check(IslNative.isl_predict_options_set_heads(opts, headIds));
       if (statIds != null)
         check(IslNative.isl_predict_options_set_stats(opts, statIds));
-      check(IslNative.isl_predict_options_set_probabilities(opts, probabilities ? 1 : 0));
-      check(IslNative.isl_predict_options_set_flip_average(opts, o.flipAverage ? 1 : 0));
+      if (probabilities)
+        check(IslNative.isl_predict_options_set_probabilities(opts, 1));
+      if (o.flipAverage)
+        check(IslNative.isl_predict_options_set_flip_average(opts, 1));
       if (o.ensemble.length > 0) {
         long[] members = new long[o.ensemble.length];
         for (int i = 0; i < members.length; i++)
