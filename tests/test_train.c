@@ -935,6 +935,45 @@ START_TEST(invalid_batches_and_options)
 }
 END_TEST
 
+/* The getters read back what was set, and with NULL the defaults isl.h documents (the
+ * paper's Adam rate, w = 0.5, decay 0.99, all cores, seed 0; 1.75 GiB of memory). */
+START_TEST(option_getters)
+{
+    ck_assert_double_eq(isl_train_options_get_learning_rate(NULL), 1e-4);
+    ck_assert_double_eq(isl_train_options_get_label_weight(NULL), 0.5);
+    ck_assert_double_eq(isl_train_options_get_bn_decay(NULL), 0.99);
+    ck_assert_int_eq(isl_train_options_get_threads(NULL), 0);
+    ck_assert_uint_eq(isl_train_options_get_seed(NULL), 0);
+    isl_train_options *o;
+    ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
+    ck_assert_double_eq(isl_train_options_get_bn_decay(o), 0.99);
+    ck_assert_int_eq(isl_train_options_set_learning_rate(o, 3e-4), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_label_weight(o, 1), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_bn_decay(o, 0.9), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_threads(o, 3), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_seed(o, UINT64_MAX), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_bn_decay(o, 1.0), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_double_eq(isl_train_options_get_learning_rate(o), 3e-4);
+    ck_assert_double_eq(isl_train_options_get_label_weight(o), 1);
+    ck_assert_double_eq(isl_train_options_get_bn_decay(o), 0.9);
+    ck_assert_int_eq(isl_train_options_get_threads(o), 3);
+    ck_assert_uint_eq(isl_train_options_get_seed(o), UINT64_MAX);
+    isl_train_options_free(o);
+
+    ck_assert_uint_eq(isl_predict_options_get_memory_limit(NULL), (size_t)1792 << 20);
+    ck_assert_int_eq(isl_predict_options_get_threads(NULL), 0);
+    isl_predict_options *p;
+    ck_assert_int_eq(isl_predict_options_create(&p), ISL_OK);
+    ck_assert_int_eq(isl_predict_options_set_memory_limit(p, 12345), ISL_OK);
+    ck_assert_int_eq(isl_predict_options_set_threads(p, 2), ISL_OK);
+    ck_assert_uint_eq(isl_predict_options_get_memory_limit(p), 12345);
+    ck_assert_int_eq(isl_predict_options_get_threads(p), 2);
+    ck_assert_int_eq(isl_predict_options_set_memory_limit(p, 0), ISL_OK); /* 0: the default */
+    ck_assert_uint_eq(isl_predict_options_get_memory_limit(p), (size_t)1792 << 20);
+    isl_predict_options_free(p);
+}
+END_TEST
+
 /* The parallel kernels against one thread: same logits and gradients (the custom kernels
  * are bitwise equal by design; oneDNN may sum in another order). */
 START_TEST(threads_agree)
@@ -1130,6 +1169,7 @@ int main(int argc, char **argv)
                  {"average", weight_average},
                  {"batch_norm", batch_norm_statistics},
                  {"invalid", invalid_batches_and_options},
+                 {"option_getters", option_getters},
                  {"threads", threads_agree},
                  {"gradients", gradients_match_finite_differences},
                  {"gradients_stored", gradients_with_stored_statistics}};
