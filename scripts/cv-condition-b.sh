@@ -25,23 +25,9 @@ folds=${FOLDS:-0 1 2 3}
 seeds=${SEEDS:-1}
 strip=160
 
-if [ ! -f "$data/phase_contrast_z13.tif" ]; then
-  echo "cv-condition-b: the well is not at $data (set ISL_SHARED_DIR)" >&2
-  exit 1
-fi
-if [ ! -x "$isl" ]; then
-  [ -d build ] || meson setup build --buildtype=release
-  ninja -C build
-fi
-mkdir -p "$run"
-if [ ! -f "$run/data.h5" ]; then
-  "$isl" dataset build --input "$data/phase_contrast_z13.tif" \
-    --well condition_b_well_a4 --condition B \
-    --target "dapi_confocal=$data/dapi_confocal_train_cols0-639.tif:0,0" \
-    --target "map2_confocal=$data/map2_confocal_train_cols0-639.tif:0,0" \
-    --target "nfh_confocal=$data/nfh_confocal_train_cols0-639.tif:0,0" \
-    -o "$run/data.h5"
-fi
+# shellcheck source=scripts/lib-condition-b.sh
+. scripts/lib-condition-b.sh
+condition_b_prepare cv-condition-b "$data" "$isl" "$run"
 
 for seed in $seeds; do
   for fold in $folds; do
