@@ -65,19 +65,6 @@ static int apply_preprocessing(float *x, int num_z, size_t plane, const char *no
     return 0;
 }
 
-/* Index i mirrored into [0, n) without repeating the edge (numpy's 'reflect'), as
- * prediction pads its input. */
-static int reflect(int i, int n)
-{
-    if (n == 1)
-        return 0;
-    int period = 2 * (n - 1);
-    i %= period;
-    if (i < 0)
-        i += period;
-    return i < n ? i : period - i;
-}
-
 /* A float32 .npy file (format 1.0, C order). 0 or the exit code of the error printed. */
 static int write_npy(const char *path, const float *data, const int64_t *shape, int rank)
 {
@@ -311,8 +298,8 @@ static int write_test_tensors(const char *dir, const isl_model *m, const isl_tif
             for (int c = 0; c < side; c++)
                 x[(size_t)z * plane + (size_t)r * side + c] = (float)isl_tiff_stack_scaled(
                     st, (size_t)z * src_plane +
-                            (size_t)reflect(y0 + r, st->height) * st->width +
-                            (size_t)reflect(x0 + c, st->width));
+                            (size_t)isl_reflect_index(y0 + r, st->height) * st->width +
+                            (size_t)isl_reflect_index(x0 + c, st->width));
     const int64_t in_shape[4] = {1, nz, side, side}, out_shape[4] = {1, 256, out, out};
     char *path = cli_path_join(dir, "test_input.npy");
     rc = path ? write_npy(path, x, in_shape, 4) : cli_runtime_error("out of memory");

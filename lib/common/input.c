@@ -11,17 +11,6 @@
 
 #define PAD_BEFORE ISL_INPUT_PAD
 
-int isl_reflect_index(int i, int n)
-{
-    if (n == 1)
-        return 0;
-    int period = 2 * (n - 1);
-    i %= period;
-    if (i < 0)
-        i += period;
-    return i < n ? i : period - i;
-}
-
 static double sample_at(const isl_stack *in, size_t i)
 {
     switch (in->dtype) {

@@ -5,12 +5,10 @@
 #define ISL_INPUT_H
 
 #include "isl.h"
+#include "reflect.h"
 
 /* The context each output pixel needs on each side, (250 - 8) / 2. */
 #define ISL_INPUT_PAD (ISL_TILE_CONTEXT / 2)
-
-/* numpy.pad 'reflect' index (edge not repeated), for any distance outside [0, n). */
-int isl_reflect_index(int i, int n);
 
 /* Per-plane affine input transform: value = clamp(raw * scale + shift) (clamped only for
  * the paper's global normalization). */
