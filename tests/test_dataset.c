@@ -1207,15 +1207,18 @@ START_TEST(sampler_maps_heads_to_labels_by_name)
 }
 END_TEST
 
-/* Wells in proportion to their known pixels; windows uniform among those that hold one. */
-START_TEST(sampler_draw_distribution)
+enum { TWO_WELLS_H = 20, TWO_WELLS_W = 24 };
+
+/* Wells A and B of one plane, TWO_WELLS_H x TWO_WELLS_W, constant 0.25 and 0.75 so that a
+ * crop tells its well by value ("none" normalization keeps it), and label "x" known
+ * (200) on all of A's 480 pixels. */
+static isl_dataset *two_constant_wells(void)
 {
-    enum { H = 20, W = 24 };
+    enum { H = TWO_WELLS_H, W = TWO_WELLS_W };
     static float stack[H * W];
     static uint8_t full[H * W];
     isl_dataset *d;
     ck_assert_int_eq(isl_dataset_create(1, &d), ISL_OK);
-    /* Constant wells tell themselves apart by value ("none" normalization keeps it). */
     for (int w = 0; w < 2; w++) {
         for (int i = 0; i < H * W; i++)
             stack[i] = w ? 0.75f : 0.25f;
@@ -1224,8 +1227,17 @@ START_TEST(sampler_draw_distribution)
     }
     memset(full, 200, sizeof(full));
     isl_stack t = {full, ISL_DTYPE_U8, 1, H, W};
-    ck_assert_int_eq(isl_dataset_add_target(d, 0, "x", 0, 0, &t, NULL), ISL_OK);  /* 480 known */
-    isl_stack one = {full, ISL_DTYPE_U8, 1, 1, 1};
+    ck_assert_int_eq(isl_dataset_add_target(d, 0, "x", 0, 0, &t, NULL), ISL_OK);
+    return d;
+}
+
+/* Wells in proportion to their known pixels; windows uniform among those that hold one. */
+START_TEST(sampler_draw_distribution)
+{
+    enum { H = TWO_WELLS_H, W = TWO_WELLS_W };
+    isl_dataset *d = two_constant_wells(); /* 480 known */
+    static uint8_t known = 200;
+    isl_stack one = {&known, ISL_DTYPE_U8, 1, 1, 1};
     ck_assert_int_eq(isl_dataset_add_target(d, 1, "x", 13, 9, &one, NULL), ISL_OK); /* 1 known */
     ck_assert_int_eq(isl_dataset_add_target(d, 0, "y", 13, 9, &one, NULL), ISL_OK); /* +1 */
     const char *const heads[2] = {"y", "x"};
@@ -1290,20 +1302,8 @@ END_TEST
  * pixels not held out; share 0 draws what a sampler without the option draws. */
 START_TEST(sampler_unlabelled_share_draws_anywhere)
 {
-    enum { H = 20, W = 24, DRAWS = 4000 };
-    static float stack[H * W];
-    static uint8_t full[H * W];
-    isl_dataset *d;
-    ck_assert_int_eq(isl_dataset_create(1, &d), ISL_OK);
-    for (int w = 0; w < 2; w++) {
-        for (int i = 0; i < H * W; i++)
-            stack[i] = w ? 0.75f : 0.25f;
-        isl_stack st = {stack, ISL_DTYPE_F32, 1, H, W};
-        ck_assert_int_eq(isl_dataset_add_well(d, w ? "B" : "A", NULL, 0, &st, NULL), ISL_OK);
-    }
-    memset(full, 200, sizeof(full));
-    isl_stack t = {full, ISL_DTYPE_U8, 1, H, W};
-    ck_assert_int_eq(isl_dataset_add_target(d, 0, "x", 0, 0, &t, NULL), ISL_OK);
+    enum { H = TWO_WELLS_H, W = TWO_WELLS_W, DRAWS = 4000 };
+    isl_dataset *d = two_constant_wells();
     const char *const heads[1] = {"x"};
     isl_model *m = label_model(1, 1, heads, "none");
     isl_sampler *s, *plain;
