@@ -8,6 +8,17 @@
 static const int dx8[8] = {-1, 0, 1, -1, 1, -1, 0, 1};
 static const int dy8[8] = {-1, -1, -1, 0, 0, 1, 1, 1};
 
+/* The k-th of the 8 neighbours of pixel p (row-major, h x w) in *q; 0 if it lies outside
+ * the image. */
+static inline int neighbour8(int64_t p, int k, int h, int w, int64_t *q)
+{
+    int y = (int)(p / w) + dy8[k], x = (int)(p % w) + dx8[k];
+    if (y < 0 || y >= h || x < 0 || x >= w)
+        return 0;
+    *q = (int64_t)y * w + x;
+    return 1;
+}
+
 /* Labels the 8-connected components of fg (nonzero) as 1..n in scan order, with an
  * explicit stack (no recursion depth limit). Returns n, or -1 when out of memory. */
 static int components(const uint8_t *fg, int h, int w, int32_t *labels)
@@ -25,18 +36,12 @@ static int components(const uint8_t *fg, int h, int w, int32_t *labels)
         size_t top = 0;
         stack[top++] = (int64_t)s;
         while (top) {
-            int64_t p = stack[--top];
-            int y = (int)(p / w), x = (int)(p % w);
-            for (int k = 0; k < 8; k++) {
-                int yy = y + dy8[k], xx = x + dx8[k];
-                if (yy < 0 || yy >= h || xx < 0 || xx >= w)
-                    continue;
-                int64_t q = (int64_t)yy * w + xx;
-                if (fg[q] && !labels[q]) {
+            int64_t p = stack[--top], q;
+            for (int k = 0; k < 8; k++)
+                if (neighbour8(p, k, h, w, &q) && fg[q] && !labels[q]) {
                     labels[q] = next;
                     stack[top++] = q;
                 }
-            }
         }
     }
     free(stack);
@@ -124,15 +129,10 @@ static int watershed(const uint8_t *fg, int h, int w, int32_t *labels, int *num)
             level--;
         if (level < 0)
             break;
-        int64_t p = head[level];
+        int64_t p = head[level], q;
         head[level] = next[p];
-        int y = (int)(p / w), x = (int)(p % w);
         for (int k = 0; k < 8; k++) {
-            int yy = y + dy8[k], xx = x + dx8[k];
-            if (yy < 0 || yy >= h || xx < 0 || xx >= w)
-                continue;
-            int64_t q = (int64_t)yy * w + xx;
-            if (!fg[q] || labels[q])
+            if (!neighbour8(p, k, h, w, &q) || !fg[q] || labels[q])
                 continue;
             labels[q] = labels[p];
             int32_t lv = dist[q] < level ? dist[q] : level;
