@@ -108,29 +108,14 @@ static int write_pictures(const cli_eval *e, const cli_eval_label *l, const char
 
 int cli_cmd_evaluate(int argc, char **argv)
 {
-    if (cli_wants_help(argc, argv)) {
-        fputs(help_head, stdout);
-        fputs(cli_eval_options_help, stdout);
-        return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_RUNTIME;
-    }
+    if (cli_wants_help(argc, argv))
+        return cli_eval_help(help_head);
     static const cli_option opts[] = {CLI_EVAL_OPTIONS, {"output-dir", 'o', 1, OPT_OUTPUT},
                                       {NULL, 0, 0, 0}};
+    const char *out_dir = NULL;
+    const cli_eval_own own[] = {{OPT_OUTPUT, &out_dir}};
     cli_eval e;
-    cli_eval_init(&e);
-    cli_args a;
-    cli_args_init(&a, argc, argv, "evaluate");
-    const char *out_dir = NULL, *value;
-    int id, kind, rc = 0;
-    while (!rc && (kind = cli_args_next(&a, opts, &id, &value)) != CLI_ARG_END) {
-        if (kind == CLI_ARG_ERROR)
-            rc = CLI_EXIT_USAGE;
-        else if (kind == CLI_ARG_POSITIONAL)
-            rc = cli_usage_error("evaluate: unexpected argument '%s'", value);
-        else if (id == OPT_OUTPUT)
-            out_dir = value;
-        else
-            rc = cli_eval_option(&e, id, value);
-    }
+    int rc = cli_eval_parse(&e, argc, argv, "evaluate", opts, own, 1);
     if (!rc && !out_dir)
         rc = cli_usage_error("evaluate: missing -o OUTDIR");
     if (!rc)

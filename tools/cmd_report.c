@@ -240,31 +240,14 @@ static int label_section(page *p, const cli_eval *e, const cli_eval_label *l)
 
 int cli_cmd_report(int argc, char **argv)
 {
-    if (cli_wants_help(argc, argv)) {
-        fputs(help_head, stdout);
-        fputs(cli_eval_options_help, stdout);
-        return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_RUNTIME;
-    }
+    if (cli_wants_help(argc, argv))
+        return cli_eval_help(help_head);
     static const cli_option opts[] = {CLI_EVAL_OPTIONS, {"output", 'o', 1, OPT_OUTPUT},
                                       {"title", 0, 1, OPT_TITLE}, {NULL, 0, 0, 0}};
+    const char *out = NULL, *title = "In Silico Labeling evaluation";
+    const cli_eval_own own[] = {{OPT_OUTPUT, &out}, {OPT_TITLE, &title}};
     cli_eval e;
-    cli_eval_init(&e);
-    cli_args a;
-    cli_args_init(&a, argc, argv, "report");
-    const char *out = NULL, *title = "In Silico Labeling evaluation", *value;
-    int id, kind, rc = 0;
-    while (!rc && (kind = cli_args_next(&a, opts, &id, &value)) != CLI_ARG_END) {
-        if (kind == CLI_ARG_ERROR)
-            rc = CLI_EXIT_USAGE;
-        else if (kind == CLI_ARG_POSITIONAL)
-            rc = cli_usage_error("report: unexpected argument '%s'", value);
-        else if (id == OPT_OUTPUT)
-            out = value;
-        else if (id == OPT_TITLE)
-            title = value;
-        else
-            rc = cli_eval_option(&e, id, value);
-    }
+    int rc = cli_eval_parse(&e, argc, argv, "report", opts, own, 2);
     if (!rc && !out)
         rc = cli_usage_error("report: missing -o report.html");
     if (!rc)

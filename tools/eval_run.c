@@ -65,6 +65,37 @@ static int parse_region(cli_eval *e, const char *text)
     return 0;
 }
 
+int cli_eval_help(const char *head)
+{
+    fputs(head, stdout);
+    fputs(cli_eval_options_help, stdout);
+    return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_RUNTIME;
+}
+
+int cli_eval_parse(cli_eval *e, int argc, char **argv, const char *command,
+                   const cli_option *opts, const cli_eval_own *own, int num_own)
+{
+    cli_eval_init(e);
+    cli_args a;
+    cli_args_init(&a, argc, argv, command);
+    const char *value;
+    int id, kind, rc = 0;
+    while (!rc && (kind = cli_args_next(&a, opts, &id, &value)) != CLI_ARG_END) {
+        if (kind == CLI_ARG_ERROR)
+            return CLI_EXIT_USAGE;
+        if (kind == CLI_ARG_POSITIONAL)
+            return cli_usage_error("%s: unexpected argument '%s'", command, value);
+        int i = 0;
+        while (i < num_own && own[i].id != id)
+            i++;
+        if (i < num_own)
+            *own[i].value = value;
+        else
+            rc = cli_eval_option(e, id, value);
+    }
+    return rc;
+}
+
 int cli_eval_option(cli_eval *e, int id, const char *value)
 {
     long long v;

@@ -59,6 +59,19 @@ extern const char cli_eval_options_help[];
 void cli_eval_init(cli_eval *e);
 /* Takes one of the shared options. 0, or the exit code of a reported error. */
 int cli_eval_option(cli_eval *e, int id, const char *value);
+
+/* An option of one command alone (ids below CLI_EVAL_OPT_PREDICTION): its value. */
+typedef struct cli_eval_own {
+    int id;
+    const char **value;
+} cli_eval_own;
+/* Prints the help of an evaluation command: head, then the shared options. Exit code. */
+int cli_eval_help(const char *head);
+/* Initializes e and parses the arguments of `isl <command>`: opts lists the shared options
+ * (CLI_EVAL_OPTIONS) and the command's own, whose values go to own[0 .. num_own). 0 or
+ * the exit code of a reported error; free e with cli_eval_free either way. */
+int cli_eval_parse(cli_eval *e, int argc, char **argv, const char *command,
+                   const cli_option *opts, const cli_eval_own *own, int num_own);
 /* Reads the inputs, checks them and computes every metric. 0 or an exit code. */
 int cli_eval_run(cli_eval *e);
 int cli_eval_width(const cli_eval *e);
