@@ -205,6 +205,18 @@ ISL_API int isl_stat_from_name(const char *name);
 ISL_API isl_status isl_uncertain_mask(const float *std, size_t count, float threshold,
                                       unsigned char *mask, size_t *uncertain);
 
+/** Writes the one-line summary of how much of a field cannot be trusted into buf (size
+ *  bytes, NUL-terminated), as `isl predict --preview` prints it and the bindings return it:
+ *  "uncertain (predicted std > 0.15): dapi_confocal 12.3%, map2_confocal 4.0% of the field".
+ *  For each of count >= 1 heads: names[h] and 100 uncertain[h] / pixels with one decimal,
+ *  uncertain[h] being the count isl_uncertain_mask gave for that head over `pixels`
+ *  pixels with `threshold` (positive; printed with two decimals). ISL_ERROR_INVALID_ARGUMENT
+ *  when buf is too small (the message says how many bytes the line needs; the length of
+ *  the names plus 32 bytes per head and 128 more always suffice). */
+ISL_API isl_status isl_uncertainty_summary(int count, const char *const *names,
+                                           const size_t *uncertain, size_t pixels,
+                                           float threshold, char *buf, size_t size);
+
 typedef enum isl_precision {
     ISL_PRECISION_FP32 = 0, /**< default */
     ISL_PRECISION_BF16 = 1  /**< bfloat16 convolution inputs, FP32 accumulation and elsewhere

@@ -181,6 +181,39 @@ START_TEST(uncertain_mask_thresholds_std)
 }
 END_TEST
 
+/* The summary line, pinned word for word: 123 of 1000 pixels is 12.3%, 1 of 3 is 33.3%. */
+START_TEST(uncertainty_summary_text)
+{
+    const char *const names[] = {"dapi_confocal", "nfh"};
+    const size_t uncertain[] = {123, 1000};
+    char line[128];
+    ck_assert_int_eq(isl_uncertainty_summary(2, names, uncertain, 1000, 0.15f, line, sizeof(line)),
+                     ISL_OK);
+    ck_assert_str_eq(line, "uncertain (predicted std > 0.15): dapi_confocal 12.3%, nfh 100.0% of "
+                           "the field");
+    const size_t third[] = {1};
+    ck_assert_int_eq(isl_uncertainty_summary(1, names + 1, third, 3, 0.5f, line, sizeof(line)),
+                     ISL_OK);
+    ck_assert_str_eq(line, "uncertain (predicted std > 0.50): nfh 33.3% of the field");
+    /* 56 characters and the NUL: 57 bytes fit, 56 do not (and leave an empty string). */
+    ck_assert_int_eq(isl_uncertainty_summary(1, names + 1, third, 3, 0.5f, line, 57), ISL_OK);
+    ck_assert_int_eq(isl_uncertainty_summary(1, names + 1, third, 3, 0.5f, line, 56),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_str_eq(line, "");
+    ck_assert_ptr_nonnull(strstr(isl_last_error(), "needs 57 bytes"));
+    ck_assert_int_eq(isl_uncertainty_summary(0, names, uncertain, 1000, 0.15f, line, 128),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_uncertainty_summary(1, names, uncertain, 0, 0.15f, line, 128),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_uncertainty_summary(1, names, uncertain, 100, 0.15f, line, 128),
+                     ISL_ERROR_INVALID_ARGUMENT); /* 123 of 100 */
+    ck_assert_int_eq(isl_uncertainty_summary(1, names, uncertain, 1000, NAN, line, 128),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_uncertainty_summary(1, names, uncertain, 1000, 0.15f, NULL, 128),
+                     ISL_ERROR_INVALID_ARGUMENT);
+}
+END_TEST
+
 /* ---- models --------------------------------------------------------------------- */
 
 START_TEST(parameter_count_of_the_paper_network)
@@ -520,6 +553,7 @@ int main(void)
         {"stats_stride", stats_with_stride_and_many_pixels},
         {"names", stat_names_round_trip},
         {"uncertain_mask", uncertain_mask_thresholds_std},
+        {"uncertainty_summary", uncertainty_summary_text},
         {"fast_tanh", fast_tanh_tracks_libm},
         {"fused_pool", fused_pool_bnact_matches_pooling_then_bnact},
         {"parameter_count", parameter_count_of_the_paper_network},

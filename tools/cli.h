@@ -218,10 +218,11 @@ const char *cli_preview_path(const cli_preview *p);
 const char *cli_preview_error(const cli_preview *p);
 /* "dapi_confocal blue, map2_confocal green, nfh_confocal red" into buf. */
 void cli_preview_legend(const cli_preview *p, const isl_model *model, char *buf, size_t size);
-/* "dapi_confocal 12.3%, ...": each head's share of uncertain pixels (isl_uncertain_mask
- * with ISL_UNCERTAIN_STD), after the rows were added with the uncertainty panel. */
-void cli_preview_uncertainty(const cli_preview *p, const isl_model *model, char *buf,
-                             size_t size);
+/* The line of each head's share of uncertain pixels (isl_uncertainty_summary with
+ * ISL_UNCERTAIN_STD), after the rows were added with the uncertainty panel. 0, or -1 when
+ * buf is too small (isl_last_error says). */
+int cli_preview_uncertainty(const cli_preview *p, const isl_model *model, char *buf,
+                            size_t size);
 /* Frees (a committed picture stays). NULL is a no-op. */
 void cli_preview_free(cli_preview *p);
 

@@ -463,9 +463,8 @@ static int run(predict_job *j, const predict_args *a)
         cli_preview_legend(j->preview, j->model, legend, sizeof(legend));
         fprintf(stderr, "isl: preview: left z plane %d of %d, middle %s, right magenta where "
                 "uncertain\n", j->stack.num_z / 2, j->stack.num_z, legend);
-        cli_preview_uncertainty(j->preview, j->model, legend, sizeof(legend));
-        fprintf(stderr, "isl: uncertain (predicted std > %.2f, docs/cli.md \"Uncertainty\"): "
-                "%s of the field\n", (double)ISL_UNCERTAIN_STD, legend);
+        if (cli_preview_uncertainty(j->preview, j->model, legend, sizeof(legend)) == 0)
+            fprintf(stderr, "isl: %s (docs/cli.md \"Uncertainty\")\n", legend);
     }
     return CLI_EXIT_OK;
 }

@@ -186,9 +186,10 @@ static int stretch(const float *v, size_t n, uint8_t *out)
 static void uncertainty_panel(const cli_preview *p, const uint8_t *gray, uint8_t *rgb, int out_w)
 {
     for (size_t i = 0; i < (size_t)p->ph * (size_t)p->pw; i++) {
+        const float pixels = (float)box_count(p, (int)(i / p->pw), (int)(i % p->pw));
         float share = 0;
         for (int k = 0; k < p->num_heads; k++) {
-            float f = p->unsure[k][i] / (float)box_count(p, (int)(i / p->pw), (int)(i % p->pw));
+            float f = p->unsure[k][i] / pixels;
             share = f > share ? f : share;
         }
         const float g = 0.6f * gray[i];
@@ -262,20 +263,15 @@ const char *cli_preview_path(const cli_preview *p) { return p->path; }
 
 const char *cli_preview_error(const cli_preview *p) { return p->error; }
 
-void cli_preview_uncertainty(const cli_preview *p, const isl_model *model, char *buf,
-                             size_t size)
+int cli_preview_uncertainty(const cli_preview *p, const isl_model *model, char *buf,
+                            size_t size)
 {
-    const double pixels = (double)p->height * (double)p->width;
-    size_t used = 0;
-    buf[0] = '\0';
-    for (int k = 0; k < p->num_heads && used < size; k++) {
-        int n = snprintf(buf + used, size - used, "%s%s %.1f%%", k ? ", " : "",
-                         isl_model_head_name(model, p->heads[k]),
-                         100.0 * (double)p->uncertain[k] / pixels);
-        if (n < 0)
-            break;
-        used += (size_t)n;
-    }
+    const char *names[3];
+    for (int k = 0; k < p->num_heads; k++)
+        names[k] = isl_model_head_name(model, p->heads[k]);
+    return isl_uncertainty_summary(p->num_heads, names, p->uncertain,
+                                   (size_t)p->height * (size_t)p->width, ISL_UNCERTAIN_STD, buf,
+                                   size) == ISL_OK ? 0 : -1;
 }
 
 /* "dapi_confocal blue, map2_confocal green, nfh_confocal red" into buf. */

@@ -153,6 +153,7 @@ ISLPY_NOGIL(isl_trainer_model)
 %ignore isl_predict_image_rows;
 %ignore isl_stats;
 %ignore isl_uncertain_mask;
+%ignore isl_uncertainty_summary;
 %ignore isl_train_batch;
 %ignore isl_train_step;
 %ignore isl_trainer_estimate_bn;
@@ -716,6 +717,56 @@ PyObject *_uncertain_mask(PyObject *std, float threshold)
         islpy_raise(s);
         return NULL;
     }
+    return out;
+}
+
+/* isl_uncertainty_summary of heads (str), their uncertain pixel counts and the pixels of
+ * the field: the line as a str. */
+PyObject *_uncertainty_summary(PyObject *heads, PyObject *counts, unsigned long long pixels,
+                               float threshold)
+{
+    PyObject *seq;
+    const char **names;
+    Py_ssize_t n;
+    if (islpy_names(heads, &seq, &names, &n) != ISL_OK)
+        return NULL;
+    size_t *uncertain = PyMem_Calloc(n > 0 ? (size_t)n : 1, sizeof(size_t));
+    size_t size = 128;
+    for (Py_ssize_t i = 0; i < n; i++)
+        size += strlen(names[i]) + 32;
+    char *line = PyMem_Malloc(size);
+    PyObject *out = NULL;
+    if (!uncertain || !line) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject *values = PySequence_Tuple(counts);
+    if (!values)
+        goto done;
+    if (PyTuple_GET_SIZE(values) != n) {
+        Py_DECREF(values);
+        PyErr_SetString(PyExc_ValueError, "one uncertain count per head");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uncertain[i] = (size_t)PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(values, i));
+        if (PyErr_Occurred()) {
+            Py_DECREF(values);
+            goto done;
+        }
+    }
+    Py_DECREF(values);
+    isl_status s = isl_uncertainty_summary((int)n, names, uncertain, (size_t)pixels, threshold,
+                                           line, size);
+    if (s != ISL_OK)
+        islpy_raise(s);
+    else
+        out = PyUnicode_DecodeUTF8(line, (Py_ssize_t)strlen(line), "replace");
+done:
+    PyMem_Free(line);
+    PyMem_Free(uncertain);
+    PyMem_Free(names);
+    Py_DECREF(seq);
     return out;
 }
 

@@ -7,6 +7,7 @@
 #include "error.h"
 
 #include <math.h>
+#include <stdio.h>
 
 isl_status isl_uncertain_mask(const float *std, size_t count, float threshold,
                               unsigned char *mask, size_t *uncertain)
@@ -26,5 +27,46 @@ isl_status isl_uncertain_mask(const float *std, size_t count, float threshold,
             mask[i] = (unsigned char)wide;
     }
     *uncertain = n;
+    return ISL_OK;
+}
+
+/* The one wording of the summary: the CLI prints it and the bindings return it. */
+isl_status isl_uncertainty_summary(int count, const char *const *names, const size_t *uncertain,
+                                   size_t pixels, float threshold, char *buf, size_t size)
+{
+    if (count < 1 || !names || !uncertain || !buf)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "isl_uncertainty_summary: no heads, or names, uncertain or buf is NULL");
+    if (pixels == 0 || !(threshold > 0.0f) || !isfinite(threshold))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "isl_uncertainty_summary: no pixels, or threshold %g is not a positive "
+                        "number",
+                        (double)threshold);
+    for (int h = 0; h < count; h++)
+        if (!names[h] || uncertain[h] > pixels)
+            return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                            "isl_uncertainty_summary: head %d has no name or more uncertain "
+                            "pixels than pixels",
+                            h);
+    size_t used = 0;
+    int n = snprintf(buf, size, "uncertain (predicted std > %.2f): ", (double)threshold);
+    for (int h = 0; n >= 0 && h < count; h++) {
+        used += (size_t)n;
+        n = snprintf(used < size ? buf + used : NULL, used < size ? size - used : 0,
+                     "%s%s %.1f%%", h ? ", " : "", names[h],
+                     100.0 * (double)uncertain[h] / (double)pixels);
+    }
+    if (n >= 0) {
+        used += (size_t)n;
+        n = snprintf(used < size ? buf + used : NULL, used < size ? size - used : 0,
+                     " of the field");
+    }
+    if (n < 0 || used + (size_t)n >= size) {
+        if (size)
+            buf[0] = '\0';
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "isl_uncertainty_summary: the line needs %zu bytes, buf has %zu",
+                        n < 0 ? 0 : used + (size_t)n + 1, size);
+    }
     return ISL_OK;
 }

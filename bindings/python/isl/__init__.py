@@ -197,16 +197,19 @@ def uncertainty_summary(prediction: Dict[str, Dict[str, FloatArray]],
     Raises:
         InvalidArgumentError: no head of ``prediction`` has the "std" statistic.
     """
-    parts = []
+    heads, counts, pixels = [], [], 0
     for head, images in prediction.items():
         if head == AUTOENCODER or "std" not in images:
             continue
-        share = 100.0 * float(np.mean(uncertain_mask(images["std"], threshold)))
-        parts.append("%s %.1f%%" % (head, share))
-    if not parts:
+        mask = uncertain_mask(images["std"], threshold)
+        heads.append(head)
+        counts.append(int(np.count_nonzero(mask)))
+        pixels = mask.size
+    if not heads:
         raise InvalidArgumentError('the prediction has no "std" statistic: predict with '
                                    'stats=("median", "std")')
-    return "uncertain (predicted std > %.2f): %s of the field" % (threshold, ", ".join(parts))
+    # The wording is the C library's (isl_uncertainty_summary), as the CLI prints it.
+    return _capi._uncertainty_summary(heads, counts, pixels, float(threshold))
 
 
 def _as_stack(stack: npt.ArrayLike) -> np.ndarray:

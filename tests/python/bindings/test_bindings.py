@@ -82,6 +82,7 @@ def test_every_header_function_is_bound(islpy):
         "isl_predict_image_rows": "_predict_image_rows",
         "isl_stats": "_stats",
         "isl_uncertain_mask": "_uncertain_mask",
+        "isl_uncertainty_summary": "_uncertainty_summary",
         "isl_train_step": "_train_step",
         "isl_trainer_estimate_bn": "_trainer_estimate_bn",
         "isl_eval_pearson": "_eval_pearson",

@@ -347,8 +347,8 @@ def test_predict_preview(run_isl, tmp_path, height, width, factor):
     assert np.abs(got[:, 2 * pw:, 2] - (dim + share * (255 - dim))).max() <= 1
     assert np.abs(got[:, 2 * pw:, 1] - dim * (1 - share)).max() <= 1
     shares = ", ".join(f"{h} {100 * u.mean():.1f}%" for h, u in zip(HEADS, unsure))
-    assert (f'isl: uncertain (predicted std > 0.15, docs/cli.md "Uncertainty"): {shares} of '
-            "the field") in r.stderr
+    assert (f"isl: uncertain (predicted std > 0.15): {shares} of the field "
+            '(docs/cli.md "Uncertainty")') in r.stderr
 
 
 def test_predict_preview_without_median_one_head_and_errors(run_isl, small_model, tmp_path):

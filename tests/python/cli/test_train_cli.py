@@ -81,6 +81,10 @@ def test_help(run_isl):
     assert r.returncode == 0
     for option in ("--dataset", "--resume", "--validation", "--add-head", "--checkpoint-every"):
         assert option in r.stdout
+    # The library's defaults, as include/isl.h documents them, read by the help.
+    for line in ("Adam learning rate (default 0.0001)", "autoencoder (default 0.5)",
+                 "moving averages (default 0.99)", "seed of the crops (default 0)"):
+        assert line in r.stdout, line
 
 
 def test_short_run_writes_model_log_and_validation(run_isl, data, tmp_path):
