@@ -167,6 +167,7 @@ static size_t islj_element_size(JNIEnv *jenv, jobject buffer)
 %ignore isl_predict_image_rows;
 %ignore isl_stats;
 %ignore isl_uncertain_mask;
+%ignore isl_uncertainty_summary;
 /* Evaluation: arrays as Java arrays through the islj_eval_* helpers (org.isl.Evaluation). */
 %ignore isl_object_errors;
 %ignore isl_eval_pearson;
@@ -200,6 +201,29 @@ static isl_status islj_fail(isl_status s, const char *message)
     islj_message = message;
     return s;
 }
+
+/* Names given as one comma-separated string (names cannot contain commas): *names points
+ * into *copy; free both. */
+static isl_status islj_split_names(const char *csv, char **copy, const char ***names, int *n)
+{
+    *copy = strdup(csv ? csv : "");
+    *names = *copy ? calloc(strlen(*copy) / 2 + 2, sizeof(char *)) : NULL;
+    *n = 0;
+    if (!*copy || !*names) {
+        free(*copy);
+        free(*names);
+        return islj_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    }
+    for (char *p = *copy; *p;) {
+        (*names)[(*n)++] = p;
+        char *comma = strchr(p, ',');
+        if (!comma)
+            break;
+        *comma = '\0';
+        p = comma + 1;
+    }
+    return ISL_OK;
+}
 %}
 
 %inline %{
@@ -212,22 +236,11 @@ isl_status islj_model_create(int base_depth, int num_z, const char *heads_csv, l
                              const char *input_normalization, isl_model **out)
 {
     islj_message = NULL;
-    char *copy = strdup(heads_csv ? heads_csv : "");
-    const char **names = calloc(strlen(copy) / 2 + 2, sizeof(char *));
-    if (!copy || !names) {
-        free(copy);
-        free(names);
-        return islj_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
-    }
-    int n = 0;
-    for (char *p = copy; *p;) {
-        names[n++] = p;
-        char *comma = strchr(p, ',');
-        if (!comma)
-            break;
-        *comma = '\0';
-        p = comma + 1;
-    }
+    char *copy;
+    const char **names;
+    int n;
+    if (islj_split_names(heads_csv, &copy, &names, &n) != ISL_OK)
+        return ISL_ERROR_OUT_OF_MEMORY;
     isl_model_config config;
     isl_model_config_init(&config);
     config.base_depth = base_depth;
@@ -312,7 +325,8 @@ isl_status islj_predict_tile(const isl_model *model, const isl_predict_options *
 %include "arrays_java.i"
 %apply float[] { const float *predicted, const float *truth, const float *std };
 %apply signed char[] { signed char *mask };
-%apply double[] { const double *a, const double *b, double *result };
+%apply double[] { const double *a, const double *b, double *result, const double *counts };
+%apply signed char[] { signed char *line };
 %inline %{
 /* result[0] = Pearson r, result[1] = pixels used (isl_eval_pearson, no mask). */
 isl_status islj_eval_pearson(const float *predicted, const float *truth, int count,
@@ -335,6 +349,37 @@ isl_status islj_uncertain_mask(const float *std, int count, float threshold, sig
     isl_status s = isl_uncertain_mask(std, count > 0 ? (size_t)count : 0, threshold,
                                       (unsigned char *)mask, &uncertain);
     result[0] = (double)uncertain;
+    return s;
+}
+
+/* isl_uncertainty_summary of the heads (comma-separated), their uncertain pixel counts
+ * and the field's pixels: the line, NUL-terminated UTF-8, into line (size bytes). */
+isl_status islj_uncertainty_summary(const char *heads_csv, const double *counts, int num_counts,
+                                    double pixels, float threshold, signed char *line, int size)
+{
+    islj_message = NULL;
+    char *copy;
+    const char **names;
+    int n;
+    if (islj_split_names(heads_csv, &copy, &names, &n) != ISL_OK)
+        return ISL_ERROR_OUT_OF_MEMORY;
+    size_t *uncertain = calloc(n > 0 ? (size_t)n : 1, sizeof(size_t));
+    isl_status s = !uncertain ? islj_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory")
+                   : n != num_counts ? islj_fail(ISL_ERROR_INVALID_ARGUMENT,
+                                                 "one uncertain count per head")
+                   : ISL_OK;
+    for (int i = 0; s == ISL_OK && i < n; i++) {
+        if (!(counts[i] >= 0) || !(counts[i] <= pixels))
+            s = islj_fail(ISL_ERROR_INVALID_ARGUMENT, "an uncertain count is outside [0, pixels]");
+        else
+            uncertain[i] = (size_t)counts[i];
+    }
+    if (s == ISL_OK)
+        s = isl_uncertainty_summary(n, names, uncertain, pixels > 0 ? (size_t)pixels : 0,
+                                    threshold, (char *)line, size > 0 ? (size_t)size : 0);
+    free(uncertain);
+    free(names);
+    free(copy);
     return s;
 }
 

@@ -94,6 +94,14 @@ public class TestPredict {
           "uncertain mask " + Arrays.toString(mask));
     expectStatus(Status.INVALID_ARGUMENT, "uncertain threshold 0",
                  () -> org.isl.Evaluation.uncertainMask(std, 0, mask));
+    // The summary line, word for word (3 of 5 pixels is 60.0%, 1 of 5 is 20.0%).
+    String line = org.isl.Evaluation.uncertaintySummary(new String[] {"dapi", "nfh"},
+        new long[] {uncertain, 1}, 5, org.isl.Evaluation.UNCERTAIN_STD);
+    check(line.equals("uncertain (predicted std > 0.15): dapi 60.0%, nfh 20.0% of the field"),
+          "uncertainty summary: " + line);
+    expectStatus(Status.INVALID_ARGUMENT, "summary of more uncertain pixels than pixels",
+                 () -> org.isl.Evaluation.uncertaintySummary(new String[] {"a"}, new long[] {6},
+                                                             5, 0.15f));
     x[3] = Float.NaN;
     expectStatus(Status.VALUE, "pearson NaN", () -> org.isl.Evaluation.pearson(up, x, 0, 0));
   }

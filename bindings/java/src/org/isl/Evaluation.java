@@ -47,6 +47,33 @@ public final class Evaluation {
     return (long) result[0];
   }
 
+  /**
+   * The line saying how much of a field cannot be trusted, as {@code isl predict --preview}
+   * prints it (the C library's isl_uncertainty_summary): "uncertain (predicted std > 0.15):
+   * dapi_confocal 12.3%, ... of the field". uncertain[h] is {@link #uncertainMask}'s count
+   * for heads[h] over the field's pixels.
+   */
+  public static String uncertaintySummary(String[] heads, long[] uncertain, long pixels,
+      float threshold) throws IslException {
+    if (heads.length != uncertain.length)
+      throw new IslException(Status.INVALID_ARGUMENT, "one uncertain count per head");
+    double[] counts = new double[uncertain.length];
+    int size = 128;
+    for (int h = 0; h < heads.length; h++) {
+      if (heads[h].indexOf(',') >= 0)
+        throw new IslException(Status.INVALID_ARGUMENT, "a head name contains a comma");
+      counts[h] = uncertain[h];
+      size += heads[h].getBytes(java.nio.charset.StandardCharsets.UTF_8).length + 32;
+    }
+    byte[] line = new byte[size];
+    check(IslNative.islj_uncertainty_summary(String.join(",", heads), counts, counts.length,
+                                             pixels, threshold, line, size));
+    int n = 0;
+    while (n < size && line[n] != 0)
+      n++;
+    return new String(line, 0, n, java.nio.charset.StandardCharsets.UTF_8);
+  }
+
   /** Two-sided two-sample Kolmogorov-Smirnov test: {statistic, p-value}. */
   public static double[] ks2samp(double[] a, double[] b) throws IslException {
     double[] result = new double[2];
