@@ -138,37 +138,34 @@ static int parse_drop(const char *text, train_args *a)
  * errors. */
 static int parse_trainer_option(isl_train_options *o, int id, const char *v)
 {
-    long long n = 0;
-    double x = 0;
+    static const struct {
+        int id;
+        const char *name;
+        isl_status (*set)(isl_train_options *, double);
+    } reals[] = {
+        {OPT_LR, "--lr", isl_train_options_set_learning_rate},
+        {OPT_LABEL_WEIGHT, "--label-weight", isl_train_options_set_label_weight},
+        {OPT_BN_DECAY, "--bn-decay", isl_train_options_set_bn_decay},
+    };
+    long long threads = 0;
     uint64_t seed = 0;
+    double x = 0;
     isl_status s = ISL_OK;
-    switch (id) {
-    case OPT_LR:
-        if (cli_parse_double("--lr", v, 0, 1, &x) != 0)
+    if (id == OPT_THREADS) {
+        if (cli_parse_int("--threads", v, 0, 4096, &threads) != 0)
             return CLI_EXIT_USAGE;
-        s = isl_train_options_set_learning_rate(o, x);
-        break;
-    case OPT_LABEL_WEIGHT:
-        if (cli_parse_double("--label-weight", v, 0, 1, &x) != 0)
-            return CLI_EXIT_USAGE;
-        s = isl_train_options_set_label_weight(o, x);
-        break;
-    case OPT_BN_DECAY:
-        if (cli_parse_double("--bn-decay", v, 0, 1, &x) != 0)
-            return CLI_EXIT_USAGE;
-        s = isl_train_options_set_bn_decay(o, x);
-        break;
-    case OPT_THREADS:
-        if (cli_parse_int("--threads", v, 0, 4096, &n) != 0)
-            return CLI_EXIT_USAGE;
-        s = isl_train_options_set_threads(o, (int)n);
-        break;
-    case OPT_SEED:
+        s = isl_train_options_set_threads(o, (int)threads);
+    } else if (id == OPT_SEED) {
         if (cli_parse_u64("--seed", v, &seed) != 0)
             return CLI_EXIT_USAGE;
         s = isl_train_options_set_seed(o, seed);
-        break;
     }
+    for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
+        if (reals[i].id == id) {
+            if (cli_parse_double(reals[i].name, v, 0, 1, &x) != 0)
+                return CLI_EXIT_USAGE;
+            s = reals[i].set(o, x);
+        }
     if (s != ISL_OK)
         return s == ISL_ERROR_INVALID_ARGUMENT ? cli_usage_error("%s", isl_last_error())
                                                : cli_library_error(s);
