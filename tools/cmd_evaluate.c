@@ -115,11 +115,7 @@ int cli_cmd_evaluate(int argc, char **argv)
     const char *out_dir = NULL;
     const cli_eval_own own[] = {{OPT_OUTPUT, &out_dir}};
     cli_eval e;
-    int rc = cli_eval_parse(&e, argc, argv, "evaluate", opts, own, 1);
-    if (!rc && !out_dir)
-        rc = cli_usage_error("evaluate: missing -o OUTDIR");
-    if (!rc)
-        rc = cli_eval_run(&e);
+    int rc = cli_eval_start(&e, argc, argv, "evaluate", opts, own, 1, "-o OUTDIR");
     cli_dirs created = {0};
     if (!rc)
         rc = cli_mkdir_p(out_dir, &created);

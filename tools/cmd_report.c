@@ -247,11 +247,7 @@ int cli_cmd_report(int argc, char **argv)
     const char *out = NULL, *title = "In Silico Labeling evaluation";
     const cli_eval_own own[] = {{OPT_OUTPUT, &out}, {OPT_TITLE, &title}};
     cli_eval e;
-    int rc = cli_eval_parse(&e, argc, argv, "report", opts, own, 2);
-    if (!rc && !out)
-        rc = cli_usage_error("report: missing -o report.html");
-    if (!rc)
-        rc = cli_eval_run(&e);
+    int rc = cli_eval_start(&e, argc, argv, "report", opts, own, 2, "-o report.html");
     page p = {0};
     if (!rc) {
         add(&p, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>");

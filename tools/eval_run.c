@@ -72,8 +72,9 @@ int cli_eval_help(const char *head)
     return fflush(stdout) == 0 ? CLI_EXIT_OK : CLI_EXIT_RUNTIME;
 }
 
-int cli_eval_parse(cli_eval *e, int argc, char **argv, const char *command,
-                   const cli_option *opts, const cli_eval_own *own, int num_own)
+int cli_eval_start(cli_eval *e, int argc, char **argv, const char *command,
+                   const cli_option *opts, const cli_eval_own *own, int num_own,
+                   const char *output)
 {
     cli_eval_init(e);
     cli_args a;
@@ -93,7 +94,9 @@ int cli_eval_parse(cli_eval *e, int argc, char **argv, const char *command,
         else
             rc = cli_eval_option(e, id, value);
     }
-    return rc;
+    if (!rc && !*own[0].value)
+        rc = cli_usage_error("%s: missing %s", command, output);
+    return rc ? rc : cli_eval_run(e);
 }
 
 int cli_eval_option(cli_eval *e, int id, const char *value)

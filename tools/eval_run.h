@@ -67,11 +67,14 @@ typedef struct cli_eval_own {
 } cli_eval_own;
 /* Prints the help of an evaluation command: head, then the shared options. Exit code. */
 int cli_eval_help(const char *head);
-/* Initializes e and parses the arguments of `isl <command>`: opts lists the shared options
- * (CLI_EVAL_OPTIONS) and the command's own, whose values go to own[0 .. num_own). 0 or
- * the exit code of a reported error; free e with cli_eval_free either way. */
-int cli_eval_parse(cli_eval *e, int argc, char **argv, const char *command,
-                   const cli_option *opts, const cli_eval_own *own, int num_own);
+/* Initializes e, parses the arguments of `isl <command>` and runs the evaluation
+ * (cli_eval_run): opts lists the shared options (CLI_EVAL_OPTIONS) and the command's own,
+ * whose values go to own[0 .. num_own); own[0], the output, is required (`output` names it
+ * in the message when missing, e.g. "-o OUTDIR"). 0 or the exit code of a reported error;
+ * free e with cli_eval_free either way. */
+int cli_eval_start(cli_eval *e, int argc, char **argv, const char *command,
+                   const cli_option *opts, const cli_eval_own *own, int num_own,
+                   const char *output);
 /* Reads the inputs, checks them and computes every metric. 0 or an exit code. */
 int cli_eval_run(cli_eval *e);
 int cli_eval_width(const cli_eval *e);
