@@ -267,6 +267,10 @@ START_TEST(soak)
             rss_settled = rss;
         if (c >= settled && rss > rss_max)
             rss_max = rss;
+        if (c % 1000 == 0) { /* long runs: figures survive an interrupted run */
+            printf("soak: cycle %d, resident %ld kB, no HDF5 identifier open\n", c, rss);
+            fflush(stdout);
+        }
     }
     long rss_end = resident_kb();
     printf("soak: %d load/predict/free cycles in %.0f s (load %.0f s, predict %.0f s); resident "

@@ -14,7 +14,10 @@ typedef struct isl_atomic_file {
 } isl_atomic_file;
 
 /* Creates path.tmp.XXXXXX with the mode of the file it will replace, or the mode a plain
- * create would give (0666 & ~umask). On failure f->tmp is NULL and f->fd -1. */
+ * create would give (0666 & ~umask). On failure f->tmp is NULL and f->fd -1. First removes
+ * the stale temporary files of the same path a killed writer left: regular files of this
+ * user named path.tmp.XXXXXX, unmodified for ISL_ATOMIC_STALE_SECONDS. */
+#define ISL_ATOMIC_STALE_SECONDS (15 * 60)
 int isl_atomic_open(isl_atomic_file *f, const char *path);
 
 /* Writes all of data to f->fd (retrying short writes and EINTR). */

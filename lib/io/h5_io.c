@@ -33,6 +33,7 @@ struct isl_h5_file {
     hid_t fid;
     hid_t lcpl;     /* writing: creates intermediate groups */
     int fd;         /* reading: the descriptor verified and handed to HDF5, or -1 */
+    const unsigned char *image; /* reading a file image: its bytes, or NULL */
     int verified;   /* reading: the content matched the checksum record */
     uint64_t size;  /* reading: file size in bytes */
     uint64_t stored; /* reading: bytes of dataset storage met so far */
@@ -129,15 +130,6 @@ static herr_t h5_close(hid_t id)
     case H5I_GENPROP_LST: return H5Pclose(id);
     default: return -1;
     }
-}
-
-static herr_t h5_reclaim(hid_t type, hid_t space, void *buf)
-{
-#if H5_VERSION_GE(1, 12, 0)
-    return H5Treclaim(type, space, H5P_DEFAULT, buf);
-#else
-    return H5Dvlen_reclaim(type, space, H5P_DEFAULT, buf);
-#endif
 }
 
 /* A file access property list whose file close also closes objects left open. */
@@ -300,30 +292,205 @@ static char **pack_strings(size_t count, const char *const *items)
     return block;
 }
 
-static isl_status read_vlen_strings(isl_h5_file *r, hid_t attr, hid_t ftype, hid_t space, size_t count,
-                                    const char *where, const char *name, char ***out)
+/* Variable-length strings (h5py's default, isl < 0.7) live in HDF5's global heap. HDF5
+ * 1.10 follows a heap reference taken from the file without checking it, so a damaged
+ * one crashes or hangs H5Aread (issue #17). isl therefore never lets HDF5 read the heap:
+ * H5Aread converts the attribute to an opaque type that only isl's conversion function
+ * (registered for the call) accepts, which leaves each element's raw descriptor
+ * {length, collection address, object index} as stored, and isl reads the heap
+ * collection itself with every offset checked against the file. */
+#define VLEN_TAG "isl raw variable-length string descriptor"
+#define VLEN_CONV_NAME "isl raw vlen string"
+
+/* The conversion: the element bytes are already the raw descriptors and the sizes are
+ * equal, so there is nothing to do but refuse every other pair of types. */
+static herr_t keep_vlen_descriptor(hid_t src, hid_t dst, H5T_cdata_t *cdata, size_t nelmts,
+                                   size_t buf_stride, size_t bkg_stride, void *buf, void *bkg,
+                                   hid_t dxpl)
+{
+    (void)nelmts, (void)buf_stride, (void)bkg_stride, (void)buf, (void)bkg, (void)dxpl;
+    if (cdata->command != H5T_CONV_INIT)
+        return 0;
+    cdata->need_bkg = H5T_BKG_NO;
+    if (H5Tis_variable_str(src) <= 0 || H5Tget_class(dst) != H5T_OPAQUE ||
+        H5Tget_size(src) != H5Tget_size(dst))
+        return -1;
+    char *tag = H5Tget_tag(dst);
+    int ours = tag && strcmp(tag, VLEN_TAG) == 0;
+    H5free_memory(tag);
+    return ours ? 0 : -1;
+}
+
+/* How the file encodes addresses: their size, the size of lengths, and the base address
+ * (the superblock's offset: after a user block) that heap addresses are relative to. */
+typedef struct heap_layout {
+    size_t addr_size, len_size;
+    uint64_t base;
+} heap_layout;
+
+/* One global heap collection read from the file, kept for the next string. */
+typedef struct heap_collection {
+    uint64_t addr;
+    unsigned char *bytes;
+    size_t size;
+} heap_collection;
+
+static uint64_t get_le(const unsigned char *p, size_t n)
+{
+    uint64_t v = 0;
+    for (size_t i = n; i-- > 0;)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* n bytes at offset off of the file being read, or -1 if they are not all in it. */
+static int read_file_bytes(isl_h5_file *r, uint64_t off, void *buf, size_t n)
+{
+    if (off > r->size || n > r->size - off)
+        return -1;
+    if (r->image) {
+        memcpy(buf, r->image + off, n);
+        return 0;
+    }
+    for (size_t done = 0; done < n;) {
+        ssize_t got = pread(r->fd, (char *)buf + done, n - done, (off_t)(off + done));
+        if (got <= 0 && !(got < 0 && errno == EINTR))
+            return -1;
+        done += got > 0 ? (size_t)got : 0;
+    }
+    return 0;
+}
+
+/* Loads the collection at heap address addr into c: signature "GCOL", version 1, and a
+ * size that holds its header and lies within the file. Returns NULL or the problem. */
+static const char *load_collection(isl_h5_file *r, const heap_layout *l, uint64_t addr,
+                                   heap_collection *c)
+{
+    unsigned char head[8 + 8];
+    size_t head_size = 8 + l->len_size;
+    if (c->bytes && c->addr == addr)
+        return NULL;
+    free(c->bytes);
+    c->bytes = NULL;
+    if (addr > UINT64_MAX - l->base || read_file_bytes(r, l->base + addr, head, head_size) != 0)
+        return "collection address outside the file";
+    if (memcmp(head, "GCOL", 4) != 0 || head[4] != 1)
+        return "no heap collection at its address";
+    uint64_t size = get_le(head + 8, l->len_size);
+    if (size < head_size || size > r->size)
+        return "collection size out of range";
+    c->bytes = malloc((size_t)size);
+    if (!c->bytes)
+        return "out of memory";
+    if (read_file_bytes(r, l->base + addr, c->bytes, (size_t)size) != 0) {
+        free(c->bytes);
+        c->bytes = NULL;
+        return "collection extends past the end of the file";
+    }
+    c->addr = addr;
+    c->size = (size_t)size;
+    return NULL;
+}
+
+/* The string a raw descriptor refers to, malloc'd in *out, or NULL and the problem. */
+static const char *heap_string(isl_h5_file *r, const heap_layout *l, const unsigned char *desc,
+                               heap_collection *c, char **out)
+{
+    uint64_t len = get_le(desc, 4);
+    uint64_t addr = get_le(desc + 4, l->addr_size);
+    uint64_t index = get_le(desc + 4 + l->addr_size, 4);
+    if (len > MAX_STRING_BYTES)
+        return "string longer than 4096 bytes";
+    *out = calloc((size_t)len + 1, 1);
+    if (!*out)
+        return "out of memory";
+    if (len == 0) /* "" or a null string: nothing to read */
+        return NULL;
+    const char *problem = load_collection(r, l, addr, c);
+    if (problem)
+        return problem;
+    /* Objects: index (2 bytes), reference count (2), reserved (4), size, data padded to 8
+     * bytes; index 0 is the free space that ends the list. */
+    size_t head = 8 + l->len_size;
+    for (size_t at = 8 + l->len_size; head <= c->size - at;) {
+        uint64_t id = get_le(c->bytes + at, 2), size = get_le(c->bytes + at + 8, l->len_size);
+        size_t data = at + head;
+        if (id == 0)
+            break;
+        if (size > c->size - data)
+            return "heap object extends past its collection";
+        if (id == index) {
+            if (len > size)
+                return "string longer than its heap object";
+            memcpy(*out, c->bytes + data, (size_t)len);
+            return NULL;
+        }
+        size_t padded = ((size_t)size + 7) & ~(size_t)7;
+        if (padded > c->size - data)
+            break;
+        at = data + padded;
+    }
+    return "heap object not found";
+}
+
+static isl_status read_vlen_strings(isl_h5_file *r, hid_t attr, size_t count, const char *where,
+                                    const char *name, char ***out)
 {
     isl_status st = ISL_OK;
-    hid_t mtype = H5Tget_native_type(ftype, H5T_DIR_ASCEND);
+    heap_layout l = {0};
+    heap_collection c = {0};
+    hsize_t userblock = 0;
+    hid_t fcpl = H5Fget_create_plist(r->fid), vstr = H5Tcopy(H5T_C_S1), raw = H5I_INVALID_HID;
+    int registered = 0;
+    unsigned char *desc = NULL;
     char **items = calloc(count ? count : 1, sizeof(char *));
-    if (!items) {
+    if (fcpl < 0 || H5Pget_sizes(fcpl, &l.addr_size, &l.len_size) < 0 ||
+        H5Pget_userblock(fcpl, &userblock) < 0 || l.addr_size > 8 || l.len_size > 8 ||
+        l.addr_size == 0 || l.len_size == 0) {
+        st = isl_fail(ISL_ERROR_FORMAT, "%s: cannot read the file's address sizes: %s", r->file,
+                      h5_detail(r->detail));
+        goto cleanup;
+    }
+    l.base = userblock;
+    size_t desc_size = 4 + l.addr_size + 4;
+    desc = calloc(count ? count : 1, desc_size);
+    if (!items || !desc) {
         st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %s: out of memory reading attribute %s",
                       r->file, where, name);
         goto cleanup;
     }
-    if (mtype < 0 || H5Aread(attr, mtype, items) < 0) {
+    raw = H5Tcreate(H5T_OPAQUE, desc_size);
+    registered = vstr >= 0 && raw >= 0 && H5Tset_size(vstr, H5T_VARIABLE) >= 0 &&
+                 H5Tset_tag(raw, VLEN_TAG) >= 0 &&
+                 H5Tregister(H5T_PERS_SOFT, VLEN_CONV_NAME, vstr, raw, keep_vlen_descriptor) >= 0;
+    if (!registered || H5Aread(attr, raw, desc) < 0) {
         st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: cannot read attribute %s: %s", r->file, where,
                       name, h5_detail(r->detail));
         goto cleanup;
     }
-    *out = pack_strings(count, (const char *const *)items);
-    if (!*out)
+    for (size_t i = 0; i < count && st == ISL_OK; i++) {
+        const char *problem = heap_string(r, &l, desc + i * desc_size, &c, &items[i]);
+        if (problem)
+            st = isl_fail(strcmp(problem, "out of memory") ? ISL_ERROR_FORMAT
+                                                           : ISL_ERROR_OUT_OF_MEMORY,
+                          "%s: %s: attribute %s: damaged variable-length string (%s)", r->file,
+                          where, name, problem);
+    }
+    if (st == ISL_OK && !(*out = pack_strings(count, (const char *const *)items)))
         st = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "%s: %s: out of memory reading attribute %s",
                       r->file, where, name);
-    h5_reclaim(mtype, space, items);
 cleanup:
+    if (registered) /* by name and function: also removes the paths HDF5 cached for it */
+        H5Tunregister(H5T_PERS_SOFT, VLEN_CONV_NAME, H5I_INVALID_HID, H5I_INVALID_HID,
+                      keep_vlen_descriptor);
+    for (size_t i = 0; items && i < count; i++)
+        free(items[i]);
     free(items);
-    h5_close(mtype);
+    free(desc);
+    free(c.bytes);
+    h5_close(raw);
+    h5_close(vstr);
+    h5_close(fcpl);
     return st;
 }
 
@@ -397,7 +564,7 @@ static isl_status read_string_attr(isl_h5_file *r, hid_t obj, const char *where,
         st = isl_fail(ISL_ERROR_FORMAT, "%s: %s: attribute %s has %zu-byte strings (at most %d)",
                       r->file, where, name, size, MAX_STRING_BYTES);
     else if (vlen) /* isl < 0.7 and h5py write these; see docs/security.md */
-        st = read_vlen_strings(r, attr, ftype, space, *count, where, name, out);
+        st = read_vlen_strings(r, attr, *count, where, name, out);
     else
         st = read_fixed_strings(r, attr, ftype, *count, where, name, out);
 cleanup:
@@ -946,6 +1113,7 @@ static isl_status read_with(const char *path, const void *image, size_t size,
     isl_status st = ISL_OK;
     if (image) {
         r.size = (uint64_t)size; /* an image has no checksum record: structure checks only */
+        r.image = image;
     } else if ((st = verify_file(&r)) != ISL_OK) { /* outside the lock: hashing needs no HDF5 */
         if (r.fd >= 0)
             close(r.fd);

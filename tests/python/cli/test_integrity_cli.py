@@ -174,6 +174,57 @@ def test_variable_length_strings_of_older_files_still_load(run_isl, tiny_model, 
     assert "dapi_confocal" in r.stdout and "checksum:            none" in r.stdout
 
 
+def vlen_model(tiny_model, path, userblock=0):
+    """tiny_model copied by h5py with variable-length string attributes (h5py's default),
+    optionally behind a user block (heap addresses are then relative to byte 512)."""
+    with h5py.File(tiny_model, "r") as src, h5py.File(path, "w", userblock_size=userblock) as f:
+        for name in src:
+            src.copy(name, f)
+        for name, value in src.attrs.items():
+            f.attrs[name] = value
+        f.attrs["format"] = "isl-model"
+        f.attrs["heads"] = ["dapi_confocal", "autoencoder"]
+        assert h5py.check_string_dtype(f.attrs.get_id("heads").dtype).length is None
+    return path
+
+
+def test_variable_length_strings_behind_a_user_block(run_isl, tiny_model, tmp_path):
+    path = vlen_model(tiny_model, tmp_path / "ub.h5", userblock=512)
+    r = run_isl("model", "info", path)
+    assert r.returncode == 0, r.stderr
+    assert "dapi_confocal" in r.stdout and "checksum:            none" in r.stdout
+
+
+def damage_heap_object(data, text, offset, value, size):
+    """Overwrites a field of the global-heap object holding `text` (HDF5 format spec, 8-byte
+    lengths: index 2 bytes, reference count 2, reserved 4, object size 8, then the data)."""
+    at = data.index(text)
+    assert data[at - 8:at] == struct.pack("<Q", len(text))  # the object size: found it
+    data[at - 16 + offset:at - 16 + offset + size] = value.to_bytes(size, "little")
+
+
+@pytest.mark.parametrize("damage,problem", [
+    (lambda d: damage_heap_object(d, b"isl-model", 8, 1 << 40, 8),
+     "heap object extends past its collection"),
+    (lambda d: damage_heap_object(d, b"isl-model", 8, 4, 8), "string longer than its heap object"),
+    (lambda d: damage_heap_object(d, b"isl-model", 0, 999, 2), "heap object not found"),
+    (lambda d: d.__setitem__(slice(d.index(b"GCOL"), d.index(b"GCOL") + 4), b"XXXX"),
+     "no heap collection at its address"),
+    (lambda d: d.__setitem__(slice(d.index(b"GCOL") + 8, d.index(b"GCOL") + 16),
+                             struct.pack("<Q", 1 << 40)), "collection size out of range"),
+])
+def test_damaged_global_heap_gives_a_clean_error(run_isl, tiny_model, tmp_path, damage, problem):
+    """The crash of issue #17: HDF5 1.10.8 follows a damaged global-heap reference of a
+    variable-length string into a SIGSEGV, a hang or a wild memcpy; isl reads the heap
+    itself and refuses the file."""
+    path = vlen_model(tiny_model, tmp_path / "vlen.h5")
+    data = bytearray(path.read_bytes())
+    damage(data)
+    path.write_bytes(bytes(data))
+    r = run_isl("model", "info", path, preexec_fn=limited, timeout=60)
+    assert_clean_error(r, "damaged variable-length string", problem)
+
+
 @pytest.fixture(scope="module")
 def small_dataset(run_isl, tmp_path_factory):
     d = tmp_path_factory.mktemp("integrity-ds")

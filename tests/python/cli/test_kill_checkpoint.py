@@ -6,7 +6,8 @@ the run that was killed many times equals one that never was (runs are bitwise
 reproducible with one thread and a resumed run draws the crops an uninterrupted one would).
 
 Default: about 20 s of kills; ISL_LONG_TESTS=1: at least 200 kills (ISL_KILL_SECONDS and
-ISL_KILL_COUNT override both).
+ISL_KILL_COUNT override both). The temporary files kills leave are aged past the atomic
+writer's 15-minute limit; the next save of the same file must remove them.
 
 Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/cli/test_kill_checkpoint.py -q
 """
@@ -82,6 +83,37 @@ def start(isl_bin, data, run_dir, ckpt):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+STALE_AGE = 16 * 60  # past the atomic writer's 15 minutes (lib/common/atomic_file.h)
+
+
+def test_stale_temporary_files_are_removed(run_isl, data, tmp_path):
+    """The atomic writer removes what a killed writer left beside the file it writes:
+    regular files named exactly FILE.tmp.XXXXXX, unmodified for 15 minutes. Others stay:
+    fresh ones (a live writer's), other files' and other names, directories, symlinks."""
+    old = time.time() - STALE_AGE
+    names = {"m.checkpoint.h5.tmp.Ab3dE9": True, "m.h5.tmp.zzzzzz": True,
+             "m.checkpoint.h5.tmp.Fresh1": False, "other.h5.tmp.Ab3dE9": False,
+             "m.checkpoint.h5.tmp.Ab3dE9x": False, "m.checkpoint.h5.tmp.Ab_dE9": False,
+             "m.checkpoint.h5.tmp.Ab3dE": False, "xm.h5.tmp.Ab3dE9": False,
+             "m.checkpoint.h5.tmp.Dir000": False, "m.checkpoint.h5.tmp.Link00": False}
+    for name in names:
+        p = tmp_path / name
+        if name.endswith("Dir000"):
+            p.mkdir()
+        elif name.endswith("Link00"):
+            p.symlink_to(tmp_path / "other.h5.tmp.Ab3dE9")
+        else:
+            p.write_bytes(b"partial")
+        if not name.endswith("Fresh1"):
+            os.utime(p, (old, old), follow_symlinks=False)
+    r = run_isl("train", "--dataset", data / "data.h5", "--out", tmp_path / "m.h5",
+                "--steps", 1, "--model", data / "init.h5", *ARGS)
+    assert r.returncode == 0, r.stderr
+    for name, removed in names.items():
+        assert os.path.lexists(tmp_path / name) != removed, name
+    assert (tmp_path / "m.h5").exists() and (tmp_path / "m.checkpoint.h5").exists()
+
+
 def inode(path):
     try:
         return os.stat(path).st_ino
@@ -95,7 +127,7 @@ def wait(proc, until, limit=60.0, pause=0.002):
         time.sleep(pause)
 
 
-def kill(proc, run_dir, ckpt, mode, rnd):
+def kill(proc, run_dir, ckpt, mode, rnd, stale):
     """Mode 0: at a random moment from the start (also before the first step); mode 1: a
     random moment after a new checkpoint is in place; mode 2: as soon as the next
     checkpoint's temporary file appears, i.e. while it is being written."""
@@ -107,7 +139,7 @@ def kill(proc, run_dir, ckpt, mode, rnd):
         if mode == 1:
             time.sleep(rnd.uniform(0.0, 1.0))
         else:
-            wait(proc, lambda: temp_files(run_dir), pause=0.001)
+            wait(proc, lambda: set(temp_files(run_dir)) - stale, pause=0.001)
     proc.kill()
 
 
@@ -117,9 +149,10 @@ def test_sigkill_leaves_a_whole_resumable_checkpoint(isl_bin, run_isl, data, tmp
     run_dir.mkdir()
     ckpt = run_dir / "m.checkpoint.h5"
     last, kills, during_save, t0 = 0, 0, 0, time.monotonic()
+    stale, left = set(), 0  # temporary files left by kills, aged past the writer's limit
     while kills < KILLS and time.monotonic() - t0 < SECONDS:
         proc = start(isl_bin, data, run_dir, ckpt)
-        kill(proc, run_dir, ckpt, kills % 3, rnd)
+        kill(proc, run_dir, ckpt, kills % 3, rnd, stale)
         _, err = proc.communicate(timeout=60)
         assert proc.returncode in (-signal.SIGKILL, 0), err
         kills += proc.returncode == -signal.SIGKILL
@@ -127,12 +160,17 @@ def test_sigkill_leaves_a_whole_resumable_checkpoint(isl_bin, run_isl, data, tmp
             step = checkpoint_step(ckpt)
             assert step >= last, f"the checkpoint went back from step {last} to {step}"
             last = step
-        # A kill during a save leaves its temporary file (never the checkpoint's name).
-        during_save += bool(temp_files(run_dir))
-        for p in temp_files(run_dir):
-            p.unlink()
+        # A kill during a save leaves its temporary file (never the checkpoint's name). Age
+        # it past ISL_ATOMIC_STALE_SECONDS: the next save of the same file must remove it.
+        new = set(temp_files(run_dir)) - stale
+        during_save += bool(new)
+        left += len(new)
+        for p in new:
+            os.utime(p, (time.time() - STALE_AGE, time.time() - STALE_AGE))
+        stale = (stale | new) & set(temp_files(run_dir))
     print(f"kills: {kills} SIGKILLs survived ({during_save} while a checkpoint was being "
-          f"written) in {time.monotonic() - t0:.0f} s; checkpoint at step {last}")
+          f"written, {left} temporary files left) in {time.monotonic() - t0:.0f} s; "
+          f"checkpoint at step {last}")
     assert kills >= 3 and ckpt.exists() and last >= 1
 
     # Resume to two steps past the checkpoint; it must equal a run that was never killed.
@@ -141,6 +179,7 @@ def test_sigkill_leaves_a_whole_resumable_checkpoint(isl_bin, run_isl, data, tmp
                 "--steps", final, "--resume", ckpt, *ARGS, timeout=600)
     assert r.returncode == 0, r.stderr
     assert checkpoint_step(ckpt) == final
+    assert not temp_files(run_dir), "isl train left stale temporary files beside its outputs"
     straight = tmp_path / "straight"
     straight.mkdir()
     r = run_isl("train", "--dataset", data / "data.h5", "--out", straight / "m.h5",
