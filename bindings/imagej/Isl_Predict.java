@@ -13,11 +13,13 @@ import java.util.List;
 import java.util.Map;
 import org.isl.IslException;
 import org.isl.Model;
+import org.isl.Status;
 
 /**
  * Plugins > isl > Predict: predicts fluorescence labels of the current z-stack with an isl
  * model (org.isl.Model, the Java binding) and shows their medians as a composite image,
- * one channel per label head. Macro: run("Predict", "model=/path/model.h5 [statistic=median]").
+ * one channel per label head, with ImageJ's progress bar; Esc cancels between tiles.
+ * Macro: run("Predict", "model=/path/model.h5 [statistic=median]").
  * The JNI library is found as org.isl.Model documents (-Djava.library.path or the
  * isl.jni.library property).
  */
@@ -39,8 +41,9 @@ public class Isl_Predict implements PlugIn {
     modelPath = gd.getNextString();
     String stat = gd.getNextChoice();
     Prefs.set(PREF, modelPath);
+    IJ.resetEscape();
     try (Model model = Model.load(modelPath)) {
-      ImagePlus out = predict(model, imp, stat);
+      ImagePlus out = predict(model, imp, stat, Isl_Predict::showProgress);
       if (out != null)
         out.show();
     } catch (IslException e) {
@@ -52,34 +55,32 @@ public class Isl_Predict implements PlugIn {
     }
   }
 
+  /** ImageJ's progress bar over the tiles; false (cancel) once Esc was pressed. */
+  static boolean showProgress(long done, long total) {
+    IJ.showProgress((double) done / Math.max(total, 1));
+    return !IJ.escapePressed();
+  }
+
   /** The label heads' statistic as a composite image (null if cancelled). */
-  static ImagePlus predict(Model model, ImagePlus imp, String stat) throws IslException {
+  static ImagePlus predict(Model model, ImagePlus imp, String stat, Model.Progress progress)
+      throws IslException {
     int z = imp.getStackSize(), h = imp.getHeight(), w = imp.getWidth();
     if (z != model.getNumZ())
-      throw new IslException(org.isl.Status.SHAPE, "the image has " + z + " slices but the model needs "
+      throw new IslException(Status.SHAPE, "the image has " + z + " slices but the model needs "
           + model.getNumZ() + " z planes");
     ImageStack in = imp.getStack();
     Map<String, Map<String, float[]>> result;
-    IJ.showStatus("isl: predicting " + w + " x " + h + " ...");
+    IJ.showStatus("isl: predicting " + w + " x " + h + " (Esc cancels) ...");
     IJ.showProgress(0, 1);
-    int depth = imp.getBitDepth();
-    if (depth == 16) {
-      short[] s = new short[z * h * w];
-      for (int k = 0; k < z; k++)
-        System.arraycopy((short[]) in.getPixels(k + 1), 0, s, k * h * w, h * w);
-      result = model.predict(s, z, h, w, stat);
-    } else if (depth == 8) {
-      byte[] s = new byte[z * h * w];
-      for (int k = 0; k < z; k++)
-        System.arraycopy((byte[]) in.getPixels(k + 1), 0, s, k * h * w, h * w);
-      result = model.predict(s, z, h, w, stat);
-    } else if (depth == 32) {
-      float[] s = new float[z * h * w];
-      for (int k = 0; k < z; k++)
-        System.arraycopy((float[]) in.getPixels(k + 1), 0, s, k * h * w, h * w);
-      result = model.predict(s, z, h, w, stat);
-    } else {
-      throw new IslException(org.isl.Status.UNSUPPORTED, "RGB images are not z-stacks: convert to 8, 16 or 32-bit");
+    Model.Options options = new Model.Options().stats(stat).progress(progress);
+    try {
+      result = predictStack(model, in, imp.getBitDepth(), z, h, w, options);
+    } catch (IslException e) {
+      IJ.showProgress(1, 1);
+      if (e.getStatus() != Status.CANCELLED)
+        throw e;
+      IJ.showStatus("isl: cancelled");
+      return null;
     }
     IJ.showProgress(1, 1);
     List<String> heads = model.getLabelHeads();
@@ -94,5 +95,27 @@ public class Isl_Predict implements PlugIn {
     composite.setProperty("Info", "isl " + Model.version() + ": " + String.join(", ", heads));
     IJ.showStatus("isl: done");
     return composite;
+  }
+
+  /** The stack's planes as one array of its own type, predicted with the options. */
+  private static Map<String, Map<String, float[]>> predictStack(Model model, ImageStack in,
+      int depth, int z, int h, int w, Model.Options options) throws IslException {
+    if (depth == 16) {
+      java.nio.ShortBuffer s = java.nio.ShortBuffer.allocate(z * h * w);
+      for (int k = 0; k < z; k++)
+        s.put((short[]) in.getPixels(k + 1));
+      return model.predict(s.flip(), z, h, w, options);
+    } else if (depth == 8) {
+      java.nio.ByteBuffer s = java.nio.ByteBuffer.allocate(z * h * w);
+      for (int k = 0; k < z; k++)
+        s.put((byte[]) in.getPixels(k + 1));
+      return model.predict(s.flip(), z, h, w, options);
+    } else if (depth == 32) {
+      java.nio.FloatBuffer s = java.nio.FloatBuffer.allocate(z * h * w);
+      for (int k = 0; k < z; k++)
+        s.put((float[]) in.getPixels(k + 1));
+      return model.predict(s.flip(), z, h, w, options);
+    }
+    throw new IslException(Status.UNSUPPORTED, "RGB images are not z-stacks: convert to 8, 16 or 32-bit");
   }
 }

@@ -224,7 +224,40 @@ static isl_status islj_split_names(const char *csv, char **copy, const char ***n
     }
     return ISL_OK;
 }
+
+/* A Java progress listener (org.isl.Model.Progress) seen from isl_progress_fn. */
+typedef struct islj_listener {
+    JNIEnv *env;     /* of the thread that called the prediction */
+    jobject listener;
+    jmethodID update; /* boolean update(long done, long total) */
+} islj_listener;
+
+/* Calls the listener directly (isl reports progress between tiles on the calling thread).
+ * Called from another thread it would have no JNIEnv of its own: it then reports nothing
+ * rather than attach threads. A false return or an exception cancels the prediction; the
+ * exception is thrown when the native call returns. */
+static int islj_progress(void *user, int64_t done, int64_t total)
+{
+    islj_listener *l = user;
+    JavaVM *vm = NULL;
+    JNIEnv *env = NULL;
+    if ((*l->env)->GetJavaVM(l->env, &vm) != 0 ||
+        (*vm)->GetEnv(vm, (void **)&env, JNI_VERSION_1_8) != JNI_OK || env != l->env)
+        return 0;
+    jboolean go = (*env)->CallBooleanMethod(env, l->listener, l->update, (jlong)done, (jlong)total);
+    return (*env)->ExceptionCheck(env) || !go;
+}
 %}
+
+/* (JNIEnv *env, jobject listener): one Java Object argument, with the caller's JNIEnv. */
+%typemap(jni) (JNIEnv *env, jobject listener) "jobject"
+%typemap(jtype) (JNIEnv *env, jobject listener) "Object"
+%typemap(jstype) (JNIEnv *env, jobject listener) "Object"
+%typemap(javain) (JNIEnv *env, jobject listener) "$javainput"
+%typemap(in) (JNIEnv *env, jobject listener) {
+    $1 = jenv;
+    $2 = $input;
+}
 
 %inline %{
 /* Message of the last failed helper call on this thread: its own, or isl_last_error(). */
@@ -257,11 +290,13 @@ isl_status islj_model_create(int base_depth, int num_z, const char *heads_csv, l
 }
 
 /* isl_predict_image: output (head, stat) goes to out + offsets[head * ISL_STAT_COUNT + stat]
- * floats, or nowhere if the offset is negative. Every range is checked against the buffers. */
-isl_status islj_predict_image(const isl_model *model, const isl_predict_options *options,
+ * floats, or nowhere if the offset is negative. Every range is checked against the buffers.
+ * listener (may be null): an org.isl.Model.Progress told of every finished tile; it
+ * cancels the prediction by returning false. */
+isl_status islj_predict_image(const isl_model *model, isl_predict_options *options,
                               void *stack, size_t stack_bytes, int dtype, int num_z, int height,
                               int width, void *out, size_t out_bytes, int num_offsets,
-                              const int *offsets)
+                              const int *offsets, JNIEnv *env, jobject listener)
 {
     static const size_t sample_bytes[] = {1, 2, 4};
     islj_message = NULL;
@@ -284,8 +319,23 @@ isl_status islj_predict_image(const isl_model *model, const isl_predict_options 
         }
         outputs[i] = (float *)out + offsets[i];
     }
+    islj_listener l = {env, listener, NULL};
+    if (listener) {
+        jclass c = (*env)->GetObjectClass(env, listener);
+        l.update = c ? (*env)->GetMethodID(env, c, "update", "(JJ)Z") : NULL;
+        if (c)
+            (*env)->DeleteLocalRef(env, c);
+        if (!l.update) {
+            (*env)->ExceptionClear(env);
+            free(outputs);
+            return islj_fail(ISL_ERROR_INVALID_ARGUMENT, "the progress listener has no update(long, long)");
+        }
+        isl_predict_options_set_progress(options, islj_progress, &l);
+    }
     isl_stack st = {stack, (isl_dtype)dtype, num_z, height, width};
     isl_status s = isl_predict_image(model, options, &st, outputs);
+    if (listener)
+        isl_predict_options_set_progress(options, NULL, NULL);
     free(outputs);
     return s;
 }
@@ -388,5 +438,53 @@ isl_status islj_eval_ks_2samp(const double *a, int na, const double *b, int nb, 
 {
     islj_message = NULL;
     return isl_eval_ks_2samp(a, na, b, nb, &result[0], &result[1]);
+}
+%}
+
+/* Preprocessing helpers on Java arrays (org.isl.Preprocess): `image_io` is copied in and
+ * back, `image_in`/`field_in`/`images_in` only in, `image_out` only back. */
+%apply float[] { float *image_io, const float *image_in, const float *field_in,
+                 const float *images_in, float *image_out };
+%apply int[] { int *passes_out };
+%inline %{
+isl_status islj_median5(float *image_io, int height, int width, int max_passes, int *passes_out)
+{
+    islj_message = NULL;
+    return isl_median5_until_stable(image_io, height, width, max_passes, passes_out);
+}
+
+isl_status islj_downscale2(const float *image_in, int height, int width, float *image_out)
+{
+    islj_message = NULL;
+    return isl_downscale2(image_in, height, width, image_out);
+}
+
+/* images_in: count images of height x width, one after the other. */
+isl_status islj_flat_field(const float *images_in, int count, int height, int width,
+                           double sigma, float *image_out)
+{
+    islj_message = NULL;
+    if (count < 1 || height < 1 || width < 1)
+        return islj_fail(ISL_ERROR_INVALID_ARGUMENT, "invalid image count or size");
+    const float **images = malloc(sizeof(float *) * (size_t)count);
+    if (!images)
+        return islj_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (int i = 0; i < count; i++)
+        images[i] = images_in + (size_t)i * (size_t)height * (size_t)width;
+    isl_status s = isl_flat_field_estimate(images, count, height, width, sigma, image_out);
+    free(images);
+    return s;
+}
+
+isl_status islj_flat_field_apply(float *image_io, const float *field_in, int height, int width)
+{
+    islj_message = NULL;
+    return isl_flat_field_apply(image_io, field_in, height, width);
+}
+
+isl_status islj_normalize(float *image_io, int count, double mean, double sd)
+{
+    islj_message = NULL;
+    return isl_normalize(image_io, count, mean, sd);
 }
 %}

@@ -779,6 +779,52 @@ def test_java_bindings(java_tools, golden, bindings_tmp):
         assert agree >= 0.999, "Java %s/median agrees at %.4f" % (head, agree)
 
 
+def test_java_preprocess(java_tools, bindings_tmp):
+    """tests/java/TestPreprocess.java (org.isl.Preprocess) against scipy/numpy."""
+    import scipy.ndimage as ndi
+
+    work = bindings_tmp / "java-preprocess"
+    work.mkdir(exist_ok=True)
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[0:37, 0:41]
+    stair = (1000 + 10 * np.floor((x + 2 * y) / 6.0)).astype(np.float32)  # converges
+    stair[rng.random(stair.shape) < 0.03] = 5000
+    stack = rng.uniform(500, 1500, (5, 64, 48)).astype(np.float32)
+    stair.astype("<f4").tofile(work / "staircase.raw")
+    stack.astype("<f4").tofile(work / "stack.raw")
+    classes = bindings_tmp / "java-preprocess-classes"
+    java_compile(java_tools, [SOURCE_DIR / "tests" / "java" / "TestPreprocess.java"], classes)
+    out = java_run(java_tools, classes, "TestPreprocess", [work]).stdout
+
+    def got(name, shape):
+        return np.fromfile(work / ("java-%s.raw" % name), dtype="<f4").reshape(shape)
+
+    ref = stair.copy()
+    for n in range(32):
+        nxt = ndi.median_filter(ref, size=5, mode="reflect")
+        if np.array_equal(nxt, ref):
+            break
+        ref = nxt
+    assert 1 <= n and "passes %d" % n in out
+    np.testing.assert_array_equal(got("median", stair.shape), ref)
+    np.testing.assert_allclose(got("downscale", (18, 20)),
+                               stair[:36, :40].reshape(18, 2, 20, 2).mean((1, 3)), rtol=1e-6)
+    med = np.median(stack.astype(np.float64), axis=0)
+    blurred = ndi.gaussian_filter(med, 64 / 32, mode="reflect", truncate=4.0)
+    field = blurred / blurred.mean()
+    np.testing.assert_allclose(got("flat-field", med.shape), field, rtol=2e-6)
+    np.testing.assert_allclose(got("dust", med.shape), med / med.mean(), rtol=2e-6)
+    np.testing.assert_allclose(got("corrected", med.shape), stack[0] / field, rtol=1e-5)
+    norm = got("normalized", med.shape).astype(np.float64)
+    want = np.clip((stack[0] - stack[0].mean()) / stack[0].std() * 0.125 + 0.25, 0, 1)
+    np.testing.assert_allclose(norm, want, atol=1e-6)
+    assert "sigma 64.0" in out
+    errors = [line for line in out.splitlines() if line.startswith("error ")]
+    assert errors[0].startswith("error SHAPE") and "not 40 x 41" in errors[0], errors
+    assert errors[1].startswith("error VALUE"), errors
+    assert errors[2].startswith("error VALUE") and "not finite" in errors[2], errors
+
+
 def test_java_example(java_tools, small_model_file, small_stack_file, small_prediction,
                       bindings_tmp):
     from PIL import Image

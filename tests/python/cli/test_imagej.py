@@ -4,9 +4,11 @@ ImageJ under Xvfb (ImageJ 1.53 cannot build its menus headless), against `isl pr
 Run: ISL_BUILD_DIR=build /usr/bin/python3 -m pytest tests/python/test_imagej.py -q (~15 s).
 """
 import os
+import re
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +83,28 @@ print("images " + nImages);
     # The error goes to IJ.error (a log line in batch mode); no result image appears.
     assert "images 1" in r.stdout, r.stdout + r.stderr
     assert "13 z planes" in r.stdout + r.stderr
+
+
+def test_imagej_progress_and_cancel(imagej, golden_dir, tmp_path):
+    """tests/java/TestImageJProgress.java: the plugin reports progress and Esc cancels it."""
+    build, plugin = imagej
+    classpath = f"{IJ_JAR}:{build / 'bindings' / 'java' / 'isl.jar'}:{plugin}"
+    source = Path(__file__).resolve().parents[2] / "java" / "TestImageJProgress.java"
+    subprocess.run(["javac", "-cp", classpath, "-d", tmp_path, source], check=True)
+    r = subprocess.run(["java", "-Djava.awt.headless=true",
+                        f"-Djava.library.path={build / 'bindings' / 'java'}",
+                        "-cp", f"{classpath}:{tmp_path}", "TestImageJProgress",
+                        golden_dir / "model.h5", golden_dir / "input.tif"],
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    out = r.stdout + r.stderr
+    assert r.returncode == 0 and "done" in r.stdout, out
+    calls, last = re.search(r"^progress (\d+) last (\S+)$", r.stdout, re.M).groups()
+    done, total = map(int, last.split("/"))
+    assert int(calls) >= 1 and done == total >= 1, out
+    assert "result 2" in r.stdout, out
+    assert "escape null calls 1" in r.stdout, out
+    # Small tiles: many of them, and the first one's report stops the rest.
+    tiles = re.search(r"^api CANCELLED after 1 of (\d+): ", r.stdout, re.M)
+    assert tiles and int(tiles.group(1)) > 1, out
+    assert "throw listener failed" in r.stdout, out

@@ -282,6 +282,17 @@ public final class Model implements AutoCloseable {
   // ---------------------------------------------------------------------------------
   // Prediction
 
+  /**
+   * Progress of a prediction: called on the predicting thread after each tile, with the
+   * tiles done so far and their total (done == total at the end). Return false to cancel:
+   * the prediction then throws an IslException with status CANCELLED. An exception thrown
+   * here also stops the prediction and reaches its caller.
+   */
+  @FunctionalInterface
+  public interface Progress {
+    boolean update(long done, long total);
+  }
+
   /** Options of {@link Model#predict(Buffer, int, int, int, Options)}; setters chain. */
   public static final class Options {
     private String[] heads;
@@ -292,6 +303,7 @@ public final class Model implements AutoCloseable {
     private boolean bf16;
     private Model[] ensemble = {};
     private boolean flipAverage;
+    private Progress progress;
 
     /** Heads to predict; default: all label heads (not the autoencoder). */
     public Options heads(String... heads) {
@@ -347,6 +359,12 @@ public final class Model implements AutoCloseable {
      */
     public Options flipAverage(boolean enable) {
       this.flipAverage = enable;
+      return this;
+    }
+
+    /** Told of every finished tile and able to cancel (see {@link Progress}); default: none. */
+    public Options progress(Progress listener) {
+      this.progress = listener;
       return this;
     }
   }
@@ -502,7 +520,8 @@ public final class Model implements AutoCloseable {
       }
       SWIGTYPE_p_isl_predict_options opts = createOptions(options, headArray, statArray, false);
       try {
-        checkHelper(IslNative.islj_predict_image(ptr, opts, direct, dtype, z, h, w, out, offsets));
+        checkHelper(IslNative.islj_predict_image(ptr, opts, direct, dtype, z, h, w, out, offsets,
+                                                 options.progress));
       } finally {
         IslNative.isl_predict_options_free(opts);
       }
