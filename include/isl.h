@@ -798,6 +798,19 @@ ISL_API isl_status isl_stitch_blend(const float *const *tiles, int count,
                                     const double *positions, int height, int width, int y0,
                                     int rows, int canvas_width, float *out);
 
+/* ---------------------------------------------------------------------------------- */
+/* Training pixel size                                                                 */
+/* ---------------------------------------------------------------------------------- */
+
+/** Pixel size, in micrometres, of the stacks the model was trained on (the model file's
+ *  optional pixel_size_um attribute, docs/model-format.md); 0 if unknown, as in files
+ *  written before it existed. A network sees structures in pixels, so inputs at another
+ *  pixel size predict worse; `isl predict` warns when an OME-TIFF's differs. */
+ISL_API double isl_model_pixel_size(const isl_model *model);
+/** Records the training pixel size (micrometres, in (0, 10000]; 0 clears it); saved by
+ *  isl_model_save. Changes the model: not while another thread uses it. */
+ISL_API isl_status isl_model_set_pixel_size(isl_model *model, double micrometres);
+
 #ifdef __cplusplus
 }
 #endif

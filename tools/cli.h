@@ -251,9 +251,10 @@ typedef struct cli_ome_info {
 /* Reads path's OME-XML, if any (info->present). 0, or -1 if it is OME-XML without
  * Image/Pixels. */
 int cli_ome_read(const char *path, cli_ome_info *info);
-/* For an input stack: refuses OME-TIFFs that are not one z-stack of num_z planes and
- * prints the metadata found (stderr). Returns an exit code. */
-int cli_ome_check_input(const char *path, int num_z);
+/* For an input stack: refuses OME-TIFFs that are not one z-stack of num_z planes, prints
+ * the metadata found (stderr) and warns when their pixel size differs by more than 1% from
+ * model_pixel_um (the model's training pixel size; 0: unknown). Returns an exit code. */
+int cli_ome_check_input(const char *path, int num_z, double model_pixel_um);
 /* Writes the float32 TIFFs files (num_planes pages in all) as one OME-TIFF with a named
  * channel per page (names[num_planes]), atomically; BigTIFF when large. 0, or -1 with a
  * message in err. */

@@ -27,13 +27,16 @@ static const char init_help[] =
     "  --num-z N               transmitted-light planes per input (default 13)\n"
     "  --seed S                seed of the random weights (default 0)\n"
     "  --normalization MODE    input normalization: none (default) or global\n"
+    "  --pixel-size UM         pixel size of the training stacks in micrometres (recorded;\n"
+    "                          isl predict warns about OME-TIFF inputs of another size)\n"
     "  -h, --help              show this help\n";
 
-enum { OPT_HEADS, OPT_OUTPUT, OPT_BASE, OPT_NUM_Z, OPT_SEED, OPT_NORM };
+enum { OPT_HEADS, OPT_OUTPUT, OPT_BASE, OPT_NUM_Z, OPT_SEED, OPT_NORM, OPT_PIXEL };
 
 static const cli_option init_options[] = {
     {"heads", 0, 1, OPT_HEADS},     {"output", 'o', 1, OPT_OUTPUT}, {"base-depth", 0, 1, OPT_BASE},
     {"num-z", 0, 1, OPT_NUM_Z},     {"seed", 0, 1, OPT_SEED},       {"normalization", 0, 1, OPT_NORM},
+    {"pixel-size", 0, 1, OPT_PIXEL},
     {NULL, 0, 0, 0},
 };
 
@@ -41,6 +44,7 @@ typedef struct init_args {
     const char *heads, *output, *normalization;
     long long base_depth, num_z;
     uint64_t seed;
+    double pixel_size_um; /* 0: not given */
 } init_args;
 
 static int parse_init(int argc, char **argv, init_args *a)
@@ -50,6 +54,7 @@ static int parse_init(int argc, char **argv, init_args *a)
     a->base_depth = 400;
     a->num_z = 13;
     a->seed = 0;
+    a->pixel_size_um = 0;
     cli_args p;
     cli_args_init(&p, argc, argv, "model init");
     int kind, id;
@@ -67,6 +72,7 @@ static int parse_init(int argc, char **argv, init_args *a)
         case OPT_BASE: bad = cli_parse_int("--base-depth", v, 1, 1 << 30, &a->base_depth); break;
         case OPT_NUM_Z: bad = cli_parse_int("--num-z", v, 1, 1 << 30, &a->num_z); break;
         case OPT_SEED: bad = cli_parse_u64("--seed", v, &a->seed); break;
+        case OPT_PIXEL: bad = cli_parse_double("--pixel-size", v, 1e-6, 1e4, &a->pixel_size_um); break;
         }
         if (bad)
             return CLI_EXIT_USAGE;
@@ -106,6 +112,8 @@ int cli_cmd_model_init(int argc, char **argv)
     isl_model *model = NULL;
     isl_status s = isl_model_create(&config, &model);
     cli_list_free(&heads);
+    if (s == ISL_OK && a.pixel_size_um > 0 && (s = isl_model_set_pixel_size(model, a.pixel_size_um)) != ISL_OK)
+        isl_model_free(model);
     if (s != ISL_OK) {
         /* Everything in the config came from the command line. */
         rc = cli_library_error(s);

@@ -44,6 +44,10 @@ static void print_json(FILE *out, const char *path, const isl_model *m, int64_t 
             isl_model_format_version(), isl_model_base_depth(m), isl_model_num_z(m));
     fputs("\"input_normalization\": ", out);
     json_string(out, isl_model_input_normalization(m));
+    if (isl_model_pixel_size(m) > 0)
+        fprintf(out, ", \"pixel_size_um\": %.17g", isl_model_pixel_size(m));
+    else
+        fputs(", \"pixel_size_um\": null", out);
     fputs(", \"heads\": [", out);
     for (int h = 0; h < isl_model_num_heads(m); h++) {
         const char *name = isl_model_head_name(m, h);
@@ -73,6 +77,10 @@ static void print_text(FILE *out, const char *path, const isl_model *m, int64_t 
     fprintf(out, "base depth:          %d\n", isl_model_base_depth(m));
     fprintf(out, "num_z:               %d\n", isl_model_num_z(m));
     fprintf(out, "input normalization: %s\n", isl_model_input_normalization(m));
+    if (isl_model_pixel_size(m) > 0)
+        fprintf(out, "training pixel size: %g um\n", isl_model_pixel_size(m));
+    else
+        fputs("training pixel size: unknown\n", out);
     fprintf(out, "heads:               %d label head%s%s\n", labels, labels == 1 ? "" : "s",
             heads > labels ? " + autoencoder" : "");
     int width = 0;

@@ -524,7 +524,8 @@ static int predict_field(predict_job *j, const predict_args *a)
 {
     int rc;
     isl_status s;
-    if ((rc = cli_ome_check_input(j->input, isl_model_num_z(j->model))) != CLI_EXIT_OK)
+    if ((rc = cli_ome_check_input(j->input, isl_model_num_z(j->model),
+                                   isl_model_pixel_size(j->model))) != CLI_EXIT_OK)
         return rc;
     s = isl_tiff_read_stack(j->input, isl_model_num_z(j->model), &j->stack);
     if (s != ISL_OK)

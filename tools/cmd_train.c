@@ -59,6 +59,9 @@ static const char train_help[] =
     "  --average-from STEP      with --freeze-bn: average the weights of the steps from STEP\n"
     "                           on; validations, --best and OUT use the average\n"
     "  --seed S                 seed of the crops (default %llu)\n"
+    "  --pixel-size UM          training pixel size to record in the model, in micrometres\n"
+    "                           (default: the dataset wells' when they agree, else the\n"
+    "                           initial model's)\n"
     "  --threads N              threads (0: all cores; default %d)\n"
     "\n"
     "Outputs:\n"
@@ -81,7 +84,8 @@ enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREE
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
        OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
        OPT_THREADS, OPT_CONTRAST, OPT_VALIDATION_MARGIN, OPT_UNLABELLED,
-       OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST, OPT_COMM_TIMEOUT };
+       OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST, OPT_COMM_TIMEOUT,
+       OPT_PIXEL };
 
 static const cli_option train_options[] = {
     {"dataset", 0, 1, OPT_DATASET},         {"model", 'm', 1, OPT_MODEL},
@@ -99,6 +103,7 @@ static const cli_option train_options[] = {
     {"log", 0, 1, OPT_LOG},                 {"best", 0, 1, OPT_BEST},
     {"contrast-jitter", 0, 1, OPT_CONTRAST}, {"validation-margin", 0, 1, OPT_VALIDATION_MARGIN},
     {"unlabelled-share", 0, 1, OPT_UNLABELLED}, {"comm-timeout", 0, 1, OPT_COMM_TIMEOUT},
+    {"pixel-size", 0, 1, OPT_PIXEL},
     {NULL, 0, 0, 0},
 };
 
@@ -111,6 +116,7 @@ typedef struct train_args {
     long long crop, batch, validate_every, validation_margin, steps, drop_step, bn_batches, average_from, threads,
         checkpoint_every;
     double lr, drop_rate, label_weight, contrast, unlabelled, comm_timeout;
+    double pixel_size; /* --pixel-size; 0: not given */
     uint64_t seed;
     /* The trainer's options: the CLI sets only those given, so the library's defaults
      * apply to the rest; lr, label_weight, threads and seed are read back from it. */
@@ -219,6 +225,7 @@ static int parse_option(train_args *a, int id, const char *v)
         {OPT_CONTRAST, "--contrast-jitter", 0, 1, &a->contrast},
         {OPT_UNLABELLED, "--unlabelled-share", 0, 1, &a->unlabelled},
         {OPT_COMM_TIMEOUT, "--comm-timeout", 1, 1e7, &a->comm_timeout},
+        {OPT_PIXEL, "--pixel-size", 1e-6, 1e4, &a->pixel_size},
     };
     for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
         if (reals[i].id == id)
@@ -600,6 +607,36 @@ static isl_region widen_region(const isl_dataset *ds, const isl_region *r, int m
     return (isl_region){r->well, x0, y0, x1 - x0, y1 - y0};
 }
 
+/* The training pixel size the trained model records: --pixel-size, else the one every
+ * well of known size shares (within 0.1%), else the initial model's. */
+static isl_status record_pixel_size(isl_model *m, const isl_dataset *ds, double given)
+{
+    double um = given, first = 0;
+    int agree = 1;
+    for (int i = 0; um == 0 && i < isl_dataset_num_wells(ds); i++) {
+        double w = isl_dataset_well_pixel_size(ds, i);
+        if (w <= 0)
+            continue;
+        if (first == 0)
+            first = w;
+        else if (fabs(w - first) > 1e-3 * first)
+            agree = 0;
+    }
+    if (um == 0 && first > 0 && !agree)
+        fprintf(stderr, "isl: note: the dataset's wells have different pixel sizes; the model "
+                        "keeps %g um (0: unknown); give --pixel-size to record one\n",
+                isl_model_pixel_size(m));
+    if (um == 0 && agree)
+        um = first;
+    if (um == 0)
+        return ISL_OK;
+    double old = isl_model_pixel_size(m);
+    if (old > 0 && fabs(old - um) > 1e-3 * um)
+        fprintf(stderr, "isl: note: the initial model was trained at %g um per pixel; the "
+                        "trained model records %g um\n", old, um);
+    return isl_model_set_pixel_size(m, um);
+}
+
 /* Loads the data and the model, creates the trainer and the sampler. */
 static int setup(run_state *r)
 {
@@ -642,6 +679,8 @@ static int setup(run_state *r)
                 r->init = grown;
             }
         }
+        if (s == ISL_OK)
+            s = record_pixel_size(r->init, r->ds, a->pixel_size);
         if (s == ISL_OK)
             s = isl_trainer_create(r->init, o, &r->trainer);
     }

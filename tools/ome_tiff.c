@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,7 +110,17 @@ int cli_ome_read(const char *path, cli_ome_info *info)
     return 0;
 }
 
-int cli_ome_check_input(const char *path, int num_z)
+/* 1% tolerates metadata rounded to 3 digits; real mismatches (objectives, binning,
+ * downscaling) are factors of 1.25 and more. */
+#define PIXEL_SIZE_TOLERANCE 0.01
+
+static int pixel_size_differs(double input_um, double model_um)
+{
+    return input_um > 0 && model_um > 0 &&
+           fabs(input_um - model_um) > PIXEL_SIZE_TOLERANCE * model_um;
+}
+
+int cli_ome_check_input(const char *path, int num_z, double model_pixel_um)
 {
     cli_ome_info o;
     if (cli_ome_read(path, &o) != 0)
@@ -129,6 +140,16 @@ int cli_ome_check_input(const char *path, int num_z)
     if (o.num_channels && o.channel[0][0])
         fprintf(stderr, ", channel '%s'", o.channel[0]);
     fputc('\n', stderr);
+    if (pixel_size_differs(o.pixel_x_um, model_pixel_um) ||
+        pixel_size_differs(o.pixel_y_um, model_pixel_um))
+        fprintf(stderr, "isl: warning: %s has pixels of %g x %g um, but the model was trained "
+                        "on %g um pixels: it sees every structure %.2f times %s and predicts "
+                        "worse; resample the input to the model's pixel size (isl preprocess "
+                        "--downscale halves it) or use a model trained at this size\n",
+                path, o.pixel_x_um, o.pixel_y_um, model_pixel_um,
+                o.pixel_x_um > model_pixel_um ? o.pixel_x_um / model_pixel_um
+                                              : model_pixel_um / o.pixel_x_um,
+                o.pixel_x_um > model_pixel_um ? "smaller" : "larger");
     return CLI_EXIT_OK;
 }
 

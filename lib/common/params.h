@@ -39,6 +39,7 @@ typedef struct isl_head_params {
 typedef struct isl_params {
     isl_arch arch;
     char input_normalization[16]; /* "none" or "global" */
+    double pixel_size_um;         /* of the training stacks, in micrometres; 0: unknown */
     char checksum[16];            /* "xxh3-128": read from a file that matched its record */
     float *projection_weight;     /* [16, nz, 1, 1] */
     float *projection_bias;       /* [16] */
@@ -46,6 +47,13 @@ typedef struct isl_params {
     int num_heads;                /* label heads, then the autoencoder (if any) last */
     isl_head_params *heads;
 } isl_params;
+
+/* A training pixel size: 0 (unknown) or in (0, ISL_MAX_PIXEL_SIZE_UM] micrometres. */
+#define ISL_MAX_PIXEL_SIZE_UM 1e4
+static inline int isl_pixel_size_valid(double um)
+{
+    return um == 0 || (um > 0 && um <= ISL_MAX_PIXEL_SIZE_UM); /* false for NaN */
+}
 
 /* Allocates zeroed parameters for the architecture (heads named, BN var = 1).
  * head_names lists label heads only; the autoencoder head is appended when

@@ -140,6 +140,7 @@ isl_status isl_model_add_heads(const isl_model *m, int count, const char *const 
     if (rc != 0)
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory adding heads to a model");
     memcpy(p.input_normalization, src->input_normalization, sizeof(p.input_normalization));
+    p.pixel_size_um = src->pixel_size_um;
     const int trunk_ch = src->arch.trunk_ch;
     isl_params_copy_trunk(&p, src);
     for (int h = 0; h < old; h++)
@@ -233,6 +234,23 @@ int64_t isl_model_parameter_count(const isl_model *m)
 const char *isl_model_input_normalization(const isl_model *m)
 {
     return m ? m->params.input_normalization : NULL;
+}
+
+double isl_model_pixel_size(const isl_model *m)
+{
+    return m ? m->params.pixel_size_um : 0;
+}
+
+isl_status isl_model_set_pixel_size(isl_model *m, double micrometres)
+{
+    if (!m)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "model is NULL");
+    if (!isl_pixel_size_valid(micrometres))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "pixel size %g um is not in (0, %g] (0 clears it)", micrometres,
+                        ISL_MAX_PIXEL_SIZE_UM);
+    m->params.pixel_size_um = micrometres;
+    return ISL_OK;
 }
 
 const char *isl_model_checksum(const isl_model *m)

@@ -111,10 +111,30 @@ static isl_status check_format(isl_h5_file *f)
 typedef struct model_header {
     int base_depth, num_z, num_classes, projection_depth;
     char normalization[16];
+    double pixel_size_um; /* 0 when the optional attribute is absent */
     char **heads; /* packed block (free) */
     size_t num_heads;
     int has_autoencoder;
 } model_header;
+
+/* The optional pixel_size_um attribute: written only when known, so files without it
+ * (older ones included) load with 0, "unknown". */
+static isl_status read_pixel_size(isl_h5_file *f, double *um)
+{
+    hid_t root = isl_h5_id(f);
+    *um = 0;
+    htri_t e = H5Aexists(root, "pixel_size_um");
+    if (e < 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: /: cannot look up attribute pixel_size_um",
+                        isl_h5_path(f));
+    if (e == 0)
+        return ISL_OK;
+    ISL_CHECK(isl_h5_read_double(f, root, "/", "pixel_size_um", um));
+    if (!isl_pixel_size_valid(*um) || *um == 0)
+        return isl_fail(ISL_ERROR_FORMAT, "%s: /: attribute pixel_size_um is %g (expected a "
+                        "size in (0, %g] micrometres)", isl_h5_path(f), *um, ISL_MAX_PIXEL_SIZE_UM);
+    return ISL_OK;
+}
 
 static isl_status read_header(isl_h5_file *f, model_header *h)
 {
@@ -134,6 +154,7 @@ static isl_status read_header(isl_h5_file *f, model_header *h)
                         "%s: /: attribute input_normalization is \"%s\" (expected \"none\" or "
                         "\"global\")",
                         file, h->normalization);
+    ISL_CHECK(read_pixel_size(f, &h->pixel_size_um));
     ISL_CHECK(isl_h5_read_strings(f, root, "/", "heads", &h->heads, &h->num_heads));
     ISL_CHECK(check_head_names(file, (int)h->num_heads, (const char *const *)h->heads));
     h->has_autoencoder = h->num_heads > 0 &&
@@ -250,6 +271,7 @@ static isl_status read_model(void *user, isl_h5_file *f)
         goto cleanup;
     }
     snprintf(p->input_normalization, sizeof(p->input_normalization), "%s", h.normalization);
+    p->pixel_size_um = h.pixel_size_um;
     if (isl_h5_verified(f))
         snprintf(p->checksum, sizeof(p->checksum), "%s", ISL_SUM_ALGORITHM);
     char complaint[96];
@@ -319,6 +341,8 @@ static isl_status write_root_attrs(isl_h5_file *f, const isl_params *p)
     ISL_CHECK(isl_h5_write_int(f, root, "num_classes", ISL_NUM_CLASSES));
     ISL_CHECK(isl_h5_write_int(f, root, "projection_depth", ISL_PROJECTION_DEPTH));
     ISL_CHECK(isl_h5_write_strings(f, root, "heads", p->num_heads, names));
+    if (p->pixel_size_um > 0)
+        ISL_CHECK(isl_h5_write_double(f, root, "pixel_size_um", p->pixel_size_um));
     return isl_h5_write_string(f, root, "input_normalization", p->input_normalization);
 }
 

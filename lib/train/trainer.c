@@ -301,6 +301,7 @@ static isl_status copy_params(isl_params *dst, const isl_params *p)
     if (alloc_like(dst, p, p->num_heads - has_ae, has_ae))
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory copying a model");
     memcpy(dst->input_normalization, p->input_normalization, sizeof(dst->input_normalization));
+    dst->pixel_size_um = p->pixel_size_um;
     /* Flatten p, then scatter into dst in the same (file) order. */
     size_t total = (size_t)isl_params_count(p);
     float *flat = malloc(sizeof(float) * (total ? total : 1)), *cursor = flat;

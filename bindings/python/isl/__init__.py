@@ -314,6 +314,8 @@ class Model(_Closable):
         self._base_depth: int = _capi.isl_model_base_depth(ptr)
         self._parameter_count: int = _capi.isl_model_parameter_count(ptr)
         self._input_normalization: str = _capi.isl_model_input_normalization(ptr)
+        um = _capi.isl_model_pixel_size(ptr)
+        self._pixel_size: Optional[float] = um if um > 0 else None
 
     # -- creation -------------------------------------------------------------------------
 
@@ -417,6 +419,12 @@ class Model(_Closable):
     def input_normalization(self) -> str:
         """"none" or "global"."""
         return self._input_normalization
+
+    @property
+    def pixel_size(self) -> Optional[float]:
+        """Pixel size in micrometres of the stacks the model was trained on (the model
+        file's pixel_size_um); None if unknown."""
+        return self._pixel_size
 
     def head_channels(self, head: Union[str, int]) -> int:
         """Output channels of a head: 256, or num_z * 256 for the autoencoder."""

@@ -76,3 +76,22 @@ def test_stitch(islpy):
     np.testing.assert_allclose(canvas[3:60, :137], scene[3:60, :137], rtol=1e-5, atol=1e-6)
     with pytest.raises(islpy.InvalidValueError, match="do not connect"):
         pp.stitch_solve(3, [(0, 1)], [(0.0, 5.0)])
+
+
+def test_model_pixel_size(islpy, tmp_path):
+    """Model.pixel_size reads the model file's optional pixel_size_um (None without it)."""
+    import h5py
+
+    path = tmp_path / "m.h5"
+    with islpy.Model.create(base_depth=8, num_z=3, heads=["dapi_confocal"]) as m:
+        assert m.pixel_size is None
+        m.save(path)
+    with open(path, "r+b") as f:  # unseal the checksum block so that h5py may edit
+        f.write(bytes(512))
+    with h5py.File(path, "r+") as f:
+        f.attrs["pixel_size_um"] = 0.65
+    with islpy.Model.load(path) as m:
+        assert m.pixel_size == 0.65
+        m.save(tmp_path / "again.h5")  # kept through a save
+    with islpy.Model.load(tmp_path / "again.h5") as m:
+        assert m.pixel_size == 0.65

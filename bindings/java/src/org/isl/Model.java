@@ -84,6 +84,7 @@ public final class Model implements AutoCloseable {
   private final int baseDepth;
   private final long parameterCount;
   private final String inputNormalization;
+  private final double pixelSize;
 
   private Model(SWIGTYPE_p_isl_model ptr) {
     this.ptr = ptr;
@@ -101,6 +102,7 @@ public final class Model implements AutoCloseable {
     baseDepth = IslNative.isl_model_base_depth(ptr);
     parameterCount = IslNative.isl_model_parameter_count(ptr);
     inputNormalization = IslNative.isl_model_input_normalization(ptr);
+    pixelSize = IslNative.isl_model_pixel_size(ptr);
   }
 
   // ---------------------------------------------------------------------------------
@@ -265,6 +267,11 @@ public final class Model implements AutoCloseable {
   /** "none" or "global". */
   public String getInputNormalization() {
     return inputNormalization;
+  }
+
+  /** Pixel size in micrometres of the stacks the model was trained on; 0 if unknown. */
+  public double getPixelSize() {
+    return pixelSize;
   }
 
   @Override
