@@ -594,7 +594,8 @@ typedef int (*isl_allreduce_fn)(void *buf, size_t count, isl_reduce_type type, v
  *  losses reported are the global batch's, and the gradients are summed over the
  *  processes, so each process takes the step one process would take on the global batch
  *  (up to float summation order). Each step calls fn a few times with float64 (counts,
- *  batch-norm sums, losses) and once with float32 (all the updated gradients). Start
+ *  batch-norm sums, losses) and once with float32 (all the updated gradients; or once
+ *  per bucket, see isl_trainer_set_gradient_buckets). Start
  *  every process from the same weights (one checkpoint or initial model). */
 ISL_API isl_status isl_trainer_set_allreduce(isl_trainer *trainer, isl_allreduce_fn fn,
                                              void *user);
