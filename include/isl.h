@@ -617,10 +617,35 @@ typedef int (*isl_allreduce_fn)(void *buf, size_t count, isl_reduce_type type, v
  *  losses reported are the global batch's, and the gradients are summed over the
  *  processes, so each process takes the step one process would take on the global batch
  *  (up to float summation order). Each step calls fn a few times with float64 (counts,
- *  batch-norm sums, losses) and once with float32 (all the updated gradients). Start
+ *  batch-norm sums, losses) and once with float32 (all the updated gradients; or once
+ *  per bucket, see isl_trainer_set_gradient_buckets). Start
  *  every process from the same weights (one checkpoint or initial model). */
 ISL_API isl_status isl_trainer_set_allreduce(isl_trainer *trainer, isl_allreduce_fn fn,
                                              void *user);
+
+/** Completes every sum an asynchronous allreduce hook has started (see
+ *  isl_trainer_set_gradient_buckets): on return their buffers hold the sums. Return 0,
+ *  or nonzero on failure. */
+typedef int (*isl_allreduce_wait_fn)(void *user);
+
+/** Gradient buckets for a data-parallel trainer (isl_trainer_set_allreduce; user is its
+ *  user pointer). bucket_bytes 0 (the default): the gradients go in one float32 call
+ *  after the backward pass. Otherwise they go in buckets of whole arrays, each closed
+ *  once it holds at least bucket_bytes, layer by layer in backward order (heads first,
+ *  the input projection last), each handed over as soon as the backward pass has
+ *  produced it, so that sending overlaps the rest of the pass; what is left goes after
+ *  the pass. start and wait NULL: the allreduce hook sums each bucket before returning.
+ *  start and wait set: start(buf, count, ISL_REDUCE_FLOAT32, user) only starts the sum
+ *  (e.g. MPI_Iallreduce) and returns; buf is the transport's until wait(user), which the
+ *  trainer calls once per step after the backward pass, before the update. float64
+ *  calls of the allreduce hook (batch-norm sums) still come during the pass and must
+ *  complete before returning, in the same order on every process. Every element is
+ *  summed over the same processes either way, so the result equals the flat one
+ *  whenever the transport's sum of one element does not depend on the buffer's size.
+ *  All processes must use the same settings. */
+ISL_API isl_status isl_trainer_set_gradient_buckets(isl_trainer *trainer, size_t bucket_bytes,
+                                                    isl_allreduce_fn start,
+                                                    isl_allreduce_wait_fn wait);
 
 /** Crops first .. first + count - 1 of the batch that isl_sampler_draw draws from seed
  *  (any batch size above them): the part of a global batch of one process of a

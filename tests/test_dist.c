@@ -90,9 +90,11 @@ static isl_trainer *make_trainer(const isl_model *m)
 typedef struct transport {
     pthread_barrier_t barrier;
     const void *slot[2];
-    int calls[2];
+    int calls[2], gradient_calls[2];
     size_t bytes[2];
 } transport;
+
+#define MAX_PENDING 256
 
 typedef struct rank_ctx {
     transport *net;
@@ -102,6 +104,10 @@ typedef struct rank_ctx {
     float losses[STEPS][LOSSES];
     isl_status status;
     char error[512];
+    /* Gradient buckets started by async_start, summed by async_wait. */
+    float *pending[MAX_PENDING];
+    size_t pending_count[MAX_PENDING];
+    int num_pending, max_pending;
 } rank_ctx;
 
 /* Both ranks publish their buffer, then each adds the two up in rank order (the same
@@ -126,8 +132,32 @@ static int fake_allreduce(void *buf, size_t count, isl_reduce_type type, void *u
     memcpy(buf, sum, count * elem);
     free(sum);
     t->calls[c->rank]++;
+    t->gradient_calls[c->rank] += type == ISL_REDUCE_FLOAT32;
     t->bytes[c->rank] += count * elem;
     return 0;
+}
+
+/* An asynchronous transport: start only notes the bucket (the trainer must leave it
+ * alone), wait sums them all in the order they were started. */
+static int async_start(void *buf, size_t count, isl_reduce_type type, void *user)
+{
+    rank_ctx *c = user;
+    if (type != ISL_REDUCE_FLOAT32 || count == 0 || c->num_pending == MAX_PENDING)
+        return -1;
+    c->pending[c->num_pending] = buf;
+    c->pending_count[c->num_pending++] = count;
+    c->max_pending = c->num_pending > c->max_pending ? c->num_pending : c->max_pending;
+    return 0;
+}
+
+static int async_wait(void *user)
+{
+    rank_ctx *c = user;
+    int rc = 0;
+    for (int k = 0; k < c->num_pending && rc == 0; k++)
+        rc = fake_allreduce(c->pending[k], c->pending_count[k], ISL_REDUCE_FLOAT32, user);
+    c->num_pending = 0;
+    return rc;
 }
 
 static void *rank_main(void *arg)
@@ -169,6 +199,42 @@ static double max_weight_difference(const isl_trainer *ta, const isl_trainer *tb
     return worst;
 }
 
+/* How the ranks of run_two_ranks hand over their gradients. */
+enum { FLAT, BUCKETS, ASYNC_BUCKETS };
+
+/* STEPS steps of two ranks (threads), half of each batch each; ranks[r].trainer stay
+ * the caller's to free. */
+static void run_two_ranks(const isl_model *m, global_batch *const *batches, int how,
+                          size_t bucket_bytes, transport *net, rank_ctx ranks[2])
+{
+    memset(net, 0, sizeof(*net));
+    ck_assert_int_eq(pthread_barrier_init(&net->barrier, NULL, 2), 0);
+    pthread_t threads[2];
+    for (int r = 0; r < 2; r++) {
+        memset(&ranks[r], 0, sizeof(ranks[r]));
+        ranks[r].net = net;
+        ranks[r].rank = r;
+        ranks[r].trainer = make_trainer(m);
+        for (int k = 0; k < STEPS; k++)
+            ranks[r].batches[k] = batches[k];
+        ck_assert_int_eq(isl_trainer_set_allreduce(ranks[r].trainer, fake_allreduce, &ranks[r]),
+                         ISL_OK);
+        if (how != FLAT)
+            ck_assert_int_eq(isl_trainer_set_gradient_buckets(
+                                 ranks[r].trainer, bucket_bytes,
+                                 how == ASYNC_BUCKETS ? async_start : NULL,
+                                 how == ASYNC_BUCKETS ? async_wait : NULL),
+                             ISL_OK);
+    }
+    for (int r = 0; r < 2; r++)
+        ck_assert_int_eq(pthread_create(&threads[r], NULL, rank_main, &ranks[r]), 0);
+    for (int r = 0; r < 2; r++)
+        pthread_join(threads[r], NULL);
+    for (int r = 0; r < 2; r++)
+        ck_assert_msg(ranks[r].status == ISL_OK, "rank %d: %s", r, ranks[r].error);
+    pthread_barrier_destroy(&net->barrier);
+}
+
 START_TEST(two_ranks_equal_one_process_of_the_global_batch)
 {
     isl_model *m = test_new_model(BASE, NZ, LABELS, names, 5, "none");
@@ -186,32 +252,14 @@ START_TEST(two_ranks_equal_one_process_of_the_global_batch)
 
     /* Two ranks, half each. */
     transport net;
-    memset(&net, 0, sizeof(net));
-    ck_assert_int_eq(pthread_barrier_init(&net.barrier, NULL, 2), 0);
     rank_ctx ranks[2];
-    pthread_t threads[2];
-    for (int r = 0; r < 2; r++) {
-        memset(&ranks[r], 0, sizeof(ranks[r]));
-        ranks[r].net = &net;
-        ranks[r].rank = r;
-        ranks[r].trainer = make_trainer(m);
-        for (int k = 0; k < STEPS; k++)
-            ranks[r].batches[k] = batches[k];
-        ck_assert_int_eq(isl_trainer_set_allreduce(ranks[r].trainer, fake_allreduce, &ranks[r]),
-                         ISL_OK);
-    }
-    for (int r = 0; r < 2; r++)
-        ck_assert_int_eq(pthread_create(&threads[r], NULL, rank_main, &ranks[r]), 0);
-    for (int r = 0; r < 2; r++)
-        pthread_join(threads[r], NULL);
-    for (int r = 0; r < 2; r++)
-        ck_assert_msg(ranks[r].status == ISL_OK, "rank %d: %s", r, ranks[r].error);
-    pthread_barrier_destroy(&net.barrier);
+    run_two_ranks(m, batches, 0, 0, &net, ranks);
 
     /* The hook carried the batch norms' sums and the gradients: many calls, and at
      * least every trainable float once per step. */
     ck_assert_int_eq(net.calls[0], net.calls[1]);
     ck_assert_int_gt(net.calls[0], 10 * STEPS);
+    ck_assert_int_eq(net.gradient_calls[0], STEPS); /* flat: one buffer per step */
     ck_assert_uint_ge(net.bytes[0], (size_t)STEPS * sizeof(float) *
                                         (size_t)(isl_model_parameter_count(m) / 2));
 
@@ -257,6 +305,12 @@ static int broken_allreduce(void *buf, size_t count, isl_reduce_type type, void 
     return 3;
 }
 
+static int alone_allreduce(void *buf, size_t count, isl_reduce_type type, void *user)
+{
+    (void)buf, (void)count, (void)type, (void)user;
+    return 0;
+}
+
 START_TEST(a_failing_hook_fails_the_step)
 {
     isl_model *m = test_new_model(BASE, NZ, LABELS, names, 6, "none");
@@ -279,12 +333,103 @@ START_TEST(a_failing_hook_fails_the_step)
 }
 END_TEST
 
+/* Buckets (sent as the backward pass goes, or started and waited for) carry every
+ * gradient element over the same two ranks as the flat buffer: the same sums, so the
+ * same weights bit for bit after STEPS steps, in several buckets per step. */
+START_TEST(gradient_buckets_give_the_flat_result)
+{
+    isl_model *m = test_new_model(BASE, NZ, LABELS, names, 8, "none");
+    global_batch *batches[STEPS];
+    for (int k = 0; k < STEPS; k++)
+        batches[k] = make_batch(200 + (uint64_t)k);
+    const size_t bucket = sizeof(float) * (size_t)isl_model_parameter_count(m) / 8;
+    transport net[3];
+    rank_ctx flat[2], sync[2], async[2];
+    run_two_ranks(m, batches, FLAT, 0, &net[0], flat);
+    run_two_ranks(m, batches, BUCKETS, bucket, &net[1], sync);
+    run_two_ranks(m, batches, ASYNC_BUCKETS, bucket, &net[2], async);
+
+    ck_assert_int_eq(net[0].gradient_calls[0], STEPS);
+    /* At least 8 buckets' worth of bytes, at most one bucket per layer. */
+    for (int i = 1; i < 3; i++) {
+        printf("buckets of %zu bytes: %d gradient calls in %d steps\n", bucket,
+               net[i].gradient_calls[0], STEPS);
+        ck_assert_int_ge(net[i].gradient_calls[0], 4 * STEPS);
+        ck_assert_int_le(net[i].gradient_calls[0], STEPS * (m->params.arch.num_modules + m->params.num_heads + 1));
+        ck_assert_uint_eq(net[i].bytes[0], net[0].bytes[0]); /* every gradient once */
+    }
+    ck_assert_int_ge(async[0].max_pending, 4); /* several in flight before the wait */
+    const double d_sync = max_weight_difference(flat[0].trainer, sync[0].trainer);
+    const double d_async = max_weight_difference(flat[0].trainer, async[0].trainer);
+    ck_assert_msg(d_sync == 0.0, "buckets vs flat: max |w difference| %.3g", d_sync);
+    ck_assert_msg(d_async == 0.0, "async buckets vs flat: max |w difference| %.3g", d_async);
+    ck_assert(max_weight_difference(async[0].trainer, async[1].trainer) == 0.0);
+    for (int k = 0; k < STEPS; k++)
+        for (int i = 0; i < LOSSES; i++)
+            ck_assert_float_eq(flat[0].losses[k][i], async[0].losses[k][i]);
+    /* The control: the runs did train (the weights left the initial ones). */
+    isl_trainer *untrained = make_trainer(m);
+    ck_assert(max_weight_difference(flat[0].trainer, untrained) > 10 * WEIGHT_TOL);
+
+    isl_trainer_free(untrained);
+    for (int r = 0; r < 2; r++) {
+        isl_trainer_free(flat[r].trainer);
+        isl_trainer_free(sync[r].trainer);
+        isl_trainer_free(async[r].trainer);
+    }
+    for (int k = 0; k < STEPS; k++)
+        free(batches[k]);
+    isl_model_free(m);
+}
+END_TEST
+
+/* A failing start or wait fails the step; the settings are checked. */
+static int broken_wait(void *user)
+{
+    (void)user;
+    return 4;
+}
+
+START_TEST(failing_buckets_fail_the_step)
+{
+    isl_model *m = test_new_model(BASE, NZ, LABELS, names, 9, "none");
+    global_batch *g = make_batch(9);
+    isl_trainer *t = make_trainer(m);
+    ck_assert_int_eq(isl_trainer_set_gradient_buckets(NULL, 1, NULL, NULL),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_trainer_set_gradient_buckets(t, 1, broken_allreduce, NULL),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_trainer_set_gradient_buckets(t, 0, broken_allreduce, broken_wait),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    /* A transport alone: every sum is this process's own numbers. */
+    isl_train_batch b = part(g, 0, HALF);
+    ck_assert_int_eq(isl_trainer_set_allreduce(t, alone_allreduce, NULL), ISL_OK);
+    ck_assert_int_eq(isl_trainer_set_gradient_buckets(t, 1, broken_allreduce, broken_wait),
+                     ISL_OK);
+    ck_assert_int_eq(isl_train_step(t, &b, NULL), ISL_ERROR_BACKEND);
+    ck_assert_msg(strstr(isl_last_error(), "bucket"), "%s", isl_last_error());
+    ck_assert_int_eq(isl_trainer_set_gradient_buckets(t, 1, alone_allreduce, broken_wait),
+                     ISL_OK);
+    ck_assert_int_eq(isl_train_step(t, &b, NULL), ISL_ERROR_BACKEND);
+    ck_assert_msg(strstr(isl_last_error(), "waiting"), "%s", isl_last_error());
+    ck_assert_int_eq(isl_trainer_step_count(t), 0);
+    ck_assert_int_eq(isl_trainer_set_gradient_buckets(t, 1, NULL, NULL), ISL_OK);
+    ck_assert_msg(isl_train_step(t, &b, NULL) == ISL_OK, "%s", isl_last_error());
+    ck_assert_int_eq(isl_trainer_step_count(t), 1);
+    isl_trainer_free(t);
+    free(g);
+    isl_model_free(m);
+}
+END_TEST
+
 int main(void)
 {
     const test_case cases[] = {
         {"two_ranks_equal_one_process_of_the_global_batch",
          two_ranks_equal_one_process_of_the_global_batch},
         {"a_failing_hook_fails_the_step", a_failing_hook_fails_the_step},
+        {"gradient_buckets_give_the_flat_result", gradient_buckets_give_the_flat_result},
+        {"failing_buckets_fail_the_step", failing_buckets_fail_the_step},
     };
     return test_run_cases("dist", cases, sizeof(cases) / sizeof(cases[0]), 600);
 }

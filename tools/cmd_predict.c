@@ -37,6 +37,9 @@ static const char predict_help[] =
     "                           outputs of STACK.tif go to DIR/STACK/. Under 'mpirun -np N'\n"
     "                           the fields are shared out to the N ranks as they finish\n"
     "                           (docs/scaling.md); each rank prints a summary line\n"
+    "  --comm-timeout S         with --input-list under mpirun: end the job when a rank\n"
+    "                           hears nothing from the others for S seconds (default 1800;\n"
+    "                           give more than one field takes)\n"
     "  -O, --output-dir DIR     output directory (required)\n"
     "  --stats LIST             statistics, comma-separated (default median):\n"
     "                           median, mean, mode, std, entropy, p_nonzero\n"
@@ -61,7 +64,7 @@ static const char predict_help[] =
     "  -h, --help               show this help\n";
 
 enum { OPT_MODEL, OPT_INPUT, OPT_OUTDIR, OPT_STATS, OPT_HEADS, OPT_THREADS, OPT_TILE, OPT_MEMORY,
-       OPT_PRECISION, OPT_FLIP, OPT_PREVIEW, OPT_FORMAT, OPT_INPUT_LIST };
+       OPT_PRECISION, OPT_FLIP, OPT_PREVIEW, OPT_FORMAT, OPT_INPUT_LIST, OPT_COMM_TIMEOUT };
 
 static const cli_option predict_options[] = {
     {"model", 'm', 1, OPT_MODEL},   {"input", 'i', 1, OPT_INPUT},     {"output-dir", 'O', 1, OPT_OUTDIR},
@@ -69,6 +72,7 @@ static const cli_option predict_options[] = {
     {"tile", 0, 1, OPT_TILE},       {"memory-limit", 0, 1, OPT_MEMORY}, {"precision", 0, 1, OPT_PRECISION},
     {"flip-average", 0, 0, OPT_FLIP}, {"preview", 0, 0, OPT_PREVIEW},
     {"format", 0, 1, OPT_FORMAT},   {"input-list", 0, 1, OPT_INPUT_LIST},
+    {"comm-timeout", 0, 1, OPT_COMM_TIMEOUT},
     {NULL, 0, 0, 0},
 };
 
@@ -84,6 +88,7 @@ typedef struct predict_args {
     int flip_average;
     int ome_tiff; /* --format ome-tiff */
     int preview;
+    double comm_timeout; /* --input-list on MPI: seconds a rank may wait for the others */
 } predict_args;
 
 static int parse_stats(const char *text, predict_args *a)
@@ -117,6 +122,7 @@ static int parse_predict(int argc, char **argv, predict_args *a)
     a->stats[0] = ISL_STAT_MEDIAN;
     a->num_stats = 1;
     a->threads = a->tile = -1;
+    a->comm_timeout = CLI_DIST_DEFAULT_TIMEOUT;
     cli_args p;
     cli_args_init(&p, argc, argv, "predict");
     int kind, id;
@@ -137,6 +143,10 @@ static int parse_predict(int argc, char **argv, predict_args *a)
             break;
         case OPT_INPUT: a->input = v; break;
         case OPT_INPUT_LIST: a->input_list = v; break;
+        case OPT_COMM_TIMEOUT:
+            rc = cli_parse_double("--comm-timeout", v, 1, 1e7, &a->comm_timeout) ? CLI_EXIT_USAGE
+                                                                                 : 0;
+            break;
         case OPT_OUTDIR: a->output_dir = v; break;
         case OPT_HEADS: a->heads = v; break;
         case OPT_STATS: rc = parse_stats(v, a); break;
@@ -556,7 +566,7 @@ static int predict_fields(const predict_args *a, predict_job *j)
     if (rc != CLI_EXIT_OK)
         return rc;
     cli_dist d;
-    if (cli_dist_init(&d, CLI_DIST_DEFAULT_TIMEOUT) != 0) {
+    if (cli_dist_init(&d, a->comm_timeout) != 0) {
         cli_field_list_free(&fields);
         return CLI_EXIT_RUNTIME;
     }

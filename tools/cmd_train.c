@@ -78,14 +78,18 @@ static const char train_help[] =
     "N x B would draw), with gradients and batch-norm statistics summed over all of them;\n"
     "rank 0 writes the log, checkpoints and OUT (docs/scaling.md).\n"
     "  --comm-timeout S         end the job when a rank gets no answer from the others for\n"
-    "                           S seconds (default 1800: rank 0 may be validating)\n";
+    "                           S seconds (default 1800: rank 0 may be validating; also\n"
+    "                           bounds the start: MPI_Init and the first barrier)\n"
+    "  --bucket-mb MB           sum the gradients in buckets of about MB megabytes, each\n"
+    "                           started (MPI_Iallreduce) as soon as the backward pass has\n"
+    "                           produced it (default 4; 0: one buffer after the pass)\n";
 
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
        OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
        OPT_THREADS, OPT_CONTRAST, OPT_VALIDATION_MARGIN, OPT_UNLABELLED,
        OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST, OPT_COMM_TIMEOUT,
-       OPT_PIXEL };
+       OPT_PIXEL, OPT_BUCKET_MB };
 
 static const cli_option train_options[] = {
     {"dataset", 0, 1, OPT_DATASET},         {"model", 'm', 1, OPT_MODEL},
@@ -104,6 +108,7 @@ static const cli_option train_options[] = {
     {"contrast-jitter", 0, 1, OPT_CONTRAST}, {"validation-margin", 0, 1, OPT_VALIDATION_MARGIN},
     {"unlabelled-share", 0, 1, OPT_UNLABELLED}, {"comm-timeout", 0, 1, OPT_COMM_TIMEOUT},
     {"pixel-size", 0, 1, OPT_PIXEL},
+    {"bucket-mb", 0, 1, OPT_BUCKET_MB},
     {NULL, 0, 0, 0},
 };
 
@@ -115,7 +120,7 @@ typedef struct train_args {
     int num_validation, freeze_trunk, freeze_bn, augment;
     long long crop, batch, validate_every, validation_margin, steps, drop_step, bn_batches, average_from, threads,
         checkpoint_every;
-    double lr, drop_rate, label_weight, contrast, unlabelled, comm_timeout;
+    double lr, drop_rate, label_weight, contrast, unlabelled, comm_timeout, bucket_mb;
     double pixel_size; /* --pixel-size; 0: not given */
     uint64_t seed;
     /* The trainer's options: the CLI sets only those given, so the library's defaults
@@ -226,6 +231,7 @@ static int parse_option(train_args *a, int id, const char *v)
         {OPT_UNLABELLED, "--unlabelled-share", 0, 1, &a->unlabelled},
         {OPT_COMM_TIMEOUT, "--comm-timeout", 1, 1e7, &a->comm_timeout},
         {OPT_PIXEL, "--pixel-size", 1e-6, 1e4, &a->pixel_size},
+        {OPT_BUCKET_MB, "--bucket-mb", 0, 1024, &a->bucket_mb},
     };
     for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
         if (reals[i].id == id)
@@ -245,6 +251,7 @@ static int parse_train(int argc, char **argv, train_args *a)
     a->bn_batches = 0; /* re-estimated statistics generalized worse here (docs/training.md) */
     a->checkpoint_every = 500;
     a->comm_timeout = CLI_DIST_DEFAULT_TIMEOUT;
+    a->bucket_mb = 4;
     isl_status s = isl_train_options_create(&a->options);
     if (s != ISL_OK)
         return cli_library_error(s);
@@ -758,6 +765,9 @@ static int train(run_state *r)
     const int ranks = r->dist->size;
     isl_status s = ranks > 1 ? isl_trainer_set_allreduce(r->trainer, cli_dist_allreduce, r->dist)
                              : ISL_OK;
+    if (s == ISL_OK && ranks > 1 && r->a.bucket_mb > 0)
+        s = isl_trainer_set_gradient_buckets(r->trainer, (size_t)(r->a.bucket_mb * 1e6),
+                                             cli_dist_allreduce_start, cli_dist_allreduce_wait);
     if (s != ISL_OK)
         return cli_library_error(s);
     int64_t first = isl_trainer_step_count(r->trainer);

@@ -26,13 +26,17 @@ typedef struct cli_dist {
     double comm_seconds;  /* spent in collectives so far (waiting included) */
     int64_t comm_bytes;   /* payload summed so far (per process) */
     int64_t comm_calls;
+    void *pending;        /* gradient buckets started (MPI requests), not waited for yet */
+    int num_pending, cap_pending;
 } cli_dist;
 
 /* 1 if this isl was built with MPI. */
 int cli_dist_built(void);
 
 /* Joins the MPI job if the process was started by mpirun (else rank 0 of 1, no MPI).
- * timeout: seconds (> 0). Returns 0, or -1 with a message on stderr. */
+ * timeout: seconds (> 0). A watchdog ends the process if MPI_Init and a first barrier
+ * have not completed within it (a rank that never starts, or died starting), so that no
+ * rank waits forever. Returns 0, or -1 with a message on stderr. */
 int cli_dist_init(cli_dist *d, double timeout);
 
 /* Leaves the job after a barrier (all ranks must call it). */
@@ -45,6 +49,12 @@ void cli_dist_abort(cli_dist *d, int code, const char *fmt, ...)
 
 /* isl_allreduce_fn (user = the cli_dist): sums over the ranks, in place. */
 int cli_dist_allreduce(void *buf, size_t count, isl_reduce_type type, void *user);
+
+/* Gradient buckets (isl_trainer_set_gradient_buckets, user = the cli_dist): start
+ * begins an MPI_Iallreduce of one bucket and returns (it also lets MPI progress the
+ * buckets started before); wait completes all of them, within the timeout. */
+int cli_dist_allreduce_start(void *buf, size_t count, isl_reduce_type type, void *user);
+int cli_dist_allreduce_wait(void *user);
 
 /* The largest of every rank's *value (e.g. "some rank was interrupted"). 0 or -1. */
 int cli_dist_max(cli_dist *d, int *value);

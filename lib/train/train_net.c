@@ -84,6 +84,8 @@ struct isl_train_net {
     conv proj_cv;
     isl_net_mode mode;    /* of the last forward */
     isl_tk_sync sync;     /* batch statistics over all processes (sync.sum not NULL) */
+    isl_train_net_ready_fn ready; /* gradients final during a backward pass, or NULL */
+    void *ready_user;
 
     /* Scratch buffers shared by all layers. */
     float *s_act, *s_dact, *g_buf[2], *g_conv, *g_pool;
@@ -847,6 +849,12 @@ void isl_train_net_set_sync(isl_train_net *n, const isl_tk_sync *sync)
         memset(&n->sync, 0, sizeof(n->sync));
 }
 
+void isl_train_net_set_ready(isl_train_net *n, isl_train_net_ready_fn fn, void *user)
+{
+    n->ready = fn;
+    n->ready_user = fn ? user : NULL;
+}
+
 int isl_train_net_batch(const isl_train_net *n) { return n->batch; }
 int isl_train_net_height(const isl_train_net *n) { return n->in_h; }
 int isl_train_net_width(const isl_train_net *n) { return n->in_w; }
@@ -1089,6 +1097,17 @@ isl_status isl_train_net_forward(isl_train_net *n, const int *active, double mom
 /* Backward                                                                             */
 /* ------------------------------------------------------------------------------------ */
 
+/* Tells the ready callback that a layer's gradient arrays are final. oneDNN's CPU
+ * stream runs in order, but wait for it so that the arrays hold their values. */
+static isl_status layer_ready(isl_train_net *n, float *const *grads, int count)
+{
+    if (!n->ready)
+        return ISL_OK;
+    if (dnnl_stream_wait(n->stream) != dnnl_success)
+        return isl_fail(ISL_ERROR_BACKEND, "oneDNN: stream wait failed");
+    return n->ready(n->ready_user, grads, count);
+}
+
 static isl_status module_backward(isl_train_net *n, module *m)
 {
     const isl_module_arch *a = m->a;
@@ -1122,7 +1141,9 @@ static isl_status module_backward(isl_train_net *n, module *m)
     case ISL_MODULE_DOWN: isl_tk_residual_down_backward(&m->dout, &m->dx); break;
     case ISL_MODULE_UP: isl_tk_residual_up_backward(&m->dout, &m->dx); break;
     }
-    return ISL_OK;
+    float *const done[6] = {mg->reduce_weight, mg->bn2.gamma, mg->bn2.beta,
+                            mg->expand_weight, mg->bn1.gamma, mg->bn1.beta};
+    return layer_ready(n, done, 6);
 }
 
 static int zero_array(void *user, const char *path, int rank, const int64_t *dims, float *data)
@@ -1164,6 +1185,9 @@ isl_status isl_train_net_backward(isl_train_net *n)
                                      into_trunk ? &any : NULL, &n->g->heads[h].bn));
         }
         any = 1;
+        isl_head_params *hg = &n->g->heads[h];
+        float *const done[4] = {hg->weight, hg->bias, hg->bn.gamma, hg->bn.beta};
+        ISL_CHECK(layer_ready(n, done, 4));
     }
     if (!any) /* no head, no gradient */
         return ISL_OK;
@@ -1184,6 +1208,8 @@ isl_status isl_train_net_backward(isl_train_net *n)
         isl_tk_crop_backward(&n->mods[first].dx, (n->in_h - n->x0[s].h) / 2, &n->dproj, s > 0);
     }
     ISL_CHECK(conv_backward(n, &n->proj_cv));
+    float *const done[2] = {n->g->projection_weight, n->g->projection_bias};
+    ISL_CHECK(layer_ready(n, done, 2));
     if (n->input_grad)
         ISL_CHECK(run_reorder(n, &n->din_reorder, n->m_din_blk, n->m_din,
                               "input gradient reorder"));

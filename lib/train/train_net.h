@@ -45,6 +45,15 @@ int isl_train_net_width(const isl_train_net *net);
  * default): this process's batch is the batch. Copied; applies to later passes. */
 void isl_train_net_set_sync(isl_train_net *net, const isl_tk_sync *sync);
 
+/* Told during a backward pass which gradient arrays (pointers into grad's arrays) are
+ * final, layer by layer in backward order, so that their reduction can start while the
+ * pass goes on. Returns ISL_OK or an error, which ends the pass. */
+typedef isl_status (*isl_train_net_ready_fn)(void *user, float *const *grads, int count);
+
+/* Sets (fn NULL: clears) the callback of later backward passes. Arrays it is not told
+ * about (inactive heads; the trunk after a frozen-trunk forward) are final at the end. */
+void isl_train_net_set_ready(isl_train_net *net, isl_train_net_ready_fn fn, void *user);
+
 /* Reorders params' weights into the primitives' formats; call after changing them. */
 isl_status isl_train_net_load_weights(isl_train_net *net);
 /* The same for the heads' weights only (the trunk's have not changed). */

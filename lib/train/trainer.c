@@ -74,6 +74,16 @@ struct isl_trainer {
     void *allreduce_user;
     float *flat;
     size_t flat_count;
+    /* Gradient buckets (isl_trainer_set_gradient_buckets): 0 bytes = one flat buffer. The
+     * step's updated arrays are packed into flat in the order the backward pass finishes
+     * them (order[0..packed)); flat[sent..cursor) is the bucket being filled. */
+    size_t bucket_bytes;
+    isl_allreduce_fn bucket_start;   /* NULL: the allreduce hook, synchronously */
+    isl_allreduce_wait_fn bucket_wait;
+    int *order, *queued;             /* [num_arrays] */
+    int packed;
+    size_t cursor, sent;
+    int started;                     /* asynchronous sums not waited for yet */
 };
 
 /* ------------------------------------------------------------------------------------ */
@@ -349,6 +359,8 @@ void isl_trainer_free(isl_trainer *t)
     free(t->logits);
     free(t->dlogits);
     free(t->flat);
+    free(t->order);
+    free(t->queued);
     free(t);
 }
 
@@ -637,10 +649,12 @@ static int updates(const isl_trainer *t, const param_array *a)
     return a->trainable && (a->head < 0 ? !t->opts.freeze_trunk : t->active[a->head]);
 }
 
-/* Sums the gradients of the arrays this step updates over the processes, in one buffer.
- * Each process's gradient is its share of the global batch's (the loss is normalized by
- * global counts), so the sum is the global batch's gradient. */
-static isl_status reduce_gradients(isl_trainer *t)
+/* Sums the gradients of the arrays this step updates over the processes: packed into
+ * flat, in one buffer after the backward pass, or in buckets while it runs. Each
+ * process's gradient is its share of the global batch's (the loss is normalized by
+ * global counts), so the sum is the global batch's gradient. The sum of each element is
+ * the same however the arrays are bucketed. */
+static isl_status prepare_gradients(isl_trainer *t)
 {
     size_t n = 0;
     for (int i = 0; i < t->num_arrays; i++)
@@ -652,19 +666,123 @@ static isl_status reduce_gradients(isl_trainer *t)
         t->flat = f;
         t->flat_count = n;
     }
-    float *cursor = t->flat;
+    if (!t->order) {
+        t->order = malloc(sizeof(int) * (size_t)t->num_arrays);
+        t->queued = malloc(sizeof(int) * (size_t)t->num_arrays);
+        if (!t->order || !t->queued)
+            return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    }
+    memset(t->queued, 0, sizeof(int) * (size_t)t->num_arrays);
+    t->packed = 0;
+    t->cursor = t->sent = 0;
+    t->started = 0;
+    return ISL_OK;
+}
+
+/* Hands flat[sent..cursor) over: started asynchronously, or summed at once. */
+static isl_status send_bucket(isl_trainer *t)
+{
+    const size_t count = t->cursor - t->sent;
+    if (count == 0)
+        return ISL_OK;
+    float *buf = t->flat + t->sent;
+    t->sent = t->cursor;
+    if (!t->bucket_start)
+        return reduce(t, buf, count, ISL_REDUCE_FLOAT32, "gradients");
+    int rc = t->bucket_start(buf, count, ISL_REDUCE_FLOAT32, t->allreduce_user);
+    if (rc != 0)
+        return isl_fail(ISL_ERROR_BACKEND, "the allreduce hook failed (%d) starting a gradient "
+                        "bucket", rc);
+    t->started = 1;
+    return ISL_OK;
+}
+
+static isl_status pack_array(isl_trainer *t, int i)
+{
+    param_array *a = &t->arrays[i];
+    if (t->queued[i] || !updates(t, a))
+        return ISL_OK;
+    t->queued[i] = 1;
+    t->order[t->packed++] = i;
+    memcpy(t->flat + t->cursor, a->g, sizeof(float) * a->count);
+    t->cursor += a->count;
+    return ISL_OK;
+}
+
+/* isl_train_net_ready_fn: packs the finished arrays, and sends the bucket once full. */
+static isl_status gradients_ready(void *user, float *const *grads, int count)
+{
+    isl_trainer *t = user;
+    for (int k = 0; k < count; k++)
+        for (int i = 0; grads[k] && i < t->num_arrays; i++)
+            if (t->arrays[i].g == grads[k])
+                ISL_CHECK(pack_array(t, i));
+    if (sizeof(float) * (t->cursor - t->sent) >= t->bucket_bytes)
+        return send_bucket(t);
+    return ISL_OK;
+}
+
+/* Waits for the started buckets (also after an error: the buffer is then free again). */
+static isl_status wait_buckets(isl_trainer *t)
+{
+    if (!t->started)
+        return ISL_OK;
+    t->started = 0;
+    int rc = t->bucket_wait(t->allreduce_user);
+    if (rc != 0)
+        return isl_fail(ISL_ERROR_BACKEND, "the allreduce hook failed (%d) waiting for the "
+                        "gradient buckets", rc);
+    return ISL_OK;
+}
+
+/* After the backward pass: sends what is left (one flat buffer without buckets), waits,
+ * and unpacks the sums into the gradient arrays. */
+static isl_status finish_gradients(isl_trainer *t)
+{
     for (int i = 0; i < t->num_arrays; i++)
-        if (updates(t, &t->arrays[i])) {
-            memcpy(cursor, t->arrays[i].g, sizeof(float) * t->arrays[i].count);
-            cursor += t->arrays[i].count;
-        }
-    ISL_CHECK(reduce(t, t->flat, n, ISL_REDUCE_FLOAT32, "gradients"));
-    cursor = t->flat;
-    for (int i = 0; i < t->num_arrays; i++)
-        if (updates(t, &t->arrays[i])) {
-            memcpy(t->arrays[i].g, cursor, sizeof(float) * t->arrays[i].count);
-            cursor += t->arrays[i].count;
-        }
+        ISL_CHECK(pack_array(t, i));
+    ISL_CHECK(send_bucket(t));
+    ISL_CHECK(wait_buckets(t));
+    const float *cursor = t->flat;
+    for (int k = 0; k < t->packed; k++) {
+        param_array *a = &t->arrays[t->order[k]];
+        memcpy(a->g, cursor, sizeof(float) * a->count);
+        cursor += a->count;
+    }
+    return ISL_OK;
+}
+
+/* The backward pass of a step, with its gradients summed over the processes. */
+static isl_status backward(isl_trainer *t)
+{
+    if (!t->allreduce)
+        return isl_train_net_backward(t->net);
+    ISL_CHECK(prepare_gradients(t));
+    isl_train_net_set_ready(t->net, t->bucket_bytes ? gradients_ready : NULL, t);
+    isl_status s = isl_train_net_backward(t->net);
+    if (s == ISL_OK)
+        s = finish_gradients(t);
+    if (s != ISL_OK)
+        wait_buckets(t); /* the error stays the first one */
+    isl_train_net_set_ready(t->net, NULL, NULL);
+    return s;
+}
+
+isl_status isl_trainer_set_gradient_buckets(isl_trainer *t, size_t bucket_bytes,
+                                            isl_allreduce_fn start, isl_allreduce_wait_fn wait)
+{
+    if (!t)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "isl_trainer_set_gradient_buckets: trainer is NULL");
+    if (!start != !wait)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_set_gradient_buckets: start "
+                        "and wait go together (both NULL or both set)");
+    if (start && bucket_bytes == 0)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_set_gradient_buckets: "
+                        "asynchronous sums need buckets (bucket_bytes > 0)");
+    t->bucket_bytes = bucket_bytes;
+    t->bucket_start = start;
+    t->bucket_wait = wait;
     return ISL_OK;
 }
 
@@ -713,9 +831,7 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
     if (!any) /* nothing to learn from: no known label and no autoencoder */
         return ISL_OK;
 
-    ISL_CHECK(isl_train_net_backward(t->net));
-    if (t->allreduce)
-        ISL_CHECK(reduce_gradients(t));
+    ISL_CHECK(backward(t));
     const int64_t step_index = t->step + 1;
     for (int i = 0; i < t->num_arrays; i++) {
         param_array *a = &t->arrays[i];

@@ -226,3 +226,71 @@ def test_a_rank_that_stops_answering_ends_the_job(mpirun, isl_bin, data, tmp_pat
     assert r.returncode != 0, r.stderr
     assert "rank 0 of 2: no answer from the other ranks for 5 s" in r.stderr, r.stderr
     assert "ending the MPI job" in r.stderr, r.stderr
+
+
+def test_gradient_buckets_equal_one_flat_buffer(mpirun, isl_bin, data, tmp_path):
+    """Buckets of 0.1 MB (started one by one with MPI_Iallreduce during the backward
+    pass) against one buffer after it: each gradient element is the same sum of the same
+    two numbers, so the models agree bit for bit; the buckets are many calls a step."""
+    calls = {}
+    for name, mb in (("flat", 0), ("buckets", 0.1)):
+        r = mpirun(2, isl_bin, "train", "--dataset", data / "data.h5", "--model",
+                   data / "init.h5", "--out", tmp_path / f"{name}.h5", "--steps", STEPS,
+                   "--batch", 2, "--bucket-mb", mb, *COMMON)
+        assert r.returncode == 0, r.stderr
+        line = [s for s in r.stderr.splitlines() if "rank 0 of 2:" in s and "calls per step" in s]
+        assert len(line) == 1, r.stderr
+        calls[name] = int(line[0].split("MB, ")[1].split()[0])
+    assert calls["buckets"] >= calls["flat"] + 5, calls
+    d = weight_differences(tmp_path / "flat.h5", tmp_path / "buckets.h5")
+    assert d.max() == 0, d.max()
+
+
+def test_a_rank_that_never_starts_ends_the_job(mpirun, isl_bin, data, tmp_path):
+    """Rank 1 starts 120 s late: rank 0 waits in MPI_Init (or the start-up barrier) and
+    within --comm-timeout ends the job with a message instead of waiting for it."""
+    script = tmp_path / "late.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then sleep 120; fi\n'
+        f'exec "{isl_bin}" train --dataset "{data / "data.h5"}" --model "{data / "init.h5"}" '
+        f'--out "{tmp_path / "out.h5"}" --steps 2 --batch 2 --threads 1 --crop 266 '
+        "--comm-timeout 3\n")
+    script.chmod(0o755)
+    r = mpirun(2, script, timeout=100)  # a hang would raise TimeoutExpired
+    assert r.returncode != 0, r.stderr
+    assert ("rank 0: MPI_Init did not finish within 3 s" in r.stderr
+            or "rank 0 of 2: no answer from the other ranks for 3 s in the start-up barrier"
+            in r.stderr), r.stderr
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_predict_a_rank_that_stops_answering_ends_the_job(mpirun, isl_bin, fields, tmp_path):
+    """Many-field mode: rank 1 is stopped (SIGSTOP) once the first field is written;
+    rank 0 predicts the rest, then within --comm-timeout ends the job instead of waiting
+    for rank 1 forever."""
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(16):
+        path = tmp_path / f"f{i:02d}.tif"
+        tifffile.imwrite(path, (rng.random((NZ, 32, 40)) * 0.5 + 0.25).astype(np.float32),
+                         photometric="minisblack")
+        paths.append(f"{path}\n")
+    (tmp_path / "list.txt").write_text("".join(paths))
+    out = tmp_path / "out"
+    script = tmp_path / "rank.sh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'"{isl_bin}" predict -m "{fields / "init.h5"}" --input-list "{tmp_path / "list.txt"}" '
+        f'-O "{out}" --threads 1 --comm-timeout 3 &\n'
+        "pid=$!\n"
+        'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then\n'
+        f'  until ls "{out}"/*/a_median.tif >/dev/null 2>&1; do sleep 0.05; done\n'
+        "  kill -STOP $pid\n"
+        "fi\n"
+        "wait $pid\n")
+    script.chmod(0o755)
+    r = mpirun(2, script, timeout=200)
+    assert r.returncode != 0, r.stderr
+    assert "rank 0 of 2: no" in r.stderr and "for 3 s" in r.stderr, r.stderr
+    assert "ending the MPI job" in r.stderr, r.stderr
