@@ -19,15 +19,15 @@ isl_status isl_dnnl_fail(dnnl_status_t s, const char *what)
 
 size_t isl_dt_size(dnnl_data_type_t dt) { return dt == dnnl_bf16 ? 2 : 4; }
 
-tref isl_tensor(int buf, size_t offset, int c, int h, int w, dnnl_data_type_t dt)
+tref isl_tensor(int buf, size_t offset, int c, int h, int w, dnnl_data_type_t dt, int blk)
 {
-    tref t = {buf, offset, c, h, w, dt, 0, 0, 0};
+    tref t = {buf, offset, c, h, w, dt, 0, 0, 0, blk};
     return t;
 }
 
 tref isl_tensor_nhwc(int buf, size_t offset, int c, int h, int w, dnnl_data_type_t dt)
 {
-    tref t = {buf, offset, c, h, w, dt, 1, (size_t)c, (size_t)c * w};
+    tref t = {buf, offset, c, h, w, dt, 1, (size_t)c, (size_t)c * w, 0};
     return t;
 }
 
@@ -36,7 +36,8 @@ dnnl_memory_desc_t isl_tref_md(tref t)
     dnnl_memory_desc_t md;
     dnnl_dims_t dims = {1, t.c, t.h, t.w};
     if (!t.nhwc) {
-        dnnl_memory_desc_init_by_tag(&md, 4, dims, t.dt, dnnl_nChw16c);
+        dnnl_format_tag_t tag = t.blk == 8 ? dnnl_nChw8c : dnnl_nChw16c;
+        dnnl_memory_desc_init_by_tag(&md, 4, dims, t.dt, tag);
     } else if (t.cs == (size_t)t.c && t.rs == (size_t)t.c * t.w) {
         dnnl_memory_desc_init_by_tag(&md, 4, dims, t.dt, dnnl_nhwc);
     } else {
@@ -313,8 +314,7 @@ isl_status isl_add_projection(builder *b, const isl_params *p, tref input, tref 
     if (b->estimate_only)
         return ISL_OK;
     dnnl_memory_desc_t smd = isl_md4(1, nz, H, W, dnnl_nchw);
-    dnnl_memory_desc_t dmd = isl_md4(1, proj.c, H, W, dnnl_nChw16c), wmd,
-                       bmd = isl_md_vec(proj.c);
+    dnnl_memory_desc_t dmd = isl_tref_md(proj), wmd, bmd = isl_md_vec(proj.c);
     dnnl_memory_desc_t user_w = isl_md4(proj.c, nz, 1, 1, dnnl_oihw);
     dnnl_dims_t wdims = {proj.c, nz, 1, 1}, one = {1, 1}, zero = {0, 0};
     dnnl_convolution_desc_t d;
