@@ -78,7 +78,7 @@ START_TEST(plans_use_no_reference_kernels)
      * nChw8c, which oneDNN 2.6 has AVX2 kernels for, not nChw16c (docs/testing-cpus.md). */
     const int expect_blk = isl_cpu_has(dnnl_cpu_isa_avx512_core) ? 16 : 8;
     setenv("ISL_HEAD_CHUNK_PIXELS", "100", 1);
-    isl_model *m = test_random_model(5, 2, 2, 44);
+    isl_model *m = test_random_model(5, 13, 2, 44); /* 13 planes: more than a block of 8 */
     isl_plan *plan;
     isl_exec *exec;
     ck_assert_msg(isl_model_acquire(m, 266, 250, ISL_PRECISION_FP32, &plan, &exec) == ISL_OK,

@@ -149,7 +149,8 @@ typedef enum { CONV, DECONV } conv_kind;
  * src's and dst's (bf16 sources: bf16 weights, f32 accumulation). */
 isl_status isl_add_conv(builder *b, conv_kind kind, tref src, tref dst, int k, int stride,
                         const float *weights, const float *bias, int accumulate);
-/* The projection: 1x1 conv with bias from the nchw input to 16 channels (nChw16c). */
+/* The projection: 1x1 conv with bias from the nchw input to 16 channels (proj's blocked
+ * layout; inputs of a block of planes or more are reordered to it first). */
 isl_status isl_add_projection(builder *b, const isl_params *p, tref input, tref proj);
 /* Mask of the up module's kept residual channels (owned by the plan). */
 isl_status isl_keep_mask(builder *b, const isl_chmap *out, const int **mask);
