@@ -60,17 +60,13 @@ static int use_nhwc(isl_precision precision)
     return isl_cpu_has(dnnl_cpu_isa_avx512_core_amx);
 }
 
-/* Channels per block of the blocked layout. oneDNN 2.6 has JIT convolutions for nChw16c
+/* Channels per block of the blocked layout: oneDNN 2.6 has JIT convolutions for nChw16c
  * only with AVX-512 (jit:avx512_core; Xeon Phi: avx512_mic); below it (AVX2, AVX, SSE4.1)
  * it runs them with its reference kernels, ~20x slower, but has jit:avx2 / jit_1x1:avx2
- * (and SSE4.1) convolutions, deconvolutions and poolings for nChw8c. The channel layout
- * pads to 16 either way, so every 16-aligned channel range stays a dense tensor at a byte
- * offset in both (docs/testing-cpus.md). bf16 plans need AVX-512 anyway. */
-static int block_channels(void)
-{
-    return isl_cpu_has(dnnl_cpu_isa_avx512_core) || isl_cpu_has(dnnl_cpu_isa_avx512_mic) ? 16
-                                                                                         : 8;
-}
+ * convolutions, deconvolutions and poolings for nChw8c. The channel layout pads to 16
+ * either way, so every 16-aligned channel range stays a dense tensor at a byte offset in
+ * both (docs/testing-cpus.md). bf16 plans need AVX-512 anyway. */
+static int block_channels(void) { return isl_cpu_block_channels(); }
 
 static isl_status build_all_trunk(builder *b, const isl_params *p, const isl_layout *l)
 {
