@@ -60,14 +60,6 @@ static int use_nhwc(isl_precision precision)
     return isl_cpu_has(dnnl_cpu_isa_avx512_core_amx);
 }
 
-/* Channels per block of the blocked layout: oneDNN 2.6 has JIT convolutions for nChw16c
- * only with AVX-512 (jit:avx512_core; Xeon Phi: avx512_mic); below it (AVX2, AVX, SSE4.1)
- * it runs them with its reference kernels, ~20x slower, but has jit:avx2 / jit_1x1:avx2
- * convolutions, deconvolutions and poolings for nChw8c. The channel layout pads to 16
- * either way, so every 16-aligned channel range stays a dense tensor at a byte offset in
- * both (docs/testing-cpus.md). bf16 plans need AVX-512 anyway. */
-static int block_channels(void) { return isl_cpu_block_channels(); }
-
 static isl_status build_all_trunk(builder *b, const isl_params *p, const isl_layout *l)
 {
     return b->plan->nhwc ? isl_nhwc_build_trunk(b, p, l) : isl_blocked_build_trunk(b, p, l);
@@ -111,7 +103,7 @@ size_t isl_plan_estimate_bytes(const isl_params *p, const isl_layout *l, int in_
     /* Blocked bf16 plans need less than FP32 ones: their estimate stays an upper bound. */
     plan.nhwc = use_nhwc(precision);
     plan.act_dt = plan.nhwc ? dnnl_bf16 : dnnl_f32;
-    plan.blk = block_channels();
+    plan.blk = isl_cpu_block_channels();
     plan.in_h = in_h;
     plan.in_w = in_w;
     plan.out_h = isl_arch_output_side(in_h);
@@ -153,7 +145,10 @@ isl_status isl_plan_create(const isl_params *p, const isl_layout *l, dnnl_engine
     plan->precision = precision;
     plan->nhwc = use_nhwc(precision);
     plan->act_dt = precision == ISL_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
-    plan->blk = block_channels();
+    /* nChw8c without AVX-512: oneDNN 2.6 runs nChw16c there with its reference kernels.
+     * Channels stay padded to 16, so 16-aligned channel ranges stay dense tensors at byte
+     * offsets (concatenations in place) in both layouts (docs/testing-cpus.md). */
+    plan->blk = isl_cpu_block_channels();
     plan->num_heads = p->num_heads;
     plan->heads = calloc((size_t)(p->num_heads ? p->num_heads : 1), sizeof(*plan->heads));
     plan->head_out_ch = calloc((size_t)(p->num_heads ? p->num_heads : 1), sizeof(int));
