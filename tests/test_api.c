@@ -97,11 +97,12 @@ END_TEST
 START_TEST(fused_pool_bnact_matches_pooling_then_bnact)
 {
     /* FP32 plans compute the expand BNAct's max pooling on the fly: compare with pooling
-     * done first (plain loops over the nChw16c layout), for in (3x3, stride 1) and down
-     * (4x4, stride 2) modules. Pooled values are exact, so relu must be too. */
+     * done first (plain loops over the nChw16c and nChw8c layouts), for in (3x3, stride 1)
+     * and down (4x4, stride 2) modules. Pooled values are exact, so relu must be too. */
     const int ks[2] = {3, 4}, strides[2] = {1, 2};
-    for (int t = 0; t < 2; t++) {
-        const int k = ks[t], st = strides[t], ac = 32, xc = 48, xh = 37, xw = 29;
+    for (int t = 0; t < 4; t++) {
+        const int k = ks[t % 2], st = strides[t % 2], blk = t < 2 ? 16 : 8;
+        const int ac = 32, xc = 48, xh = 37, xw = 29;
         const int oh = (xh - k) / st + 1, ow = (xw - k) / st + 1, c = ac + xc;
         const size_t opx = (size_t)oh * ow;
         float *a = malloc(sizeof(float) * ac * opx), *x = malloc(sizeof(float) * xc * xh * xw);
@@ -115,29 +116,29 @@ START_TEST(fused_pool_bnact_matches_pooling_then_bnact)
             scale[i] = 0.5f + 0.01f * i * (i % 2 ? 1.0f : -1.0f);
             shift[i] = 0.02f * (i - 40);
         }
-        isl_kernel_bnact_pool(a, ac, x, xc, xh, xw, k, st, oh, ow, scale, shift, relu, th);
+        isl_kernel_bnact_pool(a, ac, x, xc, xh, xw, k, st, oh, ow, blk, scale, shift, relu, th);
         for (int ch = 0; ch < c; ch++)
             for (int oy = 0; oy < oh; oy++)
                 for (int ox = 0; ox < ow; ox++) {
-                    const int b = ch / 16, l = ch % 16;
+                    const int b = ch / blk, l = ch % blk;
                     float v;
                     if (ch < ac) {
-                        v = a[(((size_t)b * oh + oy) * ow + ox) * 16 + l];
+                        v = a[(((size_t)b * oh + oy) * ow + ox) * blk + l];
                     } else {
-                        const int xb = (ch - ac) / 16;
+                        const int xb = (ch - ac) / blk;
                         v = -INFINITY;
                         for (int i = 0; i < k; i++)
                             for (int j = 0; j < k; j++)
                                 v = fmaxf(v, x[(((size_t)xb * xh + oy * st + i) * xw + ox * st +
-                                                j) * 16 + l]);
+                                                j) * blk + l]);
                     }
                     const float y = scale[ch] * v + shift[ch];
-                    const size_t o = (((size_t)b * oh + oy) * ow + ox) * 16 + l;
-                    ck_assert_msg(relu[o] == (y > 0 ? y : 0.0f), "relu, k %d, channel %d (%d, %d)",
-                                  k, ch, oy, ox);
+                    const size_t o = (((size_t)b * oh + oy) * ow + ox) * blk + l;
+                    ck_assert_msg(relu[o] == (y > 0 ? y : 0.0f),
+                                  "relu, blk %d k %d, channel %d (%d, %d)", blk, k, ch, oy, ox);
                     ck_assert_msg(fabs(th[o] - tanh((double)y)) < 3e-7,
-                                  "tanh, k %d, channel %d (%d, %d): %g, not %g", k, ch, oy, ox,
-                                  th[o], tanh((double)y));
+                                  "tanh, blk %d k %d, channel %d (%d, %d): %g, not %g", blk, k, ch,
+                                  oy, ox, th[o], tanh((double)y));
                 }
         free(a);
         free(x);

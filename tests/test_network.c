@@ -1,14 +1,17 @@
 /* The oneDNN engine against independent references: the naive double-precision network
  * (ref_net.c), the golden vectors of an independent implementation of the spec, and the
  * spec's own invariants (tiling, alignment). */
+#include "cpu.h"
 #include "isl.h"
 #include "model.h"
+#include "plan.h"
 #include "ref_net.h"
 #include "test_util.h"
 #include "tiff_io.h"
 
 #include <check.h>
 #include <hdf5.h>
+#include <oneapi/dnnl/dnnl_debug.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +67,42 @@ START_TEST(smallest_network_matches_reference)
      * every layer kind at a fraction of the cost, for re-runs on other instruction sets
      * (tests/meson.build, avx2_*). */
     check_against_reference(5, 1, 1, 43, 250, 250);
+}
+END_TEST
+
+START_TEST(plans_use_no_reference_kernels)
+{
+    /* Every oneDNN primitive of an FP32 plan (trunk, two label heads and the autoencoder,
+     * chunked heads) runs a JIT kernel, never oneDNN's reference one (~20x slower). Run
+     * again under ONEDNN_MAX_CPU_ISA=AVX2 (avx2_jit): without AVX-512 the plans must use
+     * nChw8c, which oneDNN 2.6 has AVX2 kernels for, not nChw16c (docs/testing-cpus.md). */
+    const int expect_blk = isl_cpu_has(dnnl_cpu_isa_avx512_core) ? 16 : 8;
+    setenv("ISL_HEAD_CHUNK_PIXELS", "100", 1);
+    isl_model *m = test_random_model(5, 13, 2, 44); /* 13 planes: more than a block of 8 */
+    isl_plan *plan;
+    isl_exec *exec;
+    ck_assert_msg(isl_model_acquire(m, 266, 250, ISL_PRECISION_FP32, &plan, &exec) == ISL_OK,
+                  "%s", isl_last_error());
+    unsetenv("ISL_HEAD_CHUNK_PIXELS");
+    ck_assert_int_lt(isl_plan_head_rows(plan), 24); /* the heads are chunked */
+    ck_assert_int_eq(isl_plan_block_channels(plan), expect_blk);
+    const int n = isl_plan_primitives(plan, NULL, 0);
+    isl_plan_primitive *list = malloc(sizeof(*list) * (size_t)n);
+    ck_assert_int_eq(isl_plan_primitives(plan, list, n), n);
+    int convs = 0;
+    for (int i = 0; i < n; i++) {
+        ck_assert_msg(strncmp(list[i].impl, "ref", 3) != 0,
+                      "primitive %d (%s) runs oneDNN's reference kernel %s", i,
+                      dnnl_prim_kind2str(list[i].kind), list[i].impl);
+        convs += list[i].kind == dnnl_convolution || list[i].kind == dnnl_deconvolution;
+    }
+    /* Projection, expand and reduce of each module, one per head. */
+    ck_assert_int_eq(convs, 1 + 2 * m->params.arch.num_modules + m->params.num_heads);
+    printf("nChw%dc: %d primitives, none a reference kernel (ISA 0x%x)\n", expect_blk, n,
+           (unsigned)dnnl_get_effective_cpu_isa());
+    free(list);
+    isl_model_release(m, plan, exec);
+    isl_model_free(m);
 }
 END_TEST
 
@@ -262,6 +301,7 @@ int main(void)
 {
     const test_case cases[] = {{"reference", engine_matches_reference_network},
                  {"reference_small", smallest_network_matches_reference},
+                 {"jit_kernels", plans_use_no_reference_kernels},
                  {"tiling", tiled_prediction_equals_single_pass},
                  {"alignment", aligned_patches_equal_the_large_pass},
                  {"golden", golden_vectors}};

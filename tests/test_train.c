@@ -422,6 +422,35 @@ static void check_gradients(int stored)
 START_TEST(gradients_match_finite_differences) { check_gradients(0); }
 END_TEST
 
+/* Every oneDNN primitive of the training net (all passes, weight and staging reorders)
+ * runs a JIT kernel, never oneDNN's reference one (~20x slower). Run again under
+ * ONEDNN_MAX_CPU_ISA=AVX2 (avx2_train_jit): without AVX-512 the convolutions and poolings
+ * must work on nChw8c copies (docs/testing-cpus.md). */
+START_TEST(train_net_uses_no_reference_kernels)
+{
+    isl_params p;
+    engine e = {0};
+    random_params(&p, 12);
+    engine_open(&e, &p, 1);
+    const int n = isl_train_net_impls(e.net, NULL, 0);
+    const char **impl = malloc(sizeof(*impl) * (size_t)n);
+    ck_assert_int_eq(isl_train_net_impls(e.net, impl, n), n);
+    int jit = 0;
+    for (int i = 0; i < n; i++) {
+        ck_assert_msg(strncmp(impl[i], "ref", 3) != 0,
+                      "training primitive %d runs oneDNN's reference kernel %s", i, impl[i]);
+        jit += strstr(impl[i], "jit") != NULL;
+    }
+    /* At least the three passes of each module's two convolutions. */
+    ck_assert_int_ge(jit, 6 * p.arch.num_modules);
+    printf("training net: %d primitives, %d JIT, none a reference kernel (ISA 0x%x)\n", n, jit,
+           (unsigned)dnnl_get_effective_cpu_isa());
+    free(impl);
+    engine_close(&e);
+    isl_params_free(&p);
+}
+END_TEST
+
 /* Training with frozen batch-norm statistics (isl_train_options_set_freeze_bn): the
  * statistics are constants, so the mean and variance terms vanish from dx. */
 START_TEST(gradients_with_stored_statistics) { check_gradients(1); }
@@ -1172,6 +1201,7 @@ int main(int argc, char **argv)
                  {"option_getters", option_getters},
                  {"threads", threads_agree},
                  {"gradients", gradients_match_finite_differences},
-                 {"gradients_stored", gradients_with_stored_statistics}};
+                 {"gradients_stored", gradients_with_stored_statistics},
+                 {"jit_kernels", train_net_uses_no_reference_kernels}};
     return test_run_cases("train", cases, sizeof(cases) / sizeof(cases[0]), 600);
 }

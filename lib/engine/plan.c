@@ -84,7 +84,7 @@ static void plan_head_chunks(builder *b)
     if (plan->head_rows == t.h)
         return;
     plan->head_in = plan->nhwc ? isl_tensor_nhwc(BUF_HEAD_IN, 0, t.c, rows, t.w, t.dt)
-                               : isl_tensor(BUF_HEAD_IN, 0, t.c, rows, t.w, t.dt);
+                               : isl_tensor(BUF_HEAD_IN, 0, t.c, rows, t.w, t.dt, t.blk);
     isl_need(b, plan->head_in);
 }
 
@@ -103,6 +103,7 @@ size_t isl_plan_estimate_bytes(const isl_params *p, const isl_layout *l, int in_
     /* Blocked bf16 plans need less than FP32 ones: their estimate stays an upper bound. */
     plan.nhwc = use_nhwc(precision);
     plan.act_dt = plan.nhwc ? dnnl_bf16 : dnnl_f32;
+    plan.blk = isl_cpu_block_channels();
     plan.in_h = in_h;
     plan.in_w = in_w;
     plan.out_h = isl_arch_output_side(in_h);
@@ -144,6 +145,10 @@ isl_status isl_plan_create(const isl_params *p, const isl_layout *l, dnnl_engine
     plan->precision = precision;
     plan->nhwc = use_nhwc(precision);
     plan->act_dt = precision == ISL_PRECISION_BF16 ? dnnl_bf16 : dnnl_f32;
+    /* nChw8c without AVX-512: oneDNN 2.6 runs nChw16c there with its reference kernels.
+     * Channels stay padded to 16, so 16-aligned channel ranges stay dense tensors at byte
+     * offsets (concatenations in place) in both layouts (docs/testing-cpus.md). */
+    plan->blk = isl_cpu_block_channels();
     plan->num_heads = p->num_heads;
     plan->heads = calloc((size_t)(p->num_heads ? p->num_heads : 1), sizeof(*plan->heads));
     plan->head_out_ch = calloc((size_t)(p->num_heads ? p->num_heads : 1), sizeof(int));
@@ -172,6 +177,7 @@ int isl_plan_input_height(const isl_plan *plan) { return plan->in_h; }
 int isl_plan_input_width(const isl_plan *plan) { return plan->in_w; }
 isl_precision isl_plan_precision(const isl_plan *plan) { return plan->precision; }
 int isl_plan_is_nhwc(const isl_plan *plan) { return plan->nhwc; }
+int isl_plan_block_channels(const isl_plan *plan) { return plan->nhwc ? 0 : plan->blk; }
 int isl_plan_head_rows(const isl_plan *plan) { return plan->head_rows; }
 
 static int list_primitives(const step_list *l, isl_plan_primitive *out, int max, int n)

@@ -1,7 +1,8 @@
 /* Execution plans: the network for one tile shape as a list of oneDNN primitives and
  * memory-bound kernels over a few reusable buffers. FP32 plans (and bf16 ones on CPUs
- * without AMX) use oneDNN's blocked nChw16c layout (plan.c); bf16 plans on CPUs with AMX
- * use nhwc, the layout oneDNN 2.6 has AMX kernels for (plan_nhwc.c).
+ * without AMX) use oneDNN's blocked layout (plan_blocked.c): nChw16c with AVX-512, nChw8c
+ * without (the layout oneDNN 2.6 has AVX2 kernels for); bf16 plans on CPUs with AMX use
+ * nhwc, the layout oneDNN 2.6 has AMX kernels for (plan_nhwc.c).
  *
  * A plan is immutable once built and may be executed by several threads at once, each
  * with its own isl_exec (buffers, memory objects, stream, user-mode scratchpad). */
@@ -30,6 +31,9 @@ int isl_plan_input_width(const isl_plan *plan);
 isl_precision isl_plan_precision(const isl_plan *plan);
 /* 1 when the plan uses the nhwc (AMX) layout. */
 int isl_plan_is_nhwc(const isl_plan *plan);
+/* Channels per block of a blocked plan: 16 (nChw16c) on CPUs with AVX-512, else 8
+ * (nChw8c, which oneDNN runs with AVX2 JIT kernels); 0 for nhwc plans. */
+int isl_plan_block_channels(const isl_plan *plan);
 /* Heads run on chunks of this many rows of the tile's output (all of them on small
  * tiles), about ISL_HEAD_CHUNK_DEFAULT_PIXELS pixels: their logits would otherwise
  * dominate the working memory of large tiles. */

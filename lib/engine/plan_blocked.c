@@ -1,5 +1,6 @@
-/* The network in oneDNN's nChw16c layout (FP32, and bf16 on CPUs without AMX): the
- * builder behind isl_blocked_build_trunk / isl_blocked_build_head (plan_internal.h). */
+/* The network in oneDNN's blocked layout (FP32, and bf16 on CPUs without AMX): the
+ * builder behind isl_blocked_build_trunk / isl_blocked_build_head (plan_internal.h).
+ * Blocks of plan->blk channels: nChw16c with AVX-512, nChw8c without (plan.c). */
 #include "plan_internal.h"
 
 #include "dnnl_md.h"
@@ -9,23 +10,24 @@
 #include <stdlib.h>
 #include <string.h>
 
-static dnnl_memory_desc_t md_blocked(int c, int h, int w)
-{
-    return isl_md4(1, c, h, w, dnnl_nChw16c);
-}
-
 static size_t tensor_bytes(int c, int h, int w) { return (size_t)c * h * w * sizeof(float); }
 
-static tref tensor(int buf, size_t offset, int c, int h, int w)
+/* A tensor in the plan's blocked layout (FP32 unless dt says otherwise). */
+static tref tensor_dt(const builder *b, int buf, int c, int h, int w, dnnl_data_type_t dt)
 {
-    return isl_tensor(buf, offset, c, h, w, dnnl_f32);
+    return isl_tensor(buf, 0, c, h, w, dt, b->plan->blk);
+}
+
+static tref tensor(const builder *b, int buf, int c, int h, int w)
+{
+    return tensor_dt(b, buf, c, h, w, dnnl_f32);
 }
 
 /* The channel range [c0, c0 + n) of t: dense, because the batch is one. */
 static tref channels(tref t, int c0, int n)
 {
     return isl_tensor(t.buf, t.offset + (size_t)c0 * t.h * t.w * isl_dt_size(t.dt), n, t.h, t.w,
-                      t.dt);
+                      t.dt, t.blk);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -49,19 +51,19 @@ static void run_upsample(const plan_step *s, char *const *bufs)
     const float *src = arg_ptr(s, 0, bufs);
     float *dst = arg_ptr(s, 1, bufs);
     const int h = s->src_h, w = s->src_w, oh = 2 * h + 2, ow = 2 * w + 2;
-    const int blocks = s->channels / 16;
+    const int blk = s->blk, blocks = s->channels / blk;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int cb = 0; cb < blocks; cb++) {
         for (int y = 0; y < oh; y++) {
             int sy = (y - 1) / 2; /* (y - 1) div 2, clamped: replicates the border */
             sy = y == 0 ? 0 : (sy > h - 1 ? h - 1 : sy);
-            const float *srow = src + ((size_t)cb * h + sy) * w * 16;
-            float *drow = dst + ((size_t)cb * oh + y) * ow * 16;
-            const int *keep = s->keep + cb * 16;
+            const float *srow = src + ((size_t)cb * h + sy) * w * blk;
+            float *drow = dst + ((size_t)cb * oh + y) * ow * blk;
+            const int *keep = s->keep + cb * blk;
             for (int x = 0; x < ow; x++) {
                 int sx = x == 0 ? 0 : ((x - 1) / 2 > w - 1 ? w - 1 : (x - 1) / 2);
-                for (int c = 0; c < 16; c++)
-                    drow[x * 16 + c] = keep[c] ? srow[sx * 16 + c] : 0.0f;
+                for (int c = 0; c < blk; c++)
+                    drow[x * blk + c] = keep[c] ? srow[sx * blk + c] : 0.0f;
             }
         }
     }
@@ -79,8 +81,8 @@ static void run_bnact(const plan_step *s, char *const *bufs)
         isl_kernel_bnact_bf16(x, s->bn->scale, s->bn->shift, s->channels, pixels,
                               (uint16_t *)out, (uint16_t *)(out + half));
     else
-        isl_kernel_bnact(x, s->bn->scale, s->bn->shift, s->channels, pixels, (float *)out,
-                         (float *)(out + half));
+        isl_kernel_bnact(x, s->bn->scale, s->bn->shift, s->channels, pixels, s->blk,
+                         (float *)out, (float *)(out + half));
 }
 
 /* args[0]: a (s->channels, oh x ow), args[1]: x (pooled k x k, stride s->stride),
@@ -93,7 +95,7 @@ static void run_bnact_pool(const plan_step *s, char *const *bufs)
     float *out = arg_ptr(s, 2, bufs);
     isl_kernel_bnact_pool(arg_ptr(s, 0, bufs), s->channels, arg_ptr(s, 1, bufs), (int)(*x)[1],
                           (int)(*x)[2], (int)(*x)[3], s->k, s->stride, (int)(*a)[2],
-                          (int)(*a)[3], s->bn->scale, s->bn->shift, out, out + half);
+                          (int)(*a)[3], s->blk, s->bn->scale, s->bn->shift, out, out + half);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -103,12 +105,12 @@ static void run_bnact_pool(const plan_step *s, char *const *bufs)
 /* dst = center crop of src by `border` pixels on each side. */
 static isl_status add_crop(builder *b, tref src, int border, tref dst)
 {
-    dnnl_memory_desc_t parent = md_blocked(src.c, src.h, src.w), sub;
+    dnnl_memory_desc_t parent = isl_tref_md(src), sub;
     dnnl_dims_t dims = {1, src.c, src.h - 2 * border, src.w - 2 * border};
     dnnl_dims_t offs = {0, 0, border, border};
     if (dnnl_memory_desc_init_submemory(&sub, &parent, dims, offs) != dnnl_success)
         return isl_fail(ISL_ERROR_INTERNAL, "cannot describe a crop");
-    dnnl_memory_desc_t dmd = md_blocked(dst.c, dst.h, dst.w);
+    dnnl_memory_desc_t dmd = isl_tref_md(dst);
     return isl_add_reorder(b, src, &sub, dst, &dmd);
 }
 
@@ -124,6 +126,7 @@ static isl_status add_bnact(builder *b, tref src, const isl_bn_padded *bn, tref 
     isl_arg_tensor(st, 0, src, NULL);
     isl_arg_tensor(st, 1, dst, NULL);
     st->bf16 = dst.dt == dnnl_bf16;
+    st->blk = src.blk;
     st->channels = src.c;
     st->bn = bn;
     return ISL_OK;
@@ -143,6 +146,7 @@ static isl_status add_bnact_pool(builder *b, tref a, tref x, int k, int stride,
     isl_arg_tensor(st, 1, x, NULL);
     isl_arg_tensor(st, 2, dst, NULL);
     st->channels = a.c;
+    st->blk = a.blk;
     st->k = k;
     st->stride = stride;
     st->bn = bn;
@@ -154,8 +158,7 @@ static isl_status add_pool(builder *b, dnnl_alg_kind_t alg, tref src, tref dst, 
     isl_need(b, dst);
     if (b->estimate_only)
         return ISL_OK;
-    dnnl_memory_desc_t smd = md_blocked(src.c, src.h, src.w);
-    dnnl_memory_desc_t dmd = md_blocked(dst.c, dst.h, dst.w);
+    dnnl_memory_desc_t smd = isl_tref_md(src), dmd = isl_tref_md(dst);
     dnnl_dims_t strides = {stride, stride}, kernel = {k, k}, pad = {0, 0};
     dnnl_pooling_desc_t d;
     dnnl_primitive_desc_t pd;
@@ -195,6 +198,7 @@ static isl_status add_upsample(builder *b, tref src, tref dst, const int *keep)
     st->src_h = src.h;
     st->src_w = src.w;
     st->channels = dst.c;
+    st->blk = dst.blk;
     st->keep = keep;
     return ISL_OK;
 }
@@ -212,9 +216,9 @@ static isl_status add_module(builder *b, const isl_module_arch *a, const isl_mod
     const dnnl_data_type_t adt = b->plan->act_dt;
     /* FP32 BNAct pools on the fly: e then holds only the expand conv's output. */
     const int fuse_pool = a->kind != ISL_MODULE_UP && adt == dnnl_f32;
-    tref act_x = isl_tensor(BUF_ACT, 0, 2 * x.c, x.h, x.w, adt);
-    tref e = tensor(BUF_E, 0, fuse_pool ? ml->conv_padded : ml->e.padded, oh, ow);
-    tref act_e = isl_tensor(BUF_ACT, 0, 2 * ml->e.padded, oh, ow, adt);
+    tref act_x = tensor_dt(b, BUF_ACT, 2 * x.c, x.h, x.w, adt);
+    tref e = tensor(b, BUF_E, fuse_pool ? ml->conv_padded : ml->e.padded, oh, ow);
+    tref act_e = tensor_dt(b, BUF_ACT, 2 * ml->e.padded, oh, ow, adt);
 
     ISL_CHECK(add_bnact(b, x, &ml->bn1, act_x));
     if (a->kind == ISL_MODULE_UP) {
@@ -240,7 +244,7 @@ static isl_status add_module(builder *b, const isl_module_arch *a, const isl_mod
         ISL_CHECK(add_zero(b, channels(out, x.c, out.c - x.c)));
         break;
     case ISL_MODULE_DOWN: {
-        tref cropped = tensor(BUF_TMP, 0, x.c, x.h - 2, x.w - 2);
+        tref cropped = tensor(b, BUF_TMP, x.c, x.h - 2, x.w - 2);
         ISL_CHECK(add_crop(b, x, 1, cropped));
         ISL_CHECK(add_pool(b, dnnl_pooling_avg_exclude_padding, cropped, channels(out, 0, x.c),
                            2, 2));
@@ -262,17 +266,17 @@ isl_status isl_blocked_build_trunk(builder *b, const isl_params *p, const isl_la
     const isl_arch *a = &p->arch;
     isl_plan *plan = b->plan;
     const int H = plan->in_h, W = plan->in_w;
-    tref input = tensor(BUF_INPUT, 0, a->num_z, H, W);
-    tref proj = tensor(BUF_PROJ, 0, ISL_PROJECTION_DEPTH, H, W);
+    tref input = tensor(b, BUF_INPUT, a->num_z, H, W);
+    tref proj = tensor(b, BUF_PROJ, ISL_PROJECTION_DEPTH, H, W);
     ISL_CHECK(isl_add_projection(b, p, input, proj));
 
     const int cat_h = 36 + (H - ISL_PATCH_INPUT), cat_w = 36 + (W - ISL_PATCH_INPUT);
-    tref cat = tensor(BUF_CAT, 0, l->concat.padded, cat_h, cat_w);
+    tref cat = tensor(b, BUF_CAT, l->concat.padded, cat_h, cat_w);
     isl_need(b, cat);
     int xbuf = BUF_X0;
     for (int s = 0; s < ISL_NUM_TOWERS; s++) {
         int border = (ISL_PATCH_INPUT - isl_tower_start_size[s]) / 2;
-        tref x = tensor(BUF_X0, 0, ISL_PROJECTION_DEPTH, H - 2 * border, W - 2 * border);
+        tref x = tensor(b, BUF_X0, ISL_PROJECTION_DEPTH, H - 2 * border, W - 2 * border);
         ISL_CHECK(add_crop(b, proj, border, x));
         xbuf = BUF_X0;
         int last = a->tower_first[s] + a->tower_count[s] - 1;
@@ -282,14 +286,14 @@ isl_status isl_blocked_build_trunk(builder *b, const isl_params *p, const isl_la
             int oh = isl_module_out_side(m, x.h), ow = isl_module_out_side(m, x.w);
             int next = xbuf == BUF_X0 ? BUF_X1 : BUF_X0;
             if (m->kind == ISL_MODULE_UP) {
-                tref out = tensor(BUF_TMP, 0, ml->out.padded, oh, ow);
+                tref out = tensor(b, BUF_TMP, ml->out.padded, oh, ow);
                 ISL_CHECK(add_module(b, m, ml, x, out));
-                tref cropped = tensor(next, 0, out.c, oh - 4, ow - 4);
+                tref cropped = tensor(b, next, out.c, oh - 4, ow - 4);
                 ISL_CHECK(add_crop(b, out, 2, cropped));
                 x = cropped;
             } else {
                 tref out = i == last ? channels(cat, l->concat_offset[s], ml->out.padded)
-                                     : tensor(next, 0, ml->out.padded, oh, ow);
+                                     : tensor(b, next, ml->out.padded, oh, ow);
                 ISL_CHECK(add_module(b, m, ml, x, out));
                 x = out;
             }
@@ -303,7 +307,7 @@ isl_status isl_blocked_build_trunk(builder *b, const isl_params *p, const isl_la
     xbuf = BUF_X1;
     for (int i = a->tower_first[ISL_UPPER_TOWER]; i < a->num_modules; i++) {
         int next = xbuf == BUF_X0 ? BUF_X1 : BUF_X0;
-        tref out = tensor(next, 0, l->modules[i].out.padded, x.h - 2, x.w - 2);
+        tref out = tensor(b, next, l->modules[i].out.padded, x.h - 2, x.w - 2);
         ISL_CHECK(add_module(b, &a->modules[i], &l->modules[i], x, out));
         x = out;
         xbuf = next;
@@ -319,12 +323,12 @@ isl_status isl_blocked_build_head(builder *b, const isl_layout *l, int h, int ou
 {
     isl_plan *plan = b->plan;
     tref trunk = plan->head_in;
-    tref act = isl_tensor(BUF_ACT, 0, 2 * trunk.c, trunk.h, trunk.w, plan->act_dt);
-    tref logits = tensor(BUF_HEAD, 0, out_ch, trunk.h, trunk.w);
+    tref act = tensor_dt(b, BUF_ACT, 2 * trunk.c, trunk.h, trunk.w, plan->act_dt);
+    tref logits = tensor(b, BUF_HEAD, out_ch, trunk.h, trunk.w);
     const isl_head_layout *hl = &l->heads[h];
     ISL_CHECK(add_bnact(b, trunk, &hl->bn, act));
     ISL_CHECK(isl_add_conv(b, CONV, act, logits, 1, 1, hl->weight, hl->bias, 0));
-    dnnl_memory_desc_t blocked = md_blocked(out_ch, trunk.h, trunk.w);
+    dnnl_memory_desc_t blocked = isl_tref_md(logits);
     isl_need(b, logits);
     if (b->estimate_only)
         return ISL_OK;
@@ -333,11 +337,12 @@ isl_status isl_blocked_build_head(builder *b, const isl_layout *l, int h, int ou
     if (out_ch > ISL_NUM_CLASSES) {
         /* [1, nz * 256, h, w] viewed as [nz, 256, h, w]: same bytes, batch = plane. */
         dnnl_dims_t dims = {out_ch / ISL_NUM_CLASSES, ISL_NUM_CLASSES, trunk.h, trunk.w};
-        dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32, dnnl_nChw16c);
+        dnnl_memory_desc_init_by_tag(&md, 4, dims, dnnl_f32,
+                                     logits.blk == 8 ? dnnl_nChw8c : dnnl_nChw16c);
     }
     ISL_CHECK(isl_add_softmax(b, logits, &md));
     /* Channel-major [out_ch, h, w] into the caller's memory. */
     dnnl_memory_desc_t plain = isl_md4(1, out_ch, trunk.h, trunk.w, dnnl_nchw);
-    tref ext = tensor(BUF_EXTERNAL, 0, out_ch, trunk.h, trunk.w);
+    tref ext = tensor(b, BUF_EXTERNAL, out_ch, trunk.h, trunk.w);
     return isl_add_reorder(b, logits, &blocked, ext, &plain);
 }

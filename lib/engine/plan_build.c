@@ -19,15 +19,15 @@ isl_status isl_dnnl_fail(dnnl_status_t s, const char *what)
 
 size_t isl_dt_size(dnnl_data_type_t dt) { return dt == dnnl_bf16 ? 2 : 4; }
 
-tref isl_tensor(int buf, size_t offset, int c, int h, int w, dnnl_data_type_t dt)
+tref isl_tensor(int buf, size_t offset, int c, int h, int w, dnnl_data_type_t dt, int blk)
 {
-    tref t = {buf, offset, c, h, w, dt, 0, 0, 0};
+    tref t = {buf, offset, c, h, w, dt, 0, 0, 0, blk};
     return t;
 }
 
 tref isl_tensor_nhwc(int buf, size_t offset, int c, int h, int w, dnnl_data_type_t dt)
 {
-    tref t = {buf, offset, c, h, w, dt, 1, (size_t)c, (size_t)c * w};
+    tref t = {buf, offset, c, h, w, dt, 1, (size_t)c, (size_t)c * w, 0};
     return t;
 }
 
@@ -36,7 +36,8 @@ dnnl_memory_desc_t isl_tref_md(tref t)
     dnnl_memory_desc_t md;
     dnnl_dims_t dims = {1, t.c, t.h, t.w};
     if (!t.nhwc) {
-        dnnl_memory_desc_init_by_tag(&md, 4, dims, t.dt, dnnl_nChw16c);
+        dnnl_format_tag_t tag = t.blk == 8 ? dnnl_nChw8c : dnnl_nChw16c;
+        dnnl_memory_desc_init_by_tag(&md, 4, dims, t.dt, tag);
     } else if (t.cs == (size_t)t.c && t.rs == (size_t)t.c * t.w) {
         dnnl_memory_desc_init_by_tag(&md, 4, dims, t.dt, dnnl_nhwc);
     } else {
@@ -308,13 +309,26 @@ isl_status isl_add_conv(builder *b, conv_kind kind, tref src, tref dst, int k, i
 isl_status isl_add_projection(builder *b, const isl_params *p, tref input, tref proj)
 {
     const int nz = p->arch.num_z, H = input.h, W = input.w;
+    dnnl_memory_desc_t smd = isl_md4(1, nz, H, W, dnnl_nchw);
     isl_need(b, input);
     isl_need(b, proj);
+    if (nz >= proj.blk) {
+        /* oneDNN's first-layer kernels read a plain source of fewer planes than a block
+         * (< 8 with AVX2, < 16 with AVX-512); more go through its reference kernel, so the
+         * input is reordered to the blocked layout first, into the BNAct buffer, unused
+         * until the first module. oneDNN zero-fills the padded planes. */
+        tref blocked = isl_tensor(BUF_ACT, 0, (nz + 15) / 16 * 16, H, W, dnnl_f32, proj.blk);
+        dnnl_memory_desc_t blocked_md =
+            isl_md4(1, nz, H, W, proj.blk == 8 ? dnnl_nChw8c : dnnl_nChw16c);
+        isl_need(b, blocked);
+        if (!b->estimate_only)
+            ISL_CHECK(isl_add_reorder(b, input, &smd, blocked, &blocked_md));
+        input = blocked;
+        smd = blocked_md;
+    }
     if (b->estimate_only)
         return ISL_OK;
-    dnnl_memory_desc_t smd = isl_md4(1, nz, H, W, dnnl_nchw);
-    dnnl_memory_desc_t dmd = isl_md4(1, proj.c, H, W, dnnl_nChw16c), wmd,
-                       bmd = isl_md_vec(proj.c);
+    dnnl_memory_desc_t dmd = isl_tref_md(proj), wmd, bmd = isl_md_vec(proj.c);
     dnnl_memory_desc_t user_w = isl_md4(proj.c, nz, 1, 1, dnnl_oihw);
     dnnl_dims_t wdims = {proj.c, nz, 1, 1}, one = {1, 1}, zero = {0, 0};
     dnnl_convolution_desc_t d;

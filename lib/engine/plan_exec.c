@@ -179,9 +179,9 @@ static void copy_head_rows(isl_exec *e, int row0)
         memcpy(dst, src + (size_t)row0 * row, rows * row);
         return;
     }
-    /* nChw16c: one range per block of 16 channels. */
-    const size_t row = (size_t)t->w * 16 * es;
-    for (int b = 0; b < t->c / 16; b++)
+    /* nChw16c / nChw8c: one range per block of channels. */
+    const size_t row = (size_t)t->w * t->blk * es;
+    for (int b = 0; b < t->c / t->blk; b++)
         memcpy(dst + (size_t)b * rows * row, src + ((size_t)b * t->h + row0) * row, rows * row);
 }
 

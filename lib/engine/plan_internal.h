@@ -59,6 +59,7 @@ typedef struct plan_step {
     const int *keep;            /* up-sampling: [channels] 1 where the residual is kept */
     const isl_bn_padded *bn;    /* BNAct: folded batch norm (owned by the model's layout) */
     int bf16;                   /* BNAct: write bfloat16 */
+    int blk;                    /* blocked kernels: channels per block (8 or 16) */
     int probabilities_only;     /* skipped when the caller wants logits */
 } plan_step;
 
@@ -68,7 +69,7 @@ typedef struct step_list {
 } step_list;
 
 /* A tensor in a buffer: channels c, size h x w, at a byte offset. Blocked tensors are
- * dense nChw16c (c padded to 16); nhwc tensors may be views (crops, channel ranges) of a
+ * dense nChw16c or nChw8c (blk channels per block; c padded to 16); nhwc tensors may be views (crops, channel ranges) of a
  * larger one: cs and rs count the elements between pixels and between rows. */
 typedef struct tref {
     int buf;
@@ -77,6 +78,7 @@ typedef struct tref {
     dnnl_data_type_t dt;
     int nhwc;
     size_t cs, rs;
+    int blk;      /* blocked tensors: 16 (nChw16c) or 8 (nChw8c) */
 } tref;
 
 struct isl_plan {
@@ -84,6 +86,7 @@ struct isl_plan {
     int in_h, in_w, out_h, out_w, num_z;
     isl_precision precision;
     int nhwc;                 /* the AMX layout (plan_nhwc.c) */
+    int blk;                  /* blocked layout: 16 (nChw16c) with AVX-512, else 8 (nChw8c) */
     dnnl_data_type_t act_dt;  /* BNAct outputs, the inputs of every convolution but the first */
     size_t buf_bytes[BUF_COUNT];
     step_list trunk;
@@ -114,7 +117,7 @@ isl_status isl_dnnl_fail(dnnl_status_t s, const char *what);
 
 /* Tensors. */
 size_t isl_dt_size(dnnl_data_type_t dt);
-tref isl_tensor(int buf, size_t offset, int c, int h, int w, dnnl_data_type_t dt);
+tref isl_tensor(int buf, size_t offset, int c, int h, int w, dnnl_data_type_t dt, int blk);
 tref isl_tensor_nhwc(int buf, size_t offset, int c, int h, int w, dnnl_data_type_t dt);
 dnnl_memory_desc_t isl_tref_md(tref t);
 size_t isl_tref_end(tref t); /* bytes from the buffer's start past the last element */
@@ -146,7 +149,8 @@ typedef enum { CONV, DECONV } conv_kind;
  * src's and dst's (bf16 sources: bf16 weights, f32 accumulation). */
 isl_status isl_add_conv(builder *b, conv_kind kind, tref src, tref dst, int k, int stride,
                         const float *weights, const float *bias, int accumulate);
-/* The projection: 1x1 conv with bias from the nchw input to 16 channels (nChw16c). */
+/* The projection: 1x1 conv with bias from the nchw input to 16 channels (proj's blocked
+ * layout; inputs of a block of planes or more are reordered to it first). */
 isl_status isl_add_projection(builder *b, const isl_params *p, tref input, tref proj);
 /* Mask of the up module's kept residual channels (owned by the plan). */
 isl_status isl_keep_mask(builder *b, const isl_chmap *out, const int **mask);

@@ -182,8 +182,9 @@ isl_status isl_nhwc_build_trunk(builder *b, const isl_params *p, const isl_layou
     isl_plan *plan = b->plan;
     const int H = plan->in_h, W = plan->in_w;
     /* 16 channels: nChw16c (the projection's output) and nhwc are the same bytes. */
-    ISL_CHECK(isl_add_projection(b, p, isl_tensor(BUF_INPUT, 0, a->num_z, H, W, dnnl_f32),
-                                 isl_tensor(BUF_PROJ, 0, ISL_PROJECTION_DEPTH, H, W, dnnl_f32)));
+    ISL_CHECK(isl_add_projection(b, p, isl_tensor(BUF_INPUT, 0, a->num_z, H, W, dnnl_f32, 16),
+                                 isl_tensor(BUF_PROJ, 0, ISL_PROJECTION_DEPTH, H, W, dnnl_f32,
+                                            16)));
     tref proj = nhwc(BUF_PROJ, ISL_PROJECTION_DEPTH, H, W, dnnl_f32);
 
     const int cat_h = 36 + (H - ISL_PATCH_INPUT), cat_w = 36 + (W - ISL_PATCH_INPUT);
@@ -240,6 +241,6 @@ isl_status isl_nhwc_build_head(builder *b, const isl_layout *l, int h, int out_c
     ISL_CHECK(isl_add_softmax(b, logits, &md));
     dnnl_memory_desc_t from = isl_tref_md(logits);
     dnnl_memory_desc_t plain = isl_md4(1, out_ch, trunk.h, trunk.w, dnnl_nchw);
-    tref ext = isl_tensor(BUF_EXTERNAL, 0, out_ch, trunk.h, trunk.w, dnnl_f32);
+    tref ext = isl_tensor(BUF_EXTERNAL, 0, out_ch, trunk.h, trunk.w, dnnl_f32, 16);
     return isl_add_reorder(b, logits, &from, ext, &plain);
 }

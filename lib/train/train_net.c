@@ -1,6 +1,7 @@
 #include "train_net.h"
 #include "dnnl_md.h"
 
+#include "cpu.h"
 #include "error.h"
 #include "train_kernels.h"
 
@@ -20,6 +21,23 @@ typedef struct prim {
     dnnl_memory_t sp;
 } prim;
 
+/* Staging, on CPUs without AVX-512: oneDNN 2.6 runs nChw16c convolutions and poolings
+ * with its reference kernels there (~20x slower) but has AVX2 kernels for nChw8c. Each
+ * such primitive then works on nChw8c copies in three staging buffers shared by all
+ * layers (STAGE_*), reordered from and to the nChw16c tensors that the kernels of
+ * train_kernels.c work on. A staged tensor: its own memory, its copy, the reorders. */
+enum { STAGE_SRC, STAGE_DST, STAGE_DSRC, STAGE_COUNT };
+
+typedef struct staged {
+    dnnl_memory_t own, copy; /* copy: NULL when not staged */
+    prim in, out;            /* own -> copy (inputs), copy -> own (outputs) */
+} staged;
+
+typedef struct stage_ref {
+    dnnl_memory_t copy;
+    int buf;                 /* STAGE_* */
+} stage_ref;
+
 /* A convolution or transposed convolution with its three passes and weight reorders.
  * oneDNN sees every channel count rounded up to 16 (the storage is the same, the padding
  * channels are zero) so that it always picks its blocked JIT kernels; the weights are
@@ -28,7 +46,9 @@ typedef struct conv {
     prim fwd, bwd_d, bwd_w;
     prim pack_f, pack_b, unpack; /* plain -> fwd / bwd_data weights; diff weights -> plain */
     dnnl_memory_t w_user, w_f, w_b, dw, dw_user, bias, dbias;
-    dnnl_memory_t src, dst, dsrc, ddst;
+    dnnl_memory_t src, dst, dsrc, ddst; /* what the primitives take (staged: the copies) */
+    staged s_src, s_dst, s_dsrc, s_ddst;
+    int with_sum;
     int oc, ic, ocp, icp, kk, iohw;
     const float *w;      /* the parameters, PyTorch layout */
     float *dw_out;       /* their gradient */
@@ -49,6 +69,7 @@ typedef struct module {
     conv expand, reduce;
     prim pool_f, pool_b;
     dnnl_memory_t pool_src, pool_dst, pool_ws, pool_ddst, pool_dsrc;
+    staged s_pool_src, s_pool_dst, s_pool_ddst, s_pool_dsrc;
 } module;
 
 typedef struct head {
@@ -90,6 +111,10 @@ struct isl_train_net {
     /* Scratch buffers shared by all layers. */
     float *s_act, *s_dact, *g_buf[2], *g_conv, *g_pool;
     size_t n_act, n_g, n_conv, n_pool; /* floats */
+    int stage8;                        /* stage primitives in nChw8c (no AVX-512) */
+    size_t n_stage[STAGE_COUNT];       /* bytes */
+    stage_ref *stage_refs;             /* every staged copy, pointed at its buffer at the end */
+    int num_stage, cap_stage;
     void *scratchpad;
     size_t scratchpad_bytes;
 
@@ -276,6 +301,65 @@ static isl_status run_reorder(isl_train_net *n, const prim *p, dnnl_memory_t fro
     return run(n, p, 2, a, what);
 }
 
+/* What a primitive is described with for an nChw16c tensor of md's dims: md, or when
+ * staging nChw8c. */
+static dnnl_memory_desc_t md_prim(const isl_train_net *n, const dnnl_memory_desc_t *md)
+{
+    dnnl_memory_desc_t m8 = *md;
+    if (n->stage8)
+        dnnl_memory_desc_init_by_tag(&m8, md->ndims, md->dims, md->data_type, dnnl_nChw8c);
+    return m8;
+}
+
+/* The memory a primitive takes for the nChw16c tensor md at ptr: ptr's, or when staging
+ * a copy in staging buffer buf, filled from ptr before the primitive runs (in) and/or
+ * copied back after (out). */
+static isl_status stage(isl_train_net *n, const dnnl_memory_desc_t *md, void *ptr, int buf,
+                        int in, int out, staged *s, dnnl_memory_t *mem)
+{
+    ISL_CHECK(make_mem(n, md, ptr, &s->own));
+    *mem = s->own;
+    if (!n->stage8)
+        return ISL_OK;
+    dnnl_memory_desc_t m8 = md_prim(n, md);
+    size_t bytes = dnnl_memory_desc_get_size(&m8);
+    if (grow((void **)&n->stage_refs, &n->cap_stage, n->num_stage, sizeof(stage_ref)))
+        return oom();
+    ISL_CHECK(make_mem(n, &m8, DNNL_MEMORY_NONE, &s->copy));
+    n->stage_refs[n->num_stage++] = (stage_ref){s->copy, buf};
+    if (bytes > n->n_stage[buf])
+        n->n_stage[buf] = bytes;
+    if (in)
+        ISL_CHECK(make_reorder(n, md, &m8, &s->in));
+    if (out)
+        ISL_CHECK(make_reorder(n, &m8, md, &s->out));
+    *mem = s->copy;
+    return ISL_OK;
+}
+
+/* Before (in) or after (out) a primitive: the staged copy from or back to the tensor. */
+static isl_status stage_in(isl_train_net *n, const staged *s)
+{
+    return s->copy ? run_reorder(n, &s->in, s->own, s->copy, "staging reorder") : ISL_OK;
+}
+
+static isl_status stage_out(isl_train_net *n, const staged *s)
+{
+    return s->copy ? run_reorder(n, &s->out, s->copy, s->own, "staging reorder") : ISL_OK;
+}
+
+/* The staging buffers, once every primitive is built. */
+static isl_status stage_buffers(isl_train_net *n)
+{
+    float *buf[STAGE_COUNT] = {NULL};
+    for (int b = 0; b < STAGE_COUNT && n->stage8; b++)
+        ISL_CHECK(alloc_floats(n, (n->n_stage[b] + 3) / 4, &buf[b]));
+    for (int i = 0; i < n->num_stage; i++)
+        DNNL_TRY(dnnl_memory_set_data_handle(n->stage_refs[i].copy, buf[n->stage_refs[i].buf]),
+                 "staging memory");
+    return ISL_OK;
+}
+
 /* ------------------------------------------------------------------------------------ */
 /* Convolutions                                                                         */
 /* ------------------------------------------------------------------------------------ */
@@ -290,8 +374,9 @@ typedef struct conv_spec {
     const char *what;
 } conv_spec;
 
-static isl_status conv_desc(const conv_spec *s, int pass, void *desc)
+static isl_status conv_desc(const isl_train_net *n, const conv_spec *s, int pass, void *desc)
 {
+    const dnnl_memory_desc_t src_md = md_prim(n, &s->src_md), dst_md = md_prim(n, &s->dst_md);
     const int ocp = pad16(s->oc), icp = pad16(s->ic);
     dnnl_memory_desc_t w_any, b_md = isl_md_vec(ocp);
     dnnl_dims_t wd = {ocp, icp, s->k, s->k}, strides = {s->stride, s->stride}, pad = {0, 0};
@@ -301,25 +386,25 @@ static isl_status conv_desc(const conv_spec *s, int pass, void *desc)
     if (!s->deconv) {
         dnnl_convolution_desc_t *d = desc;
         st = pass == 0 ? dnnl_convolution_forward_desc_init(
-                             d, dnnl_forward_training, dnnl_convolution_direct, &s->src_md,
-                             &w_any, b, &s->dst_md, strides, pad, pad)
+                             d, dnnl_forward_training, dnnl_convolution_direct, &src_md,
+                             &w_any, b, &dst_md, strides, pad, pad)
              : pass == 1 ? dnnl_convolution_backward_data_desc_init(d, dnnl_convolution_direct,
-                                                                    &s->src_md, &w_any, &s->dst_md,
+                                                                    &src_md, &w_any, &dst_md,
                                                                     strides, pad, pad)
                          : dnnl_convolution_backward_weights_desc_init(
-                               d, dnnl_convolution_direct, &s->src_md, &w_any, b, &s->dst_md,
+                               d, dnnl_convolution_direct, &src_md, &w_any, b, &dst_md,
                                strides, pad, pad);
     } else {
         dnnl_deconvolution_desc_t *d = desc;
         st = pass == 0 ? dnnl_deconvolution_forward_desc_init(d, dnnl_forward_training,
                                                                dnnl_deconvolution_direct,
-                                                               &s->src_md, &w_any, b, &s->dst_md,
+                                                               &src_md, &w_any, b, &dst_md,
                                                                strides, pad, pad)
              : pass == 1 ? dnnl_deconvolution_backward_data_desc_init(
-                               d, dnnl_deconvolution_direct, &s->src_md, &w_any, &s->dst_md,
+                               d, dnnl_deconvolution_direct, &src_md, &w_any, &dst_md,
                                strides, pad, pad)
                          : dnnl_deconvolution_backward_weights_desc_init(
-                               d, dnnl_deconvolution_direct, &s->src_md, &w_any, b, &s->dst_md,
+                               d, dnnl_deconvolution_direct, &src_md, &w_any, b, &dst_md,
                                strides, pad, pad);
     }
     if (st != dnnl_success)
@@ -352,15 +437,15 @@ static isl_status build_conv(isl_train_net *n, const conv_spec *s, conv *cv)
         ISL_CHECK(alloc_floats(n, count, &cv->w_pad));
         ISL_CHECK(alloc_floats(n, count, &cv->dw_pad));
     }
-    isl_status st = conv_desc(s, 0, &desc);
+    isl_status st = conv_desc(n, s, 0, &desc);
     if (st == ISL_OK)
         st = make_pd(n, &desc, s->with_sum, NULL, &fpd, s->what);
     if (st == ISL_OK)
-        st = conv_desc(s, 2, &desc);
+        st = conv_desc(n, s, 2, &desc);
     if (st == ISL_OK)
         st = make_pd(n, &desc, 0, fpd, &bwpd, s->what);
     if (st == ISL_OK && s->dsrc) {
-        st = conv_desc(s, 1, &desc);
+        st = conv_desc(n, s, 1, &desc);
         if (st == ISL_OK)
             st = make_pd(n, &desc, 0, fpd, &bdpd, s->what);
     }
@@ -377,17 +462,20 @@ static isl_status build_conv(isl_train_net *n, const conv_spec *s, conv *cv)
         (st = make_mem(n, dw, DNNL_MEMORY_ALLOCATE, &cv->dw)) != ISL_OK ||
         (st = make_mem(n, &user, cv->dw_pad ? cv->dw_pad : s->dw, &cv->dw_user)) != ISL_OK ||
         (st = make_reorder(n, dw, &user, &cv->unpack)) != ISL_OK ||
-        (st = make_mem(n, &s->src_md, s->src, &cv->src)) != ISL_OK ||
-        (st = make_mem(n, &s->dst_md, s->dst, &cv->dst)) != ISL_OK ||
-        (st = make_mem(n, &s->dst_md, s->ddst, &cv->ddst)) != ISL_OK)
+        (st = stage(n, &s->src_md, s->src, STAGE_SRC, 1, 0, &cv->s_src, &cv->src)) != ISL_OK ||
+        (st = stage(n, &s->dst_md, s->dst, STAGE_DST, s->with_sum, 1, &cv->s_dst, &cv->dst)) !=
+            ISL_OK ||
+        (st = stage(n, &s->dst_md, s->ddst, STAGE_DST, 1, 0, &cv->s_ddst, &cv->ddst)) != ISL_OK)
         goto done;
+    cv->with_sum = s->with_sum;
     if (s->b && ((st = make_mem(n, &b_md, s->b, &cv->bias)) != ISL_OK ||
                  (st = make_mem(n, &b_md, s->db, &cv->dbias)) != ISL_OK))
         goto done;
     if (bdpd) {
         const dnnl_memory_desc_t *wb = dnnl_primitive_desc_query_md(bdpd, dnnl_query_weights_md, 0);
         if ((st = make_prim(n, bdpd, &cv->bwd_d)) != ISL_OK ||
-            (st = make_mem(n, &s->src_md, s->dsrc, &cv->dsrc)) != ISL_OK)
+            (st = stage(n, &s->src_md, s->dsrc, STAGE_DSRC, 0, 1, &cv->s_dsrc, &cv->dsrc)) !=
+                ISL_OK)
             goto done;
         if (dnnl_memory_desc_equal(wb, wf)) {
             cv->w_b = cv->w_f;
@@ -433,7 +521,11 @@ static isl_status conv_forward(isl_train_net *n, conv *cv)
 {
     dnnl_exec_arg_t a[4] = {{DNNL_ARG_SRC, cv->src}, {DNNL_ARG_WEIGHTS, cv->w_f},
                             {DNNL_ARG_DST, cv->dst}, {DNNL_ARG_BIAS, cv->bias}};
-    return run(n, &cv->fwd, cv->bias ? 4 : 3, a, "convolution forward");
+    ISL_CHECK(stage_in(n, &cv->s_src));
+    if (cv->with_sum) /* the sum post-op adds onto dst */
+        ISL_CHECK(stage_in(n, &cv->s_dst));
+    ISL_CHECK(run(n, &cv->fwd, cv->bias ? 4 : 3, a, "convolution forward"));
+    return stage_out(n, &cv->s_dst);
 }
 
 /* Weight (and bias) gradients into the user arrays, then the data gradient if built. */
@@ -441,6 +533,8 @@ static isl_status conv_backward(isl_train_net *n, conv *cv)
 {
     dnnl_exec_arg_t w[4] = {{DNNL_ARG_SRC, cv->src}, {DNNL_ARG_DIFF_DST, cv->ddst},
                             {DNNL_ARG_DIFF_WEIGHTS, cv->dw}, {DNNL_ARG_DIFF_BIAS, cv->dbias}};
+    ISL_CHECK(stage_in(n, &cv->s_src));
+    ISL_CHECK(stage_in(n, &cv->s_ddst));
     ISL_CHECK(run(n, &cv->bwd_w, cv->dbias ? 4 : 3, w, "convolution backward (weights)"));
     ISL_CHECK(run_reorder(n, &cv->unpack, cv->dw, cv->dw_user, "weight gradient reorder"));
     if (cv->dw_pad)
@@ -449,7 +543,8 @@ static isl_status conv_backward(isl_train_net *n, conv *cv)
         return ISL_OK;
     dnnl_exec_arg_t d[3] = {{DNNL_ARG_DIFF_DST, cv->ddst}, {DNNL_ARG_WEIGHTS, cv->w_b},
                             {DNNL_ARG_DIFF_SRC, cv->dsrc}};
-    return run(n, &cv->bwd_d, 3, d, "convolution backward (data)");
+    ISL_CHECK(run(n, &cv->bwd_d, 3, d, "convolution backward (data)"));
+    return stage_out(n, &cv->s_dsrc);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -663,7 +758,8 @@ static isl_status build_module(isl_train_net *n, module *m)
 
     if (a->kind == ISL_MODULE_UP)
         return ISL_OK;
-    dnnl_memory_desc_t xmd = md_tt(&m->x), pmd = md_tt(&m->pool);
+    const dnnl_memory_desc_t x16 = md_tt(&m->x), p16 = md_tt(&m->pool);
+    dnnl_memory_desc_t xmd = md_prim(n, &x16), pmd = md_prim(n, &p16);
     dnnl_dims_t strides = {e.stride, e.stride}, kernel = {a->kernel, a->kernel}, pad = {0, 0};
     dnnl_pooling_desc_t d;
     dnnl_primitive_desc_t fpd = NULL, bpd = NULL;
@@ -685,10 +781,13 @@ static isl_status build_module(isl_train_net *n, module *m)
         else if ((st = make_prim(n, fpd, &m->pool_f)) == ISL_OK &&
                  (st = make_prim(n, bpd, &m->pool_b)) == ISL_OK &&
                  (st = make_mem(n, ws, DNNL_MEMORY_ALLOCATE, &m->pool_ws)) == ISL_OK &&
-                 (st = make_mem(n, &xmd, m->x.v, &m->pool_src)) == ISL_OK &&
-                 (st = make_mem(n, &pmd, m->pool.v, &m->pool_dst)) == ISL_OK &&
-                 (st = make_mem(n, &pmd, m->dpool.v, &m->pool_ddst)) == ISL_OK)
-            st = make_mem(n, &xmd, m->dx.v, &m->pool_dsrc);
+                 (st = stage(n, &x16, m->x.v, STAGE_SRC, 1, 0, &m->s_pool_src,
+                             &m->pool_src)) == ISL_OK &&
+                 (st = stage(n, &p16, m->pool.v, STAGE_DST, 0, 1, &m->s_pool_dst,
+                             &m->pool_dst)) == ISL_OK &&
+                 (st = stage(n, &p16, m->dpool.v, STAGE_DST, 1, 0, &m->s_pool_ddst,
+                             &m->pool_ddst)) == ISL_OK)
+            st = stage(n, &x16, m->dx.v, STAGE_DSRC, 0, 1, &m->s_pool_dsrc, &m->pool_dsrc);
     }
     dnnl_primitive_desc_destroy(fpd);
     dnnl_primitive_desc_destroy(bpd);
@@ -758,6 +857,7 @@ void isl_train_net_free(isl_train_net *n)
         dnnl_stream_destroy(n->stream);
     free(n->prims);
     free(n->mems);
+    free(n->stage_refs);
     free(n->allocs);
     free(n->mods);
     free(n->heads);
@@ -795,6 +895,7 @@ static isl_status create(isl_train_net *n)
         ISL_CHECK(build_module(n, &n->mods[i]));
     for (int h = 0; h < n->num_heads; h++)
         ISL_CHECK(build_head(n, h));
+    ISL_CHECK(stage_buffers(n));
     /* One scratchpad for all primitives: they run one at a time. */
     if (n->scratchpad_bytes) {
         float *sp;
@@ -832,6 +933,7 @@ isl_status isl_train_net_create(isl_params *params, isl_params *grad, dnnl_engin
     n->num_z = params->arch.num_z;
     n->num_heads = params->num_heads;
     n->input_grad = input_grad;
+    n->stage8 = isl_cpu_block_channels() == 8;
     isl_status s = create(n);
     if (s != ISL_OK) {
         isl_train_net_free(n);
@@ -853,6 +955,17 @@ void isl_train_net_set_ready(isl_train_net *n, isl_train_net_ready_fn fn, void *
 {
     n->ready = fn;
     n->ready_user = fn ? user : NULL;
+}
+
+int isl_train_net_impls(const isl_train_net *n, const char **impl, int max)
+{
+    for (int i = 0; i < n->num_prims && i < max; i++) {
+        const_dnnl_primitive_desc_t pd = NULL;
+        impl[i] = "?";
+        if (dnnl_primitive_get_primitive_desc(n->prims[i]->p, &pd) == dnnl_success)
+            dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl[i]);
+    }
+    return n->num_prims;
 }
 
 int isl_train_net_batch(const isl_train_net *n) { return n->batch; }
@@ -1037,7 +1150,9 @@ static isl_status module_forward(isl_train_net *n, module *m, double momentum)
     if (!up) {
         dnnl_exec_arg_t p[3] = {{DNNL_ARG_SRC, m->pool_src}, {DNNL_ARG_DST, m->pool_dst},
                                 {DNNL_ARG_WORKSPACE, m->pool_ws}};
+        ISL_CHECK(stage_in(n, &m->s_pool_src));
         ISL_CHECK(run(n, &m->pool_f, 3, p, "max pooling"));
+        ISL_CHECK(stage_out(n, &m->s_pool_dst));
     }
     ISL_CHECK(
         forward_bnact(n, e, up ? 1 : 2, &mp->bn2, m->mean2, m->invstd2, momentum, &m->act2));
@@ -1131,7 +1246,9 @@ static isl_status module_backward(isl_train_net *n, module *m)
         dnnl_exec_arg_t p[3] = {{DNNL_ARG_DIFF_DST, m->pool_ddst},
                                 {DNNL_ARG_WORKSPACE, m->pool_ws},
                                 {DNNL_ARG_DIFF_SRC, m->pool_dsrc}};
+        ISL_CHECK(stage_in(n, &m->s_pool_ddst));
         ISL_CHECK(run(n, &m->pool_b, 3, p, "max pooling backward"));
+        ISL_CHECK(stage_out(n, &m->s_pool_dsrc));
     }
     const int acc = !up; /* the pooling backward wrote dx first */
     ISL_CHECK(bnact_backward(n, &m->dact1, &m->act1, &m->x, 1, m->mean1, m->invstd1, &mp->bn1,

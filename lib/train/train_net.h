@@ -35,6 +35,10 @@ isl_status isl_train_net_create(isl_params *params, isl_params *grad, dnnl_engin
                                  int batch, int height, int width, int input_grad,
                                  isl_train_net **out);
 void isl_train_net_free(isl_train_net *net);
+/* The implementation names of the net's oneDNN primitives (for tests): fills up to max,
+ * returns how many there are. Without AVX-512 its convolutions and poolings work on
+ * nChw8c copies of the nChw16c tensors (oneDNN 2.6 has AVX2 kernels for those only). */
+int isl_train_net_impls(const isl_train_net *net, const char **impl, int max);
 
 int isl_train_net_batch(const isl_train_net *net);
 int isl_train_net_height(const isl_train_net *net);
