@@ -4,6 +4,7 @@
 #include "h5_checksum.h"
 
 #include "error.h"
+#include "file_bytes.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -42,14 +43,6 @@ static void put_u64(unsigned char *p, uint64_t v)
         p[i] = (unsigned char)(v >> (8 * i));
 }
 
-static uint64_t get_u64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 static void encode(unsigned char *p, const sum_record *r)
 {
     memset(p, 0, RECORD_BYTES);
@@ -66,14 +59,14 @@ static int decode(const unsigned char *p, sum_record *r)
 {
     if (memcmp(p, magic, sizeof(magic)) != 0)
         return 0;
-    if (get_u64(p + RECORD_SELF) != XXH64(p, RECORD_SELF, 0))
+    if (isl_load_le(p + RECORD_SELF, 8) != XXH64(p, RECORD_SELF, 0))
         return -1;
     char algorithm[17] = {0};
     memcpy(algorithm, p + 8, 16);
     if (strcmp(algorithm, ISL_SUM_ALGORITHM) != 0)
         return -1;
-    r->offset = get_u64(p + 24);
-    r->length = get_u64(p + 32);
+    r->offset = isl_load_le(p + 24, 8);
+    r->length = isl_load_le(p + 32, 8);
     memcpy(r->digest, p + 40, 16);
     return r->offset == ISL_SUM_BLOCK ? 1 : -1;
 }
@@ -100,26 +93,6 @@ void isl_sum_seal(unsigned char *image, size_t size)
     encode(image + COPY_OFFSET, &r);
 }
 
-/* Reads exactly n bytes at offset (0), or fails (-1, errno; EIO for a short file). */
-static int read_at(int fd, void *buf, size_t n, off_t offset)
-{
-    unsigned char *p = buf;
-    while (n > 0) {
-        ssize_t got = pread(fd, p, n, offset);
-        if (got < 0 && errno == EINTR)
-            continue;
-        if (got <= 0) {
-            if (got == 0)
-                errno = EIO;
-            return -1;
-        }
-        p += got;
-        n -= (size_t)got;
-        offset += got;
-    }
-    return 0;
-}
-
 /* XXH3-128 of length bytes of fd from offset, read in chunks. */
 static isl_status hash_content(int fd, const char *path, uint64_t offset, uint64_t length,
                                unsigned char digest[16])
@@ -133,7 +106,7 @@ static isl_status hash_content(int fd, const char *path, uint64_t offset, uint64
     }
     while (length > 0) {
         size_t n = length < READ_CHUNK ? (size_t)length : READ_CHUNK;
-        if (read_at(fd, buf, n, (off_t)offset) != 0) {
+        if (isl_read_exact_at(fd, buf, n, (off_t)offset) != 0) {
             st = isl_fail(ISL_ERROR_IO, "%s: cannot read: %s", path, strerror(errno));
             goto cleanup;
         }
@@ -157,7 +130,7 @@ isl_status isl_sum_verify_fd(int fd, const char *path, int *verified)
         return isl_fail(ISL_ERROR_IO, "%s: cannot stat: %s", path, strerror(errno));
     if ((uint64_t)sb.st_size < ISL_SUM_BLOCK)
         return ISL_OK; /* too short for a record; HDF5 will say what it is */
-    if (read_at(fd, block, sizeof(block), 0) != 0)
+    if (isl_read_exact_at(fd, block, sizeof(block), 0) != 0)
         return isl_fail(ISL_ERROR_IO, "%s: cannot read: %s", path, strerror(errno));
     if (memcmp(block, hdf5_signature, sizeof(hdf5_signature)) == 0)
         return ISL_OK; /* HDF5 at offset 0: no user block, no record */

@@ -4,6 +4,7 @@
 
 #include "atomic_file.h"
 #include "error.h"
+#include "file_bytes.h"
 #include "h5_checksum.h"
 #include "bounds.h"
 
@@ -335,14 +336,6 @@ typedef struct heap_collection {
     size_t size;
 } heap_collection;
 
-static uint64_t get_le(const unsigned char *p, size_t n)
-{
-    uint64_t v = 0;
-    for (size_t i = n; i-- > 0;)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /* n bytes at offset off of the file being read, or -1 if they are not all in it. */
 static int read_file_bytes(isl_h5_file *r, uint64_t off, void *buf, size_t n)
 {
@@ -352,13 +345,7 @@ static int read_file_bytes(isl_h5_file *r, uint64_t off, void *buf, size_t n)
         memcpy(buf, r->image + off, n);
         return 0;
     }
-    for (size_t done = 0; done < n;) {
-        ssize_t got = pread(r->fd, (char *)buf + done, n - done, (off_t)(off + done));
-        if (got <= 0 && !(got < 0 && errno == EINTR))
-            return -1;
-        done += got > 0 ? (size_t)got : 0;
-    }
-    return 0;
+    return isl_read_exact_at(r->fd, buf, n, (off_t)off);
 }
 
 /* Loads the collection at heap address addr into c: signature "GCOL", version 1, and a
@@ -376,7 +363,7 @@ static const char *load_collection(isl_h5_file *r, const heap_layout *l, uint64_
         return "collection address outside the file";
     if (memcmp(head, "GCOL", 4) != 0 || head[4] != 1)
         return "no heap collection at its address";
-    uint64_t size = get_le(head + 8, l->len_size);
+    uint64_t size = isl_load_le(head + 8, l->len_size);
     if (size < head_size || size > r->size)
         return "collection size out of range";
     c->bytes = malloc((size_t)size);
@@ -396,9 +383,9 @@ static const char *load_collection(isl_h5_file *r, const heap_layout *l, uint64_
 static const char *heap_string(isl_h5_file *r, const heap_layout *l, const unsigned char *desc,
                                heap_collection *c, char **out)
 {
-    uint64_t len = get_le(desc, 4);
-    uint64_t addr = get_le(desc + 4, l->addr_size);
-    uint64_t index = get_le(desc + 4 + l->addr_size, 4);
+    uint64_t len = isl_load_le(desc, 4);
+    uint64_t addr = isl_load_le(desc + 4, l->addr_size);
+    uint64_t index = isl_load_le(desc + 4 + l->addr_size, 4);
     if (len > MAX_STRING_BYTES)
         return "string longer than 4096 bytes";
     *out = calloc((size_t)len + 1, 1);
@@ -413,7 +400,7 @@ static const char *heap_string(isl_h5_file *r, const heap_layout *l, const unsig
      * bytes; index 0 is the free space that ends the list. */
     size_t head = 8 + l->len_size;
     for (size_t at = 8 + l->len_size; head <= c->size - at;) {
-        uint64_t id = get_le(c->bytes + at, 2), size = get_le(c->bytes + at + 8, l->len_size);
+        uint64_t id = isl_load_le(c->bytes + at, 2), size = isl_load_le(c->bytes + at + 8, l->len_size);
         size_t data = at + head;
         if (id == 0)
             break;
