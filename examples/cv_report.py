@@ -17,6 +17,8 @@ trained on: rows 768..1023 of each held-out strip.
 --ensemble averages, per fold, the predicted distributions of all its seeds' models (one
 ensemble per fold, reported as seed 0); --flip-average also predicts the three mirror
 images of the input and averages the four distributions (test-time augmentation).
+--point mean scores the mean of the predicted distribution instead of its median (r and
+the background check).
 
 --oof-dir DIR writes the out-of-fold prediction of the lowest seed (or of the ensembles)
 as `isl predict` would name it, DIR/<label>_<median|entropy|std>.tif over the labelled
@@ -59,11 +61,11 @@ def painted_background(pred, target):
     return float(np.mean(p[dark] > np.percentile(t, 90)))
 
 
-def fold_metrics(pred, target, cols, rows=slice(None)):
+def fold_metrics(pred, target, cols, rows=slice(None), point="median"):
     out = {}
     for name in LABELS:
         t = target[name][rows, cols]
-        m = pred[name]["median"][rows, cols]
+        m = pred[name][point][rows, cols]
         e = pred[name]["entropy"][rows, cols]
         out[name] = {
             "r": float(np.corrcoef(m.ravel(), t.ravel())[0, 1]),
@@ -100,6 +102,9 @@ def main():
     p.add_argument("--flip-average", action="store_true",
                    help="average the predictions of the input's four mirror images")
     p.add_argument("--oof-dir", help="write the out-of-fold prediction images here")
+    p.add_argument("--point", choices=("median", "mean"), default="median",
+                   help="the point prediction scored (default median, as the paper's "
+                   "images; the mean is the distribution's least-squares estimate)")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
 
@@ -122,11 +127,13 @@ def main():
               for n in LABELS}
     rows, oof = [], {}  # oof[seed][label][stat]: out-of-fold images of columns 0..639
     stats = ("median", "entropy", "std") if args.oof_dir else ("median", "entropy")
+    if args.point not in stats:
+        stats += (args.point,)
     compared = []  # (fold, seed, label, fold model's metrics, MODEL's) on rows 768..1023
     other = None
     if args.compare:
         with isl.Model.load(args.compare) as model:
-            other = model.predict(stack, stats=("median", "entropy"), heads=LABELS,
+            other = model.predict(stack, stats=stats, heads=LABELS,
                                   threads=args.threads)
     for fold, seed, paths in jobs:
         cols = slice(fold * STRIP, (fold + 1) * STRIP)
@@ -138,11 +145,11 @@ def main():
         finally:
             for model in models:
                 model.close()
-        metrics = fold_metrics(pred, target, cols)
+        metrics = fold_metrics(pred, target, cols, point=args.point)
         if other is not None:
             bottom = slice(768, 1024)
-            a = fold_metrics(pred, target, cols, bottom)
-            b = fold_metrics(other, target, cols, bottom)
+            a = fold_metrics(pred, target, cols, bottom, args.point)
+            b = fold_metrics(other, target, cols, bottom, args.point)
             compared += [(fold, seed, n, a[n], b[n]) for n in LABELS]
         for name in LABELS:
             rows.append((fold, seed, name, metrics[name]))
