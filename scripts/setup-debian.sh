@@ -11,7 +11,7 @@ packages=(
   libpng-dev chromium
   default-jdk-headless junit5
   abigail-tools doxygen valgrind
-  python3-onnx python3-yaml libssl-dev libpng-dev libxml2-dev
+  python3-onnx python3-yaml python3-jsonschema libssl-dev libpng-dev libxml2-dev
   imagej xvfb xauth
   libopenmpi-dev openmpi-bin
   clang libclang-rt-dev libomp-dev
