@@ -126,12 +126,27 @@ static int valid_id(const char *s)
     return 1;
 }
 
-static void write_space_axes_out(FILE *f)
+/* The physical size of a pixel (spec 0.5: a space axis' `scale` in its `unit`), when the
+ * model knows the pixel size of its training stacks; nothing when unknown (scale 1, no unit). */
+static void write_space_scale(FILE *f, double pixel_size_um)
 {
-    for (int i = 0; i < 2; i++)
-        fprintf(f,
-                "      - {type: space, id: %s, size: {tensor_id: input, axis_id: %s, offset: -%d}}\n",
-                i ? "x" : "y", i ? "x" : "y", HALO);
+    if (pixel_size_um > 0)
+        fprintf(f, ", unit: micrometer, scale: %.17g", pixel_size_um);
+}
+
+/* y and x: the input's sizes are 266 + 16m, each output's follows the input's minus the halo. */
+static void write_space_axes(FILE *f, int output, double pixel_size_um)
+{
+    for (int i = 0; i < 2; i++) {
+        const char *id = i ? "x" : "y";
+        fprintf(f, "      - {type: space, id: %s, size: ", id);
+        if (output)
+            fprintf(f, "{tensor_id: input, axis_id: %s, offset: -%d}", id, HALO);
+        else
+            fprintf(f, "{min: %d, step: 16}", TEST_SIDE);
+        write_space_scale(f, pixel_size_um);
+        fputs("}\n", f);
+    }
 }
 
 static int write_rdf(const char *dir, const isl_model *m, const char *model_path,
@@ -180,9 +195,7 @@ static int write_rdf(const char *dir, const isl_model *m, const char *model_path
     for (int z = 0; z < isl_model_num_z(m); z++)
         fprintf(f, "%sz%02d", z ? ", " : "", z);
     fputs("]\n", f);
-    for (int i = 0; i < 2; i++)
-        fprintf(f, "      - {type: space, id: %s, size: {min: %d, step: 16}}\n", i ? "x" : "y",
-                TEST_SIDE);
+    write_space_axes(f, 0, isl_model_pixel_size(m));
     fputs("    test_tensor: {source: test_input.npy}\n", f);
     write_preprocessing(f, isl_model_input_normalization(m));
     fputs("outputs:\n", f);
@@ -194,7 +207,7 @@ static int write_rdf(const char *dir, const isl_model *m, const char *model_path
         for (int b = 0; b < 256; b++)
             fprintf(f, "%sbin%03d", b ? ", " : "", b);
         fputs("]\n", f);
-        write_space_axes_out(f);
+        write_space_axes(f, 1, isl_model_pixel_size(m));
         fprintf(f, "    test_tensor: {source: test_output_%s.npy}\n", name);
     }
     fprintf(f, "weights:\n  onnx:\n    source: weights.onnx\n    sha256: %s\n"

@@ -383,6 +383,11 @@ static void build_model(pb_buf *model, const isl_params *p, const pb_buf *graph)
     metadata(model, "isl.input_normalization", p->input_normalization);
     metadata(model, "isl.input_side", "250 + 16m");
     metadata(model, "isl.output_side", "input side - 242");
+    /* Only when known: a missing key says "unknown" better than 0 would. */
+    if (p->pixel_size_um > 0) {
+        snprintf(num, sizeof(num), "%.17g", p->pixel_size_um);
+        metadata(model, "isl.pixel_size_um", num);
+    }
 }
 
 /* Largest channel count a folded batch norm needs (scale and shift side by side). */
