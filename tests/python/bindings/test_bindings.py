@@ -779,6 +779,22 @@ def test_java_bindings(java_tools, golden, bindings_tmp):
         assert agree >= 0.999, "Java %s/median agrees at %.4f" % (head, agree)
 
 
+def test_java_pixel_size(java_tools, bindings_tmp):
+    """tests/java/TestPixelSize.java: get/set, an unset size, and the files it saves."""
+    import h5py
+
+    work = bindings_tmp / "java-pixel-size"
+    work.mkdir(exist_ok=True)
+    classes = bindings_tmp / "java-pixel-size-classes"
+    java_compile(java_tools, [SOURCE_DIR / "tests" / "java" / "TestPixelSize.java"], classes)
+    out = java_run(java_tools, classes, "TestPixelSize", [work]).stdout
+    assert "all Java pixel size checks passed" in out
+    with h5py.File(work / "unset.h5", "r") as f:
+        assert "pixel_size_um" not in f.attrs
+    with h5py.File(work / "set.h5", "r") as f:
+        assert f.attrs["pixel_size_um"] == 0.65
+
+
 def test_java_preprocess(java_tools, bindings_tmp):
     """tests/java/TestPreprocess.java (org.isl.Preprocess) against scipy/numpy."""
     import scipy.ndimage as ndi

@@ -84,7 +84,7 @@ public final class Model implements AutoCloseable {
   private final int baseDepth;
   private final long parameterCount;
   private final String inputNormalization;
-  private final double pixelSize;
+  private volatile double pixelSize;
 
   private Model(SWIGTYPE_p_isl_model ptr) {
     this.ptr = ptr;
@@ -272,6 +272,26 @@ public final class Model implements AutoCloseable {
   /** Pixel size in micrometres of the stacks the model was trained on; 0 if unknown. */
   public double getPixelSize() {
     return pixelSize;
+  }
+
+  /**
+   * Records the training pixel size (micrometres, in (0, 10000]; 0 clears it), saved by
+   * {@link #save}. Waits for the predictions running on this model (the C library forbids
+   * changing a model another thread uses).
+   *
+   * @throws IslException status INVALID_ARGUMENT for a size out of range or NaN
+   */
+  public void setPixelSize(double micrometres) throws IslException {
+    lock.writeLock().lock();
+    try {
+      if (closed)
+        throw new IllegalStateException("this isl Model has been closed");
+      check(IslNative.isl_model_set_pixel_size(ptr, micrometres));
+      pixelSize = IslNative.isl_model_pixel_size(ptr);
+    } finally {
+      lock.writeLock().unlock();
+      java.lang.ref.Reference.reachabilityFence(this);
+    }
   }
 
   @Override
