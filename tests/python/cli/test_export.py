@@ -169,7 +169,9 @@ def with_pixel_size(src, dst, um):
 
     shutil.copy(src, dst)
     with open(dst, "r+b") as f:
-        f.write(bytes(512))
+        if f.read(8) != b"\x89HDF\r\n\x1a\n":  # an isl file: its checksum block comes first
+            f.seek(0)
+            f.write(bytes(512))
     with h5py.File(dst, "r+") as f:
         f.attrs["pixel_size_um"] = um
     return dst
