@@ -781,6 +781,25 @@ ISL_API isl_status isl_flat_field_estimate(const float *const *images, int count
 ISL_API isl_status isl_flat_field_apply(float *image, const float *field, int height,
                                         int width);
 
+/** Fluorescence dust (the paper's additive "gray disks" from scattered excitation light,
+ *  at the same place in every image): estimates the artifact from `count` images of
+ *  height x width that share it. The mean image less sensor_offset (the camera's reading
+ *  in the dark, e.g. 100 counts; it must be removed for the relative threshold) is
+ *  smoothed by the 5 x 5 median to convergence; dust is where the smoothed image exceeds
+ *  the background by more than threshold x background (e.g. 0.1). The background: the
+ *  mean image with its dust pixels replaced by the mean of the others, blurred by a
+ *  Gaussian of standard deviation sigma (0: height / 16); mask and background are refined
+ *  together from no dust (3 rounds). artifact = mean - offset - background on the dust
+ *  pixels (never negative), 0 elsewhere. *dust_pixels (may be NULL) receives their
+ *  number. Choices where the paper is silent: docs/preprocessing.md. */
+ISL_API isl_status isl_dust_fluorescence_estimate(const float *const *images, int count,
+                                                  int height, int width, double sensor_offset,
+                                                  double threshold, double sigma,
+                                                  float *artifact, int64_t *dust_pixels);
+/** Removes an estimated fluorescence dust artifact: image -= artifact, in place. */
+ISL_API isl_status isl_dust_fluorescence_remove(float *image, const float *artifact, int height,
+                                                int width);
+
 /** The paper's intensity normalization: an affine map giving the image mean `mean` and
  *  standard deviation `sd` (population, in double precision), then clipping to [0, 1].
  *  The paper: transmitted light 0.5 and 0.125, fluorescence 0.25 and 0.125 (see

@@ -3,6 +3,7 @@
 
 #include "tiff_io.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,15 +24,24 @@ static const char flat_field_help[] =
     "  --dust                   no blur: the paper's transmitted-light dust field (give the\n"
     "                           tiles already flat-field corrected, or use it alone)\n"
     "  --downscale              downscale each page 2x first (as 'isl preprocess --downscale')\n"
+    "  --fluorescence-dust OFFSET  instead: the paper's fluorescence dust artifact (additive\n"
+    "                           disks at the same place in every image) from fluorescence\n"
+    "                           images, with OFFSET the camera's sensor offset (its reading\n"
+    "                           in the dark, e.g. 100); 'isl preprocess --dust-artifact'\n"
+    "                           subtracts it. --sigma: the background blur (default H/16)\n"
+    "  --dust-threshold T       dust where the smoothed mean image exceeds its median by\n"
+    "                           more than T times the median (default 0.1)\n"
     "  -o, --output PATH        flat field to write (float32 TIFF, required)\n"
     "  -h, --help               show this help\n";
 
-enum { OPT_INPUT = 1, OPT_LIGHT, OPT_SIGMA, OPT_DUST, OPT_DOWNSCALE, OPT_OUTPUT };
+enum { OPT_INPUT = 1, OPT_LIGHT, OPT_SIGMA, OPT_DUST, OPT_DOWNSCALE, OPT_OUTPUT, OPT_FL_DUST,
+       OPT_DUST_THRESHOLD };
 
 static const cli_option flat_field_options[] = {
     {"input", 0, 1, OPT_INPUT},         {"light", 0, 1, OPT_LIGHT},   {"sigma", 0, 1, OPT_SIGMA},
     {"dust", 0, 0, OPT_DUST},           {"downscale", 0, 0, OPT_DOWNSCALE},
-    {"output", 'o', 1, OPT_OUTPUT},     {NULL, 0, 0, 0}};
+    {"output", 'o', 1, OPT_OUTPUT},     {"fluorescence-dust", 0, 1, OPT_FL_DUST},
+    {"dust-threshold", 0, 1, OPT_DUST_THRESHOLD}, {NULL, 0, 0, 0}};
 
 int cli_parse_light(const char *text, isl_light *out)
 {
@@ -96,7 +106,7 @@ int cli_cmd_flat_field(int argc, char **argv)
     const char *output = NULL;
     int count = 0, dust = 0, downscale = 0, in_inputs = 0, rc;
     isl_light light = ISL_LIGHT_TRANSMITTED;
-    double sigma = -1.0;
+    double sigma = -1.0, offset = NAN, threshold = 0.1;
     if (!inputs)
         return cli_runtime_error("out of memory");
     cli_args p;
@@ -126,12 +136,23 @@ int cli_cmd_flat_field(int argc, char **argv)
         case OPT_DUST: dust = 1; break;
         case OPT_DOWNSCALE: downscale = 1; break;
         case OPT_OUTPUT: output = v; break;
+        case OPT_FL_DUST:
+            if (cli_parse_double("--fluorescence-dust", v, -1e9, 1e9, &offset))
+                return free(inputs), CLI_EXIT_USAGE;
+            break;
+        case OPT_DUST_THRESHOLD:
+            if (cli_parse_double("--dust-threshold", v, 1e-6, 100, &threshold))
+                return free(inputs), CLI_EXIT_USAGE;
+            break;
         }
     }
     if (!count || !output)
         return free(inputs), cli_usage_error("missing --input or -o (see 'isl flat-field --help')");
     if (dust && sigma >= 0.0)
         return free(inputs), cli_usage_error("--dust and --sigma exclude each other");
+    const int fluorescence_dust = !isnan(offset);
+    if (fluorescence_dust && dust)
+        return free(inputs), cli_usage_error("--dust and --fluorescence-dust exclude each other");
 
     cli_float_stack *tiles = calloc((size_t)count, sizeof(*tiles));
     const float **pages = NULL;
@@ -158,16 +179,30 @@ int cli_cmd_flat_field(int argc, char **argv)
         for (int i = 0; i < count; i++)
             for (int z = 0; z < tiles[i].num_z; z++)
                 pages[k++] = tiles[i].data + (size_t)z * h * w;
-        if (dust)
-            sigma = 0.0;
-        else if (sigma < 0.0)
-            sigma = isl_flat_field_sigma(light, h);
-        isl_status st = isl_flat_field_estimate(pages, total, h, w, sigma, field);
+        int64_t dust_pixels = 0;
+        isl_status st;
+        if (fluorescence_dust) {
+            if (sigma < 0.0)
+                sigma = isl_flat_field_sigma(ISL_LIGHT_FLUORESCENCE, h);
+            st = isl_dust_fluorescence_estimate(pages, total, h, w, offset, threshold, sigma,
+                                                field, &dust_pixels);
+        } else {
+            if (dust)
+                sigma = 0.0;
+            else if (sigma < 0.0)
+                sigma = isl_flat_field_sigma(light, h);
+            st = isl_flat_field_estimate(pages, total, h, w, sigma, field);
+        }
         if (st != ISL_OK)
             rc = cli_library_error(st);
         else if ((st = isl_tiff_write_float(output, field, 1, h, w)) != ISL_OK)
             rc = cli_tiff_error(st);
-        if (!rc)
+        if (!rc && fluorescence_dust)
+            fprintf(stderr, "isl: %s: fluorescence dust artifact of %d pages of %d tiles "
+                            "(%d x %d, sensor offset %g, threshold %g, sigma %g): %.2f%% of "
+                            "the pixels are dust\n", output, total, count, h, w, offset,
+                    threshold, sigma, 100.0 * (double)dust_pixels / ((double)h * w));
+        else if (!rc)
             fprintf(stderr, "isl: %s: %s of %d pages of %d tiles (%d x %d, sigma %g)\n", output,
                     dust ? "dust field" : "flat field", total, count, h, w, sigma);
     }

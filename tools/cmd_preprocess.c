@@ -17,6 +17,8 @@ static const char preprocess_help[] =
     "dataset build' and models without input normalization take as they are:\n"
     "  1. --median: 5 x 5 median filter until stable (at most 32 passes; default for\n"
     "     fluorescence), removes salt-and-pepper noise and specks\n"
+    "  1b. --dust-artifact DUST.tif: subtract the fluorescence dust artifact ('isl\n"
+    "     flat-field --fluorescence-dust OFFSET'; full size, before downscaling)\n"
     "  2. --downscale: bilinear 2x downscaling (the mean of each 2 x 2 block)\n"
     "  3. --flat-field FF.tif: divide by the flat field ('isl flat-field'), one page for\n"
     "     every page or one page per page of the input\n"
@@ -30,6 +32,7 @@ static const char preprocess_help[] =
     "  --light KIND          transmitted (default) or fluorescence\n"
     "  --median / --no-median   force the median filter on or off\n"
     "  --downscale           downscale 2x\n"
+    "  --dust-artifact FILE  fluorescence dust artifact to subtract (the raw stack's size)\n"
     "  --flat-field FILE     flat field to divide by (its size: the stack's after downscaling)\n"
     "  --dust-field FILE     dust field to divide by (likewise)\n"
     "  --mean M, --sd S      normalize to this mean and standard deviation instead (e.g.\n"
@@ -40,7 +43,7 @@ static const char preprocess_help[] =
 
 enum {
     OPT_INPUT = 1, OPT_LIGHT, OPT_MEDIAN, OPT_NO_MEDIAN, OPT_DOWNSCALE, OPT_FLAT, OPT_DUST,
-    OPT_NO_NORMALIZE, OPT_MEAN, OPT_SD, OPT_OUTPUT
+    OPT_NO_NORMALIZE, OPT_MEAN, OPT_SD, OPT_OUTPUT, OPT_ARTIFACT
 };
 
 static const cli_option preprocess_options[] = {
@@ -49,10 +52,11 @@ static const cli_option preprocess_options[] = {
     {"downscale", 0, 0, OPT_DOWNSCALE},   {"flat-field", 0, 1, OPT_FLAT},
     {"dust-field", 0, 1, OPT_DUST},       {"no-normalize", 0, 0, OPT_NO_NORMALIZE},
     {"mean", 0, 1, OPT_MEAN},             {"sd", 0, 1, OPT_SD},
-    {"output", 'o', 1, OPT_OUTPUT},       {NULL, 0, 0, 0}};
+    {"output", 'o', 1, OPT_OUTPUT},       {"dust-artifact", 0, 1, OPT_ARTIFACT},
+    {NULL, 0, 0, 0}};
 
 typedef struct preprocess_args {
-    const char *input, *flat, *dust, *output;
+    const char *input, *flat, *dust, *artifact, *output;
     isl_light light;
     int median; /* -1: by light */
     int downscale, normalize;
@@ -83,6 +87,7 @@ static int parse(int argc, char **argv, preprocess_args *a)
         case OPT_DOWNSCALE: a->downscale = 1; break;
         case OPT_FLAT: a->flat = v; break;
         case OPT_DUST: a->dust = v; break;
+        case OPT_ARTIFACT: a->artifact = v; break;
         case OPT_NO_NORMALIZE: a->normalize = 0; break;
         case OPT_MEAN:
             if (cli_parse_double("--mean", v, 0.0, 1.0, &a->mean))
@@ -141,7 +146,7 @@ int cli_cmd_preprocess(int argc, char **argv)
     int rc = parse(argc, argv, &a);
     if (rc)
         return rc;
-    cli_float_stack s = {0}, flat = {0}, dust = {0};
+    cli_float_stack s = {0}, flat = {0}, dust = {0}, artifact = {0};
     /* The median filter runs before downscaling, so the stack is read at full size. */
     if ((rc = cli_read_float_stack(a.input, 0, 0, &s)))
         return rc;
@@ -153,6 +158,15 @@ int cli_cmd_preprocess(int argc, char **argv)
             goto done;
         }
     }
+    if (a.artifact && (rc = read_field(a.artifact, "the dust artifact", &s, &artifact)))
+        goto done;
+    for (int z = 0; z < s.num_z && artifact.data; z++)
+        if (isl_dust_fluorescence_remove(s.data + z * plane,
+                                         artifact.data + (artifact.num_z > 1 ? z * plane : 0),
+                                         s.height, s.width) != ISL_OK) {
+            rc = page_error(&a, z);
+            goto done;
+        }
     if (a.downscale) {
         const int h = s.height / 2, w = s.width / 2;
         float *small = malloc(sizeof(float) * ((size_t)h * w * s.num_z + 1));
@@ -189,6 +203,6 @@ int cli_cmd_preprocess(int argc, char **argv)
     if (st != ISL_OK)
         rc = cli_tiff_error(st);
 done:
-    free(s.data), free(flat.data), free(dust.data);
+    free(s.data), free(flat.data), free(dust.data), free(artifact.data);
     return rc;
 }

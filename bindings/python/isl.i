@@ -171,6 +171,8 @@ ISLPY_NOGIL(isl_trainer_model)
 %ignore isl_downscale2;
 %ignore isl_flat_field_estimate;
 %ignore isl_flat_field_apply;
+%ignore isl_dust_fluorescence_estimate;
+%ignore isl_dust_fluorescence_remove;
 %ignore isl_normalize;
 %ignore isl_normalize_light;
 %ignore isl_stitch_pair_offset;
@@ -866,6 +868,37 @@ PyObject *_flat_field(PyObject *images, double sigma)
         return NULL;
     }
     return out;
+}
+
+/* isl_dust_fluorescence_estimate over the planes of a float32 stack: (artifact, dust pixels). */
+PyObject *_fluorescence_dust(PyObject *images, double offset, double threshold, double sigma)
+{
+    int h, w, n;
+    float *d = islpy_images(images, "images", 0, &n, &h, &w);
+    if (!d)
+        return NULL;
+    npy_intp dims[2] = {h, w};
+    const float **pages = malloc(sizeof(float *) * (size_t)(n > 0 ? n : 1));
+    PyObject *out = pages ? PyArray_SimpleNew(2, dims, NPY_FLOAT32) : PyErr_NoMemory();
+    if (!out) {
+        free(pages);
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        pages[i] = d + (size_t)i * h * w;
+    isl_status s;
+    int64_t marked = 0;
+    float *o = PyArray_DATA((PyArrayObject *)out);
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_dust_fluorescence_estimate(pages, n, h, w, offset, threshold, sigma, o, &marked);
+    Py_END_ALLOW_THREADS
+    free(pages);
+    if (s != ISL_OK) {
+        Py_DECREF(out);
+        islpy_raise(s);
+        return NULL;
+    }
+    return Py_BuildValue("(NL)", out, (long long)marked);
 }
 
 /* isl_flat_field_apply in place on a float32 image. */
