@@ -29,8 +29,8 @@ static const char flat_field_help[] =
     "                           images, with OFFSET the camera's sensor offset (its reading\n"
     "                           in the dark, e.g. 100); 'isl preprocess --dust-artifact'\n"
     "                           subtracts it. --sigma: the background blur (default H/16)\n"
-    "  --dust-threshold T       dust where the smoothed mean image exceeds its median by\n"
-    "                           more than T times the median (default 0.1)\n"
+    "  --dust-threshold T       dust where the smoothed mean image exceeds its background\n"
+    "                           by more than T times the background (default 0.1)\n"
     "  -o, --output PATH        flat field to write (float32 TIFF, required)\n"
     "  -h, --help               show this help\n";
 

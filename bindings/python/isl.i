@@ -922,6 +922,27 @@ PyObject *_flat_field_apply(PyObject *image, PyObject *field)
     Py_RETURN_NONE;
 }
 
+/* isl_dust_fluorescence_remove in place on a float32 image. */
+PyObject *_fluorescence_dust_remove(PyObject *image, PyObject *artifact)
+{
+    int h, w, n, ah, aw, an;
+    float *d = islpy_images(image, "image", 1, &n, &h, &w);
+    const float *a = d ? islpy_images(artifact, "artifact", 0, &an, &ah, &aw) : NULL;
+    if (!a)
+        return NULL;
+    if (n != 1 || an != 1 || ah != h || aw != w)
+        return PyErr_Format(PyExc_ValueError, "image and artifact must be 2-D of one shape");
+    isl_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = isl_dust_fluorescence_remove(d, a, h, w);
+    Py_END_ALLOW_THREADS
+    if (s != ISL_OK) {
+        islpy_raise(s);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 /* isl_normalize in place on a float32 image. */
 PyObject *_normalize(PyObject *image, double mean, double sd)
 {

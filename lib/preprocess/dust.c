@@ -37,7 +37,8 @@ static isl_status check_estimate(const float *const *images, int count, int heig
     return ISL_OK;
 }
 
-/* Rounds of mask and background estimation (a fixed number: each refines the last). */
+/* Refinements of the mask and its background, at most (each starts from the last one's
+ * background; they stop when the mask no longer changes, usually after one or two). */
 #define MASK_ROUNDS 3
 
 /* Grows the mask by 2 pixels (a 5 x 5 maximum; tmp: n bytes): the 5 x 5 median shrinks
@@ -65,10 +66,19 @@ static int64_t dilate2(unsigned char *mask, unsigned char *tmp, int height, int 
     return marked;
 }
 
+/* Scratch images of the background estimate. */
+typedef struct dust_scratch {
+    float *near, *weight;
+} dust_scratch;
+
 /* The paper's background: the image with its dust pixels replaced by the mean of the
- * others, blurred by sigma. */
+ * others, blurred by sigma. The mean is the local one (Gaussian-weighted, the same sigma:
+ * the blur of the clean pixels over the blur of their indicator), so that a vignetted
+ * raw image is not filled with its global level; where no clean pixel lies within the
+ * kernel, the global one. For a flat background both are the paper's global mean. */
 static isl_status background_of(const float *image, const unsigned char *mask, size_t n,
-                                int height, int width, double sigma, float *out)
+                                int height, int width, double sigma, dust_scratch *t,
+                                float *out)
 {
     double sum = 0.0;
     size_t clean = 0;
@@ -77,13 +87,23 @@ static isl_status background_of(const float *image, const unsigned char *mask, s
             sum += image[p], clean++;
     if (!clean)
         return isl_fail(ISL_ERROR_VALUE, "fluorescence dust: every pixel is above the threshold");
-    const float fill = (float)(sum / (double)clean);
-    if (!(fill > 0.0f))
+    const float global = (float)(sum / (double)clean);
+    if (!(global > 0.0f))
         return isl_fail(ISL_ERROR_VALUE,
-                        "fluorescence dust: the mean image less the sensor offset averages %g; "
-                        "the offset must be below the background", fill);
+                        "fluorescence dust: the mean image less the sensor offset averages %g "
+                        "outside the dust; the offset must be below the background", global);
+    if (clean < n) {
+        for (size_t p = 0; p < n; p++) {
+            t->near[p] = mask[p] ? 0.0f : image[p];
+            t->weight[p] = mask[p] ? 0.0f : 1.0f;
+        }
+        ISL_CHECK(isl_pp_gaussian_blur(t->near, height, width, sigma));
+        ISL_CHECK(isl_pp_gaussian_blur(t->weight, height, width, sigma));
+    }
     for (size_t p = 0; p < n; p++)
-        out[p] = mask[p] ? fill : image[p];
+        out[p] = !mask[p]                 ? image[p]
+                 : t->weight[p] > 1e-12f ? t->near[p] / t->weight[p]
+                                          : global;
     return isl_pp_gaussian_blur(out, height, width, sigma);
 }
 
@@ -98,10 +118,12 @@ isl_status isl_dust_fluorescence_estimate(const float *const *images, int count,
     const size_t n = (size_t)height * width;
     float *mean = malloc(sizeof(float) * n), *smooth = malloc(sizeof(float) * n);
     float *background = malloc(sizeof(float) * n);
-    unsigned char *mask = malloc(n), *grown = malloc(n);
-    isl_status s = mean && smooth && background && mask && grown
+    dust_scratch t = {malloc(sizeof(float) * n), malloc(sizeof(float) * n)};
+    unsigned char *mask = calloc(n, 1), *next = malloc(n), *tmp = malloc(n);
+    isl_status s = mean && smooth && background && t.near && t.weight && mask && next && tmp
                        ? ISL_OK
-                       : isl_fail(ISL_ERROR_OUT_OF_MEMORY, "fluorescence dust: out of memory");
+                       : isl_fail(ISL_ERROR_OUT_OF_MEMORY, "fluorescence dust: out of memory "
+                                  "for %d x %d", height, width);
     /* The mean image, less the sensor offset (in double: many images). */
     for (size_t p = 0; s == ISL_OK && p < n; p++) {
         double sum = 0.0;
@@ -110,23 +132,25 @@ isl_status isl_dust_fluorescence_estimate(const float *const *images, int count,
         mean[p] = (float)(sum / count - sensor_offset);
     }
     /* Edge-preserving smoothing, then the threshold: dust where the smoothed image exceeds
-     * the background by more than threshold x background. The background (the paper's:
-     * dust pixels replaced by the mean of the others, blurred) needs the mask, and the mask
-     * a background (vignetting makes a global level wrong): start from no dust, and refine
-     * MASK_ROUNDS times. A relative threshold is why the offset must go first. */
+     * the background by more than threshold x background. The background needs the mask,
+     * and the mask a background (vignetting makes a global level wrong): start from no
+     * dust (the plain blur) and refine. A relative threshold is why the offset goes first. */
     if (s == ISL_OK) {
         memcpy(smooth, mean, sizeof(float) * n);
-        memset(mask, 0, n);
         s = isl_median5_until_stable(smooth, height, width, 32, NULL);
     }
+    if (s == ISL_OK)
+        s = background_of(mean, mask, n, height, width, sigma, &t, background);
     int64_t marked = 0;
-    for (int round = 0; s == ISL_OK && round <= MASK_ROUNDS; round++) {
-        s = background_of(mean, mask, n, height, width, sigma, background);
-        if (s != ISL_OK || round == MASK_ROUNDS)
-            break;
+    for (int round = 0; s == ISL_OK && round < MASK_ROUNDS; round++) {
         for (size_t p = 0; p < n; p++)
-            mask[p] = smooth[p] > background[p] * (1.0 + threshold);
-        marked = dilate2(mask, grown, height, width);
+            next[p] = smooth[p] > background[p] * (1.0 + threshold);
+        const int64_t grown = dilate2(next, tmp, height, width);
+        if (!memcmp(next, mask, n))
+            break; /* the background is already this mask's */
+        memcpy(mask, next, n);
+        marked = grown;
+        s = background_of(mean, mask, n, height, width, sigma, &t, background);
     }
     /* The artifact: mean image less background, on the dust mask only and never negative
      * (dust adds light); elsewhere 0, so that nothing else of the mean image is imprinted. */
@@ -136,11 +160,8 @@ isl_status isl_dust_fluorescence_estimate(const float *const *images, int count,
     }
     if (s == ISL_OK && dust_pixels)
         *dust_pixels = marked;
-    free(mean);
-    free(smooth);
-    free(background);
-    free(mask);
-    free(grown);
+    free(mean), free(smooth), free(background), free(t.near), free(t.weight);
+    free(mask), free(next), free(tmp);
     return s;
 }
 

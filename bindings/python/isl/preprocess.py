@@ -18,8 +18,8 @@ import numpy.typing as npt
 from . import _capi
 
 __all__ = ["LIGHTS", "median5_until_stable", "downscale2", "flat_field_sigma", "flat_field",
-           "flat_field_apply", "fluorescence_dust", "remove_fluorescence_dust", "normalize", "preprocess", "stitch_pair_offset", "stitch_solve",
-           "stitch_blend"]
+           "flat_field_apply", "fluorescence_dust", "remove_fluorescence_dust", "normalize",
+           "preprocess", "stitch_pair_offset", "stitch_solve", "stitch_blend"]
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -86,11 +86,12 @@ def flat_field_apply(image: npt.ArrayLike, field: npt.ArrayLike) -> FloatArray:
 
 def fluorescence_dust(images: npt.ArrayLike, sensor_offset: float, threshold: float = 0.1,
                       sigma: Optional[float] = None) -> tuple:
-    """The paper's fluorescence dust artifact from images (n, y, x) that share it:
-    returns (artifact, number of dust pixels). sensor_offset: the camera's reading in the
-    dark; threshold: dust where the median-smoothed mean image exceeds its median by more
-    than threshold x median; sigma: the background blur (default y / 16). See
-    docs/preprocessing.md, "Fluorescence dust"."""
+    """The paper's fluorescence dust artifact (additive, at the same place in every image)
+    from images (n, y, x) that share it: returns (artifact, number of dust pixels), the
+    artifact float32 (y, x), 0 off the dust. sensor_offset: the camera's reading in the dark
+    (e.g. 100 counts); threshold: dust where the median-smoothed mean image exceeds the
+    background by more than threshold x background; sigma: the background blur (default
+    y / 16). See docs/preprocessing.md, "Fluorescence dust"."""
     a = _f32(images, (3,), "images")
     return _capi._fluorescence_dust(a, float(sensor_offset), float(threshold),
                                     0.0 if sigma is None else float(sigma))
@@ -99,10 +100,9 @@ def fluorescence_dust(images: npt.ArrayLike, sensor_offset: float, threshold: fl
 def remove_fluorescence_dust(image: npt.ArrayLike, artifact: npt.ArrayLike) -> FloatArray:
     """image - artifact (float32), as isl_dust_fluorescence_remove and ``isl preprocess
     --dust-artifact`` do."""
-    out, art = _f32(image, (2,), "image"), _f32(artifact, (2,), "artifact")
-    if out.shape != art.shape:
-        raise ValueError(f"image {out.shape} and artifact {art.shape} differ in shape")
-    return out - art
+    out = _f32(image, (2,), "image")
+    _capi._fluorescence_dust_remove(out, _f32(artifact, (2,), "artifact"))
+    return out
 
 
 def normalize(image: npt.ArrayLike, light: str = "transmitted",
