@@ -786,12 +786,14 @@ ISL_API isl_status isl_flat_field_apply(float *image, const float *field, int he
  *  height x width that share it. The mean image less sensor_offset (the camera's reading
  *  in the dark, e.g. 100 counts; it must be removed for the relative threshold) is
  *  smoothed by the 5 x 5 median to convergence; dust is where the smoothed image exceeds
- *  the background by more than threshold x background (e.g. 0.1). The background: the
- *  mean image with its dust pixels replaced by the mean of the others, blurred by a
- *  Gaussian of standard deviation sigma (0: height / 16); mask and background are refined
- *  together from no dust (3 rounds). artifact = mean - offset - background on the dust
- *  pixels (never negative), 0 elsewhere. *dust_pixels (may be NULL) receives their
- *  number. Choices where the paper is silent: docs/preprocessing.md. */
+ *  the background by more than threshold x background (e.g. 0.1), grown by 2 pixels. The
+ *  background: the mean image with its dust pixels replaced by the local mean of the others
+ *  (Gaussian-weighted), blurred by a Gaussian of standard deviation sigma (0: height / 16);
+ *  mask and background are refined together from no dust until the mask stops changing (at
+ *  most 3 rounds). artifact = mean - offset - background on the dust pixels (never
+ *  negative), 0 elsewhere. *dust_pixels (may be NULL) receives their number. Errors: NaN or
+ *  infinite pixels, an offset at or above the background. Choices where the paper is
+ *  silent: docs/preprocessing.md. */
 ISL_API isl_status isl_dust_fluorescence_estimate(const float *const *images, int count,
                                                   int height, int width, double sensor_offset,
                                                   double threshold, double sigma,

@@ -1,6 +1,7 @@
 /* The paper's preprocessing steps against answers known by construction: a half-plane and a
  * bar keep their edges while specks vanish, a known vignetting is recovered and removed,
- * a blurred impulse is the Gaussian, normalized images have the asked mean and sd. */
+ * a blurred impulse is the Gaussian, normalized images have the asked mean and sd, a known
+ * fluorescence dust artifact is estimated exactly and removed. */
 #include "isl.h"
 
 #include <check.h>
@@ -401,6 +402,127 @@ START_TEST(stitch_refuses_bad_input)
 }
 END_TEST
 
+/* Fluorescence dust: N images of H x W through a camera of offset 100, a flat background
+ * of 800, a grid of 12 x 12 cells (+600, period 16) shifted by (2 (i / 8), 2 (i % 8)) in
+ * image i, so that every pixel is a cell in exactly 36 of the 64 images (their mean is a
+ * flat 800 + 337.5), and dust disks of +300 and radius 10 (d^2 <= 110, kept exactly by the
+ * 5 x 5 median), one of them cut by the image's edge. */
+enum { DUST_N = 64, DUST_H = 96, DUST_W = 112 };
+static const int dust_disks[][2] = {{30, 30}, {60, 70}, {88, 40}};
+
+static double dust_at(int y, int x)
+{
+    for (size_t d = 0; d < sizeof dust_disks / sizeof *dust_disks; d++) {
+        const int dy = y - dust_disks[d][0], dx = x - dust_disks[d][1];
+        if (dy * dy + dx * dx <= 110)
+            return 300.0;
+    }
+    return 0.0;
+}
+
+static double clean_at(int i, int y, int x)
+{
+    const int sy = 2 * (i / 8), sx = 2 * (i % 8);
+    const int cell = ((y - sy) % 16 + 16) % 16 < 12 && ((x - sx) % 16 + 16) % 16 < 12;
+    return 100.0 + 800.0 + (cell ? 600.0 : 0.0);
+}
+
+/* The images, with the dust or without. */
+static float *dust_images(int with_dust)
+{
+    float *t = malloc(sizeof(float) * DUST_N * DUST_H * DUST_W);
+    for (int i = 0; i < DUST_N; i++)
+        for (int y = 0; y < DUST_H; y++)
+            for (int x = 0; x < DUST_W; x++)
+                t[((size_t)i * DUST_H + y) * DUST_W + x] =
+                    (float)(clean_at(i, y, x) + (with_dust ? dust_at(y, x) : 0.0));
+    return t;
+}
+
+static isl_status estimate_dust(const float *images, double offset, float *artifact,
+                                int64_t *marked)
+{
+    const float *pages[DUST_N];
+    for (int i = 0; i < DUST_N; i++)
+        pages[i] = images + (size_t)i * DUST_H * DUST_W;
+    return isl_dust_fluorescence_estimate(pages, DUST_N, DUST_H, DUST_W, offset, 0.1, 0.0,
+                                          artifact, marked);
+}
+
+START_TEST(fluorescence_dust_known_artifact_removed)
+{
+    /* The mean image less the offset is 1137.5 + dust, so the local fill of the mask is
+     * 1137.5, its blur too, and the artifact is the dust exactly (to float rounding). The
+     * mask is the disks grown by a 5 x 5 square: counted here pixel by pixel. */
+    float *images = dust_images(1), *artifact = malloc(sizeof(float) * DUST_H * DUST_W);
+    int64_t marked = -1, want = 0;
+    ck_assert_int_eq(estimate_dust(images, 100.0, artifact, &marked), ISL_OK);
+    for (int y = 0; y < DUST_H; y++)
+        for (int x = 0; x < DUST_W; x++) {
+            int near = 0;
+            for (int dy = -2; dy <= 2; dy++)
+                for (int dx = -2; dx <= 2; dx++)
+                    near |= dust_at(y + dy, x + dx) > 0.0 && y + dy >= 0 && y + dy < DUST_H &&
+                            x + dx >= 0 && x + dx < DUST_W;
+            want += near;
+            ck_assert_msg(fabs(artifact[y * DUST_W + x] - dust_at(y, x)) < 1e-3,
+                          "(%d, %d): artifact %.6f, dust %g", y, x, artifact[y * DUST_W + x],
+                          dust_at(y, x));
+        }
+    ck_assert_int_eq(marked, want);
+    /* Removing it from an image gives the clean image: cells crossing the disks' rims keep
+     * their edges. */
+    float *img = images + (size_t)5 * DUST_H * DUST_W;
+    ck_assert_int_eq(isl_dust_fluorescence_remove(img, artifact, DUST_H, DUST_W), ISL_OK);
+    for (int y = 0; y < DUST_H; y++)
+        for (int x = 0; x < DUST_W; x++)
+            ck_assert_double_eq_tol(img[y * DUST_W + x], clean_at(5, y, x), 1e-3);
+    free(images), free(artifact);
+}
+END_TEST
+
+START_TEST(fluorescence_dust_leaves_clean_images)
+{
+    float *images = dust_images(0), *artifact = malloc(sizeof(float) * DUST_H * DUST_W);
+    int64_t marked = -1;
+    ck_assert_int_eq(estimate_dust(images, 100.0, artifact, &marked), ISL_OK);
+    ck_assert_int_eq(marked, 0);
+    for (int p = 0; p < DUST_H * DUST_W; p++)
+        ck_assert_float_eq(artifact[p], 0.0f);
+    free(images), free(artifact);
+}
+END_TEST
+
+START_TEST(fluorescence_dust_refuses_bad_input)
+{
+    float *images = dust_images(1), art[DUST_H * DUST_W];
+    /* The offset at or above the images' level (the smallest mean is 1237.5). */
+    ck_assert_int_eq(estimate_dust(images, 5000.0, art, NULL), ISL_ERROR_VALUE);
+    ck_assert_ptr_nonnull(strstr(isl_last_error(), "offset must be below the background"));
+    ck_assert_int_eq(estimate_dust(images, NAN, art, NULL), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(isl_last_error(), "sensor offset"));
+    images[(size_t)7 * DUST_H * DUST_W + 3 * DUST_W + 4] = NAN;
+    ck_assert_int_eq(estimate_dust(images, 100.0, art, NULL), ISL_ERROR_VALUE);
+    ck_assert_ptr_nonnull(strstr(isl_last_error(), "image 7: pixel (3, 4) is not finite"));
+    const float *pages[1] = {images};
+    ck_assert_int_eq(isl_dust_fluorescence_estimate(pages, 1, 0, 5, 100, 0.1, 0, art, NULL),
+                     ISL_ERROR_SHAPE);
+    ck_assert_int_eq(isl_dust_fluorescence_estimate(pages, 0, 4, 4, 100, 0.1, 0, art, NULL),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_dust_fluorescence_estimate(pages, 1, 4, 4, 100, 0.0, 0, art, NULL),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_ptr_nonnull(strstr(isl_last_error(), "threshold"));
+    ck_assert_int_eq(isl_dust_fluorescence_estimate(pages, 1, 4, 4, 100, 0.1, -1, art, NULL),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    float img[4] = {1, 2, 3, 4}, bad[4] = {0, INFINITY, 0, 0};
+    ck_assert_int_eq(isl_dust_fluorescence_remove(img, bad, 2, 2), ISL_ERROR_VALUE);
+    ck_assert_ptr_nonnull(strstr(isl_last_error(), "artifact: pixel (0, 1) is not finite"));
+    ck_assert_int_eq(isl_dust_fluorescence_remove(img, NULL, 2, 2), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_dust_fluorescence_remove(img, bad, 2, -2), ISL_ERROR_SHAPE);
+    free(images);
+}
+END_TEST
+
 static Suite *preprocess_suite(void)
 {
     Suite *s = suite_create("preprocess");
@@ -411,6 +533,9 @@ static Suite *preprocess_suite(void)
     tcase_add_test(tc, dust_field_is_the_exact_median);
     tcase_add_test(tc, flat_field_removes_a_known_vignetting);
     tcase_add_test(tc, flat_field_refuses_bad_input);
+    tcase_add_test(tc, fluorescence_dust_known_artifact_removed);
+    tcase_add_test(tc, fluorescence_dust_leaves_clean_images);
+    tcase_add_test(tc, fluorescence_dust_refuses_bad_input);
     tcase_add_test(tc, blurred_impulse_is_the_gaussian);
     tcase_add_test(tc, normalization_statistics_are_exact);
     tcase_add_test(tc, stitch_recovers_whole_pixel_shifts);

@@ -38,8 +38,8 @@ static isl_status check_estimate(const float *const *images, int count, int heig
 }
 
 /* Refinements of the mask and its background, at most (each starts from the last one's
- * background; they stop when the mask no longer changes, usually after one or two). */
-#define MASK_ROUNDS 3
+ * background; they stop when the mask no longer changes, usually after one to three). */
+#define MASK_ROUNDS 8
 
 /* Grows the mask by 2 pixels (a 5 x 5 maximum; tmp: n bytes): the 5 x 5 median shrinks
  * round specks by up to that at their rims. Returns the pixels marked. */
@@ -72,13 +72,13 @@ typedef struct dust_scratch {
 } dust_scratch;
 
 /* The paper's background: the image with its dust pixels replaced by the mean of the
- * others, blurred by sigma. The mean is the local one (Gaussian-weighted, the same sigma:
- * the blur of the clean pixels over the blur of their indicator), so that a vignetted
- * raw image is not filled with its global level; where no clean pixel lies within the
- * kernel, the global one. For a flat background both are the paper's global mean. */
+ * others, blurred by sigma. With `local`, the mean is the local one (Gaussian-weighted, the
+ * same sigma: the blur of the clean pixels over the blur of their indicator), so that a
+ * vignetted raw image is not filled with its global level; where no clean pixel lies
+ * within the kernel, the global one. For a flat background both are the paper's. */
 static isl_status background_of(const float *image, const unsigned char *mask, size_t n,
-                                int height, int width, double sigma, dust_scratch *t,
-                                float *out)
+                                int height, int width, double sigma, int local,
+                                dust_scratch *t, float *out)
 {
     double sum = 0.0;
     size_t clean = 0;
@@ -92,7 +92,7 @@ static isl_status background_of(const float *image, const unsigned char *mask, s
         return isl_fail(ISL_ERROR_VALUE,
                         "fluorescence dust: the mean image less the sensor offset averages %g "
                         "outside the dust; the offset must be below the background", global);
-    if (clean < n) {
+    if (local && clean < n) {
         for (size_t p = 0; p < n; p++) {
             t->near[p] = mask[p] ? 0.0f : image[p];
             t->weight[p] = mask[p] ? 0.0f : 1.0f;
@@ -102,7 +102,7 @@ static isl_status background_of(const float *image, const unsigned char *mask, s
     }
     for (size_t p = 0; p < n; p++)
         out[p] = !mask[p]                 ? image[p]
-                 : t->weight[p] > 1e-12f ? t->near[p] / t->weight[p]
+                 : local && t->weight[p] > 1e-12f ? t->near[p] / t->weight[p]
                                           : global;
     return isl_pp_gaussian_blur(out, height, width, sigma);
 }
@@ -134,13 +134,15 @@ isl_status isl_dust_fluorescence_estimate(const float *const *images, int count,
     /* Edge-preserving smoothing, then the threshold: dust where the smoothed image exceeds
      * the background by more than threshold x background. The background needs the mask,
      * and the mask a background (vignetting makes a global level wrong): start from no
-     * dust (the plain blur) and refine. A relative threshold is why the offset goes first. */
+     * dust (the plain blur) and refine with the paper's global fill, which dust the mask
+     * still misses cannot pull up (a local fill can, and then keeps missing it). A relative
+     * threshold is why the offset goes first. */
     if (s == ISL_OK) {
         memcpy(smooth, mean, sizeof(float) * n);
         s = isl_median5_until_stable(smooth, height, width, 32, NULL);
     }
     if (s == ISL_OK)
-        s = background_of(mean, mask, n, height, width, sigma, &t, background);
+        s = background_of(mean, mask, n, height, width, sigma, 0, &t, background);
     int64_t marked = 0;
     for (int round = 0; s == ISL_OK && round < MASK_ROUNDS; round++) {
         for (size_t p = 0; p < n; p++)
@@ -150,8 +152,11 @@ isl_status isl_dust_fluorescence_estimate(const float *const *images, int count,
             break; /* the background is already this mask's */
         memcpy(mask, next, n);
         marked = grown;
-        s = background_of(mean, mask, n, height, width, sigma, &t, background);
+        s = background_of(mean, mask, n, height, width, sigma, 0, &t, background);
     }
+    /* The background under the final mask, filled locally. */
+    if (s == ISL_OK && marked)
+        s = background_of(mean, mask, n, height, width, sigma, 1, &t, background);
     /* The artifact: mean image less background, on the dust mask only and never negative
      * (dust adds light); elsewhere 0, so that nothing else of the mean image is imprinted. */
     for (size_t p = 0; s == ISL_OK && p < n; p++) {
