@@ -790,7 +790,7 @@ ISL_API isl_status isl_flat_field_apply(float *image, const float *field, int he
  *  background: the mean image with its dust pixels replaced by the local mean of the others
  *  (Gaussian-weighted), blurred by a Gaussian of standard deviation sigma (0: height / 16);
  *  mask and background are refined together from no dust until the mask stops changing (at
- *  most 3 rounds). artifact = mean - offset - background on the dust pixels (never
+ *  most 8 rounds; the mask's rounds fill the dust with the global mean of the others). artifact = mean - offset - background on the dust pixels (never
  *  negative), 0 elsewhere. *dust_pixels (may be NULL) receives their number. Errors: NaN or
  *  infinite pixels, an offset at or above the background. Choices where the paper is
  *  silent: docs/preprocessing.md. */
