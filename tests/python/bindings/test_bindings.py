@@ -98,6 +98,8 @@ def test_every_header_function_is_bound(islpy):
         "isl_downscale2": "_downscale2",
         "isl_flat_field_estimate": "_flat_field",
         "isl_flat_field_apply": "_flat_field_apply",
+        "isl_dust_fluorescence_estimate": "_fluorescence_dust",
+        "isl_dust_fluorescence_remove": "_fluorescence_dust_remove",
         "isl_normalize": "_normalize",
         "isl_normalize_light": "_normalize",
         "isl_stitch_pair_offset": "_stitch_pair_offset",
