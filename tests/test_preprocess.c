@@ -192,6 +192,9 @@ START_TEST(flat_field_refuses_bad_input)
     ck_assert_int_eq(isl_flat_field_apply(b, zero, 2, 2), ISL_ERROR_VALUE);
     ck_assert_ptr_nonnull(strstr(isl_last_error(), "must be positive"));
     ck_assert_int_eq(isl_flat_field_estimate(pages, 2, 2, 2, -1.0, f), ISL_ERROR_INVALID_ARGUMENT);
+    const float *holed[2] = {b, NULL};
+    ck_assert_int_eq(isl_flat_field_estimate(holed, 2, 2, 2, 1.0, f), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_str_eq(isl_last_error(), "flat field: image 1 is NULL");
 }
 END_TEST
 
@@ -504,7 +507,10 @@ START_TEST(fluorescence_dust_refuses_bad_input)
     images[(size_t)7 * DUST_H * DUST_W + 3 * DUST_W + 4] = NAN;
     ck_assert_int_eq(estimate_dust(images, 100.0, art, NULL), ISL_ERROR_VALUE);
     ck_assert_ptr_nonnull(strstr(isl_last_error(), "image 7: pixel (3, 4) is not finite"));
-    const float *pages[1] = {images};
+    const float *pages[1] = {images}, *holed[2] = {images, NULL};
+    ck_assert_int_eq(isl_dust_fluorescence_estimate(holed, 2, 4, 4, 100, 0.1, 0, art, NULL),
+                     ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_str_eq(isl_last_error(), "fluorescence dust: image 1 is NULL");
     ck_assert_int_eq(isl_dust_fluorescence_estimate(pages, 1, 0, 5, 100, 0.1, 0, art, NULL),
                      ISL_ERROR_SHAPE);
     ck_assert_int_eq(isl_dust_fluorescence_estimate(pages, 0, 4, 4, 100, 0.1, 0, art, NULL),

@@ -4,6 +4,7 @@
 #include "error.h"
 
 #include <math.h>
+#include <stdio.h>
 
 isl_status isl_pp_check_size(const char *what, int height, int width)
 {
@@ -19,6 +20,19 @@ isl_status isl_pp_check_finite(const char *what, const float *image, int height,
         if (!isfinite(image[i]))
             return isl_fail(ISL_ERROR_VALUE, "%s: pixel (%lld, %lld) is not finite", what,
                             (long long)(i / width), (long long)(i % width));
+    return ISL_OK;
+}
+
+isl_status isl_pp_check_images(const char *what, const float *const *images, int count,
+                               int height, int width)
+{
+    for (int i = 0; i < count; i++) {
+        if (!images[i])
+            return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: image %d is NULL", what, i);
+        char image_what[96];
+        snprintf(image_what, sizeof image_what, "%s: image %d", what, i);
+        ISL_CHECK(isl_pp_check_finite(image_what, images[i], height, width));
+    }
     return ISL_OK;
 }
 

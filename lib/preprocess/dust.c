@@ -7,7 +7,6 @@
 #include "error.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,13 +26,7 @@ static isl_status check_estimate(const float *const *images, int count, int heig
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
                         "fluorescence dust: sigma %g is not in [0, 1e5]", sigma);
     ISL_CHECK(isl_pp_check_size("fluorescence dust", height, width));
-    for (int i = 0; i < count; i++) {
-        if (!images[i])
-            return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "fluorescence dust: image %d is NULL", i);
-        char what[48];
-        snprintf(what, sizeof what, "fluorescence dust: image %d", i);
-        ISL_CHECK(isl_pp_check_finite(what, images[i], height, width));
-    }
+    ISL_CHECK(isl_pp_check_images("fluorescence dust", images, count, height, width));
     return ISL_OK;
 }
 

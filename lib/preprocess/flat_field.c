@@ -6,7 +6,6 @@
 #include "error.h"
 
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 
 double isl_flat_field_sigma(isl_light light, int height)
@@ -36,13 +35,7 @@ isl_status isl_flat_field_estimate(const float *const *images, int count, int he
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "flat field: sigma %g is not in [0, 1e5]",
                         sigma);
     ISL_CHECK(isl_pp_check_size("flat field", height, width));
-    for (int i = 0; i < count; i++) {
-        if (!images[i])
-            return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "flat field: image %d is NULL", i);
-        char what[48];
-        snprintf(what, sizeof what, "flat field: image %d", i);
-        ISL_CHECK(isl_pp_check_finite(what, images[i], height, width));
-    }
+    ISL_CHECK(isl_pp_check_images("flat field", images, count, height, width));
     const size_t n = (size_t)height * width;
     int failed = 0;
 #pragma omp parallel

@@ -23,6 +23,11 @@ isl_status isl_pp_check_size(const char *what, int height, int width);
 /* ISL_ERROR_VALUE naming the first NaN or infinite pixel (row, column) of `what`. */
 isl_status isl_pp_check_finite(const char *what, const float *image, int height, int width);
 
+/* Each of `count` images is non-NULL (ISL_ERROR_INVALID_ARGUMENT, "WHAT: image I is
+ * NULL") and finite (as isl_pp_check_finite, named "WHAT: image I"). */
+isl_status isl_pp_check_images(const char *what, const float *const *images, int count,
+                               int height, int width);
+
 /* The k-th smallest of v[0..n) (0-based); reorders v. */
 float isl_pp_select(float *v, int n, int k);
 
