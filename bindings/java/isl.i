@@ -444,8 +444,9 @@ isl_status islj_eval_ks_2samp(const double *a, int na, const double *b, int nb, 
 /* Preprocessing helpers on Java arrays (org.isl.Preprocess): `image_io` is copied in and
  * back, `image_in`/`field_in`/`images_in` only in, `image_out` only back. */
 %apply float[] { float *image_io, const float *image_in, const float *field_in,
-                 const float *images_in, float *image_out };
+                 const float *artifact_in, const float *images_in, float *image_out };
 %apply int[] { int *passes_out };
+%apply long long[] { long long *dust_pixels_out };
 %inline %{
 isl_status islj_median5(float *image_io, int height, int width, int max_passes, int *passes_out)
 {
@@ -459,21 +460,57 @@ isl_status islj_downscale2(const float *image_in, int height, int width, float *
     return isl_downscale2(image_in, height, width, image_out);
 }
 
-/* images_in: count images of height x width, one after the other. */
+/* *images: pointers to the `count` images of height x width stored one after the other
+ * in images_in (free() it). */
+static isl_status islj_pages(const float *images_in, int count, int height, int width,
+                             const float ***images)
+{
+    if (count < 1 || height < 1 || width < 1)
+        return islj_fail(ISL_ERROR_INVALID_ARGUMENT, "invalid image count or size");
+    *images = malloc(sizeof(float *) * (size_t)count);
+    if (!*images)
+        return islj_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    for (int i = 0; i < count; i++)
+        (*images)[i] = images_in + (size_t)i * (size_t)height * (size_t)width;
+    return ISL_OK;
+}
+
 isl_status islj_flat_field(const float *images_in, int count, int height, int width,
                            double sigma, float *image_out)
 {
     islj_message = NULL;
-    if (count < 1 || height < 1 || width < 1)
-        return islj_fail(ISL_ERROR_INVALID_ARGUMENT, "invalid image count or size");
-    const float **images = malloc(sizeof(float *) * (size_t)count);
-    if (!images)
-        return islj_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
-    for (int i = 0; i < count; i++)
-        images[i] = images_in + (size_t)i * (size_t)height * (size_t)width;
-    isl_status s = isl_flat_field_estimate(images, count, height, width, sigma, image_out);
+    const float **images;
+    isl_status s = islj_pages(images_in, count, height, width, &images);
+    if (s != ISL_OK)
+        return s;
+    s = isl_flat_field_estimate(images, count, height, width, sigma, image_out);
     free(images);
     return s;
+}
+
+/* dust_pixels_out[0]: the number of dust pixels (isl_dust_fluorescence_estimate). */
+isl_status islj_fluorescence_dust(const float *images_in, int count, int height, int width,
+                                  double sensor_offset, double threshold, double sigma,
+                                  float *image_out, long long *dust_pixels_out)
+{
+    islj_message = NULL;
+    const float **images;
+    isl_status s = islj_pages(images_in, count, height, width, &images);
+    if (s != ISL_OK)
+        return s;
+    int64_t marked = 0;
+    s = isl_dust_fluorescence_estimate(images, count, height, width, sensor_offset, threshold,
+                                       sigma, image_out, &marked);
+    free(images);
+    dust_pixels_out[0] = (long long)marked;
+    return s;
+}
+
+isl_status islj_fluorescence_dust_remove(float *image_io, const float *artifact_in, int height,
+                                         int width)
+{
+    islj_message = NULL;
+    return isl_dust_fluorescence_remove(image_io, artifact_in, height, width);
 }
 
 isl_status islj_flat_field_apply(float *image_io, const float *field_in, int height, int width)

@@ -12,7 +12,8 @@ import org.isl.Preprocess;
  * (test_java_preprocess), which compares the outputs with scipy/numpy:
  *
  * <pre>
- * java ... TestPreprocess DIR   (reads DIR/staircase.raw 37 x 41, DIR/stack.raw 5 x 64 x 48;
+ * java ... TestPreprocess DIR   (reads DIR/staircase.raw 37 x 41, DIR/stack.raw 5 x 64 x 48,
+ *                                DIR/dusty.raw 16 x 48 x 64 with a sensor offset of 100;
  *                                writes DIR/java-*.raw, all little-endian float32)
  * </pre>
  */
@@ -52,9 +53,16 @@ public class TestPreprocess {
     Preprocess.normalize(norm, Preprocess.Light.FLUORESCENCE);
     write(dir.resolve("java-normalized.raw"), norm);
     System.out.println("sigma " + Preprocess.flatFieldSigma(Preprocess.Light.TRANSMITTED, 2048));
+    float[] dusty = read(dir.resolve("dusty.raw"), 16 * 48 * 64);
+    Preprocess.Dust dust = Preprocess.fluorescenceDust(dusty, 16, 48, 64, 100.0, 0.1, 24.0);
+    System.out.println("dust pixels " + dust.pixels);
+    write(dir.resolve("java-fdust.raw"), dust.artifact);
+    float[] cleaned = java.util.Arrays.copyOf(dusty, 48 * 64);
+    Preprocess.removeFluorescenceDust(cleaned, dust.artifact, 48, 64);
+    write(dir.resolve("java-fdust-removed.raw"), cleaned);
 
-    // Errors: a wrong size, a constant image, NaN.
-    String[] errors = new String[3];
+    // Errors: a wrong size, a constant image, NaN, a sensor offset above the images.
+    String[] errors = new String[4];
     try {
       Preprocess.downscale2(stair, 40, 41);
     } catch (IslException e) {
@@ -71,6 +79,11 @@ public class TestPreprocess {
       Preprocess.medianUntilStable(nan, 37, 41, 32);
     } catch (IslException e) {
       errors[2] = e.getStatus() + ": " + e.getMessage();
+    }
+    try {
+      Preprocess.fluorescenceDust(dusty, 16, 48, 64, 5000.0);
+    } catch (IslException e) {
+      errors[3] = e.getStatus() + ": " + e.getMessage();
     }
     for (String e : errors)
       System.out.println("error " + e);

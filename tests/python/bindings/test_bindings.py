@@ -797,8 +797,9 @@ def test_java_pixel_size(java_tools, bindings_tmp):
         assert f.attrs["pixel_size_um"] == 0.65
 
 
-def test_java_preprocess(java_tools, bindings_tmp):
-    """tests/java/TestPreprocess.java (org.isl.Preprocess) against scipy/numpy."""
+def test_java_preprocess(java_tools, bindings_tmp, islpy):
+    """tests/java/TestPreprocess.java (org.isl.Preprocess) against scipy/numpy, and its
+    fluorescence dust against a disk added by construction and the Python binding."""
     import scipy.ndimage as ndi
 
     work = bindings_tmp / "java-preprocess"
@@ -810,6 +811,14 @@ def test_java_preprocess(java_tools, bindings_tmp):
     stack = rng.uniform(500, 1500, (5, 64, 48)).astype(np.float32)
     stair.astype("<f4").tofile(work / "staircase.raw")
     stack.astype("<f4").tofile(work / "stack.raw")
+    # Fluorescence dust: offset 100, a background of 1000 with noise, and a disk of +300
+    # counts of radius 10 at (20, 30) in every image (the iterated 5 x 5 median erases
+    # disks of radius 6 and less); a background blur of 24 (the default, h / 16, is for
+    # 2048-pixel fields: here it would follow the disk).
+    yy, xx = np.mgrid[0:48, 0:64]
+    disk = np.where((yy - 20) ** 2 + (xx - 30) ** 2 <= 100, 300.0, 0.0)
+    dusty = (100 + 1000 + rng.uniform(-20, 20, (16, 48, 64)) + disk).astype(np.float32)
+    dusty.astype("<f4").tofile(work / "dusty.raw")
     classes = bindings_tmp / "java-preprocess-classes"
     java_compile(java_tools, [SOURCE_DIR / "tests" / "java" / "TestPreprocess.java"], classes)
     out = java_run(java_tools, classes, "TestPreprocess", [work]).stdout
@@ -837,10 +846,19 @@ def test_java_preprocess(java_tools, bindings_tmp):
     want = np.clip((stack[0] - stack[0].mean()) / stack[0].std() * 0.125 + 0.25, 0, 1)
     np.testing.assert_allclose(norm, want, atol=1e-6)
     assert "sigma 64.0" in out
+    artifact = got("fdust", (48, 64))
+    on, near = disk > 0, (yy - 20) ** 2 + (xx - 30) ** 2 <= 13 ** 2  # grown by a 5 x 5 square
+    assert np.all(np.abs(artifact[on] - 300) < 15), artifact[on].min()
+    assert np.all(artifact[~near] == 0)
+    py_artifact, py_pixels = islpy.preprocess.fluorescence_dust(dusty, 100.0, 0.1, 24.0)
+    np.testing.assert_array_equal(artifact, py_artifact)
+    assert "dust pixels %d" % py_pixels in out and py_pixels >= on.sum()
+    np.testing.assert_array_equal(got("fdust-removed", (48, 64)), dusty[0] - artifact)
     errors = [line for line in out.splitlines() if line.startswith("error ")]
     assert errors[0].startswith("error SHAPE") and "not 40 x 41" in errors[0], errors
     assert errors[1].startswith("error VALUE"), errors
     assert errors[2].startswith("error VALUE") and "not finite" in errors[2], errors
+    assert errors[3].startswith("error VALUE") and "offset" in errors[3], errors
 
 
 def test_java_example(java_tools, small_model_file, small_stack_file, small_prediction,

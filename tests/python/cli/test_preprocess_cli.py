@@ -71,6 +71,46 @@ def test_flat_field_matches_numpy_and_scipy(run_isl, tmp_path):
         np.testing.assert_allclose(got, oracle_field(pages, sigma), rtol=2e-6, atol=0)
 
 
+def test_fluorescence_dust_artifact_is_found_and_subtracted(run_isl, tmp_path):
+    """Vignetted fluorescence tiles sharing a known additive disk of 300 counts: the
+    artifact `isl flat-field --fluorescence-dust` writes is that disk, 0 away from it, and
+    `isl preprocess --dust-artifact` subtracts exactly what was written."""
+    rng = np.random.default_rng(8)
+    h, w = 256, 256  # the blur, h / 16, must be small beside the vignetting's curvature
+    y, x = np.mgrid[0:h, 0:w]
+    r2 = (y - 100) ** 2 + (x - 140) ** 2
+    disk = np.where(r2 <= 100, 300.0, 0.0)  # radius 10: the 5 x 5 median keeps it
+    tiles = [np.round(100 + 1000 * vignette(h, w) + disk + rng.normal(0, 20, (3, h, w)))
+             .astype(np.uint16) for _ in range(4)]
+    paths = write_tiles(tmp_path, tiles)
+    dust = tmp_path / "dust.tif"
+    r = run_isl("flat-field", "--input", *paths, "--fluorescence-dust", "100", "-o", dust)
+    assert r.returncode == 0, r.stderr
+    assert "fluorescence dust artifact of 12 pages of 4 tiles" in r.stderr, r.stderr
+    artifact = tifffile.imread(dust)
+    assert artifact.dtype == np.float32 and artifact.shape == (h, w)
+    on = disk > 0
+    # The mean of 12 pages has noise of sd 20 / sqrt(12) = 5.8 per pixel; the blurred
+    # vignetting biases the background by about 0.7 x 2 / 16^2 x 1000 = 5.5 counts.
+    error = np.abs(artifact[on] - 300)
+    assert error.mean() < 10 and error.max() < 35, (error.mean(), error.max())
+    assert np.all(artifact[r2 > 13 ** 2] == 0)  # the mask: the disk grown by a 5 x 5 square
+    share = float(r.stderr.split("): ")[1].split("%")[0])
+    assert share >= 100 * on.mean() and share <= 100 * (r2 <= 13 ** 2).mean(), r.stderr
+
+    out = tmp_path / "clean.tif"
+    r = run_isl("preprocess", "--input", paths[0], "--light", "fluorescence", "--no-median",
+                "--no-normalize", "--dust-artifact", dust, "-o", out)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(tifffile.imread(out), tiles[0].astype(np.float32) - artifact)
+
+    r = run_isl("flat-field", "--input", *paths, "--fluorescence-dust", "5000", "-o",
+                tmp_path / "no.tif")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "offset must be below" in lines[0], r.stderr
+    assert not (tmp_path / "no.tif").exists()
+
+
 def test_preprocess_matches_the_oracle_pipeline(run_isl, tmp_path):
     rng = np.random.default_rng(6)
     tiles = camera_tiles(rng, 5, 1, 64, 64)

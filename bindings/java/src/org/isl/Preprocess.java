@@ -87,6 +87,54 @@ public final class Preprocess {
     return flatField(images, count, h, w, flatFieldSigma(light, h));
   }
 
+  /**
+   * The paper's fluorescence dust (an additive artifact at the same place in every image,
+   * e.g. the "gray disks" of scattered excitation light), estimated from count images of
+   * one microscope, one after the other in images (see isl_dust_fluorescence_estimate and
+   * docs/preprocessing.md, "Fluorescence dust").
+   *
+   * @param sensorOffset the camera's reading in the dark (e.g. 100 counts)
+   * @param threshold dust where the median-smoothed mean image exceeds the background by
+   *     more than threshold x background (e.g. 0.1)
+   * @param sigma the background's blur (0: h / 16)
+   */
+  public static Dust fluorescenceDust(float[] images, int count, int h, int w,
+      double sensorOffset, double threshold, double sigma) throws IslException {
+    checkSize(images, count, h, w, "the images");
+    float[] artifact = new float[h * w];
+    long[] pixels = new long[1];
+    check(IslNative.islj_fluorescence_dust(images, count, h, w, sensorOffset, threshold, sigma,
+        artifact, pixels));
+    return new Dust(artifact, pixels[0]);
+  }
+
+  /** {@link #fluorescenceDust} with threshold 0.1 and the default blur (h / 16). */
+  public static Dust fluorescenceDust(float[] images, int count, int h, int w,
+      double sensorOffset) throws IslException {
+    return fluorescenceDust(images, count, h, w, sensorOffset, 0.1, 0.0);
+  }
+
+  /** An estimated fluorescence dust artifact. */
+  public static final class Dust {
+    /** h * w values: the artifact on the dust pixels, 0 elsewhere. */
+    public final float[] artifact;
+    /** The number of dust pixels. */
+    public final long pixels;
+
+    Dust(float[] artifact, long pixels) {
+      this.artifact = artifact;
+      this.pixels = pixels;
+    }
+  }
+
+  /** Fluorescence dust removal: image -= artifact, in place. */
+  public static void removeFluorescenceDust(float[] image, float[] artifact, int h, int w)
+      throws IslException {
+    checkSize(image, 1, h, w, "the image");
+    checkSize(artifact, 1, h, w, "the artifact");
+    check(IslNative.islj_fluorescence_dust_remove(image, artifact, h, w));
+  }
+
   /** Flat-field (or dust) correction: image /= field, in place; the field must be positive. */
   public static void applyFlatField(float[] image, float[] field, int h, int w)
       throws IslException {
