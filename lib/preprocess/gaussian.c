@@ -3,6 +3,7 @@
 #include "preprocess.h"
 
 #include "error.h"
+#include "fast_math.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -19,6 +20,67 @@ static double *gaussian_kernel(double sigma, int radius)
     return k;
 }
 
+/* out[x] += w (left[x] + right[x]): one symmetric pair of taps over a row (left and right
+ * may overlap each other, not out). Compiled for the CPU at hand: the blur is its loop. */
+ISL_CLONES
+static void add_tap_pair(double *restrict out, const double *left, const double *right, double w,
+                         int n)
+{
+    for (int x = 0; x < n; x++)
+        out[x] += w * (left[x] + right[x]);
+}
+
+/* out[0..n) = the kernel over ext[0..n + 2 radius) (a line extended by its reflection):
+ * the centre tap, then the symmetric pairs from the farthest (smallest) in, each added to
+ * the whole line at once so that the inner loop runs along the line and vectorizes. */
+static void blur_line(const double *ext, const double *k, int radius, int n, double *out)
+{
+    for (int x = 0; x < n; x++)
+        out[x] = k[radius] * ext[x + radius];
+    for (int i = 0; i < radius; i++)
+        add_tap_pair(out, ext + i, ext + 2 * radius - i, k[i], n);
+}
+
+/* dst (cols x rows) = the transpose of src (rows x cols), in cache-sized blocks. */
+static void transpose(const double *src, int rows, int cols, double *dst)
+{
+    enum { B = 32 };
+#pragma omp parallel for schedule(static)
+    for (int r0 = 0; r0 < rows; r0 += B)
+        for (int c0 = 0; c0 < cols; c0 += B)
+            for (int r = r0; r < r0 + B && r < rows; r++)
+                for (int c = c0; c < c0 + B && c < cols; c++)
+                    dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+}
+
+/* Blurs each of `lines` lines of length n of src (floats if srcf, else doubles) into dst. */
+static isl_status blur_lines(const float *srcf, const double *srcd, int lines, int n,
+                             const double *k, int radius, double *dst)
+{
+    int failed = 0;
+#pragma omp parallel
+    {
+        double *ext = malloc(sizeof(double) * ((size_t)n + 2 * (size_t)radius));
+        if (!ext) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int l = 0; l < lines; l++) {
+            if (!ext)
+                continue;
+            const size_t at = (size_t)l * n;
+            for (int x = -radius; x < n + radius; x++) {
+                const int j = isl_pp_reflect(x, n);
+                ext[x + radius] = srcf ? srcf[at + j] : srcd[at + j];
+            }
+            blur_line(ext, k, radius, n, dst + at);
+        }
+        free(ext);
+    }
+    return failed ? isl_fail(ISL_ERROR_OUT_OF_MEMORY, "gaussian blur: out of memory") : ISL_OK;
+}
+
 isl_status isl_pp_gaussian_blur(float *image, int height, int width, double sigma)
 {
     if (!(sigma > 0.0 && sigma <= 1e5))
@@ -27,75 +89,26 @@ isl_status isl_pp_gaussian_blur(float *image, int height, int width, double sigm
     const int radius = (int)(4.0 * sigma + 0.5);
     const size_t n = (size_t)height * width;
     double *k = gaussian_kernel(sigma, radius);
-    double *rows = malloc(sizeof(double) * n);
-    if (!k || !rows) {
-        free(k), free(rows);
+    double *a = malloc(sizeof(double) * n), *b = malloc(sizeof(double) * n);
+    if (!k || !a || !b) {
+        free(k), free(a), free(b);
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "gaussian blur: out of memory for %d x %d",
                         height, width);
     }
-    isl_status st = ISL_OK;
-    /* Along rows: each row extended by its reflection, then the kernel's taps added to the
-     * whole row one pair at a time (the kernel is symmetric), so the inner loop runs along
-     * x and vectorizes instead of waiting on one sum per pixel. */
-#pragma omp parallel
-    {
-        double *ext = malloc(sizeof(double) * ((size_t)width + 2 * (size_t)radius));
-        if (!ext) {
-#pragma omp atomic write
-            st = ISL_ERROR_OUT_OF_MEMORY;
-        }
-#pragma omp for schedule(static)
-        for (int y = 0; y < height; y++) {
-            if (!ext)
-                continue;
-            const float *in = image + (size_t)y * width;
-            double *out = rows + (size_t)y * width;
-            for (int x = -radius; x < width + radius; x++)
-                ext[x + radius] = in[isl_pp_reflect(x, width)];
-            const double centre = k[radius];
-            for (int x = 0; x < width; x++)
-                out[x] = centre * ext[x + radius];
-            for (int i = 0; i < radius; i++) {
-                const double w = k[i];
-                const double *left = ext + i, *right = ext + 2 * radius - i;
-                for (int x = 0; x < width; x++)
-                    out[x] += w * (left[x] + right[x]);
-            }
-        }
-        free(ext);
-    }
-    /* Along columns: whole rows weighted and summed in symmetric pairs, so the inner loop
-     * runs along x. */
+    /* Along rows, then along the columns as rows of the transpose: every pass reads its
+     * lines contiguously (a column pass over whole rows would stream 2 radius + 1 rows
+     * through the cache for each output row). */
+    isl_status st = blur_lines(image, NULL, height, width, k, radius, a);
     if (st == ISL_OK) {
-#pragma omp parallel
-        {
-            double *acc = malloc(sizeof(double) * (size_t)width);
-            if (!acc) {
-#pragma omp atomic write
-                st = ISL_ERROR_OUT_OF_MEMORY;
-            }
-#pragma omp for schedule(static)
-            for (int y = 0; y < height; y++) {
-                if (!acc)
-                    continue;
-                const double centre = k[radius], *mid = rows + (size_t)y * width;
-                for (int x = 0; x < width; x++)
-                    acc[x] = centre * mid[x];
-                for (int i = 1; i <= radius; i++) {
-                    const double w = k[radius + i];
-                    const double *up = rows + (size_t)isl_pp_reflect(y - i, height) * width;
-                    const double *down = rows + (size_t)isl_pp_reflect(y + i, height) * width;
-                    for (int x = 0; x < width; x++)
-                        acc[x] += w * (up[x] + down[x]);
-                }
-                for (int x = 0; x < width; x++)
-                    image[(size_t)y * width + x] = (float)acc[x];
-            }
-            free(acc);
-        }
+        transpose(a, height, width, b);
+        st = blur_lines(NULL, b, width, height, k, radius, a);
     }
-    free(k), free(rows);
-    if (st != ISL_OK)
-        return isl_fail(st, "gaussian blur: out of memory");
-    return ISL_OK;
+    if (st == ISL_OK) {
+#pragma omp parallel for schedule(static)
+        for (int y = 0; y < height; y++)
+            for (int x = 0; x < width; x++)
+                image[(size_t)y * width + x] = (float)a[(size_t)x * height + y];
+    }
+    free(k), free(a), free(b);
+    return st;
 }

@@ -23,6 +23,14 @@ def test_functions_match_scipy(islpy):
     np.testing.assert_array_equal(out, ref)
     assert img.max() == 5000  # the input is not modified
 
+    # One pass on noise with many ties, widths below, at and across the 256-pixel chunks
+    # the comparator network sorts at once, and images smaller than the window.
+    for h, w in ((1, 1), (2, 3), (4, 2), (7, 256), (5, 300), (33, 517)):
+        noise = rng.integers(0, 6, (h, w)).astype(np.float32) - 2.5
+        got, _ = pp.median5_until_stable(noise, max_passes=1)
+        np.testing.assert_array_equal(got, ndi.median_filter(noise, size=5, mode="reflect"),
+                                      err_msg="%d x %d" % (h, w))
+
     np.testing.assert_allclose(pp.downscale2(img), img[:36, :40].reshape(18, 2, 20, 2).mean((1, 3)),
                                rtol=1e-6)
     stack = rng.uniform(500, 1500, (5, 64, 48))
@@ -34,6 +42,12 @@ def test_functions_match_scipy(islpy):
     np.testing.assert_allclose(pp.flat_field(stack, light="fluorescence"),
                                blurred / blurred.mean(), rtol=2e-6)
     assert pp.flat_field_sigma("transmitted", 2048) == 64.0
+    # The blur on lines shorter than its kernel (reflected more than once) and of one pixel.
+    for h, w, sigma in ((3, 200, 5.0), (1, 7, 3.0), (50, 1, 2.5)):
+        one = rng.uniform(500, 1500, (1, h, w))
+        blurred = ndi.gaussian_filter(one[0], sigma, mode="reflect", truncate=4.0)
+        np.testing.assert_allclose(pp.flat_field(one, sigma=sigma), blurred / blurred.mean(),
+                                   rtol=2e-6, err_msg="%d x %d" % (h, w))
 
     norm = pp.normalize(stack[0], "fluorescence")
     assert abs(norm.astype(np.float64).mean() - 0.25) < 1e-6
