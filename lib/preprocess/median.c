@@ -92,29 +92,26 @@ static long long median_row(const float *src, float *dst, const uint8_t *near, u
         for (int t = 0; t < len; t++)
             visits += near[row + x0 + t];
         if (visits * 8 < len) { /* sparse (later passes): select pixel by pixel */
-            for (int t = 0; t < len; t++) {
-                const size_t i = row + x0 + t;
-                const float v = near[i] ? median_at(src, height, width, y, x0 + t) : src[i];
-                dst[i] = v;
-                changed[i] = v != src[i];
-                count += changed[i];
+            for (int t = 0; t < len; t++)
+                if (near[row + x0 + t])
+                    med[t] = median_at(src, height, width, y, x0 + t);
+        } else {
+            if (!ext_ready) { /* the 5 rows of the window, extended by reflection */
+                for (int dy = 0; dy < 2 * R + 1; dy++) {
+                    const float *in = src + (size_t)isl_pp_reflect(y + dy - R, height) * width;
+                    float *e = ext + (size_t)dy * (width + 2 * R);
+                    for (int x = -R; x < width + R; x++)
+                        e[x + R] = in[isl_pp_reflect(x, width)];
+                }
+                ext_ready = 1;
             }
-            continue;
-        }
-        if (!ext_ready) { /* the 5 rows of the window, extended by reflection */
             for (int dy = 0; dy < 2 * R + 1; dy++) {
-                const float *in = src + (size_t)isl_pp_reflect(y + dy - R, height) * width;
-                float *e = ext + (size_t)dy * (width + 2 * R);
-                for (int x = -R; x < width + R; x++)
-                    e[x + R] = in[isl_pp_reflect(x, width)];
+                const float *e = ext + (size_t)dy * (width + 2 * R) + x0;
+                for (int dx = 0; dx < 2 * R + 1; dx++)
+                    memcpy(lane[dy * (2 * R + 1) + dx], e + dx, sizeof(float) * (size_t)len);
             }
-            ext_ready = 1;
+            median_chunk(lane, len, med);
         }
-        for (int dy = 0; dy < 2 * R + 1; dy++)
-            for (int dx = 0; dx < 2 * R + 1; dx++)
-                memcpy(lane[dy * (2 * R + 1) + dx], ext + (size_t)dy * (width + 2 * R) + x0 + dx,
-                       sizeof(float) * (size_t)len);
-        median_chunk(lane, len, med);
         for (int t = 0; t < len; t++) {
             const size_t i = row + x0 + t;
             const float v = near[i] ? med[t] : src[i];
