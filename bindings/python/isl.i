@@ -840,22 +840,35 @@ PyObject *_downscale2(PyObject *image)
     return out;
 }
 
+/* The planes of a float32 stack as the pointer array isl_flat_field_estimate and
+ * isl_dust_fluorescence_estimate take, and a new float32 image of one plane's shape for
+ * their output. On failure a Python exception is set and nothing is kept. */
+static int islpy_pages(PyObject *images, int *n, int *h, int *w, const float ***pages,
+                       PyObject **out)
+{
+    float *d = islpy_images(images, "images", 0, n, h, w);
+    if (!d)
+        return -1;
+    npy_intp dims[2] = {*h, *w};
+    *pages = malloc(sizeof(float *) * (size_t)(*n > 0 ? *n : 1));
+    *out = *pages ? PyArray_SimpleNew(2, dims, NPY_FLOAT32) : PyErr_NoMemory();
+    if (!*out) {
+        free(*pages);
+        return -1;
+    }
+    for (int i = 0; i < *n; i++)
+        (*pages)[i] = d + (size_t)i * *h * *w;
+    return 0;
+}
+
 /* isl_flat_field_estimate over the planes of a float32 stack: a new float32 image. */
 PyObject *_flat_field(PyObject *images, double sigma)
 {
     int h, w, n;
-    float *d = islpy_images(images, "images", 0, &n, &h, &w);
-    if (!d)
+    const float **pages;
+    PyObject *out;
+    if (islpy_pages(images, &n, &h, &w, &pages, &out))
         return NULL;
-    npy_intp dims[2] = {h, w};
-    const float **pages = malloc(sizeof(float *) * (size_t)(n > 0 ? n : 1));
-    PyObject *out = pages ? PyArray_SimpleNew(2, dims, NPY_FLOAT32) : PyErr_NoMemory();
-    if (!out) {
-        free(pages);
-        return NULL;
-    }
-    for (int i = 0; i < n; i++)
-        pages[i] = d + (size_t)i * h * w;
     isl_status s;
     float *o = PyArray_DATA((PyArrayObject *)out);
     Py_BEGIN_ALLOW_THREADS
@@ -874,18 +887,10 @@ PyObject *_flat_field(PyObject *images, double sigma)
 PyObject *_fluorescence_dust(PyObject *images, double offset, double threshold, double sigma)
 {
     int h, w, n;
-    float *d = islpy_images(images, "images", 0, &n, &h, &w);
-    if (!d)
+    const float **pages;
+    PyObject *out;
+    if (islpy_pages(images, &n, &h, &w, &pages, &out))
         return NULL;
-    npy_intp dims[2] = {h, w};
-    const float **pages = malloc(sizeof(float *) * (size_t)(n > 0 ? n : 1));
-    PyObject *out = pages ? PyArray_SimpleNew(2, dims, NPY_FLOAT32) : PyErr_NoMemory();
-    if (!out) {
-        free(pages);
-        return NULL;
-    }
-    for (int i = 0; i < n; i++)
-        pages[i] = d + (size_t)i * h * w;
     isl_status s;
     int64_t marked = 0;
     float *o = PyArray_DATA((PyArrayObject *)out);
@@ -901,16 +906,31 @@ PyObject *_fluorescence_dust(PyObject *images, double offset, double threshold, 
     return Py_BuildValue("(NL)", out, (long long)marked);
 }
 
+/* A writable float32 image and a read-only correction image of the same 2-D shape (the
+ * flat field or the dust artifact), for the in-place corrections below. */
+static int islpy_image_and(PyObject *image, PyObject *other, const char *what, float **d,
+                           const float **o, int *h, int *w)
+{
+    int n, on, oh, ow;
+    *d = islpy_images(image, "image", 1, &n, h, w);
+    *o = *d ? islpy_images(other, what, 0, &on, &oh, &ow) : NULL;
+    if (!*o)
+        return -1;
+    if (n != 1 || on != 1 || oh != *h || ow != *w) {
+        PyErr_Format(PyExc_ValueError, "image and %s must be 2-D of one shape", what);
+        return -1;
+    }
+    return 0;
+}
+
 /* isl_flat_field_apply in place on a float32 image. */
 PyObject *_flat_field_apply(PyObject *image, PyObject *field)
 {
-    int h, w, n, fh, fw, fn;
-    float *d = islpy_images(image, "image", 1, &n, &h, &w);
-    const float *f = d ? islpy_images(field, "field", 0, &fn, &fh, &fw) : NULL;
-    if (!f)
+    int h, w;
+    float *d;
+    const float *f;
+    if (islpy_image_and(image, field, "field", &d, &f, &h, &w))
         return NULL;
-    if (n != 1 || fn != 1 || fh != h || fw != w)
-        return PyErr_Format(PyExc_ValueError, "image and field must be 2-D of one shape");
     isl_status s;
     Py_BEGIN_ALLOW_THREADS
     s = isl_flat_field_apply(d, f, h, w);
@@ -925,13 +945,11 @@ PyObject *_flat_field_apply(PyObject *image, PyObject *field)
 /* isl_dust_fluorescence_remove in place on a float32 image. */
 PyObject *_fluorescence_dust_remove(PyObject *image, PyObject *artifact)
 {
-    int h, w, n, ah, aw, an;
-    float *d = islpy_images(image, "image", 1, &n, &h, &w);
-    const float *a = d ? islpy_images(artifact, "artifact", 0, &an, &ah, &aw) : NULL;
-    if (!a)
+    int h, w;
+    float *d;
+    const float *a;
+    if (islpy_image_and(image, artifact, "artifact", &d, &a, &h, &w))
         return NULL;
-    if (n != 1 || an != 1 || ah != h || aw != w)
-        return PyErr_Format(PyExc_ValueError, "image and artifact must be 2-D of one shape");
     isl_status s;
     Py_BEGIN_ALLOW_THREADS
     s = isl_dust_fluorescence_remove(d, a, h, w);

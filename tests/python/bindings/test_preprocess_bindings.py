@@ -72,7 +72,7 @@ def test_errors(islpy):
         pp.flat_field_apply(np.ones((4, 4)), np.zeros((4, 4)))
     with pytest.raises(ValueError, match="light must be one of"):
         pp.normalize(np.ones((4, 4)), "uv")
-    with pytest.raises(ValueError, match="one shape"):
+    with pytest.raises(ValueError, match="image and field must be 2-D of one shape"):
         pp.flat_field_apply(np.ones((4, 4)), np.ones((4, 5)))
 
 
@@ -197,7 +197,7 @@ def test_fluorescence_dust_errors(islpy):
         pp.fluorescence_dust(images, sensor_offset=100)
     with pytest.raises(ValueError, match="3 dimensions"):
         pp.fluorescence_dust(images[0], sensor_offset=100)
-    with pytest.raises(ValueError, match="one shape"):
+    with pytest.raises(ValueError, match="image and artifact must be 2-D of one shape"):
         pp.remove_fluorescence_dust(np.ones((16, 16)), np.zeros((16, 15)))
     with pytest.raises(islpy.InvalidValueError, match="artifact: pixel"):
         pp.remove_fluorescence_dust(np.ones((4, 4)), np.full((4, 4), np.inf))
