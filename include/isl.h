@@ -358,6 +358,12 @@ ISL_API isl_status isl_train_options_set_rate_drop(isl_train_options *o, int64_t
 /** Adam betas and epsilon (default 0.9, 0.999, 1e-8). */
 ISL_API isl_status isl_train_options_set_adam(isl_train_options *o, double beta1, double beta2,
                                               double epsilon);
+/** Decoupled weight decay (AdamW, Loshchilov and Hutter 2019; default 0: none): each step
+ *  first shrinks every convolution's weights by the factor 1 - rate * decay (rate: the
+ *  step's learning rate), then takes the Adam step; biases and batch-norm gamma and beta
+ *  do not decay. Equals torch.optim.AdamW(weight_decay=decay) on the weights. Not kept
+ *  in checkpoints: give it again when resuming. */
+ISL_API isl_status isl_train_options_set_weight_decay(isl_train_options *o, double decay);
 /** Weight w of the label loss in the total w * label + (1 - w) * autoencoder (default 0.5).
  *  1 trains without the autoencoder head (models without one need 1). */
 ISL_API isl_status isl_train_options_set_label_weight(isl_train_options *o, double weight);

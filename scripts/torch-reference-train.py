@@ -20,7 +20,9 @@ tests/oracle/train_torch.py's train_forward runs it in training mode); this scri
   dihedral transforms; use it with --augment dihedral or none, as isl train);
 - the loss of docs/training.md with label weight 1: per label head the mean over the known
   pixels of the 256-bin cross-entropy / ln 256 (bins round(255 v)), their mean over heads;
-- torch.optim.Adam (lr 3e-4, betas 0.9 / 0.999, eps 1e-8; `--lr-drop STEP:RATE`);
+- torch.optim.Adam (lr 3e-4, betas 0.9 / 0.999, eps 1e-8; `--lr-drop STEP:RATE`), or with
+  `--weight-decay L` torch.optim.AdamW whose decay applies to the convolution weights
+  only (the arrays named .../weight), as `isl train --weight-decay L`;
 - batch-norm moving averages as isl keeps them: running = d running + (1 - d) batch with
   the unbiased batch variance, d = --bn-decay (0.99); every head (the autoencoder's too)
   follows the trunk's batch statistics, as in isl;
@@ -34,7 +36,8 @@ tests/oracle/train_torch.py's train_forward runs it in training mode); this scri
   scripts/torch-reference-train.py --dataset DATA.h5 --model INIT.h5 --out MODEL.h5 \\
       --steps 1100 [--crop 378] [--batch 1] [--lr 3e-4] [--bn-decay 0.99] \\
       [--validation X,Y,W,H [--validation-margin 121]] [--augment rot90] [--seed 1] \\
-      [--threads 1] [--checkpoint CKPT] [--checkpoint-every 50] [--log LOG.csv]
+      [--threads 1] [--weight-decay 0] [--checkpoint CKPT] [--checkpoint-every 50] \\
+      [--log LOG.csv]
 """
 import argparse
 import csv
@@ -371,6 +374,8 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lr-drop", help="STEP:RATE")
     p.add_argument("--bn-decay", type=float, default=0.99)
+    p.add_argument("--weight-decay", type=float, default=0.0,
+                   help="AdamW's decoupled decay of the convolution weights (default 0: Adam)")
     p.add_argument("--validation", action="append", default=[], help="X,Y,W,H of well 0")
     p.add_argument("--validation-margin", type=int, default=PAD)
     p.add_argument("--augment", choices=("rot90", "dihedral", "none"), default="rot90")
@@ -408,7 +413,14 @@ def main(argv=None):
           file=sys.stderr)
 
     model = TrainNet(net, a.bn_decay)
-    opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
+    if a.weight_decay > 0:
+        decays = [p_ for k, p_ in zip(model.paths, model.params) if k.endswith("/weight")]
+        rest = [p_ for k, p_ in zip(model.paths, model.params) if not k.endswith("/weight")]
+        opt = torch.optim.AdamW([{"params": decays, "weight_decay": a.weight_decay},
+                                 {"params": rest, "weight_decay": 0.0}],
+                                lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(0.9, 0.999), eps=1e-8)
     rng = np.random.Generator(np.random.PCG64(a.seed))
     step, elapsed = 0, 0.0
     if os.path.exists(ckpt):

@@ -518,7 +518,7 @@ START_TEST(adam_matches_the_formula)
     double W[3] = {1.0, -2.0, 0.5}, M[3] = {0}, V[3] = {0};
     const float *gs[3] = {g1, g2, g1};
     for (int t = 1; t <= 3; t++) {
-        isl_adam_update(&c, t, w, gs[t - 1], m, v, 3);
+        isl_adam_update(&c, t, w, gs[t - 1], m, v, 3, 0);
         double lr = t >= 3 ? 1e-5 : 1e-4;
         ck_assert(isl_adam_rate(&c, t) == lr);
         for (int i = 0; i < 3; i++) {
@@ -532,6 +532,36 @@ START_TEST(adam_matches_the_formula)
     }
     /* The first step moves each weight by about the learning rate. */
     ck_assert(fabs((1.0 - 1e-4) - (double)(float)(1.0 - 1e-4)) < 1e-7);
+}
+END_TEST
+
+/* AdamW: the weights shrink by 1 - lr * decay before the Adam step (torch.optim.AdamW);
+ * an array that does not decay takes the plain Adam step. */
+START_TEST(adam_weight_decay_is_decoupled)
+{
+    isl_adam_config c;
+    isl_adam_defaults(&c);
+    c.learning_rate = 1e-2;
+    c.weight_decay = 5;
+    float w[3] = {1.0f, -2.0f, 0.5f}, m[3] = {0}, v[3] = {0};
+    float u[3] = {1.0f, -2.0f, 0.5f}, mu[3] = {0}, vu[3] = {0};
+    const float g[3] = {0.1f, -0.3f, 0.0f};
+    double W[3] = {1.0, -2.0, 0.5}, M[3] = {0}, V[3] = {0};
+    for (int t = 1; t <= 2; t++) {
+        isl_adam_update(&c, t, w, g, m, v, 3, 1);
+        isl_adam_update(&c, t, u, g, mu, vu, 3, 0);
+        for (int i = 0; i < 3; i++) {
+            M[i] = 0.9 * M[i] + 0.1 * g[i];
+            V[i] = 0.999 * V[i] + 0.001 * g[i] * g[i];
+            W[i] = W[i] * (1 - 1e-2 * 5) -
+                   1e-2 * (M[i] / (1 - pow(0.9, t))) / (sqrt(V[i] / (1 - pow(0.999, t))) + 1e-8);
+            ck_assert_msg(fabs(w[i] - W[i]) < 1e-6, "step %d, w[%d] = %.9g, want %.9g", t, i,
+                          w[i], W[i]);
+        }
+    }
+    /* Without decay a zero gradient leaves the weight; with it, 0.95^2 of it remains. */
+    ck_assert(u[2] == 0.5f);
+    ck_assert(fabs(w[2] - 0.5 * 0.95 * 0.95) < 1e-7);
 }
 END_TEST
 
@@ -953,6 +983,9 @@ START_TEST(invalid_batches_and_options)
     ck_assert_int_eq(isl_train_options_set_adam(o, 1.0, 0.999, 1e-8), ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_int_eq(isl_train_options_set_rate_drop(o, 10, 0), ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_int_eq(isl_train_options_set_threads(o, -1), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_train_options_set_weight_decay(o, -1e-4), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_train_options_set_weight_decay(o, NAN), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_train_options_set_weight_decay(o, 0.05), ISL_OK);
     isl_train_options_free(o);
     isl_trainer *none = NULL;
     ck_assert_int_eq(isl_trainer_create(NULL, NULL, &none), ISL_ERROR_INVALID_ARGUMENT);
@@ -1191,6 +1224,7 @@ int main(int argc, char **argv)
         return dump(argv[2], argv[3], argv[4]);
     const test_case cases[] = {{"loss", loss_values_and_gradient},
                  {"adam", adam_matches_the_formula},
+                 {"adam_weight_decay", adam_weight_decay_is_decoupled},
                  {"masks", masked_labels_get_no_gradient},
                  {"decrease", loss_decreases_on_a_fixed_batch},
                  {"resume", resuming_equals_not_stopping},

@@ -50,6 +50,9 @@ static const char train_help[] =
     "  --lr-drop STEP:RATE      use RATE from STEP on (the paper: 1e-5 in its second week)\n"
     "  --label-weight W         total = W label + (1 - W) autoencoder (default %g)\n"
     "  --bn-decay D             decay of the batch-norm moving averages (default %g)\n"
+    "  --weight-decay L         AdamW's decoupled weight decay of the convolution weights:\n"
+    "                           each step shrinks them by 1 - rate x L first (default 0;\n"
+    "                           give it again on --resume)\n"
     "  --bn-batches K           re-estimate the batch-norm statistics over K batches before\n"
     "                           writing OUT (default 0: keep the moving averages); with\n"
     "                           --freeze-bn, estimate them before the first step instead\n"
@@ -86,7 +89,8 @@ static const char train_help[] =
 
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
-       OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_BN_BATCHES, OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
+       OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_WEIGHT_DECAY, OPT_BN_BATCHES,
+       OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
        OPT_THREADS, OPT_CONTRAST, OPT_VALIDATION_MARGIN, OPT_UNLABELLED,
        OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST, OPT_COMM_TIMEOUT,
        OPT_PIXEL, OPT_BUCKET_MB };
@@ -100,6 +104,7 @@ static const cli_option train_options[] = {
     {"no-augment", 0, 0, OPT_NO_AUGMENT},   {"steps", 0, 1, OPT_STEPS},
     {"lr", 0, 1, OPT_LR},                   {"lr-drop", 0, 1, OPT_LR_DROP},
     {"label-weight", 0, 1, OPT_LABEL_WEIGHT}, {"bn-decay", 0, 1, OPT_BN_DECAY},
+    {"weight-decay", 0, 1, OPT_WEIGHT_DECAY},
     {"bn-batches", 0, 1, OPT_BN_BATCHES},   {"freeze-bn", 0, 0, OPT_FREEZE_BN},
     {"average-from", 0, 1, OPT_AVERAGE_FROM}, {"seed", 0, 1, OPT_SEED},
     {"threads", 0, 1, OPT_THREADS},         {"out", 'o', 1, OPT_OUT},
@@ -152,11 +157,13 @@ static int parse_trainer_option(isl_train_options *o, int id, const char *v)
     static const struct {
         int id;
         const char *name;
+        double max;
         isl_status (*set)(isl_train_options *, double);
     } reals[] = {
-        {OPT_LR, "--lr", isl_train_options_set_learning_rate},
-        {OPT_LABEL_WEIGHT, "--label-weight", isl_train_options_set_label_weight},
-        {OPT_BN_DECAY, "--bn-decay", isl_train_options_set_bn_decay},
+        {OPT_LR, "--lr", 1, isl_train_options_set_learning_rate},
+        {OPT_LABEL_WEIGHT, "--label-weight", 1, isl_train_options_set_label_weight},
+        {OPT_BN_DECAY, "--bn-decay", 1, isl_train_options_set_bn_decay},
+        {OPT_WEIGHT_DECAY, "--weight-decay", 1e6, isl_train_options_set_weight_decay},
     };
     long long threads = 0;
     uint64_t seed = 0;
@@ -173,7 +180,7 @@ static int parse_trainer_option(isl_train_options *o, int id, const char *v)
     }
     for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
         if (reals[i].id == id) {
-            if (cli_parse_double(reals[i].name, v, 0, 1, &x) != 0)
+            if (cli_parse_double(reals[i].name, v, 0, reals[i].max, &x) != 0)
                 return CLI_EXIT_USAGE;
             s = reals[i].set(o, x);
         }
@@ -209,8 +216,8 @@ static int parse_option(train_args *a, int id, const char *v)
         return 0;
     case OPT_LR_DROP: return parse_drop(v, a);
     }
-    if (id == OPT_LR || id == OPT_LABEL_WEIGHT || id == OPT_BN_DECAY || id == OPT_THREADS ||
-        id == OPT_SEED)
+    if (id == OPT_LR || id == OPT_LABEL_WEIGHT || id == OPT_BN_DECAY || id == OPT_WEIGHT_DECAY ||
+        id == OPT_THREADS || id == OPT_SEED)
         return parse_trainer_option(a->options, id, v);
     struct { int id; const char *name; long long min, max, *out; } ints[] = {
         {OPT_CROP, "--crop", ISL_TILE_MIN, 4090, &a->crop},

@@ -16,6 +16,7 @@ typedef struct isl_adam_config {
     int64_t drop_step;      /* steps from this one on (1-based) use late_rate; 0 = never */
     double beta1, beta2;    /* 0.9, 0.999 */
     double epsilon;         /* 1e-8 */
+    double weight_decay;    /* 0: none (AdamW's decoupled decay, Loshchilov and Hutter 2019) */
 } isl_adam_config;
 
 void isl_adam_defaults(isl_adam_config *c);
@@ -23,8 +24,9 @@ void isl_adam_defaults(isl_adam_config *c);
 /* The learning rate of step t (1-based). */
 double isl_adam_rate(const isl_adam_config *c, int64_t t);
 
-/* Step t (1-based) on n parameters w with gradient g and moments m, v. */
+/* Step t (1-based) on n parameters w with gradient g and moments m, v; decays: whether
+ * the weight decay applies to w (convolution weights, not biases or batch-norm scales). */
 void isl_adam_update(const isl_adam_config *c, int64_t t, float *w, const float *g, float *m,
-                     float *v, size_t n);
+                     float *v, size_t n, int decays);
 
 #endif

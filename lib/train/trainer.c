@@ -30,7 +30,7 @@ struct isl_train_options {
 };
 
 static const isl_train_options default_options = {
-    .adam = {1e-4, 1e-5, 0, 0.9, 0.999, 1e-8},
+    .adam = {1e-4, 1e-5, 0, 0.9, 0.999, 1e-8, 0},
     .label_weight = 0.5,
     .bn_decay = 0.99, /* the paper's 0.999 needs far longer runs (docs/training.md) */
     .threads = 0,
@@ -50,6 +50,7 @@ typedef struct param_array {
     float *avg;    /* running mean of w (isl_train_options_set_average_from), or NULL */
     int head;      /* index of the head it belongs to, -1 for the trunk */
     int trainable; /* 0 for batch-norm running statistics */
+    int decays;    /* a convolution's weights: the weight decay applies */
 } param_array;
 
 struct isl_trainer {
@@ -143,6 +144,16 @@ isl_status isl_train_options_set_adam(isl_train_options *o, double beta1, double
     o->adam.beta1 = beta1;
     o->adam.beta2 = beta2;
     o->adam.epsilon = epsilon;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_weight_decay(isl_train_options *o, double decay)
+{
+    NEED_OPTIONS(o);
+    if (!(isfinite(decay) && decay >= 0))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "weight decay %g is negative or not finite",
+                        decay);
+    o->adam.weight_decay = decay;
     return ISL_OK;
 }
 
@@ -276,6 +287,7 @@ static int collect(void *user, const char *path, int rank, const int64_t *dims, 
                 a->head = h;
         }
         a->trainable = !ends_with(path, "/mean") && !ends_with(path, "/var");
+        a->decays = ends_with(path, "/weight"); /* convolutions; not biases, gamma, beta */
     }
     param_array *a = &l->a[l->count++];
     float **slot[5] = {&a->w, &a->g, &a->m, &a->v, &a->avg};
@@ -836,7 +848,8 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
     for (int i = 0; i < t->num_arrays; i++) {
         param_array *a = &t->arrays[i];
         if (updates(t, a))
-            isl_adam_update(&t->opts.adam, step_index, a->w, a->g, a->m, a->v, a->count);
+            isl_adam_update(&t->opts.adam, step_index, a->w, a->g, a->m, a->v, a->count,
+                            a->decays);
     }
     t->step = step_index;
     if (t->opts.average_from > 0 && step_index >= t->opts.average_from)

@@ -695,7 +695,8 @@ def _train_options(learning_rate: Optional[float], label_weight: Optional[float]
                    seed: Optional[int],
                    bn_decay: Optional[float], rate_drop: Optional[Tuple[int, float]],
                    adam: Optional[Tuple[float, float, float]], threads: int,
-                   freeze_trunk: bool, freeze_bn: bool, average_from: int):
+                   freeze_trunk: bool, freeze_bn: bool, average_from: int,
+                   weight_decay: Optional[float]):
     options = _capi.isl_train_options_create()
     try:
         # Only what the caller set: the defaults live in the library.
@@ -713,6 +714,8 @@ def _train_options(learning_rate: Optional[float], label_weight: Optional[float]
             _capi.isl_train_options_set_average_from(options, int(average_from))
         if bn_decay is not None:
             _capi.isl_train_options_set_bn_decay(options, float(bn_decay))
+        if weight_decay is not None:
+            _capi.isl_train_options_set_weight_decay(options, float(weight_decay))
         if rate_drop is not None:
             step, rate = rate_drop
             _capi.isl_train_options_set_rate_drop(options, int(step), float(rate))
@@ -746,6 +749,9 @@ class Trainer(_Closable):
         bn_decay: decay of the batch-norm moving averages (None: the library's 0.99).
         rate_drop: ``(step, rate)``: from 1-based ``step`` on, use learning rate ``rate``.
         adam: ``(beta1, beta2, epsilon)`` (None: 0.9, 0.999, 1e-8).
+        weight_decay: AdamW's decoupled weight decay: each step first shrinks every
+            convolution's weights by ``1 - rate * weight_decay`` (biases and batch-norm
+            gamma and beta do not decay; None: the library's 0, none).
         threads: threads of the training work (0 = all cores).
         freeze_trunk: train only the heads (transfer learning, :meth:`Model.add_heads`):
             the trunk's weights and every batch-norm statistic stay as they are, batch
@@ -764,11 +770,11 @@ class Trainer(_Closable):
                  rate_drop: Optional[Tuple[int, float]] = None,
                  adam: Optional[Tuple[float, float, float]] = None, threads: int = 0,
                  freeze_trunk: bool = False, freeze_bn: bool = False, average_from: int = 0,
-                 _ptr=None) -> None:
+                 weight_decay: Optional[float] = None, _ptr=None) -> None:
         self._lock = threading.Lock()
         self._ptr = None
         options = _train_options(learning_rate, label_weight, seed, bn_decay, rate_drop, adam,
-                                 threads, freeze_trunk, freeze_bn, average_from)
+                                 threads, freeze_trunk, freeze_bn, average_from, weight_decay)
         try:
             if _ptr is None:
                 if not isinstance(model, Model):

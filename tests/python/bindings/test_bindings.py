@@ -1094,6 +1094,46 @@ def test_weight_average(islpy, bindings_tmp):
         assert resumed.average_count == 2
 
 
+def test_weight_decay(islpy, bindings_tmp):
+    """Trainer(weight_decay=L): after one step every convolution weight is the undecayed
+    step's minus lr * L times its initial value; biases, gamma and beta are the undecayed
+    step's (docs/training.md, "What is computed")."""
+    import h5py
+
+    inputs, targets = train_batch()
+    paths = {}
+    for name, decay in (("init", None), ("plain", None), ("decayed", 10.0)):
+        paths[name] = bindings_tmp / ("wd-%s.h5" % name)
+        with tiny_model(islpy) as model:
+            if name == "init":
+                model.save(paths[name])
+                continue
+            with islpy.Trainer(model, learning_rate=1e-3, weight_decay=decay,
+                               threads=THREADS) as t:
+                t.step(inputs, targets)
+                with t.model() as m:
+                    m.save(paths[name])
+    with pytest.raises(islpy.InvalidArgumentError, match="weight decay"):
+        with tiny_model(islpy) as model:
+            islpy.Trainer(model, weight_decay=-1.0)
+    arrays = {}
+    for name, path in paths.items():
+        with h5py.File(path, "r") as f:
+            arrays[name] = {}
+            f.visititems(lambda k, o: arrays[name].__setitem__(k, o[()])
+                         if isinstance(o, h5py.Dataset) and o.dtype.kind == "f" else None)
+    init, plain, decayed = arrays["init"], arrays["plain"], arrays["decayed"]
+    weights = [k for k in init if k.endswith("/weight")]
+    assert len(weights) > 10
+    for k in init:
+        if k in weights:
+            np.testing.assert_allclose(decayed[k], plain[k] - 1e-3 * 10.0 * init[k], rtol=0,
+                                       atol=2e-7, err_msg=k)
+        else:
+            np.testing.assert_array_equal(decayed[k], plain[k], err_msg=k)
+    assert max(np.abs(init[k]).max() for k in weights) * 1e-2 > 1e-4
+
+
 def test_trainer_bad_batches(islpy):
     inputs, targets = train_batch()
     with tiny_model(islpy) as model, islpy.Trainer(model, threads=THREADS) as t:

@@ -160,3 +160,42 @@ def test_rot90_augment_draws_rotations_only(data):
     assert min(xs) == 13 and max(xs) == 32
     a = np.arange(9).reshape(3, 3)
     assert [any((m.dihedral(a, t) == np.rot90(a, k)).all() for t in seen) for k in range(4)] == [True] * 4
+
+
+def test_weight_decay_is_adamw_on_the_convolution_weights(runs, data, run_isl, tmp_path):
+    """`isl train --weight-decay L` after one step: every convolution weight is the
+    undecayed step's minus lr * L times its initial value (the first gradient is taken at
+    the initial weights either way), everything else is the undecayed step's; and it is
+    what torch.optim.AdamW with the decay on the .../weight arrays computes. With label
+    weight 1 the autoencoder head has no gradient and, as in PyTorch, neither steps nor
+    decays."""
+    decay, lr = 20.0, 1e-3
+    r = run_isl("train", "--dataset", data / "data.h5", "--model", data / "init.h5",
+                "--out", tmp_path / "isl.h5", "--steps", 1, "--label-weight", 1,
+                "--validate-every", 0, "--weight-decay", decay, *COMMON)
+    assert r.returncode == 0, r.stderr
+    torch_train(data, tmp_path / "torch.h5", 1, "--sampler", "isl", "--augment", "dihedral",
+                "--weight-decay", decay)
+    wd, plain, init = arrays(tmp_path / "isl.h5"), arrays(runs / "isl1.h5"), arrays(data / "init.h5")
+    ref = arrays(tmp_path / "torch.h5")
+    weights = [k for k in wd if k.endswith("/weight") and "autoencoder" not in k]
+    assert len(weights) > 100
+    for k in wd:
+        if wd[k].dtype.kind != "f":
+            continue
+        if k in weights:
+            np.testing.assert_allclose(wd[k], plain[k] - lr * decay * init[k], rtol=0,
+                                       atol=2e-7, err_msg=k)
+        else:
+            np.testing.assert_array_equal(wd[k], plain[k], err_msg=k)
+    shrink = max(np.abs(lr * decay * init[k]).max() for k in weights)
+    assert shrink > 1e-3                       # the decay is far above the tolerance below
+    bad = total = 0
+    for k in weights:
+        d = np.abs(ref[k] - wd[k])
+        bad += int((d > 3e-5).sum())
+        total += d.size
+    assert bad <= total // 200, (bad, total)
+    r = run_isl("train", "--dataset", data / "data.h5", "--model", data / "init.h5",
+                "--out", tmp_path / "bad.h5", "--steps", 1, "--weight-decay", -1, *COMMON)
+    assert r.returncode == 2 and "--weight-decay" in r.stderr and not (tmp_path / "bad.h5").exists()
