@@ -53,9 +53,9 @@ static void transpose(const double *src, int rows, int cols, double *dst)
                     dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
 }
 
-/* Blurs each of `lines` lines of length n of src (floats if srcf, else doubles) into dst. */
-static isl_status blur_lines(const float *srcf, const double *srcd, int lines, int n,
-                             const double *k, int radius, double *dst)
+/* Blurs each of `lines` lines of length n of src into dst. */
+static isl_status blur_lines(const double *src, int lines, int n, const double *k, int radius,
+                             double *dst)
 {
     int failed = 0;
 #pragma omp parallel
@@ -72,7 +72,7 @@ static isl_status blur_lines(const float *srcf, const double *srcd, int lines, i
             const size_t at = (size_t)l * n;
             for (int x = -radius; x < n + radius; x++) {
                 const int j = isl_pp_reflect(x, n);
-                ext[x + radius] = srcf ? srcf[at + j] : srcd[at + j];
+                ext[x + radius] = src[at + j];
             }
             blur_line(ext, k, radius, n, dst + at);
         }
@@ -98,10 +98,12 @@ isl_status isl_pp_gaussian_blur(float *image, int height, int width, double sigm
     /* Along rows, then along the columns as rows of the transpose: every pass reads its
      * lines contiguously (a column pass over whole rows would stream 2 radius + 1 rows
      * through the cache for each output row). */
-    isl_status st = blur_lines(image, NULL, height, width, k, radius, a);
+    for (size_t i = 0; i < n; i++)
+        b[i] = image[i];
+    isl_status st = blur_lines(b, height, width, k, radius, a);
     if (st == ISL_OK) {
         transpose(a, height, width, b);
-        st = blur_lines(NULL, b, width, height, k, radius, a);
+        st = blur_lines(b, width, height, k, radius, a);
     }
     if (st == ISL_OK) {
 #pragma omp parallel for schedule(static)
