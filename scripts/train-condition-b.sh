@@ -37,7 +37,7 @@ if [ -f "$run/model.checkpoint.h5" ]; then
 fi
 OMP_WAIT_POLICY=passive "$isl" train --dataset "$run/data.h5" "${start[@]}" \
   --out "$run/model.h5" --steps "$steps" --crop 378 --batch 1 --label-weight 1 \
-  --lr 3e-3 --lr-drop 450:3e-4 --bn-decay 0.99 --checkpoint-every 50 --seed "$seed" \
-  --threads "${THREADS:-1}"
+  --lr 3e-3 --lr-drop 450:3e-4 --bn-decay 0.99 --weight-decay "${WEIGHT_DECAY:-0}" \
+  --checkpoint-every 50 --seed "$seed" --threads "${THREADS:-1}"
 cp "$run/model.h5" "$out.tmp" && mv "$out.tmp" "$out"
 echo "train-condition-b: wrote $out"
