@@ -986,6 +986,12 @@ START_TEST(invalid_batches_and_options)
     ck_assert_int_eq(isl_train_options_set_weight_decay(o, -1e-4), ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_int_eq(isl_train_options_set_weight_decay(o, NAN), ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_int_eq(isl_train_options_set_weight_decay(o, 0.05), ISL_OK);
+    /* A decay whose product with the rate reaches 1 would zero or flip every weight. */
+    ck_assert_int_eq(isl_train_options_set_weight_decay(o, 1e4), ISL_OK);
+    isl_trainer *decayed = NULL;
+    ck_assert_int_eq(isl_trainer_create(m, o, &decayed), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_ptr_null(decayed);
+    ck_assert_ptr_nonnull(strstr(isl_last_error(), "weight decay"));
     isl_train_options_free(o);
     isl_trainer *none = NULL;
     ck_assert_int_eq(isl_trainer_create(NULL, NULL, &none), ISL_ERROR_INVALID_ARGUMENT);

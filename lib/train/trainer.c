@@ -395,7 +395,14 @@ static isl_status trainer_from_params(isl_params *p, const isl_train_options *o,
         P->num_heads > 0 && !strcmp(P->heads[P->num_heads - 1].name, ISL_AUTOENCODER_NAME);
     t->num_labels = P->num_heads - t->has_autoencoder;
     isl_status s = ISL_OK;
-    if (!t->has_autoencoder && t->opts.label_weight < 1)
+    const isl_adam_config *A = &t->opts.adam;
+    const double top_rate = A->drop_step > 0 ? fmax(A->learning_rate, A->late_rate)
+                                             : A->learning_rate;
+    if (A->weight_decay * top_rate >= 1) /* a step would zero or flip every weight */
+        s = isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                     "weight decay %g times the learning rate %g is 1 or more", A->weight_decay,
+                     top_rate);
+    else if (!t->has_autoencoder && t->opts.label_weight < 1)
         s = isl_fail(ISL_ERROR_INVALID_ARGUMENT,
                      "the model has no autoencoder head: training needs label weight 1 (it is %g)",
                      t->opts.label_weight);
