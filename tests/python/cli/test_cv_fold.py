@@ -57,8 +57,8 @@ def test_fold1_generalizes_to_its_strip(run_isl, tmp_path):
     r = run_isl("train", "--dataset", tmp_path / "data.h5", "--model", tmp_path / "init.h5",
                 "--out", tmp_path / "m.h5", "--steps", 600, "--crop", 378, "--batch", 1,
                 "--lr", 1e-3, "--lr-drop", "450:1e-4", "--freeze-bn", "--bn-batches", 50,
-                "--average-from", 300, "--label-weight", 1, "--validation", "160,0,160,1024", "--validation-margin", 121,
-                "--validate-every", 0, "--seed", 1, "--threads", 1, timeout=4 * 3600)
+                "--average-from", 300, "--label-weight", 1, "--validation", "160,0,160,1024",
+                "--validation-margin", 121, "--validate-every", 0, "--seed", 1, "--threads", 1, timeout=4 * 3600)
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "m.log.csv", newline="") as f:
         last = [row for row in csv.DictReader(f) if row["loss_total"] == ""][-1]
