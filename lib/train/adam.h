@@ -3,7 +3,10 @@
  * (torch.optim.Adam without weight decay):
  *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
  *   w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
- * The optimizer state is the two moments per parameter and the step count t. */
+ * The optimizer state is the two moments per parameter and, for the bias correction, the
+ * number of updates the parameter has had: a head left out of a step (no known pixel of
+ * its label) takes no update and does not count it, as torch.optim.Adam skips a parameter
+ * without gradient; the learning-rate schedule follows the trainer's step count. */
 #ifndef ISL_ADAM_H
 #define ISL_ADAM_H
 
@@ -24,9 +27,10 @@ void isl_adam_defaults(isl_adam_config *c);
 /* The learning rate of step t (1-based). */
 double isl_adam_rate(const isl_adam_config *c, int64_t t);
 
-/* Step t (1-based) on n parameters w with gradient g and moments m, v; decays: whether
- * the weight decay applies to w (convolution weights, not biases or batch-norm scales). */
-void isl_adam_update(const isl_adam_config *c, int64_t t, float *w, const float *g, float *m,
-                     float *v, size_t n, int decays);
+/* The k-th update (1-based) of n parameters w with gradient g and moments m, v, at the
+ * trainer's step t (1-based; it sets the learning rate); decays: whether the weight decay
+ * applies to w (convolution weights, not biases or batch-norm scales). */
+void isl_adam_update(const isl_adam_config *c, int64_t t, int64_t k, float *w, const float *g,
+                     float *m, float *v, size_t n, int decays);
 
 #endif

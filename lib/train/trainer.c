@@ -17,6 +17,7 @@
 #define CHECKPOINT_VERSION 1
 #define OPTIMIZER_GROUP "/optimizer"
 #define AVERAGE_GROUP OPTIMIZER_GROUP "/average" /* present once averaging has begun */
+#define UPDATES_GROUP OPTIMIZER_GROUP "/updates" /* one attribute per head: its Adam updates */
 
 struct isl_train_options {
     isl_adam_config adam;
@@ -63,6 +64,7 @@ struct isl_trainer {
     dnnl_engine_t engine;
     isl_train_net *net;
     int64_t step;
+    int64_t *updates;  /* [num_heads + 1] Adam updates of the trunk (0) and of head h (h + 1) */
     uint64_t rng;
     int *active;       /* [num_heads] heads computed by the current step */
     int64_t *counts;   /* [num_labels] known pixels */
@@ -366,6 +368,7 @@ void isl_trainer_free(isl_trainer *t)
     isl_params_free(&t->avg);
     free(t->arrays);
     free(t->active);
+    free(t->updates);
     free(t->counts);
     free(t->losses);
     free(t->logits);
@@ -437,11 +440,12 @@ static isl_status trainer_from_params(isl_params *p, const isl_train_options *o,
     }
     if (s == ISL_OK) {
         t->active = calloc((size_t)(P->num_heads + 1), sizeof(int));
+        t->updates = calloc((size_t)(P->num_heads + 1), sizeof(int64_t));
         t->counts = calloc((size_t)(t->num_labels + 1), sizeof(int64_t));
         t->losses = calloc((size_t)(t->num_labels + 3), sizeof(double));
         t->logits = calloc((size_t)(t->num_labels + 1), sizeof(*t->logits));
         t->dlogits = calloc((size_t)(t->num_labels + 1), sizeof(*t->dlogits));
-        if (!t->active || !t->counts || !t->losses || !t->logits || !t->dlogits)
+        if (!t->active || !t->updates || !t->counts || !t->losses || !t->logits || !t->dlogits)
             s = isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
     }
     if (s == ISL_OK && dnnl_engine_create(&t->engine, dnnl_cpu, 0) != dnnl_success)
@@ -852,11 +856,14 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
 
     ISL_CHECK(backward(t));
     const int64_t step_index = t->step + 1;
+    t->updates[0] += !t->opts.freeze_trunk;
+    for (int h = 0; h < t->params.num_heads; h++)
+        t->updates[h + 1] += t->active[h] != 0;
     for (int i = 0; i < t->num_arrays; i++) {
         param_array *a = &t->arrays[i];
         if (updates(t, a))
-            isl_adam_update(&t->opts.adam, step_index, a->w, a->g, a->m, a->v, a->count,
-                            a->decays);
+            isl_adam_update(&t->opts.adam, step_index, t->updates[a->head + 1], a->w, a->g,
+                            a->m, a->v, a->count, a->decays);
     }
     t->step = step_index;
     if (t->opts.average_from > 0 && step_index >= t->opts.average_from)
@@ -912,6 +919,10 @@ static isl_status write_optimizer(void *user, isl_h5_file *f)
     ISL_CHECK(isl_h5_write_u64_attr(f, OPTIMIZER_GROUP, "version", CHECKPOINT_VERSION));
     ISL_CHECK(isl_h5_write_u64_attr(f, OPTIMIZER_GROUP, "step", (uint64_t)t->step));
     ISL_CHECK(isl_h5_write_u64_attr(f, OPTIMIZER_GROUP, "rng_state", t->rng));
+    ISL_CHECK(isl_h5_write_u64_attr(f, OPTIMIZER_GROUP, "trunk_updates", (uint64_t)t->updates[0]));
+    for (int h = 0; h < t->params.num_heads; h++)
+        ISL_CHECK(isl_h5_write_u64_attr(f, UPDATES_GROUP, t->params.heads[h].name,
+                                        (uint64_t)t->updates[h + 1]));
     char path[400];
     for (int i = 0; i < t->num_arrays; i++) {
         const param_array *a = &t->arrays[i];
@@ -943,6 +954,30 @@ typedef struct load_ctx {
     const char *file;
 } load_ctx;
 
+/* Each head's and the trunk's count of Adam updates; a checkpoint written before isl 0.10.2
+ * has none, and its updates were bias-corrected with the step count, which they keep. */
+static isl_status read_updates(const load_ctx *c, isl_h5_file *f, uint64_t step)
+{
+    isl_trainer *t = c->t;
+    const int H = t->params.num_heads;
+    uint64_t n = step;
+    if (!isl_h5_exists(f, UPDATES_GROUP)) {
+        for (int g = 0; g <= H; g++)
+            t->updates[g] = (int64_t)step;
+        return ISL_OK;
+    }
+    for (int g = 0; g <= H; g++) {
+        const char *name = g ? t->params.heads[g - 1].name : "trunk_updates";
+        ISL_CHECK(isl_h5_read_u64_attr(f, g ? UPDATES_GROUP : OPTIMIZER_GROUP, name, &n));
+        if (n > step)
+            return isl_fail(ISL_ERROR_FORMAT, "%s: %llu updates of %s after step %llu", c->file,
+                            (unsigned long long)n, g ? name : "the trunk",
+                            (unsigned long long)step);
+        t->updates[g] = (int64_t)n;
+    }
+    return ISL_OK;
+}
+
 static isl_status read_optimizer(void *user, isl_h5_file *f)
 {
     const load_ctx *c = user;
@@ -959,6 +994,7 @@ static isl_status read_optimizer(void *user, isl_h5_file *f)
     ISL_CHECK(isl_h5_read_u64_attr(f, OPTIMIZER_GROUP, "step", &step));
     ISL_CHECK(isl_h5_read_u64_attr(f, OPTIMIZER_GROUP, "rng_state", &t->rng));
     t->step = (int64_t)step;
+    ISL_CHECK(read_updates(c, f, step));
     char path[400];
     for (int i = 0; i < t->num_arrays; i++) {
         param_array *a = &t->arrays[i];
