@@ -865,7 +865,8 @@ START_TEST(absent_heads_are_not_updated)
     ck_assert_int_eq(isl_trainer_model(t, &second), ISL_OK);
     size_t near_lr = 0, moved = 0;
     for (size_t i = 0; i < n; i++) {
-        const double d = fabs((double)second->params.heads[1].weight[i] - after->params.heads[1].weight[i]);
+        const double d = fabs((double)second->params.heads[1].weight[i] -
+                              after->params.heads[1].weight[i]);
         moved += d > 0;
         near_lr += fabs(d / 1e-3 - 1) < 0.01;
     }

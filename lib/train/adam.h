@@ -2,9 +2,9 @@
  * late in training, betas 0.9 / 0.999, epsilon 1e-8. The update is PyTorch's
  * (torch.optim.Adam without weight decay):
  *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
- *   w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
- * The optimizer state is the two moments per parameter and, for the bias correction, the
- * number of updates the parameter has had: a head left out of a step (no known pixel of
+ *   w -= lr / (1 - b1^k) * m / (sqrt(v) / sqrt(1 - b2^k) + eps)
+ * The optimizer state is the two moments per parameter and, for the bias correction, k,
+ * the number of updates the parameter has had: a head left out of a step (no known pixel of
  * its label) takes no update and does not count it, as torch.optim.Adam skips a parameter
  * without gradient; the learning-rate schedule follows the trainer's step count. */
 #ifndef ISL_ADAM_H

@@ -665,11 +665,17 @@ static isl_status global_batch(isl_trainer *t, const isl_train_batch *b, int64_t
     return s;
 }
 
-/* Whether a step updates an array: heads without known pixels are not updated at all
- * (no momentum either); a frozen trunk keeps its weights and moments. */
+/* Whether a step updates the trunk (head -1) or a head: heads without known pixels are
+ * not updated at all (no momentum either); a frozen trunk keeps its weights and moments. */
+static int group_updates(const isl_trainer *t, int head)
+{
+    return head < 0 ? !t->opts.freeze_trunk : t->active[head] != 0;
+}
+
+/* Whether a step updates an array (batch-norm statistics never train). */
 static int updates(const isl_trainer *t, const param_array *a)
 {
-    return a->trainable && (a->head < 0 ? !t->opts.freeze_trunk : t->active[a->head]);
+    return a->trainable && group_updates(t, a->head);
 }
 
 /* Sums the gradients of the arrays this step updates over the processes: packed into
@@ -856,9 +862,8 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
 
     ISL_CHECK(backward(t));
     const int64_t step_index = t->step + 1;
-    t->updates[0] += !t->opts.freeze_trunk;
-    for (int h = 0; h < t->params.num_heads; h++)
-        t->updates[h + 1] += t->active[h] != 0;
+    for (int h = -1; h < t->params.num_heads; h++)
+        t->updates[h + 1] += group_updates(t, h);
     for (int i = 0; i < t->num_arrays; i++) {
         param_array *a = &t->arrays[i];
         if (updates(t, a))
@@ -960,7 +965,7 @@ static isl_status read_updates(const load_ctx *c, isl_h5_file *f, uint64_t step)
 {
     isl_trainer *t = c->t;
     const int H = t->params.num_heads;
-    uint64_t n = step;
+    uint64_t n;
     if (!isl_h5_exists(f, UPDATES_GROUP)) {
         for (int g = 0; g <= H; g++)
             t->updates[g] = (int64_t)step;

@@ -3,11 +3,11 @@ recipe of docs/training.md ("Frozen statistics on the folds"), the recipe of the
 model, retrained on one cross-validation fold of the real well reaches, on the strip it
 never saw, what the recorded run reached.
 
-It runs scripts/cv-condition-b.sh itself (FOLDS=1 SEEDS=1, its default recipe), so the test
-follows the recipe the script defines. Fold 1 holds out columns 160..319 of the labelled columns 0..639 (all rows) and, with the
-121-pixel margin, trains on columns 0..38 and 441..639 only: the fold where the plain
-recipe painted 43.6% of the strip's dark background bright (issue #15), so a regression
-towards it fails here. `isl train` validates on the strip at the end (the mean of the
+It runs scripts/cv-condition-b.sh itself (FOLDS=1 SEEDS=1, its default recipe), so the
+test follows the recipe the script defines. Fold 1 holds out columns 160..319 of the
+labelled columns 0..639 (all rows) and, with the 121-pixel margin, trains on columns
+0..38 and 441..639 only: the fold where the plain recipe painted 43.6% of the strip's dark
+background bright (issue #15), so a regression towards it fails here. `isl train` validates on the strip at the end (the mean of the
 weights with the frozen statistics, the model it writes). Its r per label must reach the
 recorded thresholds and its painted share of the strip's dark background may not exceed
 the recorded one by more than a point (nor 2% where the recorded run stayed under it).

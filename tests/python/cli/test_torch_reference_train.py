@@ -222,7 +222,8 @@ def test_a_head_absent_from_a_batch_is_bias_corrected_by_its_own_updates(data, r
                 "--out", d / "isl.h5", "--steps", 2, "--label-weight", 1,
                 "--validate-every", 0, *common)
     assert r.returncode == 0, r.stderr
-    losses = list(csv.DictReader(open(d / "isl.log.csv", newline="")))
+    with open(d / "isl.log.csv", newline="") as f:
+        losses = list(csv.DictReader(f))
     assert [row["loss_b"] != "" for row in losses if row["loss_total"] != ""] == [False, True]
     r = subprocess.run([sys.executable, str(SCRIPT), "--dataset", str(d / "data.h5"),
                         "--model", str(data / "init.h5"), "--out", str(d / "torch.h5"),
