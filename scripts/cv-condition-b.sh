@@ -11,13 +11,15 @@
 #   FOLDS="0 1 2 3" SEEDS="1 2" scripts/cv-condition-b.sh
 #
 # The recipe is set by environment variables (defaults: the frozen recipe of
-# docs/training.md, that of the bundled model): BASE, BATCH, CROP, STEPS, LR, LR_DROP
-# (STEP:RATE, empty for none), BN_ARGS (how batch norms train; default frozen statistics
-# estimated over 50 crops, and the mean of the weights from step 300; empty: batch
-# statistics), BN_DECAY, LABEL_WEIGHT, AUGMENT_ARGS, EXTRA_ARGS (more `isl train`
-# options), THREADS (default 1), ISL (the isl binary). The fast recipe (batch
-# statistics): LR=3e-3 LR_DROP=450:3e-4 BN_ARGS= scripts/cv-condition-b.sh; the plain
-# recipe of issue #15: STEPS=1100 LR=3e-4 LR_DROP= BN_ARGS= scripts/cv-condition-b.sh
+# docs/training.md, that of the bundled model): BASE, BATCH, CROP, STEPS (default 1,200),
+# LR, LR_DROP (STEP:RATE, empty for none; default 1e-4 for the last quarter of the
+# steps), BN_ARGS (how batch norms train; default frozen statistics estimated over 50
+# crops, and the mean of the weights of the second half; empty: batch statistics),
+# BN_DECAY, LABEL_WEIGHT, AUGMENT_ARGS, EXTRA_ARGS (more `isl train` options), THREADS
+# (default 1), ISL (the isl binary). The frozen recipe until 0.10.2: STEPS=600; the fast
+# recipe (batch statistics): STEPS=600 LR=3e-3 LR_DROP=450:3e-4 BN_ARGS=
+# scripts/cv-condition-b.sh; the plain recipe of issue #15: STEPS=1100 LR=3e-4 LR_DROP=
+# BN_ARGS= scripts/cv-condition-b.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +29,10 @@ isl=${ISL:-build/tools/isl}
 folds=${FOLDS:-0 1 2 3}
 seeds=${SEEDS:-1}
 strip=160
+steps=${STEPS:-1200}
 # Frozen statistics from the start, and the mean of the weights of the last half.
-bn_args=${BN_ARGS---freeze-bn --bn-batches 50 --average-from 300}
+bn_args=${BN_ARGS---freeze-bn --bn-batches 50 --average-from $((steps / 2))}
+lr_drop=${LR_DROP-$((steps * 3 / 4)):1e-4}
 
 # shellcheck source=scripts/lib-condition-b.sh
 . scripts/lib-condition-b.sh
@@ -45,11 +49,11 @@ for seed in $seeds; do
     fi
     start=(--model "$dir/init.h5")
     drop=()
-    [ -n "${LR_DROP-450:1e-4}" ] && drop=(--lr-drop "${LR_DROP-450:1e-4}")
+    [ -n "$lr_drop" ] && drop=(--lr-drop "$lr_drop")
     [ -f "$dir/model.checkpoint.h5" ] && start=(--resume "$dir/model.checkpoint.h5")
     # shellcheck disable=SC2086
     OMP_WAIT_POLICY=passive "$isl" train --dataset "$run/data.h5" "${start[@]}" \
-      --out "$dir/model.h5" --steps "${STEPS:-600}" --crop "${CROP:-378}" \
+      --out "$dir/model.h5" --steps "$steps" --crop "${CROP:-378}" \
       --batch "${BATCH:-1}" --lr "${LR:-1e-3}" "${drop[@]}" --bn-decay "${BN_DECAY:-0.99}" \
       --label-weight "${LABEL_WEIGHT:-1}" --validation "$((fold * strip)),0,$strip,1024" \
       --validation-margin 121 --validate-every "${VALIDATE_EVERY:-250}" \
