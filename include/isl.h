@@ -578,6 +578,23 @@ ISL_API isl_status isl_sampler_set_augment(isl_sampler *sampler, int enable);
  *  1.22). Drawn from the same random value as the crop's transform, so a seed draws the
  *  same wells, positions and transforms with any amount. */
 ISL_API isl_status isl_sampler_set_contrast_jitter(isl_sampler *sampler, double amount);
+/** Random gamma of the crops' inputs (default 0: off): every value v of a crop (in [0, 1])
+ *  becomes v^e, one exponent e = e^u per crop, u uniform in [-amount, amount]; amount in
+ *  [0, 1] (0.3: exponents 0.74 to 1.35). Applied after the contrast jitter. */
+ISL_API isl_status isl_sampler_set_gamma_jitter(isl_sampler *sampler, double amount);
+/** Random blur of the crops' inputs (default 0: off): every plane of a crop is blurred by
+ *  one Gaussian of standard deviation uniform in [0, sigma] pixels per crop (edges
+ *  reflected, cut at 4 standard deviations); sigma in [0, 8]. Applied first, before the
+ *  contrast jitter, like a focus or optics change. */
+ISL_API isl_status isl_sampler_set_blur(isl_sampler *sampler, double sigma);
+/** Random noise of the crops' inputs (default 0: off): each value gets independent,
+ *  nearly Gaussian noise (the sum of four uniform values, bounded at 3.46 standard
+ *  deviations) of one standard deviation per crop, uniform in [0, sd], then is clipped to
+ *  [0, 1]; sd in [0, 0.5] (inputs normalized "global" have standard deviation 0.125).
+ *  Applied last. Contrast, gamma, blur and noise draw their amounts from the crop's own
+ *  random value, so a seed draws the same wells, positions, transforms and amounts with
+ *  any combination of them. */
+ISL_API isl_status isl_sampler_set_noise(isl_sampler *sampler, double sd);
 /** Semi-supervised training (STAR Methods: the autoencoder learns from unlabelled images
  *  too): a share of the crops, in [0, 1] (default 0), is drawn anywhere in the wells, a
  *  well in proportion to its pixels that are not held out and a position uniformly among

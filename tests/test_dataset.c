@@ -1119,6 +1119,49 @@ START_TEST(sampler_contrast_jitter_scales_about_the_mean)
 }
 END_TEST
 
+/* Gamma, blur and noise (their effect on a crop: tests/test_augment.c) change the inputs
+ * only: the same seed draws the same targets and masks, 0 turns each off again, and
+ * amounts out of range are refused. */
+START_TEST(sampler_photometric_options_change_inputs_only)
+{
+    sampler_fixture f = sampler_fixture_open(12);
+    isl_sampler *s = f.s;
+    const size_t inputs = (size_t)8 * NZ * 266 * 266, outs = (size_t)8 * 2 * 24 * 24;
+    batch plain = alloc_batch(8, 266, NZ, 2), changed = alloc_batch(8, 266, NZ, 2);
+    draw(s, 300, &plain);
+    ck_assert_int_eq(isl_sampler_set_gamma_jitter(s, 0.3), ISL_OK);
+    ck_assert_int_eq(isl_sampler_set_blur(s, 1.5), ISL_OK);
+    ck_assert_int_eq(isl_sampler_set_noise(s, 0.03), ISL_OK);
+    draw(s, 300, &changed);
+    ck_assert_mem_eq(plain.targets, changed.targets, sizeof(float) * outs);
+    ck_assert_mem_eq(plain.masks, changed.masks, outs);
+    size_t differ = 0;
+    for (size_t k = 0; k < inputs; k++) {
+        ck_assert(changed.inputs[k] >= 0.0f && changed.inputs[k] <= 1.0f);
+        differ += changed.inputs[k] != plain.inputs[k];
+    }
+    ck_assert_msg(differ > inputs * 9 / 10, "only %zu of %zu inputs changed", differ, inputs);
+    ck_assert_int_eq(isl_sampler_set_gamma_jitter(s, 0), ISL_OK);
+    ck_assert_int_eq(isl_sampler_set_blur(s, 0), ISL_OK);
+    ck_assert_int_eq(isl_sampler_set_noise(s, 0), ISL_OK);
+    draw(s, 300, &changed);
+    ck_assert_mem_eq(plain.inputs, changed.inputs, sizeof(float) * inputs);
+    expect_status(isl_sampler_set_gamma_jitter(s, 1.5), ISL_ERROR_INVALID_ARGUMENT,
+                  "outside [0, 1]");
+    expect_status(isl_sampler_set_gamma_jitter(s, NAN), ISL_ERROR_INVALID_ARGUMENT, NULL);
+    expect_status(isl_sampler_set_blur(s, 8.5), ISL_ERROR_INVALID_ARGUMENT, "outside [0, 8]");
+    expect_status(isl_sampler_set_blur(s, -1), ISL_ERROR_INVALID_ARGUMENT, NULL);
+    expect_status(isl_sampler_set_noise(s, 0.6), ISL_ERROR_INVALID_ARGUMENT, "outside [0, 0.5]");
+    expect_status(isl_sampler_set_noise(s, INFINITY), ISL_ERROR_INVALID_ARGUMENT, NULL);
+    expect_status(isl_sampler_set_noise(NULL, 0.1), ISL_ERROR_INVALID_ARGUMENT, NULL);
+    expect_status(isl_sampler_set_blur(NULL, 0.1), ISL_ERROR_INVALID_ARGUMENT, NULL);
+    expect_status(isl_sampler_set_gamma_jitter(NULL, 0.1), ISL_ERROR_INVALID_ARGUMENT, NULL);
+    free_batch(&plain);
+    free_batch(&changed);
+    sampler_fixture_close(&f);
+}
+END_TEST
+
 START_TEST(sampler_held_out_pixels_are_masked)
 {
     sampler_fixture f = sampler_fixture_open(10);
@@ -1501,6 +1544,7 @@ int main(void)
         {"sampler_crops", sampler_crops_match_an_independent_extraction},
         {"sampler_augment", sampler_augmentation_is_one_dihedral_transform},
         {"sampler_contrast", sampler_contrast_jitter_scales_about_the_mean},
+        {"sampler_photometric", sampler_photometric_options_change_inputs_only},
         {"sampler_unlabelled", sampler_unlabelled_share_draws_anywhere},
         {"sampler_hold_out", sampler_held_out_pixels_are_masked},
         {"sampler_labels", sampler_maps_heads_to_labels_by_name},

@@ -7,6 +7,7 @@
 #include "dataset.h"
 
 #include "arch.h"
+#include "augment.h"
 #include "error.h"
 #include "params.h"
 #include "input.h"
@@ -55,7 +56,7 @@ struct isl_sampler {
     int crop, out, num_z;
     int num_labels;         /* L: the model's label heads */
     int augment;
-    double contrast;        /* jitter amount a: contrast factors e^u, u in [-a, a]; 0: off */
+    isl_photometric photometric; /* contrast, gamma, blur and noise of the inputs; 0: off */
     double unlabelled;      /* share of crops drawn anywhere, labelled or not; 0: off */
     int from_labels;        /* 1: windows holding a known label pixel; 0: no label is known
                                anywhere, windows holding a pixel that is not held out */
@@ -341,7 +342,40 @@ isl_status isl_sampler_set_contrast_jitter(isl_sampler *s, double amount)
     if (!(amount >= 0.0 && amount <= 1.0))
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
                         "contrast jitter %g is outside [0, 1] (factors e^-a .. e^a)", amount);
-    s->contrast = amount;
+    s->photometric.contrast = amount;
+    return ISL_OK;
+}
+
+isl_status isl_sampler_set_gamma_jitter(isl_sampler *s, double amount)
+{
+    if (!s)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_set_gamma_jitter: sampler is NULL");
+    if (!(amount >= 0.0 && amount <= 1.0))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "gamma jitter %g is outside [0, 1] (exponents e^-a .. e^a)", amount);
+    s->photometric.gamma = amount;
+    return ISL_OK;
+}
+
+isl_status isl_sampler_set_blur(isl_sampler *s, double sigma)
+{
+    if (!s)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_set_blur: sampler is NULL");
+    if (!(sigma >= 0.0 && sigma <= 8.0))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "blur %g is outside [0, 8] (the largest sigma in pixels)", sigma);
+    s->photometric.blur = sigma;
+    return ISL_OK;
+}
+
+isl_status isl_sampler_set_noise(isl_sampler *s, double sd)
+{
+    if (!s)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_set_noise: sampler is NULL");
+    if (!(sd >= 0.0 && sd <= 0.5))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "noise %g is outside [0, 0.5] (the largest standard deviation)", sd);
+    s->photometric.noise = sd;
     return ISL_OK;
 }
 
@@ -530,19 +564,6 @@ static void copy_plane(float *dst, const float *src, int n, walk k)
     }
 }
 
-/* Scales a plane's contrast about its mean by `factor`, clipped to [0, 1] as inputs must be. */
-static void scale_contrast(float *plane, size_t n, double factor)
-{
-    double sum = 0;
-    for (size_t i = 0; i < n; i++)
-        sum += plane[i];
-    const float mean = (float)(sum / (double)n), f = (float)factor;
-    for (size_t i = 0; i < n; i++) {
-        float v = mean + (plane[i] - mean) * f;
-        plane[i] = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
-    }
-}
-
 /* One label's output window: values where known and not held out, else 0 and mask 0. */
 static void copy_target(float *values, uint8_t *mask, const head_target *t,
                         const uint8_t *held, size_t offset, int n, walk k)
@@ -615,14 +636,12 @@ isl_status isl_sampler_draw_part(const isl_sampler *s, uint64_t seed, int first,
         /* The crop's top-left in padded coordinates is the window's in well coordinates. */
         const float *origin = w->padded + (size_t)oy * (size_t)pw + (size_t)ox;
         walk in_walk = make_walk(t, crop, pw);
-        /* r's high bits (independent of t's low ones) give the crop's contrast factor. */
-        const double u = (double)(r >> 11) * 0x1.0p-53 * 2.0 - 1.0;
-        for (int z = 0; z < s->num_z; z++) {
-            float *plane = inputs + ((size_t)b * s->num_z + z) * crop_plane;
-            copy_plane(plane, origin + (size_t)z * padded_plane, crop, in_walk);
-            if (s->contrast > 0)
-                scale_contrast(plane, crop_plane, exp(u * s->contrast));
-        }
+        float *crop_inputs = inputs + (size_t)b * s->num_z * crop_plane;
+        for (int z = 0; z < s->num_z; z++)
+            copy_plane(crop_inputs + (size_t)z * crop_plane, origin + (size_t)z * padded_plane,
+                       crop, in_walk);
+        /* r's high bits (independent of t's low ones) seed the photometric changes. */
+        ISL_CHECK(isl_photometric_apply(&s->photometric, r, crop_inputs, s->num_z, crop));
         walk out_walk = make_walk(t, out, w->width);
         size_t offset = (size_t)oy * (size_t)w->width + (size_t)ox;
         for (int l = 0; l < s->num_labels; l++) {

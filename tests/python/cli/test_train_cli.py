@@ -190,10 +190,11 @@ def test_validation_margin_keeps_nearby_targets_out(run_isl, data, tmp_path, mar
     assert any(trained_b) == (margin == 0), trained_b
 
 
-@pytest.mark.parametrize("jitter", [(), ("--contrast-jitter", "0.5")])
+@pytest.mark.parametrize("jitter", [(), ("--contrast-jitter", "0.5"),
+                                    ("--gamma-jitter", "0.3", "--blur", "1.5", "--noise", "0.03")])
 def test_resume_gives_the_same_run(run_isl, data, tmp_path, jitter):
-    """Also with contrast jitter, given again on --resume as its help says; the jitter
-    changes the run (its losses differ from the plain run's)."""
+    """Also with the photometric options, given again on --resume as the help says; they
+    change the run (its losses differ from the plain run's)."""
     straight = tmp_path / "straight.h5"
     r = train(run_isl, data, straight, "--model", data / "init.h5", "--checkpoint-every", 100,
               *jitter)
@@ -371,6 +372,10 @@ def test_average_from_writes_the_weight_average(run_isl, data, tmp_path):
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--lr-drop", "5"), 2, "STEP:RATE"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--contrast-jitter", "1.5"), 2,
      "--contrast-jitter"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--gamma-jitter", "-0.1"), 2,
+     "--gamma-jitter"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--blur", "9"), 2, "--blur"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--noise", "nan"), 2, "--noise"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--unlabelled-share", "0.5",
       "--label-weight", "1"), 2, "--label-weight below 1"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--validation-margin", "-1"), 2,
