@@ -276,18 +276,13 @@ END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("augment");
-    TCase *tc = tcase_create("photometric");
-    tcase_add_test(tc, off_changes_nothing);
-    tcase_add_test(tc, gamma_is_one_power_per_crop);
-    tcase_add_test(tc, blur_is_one_gaussian_per_crop);
-    tcase_add_test(tc, noise_has_one_deviation_per_crop);
-    tcase_add_test(tc, contrast_factor_comes_from_the_crop_value);
-    tcase_add_test(tc, amounts_do_not_depend_on_each_other);
-    suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    const test_case cases[] = {
+        {"off", off_changes_nothing},
+        {"gamma", gamma_is_one_power_per_crop},
+        {"blur", blur_is_one_gaussian_per_crop},
+        {"noise", noise_has_one_deviation_per_crop},
+        {"contrast", contrast_factor_comes_from_the_crop_value},
+        {"independent", amounts_do_not_depend_on_each_other},
+    };
+    return test_run_cases("augment", cases, sizeof(cases) / sizeof(cases[0]), 60);
 }
