@@ -19,4 +19,10 @@ static inline uint64_t isl_splitmix64(uint64_t *state)
     return z ^ (z >> 31);
 }
 
+/* A uniform value in [0, 1) from the top 53 of 64 random bits. */
+static inline double isl_uniform53(uint64_t bits)
+{
+    return (double)(bits >> 11) * 0x1.0p-53;
+}
+
 #endif

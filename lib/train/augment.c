@@ -8,12 +8,6 @@
 #include <math.h>
 #include <stddef.h>
 
-/* A uniform value in [0, 1) from the top 53 bits. */
-static double uniform(uint64_t bits)
-{
-    return (double)(bits >> 11) * 0x1.0p-53;
-}
-
 static float clip01(float v)
 {
     return v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
@@ -57,10 +51,10 @@ isl_status isl_photometric_apply(const isl_photometric *p, uint64_t r, float *pl
     /* A stream of its own, so that each amount draws the same values whether or not the
      * others are on. */
     uint64_t state = r ^ 0x2545f4914f6cdd1dULL;
-    const double blur = p->blur * uniform(isl_splitmix64(&state));
-    const double gamma = exp(p->gamma * (2.0 * uniform(isl_splitmix64(&state)) - 1.0));
-    const double noise = p->noise * uniform(isl_splitmix64(&state));
-    const double contrast = exp(p->contrast * (2.0 * uniform(r) - 1.0));
+    const double blur = p->blur * isl_uniform53(isl_splitmix64(&state));
+    const double gamma = exp(p->gamma * (2.0 * isl_uniform53(isl_splitmix64(&state)) - 1.0));
+    const double noise = p->noise * isl_uniform53(isl_splitmix64(&state));
+    const double contrast = exp(p->contrast * (2.0 * isl_uniform53(r) - 1.0));
     for (int z = 0; z < num_z; z++) {
         float *x = planes + (size_t)z * plane;
         /* Below a twentieth of a pixel the kernel is 1 at its centre to float precision. */

@@ -87,18 +87,17 @@ static double plane_loss(const float *lg, int b, int g, int h, int w, isl_loss_v
         }
         for (int k = 0; k < ISL_NUM_CLASSES; k++)
             add_exps(lg + (size_t)k * hw + p0, mx, np, se);
-        double lse[PIXELS];
-        float lsef[PIXELS];
+        float lse[PIXELS]; /* for the gradient's exps, which are in float */
         for (size_t j = 0; j < np; j++) {
-            lse[j] = mx[j] + log(se[j]);
-            lsef[j] = (float)lse[j];
+            const double l = mx[j] + log(se[j]);
+            lse[j] = (float)l;
             if (sel[j])
-                sum += (lse[j] - lg[(size_t)bin[j] * hw + p0 + j]) / ISL_LN_256;
+                sum += (l - lg[(size_t)bin[j] * hw + p0 + j]) / ISL_LN_256;
         }
         if (!dl)
             continue;
         for (int k = 0; k < ISL_NUM_CLASSES; k++)
-            class_gradient(lg + (size_t)k * hw + p0, lsef, bin, sel, k, gscale, np,
+            class_gradient(lg + (size_t)k * hw + p0, lse, bin, sel, k, gscale, np,
                            dl + (size_t)k * hw + p0);
     }
     return sum;

@@ -334,47 +334,47 @@ isl_status isl_sampler_set_augment(isl_sampler *s, int enable)
     return ISL_OK;
 }
 
-isl_status isl_sampler_set_contrast_jitter(isl_sampler *s, double amount)
+/* The checks every amount setter makes: a sampler, and `value` in [0, max]. `meaning`
+ * (or NULL) explains the bound in the message. */
+static isl_status check_amount(const isl_sampler *s, const char *setter, const char *what,
+                               double value, double max, const char *meaning)
 {
     if (!s)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
-                        "isl_sampler_set_contrast_jitter: sampler is NULL");
-    if (!(amount >= 0.0 && amount <= 1.0))
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
-                        "contrast jitter %g is outside [0, 1] (factors e^-a .. e^a)", amount);
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s: sampler is NULL", setter);
+    if (!(value >= 0.0 && value <= max))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "%s %g is outside [0, %g]%s%s%s", what, value,
+                        max, meaning ? " (" : "", meaning ? meaning : "", meaning ? ")" : "");
+    return ISL_OK;
+}
+
+isl_status isl_sampler_set_contrast_jitter(isl_sampler *s, double amount)
+{
+    ISL_CHECK(check_amount(s, "isl_sampler_set_contrast_jitter", "contrast jitter", amount, 1.0,
+                           "factors e^-a .. e^a"));
     s->photometric.contrast = amount;
     return ISL_OK;
 }
 
 isl_status isl_sampler_set_gamma_jitter(isl_sampler *s, double amount)
 {
-    if (!s)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_set_gamma_jitter: sampler is NULL");
-    if (!(amount >= 0.0 && amount <= 1.0))
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
-                        "gamma jitter %g is outside [0, 1] (exponents e^-a .. e^a)", amount);
+    ISL_CHECK(check_amount(s, "isl_sampler_set_gamma_jitter", "gamma jitter", amount, 1.0,
+                           "exponents e^-a .. e^a"));
     s->photometric.gamma = amount;
     return ISL_OK;
 }
 
 isl_status isl_sampler_set_blur(isl_sampler *s, double sigma)
 {
-    if (!s)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_set_blur: sampler is NULL");
-    if (!(sigma >= 0.0 && sigma <= 8.0))
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
-                        "blur %g is outside [0, 8] (the largest sigma in pixels)", sigma);
+    ISL_CHECK(check_amount(s, "isl_sampler_set_blur", "blur", sigma, 8.0,
+                           "the largest sigma in pixels"));
     s->photometric.blur = sigma;
     return ISL_OK;
 }
 
 isl_status isl_sampler_set_noise(isl_sampler *s, double sd)
 {
-    if (!s)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_sampler_set_noise: sampler is NULL");
-    if (!(sd >= 0.0 && sd <= 0.5))
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
-                        "noise %g is outside [0, 0.5] (the largest standard deviation)", sd);
+    ISL_CHECK(check_amount(s, "isl_sampler_set_noise", "noise", sd, 0.5,
+                           "the largest standard deviation"));
     s->photometric.noise = sd;
     return ISL_OK;
 }
@@ -404,12 +404,8 @@ static isl_status index_anywhere(isl_sampler *s)
 
 isl_status isl_sampler_set_unlabelled_share(isl_sampler *s, double share)
 {
-    if (!s)
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
-                        "isl_sampler_set_unlabelled_share: sampler is NULL");
-    if (!(share >= 0.0 && share <= 1.0))
-        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
-                        "unlabelled share %g is outside [0, 1]", share);
+    ISL_CHECK(check_amount(s, "isl_sampler_set_unlabelled_share", "unlabelled share", share, 1.0,
+                           NULL));
     if (share > 0 && !s->anywhere_start) {
         if (!(s->anywhere_start = calloc((size_t)s->num_wells + 1, sizeof(int64_t))))
             return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
@@ -618,7 +614,7 @@ isl_status isl_sampler_draw_part(const isl_sampler *s, uint64_t seed, int first,
          * whether an unlabelled-share crop is drawn (only when the share is not 0). */
         const int anywhere =
             s->unlabelled > 0 &&
-            (double)(isl_splitmix64(&state) >> 11) * 0x1.0p-53 < s->unlabelled &&
+            isl_uniform53(isl_splitmix64(&state)) < s->unlabelled &&
             s->anywhere_start[s->num_wells] > 0;
         const int64_t *start = anywhere ? s->anywhere_start : s->well_start;
         int well = find_interval(start, s->num_wells, below(&state, start[s->num_wells]));

@@ -235,11 +235,11 @@ static void lanes(const float *a, int g0, int cnt, float *out)
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
 #include <immintrin.h>
 #define SPLIT_TARGET __attribute__((target("avx512f")))
-/* Lane l of the second part sits at lane l + k1 of the 16-channel vector. */
-SPLIT_TARGET static inline __m512i shift_up(int k1)
+/* Lane indices l + d, for permutations that move lanes by -d. */
+SPLIT_TARGET static inline __m512i lanes_plus(int d)
 {
-    return _mm512_sub_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                            _mm512_set1_epi32(k1));
+    return _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                            _mm512_set1_epi32(d));
 }
 
 /* The split copies of gather and scatter with masked loads and stores, one pixel per
@@ -252,7 +252,7 @@ SPLIT_TARGET static void gather_split_avx512(const float *a, const float *b, int
     const __mmask16 first = (__mmask16)((1u << k1) - 1);
     const __mmask16 rest = (__mmask16)((1u << (cnt - k1)) - 1);
     const __mmask16 upper = (__mmask16)(((1u << cnt) - 1) & ~(unsigned)first);
-    const __m512i up = shift_up(k1);
+    const __m512i up = lanes_plus(-k1); /* lane l + k1 takes lane l of the second part */
     for (size_t j = 0; j < np; j++) {
         __m512 v = _mm512_maskz_loadu_ps(first, a + 16 * j + o);
         __m512 w = _mm512_maskz_loadu_ps(rest, b + 16 * j);
@@ -265,10 +265,7 @@ SPLIT_TARGET static void scatter_split_avx512(float *a, float *b, int o, int k1,
 {
     const __mmask16 first = (__mmask16)((1u << k1) - 1);
     const __mmask16 rest = (__mmask16)((1u << (cnt - k1)) - 1);
-    /* Lane l of the second part comes from lane l + k1. */
-    const __m512i down = _mm512_add_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(k1));
+    const __m512i down = lanes_plus(k1); /* lane l of the second part is lane l + k1 */
     for (size_t j = 0; j < np; j++) {
         const __m512 v = _mm512_loadu_ps(in + 16 * j);
         _mm512_mask_storeu_ps(a + 16 * j + o, first, v);
@@ -281,8 +278,6 @@ static int have_avx512(void)
 {
     return __builtin_cpu_supports("avx512f");
 }
-#else
-static int have_avx512(void) { return 0; }
 #endif
 
 /* Channels [g, g + cnt) of pixels [p0, p0 + np) as np rows of 16 floats: a pointer into t
