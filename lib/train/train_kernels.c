@@ -445,7 +445,9 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
         free(sum_dyx);
         return -1;
     }
-    /* Pass 1: sum(dy) and sum(dy * xhat) per channel. */
+    /* Pass 1: sum(dy) and sum(dy * xhat) per channel. With constant statistics dx needs
+     * no sums, so it is written here too and pass 2 (which would gather dy again) skipped. */
+    const int dx_now = dx && !batch_stats;
 #pragma omp parallel for schedule(dynamic) if (floats_all(src, nsrc) >= PAR_MIN)
     for (size_t it = 0; it < items; it++) {
         red_task k = red_decode(src, nsrc, it);
@@ -453,9 +455,11 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
         const size_t hw = plane(t);
         const int c0 = 16 * (int)k.block, g = off[k.seg] + c0;
         const int cnt = t->c - c0 < 16 ? t->c - c0 : 16;
-        float mu[16], is[16], tmp[64 * SUB], dy[16 * SUB];
+        float mu[16], is[16], a[16], zero[16] = {0}, tmp[64 * SUB], dy[16 * SUB];
         lanes(mean, g, cnt, mu);
         lanes(invstd, g, cnt, is);
+        for (int l = 0; l < 16; l++)
+            a[l] = l < cnt ? gamma[g + l] * is[l] : 0.0f;
         double s1[16] = {0}, s2[16] = {0};
         for (size_t q = k.q0; q < k.q1;) {
             const int i = (int)(q / hw);
@@ -463,6 +467,9 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
             const size_t np = left < SUB ? left : SUB;
             bnact_dy(dact, act, i, p, np, g, C, cnt, tmp, dy);
             dsums_run(np, at(t, i, k.block, p), dy, mu, is, s1, s2);
+            if (dx_now)
+                dx_run(np, at(t, i, k.block, p), dy, mu, is, a, zero, zero,
+                       at(&dx[k.seg], i, k.block, p), accumulate[k.seg]);
             q += np;
         }
         memcpy(part + 32 * it, s1, sizeof(s1));
@@ -476,7 +483,7 @@ int isl_tk_bnact_backward(const isl_tt *dact, const isl_tt *act, const isl_tt *s
     int rc = 0;
     if (dx && batch_stats && sync) /* the means of pass 2 are over the global batch */
         rc = sync_sums(sync, sum_dy, sum_dyx, C);
-    if (!dx || rc != 0) { /* gamma and beta only (statistics held constant) */
+    if (!dx || dx_now || rc != 0) { /* gamma and beta only, or dx done in pass 1 */
         free(part);
         free(sum_dy);
         free(sum_dyx);
