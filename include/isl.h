@@ -595,6 +595,17 @@ ISL_API isl_status isl_sampler_set_blur(isl_sampler *sampler, double sigma);
  *  random value, so a seed draws the same wells, positions, transforms and amounts with
  *  any combination of them. */
 ISL_API isl_status isl_sampler_set_noise(isl_sampler *sampler, double sd);
+/** Random zoom of the crops (default 0: off; "small scale changes"): each crop is
+ *  resampled about its centre by a factor e^u, u uniform in [-amount, amount] (one per
+ *  crop), amount in [0, 0.5]; inputs and targets alike, bilinear, so a crop of side N
+ *  shows N x factor pixels of the well. A target pixel stays known only where its four
+ *  neighbours in the well are known and none is held out; when zoomed out (factor > 1)
+ *  also none within floor(121 (factor - 1)) + 1 pixels, so that with the validation
+ *  margin of 121 no trained output's receptive field reaches a held-out pixel. The
+ *  factor comes from the crop's own random value, so a seed draws the same wells,
+ *  positions and transforms with and without it. Keeps an integral image of each well's
+ *  held-out map (4 bytes a pixel) while on. */
+ISL_API isl_status isl_sampler_set_scale_jitter(isl_sampler *sampler, double amount);
 /** Semi-supervised training (STAR Methods: the autoencoder learns from unlabelled images
  *  too): a share of the crops, in [0, 1] (default 0), is drawn anywhere in the wells, a
  *  well in proportion to its pixels that are not held out and a position uniformly among

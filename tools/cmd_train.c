@@ -46,6 +46,8 @@ static const char train_help[] =
     "                           in [0, S] pixels (default 0: off)\n"
     "  --noise S                add noise of a random standard deviation in [0, S] to each\n"
     "                           crop's inputs (default 0: off; normalized inputs have 0.125)\n"
+    "  --scale-jitter A         zoom each crop, inputs and targets, by a random factor in\n"
+    "                           [e^-A, e^A] (default 0: off; A <= 0.5; give it on --resume)\n"
     "  --unlabelled-share F     draw a share F of the crops anywhere in the wells, labelled\n"
     "                           or not, for the autoencoder (semi-supervised; needs a\n"
     "                           --label-weight below 1; default 0; give it again on --resume)\n"
@@ -97,7 +99,7 @@ enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREE
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
        OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_WEIGHT_DECAY, OPT_BN_BATCHES,
        OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
-       OPT_THREADS, OPT_CONTRAST, OPT_GAMMA, OPT_BLUR, OPT_NOISE, OPT_VALIDATION_MARGIN,
+       OPT_THREADS, OPT_CONTRAST, OPT_GAMMA, OPT_BLUR, OPT_NOISE, OPT_SCALE, OPT_VALIDATION_MARGIN,
        OPT_UNLABELLED,
        OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST, OPT_COMM_TIMEOUT,
        OPT_PIXEL, OPT_BUCKET_MB };
@@ -121,7 +123,7 @@ static const cli_option train_options[] = {
     {"unlabelled-share", 0, 1, OPT_UNLABELLED}, {"comm-timeout", 0, 1, OPT_COMM_TIMEOUT},
     {"pixel-size", 0, 1, OPT_PIXEL},
     {"gamma-jitter", 0, 1, OPT_GAMMA},      {"blur", 0, 1, OPT_BLUR},
-    {"noise", 0, 1, OPT_NOISE},
+    {"noise", 0, 1, OPT_NOISE},             {"scale-jitter", 0, 1, OPT_SCALE},
     {"bucket-mb", 0, 1, OPT_BUCKET_MB},
     {NULL, 0, 0, 0},
 };
@@ -134,7 +136,7 @@ typedef struct train_args {
     int num_validation, freeze_trunk, freeze_bn, augment;
     long long crop, batch, validate_every, validation_margin, steps, drop_step, bn_batches, average_from, threads,
         checkpoint_every;
-    double lr, drop_rate, label_weight, contrast, gamma, blur, noise, unlabelled, comm_timeout,
+    double lr, drop_rate, label_weight, contrast, gamma, blur, noise, scale, unlabelled, comm_timeout,
         bucket_mb;
     double pixel_size; /* --pixel-size; 0: not given */
     uint64_t seed;
@@ -248,6 +250,7 @@ static int parse_option(train_args *a, int id, const char *v)
         {OPT_GAMMA, "--gamma-jitter", 0, 1, &a->gamma},
         {OPT_BLUR, "--blur", 0, 8, &a->blur},
         {OPT_NOISE, "--noise", 0, 0.5, &a->noise},
+        {OPT_SCALE, "--scale-jitter", 0, 0.5, &a->scale},
         {OPT_UNLABELLED, "--unlabelled-share", 0, 1, &a->unlabelled},
         {OPT_COMM_TIMEOUT, "--comm-timeout", 1, 1e7, &a->comm_timeout},
         {OPT_PIXEL, "--pixel-size", 1e-6, 1e4, &a->pixel_size},
@@ -739,6 +742,7 @@ static int setup(run_state *r)
         (a->gamma > 0 && (s = isl_sampler_set_gamma_jitter(r->sampler, a->gamma)) != ISL_OK) ||
         (a->blur > 0 && (s = isl_sampler_set_blur(r->sampler, a->blur)) != ISL_OK) ||
         (a->noise > 0 && (s = isl_sampler_set_noise(r->sampler, a->noise)) != ISL_OK) ||
+        (a->scale > 0 && (s = isl_sampler_set_scale_jitter(r->sampler, a->scale)) != ISL_OK) ||
         (a->unlabelled > 0 &&
          (s = isl_sampler_set_unlabelled_share(r->sampler, a->unlabelled)) != ISL_OK))
         return cli_library_error(s);

@@ -11,6 +11,7 @@
 #include "error.h"
 #include "params.h"
 #include "input.h"
+#include "rescale.h"
 #include "rng.h"
 
 #include <limits.h>
@@ -45,6 +46,7 @@ typedef struct sampler_well {
     float *padded;                 /* [num_z, height + 242, width + 242], normalized */
     head_target *targets;          /* [num_labels] */
     uint8_t *held;                 /* [height * width] 1 where held out; NULL: nothing held */
+    uint32_t *held_sum;            /* integral image of held while scale jitter is on */
     int positions_y, positions_x;  /* output window positions: side - out + 1 */
     int words;                     /* bitmap words per row of positions */
     well_index index;
@@ -58,6 +60,7 @@ struct isl_sampler {
     int augment;
     isl_photometric photometric; /* contrast, gamma, blur and noise of the inputs; 0: off */
     double unlabelled;      /* share of crops drawn anywhere, labelled or not; 0: off */
+    double scale;           /* zoom factors e^-scale .. e^scale; 0: off */
     int from_labels;        /* 1: windows holding a known label pixel; 0: no label is known
                                anywhere, windows holding a pixel that is not held out */
     int num_wells;
@@ -193,6 +196,7 @@ void isl_sampler_free(isl_sampler *s)
         free(s->wells[i].padded);
         free(s->wells[i].targets);
         free(s->wells[i].held);
+        free(s->wells[i].held_sum);
         free_index(&s->wells[i].index);
         free_index(&s->wells[i].anywhere);
     }
@@ -379,6 +383,34 @@ isl_status isl_sampler_set_noise(isl_sampler *s, double sd)
     return ISL_OK;
 }
 
+/* Keeps w->held_sum in step with w->held while scale jitter is on (freed when off). */
+static isl_status sum_held(const isl_sampler *s, sampler_well *w)
+{
+    free(w->held_sum);
+    w->held_sum = NULL;
+    if (s->scale == 0 || !w->held)
+        return ISL_OK;
+    w->held_sum = isl_integral_bytes(w->held, w->height, w->width);
+    return w->held_sum ? ISL_OK : isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+}
+
+isl_status isl_sampler_set_scale_jitter(isl_sampler *s, double amount)
+{
+    ISL_CHECK(check_amount(s, "isl_sampler_set_scale_jitter", "scale jitter", amount, 0.5,
+                           "zoom factors e^-a .. e^a"));
+    s->scale = amount;
+    for (int i = 0; i < s->num_wells; i++) {
+        isl_status st = sum_held(s, &s->wells[i]);
+        if (st != ISL_OK) { /* off rather than half set up */
+            s->scale = 0;
+            for (int k = 0; k < s->num_wells; k++)
+                sum_held(s, &s->wells[k]);
+            return st;
+        }
+    }
+    return ISL_OK;
+}
+
 /* The windows of every well that hold a pixel not held out, for the unlabelled share.
  * On failure the sampler keeps its previous indexes. */
 static isl_status index_anywhere(isl_sampler *s)
@@ -467,7 +499,7 @@ static isl_status hold_out_labelled(isl_sampler *s, const isl_region *r)
         isl_status st = index_all(s);
         w->held = st == ISL_OK ? held : old;
         free(st == ISL_OK ? old : held);
-        return st;
+        return st == ISL_OK ? sum_held(s, w) : st;
     }
     well_index x;
     isl_status st = build_index(s, w, held, from_labels, &x);
@@ -480,7 +512,7 @@ static isl_status hold_out_labelled(isl_sampler *s, const isl_region *r)
     free_index(&w->index);
     w->index = x;
     update_weights(s);
-    return ISL_OK;
+    return sum_held(s, w);
 }
 
 /* ---------------------------------------------------------------------------------- */
@@ -581,6 +613,103 @@ static void copy_target(float *values, uint8_t *mask, const head_target *t,
         }
 }
 
+/* Buffers of one scaled crop: a plane and a label window before their dihedral walk, and
+ * the bilinear sample positions of both sides. */
+typedef struct scale_work {
+    float *plane, *values;
+    uint8_t *mask;
+    int *lo;      /* [2 crop]: input rows, input columns (the output's reuse them) */
+    float *frac;  /* [2 crop] */
+} scale_work;
+
+static void scale_work_free(scale_work *k)
+{
+    free(k->plane);
+    free(k->values);
+    free(k->mask);
+    free(k->lo);
+    free(k->frac);
+}
+
+static isl_status scale_work_alloc(const isl_sampler *s, scale_work *k)
+{
+    const size_t crop = (size_t)s->crop, out = (size_t)s->out;
+    *k = (scale_work){malloc(sizeof(float) * crop * crop), malloc(sizeof(float) * out * out),
+                      malloc(out * out), malloc(sizeof(int) * 2 * crop),
+                      malloc(sizeof(float) * 2 * crop)};
+    if (k->plane && k->values && k->mask && k->lo && k->frac)
+        return ISL_OK;
+    scale_work_free(k);
+    return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+}
+
+/* Crop b zoomed by `factor` about the centre of window (oy, ox), then walked by dihedral
+ * transform t: inputs bilinear from the padded well (clamped at its edges), each label's
+ * values bilinear from the dataset where all four neighbours are known and inside the
+ * well, else unknown. A zoomed-out crop (factor > 1) widens every output's receptive
+ * field to 121 factor source pixels, so a target is also unknown where a held-out pixel
+ * lies within floor(121 (factor - 1)) + 1 of its neighbours: with the validation margin
+ * of 121 no trained output then sees a held-out pixel, as without scaling. */
+static isl_status scaled_crop(const isl_sampler *s, const sampler_well *w, int oy, int ox,
+                              double factor, int t, scale_work *k, float *crop_inputs,
+                              float *targets, uint8_t *masks)
+{
+    const int crop = s->crop, out = s->out, ph = w->height + 2 * ISL_INPUT_PAD,
+              pw = w->width + 2 * ISL_INPUT_PAD;
+    if (w->held && !w->held_sum)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "scale jitter: the held-out pixels' sums "
+                        "are missing (out of memory when the region was held out)");
+    const size_t crop_plane = (size_t)crop * crop, out_plane = (size_t)out * out;
+    const double centre = 0.5 * (crop - 1); /* the same point as the output's centre */
+    int *lo_y = k->lo, *lo_x = k->lo + crop;
+    float *fy = k->frac, *fx = k->frac + crop;
+    isl_rescale_axis(crop, oy + centre, factor, ph, lo_y, fy);
+    isl_rescale_axis(crop, ox + centre, factor, pw, lo_x, fx);
+    walk in_walk = make_walk(t, crop, crop);
+    for (int z = 0; z < s->num_z; z++) {
+        isl_rescale_plane(k->plane, crop, w->padded + (size_t)z * ph * pw, pw, ph, pw, lo_y, fy,
+                          lo_x, fx);
+        copy_plane(crop_inputs + (size_t)z * crop_plane, k->plane, crop, in_walk);
+    }
+    /* Outputs: output i is input i + 121, padded coordinates minus 121 are the well's. */
+    const double half = 0.5 * (out - 1), reach = factor > 1 ? floor(121.0 * (factor - 1)) + 1 : 0;
+    walk out_walk = make_walk(t, out, out);
+    for (int l = 0; l < s->num_labels; l++) {
+        const head_target *src = &w->targets[l];
+        const head_target scaled = {src->values ? k->values : NULL, k->mask, 0};
+        for (int y = 0; src->values && y < out; y++) {
+            const double py = oy + half + (y - half) * factor;
+            for (int x = 0; x < out; x++) {
+                const double px = ox + half + (x - half) * factor;
+                const size_t o = (size_t)y * out + x;
+                k->values[o] = 0.0f;
+                k->mask[o] = 0;
+                if (py < 0 || px < 0 || py > w->height - 1 || px > w->width - 1)
+                    continue;
+                const int y0 = (int)py, x0 = (int)px;
+                const int y1 = y0 + (y0 < w->height - 1), x1 = x0 + (x0 < w->width - 1);
+                const size_t a = (size_t)y0 * w->width, b = (size_t)y1 * w->width;
+                if (!src->mask[a + x0] || !src->mask[a + x1] || !src->mask[b + x0] ||
+                    !src->mask[b + x1])
+                    continue;
+                if (w->held_sum && isl_box_count(w->held_sum, w->height, w->width,
+                                                 y0 - (int)reach, x0 - (int)reach,
+                                                 y1 + (int)reach, x1 + (int)reach))
+                    continue;
+                const float wy = (float)(py - y0), wx = (float)(px - x0);
+                const float *v = src->values;
+                const float top = v[a + x0] + wx * (v[a + x1] - v[a + x0]);
+                const float bottom = v[b + x0] + wx * (v[b + x1] - v[b + x0]);
+                k->values[o] = top + wy * (bottom - top);
+                k->mask[o] = 1;
+            }
+        }
+        copy_target(targets + (size_t)l * out_plane, masks + (size_t)l * out_plane, &scaled,
+                    NULL, 0, out, out_walk);
+    }
+    return ISL_OK;
+}
+
 isl_status isl_sampler_draw(const isl_sampler *s, uint64_t seed, int batch_size, float *inputs,
                             float *targets, uint8_t *masks)
 {
@@ -606,6 +735,8 @@ isl_status isl_sampler_draw_part(const isl_sampler *s, uint64_t seed, int first,
     const size_t crop_plane = (size_t)crop * crop, out_plane = (size_t)out * out;
     uint64_t state = seed;
     state = isl_splitmix64(&state); /* nearby seeds start far apart in the sequence */
+    scale_work work = {0};
+    isl_status st = ISL_OK;
     /* The crops before `first` are drawn (their random values) but not copied. */
     for (int i = 0; i < first + batch_size; i++) {
         const int b = i - first;
@@ -627,17 +758,35 @@ isl_status isl_sampler_draw_part(const isl_sampler *s, uint64_t seed, int first,
         if (b < 0)
             continue;
 
+        float *crop_inputs = inputs + (size_t)b * s->num_z * crop_plane;
+        if (s->scale > 0) {
+            /* A stream of its own (r's other uses untouched), one value per crop. */
+            uint64_t zs = r ^ 0x9e3779b97f4a7c15ULL;
+            const double factor = exp(s->scale * (2.0 * isl_uniform53(isl_splitmix64(&zs)) - 1.0));
+            if (!work.lo)
+                st = scale_work_alloc(s, &work);
+            if (st == ISL_OK)
+                st = scaled_crop(s, w, oy, ox, factor, t, &work, crop_inputs,
+                                 targets + (size_t)b * s->num_labels * out_plane,
+                                 masks + (size_t)b * s->num_labels * out_plane);
+            if (st == ISL_OK)
+                st = isl_photometric_apply(&s->photometric, r, crop_inputs, s->num_z, crop);
+            if (st != ISL_OK)
+                break;
+            continue;
+        }
         const int pw = w->width + 2 * ISL_INPUT_PAD;
         const size_t padded_plane = (size_t)(w->height + 2 * ISL_INPUT_PAD) * (size_t)pw;
         /* The crop's top-left in padded coordinates is the window's in well coordinates. */
         const float *origin = w->padded + (size_t)oy * (size_t)pw + (size_t)ox;
         walk in_walk = make_walk(t, crop, pw);
-        float *crop_inputs = inputs + (size_t)b * s->num_z * crop_plane;
         for (int z = 0; z < s->num_z; z++)
             copy_plane(crop_inputs + (size_t)z * crop_plane, origin + (size_t)z * padded_plane,
                        crop, in_walk);
         /* r's high bits (independent of t's low ones) seed the photometric changes. */
-        ISL_CHECK(isl_photometric_apply(&s->photometric, r, crop_inputs, s->num_z, crop));
+        st = isl_photometric_apply(&s->photometric, r, crop_inputs, s->num_z, crop);
+        if (st != ISL_OK)
+            break;
         walk out_walk = make_walk(t, out, w->width);
         size_t offset = (size_t)oy * (size_t)w->width + (size_t)ox;
         for (int l = 0; l < s->num_labels; l++) {
@@ -645,5 +794,6 @@ isl_status isl_sampler_draw_part(const isl_sampler *s, uint64_t seed, int first,
             copy_target(targets + o, masks + o, &w->targets[l], w->held, offset, out, out_walk);
         }
     }
-    return ISL_OK;
+    scale_work_free(&work);
+    return st;
 }
