@@ -618,7 +618,7 @@ static void copy_target(float *values, uint8_t *mask, const head_target *t,
 typedef struct scale_work {
     float *plane, *values;
     uint8_t *mask;
-    int *lo;      /* [2 crop]: input rows, input columns (the output's reuse them) */
+    int *lo;      /* [2 crop]: the input rows' samples, then the columns' */
     float *frac;  /* [2 crop] */
 } scale_work;
 
@@ -643,7 +643,7 @@ static isl_status scale_work_alloc(const isl_sampler *s, scale_work *k)
     return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
 }
 
-/* Crop b zoomed by `factor` about the centre of window (oy, ox), then walked by dihedral
+/* One crop zoomed by `factor` about the centre of window (oy, ox), then walked by dihedral
  * transform t: inputs bilinear from the padded well (clamped at its edges), each label's
  * values bilinear from the dataset where all four neighbours are known and inside the
  * well, else unknown. A zoomed-out crop (factor > 1) widens every output's receptive
@@ -671,8 +671,10 @@ static isl_status scaled_crop(const isl_sampler *s, const sampler_well *w, int o
                           lo_x, fx);
         copy_plane(crop_inputs + (size_t)z * crop_plane, k->plane, crop, in_walk);
     }
-    /* Outputs: output i is input i + 121, padded coordinates minus 121 are the well's. */
-    const double half = 0.5 * (out - 1), reach = factor > 1 ? floor(121.0 * (factor - 1)) + 1 : 0;
+    /* Output i is input i + ISL_INPUT_PAD, which is the well's pixel i in padded
+     * coordinates: the same centre, in the well's coordinates. */
+    const double half = 0.5 * (out - 1);
+    const double reach = factor > 1 ? floor(ISL_INPUT_PAD * (factor - 1)) + 1 : 0;
     walk out_walk = make_walk(t, out, out);
     for (int l = 0; l < s->num_labels; l++) {
         const head_target *src = &w->targets[l];
