@@ -405,6 +405,18 @@ static uint64_t batch_seed(uint64_t seed, uint64_t step)
     return isl_splitmix64(&state);
 }
 
+/* The seed of attempt `attempt` at step `step`'s batch: attempt 0 is batch_seed's; the
+ * others follow a batch that held no known target pixel (no step is taken on it). The
+ * same for a resumed run, so resuming still repeats the straight run. */
+static uint64_t attempt_seed(uint64_t seed, uint64_t step, int attempt)
+{
+    uint64_t state = batch_seed(seed, step) + (uint64_t)attempt * ISL_SPLITMIX64_GAMMA;
+    return attempt == 0 ? batch_seed(seed, step) : isl_splitmix64(&state);
+}
+
+/* Batches in a row with nothing known before a run gives up rather than loop forever. */
+#define MAX_EMPTY_BATCHES 100
+
 /* This rank's crops of the global batch of a seed: crops rank * B .. rank * B + B - 1, so
  * that N ranks draw what one process with batch N x B draws. */
 typedef struct draw_job {
@@ -554,7 +566,8 @@ static int train_loop(run_state *r)
     const int first = r->dist->rank * (int)r->a.batch;
     pthread_t thread;
     draw_job jobs[2];
-    int pending = 0;
+    int pending = 0, attempt = 0;
+    long long redrawn = 0;
     if (step < r->a.steps) {
         r->buf[cur].seed = batch_seed(r->a.seed, (uint64_t)step + 1);
         jobs[cur] = (draw_job){r->sampler, &r->buf[cur], (int)r->a.batch, first};
@@ -566,8 +579,8 @@ static int train_loop(run_state *r)
             rc = cli_runtime_error("drawing crops: %s", b->error);
             break;
         }
-        /* Draw the next batch while this one trains. */
-        if (step + 1 < r->a.steps) {
+        /* Draw the next batch while this one trains (already drawn if this is a retry). */
+        if (attempt == 0 && step + 1 < r->a.steps) {
             batch_buf *next = &r->buf[1 - cur];
             next->seed = batch_seed(r->a.seed, (uint64_t)step + 2);
             jobs[1 - cur] = (draw_job){r->sampler, next, (int)r->a.batch, first};
@@ -588,6 +601,23 @@ static int train_loop(run_state *r)
             rc = cli_library_error(s);
             break;
         }
+        if (isl_trainer_step_count(r->trainer) == step) {
+            /* No known target pixel in the whole batch, so no step: e.g. a label known in
+             * few pixels, zoomed by --scale-jitter. This step's batch is drawn again. */
+            redrawn++;
+            if (++attempt == MAX_EMPTY_BATCHES) {
+                rc = cli_runtime_error("%d batches in a row for step %lld held no known "
+                                       "target pixel (labels known in too few pixels, or "
+                                       "all held out near them?); the last checkpoint is %s",
+                                       MAX_EMPTY_BATCHES, (long long)step + 1, r->checkpoint);
+                break;
+            }
+            b->seed = attempt_seed(r->a.seed, (uint64_t)step + 1, attempt);
+            jobs[cur] = (draw_job){r->sampler, b, (int)r->a.batch, first};
+            draw_thread(&jobs[cur]);
+            continue;
+        }
+        attempt = 0;
         step = isl_trainer_step_count(r->trainer);
         double rate = r->a.drop_step && step >= r->a.drop_step ? r->a.drop_rate : r->a.lr;
         if ((rc = cli_train_log_step(&r->log, step, rate, losses)) != CLI_EXIT_OK)
@@ -619,6 +649,9 @@ static int train_loop(run_state *r)
         cur = 1 - cur;
     }
     free(losses);
+    if (redrawn)
+        cli_train_log_note(&r->log, "%lld batches held no known target pixel and were drawn "
+                           "again (no step is taken on them)", redrawn);
     if (rc == CLI_EXIT_OK)
         rc = finish(r);
     return rc;

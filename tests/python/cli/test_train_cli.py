@@ -220,6 +220,64 @@ def test_resume_gives_the_same_run(run_isl, data, tmp_path, jitter):
         np.testing.assert_array_equal(ma[k], mb[k], err_msg=k)
 
 
+@pytest.fixture(scope="module")
+def sparse(tmp_path_factory, run_isl):
+    """The well of `data` with label 'a' known in a 2 x 2 block only ('dot'), or in one
+    pixel ('pixel'): zoomed crops often (2 x 2) or always (one pixel: a target needs four
+    known neighbours) hold no known target."""
+    d = tmp_path_factory.mktemp("sparse")
+    rng = np.random.default_rng(4)
+    tifffile.imwrite(d / "stack.tif", rng.random((NZ, H, W)).astype(np.float32),
+                     photometric="minisblack")
+    for name, side in (("dot", 2), ("pixel", 1)):
+        tifffile.imwrite(d / f"{name}.tif", np.full((side, side), 0.7, np.float32))
+        r = run_isl("dataset", "build", "--input", d / "stack.tif", "--target",
+                    f"a={d / (name + '.tif')}:150,150", "-o", d / f"{name}.h5")
+        assert r.returncode == 0, r.stderr
+    r = run_isl("model", "init", "--base-depth", 8, "--num-z", NZ, "--heads", "a", "--seed", 5,
+                "-o", d / "init.h5")
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def sparse_train(run_isl, d, name, out, *extra, steps=6):
+    return run_isl("train", "--dataset", d / f"{name}.h5", "--out", out, "--steps", steps,
+                   "--threads", 1, "--crop", CROP, "--batch", 1, "--scale-jitter", 0.4,
+                   "--label-weight", 1, "--validate-every", 0, *extra)
+
+
+def test_batches_without_known_targets_are_drawn_again(run_isl, sparse, tmp_path):
+    """A zoomed crop of the 2 x 2 label often knows none of it: no step is taken on such a
+    batch, and the step's batch is drawn again, by a seed of the step and the attempt, so
+    the log counts real steps once each and a resumed run repeats the straight one."""
+    common = ("--model", sparse / "init.h5")
+    r = sparse_train(run_isl, sparse, "dot", tmp_path / "s.h5", *common, "--checkpoint-every", 100)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"(\d+) batches held no known target pixel and were drawn again", r.stderr)
+    assert m and int(m.group(1)) > 0, r.stderr
+    a, _ = read_log(tmp_path / "s.log.csv")
+    assert [s["step"] for s in a] == ["1", "2", "3", "4", "5", "6"]
+    assert all(s["loss_a"] != "" and float(s["loss_total"]) > 0 for s in a)
+    r = sparse_train(run_isl, sparse, "dot", tmp_path / "p.h5", *common, steps=3)
+    assert r.returncode == 0, r.stderr
+    r = sparse_train(run_isl, sparse, "dot", tmp_path / "p.h5", "--resume",
+                     tmp_path / "p.checkpoint.h5")
+    assert r.returncode == 0, r.stderr
+    b, _ = read_log(tmp_path / "p.log.csv")
+    assert [s["loss_total"] for s in a] == [s["loss_total"] for s in b]
+    ma, mb = model_arrays(tmp_path / "s.h5"), model_arrays(tmp_path / "p.h5")
+    for k in ma:
+        np.testing.assert_array_equal(ma[k], mb[k], err_msg=k)
+
+
+def test_a_label_no_zoomed_crop_can_know_stops_with_an_error(run_isl, sparse, tmp_path):
+    out = tmp_path / "m.h5"
+    r = sparse_train(run_isl, sparse, "pixel", out, "--model", sparse / "init.h5")
+    assert r.returncode == 1
+    assert "100 batches in a row for step 1 held no known target pixel" in r.stderr
+    assert not out.exists()
+
+
 def test_interrupt_saves_a_checkpoint_and_resumes(isl_bin, run_isl, data, tmp_path):
     out = tmp_path / "m.h5"
     log = tmp_path / "m.log.csv"
