@@ -410,8 +410,9 @@ static uint64_t batch_seed(uint64_t seed, uint64_t step)
  * same for a resumed run, so resuming still repeats the straight run. */
 static uint64_t attempt_seed(uint64_t seed, uint64_t step, int attempt)
 {
-    uint64_t state = batch_seed(seed, step) + (uint64_t)attempt * ISL_SPLITMIX64_GAMMA;
-    return attempt == 0 ? batch_seed(seed, step) : isl_splitmix64(&state);
+    const uint64_t first = batch_seed(seed, step);
+    uint64_t state = first + (uint64_t)attempt * ISL_SPLITMIX64_GAMMA;
+    return attempt == 0 ? first : isl_splitmix64(&state);
 }
 
 /* Batches in a row with nothing known before a run gives up rather than loop forever. */
