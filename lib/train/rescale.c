@@ -29,9 +29,7 @@ void isl_rescale_plane(float *dst, int n, const float *src, ptrdiff_t stride, in
         float *d = dst + (size_t)y * n;
         for (int x = 0; x < n; x++) {
             const float *a = r0 + lo_x[x], *b = r1 + lo_x[x];
-            const float top = a[0] + fx[x] * (a[right] - a[0]);
-            const float bottom = b[0] + fx[x] * (b[right] - b[0]);
-            d[x] = top + wy * (bottom - top);
+            d[x] = isl_bilinear(a[0], a[right], b[0], b[right], wy, fx[x]);
         }
     }
 }

@@ -7,6 +7,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The bilinear blend of a pixel's four neighbours (a00 top left, a01 top right, a10 bottom
+ * left, a11 bottom right) at fractions wy down and wx across: top row, bottom row, then
+ * between them. Inputs and targets share it, so both are resampled alike. */
+static inline float isl_bilinear(float a00, float a01, float a10, float a11, float wy, float wx)
+{
+    const float top = a00 + wx * (a01 - a00);
+    const float bottom = a10 + wx * (a11 - a10);
+    return top + wy * (bottom - top);
+}
+
 /* Bilinear sample positions of n outputs along one axis: output i reads the source at
  * centre + (i - (n - 1) / 2) * factor, clamped to [0, size - 1]; lo[i] and lo[i] + 1
  * (or lo[i] where it is size - 1) with weight frac[i] on the second. */

@@ -698,11 +698,9 @@ static isl_status scaled_crop(const isl_sampler *s, const sampler_well *w, int o
                                                  y0 - (int)reach, x0 - (int)reach,
                                                  y1 + (int)reach, x1 + (int)reach))
                     continue;
-                const float wy = (float)(py - y0), wx = (float)(px - x0);
                 const float *v = src->values;
-                const float top = v[a + x0] + wx * (v[a + x1] - v[a + x0]);
-                const float bottom = v[b + x0] + wx * (v[b + x1] - v[b + x0]);
-                k->values[o] = top + wy * (bottom - top);
+                k->values[o] = isl_bilinear(v[a + x0], v[a + x1], v[b + x0], v[b + x1],
+                                            (float)(py - y0), (float)(px - x0));
                 k->mask[o] = 1;
             }
         }
