@@ -364,6 +364,16 @@ ISL_API isl_status isl_train_options_set_adam(isl_train_options *o, double beta1
  *  do not decay. Equals torch.optim.AdamW(weight_decay=decay) on the weights. Not kept
  *  in checkpoints: give it again when resuming. */
 ISL_API isl_status isl_train_options_set_weight_decay(isl_train_options *o, double decay);
+/** Dropout of every head's input while training (Srivastava et al. 2014; default 0:
+ *  none): each value of a head's input (the batch-normalized trunk features, after ReLU
+ *  and tanh) is zeroed with probability `rate` and the rest scaled by 1 / (1 - rate), so
+ *  prediction, which never drops, needs no change. whole_channels != 0 drops whole
+ *  channels of an image instead of single values (spatial dropout, Tompson et al. 2015).
+ *  Each head draws its own mask, a function of the seed (isl_train_options_set_seed),
+ *  the step and the head only: a resumed run drops what an uninterrupted one would.
+ *  rate in [0, 0.9]. Not kept in checkpoints: give it again when resuming. */
+ISL_API isl_status isl_train_options_set_dropout(isl_train_options *o, double rate,
+                                                 int whole_channels);
 /** Weight w of the label loss in the total w * label + (1 - w) * autoencoder (default 0.5).
  *  1 trains without the autoencoder head (models without one need 1). */
 ISL_API isl_status isl_train_options_set_label_weight(isl_train_options *o, double weight);

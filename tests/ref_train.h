@@ -8,6 +8,7 @@
 #ifndef ISL_TEST_REF_TRAIN_H
 #define ISL_TEST_REF_TRAIN_H
 
+#include "dropout.h"
 #include "ref_net.h"
 
 #include <math.h>
@@ -187,12 +188,40 @@ static void rt_trunk(const isl_params *p, const ref_t *in, int B, int stored, re
     free(cat);
 }
 
-/* logits[b * num_heads + h] for every image b and head h from the trunk's output. */
-static void rt_heads(const isl_params *p, const ref_t *trunk, int B, int stored, ref_t *logits)
+/* Dropout of the heads' inputs as the trainer draws it: the mask is dropout.h's (the one
+ * thing shared with the engine), applied here to the plain [c, h, w] images. */
+typedef struct rt_dropout {
+    double rate; /* 0: none */
+    int whole_channels;
+    uint64_t seed;
+    int64_t step;
+} rt_dropout;
+
+static void rt_drop(ref_t *y, int B, int h, const rt_dropout *d)
+{
+    const uint64_t key = isl_dropout_key(d->seed, d->step, h);
+    for (int b = 0; b < B; b++) {
+        const size_t hw = (size_t)y[b].h * y[b].w;
+        for (int c = 0; c < y[b].c; c++)
+            for (size_t i = 0; i < hw; i++) {
+                const uint64_t channel = (uint64_t)b * y[b].c + c;
+                const int keep = isl_dropout_keeps(
+                    key, d->whole_channels ? channel : channel * hw + i, d->rate);
+                y[b].v[c * hw + i] = keep ? y[b].v[c * hw + i] / (1.0 - d->rate) : 0.0;
+            }
+    }
+}
+
+/* logits[b * num_heads + h] for every image b and head h from the trunk's output, with
+ * dropout d (NULL: none). */
+static void rt_heads_dropout(const isl_params *p, const ref_t *trunk, int B, int stored,
+                             const rt_dropout *d, ref_t *logits)
 {
     ref_t *y = calloc((size_t)B, sizeof(ref_t));
     for (int h = 0; h < p->num_heads; h++) {
         rt_bnact(trunk, B, &p->heads[h].bn, stored, y);
+        if (d && d->rate > 0)
+            rt_drop(y, B, h, d);
         for (int b = 0; b < B; b++)
             logits[b * p->num_heads + h] =
                 rt_conv(&y[b], p->heads[h].weight, p->heads[h].bias, p->heads[h].out_ch, 1, 1);
@@ -201,16 +230,29 @@ static void rt_heads(const isl_params *p, const ref_t *trunk, int B, int stored,
     free(y);
 }
 
+static inline void rt_heads(const isl_params *p, const ref_t *trunk, int B, int stored,
+                            ref_t *logits)
+{
+    rt_heads_dropout(p, trunk, B, stored, NULL, logits);
+}
+
 /* logits[b * num_heads + h] for every image b and head h; in: B images [nz, H, W];
- * stored: every batch norm with the stored statistics, else the batch's. */
-static inline void rt_network(const isl_params *p, const ref_t *in, int B, int stored,
-                              ref_t *logits)
+ * stored: every batch norm with the stored statistics, else the batch's; d: dropout of
+ * the heads' inputs (NULL: none). */
+static inline void rt_network_dropout(const isl_params *p, const ref_t *in, int B, int stored,
+                                      const rt_dropout *d, ref_t *logits)
 {
     ref_t *trunk = calloc((size_t)B, sizeof(ref_t));
     rt_trunk(p, in, B, stored, trunk);
-    rt_heads(p, trunk, B, stored, logits);
+    rt_heads_dropout(p, trunk, B, stored, d, logits);
     rt_free(trunk, B);
     free(trunk);
+}
+
+static inline void rt_network(const isl_params *p, const ref_t *in, int B, int stored,
+                              ref_t *logits)
+{
+    rt_network_dropout(p, in, B, stored, NULL, logits);
 }
 
 static int rt_bin(double v)

@@ -2,6 +2,7 @@
  * double-precision reference (tests/ref_train.h), the loss, Adam, masking, and the public
  * training API (steps, checkpoints and resuming, batch-norm re-estimation). */
 #include "adam.h"
+#include "dropout.h"
 #include "model_io.h"
 #include "error.h"
 #include "isl.h"
@@ -50,6 +51,7 @@ typedef struct batch {
     uint8_t masks[BATCH * LABELS * OUT * OUT];
     float ae_targets[BATCH * NZ * OUT * OUT]; /* the center of the inputs */
     int stored; /* batch norms with the stored statistics (ISL_NET_STORED_STATS) */
+    rt_dropout drop; /* of the heads' inputs (rate 0: none) */
 } batch;
 
 /* Label 0 known everywhere, label 1 on a diagonal half of the pixels of image 0 only. */
@@ -58,6 +60,7 @@ static batch *random_batch(uint64_t seed)
     batch *b = malloc(sizeof(*b));
     test_fill_batch(b->inputs, b->targets, b->ae_targets, BATCH, NZ, LABELS, SIDE, OUT, seed);
     b->stored = 0;
+    memset(&b->drop, 0, sizeof(b->drop));
     for (int n = 0; n < BATCH; n++)
         for (int l = 0; l < LABELS; l++)
             for (int y = 0; y < OUT; y++)
@@ -79,7 +82,7 @@ static double ref_loss(const isl_params *p, const float *inputs, const batch *b)
 {
     ref_t in[BATCH], logits[BATCH * HEADS];
     test_ref_inputs(in, inputs, BATCH, NZ, SIDE, SIDE);
-    rt_network(p, in, BATCH, b->stored, logits);
+    rt_network_dropout(p, in, BATCH, b->stored, &b->drop, logits);
     double loss = rt_loss(logits, BATCH, LABELS, NZ, b->targets, b->masks, b->ae_targets, 0.5);
     rt_free(in, BATCH);
     rt_free(logits, BATCH * HEADS);
@@ -132,6 +135,8 @@ static void engine_run(engine *e, const batch *b, int backward)
     active[LABELS] = 1;
     memcpy(isl_train_net_input(e->net), b->inputs, sizeof(b->inputs));
     const isl_net_mode mode = b->stored ? ISL_NET_STORED_STATS : ISL_NET_BATCH_STATS;
+    isl_train_net_set_dropout(e->net, b->drop.rate, b->drop.whole_channels, b->drop.seed,
+                              b->drop.step);
     ck_assert_msg(isl_train_net_forward(e->net, active, 0, mode) == ISL_OK, "%s",
                   isl_last_error());
     const float *logits[HEADS];
@@ -334,8 +339,10 @@ static void check_element(isl_params *p, batch *b, const test_arr_list *pl,
 }
 
 /* Forward against the reference, then every kind of parameter against finite
- * differences; stored: with the stored batch-norm statistics. */
-static void check_gradients(int stored)
+ * differences; stored: with the stored batch-norm statistics; drop (not NULL): with
+ * dropout of the heads' inputs, and only the groups it changes (the heads, and the trunk
+ * through them). */
+static void check_gradients(int stored, const rt_dropout *drop)
 {
     isl_params p;
     random_params(&p, 11);
@@ -351,6 +358,8 @@ static void check_gradients(int stored)
                       "%s", isl_last_error());
     }
     b->stored = stored;
+    if (drop)
+        b->drop = *drop;
     double t0 = test_now();
     engine_run(&e, b, 1);
     printf("engine forward + backward: %.2f s\n", test_now() - t0);
@@ -359,7 +368,7 @@ static void check_gradients(int stored)
     ref_t in[BATCH], logits[BATCH * HEADS];
     test_ref_inputs(in, b->inputs, BATCH, NZ, SIDE, SIDE);
     t0 = test_now();
-    rt_network(&p, in, BATCH, stored, logits);
+    rt_network_dropout(&p, in, BATCH, stored, &b->drop, logits);
     printf("reference forward: %.2f s\n", test_now() - t0);
     for (int h = 0; h < HEADS; h++) {
         const float *lg = e.logits[h];
@@ -384,6 +393,18 @@ static void check_gradients(int stored)
     test_arr_list *pl = test_arrays_of(&p), *gl = test_arrays_of(&e.g);
     direction *d = calloc(1, sizeof(*d));
     t0 = test_now();
+    if (drop) {
+        add_group(d, &p, pl, gl, g_label_heads, 1);
+        add_group(d, &p, pl, gl, g_ae_head, 1);
+        add_group(d, &p, pl, gl, g_head_bn, 1);
+        check_direction(d, &p, b, 105, "heads (dropout)");
+        d->count = 0;
+        add_group(d, &p, pl, gl, g_bn_gamma, 1);
+        add_group(d, &p, pl, gl, g_bn_beta, 1);
+        add_group(d, &p, pl, gl, g_reduce, 1);
+        check_direction(d, &p, b, 104, "module batch norms + reduce (dropout)");
+        goto done;
+    }
     add_group(d, &p, pl, gl, g_projection, 0.1); /* it moves every activation */
     if (stored) /* then the projection bias matters (see g_projection) */
         add_group(d, &p, pl, gl, g_projection_bias, 0.1);
@@ -410,6 +431,7 @@ static void check_gradients(int stored)
     /* Single weights where an index mix-up would hide in a sum. */
     check_element(&p, b, pl, gl, g_expand_up, "transposed conv");
     check_element(&p, b, pl, gl, g_bn_gamma, "bn gamma");
+done:
     printf("finite differences: %.1f s\n", test_now() - t0);
     free(d);
     free(pl);
@@ -419,7 +441,7 @@ static void check_gradients(int stored)
     free(b);
 }
 
-START_TEST(gradients_match_finite_differences) { check_gradients(0); }
+START_TEST(gradients_match_finite_differences) { check_gradients(0, NULL); }
 END_TEST
 
 /* Every oneDNN primitive of the training net (all passes, weight and staging reorders)
@@ -453,8 +475,80 @@ END_TEST
 
 /* Training with frozen batch-norm statistics (isl_train_options_set_freeze_bn): the
  * statistics are constants, so the mean and variance terms vanish from dx. */
-START_TEST(gradients_with_stored_statistics) { check_gradients(1); }
+START_TEST(gradients_with_stored_statistics) { check_gradients(1, NULL); }
 END_TEST
+
+/* Dropout of the heads' inputs: values dropped by batch statistics' step, whole channels
+ * with the stored statistics (the gradient reaches the trunk either way). */
+START_TEST(gradients_with_dropout)
+{
+    const rt_dropout values = {0.3, 0, 91, 5}, channels = {0.5, 1, 92, 6};
+    check_gradients(0, &values);
+    check_gradients(1, &channels);
+}
+END_TEST
+
+/* isl_dropout_apply on the blocked layout drops exactly what the mask formula of dropout.h
+ * says of each value's plain [n, c, y, x] index, scales the rest by 1 / (1 - rate), leaves
+ * the padding channels alone, and keeps about 1 - rate of the values; heads' and steps'
+ * masks are independent; whole channels drop alike at every pixel. */
+static void check_mask(int whole, int n, int c, int h, int w, double rate)
+{
+    const int blocks = (c + 15) / 16;
+    const size_t hw = (size_t)h * w, count = isl_tt_floats(n, c, h, w);
+    float *v = malloc(sizeof(float) * count), *ones = malloc(sizeof(float) * count);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < blocks * 16; k++)
+            for (size_t p = 0; p < hw; p++) {
+                size_t at = (((size_t)i * blocks + k / 16) * hw + p) * 16 + k % 16;
+                v[at] = k < c ? (float)(((size_t)i * c + k) * hw + p + 1) : -7.0f;
+                ones[at] = k < c ? 1.0f : 0.0f;
+            }
+    const uint64_t key = isl_dropout_key(5, 3, 1);
+    isl_tt t = isl_tt_make(n, c, h, w, v), u = isl_tt_make(n, c, h, w, ones);
+    isl_dropout_apply(&t, key, rate, whole);
+    isl_dropout_apply(&u, isl_dropout_key(5, 3, 2), rate, whole); /* another head's */
+    const float scale = (float)(1.0 / (1.0 - rate));
+    size_t kept = 0, agree = 0, total = 0;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < blocks * 16; k++)
+            for (size_t p = 0; p < hw; p++) {
+                size_t at = (((size_t)i * blocks + k / 16) * hw + p) * 16 + k % 16;
+                if (k >= c) {
+                    ck_assert_float_eq(v[at], -7.0f);
+                    continue;
+                }
+                const uint64_t channel = (uint64_t)i * c + k, index = channel * hw + p;
+                const int keep = isl_dropout_keeps(key, whole ? channel : index, rate);
+                ck_assert_msg(v[at] == (keep ? (float)(index + 1) * scale : 0.0f),
+                              "value (%d, %d, %zu): %g", i, k, p, v[at]);
+                if (whole) /* one draw per channel: the same at every pixel */
+                    ck_assert((u.v[at] != 0) == (u.v[(at / (hw * 16)) * hw * 16 + k % 16] != 0));
+                kept += keep;
+                agree += keep == (u.v[at] != 0);
+                total++;
+            }
+    /* Draws per value or per channel: binomial bounds of 5 standard deviations. */
+    const double draws = whole ? (double)n * c : (double)total;
+    const double sd = sqrt(rate * (1 - rate) / draws), both = rate * rate + (1 - rate) * (1 - rate);
+    printf("dropout %.2f (%s): kept %.4f, two heads agree on %.4f (independent: %.4f)\n", rate,
+           whole ? "channels" : "values", (double)kept / total, (double)agree / total, both);
+    ck_assert(fabs((double)kept / total - (1 - rate)) < 5 * sd);
+    ck_assert(fabs((double)agree / total - both) < 5 * sqrt(both * (1 - both) / draws));
+    ck_assert(isl_dropout_key(5, 3, 1) != isl_dropout_key(5, 4, 1));
+    ck_assert(isl_dropout_key(5, 3, 1) != isl_dropout_key(6, 3, 1));
+    free(v);
+    free(ones);
+}
+
+START_TEST(dropout_mask)
+{
+    check_mask(0, 2, 40, 9, 11, 0.3);
+    check_mask(0, 1, 17, 30, 30, 0.5);
+    check_mask(1, 4, 120, 3, 5, 0.4);
+}
+END_TEST
+
 
 /* ------------------------------------------------------------------------------------ */
 /* Loss and Adam                                                                        */
@@ -990,6 +1084,86 @@ START_TEST(batch_norm_statistics)
 }
 END_TEST
 
+static isl_trainer *dropout_trainer(const isl_model *m, uint64_t seed, double rate, int whole)
+{
+    isl_train_options *o;
+    ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_learning_rate(o, 1e-3), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_seed(o, seed), ISL_OK);
+    if (rate >= 0)
+        ck_assert_int_eq(isl_train_options_set_dropout(o, rate, whole), ISL_OK);
+    return test_trainer_create(m, o);
+}
+
+/* The trainer's dropout: rate 0 is no dropout, bit for bit; a rate changes the step and
+ * the seed the mask; a resumed run drops what an uninterrupted one does; bad rates are
+ * refused. */
+START_TEST(dropout_in_training)
+{
+    isl_model *m = api_model(81);
+    batch *b1 = random_batch(82), *b2 = random_batch(83);
+    float l0[LABELS + 3], lz[LABELS + 3], ld[LABELS + 3], ls[LABELS + 3];
+    isl_trainer *plain = dropout_trainer(m, 7, -1, 0), *zero = dropout_trainer(m, 7, 0, 0),
+                *dropped = dropout_trainer(m, 7, 0.3, 0), *seeded = dropout_trainer(m, 8, 0.3, 0);
+    step_ok(plain, b1, l0);
+    step_ok(zero, b1, lz);
+    step_ok(dropped, b1, ld);
+    step_ok(seeded, b1, ls);
+    test_assert_losses_equal(l0, lz, LABELS + 3);
+    printf("first step's total loss: without dropout %.6f, 0.3 seed 7 %.6f, seed 8 %.6f\n",
+           l0[LABELS + 2], ld[LABELS + 2], ls[LABELS + 2]);
+    ck_assert(fabsf(ld[LABELS + 2] - l0[LABELS + 2]) > 1e-4);
+    ck_assert(fabsf(ld[LABELS + 2] - ls[LABELS + 2]) > 1e-4);
+    step_ok(plain, b2, l0);
+    step_ok(zero, b2, lz);
+    isl_model *mp, *mz;
+    ck_assert_int_eq(isl_trainer_model(plain, &mp), ISL_OK);
+    ck_assert_int_eq(isl_trainer_model(zero, &mz), ISL_OK);
+    ck_assert(models_equal(mp, mz));
+
+    /* Resumed after step 1 (the option given again) = not stopped. */
+    char *path = test_temp_path("checkpoint");
+    ck_assert_msg(isl_trainer_save(dropped, path) == ISL_OK, "%s", isl_last_error());
+    step_ok(dropped, b2, ld);
+    isl_train_options *o;
+    ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_learning_rate(o, 1e-3), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_seed(o, 7), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_dropout(o, 0.3, 0), ISL_OK);
+    isl_trainer *resumed = NULL;
+    ck_assert_msg(isl_trainer_load(path, o, &resumed) == ISL_OK, "%s", isl_last_error());
+    isl_train_options_free(o);
+    step_ok(resumed, b2, ls);
+    test_assert_losses_equal(ld, ls, LABELS + 3);
+    isl_model *md, *mr;
+    ck_assert_int_eq(isl_trainer_model(dropped, &md), ISL_OK);
+    ck_assert_int_eq(isl_trainer_model(resumed, &mr), ISL_OK);
+    ck_assert(models_equal(md, mr));
+
+    ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_dropout(o, -0.1, 0), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_train_options_set_dropout(o, 0.95, 1), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_train_options_set_dropout(o, NAN, 0), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_train_options_set_dropout(NULL, 0.1, 0), ISL_ERROR_INVALID_ARGUMENT);
+    isl_train_options_free(o);
+
+    remove(path);
+    free(path);
+    isl_model_free(mp);
+    isl_model_free(mz);
+    isl_model_free(md);
+    isl_model_free(mr);
+    isl_trainer_free(plain);
+    isl_trainer_free(zero);
+    isl_trainer_free(dropped);
+    isl_trainer_free(seeded);
+    isl_trainer_free(resumed);
+    isl_model_free(m);
+    free(b1);
+    free(b2);
+}
+END_TEST
+
 START_TEST(invalid_batches_and_options)
 {
     isl_model *m = api_model(71);
@@ -1130,11 +1304,12 @@ END_TEST
 /* Dump mode, for the PyTorch oracle (tests/python/cli/test_train_oracle.py)                */
 /* ------------------------------------------------------------------------------------ */
 
-/* test_train --dump MODEL BATCH OUT: one training-mode forward and backward of MODEL on
- * the batch in BATCH (group /batch: attributes batch, height, width; float32 datasets
- * inputs, targets, masks), label weight 0.5, no update. OUT is a model file holding the
- * gradients, plus /logits/<head>, /losses (as isl_train_step reports them) and
- * /input_grad. */
+/* test_train --dump MODEL BATCH OUT [RATE WHOLE SEED STEP]: one training-mode forward and
+ * backward of MODEL on the batch in BATCH (group /batch: attributes batch, height, width;
+ * float32 datasets inputs, targets, masks), label weight 0.5, no update, with dropout of
+ * the heads' inputs when RATE... are given (isl_train_net_set_dropout). OUT is a model
+ * file holding the gradients, plus /logits/<head>, /losses (as isl_train_step reports
+ * them) and /input_grad. */
 typedef struct dump_ctx {
     const isl_params *p;
     int B, H, W, oh, ow, L, nz;
@@ -1178,7 +1353,8 @@ static isl_status write_dump(void *user, isl_h5_file *f)
     return isl_h5_write_floats(f, "/input_grad", 4, in, c->input_grad);
 }
 
-static int dump(const char *model_path, const char *batch_path, const char *out_path)
+static int dump(const char *model_path, const char *batch_path, const char *out_path,
+                const rt_dropout *drop)
 {
     isl_model *m = NULL;
     isl_params g = {0};
@@ -1220,6 +1396,7 @@ static int dump(const char *model_path, const char *batch_path, const char *out_
         active[h] = counts[h] > 0;
     active[c.L] = 1;
     memcpy(isl_train_net_input(net), c.inputs, sizeof(float) * (size_t)c.B * c.nz * c.H * c.W);
+    isl_train_net_set_dropout(net, drop->rate, drop->whole_channels, drop->seed, drop->step);
     if (isl_train_net_forward(net, active, 0, ISL_NET_BATCH_STATS) != ISL_OK)
         goto done;
     const float *lg[64];
@@ -1264,8 +1441,13 @@ int main(int argc, char **argv)
      * OpenMP teams mostly wait for each other. threads_agree runs two. */
     const char *threads = getenv("ISL_TEST_THREADS");
     omp_set_num_threads(threads && atoi(threads) > 0 ? atoi(threads) : 1);
-    if (argc == 5 && !strcmp(argv[1], "--dump"))
-        return dump(argv[2], argv[3], argv[4]);
+    if ((argc == 5 || argc == 9) && !strcmp(argv[1], "--dump")) {
+        rt_dropout drop = {0};
+        if (argc == 9)
+            drop = (rt_dropout){strtod(argv[5], NULL), atoi(argv[6]),
+                                strtoull(argv[7], NULL, 10), strtoll(argv[8], NULL, 10)};
+        return dump(argv[2], argv[3], argv[4], &drop);
+    }
     const test_case cases[] = {{"loss", loss_values_and_gradient},
                  {"adam", adam_matches_the_formula},
                  {"adam_weight_decay", adam_weight_decay_is_decoupled},
@@ -1280,6 +1462,9 @@ int main(int argc, char **argv)
                  {"threads", threads_agree},
                  {"gradients", gradients_match_finite_differences},
                  {"gradients_stored", gradients_with_stored_statistics},
+                 {"gradients_dropout", gradients_with_dropout},
+                 {"dropout_mask", dropout_mask},
+                 {"dropout", dropout_in_training},
                  {"jit_kernels", train_net_uses_no_reference_kernels}};
     return test_run_cases("train", cases, sizeof(cases) / sizeof(cases[0]), 600);
 }

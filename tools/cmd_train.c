@@ -61,6 +61,10 @@ static const char train_help[] =
     "  --weight-decay L         AdamW's decoupled weight decay of the convolution weights:\n"
     "                           each step shrinks them by 1 - rate x L first (default 0;\n"
     "                           give it again on --resume)\n"
+    "  --dropout P              drop each value of every head's input with probability P\n"
+    "                           while training, the rest scaled by 1 / (1 - P) (default 0;\n"
+    "                           give it again on --resume)\n"
+    "  --spatial-dropout P      the same, whole channels of a crop at a time\n"
     "  --bn-batches K           re-estimate the batch-norm statistics over K batches before\n"
     "                           writing OUT (default 0: keep the moving averages); with\n"
     "                           --freeze-bn, estimate them before the first step instead\n"
@@ -97,7 +101,8 @@ static const char train_help[] =
 
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
-       OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_WEIGHT_DECAY, OPT_BN_BATCHES,
+       OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_WEIGHT_DECAY, OPT_DROPOUT,
+       OPT_SPATIAL_DROPOUT, OPT_BN_BATCHES,
        OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
        OPT_THREADS, OPT_CONTRAST, OPT_GAMMA, OPT_BLUR, OPT_NOISE, OPT_SCALE, OPT_VALIDATION_MARGIN,
        OPT_UNLABELLED,
@@ -113,7 +118,8 @@ static const cli_option train_options[] = {
     {"no-augment", 0, 0, OPT_NO_AUGMENT},   {"steps", 0, 1, OPT_STEPS},
     {"lr", 0, 1, OPT_LR},                   {"lr-drop", 0, 1, OPT_LR_DROP},
     {"label-weight", 0, 1, OPT_LABEL_WEIGHT}, {"bn-decay", 0, 1, OPT_BN_DECAY},
-    {"weight-decay", 0, 1, OPT_WEIGHT_DECAY},
+    {"weight-decay", 0, 1, OPT_WEIGHT_DECAY}, {"dropout", 0, 1, OPT_DROPOUT},
+    {"spatial-dropout", 0, 1, OPT_SPATIAL_DROPOUT},
     {"bn-batches", 0, 1, OPT_BN_BATCHES},   {"freeze-bn", 0, 0, OPT_FREEZE_BN},
     {"average-from", 0, 1, OPT_AVERAGE_FROM}, {"seed", 0, 1, OPT_SEED},
     {"threads", 0, 1, OPT_THREADS},         {"out", 'o', 1, OPT_OUT},
@@ -139,6 +145,7 @@ typedef struct train_args {
     double lr, drop_rate, label_weight, contrast, gamma, blur, noise, scale, unlabelled, comm_timeout,
         bucket_mb;
     double pixel_size; /* --pixel-size; 0: not given */
+    int dropout_given; /* --dropout or --spatial-dropout, which exclude each other */
     uint64_t seed;
     /* The trainer's options: the CLI sets only those given, so the library's defaults
      * apply to the rest; lr, label_weight, threads and seed are read back from it. */
@@ -162,6 +169,16 @@ static int parse_drop(const char *text, train_args *a)
     return CLI_EXIT_OK;
 }
 
+static isl_status set_dropout(isl_train_options *o, double rate)
+{
+    return isl_train_options_set_dropout(o, rate, 0);
+}
+
+static isl_status set_spatial_dropout(isl_train_options *o, double rate)
+{
+    return isl_train_options_set_dropout(o, rate, 1);
+}
+
 /* An option of the trainer: handed to its setter, whose checks make bad values usage
  * errors. */
 static int parse_trainer_option(isl_train_options *o, int id, const char *v)
@@ -176,6 +193,8 @@ static int parse_trainer_option(isl_train_options *o, int id, const char *v)
         {OPT_LABEL_WEIGHT, "--label-weight", 1, isl_train_options_set_label_weight},
         {OPT_BN_DECAY, "--bn-decay", 1, isl_train_options_set_bn_decay},
         {OPT_WEIGHT_DECAY, "--weight-decay", 1e6, isl_train_options_set_weight_decay},
+        {OPT_DROPOUT, "--dropout", 1, set_dropout},
+        {OPT_SPATIAL_DROPOUT, "--spatial-dropout", 1, set_spatial_dropout},
     };
     long long threads = 0;
     uint64_t seed = 0;
@@ -228,8 +247,12 @@ static int parse_option(train_args *a, int id, const char *v)
         return 0;
     case OPT_LR_DROP: return parse_drop(v, a);
     }
+    if (id == OPT_DROPOUT || id == OPT_SPATIAL_DROPOUT) {
+        if (a->dropout_given++)
+            return cli_usage_error("give one of --dropout and --spatial-dropout, once");
+    }
     if (id == OPT_LR || id == OPT_LABEL_WEIGHT || id == OPT_BN_DECAY || id == OPT_WEIGHT_DECAY ||
-        id == OPT_THREADS || id == OPT_SEED)
+        id == OPT_DROPOUT || id == OPT_SPATIAL_DROPOUT || id == OPT_THREADS || id == OPT_SEED)
         return parse_trainer_option(a->options, id, v);
     struct { int id; const char *name; long long min, max, *out; } ints[] = {
         {OPT_CROP, "--crop", ISL_TILE_MIN, 4090, &a->crop},

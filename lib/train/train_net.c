@@ -2,6 +2,7 @@
 #include "dnnl_md.h"
 
 #include "cpu.h"
+#include "dropout.h"
 #include "error.h"
 #include "train_kernels.h"
 
@@ -107,6 +108,11 @@ struct isl_train_net {
     isl_tk_sync sync;     /* batch statistics over all processes (sync.sum not NULL) */
     isl_train_net_ready_fn ready; /* gradients final during a backward pass, or NULL */
     void *ready_user;
+    /* Dropout of the heads' inputs in the next forward and backward (rate 0: none). */
+    double dropout;
+    int dropout_whole;
+    uint64_t dropout_seed;
+    int64_t dropout_step;
 
     /* Scratch buffers shared by all layers. */
     float *s_act, *s_dact, *g_buf[2], *g_conv, *g_pool;
@@ -957,6 +963,15 @@ void isl_train_net_set_ready(isl_train_net *n, isl_train_net_ready_fn fn, void *
     n->ready_user = fn ? user : NULL;
 }
 
+void isl_train_net_set_dropout(isl_train_net *n, double rate, int whole_channels, uint64_t seed,
+                               int64_t step)
+{
+    n->dropout = rate;
+    n->dropout_whole = whole_channels;
+    n->dropout_seed = seed;
+    n->dropout_step = step;
+}
+
 int isl_train_net_impls(const isl_train_net *n, const char **impl, int max)
 {
     for (int i = 0; i < n->num_prims && i < max; i++) {
@@ -1123,6 +1138,14 @@ static isl_status head_bnact(isl_train_net *n, const isl_tt *trunk, const isl_bn
     return ISL_OK;
 }
 
+/* A head's dropout mask on t (its input, or that input's gradient). */
+static void head_dropout(const isl_train_net *n, int h, isl_tt *t)
+{
+    if (n->dropout > 0)
+        isl_dropout_apply(t, isl_dropout_key(n->dropout_seed, n->dropout_step, h), n->dropout,
+                          n->dropout_whole);
+}
+
 static isl_status bnact_backward(const isl_train_net *n, isl_tt *dact, const isl_tt *act,
                                  const isl_tt *src, int nsrc, const float *mean,
                                  const float *invstd, const isl_bn_params *bn, isl_tt *dx,
@@ -1200,6 +1223,7 @@ isl_status isl_train_net_forward(isl_train_net *n, const int *active, double mom
         if (!hd->active)
             continue;
         ISL_CHECK(head_bnact(n, trunk, bn, &hd->act));
+        head_dropout(n, h, &hd->act);
         ISL_CHECK(conv_forward(n, &hd->cv));
         ISL_CHECK(run_reorder(n, &hd->to_plain, hd->m_blk, hd->m_plain, "logits reorder"));
     }
@@ -1288,7 +1312,16 @@ isl_status isl_train_net_backward(isl_train_net *n)
         const isl_bn_params *bn = &n->p->heads[h].bn;
         ISL_CHECK(run_reorder(n, &hd->from_plain, hd->m_plain, hd->m_blk, "gradient reorder"));
         ISL_CHECK(head_bnact(n, trunk, bn, &hd->act));
-        ISL_CHECK(conv_backward(n, &hd->cv));
+        if (n->dropout > 0) {
+            /* The convolution saw the dropped input; the batch norm's backward wants the
+             * gradient of the whole one and, for its ReLU and tanh, the input itself. */
+            head_dropout(n, h, &hd->act);
+            ISL_CHECK(conv_backward(n, &hd->cv));
+            head_dropout(n, h, &hd->dact);
+            ISL_CHECK(head_bnact(n, trunk, bn, &hd->act));
+        } else {
+            ISL_CHECK(conv_backward(n, &hd->cv));
+        }
         if (n->mode == ISL_NET_BATCH_STATS) {
             ISL_CHECK(bnact_backward(n, &hd->dact, &hd->act, trunk, 1, n->trunk_mean,
                                      n->trunk_invstd, bn, &top->dout, &any, &n->g->heads[h].bn));

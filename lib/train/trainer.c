@@ -28,6 +28,8 @@ struct isl_train_options {
     int freeze_trunk;
     int freeze_bn;
     int64_t average_from;
+    double dropout;     /* of the heads' inputs; 0: none */
+    int dropout_whole;  /* whole channels of an image (spatial dropout) */
 };
 
 static const isl_train_options default_options = {
@@ -39,6 +41,8 @@ static const isl_train_options default_options = {
     .freeze_trunk = 0,
     .freeze_bn = 0,
     .average_from = 0,
+    .dropout = 0,
+    .dropout_whole = 0,
 };
 
 /* One parameter array with its gradient and Adam moments. */
@@ -156,6 +160,16 @@ isl_status isl_train_options_set_weight_decay(isl_train_options *o, double decay
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "weight decay %g is negative or not finite",
                         decay);
     o->adam.weight_decay = decay;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_dropout(isl_train_options *o, double rate, int whole_channels)
+{
+    NEED_OPTIONS(o);
+    if (!(rate >= 0 && rate <= 0.9))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "dropout rate %g is outside [0, 0.9]", rate);
+    o->dropout = rate;
+    o->dropout_whole = whole_channels != 0;
     return ISL_OK;
 }
 
@@ -837,6 +851,8 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
     if (t->has_autoencoder)
         any |= t->active[L] = w < 1;
     load_input(t, b);
+    isl_train_net_set_dropout(t->net, t->opts.dropout, t->opts.dropout_whole, t->opts.seed,
+                              t->step + 1);
     const int frozen = t->opts.freeze_trunk;
     const isl_net_mode mode = frozen              ? ISL_NET_FROZEN_TRUNK
                               : t->opts.freeze_bn ? ISL_NET_STORED_STATS

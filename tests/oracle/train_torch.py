@@ -70,8 +70,38 @@ def _leaves(model, dtype):
     return p
 
 
-def train_forward(model, p, x):
-    """{head: logits} of every head, training-mode batch norm."""
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix(state):
+    """splitmix64's output for state (numpy uint64, wrapping): the draw after state."""
+    with np.errstate(over="ignore"):
+        z = state + _GAMMA
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_mask(rate, whole, seed, step, head, shape):
+    """The keep mask [B, C, h, w] isl draws for a head's input in a step (lib/train/
+    dropout.h, written again here): key = splitmix64 over seed ^ step ^ head; value i (plain
+    [n, c, y, x] order, or [n, c] with whole channels) is kept when draw i of the stream
+    seeded with key, as a 53-bit uniform, is at least the rate."""
+    key = _splitmix(np.uint64(seed))
+    key = _splitmix(key ^ np.uint64(step))
+    key = _splitmix(key ^ np.uint64(head))
+    B, C, h, w = shape
+    count = B * C if whole else B * C * h * w
+    with np.errstate(over="ignore"):
+        draws = _splitmix(key + np.arange(count, dtype=np.uint64) * _GAMMA)
+    keep = (draws >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 >= rate
+    keep = keep.reshape((B, C, 1, 1) if whole else shape)
+    return np.broadcast_to(keep, shape)
+
+
+def train_forward(model, p, x, dropout=None):
+    """{head: logits} of every head, training-mode batch norm; dropout: (rate, whole, seed,
+    step) of the heads' inputs, or None."""
     proj = F.conv2d(x, p["/projection/weight"], p["/projection/bias"])
     outs = []
     for s in range(5):
@@ -93,6 +123,10 @@ def train_forward(model, p, x):
     logits = {}
     for h in model.head_names:
         a = _bnact(t, p["/heads/%s/bn/gamma" % h], p["/heads/%s/bn/beta" % h])
+        if dropout is not None:
+            rate, whole, seed, step = dropout
+            keep = dropout_mask(rate, whole, seed, step, model.head_names.index(h), a.shape)
+            a = a * torch.as_tensor(keep, dtype=a.dtype) / (1 - rate)
         logits[h] = F.conv2d(a, p["/heads/%s/weight" % h], p["/heads/%s/bias" % h])
     return logits
 
@@ -102,10 +136,11 @@ def bins(v):
     return torch.clamp(torch.round(torch.as_tensor(v, dtype=torch.float64) * 255), 0, 255).long()
 
 
-def train_losses(model, inputs, targets, masks, label_weight=0.5, dtype=torch.float64):
+def train_losses(model, inputs, targets, masks, label_weight=0.5, dtype=torch.float64,
+                 dropout=None):
     x = torch.as_tensor(np.asarray(inputs), dtype=dtype).clone().requires_grad_(True)
     p = _leaves(model, dtype)
-    logits = train_forward(model, p, x)
+    logits = train_forward(model, p, x, dropout)
     labels = model.label_heads
     L, nz = len(labels), model.nz
     B, _, oh, ow = logits[model.head_names[-1]].shape

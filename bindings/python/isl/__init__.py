@@ -696,7 +696,8 @@ def _train_options(learning_rate: Optional[float], label_weight: Optional[float]
                    bn_decay: Optional[float], rate_drop: Optional[Tuple[int, float]],
                    adam: Optional[Tuple[float, float, float]], threads: int,
                    freeze_trunk: bool, freeze_bn: bool, average_from: int,
-                   weight_decay: Optional[float]):
+                   weight_decay: Optional[float], dropout: float = 0.0,
+                   spatial_dropout: bool = False):
     options = _capi.isl_train_options_create()
     try:
         # Only what the caller set: the defaults live in the library.
@@ -716,6 +717,8 @@ def _train_options(learning_rate: Optional[float], label_weight: Optional[float]
             _capi.isl_train_options_set_bn_decay(options, float(bn_decay))
         if weight_decay is not None:
             _capi.isl_train_options_set_weight_decay(options, float(weight_decay))
+        if dropout or spatial_dropout:
+            _capi.isl_train_options_set_dropout(options, float(dropout), int(bool(spatial_dropout)))
         if rate_drop is not None:
             step, rate = rate_drop
             _capi.isl_train_options_set_rate_drop(options, int(step), float(rate))
@@ -762,6 +765,12 @@ class Trainer(_Closable):
             trained model (docs/training.md, "Why frozen statistics").
         average_from: from this 1-based step on, also keep the running mean of the
             weights (:meth:`average_model`; 0 = never). Meant with ``freeze_bn``.
+        dropout: probability of dropping each value of every head's input while training
+            (the rest scaled by ``1 / (1 - dropout)``; 0 = none, at most 0.9). The mask is a
+            function of ``seed``, the step and the head: a resumed trainer drops what an
+            uninterrupted one would.
+        spatial_dropout: with ``dropout``, drop whole channels of a crop instead of single
+            values.
     """
 
     def __init__(self, model: Model, *, learning_rate: Optional[float] = None,
@@ -770,11 +779,13 @@ class Trainer(_Closable):
                  rate_drop: Optional[Tuple[int, float]] = None,
                  adam: Optional[Tuple[float, float, float]] = None, threads: int = 0,
                  freeze_trunk: bool = False, freeze_bn: bool = False, average_from: int = 0,
-                 weight_decay: Optional[float] = None, _ptr=None) -> None:
+                 weight_decay: Optional[float] = None, dropout: float = 0.0,
+                 spatial_dropout: bool = False, _ptr=None) -> None:
         self._lock = threading.Lock()
         self._ptr = None
         options = _train_options(learning_rate, label_weight, seed, bn_decay, rate_drop, adam,
-                                 threads, freeze_trunk, freeze_bn, average_from, weight_decay)
+                                 threads, freeze_trunk, freeze_bn, average_from, weight_decay,
+                                 dropout, spatial_dropout)
         try:
             if _ptr is None:
                 if not isinstance(model, Model):

@@ -1094,6 +1094,37 @@ def test_weight_average(islpy, bindings_tmp):
         assert resumed.average_count == 2
 
 
+def test_dropout(islpy, bindings_tmp):
+    """Trainer(dropout=P): a step differs from the step without dropout and repeats with
+    the same seed; another seed drops other values; whole channels differ again; a resumed
+    trainer drops what an uninterrupted one does; bad rates are refused."""
+    inputs, targets = train_batch()
+
+    def losses(checkpoint=None, **kw):
+        with tiny_model(islpy) as model:
+            with islpy.Trainer(model, learning_rate=1e-3, threads=THREADS, **kw) as t:
+                first = t.step(inputs, targets)
+                if checkpoint is not None:
+                    t.save(checkpoint)
+                return list(first.values()) + list(t.step(inputs, targets).values())
+
+    plain = losses(seed=3)
+    dropped = losses(seed=3, dropout=0.3)
+    assert dropped != plain
+    assert losses(seed=3, dropout=0.3) == dropped
+    assert losses(seed=4, dropout=0.3) != dropped
+    assert losses(seed=3, dropout=0.3, spatial_dropout=True) != dropped
+    checkpoint = bindings_tmp / "dropout.ckpt.h5"
+    losses(checkpoint, seed=3, dropout=0.3)
+    with islpy.Trainer.load(checkpoint, learning_rate=1e-3, seed=3, dropout=0.3,
+                            threads=THREADS) as resumed:
+        assert list(resumed.step(inputs, targets).values()) == dropped[len(dropped) // 2:]
+    for bad in (-0.1, 0.95, float("nan")):
+        with pytest.raises(islpy.InvalidArgumentError, match="dropout rate"):
+            with tiny_model(islpy) as model:
+                islpy.Trainer(model, dropout=bad)
+
+
 def test_weight_decay(islpy, bindings_tmp):
     """Trainer(weight_decay=L): after one step every convolution weight is the undecayed
     step's minus lr * L times its initial value; biases, gamma and beta are the undecayed

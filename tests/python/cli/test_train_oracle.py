@@ -34,9 +34,15 @@ def dump_bin():
     return path
 
 
-@pytest.fixture(scope="module")
-def case(dump_bin, tmp_path_factory):
-    """(torch results, isl results) for one random model and batch."""
+# Without dropout; dropout of single values of the heads' inputs; of whole channels.
+DROPOUTS = [None, (0.3, 0, 91, 5), (0.5, 1, 92, 6)]
+
+
+@pytest.fixture(scope="module", params=DROPOUTS, ids=["plain", "dropout", "spatial_dropout"])
+def case(dump_bin, tmp_path_factory, request):
+    """(torch results, isl results) for one random model and batch; the oracle draws
+    the dropout mask with its own numpy splitmix64 (train_torch.dropout_mask)."""
+    dropout = request.param
     tmp = tmp_path_factory.mktemp("train_oracle")
     torch.manual_seed(0)
     model = isl_torch.build_random(BASE, NZ, LABELS, seed=5)
@@ -53,11 +59,13 @@ def case(dump_bin, tmp_path_factory):
             g.attrs.create(k, v, dtype=np.uint64)
         g["inputs"], g["targets"], g["masks"] = inputs, targets, masks
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    extra = [str(v) for v in dropout] if dropout else []
     r = subprocess.run([str(dump_bin), "--dump", str(tmp / "model.h5"), str(tmp / "batch.h5"),
-                        str(tmp / "out.h5")], capture_output=True, text=True, env=env, timeout=300)
+                        str(tmp / "out.h5")] + extra, capture_output=True, text=True, env=env,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     ref = train_torch.train_losses(isl_torch.load_model(tmp / "model.h5", torch.float64),
-                                   inputs, targets, masks)
+                                   inputs, targets, masks, dropout=dropout)
     with h5py.File(tmp / "out.h5", "r") as f:
         grads = {}
         f.visititems(lambda name, obj: grads.__setitem__("/" + name, obj[()])
