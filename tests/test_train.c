@@ -393,41 +393,38 @@ static void check_gradients(int stored, const rt_dropout *drop)
     test_arr_list *pl = test_arrays_of(&p), *gl = test_arrays_of(&e.g);
     direction *d = calloc(1, sizeof(*d));
     t0 = test_now();
-    if (drop) {
-        add_group(d, &p, pl, gl, g_label_heads, 1);
-        add_group(d, &p, pl, gl, g_ae_head, 1);
-        add_group(d, &p, pl, gl, g_head_bn, 1);
-        check_direction(d, &p, b, 105, "heads (dropout)");
+    if (!drop) {
+        add_group(d, &p, pl, gl, g_projection, 0.1); /* it moves every activation */
+        if (stored) /* then the projection bias matters (see g_projection) */
+            add_group(d, &p, pl, gl, g_projection_bias, 0.1);
+        add_segment(d, b->inputs, isl_train_net_input_grad(e.net),
+                    sizeof(b->inputs) / sizeof(float),
+                    FD_STEP / sqrt(sizeof(b->inputs) / sizeof(float) / 100.0));
+        check_direction(d, &p, b, 101, "projection + input");
         d->count = 0;
-        add_group(d, &p, pl, gl, g_bn_gamma, 1);
-        add_group(d, &p, pl, gl, g_bn_beta, 1);
+        add_group(d, &p, pl, gl, g_expand_in, 1);
+        add_group(d, &p, pl, gl, g_expand_down, 1);
+        add_group(d, &p, pl, gl, g_expand_up, 1);
+        check_direction(d, &p, b, 102, "expand (in, down, up)");
+        d->count = 0;
         add_group(d, &p, pl, gl, g_reduce, 1);
-        check_direction(d, &p, b, 104, "module batch norms + reduce (dropout)");
-        goto done;
+        check_direction(d, &p, b, 103, "reduce");
+        d->count = 0;
     }
-    add_group(d, &p, pl, gl, g_projection, 0.1); /* it moves every activation */
-    if (stored) /* then the projection bias matters (see g_projection) */
-        add_group(d, &p, pl, gl, g_projection_bias, 0.1);
-    add_segment(d, b->inputs, isl_train_net_input_grad(e.net), sizeof(b->inputs) / sizeof(float),
-                FD_STEP / sqrt(sizeof(b->inputs) / sizeof(float) / 100.0));
-    check_direction(d, &p, b, 101, "projection + input");
-    d->count = 0;
-    add_group(d, &p, pl, gl, g_expand_in, 1);
-    add_group(d, &p, pl, gl, g_expand_down, 1);
-    add_group(d, &p, pl, gl, g_expand_up, 1);
-    check_direction(d, &p, b, 102, "expand (in, down, up)");
-    d->count = 0;
-    add_group(d, &p, pl, gl, g_reduce, 1);
-    check_direction(d, &p, b, 103, "reduce");
-    d->count = 0;
+    /* With dropout the reduce convolutions join the module batch norms: the trunk's
+     * gradient through the dropped heads' inputs. */
     add_group(d, &p, pl, gl, g_bn_gamma, 1);
     add_group(d, &p, pl, gl, g_bn_beta, 1);
-    check_direction(d, &p, b, 104, "module batch norms");
+    if (drop)
+        add_group(d, &p, pl, gl, g_reduce, 1);
+    check_direction(d, &p, b, 104, drop ? "module batch norms + reduce" : "module batch norms");
     d->count = 0;
     add_group(d, &p, pl, gl, g_label_heads, 1);
     add_group(d, &p, pl, gl, g_ae_head, 1);
     add_group(d, &p, pl, gl, g_head_bn, 1);
     check_direction(d, &p, b, 105, "heads");
+    if (drop)
+        goto done;
     /* Single weights where an index mix-up would hide in a sum. */
     check_element(&p, b, pl, gl, g_expand_up, "transposed conv");
     check_element(&p, b, pl, gl, g_bn_gamma, "bn gamma");
@@ -1084,7 +1081,8 @@ START_TEST(batch_norm_statistics)
 }
 END_TEST
 
-static isl_trainer *dropout_trainer(const isl_model *m, uint64_t seed, double rate, int whole)
+/* Options of rate 1e-3 and the seed, with dropout at the rate (none when negative). */
+static isl_train_options *dropout_options(uint64_t seed, double rate, int whole)
 {
     isl_train_options *o;
     ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
@@ -1092,7 +1090,12 @@ static isl_trainer *dropout_trainer(const isl_model *m, uint64_t seed, double ra
     ck_assert_int_eq(isl_train_options_set_seed(o, seed), ISL_OK);
     if (rate >= 0)
         ck_assert_int_eq(isl_train_options_set_dropout(o, rate, whole), ISL_OK);
-    return test_trainer_create(m, o);
+    return o;
+}
+
+static isl_trainer *dropout_trainer(const isl_model *m, uint64_t seed, double rate, int whole)
+{
+    return test_trainer_create(m, dropout_options(seed, rate, whole));
 }
 
 /* The trainer's dropout: rate 0 is no dropout, bit for bit; a rate changes the step and
@@ -1125,11 +1128,7 @@ START_TEST(dropout_in_training)
     char *path = test_temp_path("checkpoint");
     ck_assert_msg(isl_trainer_save(dropped, path) == ISL_OK, "%s", isl_last_error());
     step_ok(dropped, b2, ld);
-    isl_train_options *o;
-    ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
-    ck_assert_int_eq(isl_train_options_set_learning_rate(o, 1e-3), ISL_OK);
-    ck_assert_int_eq(isl_train_options_set_seed(o, 7), ISL_OK);
-    ck_assert_int_eq(isl_train_options_set_dropout(o, 0.3, 0), ISL_OK);
+    isl_train_options *o = dropout_options(7, 0.3, 0);
     isl_trainer *resumed = NULL;
     ck_assert_msg(isl_trainer_load(path, o, &resumed) == ISL_OK, "%s", isl_last_error());
     isl_train_options_free(o);
