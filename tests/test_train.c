@@ -475,12 +475,13 @@ END_TEST
 START_TEST(gradients_with_stored_statistics) { check_gradients(1, NULL); }
 END_TEST
 
-/* Dropout of the heads' inputs: values dropped by batch statistics' step, whole channels
- * with the stored statistics (the gradient reaches the trunk either way). */
+/* Dropout of the heads' inputs, whole channels with the stored statistics (the folds'
+ * recipe; the gradient reaches the trunk). Values dropped with batch statistics are
+ * checked against PyTorch (tests/python/cli/test_train_oracle.py); one finite-difference
+ * case keeps the sanitizer run of this test within its time limit. */
 START_TEST(gradients_with_dropout)
 {
-    const rt_dropout values = {0.3, 0, 91, 5}, channels = {0.5, 1, 92, 6};
-    check_gradients(0, &values);
+    const rt_dropout channels = {0.5, 1, 92, 6};
     check_gradients(1, &channels);
 }
 END_TEST
