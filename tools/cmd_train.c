@@ -434,8 +434,7 @@ static uint64_t batch_seed(uint64_t seed, uint64_t step)
 static uint64_t attempt_seed(uint64_t seed, uint64_t step, int attempt)
 {
     const uint64_t first = batch_seed(seed, step);
-    uint64_t state = first + (uint64_t)attempt * ISL_SPLITMIX64_GAMMA;
-    return attempt == 0 ? first : isl_splitmix64(&state);
+    return attempt == 0 ? first : isl_splitmix64_draw(first, (uint64_t)attempt);
 }
 
 /* Batches in a row with nothing known before a run gives up rather than loop forever. */

@@ -19,6 +19,14 @@ static inline uint64_t isl_splitmix64(uint64_t *state)
     return z ^ (z >> 31);
 }
 
+/* Draw i (0-based) of the stream seeded with seed, without drawing the ones before it:
+ * splitmix64's state only advances by the constant. */
+static inline uint64_t isl_splitmix64_draw(uint64_t seed, uint64_t i)
+{
+    uint64_t state = seed + i * ISL_SPLITMIX64_GAMMA;
+    return isl_splitmix64(&state);
+}
+
 /* A uniform value in [0, 1) from the top 53 of 64 random bits. */
 static inline double isl_uniform53(uint64_t bits)
 {

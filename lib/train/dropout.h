@@ -24,8 +24,7 @@ static inline uint64_t isl_dropout_key(uint64_t seed, int64_t step, int head)
  * drop; kept when the draw's uniform53 is at least the rate. */
 static inline int isl_dropout_keeps(uint64_t key, uint64_t i, double rate)
 {
-    uint64_t s = key + i * ISL_SPLITMIX64_GAMMA;
-    return isl_uniform53(isl_splitmix64(&s)) >= rate;
+    return isl_uniform53(isl_splitmix64_draw(key, i)) >= rate;
 }
 
 /* t = mask * t / (1 - rate) in place (inverted dropout: prediction needs no change);
