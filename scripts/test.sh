@@ -36,8 +36,11 @@ if [ "${ISL_TEST_SANITIZE:-1}" = 1 ]; then
   fi
   ninja -C build-asan
   # The quick suite exercises every code path; the slow one only repeats them at scale.
+  # Sanitized code runs 2-4x slower (the train test: ~90 s released, 330-470 s here on
+  # the 2-core CI machine), so every timeout is doubled.
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-    meson test -C build-asan --suite quick --print-errorlogs --num-processes 1
+    meson test -C build-asan --suite quick --print-errorlogs --num-processes 1 \
+    --timeout-multiplier 2
 fi
 
 if [ "${ISL_TEST_SANITIZE:-1}" = 1 ]; then
