@@ -104,20 +104,6 @@ static isl_model *with_new_head(const isl_model *m, uint64_t seed)
 /* Parameter arrays                                                                     */
 /* ------------------------------------------------------------------------------------ */
 
-static const test_arr *find(const test_arr_list *l, const char *path)
-{
-    for (int i = 0; i < l->count; i++)
-        if (!strcmp(l->a[i].path, path))
-            return &l->a[i];
-    return NULL;
-}
-
-static int same(const test_arr *a, const test_arr *b)
-{
-    return a && b && a->count == b->count &&
-           memcmp(a->data, b->data, sizeof(float) * a->count) == 0;
-}
-
 static int has(const char *path, const char *part) { return strstr(path, part) != NULL; }
 
 static int is_statistic(const char *path) { return has(path, "/mean") || has(path, "/var"); }
@@ -127,23 +113,6 @@ static int in_head(const char *path, const char *name)
     char prefix[96];
     snprintf(prefix, sizeof(prefix), "/heads/%s/", name);
     return !strncmp(path, prefix, strlen(prefix));
-}
-
-/* Every array of a bitwise equal to b's array at the same path. */
-static int params_equal(const isl_params *a, const isl_params *b)
-{
-    test_arr_list *la = test_arrays_of(a), *lb = test_arrays_of(b);
-    int equal = la->count == lb->count;
-    for (int i = 0; equal && i < la->count; i++)
-        equal = same(&la->a[i], find(lb, la->a[i].path));
-    free(la);
-    free(lb);
-    return equal;
-}
-
-static int models_equal(const isl_model *a, const isl_model *b)
-{
-    return params_equal(&a->params, &b->params);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -191,7 +160,8 @@ START_TEST(add_heads_copies_and_appends)
     test_arr_list *lm = test_arrays_of(&m->params), *lq = test_arrays_of(&q->params);
     ck_assert_int_eq(lq->count, lm->count + 6);
     for (int i = 0; i < lm->count; i++)
-        ck_assert_msg(same(&lm->a[i], find(lq, lm->a[i].path)), "%s", lm->a[i].path);
+        ck_assert_msg(test_same_array(&lm->a[i], test_find_array(lq, lm->a[i].path)), "%s",
+                      lm->a[i].path);
     const isl_head_params *nh = &q->params.heads[NEW], *h0 = &m->params.heads[0];
     const int tc = arch->trunk_ch;
     ck_assert(memcmp(nh->bn.mean, h0->bn.mean, sizeof(float) * tc) == 0);
@@ -210,7 +180,7 @@ START_TEST(add_heads_copies_and_appends)
 
     /* Deterministic in the seed; heads added together draw in order from it. */
     isl_model *q2 = with_new_head(m, 9), *q3 = with_new_head(m, 10), *two = NULL;
-    ck_assert(models_equal(q, q2));
+    ck_assert(test_models_equal(q, q2));
     ck_assert(memcmp(q3->params.heads[NEW].weight, nh->weight, sizeof(float) * nw) != 0);
     const char *pair[2] = {"a", "b"};
     ck_assert_int_eq(isl_model_add_heads(m, 2, pair, 9, &two), ISL_OK);
@@ -241,7 +211,7 @@ START_TEST(add_heads_copies_and_appends)
     ck_assert_int_eq(isl_model_num_heads(r), HEADS);
     for (int h = 0; h < HEADS; h++)
         ck_assert_str_eq(isl_model_head_name(r, h), isl_model_head_name(q, h));
-    ck_assert(models_equal(q, r));
+    ck_assert(test_models_equal(q, r));
     float *pr[HEADS];
     predict_all(r, b->inputs, pr);
     ck_assert(memcmp(pr[NEW], pq[NEW], sizeof(float) * 256 * OUT * OUT) == 0);
@@ -466,7 +436,7 @@ START_TEST(frozen_engine_logits_and_gradients)
 
     /* Nothing was written into the statistics (momentum 0.5 is ignored), the trunk's
      * gradients are zero, and so are those of the head without known pixels. */
-    ck_assert(params_equal(&q->params, &p));
+    ck_assert(test_params_equal(&q->params, &p));
     test_arr_list *pl = test_arrays_of(&p), *gl = test_arrays_of(&g);
     for (int i = 0; i < gl->count; i++) {
         const test_arr *a = &gl->a[i];
@@ -588,8 +558,8 @@ START_TEST(frozen_trunk_training)
     for (int i = 0; i < lq->count; i++) {
         const char *path = lq->a[i].path;
         int fixed = !has(path, "/heads/") || is_statistic(path) || in_head(path, old_names[1]);
-        ck_assert_msg(same(&lq->a[i], find(ls, path)) == fixed, "%s %s", path,
-                      fixed ? "changed" : "did not change");
+        ck_assert_msg(test_same_array(&lq->a[i], test_find_array(ls, path)) == fixed, "%s %s",
+                      path, fixed ? "changed" : "did not change");
     }
 
     /* Re-estimating the statistics changes nothing (they are frozen). */
@@ -597,7 +567,7 @@ START_TEST(frozen_trunk_training)
     ck_assert_int_eq(isl_trainer_estimate_bn(t, &tb, 0), ISL_OK);
     isl_model *e = NULL;
     ck_assert_int_eq(isl_trainer_model(t, &e), ISL_OK);
-    ck_assert(models_equal(s, e));
+    ck_assert(test_models_equal(s, e));
     tb.batch_size = 0;
     ck_assert_int_eq(isl_trainer_estimate_bn(t, &tb, 0), ISL_ERROR_SHAPE);
 
@@ -684,7 +654,7 @@ static int trunk_moments_equal(const moments *a, const moments *b)
         test_arr_list *la = test_arrays_of(sa[k]), *lb = test_arrays_of(sb[k]);
         for (int i = 0; i < la->count; i++)
             if (!has(la->a[i].path, "/heads/"))
-                equal &= same(&la->a[i], &lb->a[i]);
+                equal &= test_same_array(&la->a[i], &lb->a[i]);
         free(la);
         free(lb);
     }
@@ -732,7 +702,7 @@ START_TEST(frozen_checkpoints_resume)
     isl_model *ma, *mb;
     ck_assert_int_eq(isl_trainer_model(t, &ma), ISL_OK);
     ck_assert_int_eq(isl_trainer_model(u, &mb), ISL_OK);
-    ck_assert(models_equal(ma, mb));
+    ck_assert(test_models_equal(ma, mb));
 
     /* From an unfrozen checkpoint: freezing keeps the trunk's moments as they were. */
     isl_trainer *full = trainer(q, 0);

@@ -498,6 +498,38 @@ static inline test_arr_list *test_arrays_of(const isl_params *p)
     return l;
 }
 
+/* The array of l at path, or NULL. */
+static inline const test_arr *test_find_array(const test_arr_list *l, const char *path)
+{
+    for (int i = 0; i < l->count; i++)
+        if (!strcmp(l->a[i].path, path))
+            return &l->a[i];
+    return NULL;
+}
+
+static inline int test_same_array(const test_arr *a, const test_arr *b)
+{
+    return a && b && a->count == b->count &&
+           memcmp(a->data, b->data, sizeof(float) * a->count) == 0;
+}
+
+/* The same arrays (paths) in a and b, each bitwise equal, statistics included. */
+static inline int test_params_equal(const isl_params *a, const isl_params *b)
+{
+    test_arr_list *la = test_arrays_of(a), *lb = test_arrays_of(b);
+    int equal = la->count == lb->count;
+    for (int i = 0; equal && i < la->count; i++)
+        equal = test_same_array(&la->a[i], test_find_array(lb, la->a[i].path));
+    free(la);
+    free(lb);
+    return equal;
+}
+
+static inline int test_models_equal(const isl_model *a, const isl_model *b)
+{
+    return test_params_equal(&a->params, &b->params);
+}
+
 /* One Check test case per test, so CK_RUN_CASE=name runs one; returns main's status. */
 typedef struct test_case {
     const char *name;
