@@ -456,8 +456,10 @@ ISL_API int isl_trainer_num_losses(const isl_trainer *trainer);
  *    [L]             the label loss: mean over the heads with known pixels (NaN if none);
  *    [L + 1]         the autoencoder loss: mean over planes and pixels (NaN if not trained);
  *    [L + 2]         the total w * label + (1 - w) * autoencoder, absent parts counting 0.
- *  Heads without a known pixel in the batch are neither computed nor updated.
- *  The first step with a new crop size builds the network for it (seconds). */
+ *  Heads without a known pixel in the batch are neither computed nor updated. A batch
+ *  with nothing to learn (no known pixel and label weight 1) changes nothing and is not
+ *  counted as a step. The first step with a new crop size builds the network for it
+ *  (seconds). */
 ISL_API isl_status isl_train_step(isl_trainer *trainer, const isl_train_batch *batch,
                                   float *losses_out);
 
