@@ -850,28 +850,22 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
         any |= t->active[l] = w > 0 && t->counts[l] > 0;
     if (t->has_autoencoder)
         any |= t->active[L] = w < 1;
-    if (!any) { /* nothing to learn from: no known label and no autoencoder */
-        for (int h = 0; h <= L; h++)
-            t->logits[h] = t->dlogits[h] = NULL;
-        if (isl_loss_compute(&lb, t->logits, t->dlogits, t->counts, w, t->losses))
-            return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory computing the loss");
-        if (losses_out)
-            for (int i = 0; i < L + 3; i++)
-                losses_out[i] = (float)t->losses[i];
-        return ISL_OK; /* every process of a data-parallel step decides alike (global counts) */
-    }
-    load_input(t, b);
-    isl_train_net_set_dropout(t->net, t->opts.dropout, t->opts.dropout_whole, t->opts.seed,
-                              t->step + 1);
+    /* Nothing to learn from (no known label and no autoencoder): no forward pass, which
+     * would move the batch-norm moving averages; the losses are still reported. Every
+     * process of a data-parallel step decides alike (global counts). */
     const int frozen = t->opts.freeze_trunk;
-    const isl_net_mode mode = frozen              ? ISL_NET_FROZEN_TRUNK
-                              : t->opts.freeze_bn ? ISL_NET_STORED_STATS
-                                                  : ISL_NET_BATCH_STATS;
-    ISL_CHECK(isl_train_net_forward(t->net, t->active, 1.0 - t->opts.bn_decay, mode));
-
+    if (any) {
+        load_input(t, b);
+        isl_train_net_set_dropout(t->net, t->opts.dropout, t->opts.dropout_whole, t->opts.seed,
+                                  t->step + 1);
+        const isl_net_mode mode = frozen              ? ISL_NET_FROZEN_TRUNK
+                                  : t->opts.freeze_bn ? ISL_NET_STORED_STATS
+                                                      : ISL_NET_BATCH_STATS;
+        ISL_CHECK(isl_train_net_forward(t->net, t->active, 1.0 - t->opts.bn_decay, mode));
+    }
     for (int h = 0; h <= L; h++) { /* [L]: the autoencoder, NULL if the model has none */
-        t->logits[h] = h < H ? isl_train_net_logits(t->net, h) : NULL;
-        t->dlogits[h] = h < H ? isl_train_net_dlogits(t->net, h) : NULL;
+        t->logits[h] = any && h < H ? isl_train_net_logits(t->net, h) : NULL;
+        t->dlogits[h] = any && h < H ? isl_train_net_dlogits(t->net, h) : NULL;
     }
     if (isl_loss_compute(&lb, t->logits, t->dlogits, t->counts, w, t->losses))
         return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory computing the loss");
@@ -883,6 +877,8 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
     if (!isfinite(t->losses[L + 2]))
         return isl_fail(ISL_ERROR_VALUE, "the loss is %g (diverged?); the step was not applied",
                         t->losses[L + 2]);
+    if (!any)
+        return ISL_OK;
     ISL_CHECK(backward(t));
     const int64_t step_index = t->step + 1;
     for (int h = -1; h < t->params.num_heads; h++)
