@@ -669,6 +669,14 @@ typedef int (*isl_allreduce_fn)(void *buf, size_t count, isl_reduce_type type, v
 ISL_API isl_status isl_trainer_set_allreduce(isl_trainer *trainer, isl_allreduce_fn fn,
                                              void *user);
 
+/** The place in the global batch of this process's first crop (default 0), e.g. rank x
+ *  its batch size, the `first` of isl_sampler_draw_part. Dropout masks
+ *  (isl_train_options_set_dropout) are drawn per crop of the global batch, so with it
+ *  the processes of a run with dropout drop what one process on the global batch would;
+ *  left at 0 on every process, each drops the same values of its own crops. Nothing
+ *  else depends on it. first >= 0. */
+ISL_API isl_status isl_trainer_set_first_crop(isl_trainer *trainer, int64_t first);
+
 /** Completes every sum an asynchronous allreduce hook has started (see
  *  isl_trainer_set_gradient_buckets): on return their buffers hold the sums. Return 0,
  *  or nonzero on failure. */

@@ -70,10 +70,12 @@ static isl_train_batch part(const global_batch *b, int first, int count)
     return t;
 }
 
-static isl_trainer *make_trainer(const isl_model *m)
+/* dropout: the rate of value dropout of the heads' inputs (0: none). */
+static isl_trainer *make_trainer(const isl_model *m, double dropout)
 {
     isl_train_options *o;
     ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_dropout(o, dropout, 0), ISL_OK);
     ck_assert_int_eq(isl_train_options_set_learning_rate(o, RATE), ISL_OK);
     ck_assert_int_eq(isl_train_options_set_adam(o, 0.9, 0.999, EPSILON), ISL_OK);
     ck_assert_int_eq(isl_train_options_set_threads(o, 1), ISL_OK);
@@ -202,10 +204,12 @@ static double max_weight_difference(const isl_trainer *ta, const isl_trainer *tb
 /* How the ranks of run_two_ranks hand over their gradients. */
 enum { FLAT, BUCKETS, ASYNC_BUCKETS };
 
-/* STEPS steps of two ranks (threads), half of each batch each; ranks[r].trainer stay
- * the caller's to free. */
+/* STEPS steps of two ranks (threads), half of each batch each, with dropout of that rate
+ * and, if first_crops, each rank told where its crops lie in the global batch
+ * (isl_trainer_set_first_crop); ranks[r].trainer stay the caller's to free. */
 static void run_two_ranks(const isl_model *m, global_batch *const *batches, int how,
-                          size_t bucket_bytes, transport *net, rank_ctx ranks[2])
+                          size_t bucket_bytes, double dropout, int first_crops, transport *net,
+                          rank_ctx ranks[2])
 {
     memset(net, 0, sizeof(*net));
     ck_assert_int_eq(pthread_barrier_init(&net->barrier, NULL, 2), 0);
@@ -214,7 +218,9 @@ static void run_two_ranks(const isl_model *m, global_batch *const *batches, int 
         memset(&ranks[r], 0, sizeof(ranks[r]));
         ranks[r].net = net;
         ranks[r].rank = r;
-        ranks[r].trainer = make_trainer(m);
+        ranks[r].trainer = make_trainer(m, dropout);
+        if (first_crops)
+            ck_assert_int_eq(isl_trainer_set_first_crop(ranks[r].trainer, r * HALF), ISL_OK);
         for (int k = 0; k < STEPS; k++)
             ranks[r].batches[k] = batches[k];
         ck_assert_int_eq(isl_trainer_set_allreduce(ranks[r].trainer, fake_allreduce, &ranks[r]),
@@ -243,7 +249,7 @@ START_TEST(two_ranks_equal_one_process_of_the_global_batch)
         batches[k] = make_batch(100 + (uint64_t)k);
 
     /* One process, global batch. */
-    isl_trainer *single = make_trainer(m);
+    isl_trainer *single = make_trainer(m, 0);
     float ref[STEPS][LOSSES];
     for (int k = 0; k < STEPS; k++) {
         isl_train_batch b = part(batches[k], 0, GLOBAL);
@@ -253,7 +259,7 @@ START_TEST(two_ranks_equal_one_process_of_the_global_batch)
     /* Two ranks, half each. */
     transport net;
     rank_ctx ranks[2];
-    run_two_ranks(m, batches, 0, 0, &net, ranks);
+    run_two_ranks(m, batches, FLAT, 0, 0, 1, &net, ranks);
 
     /* The hook carried the batch norms' sums and the gradients: many calls, and at
      * least every trainable float once per step. */
@@ -279,7 +285,7 @@ START_TEST(two_ranks_equal_one_process_of_the_global_batch)
     ck_assert_msg(diff <= WEIGHT_TOL, "max weight difference %.3g > %.1g", diff, WEIGHT_TOL);
 
     /* The control: a rank alone on its half (no hook) trains a different model. */
-    isl_trainer *alone = make_trainer(m);
+    isl_trainer *alone = make_trainer(m, 0);
     for (int k = 0; k < STEPS; k++) {
         isl_train_batch b = part(batches[k], 0, HALF);
         ck_assert_msg(isl_train_step(alone, &b, NULL) == ISL_OK, "%s", isl_last_error());
@@ -291,6 +297,48 @@ START_TEST(two_ranks_equal_one_process_of_the_global_batch)
     isl_trainer_free(alone);
     for (int r = 0; r < 2; r++)
         isl_trainer_free(ranks[r].trainer);
+    isl_trainer_free(single);
+    for (int k = 0; k < STEPS; k++)
+        free(batches[k]);
+    isl_model_free(m);
+}
+END_TEST
+
+/* Dropout masks are drawn per crop of the global batch: ranks that know where their crops
+ * lie (isl_trainer_set_first_crop) drop what one process on the global batch drops and
+ * reach its weights; ranks that do not each drop the mask of the global batch's first
+ * crops on their own, and train another model. */
+START_TEST(two_ranks_with_dropout_drop_what_one_process_would)
+{
+    const double rate = 0.5;
+    isl_model *m = test_new_model(BASE, NZ, LABELS, names, 11, "none");
+    global_batch *batches[STEPS];
+    for (int k = 0; k < STEPS; k++)
+        batches[k] = make_batch(200 + (uint64_t)k);
+    isl_trainer *single = make_trainer(m, rate);
+    for (int k = 0; k < STEPS; k++) {
+        isl_train_batch b = part(batches[k], 0, GLOBAL);
+        ck_assert_msg(isl_train_step(single, &b, NULL) == ISL_OK, "%s", isl_last_error());
+    }
+    transport net[2];
+    rank_ctx placed[2], unplaced[2];
+    run_two_ranks(m, batches, FLAT, 0, rate, 1, &net[0], placed);
+    run_two_ranks(m, batches, FLAT, 0, rate, 0, &net[1], unplaced);
+    ck_assert(max_weight_difference(placed[0].trainer, placed[1].trainer) == 0.0);
+    double diff = max_weight_difference(single, placed[0].trainer);
+    double apart = max_weight_difference(single, unplaced[0].trainer);
+    printf("dropout %.1f, two ranks vs one process after %d steps: max |w difference| %.3g "
+           "with first crops set, %.3g without\n", rate, STEPS, diff, apart);
+    ck_assert_msg(diff <= WEIGHT_TOL, "max weight difference %.3g > %.1g", diff, WEIGHT_TOL);
+    ck_assert_msg(apart > 10 * WEIGHT_TOL, "ranks sharing one mask differ by only %.3g", apart);
+
+    ck_assert_int_eq(isl_trainer_set_first_crop(NULL, 0), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_trainer_set_first_crop(single, -1), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_msg(strstr(isl_last_error(), "negative"), "%s", isl_last_error());
+    for (int r = 0; r < 2; r++) {
+        isl_trainer_free(placed[r].trainer);
+        isl_trainer_free(unplaced[r].trainer);
+    }
     isl_trainer_free(single);
     for (int k = 0; k < STEPS; k++)
         free(batches[k]);
@@ -315,7 +363,7 @@ START_TEST(a_failing_hook_fails_the_step)
 {
     isl_model *m = test_new_model(BASE, NZ, LABELS, names, 6, "none");
     global_batch *g = make_batch(7);
-    isl_trainer *t = make_trainer(m);
+    isl_trainer *t = make_trainer(m, 0);
     ck_assert_int_eq(isl_trainer_set_allreduce(NULL, broken_allreduce, NULL),
                      ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_int_eq(isl_trainer_set_allreduce(t, broken_allreduce, NULL), ISL_OK);
@@ -345,9 +393,9 @@ START_TEST(gradient_buckets_give_the_flat_result)
     const size_t bucket = sizeof(float) * (size_t)isl_model_parameter_count(m) / 8;
     transport net[3];
     rank_ctx flat[2], sync[2], async[2];
-    run_two_ranks(m, batches, FLAT, 0, &net[0], flat);
-    run_two_ranks(m, batches, BUCKETS, bucket, &net[1], sync);
-    run_two_ranks(m, batches, ASYNC_BUCKETS, bucket, &net[2], async);
+    run_two_ranks(m, batches, FLAT, 0, 0, 1, &net[0], flat);
+    run_two_ranks(m, batches, BUCKETS, bucket, 0, 1, &net[1], sync);
+    run_two_ranks(m, batches, ASYNC_BUCKETS, bucket, 0, 1, &net[2], async);
 
     ck_assert_int_eq(net[0].gradient_calls[0], STEPS);
     /* At least 8 buckets' worth of bytes, at most one bucket per layer. */
@@ -368,7 +416,7 @@ START_TEST(gradient_buckets_give_the_flat_result)
         for (int i = 0; i < LOSSES; i++)
             ck_assert_float_eq(flat[0].losses[k][i], async[0].losses[k][i]);
     /* The control: the runs did train (the weights left the initial ones). */
-    isl_trainer *untrained = make_trainer(m);
+    isl_trainer *untrained = make_trainer(m, 0);
     ck_assert(max_weight_difference(flat[0].trainer, untrained) > 10 * WEIGHT_TOL);
 
     isl_trainer_free(untrained);
@@ -394,7 +442,7 @@ START_TEST(failing_buckets_fail_the_step)
 {
     isl_model *m = test_new_model(BASE, NZ, LABELS, names, 9, "none");
     global_batch *g = make_batch(9);
-    isl_trainer *t = make_trainer(m);
+    isl_trainer *t = make_trainer(m, 0);
     ck_assert_int_eq(isl_trainer_set_gradient_buckets(NULL, 1, NULL, NULL),
                      ISL_ERROR_INVALID_ARGUMENT);
     ck_assert_int_eq(isl_trainer_set_gradient_buckets(t, 1, broken_allreduce, NULL),
@@ -427,6 +475,8 @@ int main(void)
     const test_case cases[] = {
         {"two_ranks_equal_one_process_of_the_global_batch",
          two_ranks_equal_one_process_of_the_global_batch},
+        {"two_ranks_with_dropout_drop_what_one_process_would",
+         two_ranks_with_dropout_drop_what_one_process_would},
         {"a_failing_hook_fails_the_step", a_failing_hook_fails_the_step},
         {"gradient_buckets_give_the_flat_result", gradient_buckets_give_the_flat_result},
         {"failing_buckets_fail_the_step", failing_buckets_fail_the_step},

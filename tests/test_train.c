@@ -136,7 +136,7 @@ static void engine_run(engine *e, const batch *b, int backward)
     memcpy(isl_train_net_input(e->net), b->inputs, sizeof(b->inputs));
     const isl_net_mode mode = b->stored ? ISL_NET_STORED_STATS : ISL_NET_BATCH_STATS;
     isl_train_net_set_dropout(e->net, b->drop.rate, b->drop.whole_channels, b->drop.seed,
-                              b->drop.step);
+                              b->drop.step, 0);
     ck_assert_msg(isl_train_net_forward(e->net, active, 0, mode) == ISL_OK, "%s",
                   isl_last_error());
     const float *logits[HEADS];
@@ -487,10 +487,11 @@ START_TEST(gradients_with_dropout)
 END_TEST
 
 /* isl_dropout_apply on the blocked layout drops exactly what the mask formula of dropout.h
- * says of each value's plain [n, c, y, x] index, scales the rest by 1 / (1 - rate), leaves
- * the padding channels alone, and keeps about 1 - rate of the values; heads' and steps'
- * masks are independent; whole channels drop alike at every pixel. */
-static void check_mask(int whole, int n, int c, int h, int w, double rate)
+ * says of each value's plain [n, c, y, x] index, n counted from crop `first` of the global
+ * batch, scales the rest by 1 / (1 - rate), leaves the padding channels alone, and keeps
+ * about 1 - rate of the values; heads' and steps' masks are independent; whole channels
+ * drop alike at every pixel. */
+static void check_mask(int whole, int n, int c, int h, int w, double rate, int first)
 {
     const int blocks = (c + 15) / 16;
     const size_t hw = (size_t)h * w, count = isl_tt_floats(n, c, h, w);
@@ -504,8 +505,8 @@ static void check_mask(int whole, int n, int c, int h, int w, double rate)
             }
     const uint64_t key = isl_dropout_key(5, 3, 1);
     isl_tt t = isl_tt_make(n, c, h, w, v), u = isl_tt_make(n, c, h, w, ones);
-    isl_dropout_apply(&t, key, rate, whole);
-    isl_dropout_apply(&u, isl_dropout_key(5, 3, 2), rate, whole); /* another head's */
+    isl_dropout_apply(&t, key, rate, whole, first);
+    isl_dropout_apply(&u, isl_dropout_key(5, 3, 2), rate, whole, first); /* another head's */
     const float scale = (float)(1.0 / (1.0 - rate));
     size_t kept = 0, agree = 0, total = 0;
     for (int i = 0; i < n; i++)
@@ -517,7 +518,9 @@ static void check_mask(int whole, int n, int c, int h, int w, double rate)
                     continue;
                 }
                 const uint64_t channel = (uint64_t)i * c + k, index = channel * hw + p;
-                const int keep = isl_dropout_keeps(key, whole ? channel : index, rate);
+                const uint64_t global = ((uint64_t)(first + i) * c + k) * hw + p;
+                const int keep = isl_dropout_keeps(key, whole ? (uint64_t)(first + i) * c + k
+                                                              : global, rate);
                 ck_assert_msg(v[at] == (keep ? (float)(index + 1) * scale : 0.0f),
                               "value (%d, %d, %zu): %g", i, k, p, v[at]);
                 if (whole) /* one draw per channel: the same at every pixel */
@@ -541,9 +544,11 @@ static void check_mask(int whole, int n, int c, int h, int w, double rate)
 
 START_TEST(dropout_mask)
 {
-    check_mask(0, 2, 40, 9, 11, 0.3);
-    check_mask(0, 1, 17, 30, 30, 0.5);
-    check_mask(1, 4, 120, 3, 5, 0.4);
+    check_mask(0, 2, 40, 9, 11, 0.3, 0);
+    check_mask(0, 1, 17, 30, 30, 0.5, 0);
+    check_mask(1, 4, 120, 3, 5, 0.4, 0);
+    check_mask(0, 2, 40, 9, 11, 0.3, 3); /* crops 3 and 4 of a global batch */
+    check_mask(1, 1, 120, 3, 5, 0.4, 2);
 }
 END_TEST
 
@@ -1385,7 +1390,7 @@ static int dump(const char *model_path, const char *batch_path, const char *out_
         active[h] = counts[h] > 0;
     active[c.L] = 1;
     memcpy(isl_train_net_input(net), c.inputs, sizeof(float) * (size_t)c.B * c.nz * c.H * c.W);
-    isl_train_net_set_dropout(net, drop->rate, drop->whole_channels, drop->seed, drop->step);
+    isl_train_net_set_dropout(net, drop->rate, drop->whole_channels, drop->seed, drop->step, 0);
     if (isl_train_net_forward(net, active, 0, ISL_NET_BATCH_STATS) != ISL_OK)
         goto done;
     const float *lg[64];

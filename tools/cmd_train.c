@@ -848,6 +848,10 @@ static int train(run_state *r)
     const int ranks = r->dist->size;
     isl_status s = ranks > 1 ? isl_trainer_set_allreduce(r->trainer, cli_dist_allreduce, r->dist)
                              : ISL_OK;
+    /* This rank's crops are crops rank * B .. of the global batch (draw_part below), and
+     * its dropout masks must be theirs. */
+    if (s == ISL_OK)
+        s = isl_trainer_set_first_crop(r->trainer, (int64_t)r->dist->rank * r->a.batch);
     if (s == ISL_OK && ranks > 1 && r->a.bucket_mb > 0)
         s = isl_trainer_set_gradient_buckets(r->trainer, (size_t)(r->a.bucket_mb * 1e6),
                                              cli_dist_allreduce_start, cli_dist_allreduce_wait);

@@ -3,7 +3,8 @@
 
 #include <stddef.h>
 
-void isl_dropout_apply(isl_tt *t, uint64_t key, double rate, int whole_channels)
+void isl_dropout_apply(isl_tt *t, uint64_t key, double rate, int whole_channels,
+                       int64_t first_crop)
 {
     const int blocks = (t->c + 15) / 16;
     const size_t hw = (size_t)t->h * (size_t)t->w;
@@ -15,7 +16,8 @@ void isl_dropout_apply(isl_tt *t, uint64_t key, double rate, int whole_channels)
             float *block = t->v + ((size_t)n * blocks + b) * hw * 16;
             const int width = t->c - 16 * b < 16 ? t->c - 16 * b : 16;
             for (int k = 0; k < width; k++) {
-                const uint64_t channel = (uint64_t)n * (uint64_t)t->c + (uint64_t)(16 * b + k);
+                const uint64_t crop = (uint64_t)first_crop + (uint64_t)n;
+                const uint64_t channel = crop * (uint64_t)t->c + (uint64_t)(16 * b + k);
                 if (whole_channels) {
                     const float f = isl_dropout_keeps(key, channel, rate) ? scale : 0.0f;
                     for (size_t p = 0; p < hw; p++)

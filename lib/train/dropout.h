@@ -1,7 +1,8 @@
 /* Dropout of the heads' inputs while training (isl_train_options_set_dropout). Which
  * values a step drops is a pure function of the trainer's seed, the step, the head and
- * the value's place: a resumed run drops the same ones, every CPU drops the same ones,
- * and a test can draw the mask itself. */
+ * the value's place in the global batch: a resumed run drops the same ones, every CPU
+ * drops the same ones, the processes of a data-parallel run drop what one process on
+ * the global batch would, and a test can draw the mask itself. */
 #ifndef ISL_DROPOUT_H
 #define ISL_DROPOUT_H
 
@@ -21,7 +22,8 @@ static inline uint64_t isl_dropout_key(uint64_t seed, int64_t step, int head)
 
 /* Whether draw i (0-based) of the splitmix64 stream seeded with key keeps its value:
  * i indexes the head's input [n, c, y, x] in that order, or [n, c] when whole channels
- * drop; kept when the draw's uniform53 is at least the rate. */
+ * drop, n counting the crops of the global batch; kept when the draw's uniform53 is at
+ * least the rate. */
 static inline int isl_dropout_keeps(uint64_t key, uint64_t i, double rate)
 {
     return isl_uniform53(isl_splitmix64_draw(key, i)) >= rate;
@@ -29,7 +31,9 @@ static inline int isl_dropout_keeps(uint64_t key, uint64_t i, double rate)
 
 /* t = mask * t / (1 - rate) in place (inverted dropout: prediction needs no change);
  * whole_channels: one draw per image and channel (spatial dropout, Tompson et al. 2015),
- * else one per value. The same call on a gradient applies the same mask. */
-void isl_dropout_apply(isl_tt *t, uint64_t key, double rate, int whole_channels);
+ * else one per value. t's image n is crop first_crop + n of the global batch. The same
+ * call on a gradient applies the same mask. */
+void isl_dropout_apply(isl_tt *t, uint64_t key, double rate, int whole_channels,
+                       int64_t first_crop);
 
 #endif

@@ -113,6 +113,7 @@ struct isl_train_net {
     int dropout_whole;
     uint64_t dropout_seed;
     int64_t dropout_step;
+    int64_t dropout_first_crop; /* in the global batch of a data-parallel step */
 
     /* Scratch buffers shared by all layers. */
     float *s_act, *s_dact, *g_buf[2], *g_conv, *g_pool;
@@ -964,12 +965,13 @@ void isl_train_net_set_ready(isl_train_net *n, isl_train_net_ready_fn fn, void *
 }
 
 void isl_train_net_set_dropout(isl_train_net *n, double rate, int whole_channels, uint64_t seed,
-                               int64_t step)
+                               int64_t step, int64_t first_crop)
 {
     n->dropout = rate;
     n->dropout_whole = whole_channels;
     n->dropout_seed = seed;
     n->dropout_step = step;
+    n->dropout_first_crop = first_crop;
 }
 
 int isl_train_net_impls(const isl_train_net *n, const char **impl, int max)
@@ -1143,7 +1145,7 @@ static void head_dropout(const isl_train_net *n, int h, isl_tt *t)
 {
     if (n->dropout > 0)
         isl_dropout_apply(t, isl_dropout_key(n->dropout_seed, n->dropout_step, h), n->dropout,
-                          n->dropout_whole);
+                          n->dropout_whole, n->dropout_first_crop);
 }
 
 static isl_status bnact_backward(const isl_train_net *n, isl_tt *dact, const isl_tt *act,

@@ -81,9 +81,10 @@ typedef enum isl_net_mode {
 
 /* Dropout of every head's input (its BNAct output) in the following forward and backward
  * passes: rate 0 (the default) for none; the mask of head h is the one dropout.h draws
- * from isl_dropout_key(seed, step, h). */
+ * from isl_dropout_key(seed, step, h), the batch's crops being crops first_crop.. of the
+ * global batch. */
 void isl_train_net_set_dropout(isl_train_net *net, double rate, int whole_channels,
-                               uint64_t seed, int64_t step);
+                               uint64_t seed, int64_t step, int64_t first_crop);
 
 /* Forward pass. Heads with active[h] == 0 are not computed (with batch statistics their
  * batch norm running statistics are still updated: they are statistics of the trunk).

@@ -79,6 +79,7 @@ struct isl_trainer {
      * a step packed into one buffer for it. */
     isl_allreduce_fn allreduce;
     void *allreduce_user;
+    int64_t first_crop; /* this process's first crop in the global batch (dropout masks) */
     float *flat;
     size_t flat_count;
     /* Gradient buckets (isl_trainer_set_gradient_buckets): 0 bytes = one flat buffer. The
@@ -631,6 +632,18 @@ isl_status isl_trainer_set_allreduce(isl_trainer *t, isl_allreduce_fn fn, void *
     return ISL_OK;
 }
 
+isl_status isl_trainer_set_first_crop(isl_trainer *t, int64_t first)
+{
+    if (!t)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_set_first_crop: trainer is NULL");
+    if (first < 0)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "isl_trainer_set_first_crop: first crop %lld is negative",
+                        (long long)first);
+    t->first_crop = first;
+    return ISL_OK;
+}
+
 static isl_status reduce(const isl_trainer *t, void *buf, size_t count, isl_reduce_type type,
                          const char *what)
 {
@@ -857,7 +870,7 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
     if (any) {
         load_input(t, b);
         isl_train_net_set_dropout(t->net, t->opts.dropout, t->opts.dropout_whole, t->opts.seed,
-                                  t->step + 1);
+                                  t->step + 1, t->first_crop);
         const isl_net_mode mode = frozen              ? ISL_NET_FROZEN_TRUNK
                                   : t->opts.freeze_bn ? ISL_NET_STORED_STATS
                                                       : ISL_NET_BATCH_STATS;

@@ -1,6 +1,7 @@
 """Scale-out (docs/scaling.md): `isl predict --input-list` alone and over MPI ranks, and
-`mpirun -np 2 isl train` against one process of the same global batch, resuming with a
-different rank count, and a job whose ranks disagree ending instead of hanging.
+`mpirun -np 2 isl train` against one process of the same global batch (with and without
+dropout), resuming with a different rank count, and a job whose ranks disagree ending
+instead of hanging.
 
 The MPI tests need an isl built with MPI (meson -Dmpi=enabled|auto with libopenmpi-dev)
 and mpirun on PATH; they are skipped with the reason otherwise. The --input-list tests
@@ -187,6 +188,26 @@ def test_two_ranks_equal_one_process_of_the_global_batch(mpirun, isl_bin, data, 
     assert_same_training(out, single, STEPS)
     # The control: half the batch trains a different model, far beyond the tolerance.
     d = weight_differences(data / "half.h5", single)
+    assert np.quantile(d, 0.999) > 10 * 2e-5, np.quantile(d, 0.999)
+
+
+def test_two_ranks_with_dropout_equal_one_process(mpirun, run_isl, isl_bin, data, single,
+                                                  tmp_path):
+    """Dropout masks are drawn per crop of the global batch (each rank's first crop is
+    rank x batch): two ranks with dropout train what one process with dropout trains.
+    Before 0.14 every rank drew the mask of crops 0 and 1 for its own two crops."""
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    r = run_isl("train", "--dataset", data / "data.h5", "--model", data / "init.h5",
+                "--out", one, "--steps", STEPS, "--batch", 4, "--dropout", 0.5, *COMMON)
+    assert r.returncode == 0, r.stderr
+    r = mpirun(2, isl_bin, "train", "--dataset", data / "data.h5", "--model", data / "init.h5",
+               "--out", two, "--steps", STEPS, "--batch", 2, "--dropout", 0.5, *COMMON)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(logged_losses(tmp_path / "two.log.csv"),
+                               logged_losses(tmp_path / "one.log.csv"), atol=2e-5)
+    assert_same_training(two, one, STEPS)
+    # The control: the dropout changed the training (the same run without it is far).
+    d = weight_differences(one, single)
     assert np.quantile(d, 0.999) > 10 * 2e-5, np.quantile(d, 0.999)
 
 
