@@ -241,6 +241,26 @@ static void run_two_ranks(const isl_model *m, global_batch *const *batches, int 
     pthread_barrier_destroy(&net->barrier);
 }
 
+/* One process trained on the whole of each batch, with dropout of that rate; the losses
+ * of each step into losses (may be NULL). */
+static isl_trainer *train_one_process(const isl_model *m, global_batch *const *batches,
+                                      double dropout, float (*losses)[LOSSES])
+{
+    isl_trainer *t = make_trainer(m, dropout);
+    for (int k = 0; k < STEPS; k++) {
+        isl_train_batch b = part(batches[k], 0, GLOBAL);
+        ck_assert_msg(isl_train_step(t, &b, losses ? losses[k] : NULL) == ISL_OK, "%s",
+                      isl_last_error());
+    }
+    return t;
+}
+
+static void free_batches(global_batch **batches)
+{
+    for (int k = 0; k < STEPS; k++)
+        free(batches[k]);
+}
+
 START_TEST(two_ranks_equal_one_process_of_the_global_batch)
 {
     isl_model *m = test_new_model(BASE, NZ, LABELS, names, 5, "none");
@@ -248,13 +268,8 @@ START_TEST(two_ranks_equal_one_process_of_the_global_batch)
     for (int k = 0; k < STEPS; k++)
         batches[k] = make_batch(100 + (uint64_t)k);
 
-    /* One process, global batch. */
-    isl_trainer *single = make_trainer(m, 0);
     float ref[STEPS][LOSSES];
-    for (int k = 0; k < STEPS; k++) {
-        isl_train_batch b = part(batches[k], 0, GLOBAL);
-        ck_assert_msg(isl_train_step(single, &b, ref[k]) == ISL_OK, "%s", isl_last_error());
-    }
+    isl_trainer *single = train_one_process(m, batches, 0, ref);
 
     /* Two ranks, half each. */
     transport net;
@@ -298,8 +313,7 @@ START_TEST(two_ranks_equal_one_process_of_the_global_batch)
     for (int r = 0; r < 2; r++)
         isl_trainer_free(ranks[r].trainer);
     isl_trainer_free(single);
-    for (int k = 0; k < STEPS; k++)
-        free(batches[k]);
+    free_batches(batches);
     isl_model_free(m);
 }
 END_TEST
@@ -315,11 +329,7 @@ START_TEST(two_ranks_with_dropout_drop_what_one_process_would)
     global_batch *batches[STEPS];
     for (int k = 0; k < STEPS; k++)
         batches[k] = make_batch(200 + (uint64_t)k);
-    isl_trainer *single = make_trainer(m, rate);
-    for (int k = 0; k < STEPS; k++) {
-        isl_train_batch b = part(batches[k], 0, GLOBAL);
-        ck_assert_msg(isl_train_step(single, &b, NULL) == ISL_OK, "%s", isl_last_error());
-    }
+    isl_trainer *single = train_one_process(m, batches, rate, NULL);
     transport net[2];
     rank_ctx placed[2], unplaced[2];
     run_two_ranks(m, batches, FLAT, 0, rate, 1, &net[0], placed);
@@ -340,8 +350,7 @@ START_TEST(two_ranks_with_dropout_drop_what_one_process_would)
         isl_trainer_free(unplaced[r].trainer);
     }
     isl_trainer_free(single);
-    for (int k = 0; k < STEPS; k++)
-        free(batches[k]);
+    free_batches(batches);
     isl_model_free(m);
 }
 END_TEST
@@ -425,8 +434,7 @@ START_TEST(gradient_buckets_give_the_flat_result)
         isl_trainer_free(sync[r].trainer);
         isl_trainer_free(async[r].trainer);
     }
-    for (int k = 0; k < STEPS; k++)
-        free(batches[k]);
+    free_batches(batches);
     isl_model_free(m);
 }
 END_TEST
