@@ -490,6 +490,14 @@ ISL_API int64_t isl_trainer_average_count(const isl_trainer *trainer);
  *  group /optimizer with the Adam moments, the step count and the random generator. */
 ISL_API isl_status isl_trainer_save(const isl_trainer *trainer, const char *path);
 
+/** A 128-bit fingerprint (XXH3-128, canonical byte order) of everything a checkpoint
+ *  holds: weights, batch-norm statistics, Adam moments and update counts, the weight
+ *  average, the step count and the random generator, as this machine stores them. Equal
+ *  states give equal digests (a checkpoint loaded with the same options included); the
+ *  processes of a data-parallel run, whose states must stay identical, compare theirs
+ *  to find one that diverged (`isl train` does at every checkpoint). */
+ISL_API isl_status isl_trainer_digest(const isl_trainer *trainer, unsigned char digest[16]);
+
 /** Resumes from a checkpoint: the next step gives the same results, bit for bit, as if
  *  training had not stopped (same options, batches and thread count). options may be
  *  NULL (defaults); they are not stored in the checkpoint. */

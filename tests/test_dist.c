@@ -284,8 +284,13 @@ START_TEST(two_ranks_equal_one_process_of_the_global_batch)
     ck_assert_uint_ge(net.bytes[0], (size_t)STEPS * sizeof(float) *
                                         (size_t)(isl_model_parameter_count(m) / 2));
 
-    /* Both ranks hold the same weights, bit for bit, and report the global losses. */
+    /* Both ranks hold the same weights, bit for bit, and report the global losses; their
+     * whole states agree (what `isl train` compares at checkpoints). */
     ck_assert(max_weight_difference(ranks[0].trainer, ranks[1].trainer) == 0.0);
+    unsigned char d0[16], d1[16];
+    ck_assert_int_eq(isl_trainer_digest(ranks[0].trainer, d0), ISL_OK);
+    ck_assert_int_eq(isl_trainer_digest(ranks[1].trainer, d1), ISL_OK);
+    ck_assert(memcmp(d0, d1, 16) == 0);
     for (int k = 0; k < STEPS; k++)
         for (int i = 0; i < LOSSES; i++) {
             ck_assert(isfinite(ref[k][i]));
@@ -308,6 +313,9 @@ START_TEST(two_ranks_equal_one_process_of_the_global_batch)
     double apart = max_weight_difference(single, alone);
     printf("one rank alone on its half: max |w difference| %.3g\n", apart);
     ck_assert_msg(apart > 10 * WEIGHT_TOL, "half a batch alone differs by only %.3g", apart);
+    unsigned char d_alone[16];
+    ck_assert_int_eq(isl_trainer_digest(alone, d_alone), ISL_OK);
+    ck_assert(memcmp(d0, d_alone, 16) != 0);
 
     isl_trainer_free(alone);
     for (int r = 0; r < 2; r++)

@@ -760,10 +760,19 @@ START_TEST(resuming_equals_not_stopping)
     isl_trainer *t = api_trainer(m, 1e-3);
     step_ok(t, b1, la);
     step_ok(t, b2, la);
+    unsigned char before_draw[16], saved[16], after[16], resumed[16];
+    ck_assert_int_eq(isl_trainer_digest(t, before_draw), ISL_OK);
     (void)isl_trainer_random(t);
     ck_assert_msg(isl_trainer_save(t, path) == ISL_OK, "%s", isl_last_error());
+    ck_assert_int_eq(isl_trainer_digest(t, saved), ISL_OK);
     uint64_t r1 = isl_trainer_random(t);
     step_ok(t, b1, la);
+    ck_assert_int_eq(isl_trainer_digest(t, after), ISL_OK);
+    /* The digest follows the whole state: the random generator, then a step. */
+    ck_assert(memcmp(before_draw, saved, 16) != 0);
+    ck_assert(memcmp(saved, after, 16) != 0);
+    ck_assert_int_eq(isl_trainer_digest(NULL, saved), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_trainer_digest(t, NULL), ISL_ERROR_INVALID_ARGUMENT);
 
     isl_train_options *o;
     ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
@@ -772,10 +781,14 @@ START_TEST(resuming_equals_not_stopping)
     ck_assert_msg(isl_trainer_load(path, o, &u) == ISL_OK, "%s", isl_last_error());
     isl_train_options_free(o);
     ck_assert_int_eq(isl_trainer_step_count(u), 2);
+    ck_assert_int_eq(isl_trainer_digest(u, resumed), ISL_OK);
+    ck_assert(memcmp(saved, resumed, 16) == 0);
     ck_assert(isl_trainer_random(u) == r1);
     step_ok(u, b1, lb);
     ck_assert_int_eq(isl_trainer_step_count(u), 3);
     test_assert_losses_equal(la, lb, LABELS + 3);
+    ck_assert_int_eq(isl_trainer_digest(u, resumed), ISL_OK);
+    ck_assert(memcmp(after, resumed, 16) == 0);
     isl_model *ma, *mb;
     ck_assert_int_eq(isl_trainer_model(t, &ma), ISL_OK);
     ck_assert_int_eq(isl_trainer_model(u, &mb), ISL_OK);
@@ -882,6 +895,10 @@ START_TEST(weight_average)
     isl_model *ravg = NULL;
     ck_assert_int_eq(isl_trainer_average_model(r, &ravg), ISL_OK);
     ck_assert(test_models_equal(avg, ravg));
+    unsigned char dt[16], dr[16]; /* the average is part of the state's digest */
+    ck_assert_int_eq(isl_trainer_digest(t, dt), ISL_OK);
+    ck_assert_int_eq(isl_trainer_digest(r, dr), ISL_OK);
+    ck_assert(memcmp(dt, dr, 16) == 0);
 
     free(la);
     free(lc);

@@ -481,10 +481,35 @@ static isl_train_batch as_batch(const run_state *r, const batch_buf *b)
     return t;
 }
 
+/* Every rank must hold the same state (they take the same steps on the same sums); one
+ * that does not (a hardware fault, an MPI whose sums differ between ranks, a rank
+ * started with other options) ends the run before rank 0 writes anything. */
+static int check_ranks_agree(run_state *r, const char *writing)
+{
+    if (r->dist->size == 1)
+        return CLI_EXIT_OK;
+    unsigned char digest[16];
+    int differing;
+    isl_status s = isl_trainer_digest(r->trainer, digest);
+    if (s != ISL_OK)
+        return cli_library_error(s);
+    if (cli_dist_compare(r->dist, digest, (int)sizeof(digest), &differing) != 0)
+        return cli_runtime_error("MPI failed comparing the ranks' states");
+    if (differing >= 0)
+        return cli_runtime_error("after step %lld the state of rank %d (weights, optimizer) "
+                                 "differs from rank 0's: the ranks diverged (a hardware fault, "
+                                 "ranks started with different options, or an MPI whose sums "
+                                 "differ between ranks); %s not written, the last checkpoint "
+                                 "is %s", (long long)isl_trainer_step_count(r->trainer),
+                                 differing, writing, r->checkpoint);
+    return CLI_EXIT_OK;
+}
+
 static int save_checkpoint(run_state *r)
 {
-    if (!is_root(r)) /* every rank holds the same state */
-        return CLI_EXIT_OK;
+    int rc = check_ranks_agree(r, r->checkpoint);
+    if (rc != CLI_EXIT_OK || !is_root(r))
+        return rc;
     isl_status s = isl_trainer_save(r->trainer, r->checkpoint);
     return s == ISL_OK ? CLI_EXIT_OK : cli_library_error(s);
 }
@@ -563,7 +588,9 @@ static int finish(run_state *r)
         if (rc != CLI_EXIT_OK)
             return rc;
     }
-    int rc = validate(r, isl_trainer_step_count(r->trainer));
+    int rc = check_ranks_agree(r, r->a.out);
+    if (rc == CLI_EXIT_OK)
+        rc = validate(r, isl_trainer_step_count(r->trainer));
     if (rc != CLI_EXIT_OK || !is_root(r))
         return rc;
     isl_model *trained = NULL;

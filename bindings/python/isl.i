@@ -120,6 +120,12 @@ static isl_status islpy_fail(isl_status status, const char *fmt, ...)
     %append_output(SWIG_NewPointerObj(SWIG_as_voidptr(*$1), $descriptor(isl_trainer *), 0));
 }
 
+/* isl_trainer_digest: 16 bytes returned as Python bytes. */
+%typemap(in, numinputs=0) unsigned char digest[16] (unsigned char tmp[16]) { $1 = tmp; }
+%typemap(argout) unsigned char digest[16] {
+    %append_output(PyBytes_FromStringAndSize((const char *)$1, 16));
+}
+
 /* Lists of heads and statistics: any sequence of ints (numpy.i). */
 %numpy_typemaps(isl_stat, NPY_INT, int)
 %apply (int DIM1, int *IN_ARRAY1) { (int count, const int *heads) };

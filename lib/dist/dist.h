@@ -59,6 +59,10 @@ int cli_dist_allreduce_wait(void *user);
 /* The largest of every rank's *value (e.g. "some rank was interrupted"). 0 or -1. */
 int cli_dist_max(cli_dist *d, int *value);
 
+/* Compares bytes[0..n) (a digest, n small) over the ranks: *differing becomes the lowest
+ * rank whose bytes differ from rank 0's, or -1 if every rank holds the same. 0 or -1. */
+int cli_dist_compare(cli_dist *d, const void *bytes, int n, int *differing);
+
 /* Many-field work: hands out 0, 1, ..., total - 1 to whichever rank asks first (rank 0
  * serves the counter from a thread, so a slow field never stalls the others), then -1.
  * Every rank calls cli_dist_queue_start, then cli_dist_queue_next until -1, then

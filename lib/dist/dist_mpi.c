@@ -240,6 +240,28 @@ int cli_dist_max(cli_dist *d, int *value)
     return 0;
 }
 
+int cli_dist_compare(cli_dist *d, const void *bytes, int n, int *differing)
+{
+    *differing = -1;
+    if (!d->mpi || d->size == 1)
+        return 0;
+    unsigned char *all = malloc((size_t)n * (size_t)d->size);
+    if (!all)
+        return -1;
+    MPI_Request req;
+    if (MPI_Iallgather(bytes, n, MPI_BYTE, all, n, MPI_BYTE, MPI_COMM_WORLD, &req) !=
+        MPI_SUCCESS) {
+        free(all);
+        return -1;
+    }
+    wait_for(d, &req, "a comparison of the ranks' states");
+    for (int k = 1; k < d->size && *differing < 0; k++)
+        if (memcmp(all + (size_t)k * (size_t)n, all, (size_t)n) != 0)
+            *differing = k;
+    free(all);
+    return 0;
+}
+
 void cli_dist_finalize(cli_dist *d)
 {
     if (!d->mpi)

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #define CHECKPOINT_VERSION 1
 #define OPTIMIZER_GROUP "/optimizer"
@@ -984,6 +985,41 @@ isl_status isl_trainer_save(const isl_trainer *t, const char *path)
     if (!t || !path)
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_save: trainer or path is NULL");
     return isl_model_write_h5_extra(path, &t->params, write_optimizer, (void *)t);
+}
+
+/* Everything a checkpoint holds, in write_optimizer's terms, hashed as this machine
+ * stores it: equal states give equal digests; processes of a data-parallel run compare
+ * them to find one that diverged. */
+isl_status isl_trainer_digest(const isl_trainer *t, unsigned char digest[16])
+{
+    if (!t || !digest)
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "isl_trainer_digest: trainer or digest "
+                        "is NULL");
+    XXH3_state_t *state = XXH3_createState();
+    if (!state)
+        return isl_fail(ISL_ERROR_OUT_OF_MEMORY, "out of memory");
+    const uint64_t counters[3] = {(uint64_t)t->step, t->rng, (uint64_t)t->avg_count};
+    int ok = XXH3_128bits_reset(state) == XXH_OK &&
+             XXH3_128bits_update(state, counters, sizeof(counters)) == XXH_OK &&
+             XXH3_128bits_update(state, t->updates,
+                                 sizeof(*t->updates) * (size_t)(t->params.num_heads + 1)) ==
+                 XXH_OK;
+    for (int i = 0; ok && i < t->num_arrays; i++) {
+        const param_array *a = &t->arrays[i];
+        const size_t bytes = sizeof(float) * a->count;
+        ok = XXH3_128bits_update(state, a->w, bytes) == XXH_OK;
+        if (ok && a->trainable)
+            ok = XXH3_128bits_update(state, a->m, bytes) == XXH_OK &&
+                 XXH3_128bits_update(state, a->v, bytes) == XXH_OK &&
+                 (t->avg_count == 0 || XXH3_128bits_update(state, a->avg, bytes) == XXH_OK);
+    }
+    if (ok) {
+        XXH128_canonical_t canonical;
+        XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(state));
+        memcpy(digest, canonical.digest, 16);
+    }
+    XXH3_freeState(state);
+    return ok ? ISL_OK : isl_fail(ISL_ERROR_BACKEND, "isl_trainer_digest: xxhash failed");
 }
 
 typedef struct load_ctx {

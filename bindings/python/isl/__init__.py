@@ -936,6 +936,15 @@ class Trainer(_Closable):
         with self._lock:
             return int(_capi.isl_trainer_random(self._checked()))
 
+    def digest(self) -> str:
+        """A fingerprint (XXH3-128, 32 hex digits) of everything a checkpoint holds: weights,
+        batch-norm statistics, optimizer state, weight average, step count and random
+        generator. Equal states give equal digests (a trainer and the same checkpoint
+        loaded with the same options), so two runs, or the processes of a data-parallel
+        run, can be checked for identical training without comparing arrays."""
+        with self._lock:
+            return bytes(_capi.isl_trainer_digest(self._checked())).hex()
+
     # -- results --------------------------------------------------------------------------
 
     def model(self) -> Model:

@@ -975,12 +975,17 @@ def test_trainer_save_load_resumes(islpy, bindings_tmp):
     with tiny_model(islpy) as model, islpy.Trainer(model, seed=7, threads=THREADS) as t:
         t.step(inputs, targets)
         t.save(path)
+        saved = t.digest()
         expected = [t.step(inputs, targets) for _ in range(2)]
         expected_random = t.random()
+        final = t.digest()
+    assert len(saved) == 32 and int(saved, 16) >= 0 and final != saved
     with islpy.Trainer.load(path, seed=7, threads=THREADS) as resumed:
         assert resumed.step_count == 1 and resumed.label_heads == ("dapi_confocal",)
+        assert resumed.digest() == saved
         assert [resumed.step(inputs, targets) for _ in range(2)] == expected
         assert resumed.random() == expected_random
+        assert resumed.digest() == final
     with islpy.Model.load(path) as m:  # a checkpoint is a model file
         assert m.heads == ("dapi_confocal", "autoencoder")
 

@@ -1,7 +1,7 @@
 """Scale-out (docs/scaling.md): `isl predict --input-list` alone and over MPI ranks, and
 `mpirun -np 2 isl train` against one process of the same global batch (with and without
-dropout), resuming with a different rank count, and a job whose ranks disagree ending
-instead of hanging.
+dropout), resuming with a different rank count, a job whose ranks disagree ending
+instead of hanging, and ranks whose weights diverge ending before a checkpoint.
 
 The MPI tests need an isl built with MPI (meson -Dmpi=enabled|auto with libopenmpi-dev)
 and mpirun on PATH; they are skipped with the reason otherwise. The --input-list tests
@@ -247,6 +247,28 @@ def test_a_rank_that_stops_answering_ends_the_job(mpirun, isl_bin, data, tmp_pat
     assert r.returncode != 0, r.stderr
     assert "rank 0 of 2: no answer from the other ranks for 5 s" in r.stderr, r.stderr
     assert "ending the MPI job" in r.stderr, r.stderr
+
+
+def test_ranks_that_diverge_end_the_job_before_a_checkpoint(mpirun, isl_bin, data, tmp_path):
+    """Rank 1 is started with another learning rate: the summed gradients agree, the
+    updated weights do not. At the first checkpoint (step 1) the ranks compare digests of
+    their states and the job ends naming rank 1, before rank 0 writes anything."""
+    script = tmp_path / "diverge.sh"
+    out = tmp_path / "out.h5"
+    script.write_text(
+        "#!/bin/sh\n"
+        'lr=1e-4; if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then lr=2e-4; fi\n'
+        f'exec "{isl_bin}" train --dataset "{data / "data.h5"}" --model "{data / "init.h5"}" '
+        f'--out "{out}" --steps {STEPS} --batch 2 --threads 1 --crop {CROP} --seed 9 '
+        '--checkpoint-every 1 --lr "$lr"\n')
+    script.chmod(0o755)
+    r = mpirun(2, script)
+    assert r.returncode != 0, r.stderr
+    assert "after step 1 the state of rank 1 (weights, optimizer) differs from rank 0's" \
+        in r.stderr, r.stderr
+    assert not out.exists()
+    assert not (tmp_path / "out.checkpoint.h5").exists()
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
 def test_gradient_buckets_equal_one_flat_buffer(mpirun, isl_bin, data, tmp_path):
