@@ -15,8 +15,8 @@ void isl_dropout_apply(isl_tt *t, uint64_t key, double rate, int whole_channels,
         for (int b = 0; b < blocks; b++) {
             float *block = t->v + ((size_t)n * blocks + b) * hw * 16;
             const int width = t->c - 16 * b < 16 ? t->c - 16 * b : 16;
+            const uint64_t crop = (uint64_t)first_crop + (uint64_t)n; /* in the global batch */
             for (int k = 0; k < width; k++) {
-                const uint64_t crop = (uint64_t)first_crop + (uint64_t)n;
                 const uint64_t channel = crop * (uint64_t)t->c + (uint64_t)(16 * b + k);
                 if (whole_channels) {
                     const float f = isl_dropout_keeps(key, channel, rate) ? scale : 0.0f;
