@@ -484,7 +484,7 @@ static isl_train_batch as_batch(const run_state *r, const batch_buf *b)
 /* Every rank must hold the same state (they take the same steps on the same sums); one
  * that does not (a hardware fault, an MPI whose sums differ between ranks, a rank
  * started with other options) ends the run before rank 0 writes anything. */
-static int check_ranks_agree(run_state *r, const char *writing)
+static int check_ranks_agree(run_state *r)
 {
     if (r->dist->size == 1)
         return CLI_EXIT_OK;
@@ -499,15 +499,16 @@ static int check_ranks_agree(run_state *r, const char *writing)
         return cli_runtime_error("after step %lld the state of rank %d (weights, optimizer) "
                                  "differs from rank 0's: the ranks diverged (a hardware fault, "
                                  "ranks started with different options, or an MPI whose sums "
-                                 "differ between ranks); %s not written, the last checkpoint "
-                                 "is %s", (long long)isl_trainer_step_count(r->trainer),
-                                 differing, writing, r->checkpoint);
+                                 "differ between ranks); nothing written: %s holds the last "
+                                 "state they agreed on, if any",
+                                 (long long)isl_trainer_step_count(r->trainer), differing,
+                                 r->checkpoint);
     return CLI_EXIT_OK;
 }
 
 static int save_checkpoint(run_state *r)
 {
-    int rc = check_ranks_agree(r, r->checkpoint);
+    int rc = check_ranks_agree(r);
     if (rc != CLI_EXIT_OK || !is_root(r))
         return rc;
     isl_status s = isl_trainer_save(r->trainer, r->checkpoint);
@@ -588,7 +589,7 @@ static int finish(run_state *r)
         if (rc != CLI_EXIT_OK)
             return rc;
     }
-    int rc = check_ranks_agree(r, r->a.out);
+    int rc = check_ranks_agree(r);
     if (rc == CLI_EXIT_OK)
         rc = validate(r, isl_trainer_step_count(r->trainer));
     if (rc != CLI_EXIT_OK || !is_root(r))
