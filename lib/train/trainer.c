@@ -951,6 +951,8 @@ isl_status isl_trainer_estimate_bn(isl_trainer *t, const isl_train_batch *b, int
 /* Checkpoints                                                                          */
 /* ------------------------------------------------------------------------------------ */
 
+/* What a checkpoint adds to the model file; isl_trainer_digest hashes the same state,
+ * so a field added here belongs there too. */
 static isl_status write_optimizer(void *user, isl_h5_file *f)
 {
     const isl_trainer *t = user;
