@@ -495,6 +495,8 @@ static int check_ranks_agree(run_state *r)
         return cli_library_error(s);
     if (cli_dist_compare(r->dist, digest, (int)sizeof(digest), &differing) != 0)
         return cli_runtime_error("MPI failed comparing the ranks' states");
+    if (differing >= 0 && !is_root(r)) /* every rank reaches this verdict; rank 0 tells it */
+        return CLI_EXIT_RUNTIME;
     if (differing >= 0)
         return cli_runtime_error("after step %lld the state of rank %d (weights, optimizer) "
                                  "differs from rank 0's: the ranks diverged (a hardware fault, "

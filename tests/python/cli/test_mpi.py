@@ -266,6 +266,7 @@ def test_ranks_that_diverge_end_the_job_before_a_checkpoint(mpirun, isl_bin, dat
     assert r.returncode != 0, r.stderr
     assert "after step 1 the state of rank 1 (weights, optimizer) differs from rank 0's" \
         in r.stderr, r.stderr
+    assert r.stderr.count("differs from rank 0's") == 1, r.stderr  # told once, by rank 0
     assert not out.exists()
     assert not (tmp_path / "out.checkpoint.h5").exists()
     assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
