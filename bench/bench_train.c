@@ -20,6 +20,7 @@
  *               [--threads 0] [--label-weight 0.5] [--seed 1] [--version]
  *               [--freeze-bn 0|1]         1: stored batch-norm statistics (the folds' recipe)
  *               [--dropout P]             dropout of the heads' inputs (0: none)
+ *               [--stochastic-depth P]    stochastic depth of the deepest module (0: none)
  *               [--model IN.h5]           train this model instead of a random one
  *               [--save-model OUT.h5]     write the initial model (for bench_train_torch.py)
  *               [--save-batch PREFIX]     write PREFIX.inputs.f32 / PREFIX.targets.f32 (raw
@@ -69,7 +70,7 @@ static void usage(void)
     fputs("usage: bench_train [--base 100] [--crop 250] [--batch 4] [--steps 5] [--warmup 2]\n"
           "                   [--threads 0] [--label-weight 0.5] [--seed 1] [--model IN.h5]\n"
           "                   [--save-model OUT.h5] [--save-batch PREFIX] [--freeze-bn 0|1]\n"
-          "                   [--dropout P]\n"
+          "                   [--dropout P] [--stochastic-depth P]\n"
           "                   [--version]\n",
           stderr);
 }
@@ -77,7 +78,7 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     int base = 100, crop = 250, batch = 4, steps = 5, warmup = 2, threads = 0, freeze_bn = 0;
-    double dropout = 0;
+    double dropout = 0, depth = 0;
     double label_weight = 0.5;
     uint64_t seed = 1;
     const char *model_path = NULL, *save_model = NULL, *save_batch = NULL;
@@ -108,6 +109,7 @@ int main(int argc, char **argv)
         else if (!strcmp(k, "--label-weight")) label_weight = atof(v);
         else if (!strcmp(k, "--freeze-bn")) freeze_bn = atoi(v);
         else if (!strcmp(k, "--dropout")) dropout = atof(v);
+        else if (!strcmp(k, "--stochastic-depth")) depth = atof(v);
         else if (!strcmp(k, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(k, "--model")) model_path = v;
         else if (!strcmp(k, "--save-model")) save_model = v;
@@ -175,6 +177,7 @@ int main(int argc, char **argv)
         isl_train_options_set_label_weight(o, label_weight) != ISL_OK ||
         isl_train_options_set_freeze_bn(o, freeze_bn) != ISL_OK ||
         isl_train_options_set_dropout(o, dropout, 0) != ISL_OK ||
+        isl_train_options_set_stochastic_depth(o, depth) != ISL_OK ||
         isl_trainer_create(m, o, &t) != ISL_OK) {
         fprintf(stderr, "bench_train: %s\n", isl_last_error());
         return 1;
@@ -220,11 +223,11 @@ int main(int argc, char **argv)
 
     int team = threads ? threads : omp_get_max_threads();
     const dnnl_version_t *dv = dnnl_version();
-    printf("isl_train_bench base=%d crop=%d batch=%d label_weight=%g freeze_bn=%d dropout=%g threads=%d steps=%d warmup=%d "
+    printf("isl_train_bench base=%d crop=%d batch=%d label_weight=%g freeze_bn=%d dropout=%g stochastic_depth=%g threads=%d steps=%d warmup=%d "
            "sec_per_step=%.4f sec_per_step_median=%.4f sec_per_step_min=%.4f steps_per_s=%.4f out_px_per_s=%.0f "
            "in_px_per_s=%.0f cpu_sec_per_step=%.4f peak_rss_mb=%ld fwd_gflop=%.2f gflops=%.1f "
            "warmup_seconds=%.2f loss_first=%.6f loss_last=%.6f isl=%s onednn=%d.%d.%d\n",
-           base, crop, batch, label_weight, freeze_bn, dropout, team, steps, warmup, sps, median, per[0], 1.0 / sps,
+           base, crop, batch, label_weight, freeze_bn, dropout, depth, team, steps, warmup, sps, median, per[0], 1.0 / sps,
            (double)batch * out * out / sps, (double)batch * crop * crop / sps, cpu / steps,
            peak_rss_mb(), fwd_flop / 1e9, 3 * fwd_flop / sps / 1e9, warm_wall, loss_first,
            losses[nl - 1], isl_version_string(), dv->major, dv->minor, dv->patch);

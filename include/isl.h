@@ -374,6 +374,17 @@ ISL_API isl_status isl_train_options_set_weight_decay(isl_train_options *o, doub
  *  rate in [0, 0.9]. Not kept in checkpoints: give it again when resuming. */
 ISL_API isl_status isl_train_options_set_dropout(isl_train_options *o, double rate,
                                                  int whole_channels);
+/** Stochastic depth while training (Huang et al. 2016; default 0: none): in each step,
+ *  each of the trunk's modules skips its expand-reduce branch (keeping only its residual
+ *  path) with probability p = rate * d / 32, d being its depth on the path from the
+ *  projection to the heads (1..18 in its tower, 19..32 in the upper tower); a branch that
+ *  runs is scaled by 1 / (1 - p), so prediction, which never skips, needs no change. One
+ *  decision per module and step for the whole batch, a function of the seed
+ *  (isl_train_options_set_seed), the step and the module only: a resumed run, and the
+ *  processes of a data-parallel run, skip alike. Batch-norm statistics estimated by
+ *  isl_trainer_estimate_bn use every module. rate in [0, 0.9]. Not kept in checkpoints:
+ *  give it again when resuming. */
+ISL_API isl_status isl_train_options_set_stochastic_depth(isl_train_options *o, double rate);
 /** Weight w of the label loss in the total w * label + (1 - w) * autoencoder (default 0.5).
  *  1 trains without the autoencoder head (models without one need 1). */
 ISL_API isl_status isl_train_options_set_label_weight(isl_train_options *o, double weight);

@@ -438,6 +438,106 @@ done:
     free(b);
 }
 
+/* Stochastic depth: the engine on p with some modules skipped equals the plain engine on
+ * p', whose skipped modules' reduce weights are 0 and the others' divided by their
+ * survival probability (the reduce convolution has no bias): the same logits and loss,
+ * and the same gradients, a reduce weight's divided by its survival probability (0 for
+ * a skipped module). Which modules skip is computed here from the depths of the spec. */
+static void check_stochastic_depth(int stored)
+{
+    const double rate = 0.5;
+    const uint64_t seed = 5;
+    const int64_t step = 3;
+    isl_params p, q;
+    random_params(&p, 11);
+    batch *b = random_batch(12);
+    engine e1 = {0}, e2 = {0};
+    engine_open(&e1, &p, 1);
+    if (stored) { /* statistics that fit the activations, as in check_gradients */
+        int all[HEADS] = {1, 1, 1};
+        memcpy(isl_train_net_input(e1.net), b->inputs, sizeof(b->inputs));
+        ck_assert(isl_train_net_forward(e1.net, all, 1.0, ISL_NET_BATCH_STATS) == ISL_OK);
+    }
+    b->stored = stored;
+    random_params(&q, 11); /* then p's statistics, fitted above */
+    isl_params_copy_trunk(&q, &p);
+    for (int h = 0; h < p.num_heads; h++)
+        isl_params_copy_head(&q.heads[h], &p.heads[h], p.arch.trunk_ch);
+    const isl_arch *a = &p.arch;
+    double keep[1024];
+    int skipped[1024], count = 0;
+    ck_assert(a->num_modules <= 1024);
+    for (int i = 0; i < a->num_modules; i++) {
+        /* Depth on the path: 18 modules in every tower, then the 14 of the upper tower. */
+        const int tower = a->modules[i].tower;
+        int depth = 1;
+        for (int j = 0; j < i; j++)
+            depth += a->modules[j].tower == tower;
+        if (tower == ISL_UPPER_TOWER)
+            depth += 18;
+        const double prob = rate * depth / 32;
+        keep[i] = 1 - prob;
+        skipped[i] = isl_depth_skips(seed, step, i, prob);
+        count += skipped[i];
+        const isl_module_arch *m = &a->modules[i];
+        for (size_t j = 0; j < (size_t)m->reduce_ch * 2 * m->e_ch; j++)
+            q.modules[i].reduce_weight[j] =
+                skipped[i] ? 0 : (float)(p.modules[i].reduce_weight[j] / (float)keep[i]);
+    }
+    printf("stochastic depth %.1f (%s statistics): %d of %d modules skipped\n", rate,
+           stored ? "stored" : "batch", count, a->num_modules);
+    ck_assert(count > 2 && count < a->num_modules - 2);
+    isl_train_net_set_stochastic_depth(e1.net, rate, seed, step);
+    engine_run(&e1, b, 1);
+    engine_open(&e2, &q, 1);
+    engine_run(&e2, b, 1);
+    double max_err = 0, max_ref = 0;
+    for (int h = 0; h < HEADS; h++)
+        for (size_t i = 0; i < (size_t)BATCH * p.heads[h].out_ch * OUT * OUT; i++) {
+            max_err = fmax(max_err, fabs(e1.logits[h][i] - e2.logits[h][i]));
+            max_ref = fmax(max_ref, fabs(e2.logits[h][i]));
+        }
+    printf("  logits: max %.3f, largest difference %.2e; loss %.9f against %.9f\n", max_ref,
+           max_err, e1.losses[LABELS + 2], e2.losses[LABELS + 2]);
+    /* Float rounding through 32 modules: about 1e-5 relative. A branch scaled wrongly
+     * shows as its skip probability (at least 1/64 here). */
+    ck_assert(max_err < 1e-4 * max_ref);
+    ck_assert(fabs(e1.losses[LABELS + 2] - e2.losses[LABELS + 2]) < 1e-6);
+    test_arr_list *g1 = test_arrays_of(&e1.g), *g2 = test_arrays_of(&e2.g);
+    double err[2] = {0, 0}, ref[2] = {0, 0}; /* other gradients, reduce weights' */
+    for (int k = 0; k < g1->count; k++) {
+        int mod = -1;
+        for (int i = 0; i < a->num_modules; i++)
+            if (g1->a[k].data == e1.g.modules[i].reduce_weight)
+                mod = i;
+        for (size_t j = 0; j < g1->a[k].count; j++) {
+            double want = g2->a[k].data[j];
+            if (mod >= 0)
+                want = skipped[mod] ? 0 : want / keep[mod];
+            err[mod >= 0] = fmax(err[mod >= 0], fabs(g1->a[k].data[j] - want));
+            ref[mod >= 0] = fmax(ref[mod >= 0], fabs(want));
+        }
+    }
+    printf("  gradients: max %.3e, largest difference %.2e; reduce weights %.3e, %.2e\n",
+           ref[0], err[0], ref[1], err[1]);
+    ck_assert(ref[0] > 0 && err[0] < 1e-4 * ref[0]);
+    ck_assert(ref[1] > 0 && err[1] < 1e-4 * ref[1]);
+    free(g1);
+    free(g2);
+    engine_close(&e1);
+    engine_close(&e2);
+    isl_params_free(&p);
+    isl_params_free(&q);
+    free(b);
+}
+
+START_TEST(stochastic_depth_equals_scaled_branches)
+{
+    check_stochastic_depth(0);
+    check_stochastic_depth(1);
+}
+END_TEST
+
 START_TEST(gradients_match_finite_differences) { check_gradients(0, NULL); }
 END_TEST
 
@@ -1175,6 +1275,72 @@ START_TEST(dropout_in_training)
 }
 END_TEST
 
+/* Stochastic depth through the trainer: rate 0 is no stochastic depth; a step with it
+ * differs; the batch-norm statistics estimated after such a step use every module (those
+ * of a trainer without it, from the same weights); bad rates are refused. */
+static isl_trainer *depth_trainer(const isl_model *m, double rate)
+{
+    isl_train_options *o;
+    ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_seed(o, 7), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_learning_rate(o, 1e-3), ISL_OK);
+    if (rate >= 0)
+        ck_assert_int_eq(isl_train_options_set_stochastic_depth(o, rate), ISL_OK);
+    isl_trainer *t = NULL;
+    ck_assert_msg(isl_trainer_create(m, o, &t) == ISL_OK, "%s", isl_last_error());
+    isl_train_options_free(o);
+    return t;
+}
+
+START_TEST(stochastic_depth_in_training)
+{
+    isl_model *m = api_model(91);
+    batch *b1 = random_batch(92), *b2 = random_batch(93);
+    float l0[LABELS + 3], lz[LABELS + 3], ld[LABELS + 3];
+    isl_trainer *plain = depth_trainer(m, -1), *zero = depth_trainer(m, 0),
+                *deep = depth_trainer(m, 0.5);
+    step_ok(plain, b1, l0);
+    step_ok(zero, b1, lz);
+    step_ok(deep, b1, ld);
+    test_assert_losses_equal(l0, lz, LABELS + 3);
+    printf("first step's total loss: without stochastic depth %.6f, with 0.5 %.6f\n",
+           l0[LABELS + 2], ld[LABELS + 2]);
+    ck_assert(fabsf(ld[LABELS + 2] - l0[LABELS + 2]) > 1e-4);
+
+    /* Statistics estimated after the step: every module's, as a trainer without
+     * stochastic depth estimates them from the same weights. */
+    isl_model *after, *est, *ref;
+    ck_assert_int_eq(isl_trainer_model(deep, &after), ISL_OK);
+    isl_trainer *other = depth_trainer(after, -1);
+    isl_train_batch tb2 = api_batch(b2);
+    ck_assert_int_eq(isl_trainer_estimate_bn(deep, &tb2, 0), ISL_OK);
+    ck_assert_int_eq(isl_trainer_estimate_bn(other, &tb2, 0), ISL_OK);
+    ck_assert_int_eq(isl_trainer_model(deep, &est), ISL_OK);
+    ck_assert_int_eq(isl_trainer_model(other, &ref), ISL_OK);
+    ck_assert(!test_models_equal(after, est)); /* the estimate changed them */
+    ck_assert(test_models_equal(est, ref));
+
+    isl_train_options *o;
+    ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_stochastic_depth(o, -0.1), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_train_options_set_stochastic_depth(o, 0.95), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_train_options_set_stochastic_depth(o, NAN), ISL_ERROR_INVALID_ARGUMENT);
+    ck_assert_int_eq(isl_train_options_set_stochastic_depth(NULL, 0.1), ISL_ERROR_INVALID_ARGUMENT);
+    isl_train_options_free(o);
+
+    isl_model_free(after);
+    isl_model_free(est);
+    isl_model_free(ref);
+    isl_trainer_free(plain);
+    isl_trainer_free(zero);
+    isl_trainer_free(deep);
+    isl_trainer_free(other);
+    isl_model_free(m);
+    free(b1);
+    free(b2);
+}
+END_TEST
+
 START_TEST(invalid_batches_and_options)
 {
     isl_model *m = api_model(71);
@@ -1476,6 +1642,8 @@ int main(int argc, char **argv)
                  {"gradients_dropout", gradients_with_dropout},
                  {"dropout_mask", dropout_mask},
                  {"dropout", dropout_in_training},
+                 {"stochastic_depth_net", stochastic_depth_equals_scaled_branches},
+                 {"stochastic_depth", stochastic_depth_in_training},
                  {"jit_kernels", train_net_uses_no_reference_kernels}};
     return test_run_cases("train", cases, sizeof(cases) / sizeof(cases[0]), 600);
 }

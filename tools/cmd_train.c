@@ -65,6 +65,9 @@ static const char train_help[] =
     "                           while training, the rest scaled by 1 / (1 - P) (default 0;\n"
     "                           give it again on --resume)\n"
     "  --spatial-dropout P      the same, whole channels of a crop at a time\n"
+    "  --stochastic-depth P     each step, skip each trunk module's branch with probability\n"
+    "                           P d / 32 (d: its depth, 1..32), the rest scaled to match\n"
+    "                           (default 0; give it again on --resume)\n"
     "  --bn-batches K           re-estimate the batch-norm statistics over K batches before\n"
     "                           writing OUT (default 0: keep the moving averages); with\n"
     "                           --freeze-bn, estimate them before the first step instead\n"
@@ -102,7 +105,7 @@ static const char train_help[] =
 enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREEZE, OPT_CROP,
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
        OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_WEIGHT_DECAY, OPT_DROPOUT,
-       OPT_SPATIAL_DROPOUT, OPT_BN_BATCHES,
+       OPT_SPATIAL_DROPOUT, OPT_STOCHASTIC_DEPTH, OPT_BN_BATCHES,
        OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
        OPT_THREADS, OPT_CONTRAST, OPT_GAMMA, OPT_BLUR, OPT_NOISE, OPT_SCALE, OPT_VALIDATION_MARGIN,
        OPT_UNLABELLED,
@@ -119,7 +122,7 @@ static const cli_option train_options[] = {
     {"lr", 0, 1, OPT_LR},                   {"lr-drop", 0, 1, OPT_LR_DROP},
     {"label-weight", 0, 1, OPT_LABEL_WEIGHT}, {"bn-decay", 0, 1, OPT_BN_DECAY},
     {"weight-decay", 0, 1, OPT_WEIGHT_DECAY}, {"dropout", 0, 1, OPT_DROPOUT},
-    {"spatial-dropout", 0, 1, OPT_SPATIAL_DROPOUT},
+    {"spatial-dropout", 0, 1, OPT_SPATIAL_DROPOUT}, {"stochastic-depth", 0, 1, OPT_STOCHASTIC_DEPTH},
     {"bn-batches", 0, 1, OPT_BN_BATCHES},   {"freeze-bn", 0, 0, OPT_FREEZE_BN},
     {"average-from", 0, 1, OPT_AVERAGE_FROM}, {"seed", 0, 1, OPT_SEED},
     {"threads", 0, 1, OPT_THREADS},         {"out", 'o', 1, OPT_OUT},
@@ -195,6 +198,7 @@ static int parse_trainer_option(isl_train_options *o, int id, const char *v)
         {OPT_WEIGHT_DECAY, "--weight-decay", 1e6, isl_train_options_set_weight_decay},
         {OPT_DROPOUT, "--dropout", 1, set_dropout},
         {OPT_SPATIAL_DROPOUT, "--spatial-dropout", 1, set_spatial_dropout},
+        {OPT_STOCHASTIC_DEPTH, "--stochastic-depth", 1, isl_train_options_set_stochastic_depth},
     };
     long long threads = 0;
     uint64_t seed = 0;
@@ -252,7 +256,8 @@ static int parse_option(train_args *a, int id, const char *v)
             return cli_usage_error("give one of --dropout and --spatial-dropout, once");
     }
     if (id == OPT_LR || id == OPT_LABEL_WEIGHT || id == OPT_BN_DECAY || id == OPT_WEIGHT_DECAY ||
-        id == OPT_DROPOUT || id == OPT_SPATIAL_DROPOUT || id == OPT_THREADS || id == OPT_SEED)
+        id == OPT_DROPOUT || id == OPT_SPATIAL_DROPOUT || id == OPT_STOCHASTIC_DEPTH ||
+        id == OPT_THREADS || id == OPT_SEED)
         return parse_trainer_option(a->options, id, v);
     struct { int id; const char *name; long long min, max, *out; } ints[] = {
         {OPT_CROP, "--crop", ISL_TILE_MIN, 4090, &a->crop},

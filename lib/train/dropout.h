@@ -29,6 +29,14 @@ static inline int isl_dropout_keeps(uint64_t key, uint64_t i, double rate)
     return isl_uniform53(isl_splitmix64_draw(key, i)) >= rate;
 }
 
+/* Stochastic depth (Huang et al. 2016; isl_train_net_set_stochastic_depth): whether
+ * module `module` skips its branch in step `step`, with probability p. One decision per
+ * module and step for the whole global batch, from a key of its own. */
+static inline int isl_depth_skips(uint64_t seed, int64_t step, int module, double p)
+{
+    return !isl_dropout_keeps(isl_dropout_key(seed ^ 0x5eedd7a7u, step, 1000 + module), 0, p);
+}
+
 /* t = mask * t / (1 - rate) in place (inverted dropout: prediction needs no change);
  * whole_channels: one draw per image and channel (spatial dropout, Tompson et al. 2015),
  * else one per value. t's image n is crop first_crop + n of the global batch. The same

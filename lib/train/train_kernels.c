@@ -716,6 +716,15 @@ void isl_tk_copy_channels(const isl_tt *src, int s0, isl_tt *dst, int d0, int co
                     at(src, i, (size_t)(s0 + c) / 16, p)[(s0 + c) % 16];
 }
 
+void isl_tk_scale(isl_tt *t, float f)
+{
+    const size_t count = floats_of(t);
+    float *v = t->v;
+#pragma omp parallel for simd schedule(static) if (count >= PAR_MIN)
+    for (size_t i = 0; i < count; i++)
+        v[i] *= f;
+}
+
 void isl_tk_zero(isl_tt *t)
 {
     memset(t->v, 0, sizeof(float) * isl_tt_floats(t->n, t->c, t->h, t->w));

@@ -82,6 +82,9 @@ void isl_tk_crop_backward(const isl_tt *ddst, int border, isl_tt *dsrc, int accu
 /* dst channels [d0, d0 + count) = src channels [s0, s0 + count) (same n, h, w). */
 void isl_tk_copy_channels(const isl_tt *src, int s0, isl_tt *dst, int d0, int count);
 
+/* t = f t in place (padding included: it stays zero). */
+void isl_tk_scale(isl_tt *t, float f);
+
 /* Sets a whole tensor (padding included) to zero. */
 void isl_tk_zero(isl_tt *t);
 

@@ -64,6 +64,8 @@ typedef struct module {
     isl_tt out;        /* r + residual (up: before the crop) */
     isl_tt next;       /* next module's input: out, or for up its 2-pixel crop */
     isl_tt act1, act2; /* BNAct outputs, in the shared act scratch */
+    int skipped;       /* stochastic depth: the branch r is skipped in this step */
+    float keep;        /* else its survival probability (r is scaled by 1 / keep) */
     /* Gradients (shared scratch buffers, assigned once in backward order). */
     isl_tt dx, dout, dnext, dconv, dpool, dact1, dact2;
     float *mean1, *invstd1, *mean2, *invstd2; /* batch statistics of the last forward */
@@ -114,6 +116,10 @@ struct isl_train_net {
     uint64_t dropout_seed;
     int64_t dropout_step;
     int64_t dropout_first_crop; /* in the global batch of a data-parallel step */
+    /* Stochastic depth in the next forward and backward (rate 0: none). */
+    double depth_rate;
+    uint64_t depth_seed;
+    int64_t depth_step;
 
     /* Scratch buffers shared by all layers. */
     float *s_act, *s_dact, *g_buf[2], *g_conv, *g_pool;
@@ -974,6 +980,14 @@ void isl_train_net_set_dropout(isl_train_net *n, double rate, int whole_channels
     n->dropout_first_crop = first_crop;
 }
 
+void isl_train_net_set_stochastic_depth(isl_train_net *n, double rate, uint64_t seed,
+                                        int64_t step)
+{
+    n->depth_rate = rate;
+    n->depth_seed = seed;
+    n->depth_step = step;
+}
+
 int isl_train_net_impls(const isl_train_net *n, const char **impl, int max)
 {
     for (int i = 0; i < n->num_prims && i < max; i++) {
@@ -1163,6 +1177,51 @@ static isl_status bnact_backward(const isl_train_net *n, isl_tt *dact, const isl
 /* Forward                                                                              */
 /* ------------------------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------------------------ */
+/* Stochastic depth                                                                     */
+/* ------------------------------------------------------------------------------------ */
+
+/* Module i's depth on the path from the projection to the heads: 1..18 in its tower (every
+ * tower has 18 modules), 19..32 in the upper tower. */
+static int module_depth(const isl_arch *a, int i)
+{
+    const int up = ISL_UPPER_TOWER;
+    if (i >= a->tower_first[up])
+        return a->tower_count[0] + i - a->tower_first[up] + 1;
+    int s = 0;
+    while (s + 1 < ISL_NUM_TOWERS && i >= a->tower_first[s + 1])
+        s++;
+    return i - a->tower_first[s] + 1;
+}
+
+/* Whether module m skips its branch in this step, and else the survival probability. */
+static void decide_depth(const isl_train_net *n, module *m)
+{
+    const isl_arch *a = &n->p->arch;
+    const double p = n->depth_rate * module_depth(a, m->index) /
+                     (a->tower_count[0] + a->tower_count[ISL_UPPER_TOWER]);
+    m->skipped = p > 0 && isl_depth_skips(n->depth_seed, n->depth_step, m->index, p);
+    m->keep = (float)(1 - p);
+}
+
+static void residual_forward(module *m)
+{
+    switch (m->a->kind) {
+    case ISL_MODULE_IN: isl_tk_residual_in(&m->x, &m->out); break;
+    case ISL_MODULE_DOWN: isl_tk_residual_down(&m->x, &m->out); break;
+    case ISL_MODULE_UP: isl_tk_residual_up(&m->x, &m->out); break;
+    }
+}
+
+static void residual_backward(module *m)
+{
+    switch (m->a->kind) {
+    case ISL_MODULE_IN: isl_tk_residual_in_backward(&m->dout, &m->dx); break;
+    case ISL_MODULE_DOWN: isl_tk_residual_down_backward(&m->dout, &m->dx); break;
+    case ISL_MODULE_UP: isl_tk_residual_up_backward(&m->dout, &m->dx); break;
+    }
+}
+
 static isl_status module_forward(isl_train_net *n, module *m, double momentum)
 {
     const isl_module_arch *a = m->a;
@@ -1170,6 +1229,13 @@ static isl_status module_forward(isl_train_net *n, module *m, double momentum)
     const int up = a->kind == ISL_MODULE_UP;
     isl_tt e[2] = {m->conv, m->pool};
 
+    decide_depth(n, m);
+    if (m->skipped) { /* the residual alone (its batch norms' statistics not updated) */
+        residual_forward(m);
+        if (up)
+            isl_tk_crop(&m->out, 2, &m->next);
+        return ISL_OK;
+    }
     ISL_CHECK(forward_bnact(n, &m->x, 1, &mp->bn1, m->mean1, m->invstd1, momentum, &m->act1));
     ISL_CHECK(conv_forward(n, &m->expand));
     if (!up) {
@@ -1181,13 +1247,14 @@ static isl_status module_forward(isl_train_net *n, module *m, double momentum)
     }
     ISL_CHECK(
         forward_bnact(n, e, up ? 1 : 2, &mp->bn2, m->mean2, m->invstd2, momentum, &m->act2));
-    /* The residual goes into out; the reduce convolution adds onto it (sum post-op). */
-    switch (a->kind) {
-    case ISL_MODULE_IN: isl_tk_residual_in(&m->x, &m->out); break;
-    case ISL_MODULE_DOWN: isl_tk_residual_down(&m->x, &m->out); break;
-    case ISL_MODULE_UP: isl_tk_residual_up(&m->x, &m->out); break;
-    }
+    /* The residual goes into out; the reduce convolution adds onto it (sum post-op).
+     * Stochastic depth: out = (keep residual + r) / keep, i.e. residual + r / keep. */
+    residual_forward(m);
+    if (m->keep < 1)
+        isl_tk_scale(&m->out, m->keep);
     ISL_CHECK(conv_forward(n, &m->reduce));
+    if (m->keep < 1)
+        isl_tk_scale(&m->out, 1 / m->keep);
     if (up)
         isl_tk_crop(&m->out, 2, &m->next);
     return ISL_OK;
@@ -1260,6 +1327,15 @@ static isl_status module_backward(isl_train_net *n, module *m)
 
     if (up)
         isl_tk_crop_backward(&m->dnext, 2, &m->dout, 0);
+    float *const done[6] = {mg->reduce_weight, mg->bn2.gamma, mg->bn2.beta,
+                            mg->expand_weight, mg->bn1.gamma, mg->bn1.beta};
+    if (m->skipped) { /* its gradients stay 0 */
+        isl_tk_zero(&m->dx);
+        residual_backward(m);
+        return layer_ready(n, done, 6);
+    }
+    if (m->keep < 1) /* r's gradient is dout / keep; restored for the residual below */
+        isl_tk_scale(&m->dout, 1 / m->keep);
     /* Reduce: r = conv1x1(BNAct(e)). */
     ISL_CHECK(bnact(n, e, ne, &mp->bn2, m->mean2, m->invstd2, &m->act2));
     ISL_CHECK(conv_backward(n, &m->reduce));
@@ -1279,13 +1355,9 @@ static isl_status module_backward(isl_train_net *n, module *m)
     const int acc = !up; /* the pooling backward wrote dx first */
     ISL_CHECK(bnact_backward(n, &m->dact1, &m->act1, &m->x, 1, m->mean1, m->invstd1, &mp->bn1,
                              &m->dx, &acc, &mg->bn1));
-    switch (a->kind) {
-    case ISL_MODULE_IN: isl_tk_residual_in_backward(&m->dout, &m->dx); break;
-    case ISL_MODULE_DOWN: isl_tk_residual_down_backward(&m->dout, &m->dx); break;
-    case ISL_MODULE_UP: isl_tk_residual_up_backward(&m->dout, &m->dx); break;
-    }
-    float *const done[6] = {mg->reduce_weight, mg->bn2.gamma, mg->bn2.beta,
-                            mg->expand_weight, mg->bn1.gamma, mg->bn1.beta};
+    if (m->keep < 1)
+        isl_tk_scale(&m->dout, m->keep);
+    residual_backward(m);
     return layer_ready(n, done, 6);
 }
 

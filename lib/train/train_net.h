@@ -86,6 +86,13 @@ typedef enum isl_net_mode {
 void isl_train_net_set_dropout(isl_train_net *net, double rate, int whole_channels,
                                uint64_t seed, int64_t step, int64_t first_crop);
 
+/* Stochastic depth in the following forward and backward passes (rate 0, the default:
+ * none): module i, at depth d of the 32 on its path to the heads, skips its branch r
+ * with probability p = rate d / 32 when isl_depth_skips(seed, step, i, p) (dropout.h),
+ * else adds r / (1 - p) to its residual. */
+void isl_train_net_set_stochastic_depth(isl_train_net *net, double rate, uint64_t seed,
+                                        int64_t step);
+
 /* Forward pass. Heads with active[h] == 0 are not computed (with batch statistics their
  * batch norm running statistics are still updated: they are statistics of the trunk).
  * bn_momentum is the weight of this batch in the running statistics: running =

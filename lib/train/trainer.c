@@ -31,6 +31,7 @@ struct isl_train_options {
     int64_t average_from;
     double dropout;     /* of the heads' inputs; 0: none */
     int dropout_whole;  /* whole channels of an image (spatial dropout) */
+    double depth_rate;  /* stochastic depth of the deepest module; 0: none */
 };
 
 static const isl_train_options default_options = {
@@ -44,6 +45,7 @@ static const isl_train_options default_options = {
     .average_from = 0,
     .dropout = 0,
     .dropout_whole = 0,
+    .depth_rate = 0,
 };
 
 /* One parameter array with its gradient and Adam moments. */
@@ -172,6 +174,16 @@ isl_status isl_train_options_set_dropout(isl_train_options *o, double rate, int 
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT, "dropout rate %g is outside [0, 0.9]", rate);
     o->dropout = rate;
     o->dropout_whole = whole_channels != 0;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_stochastic_depth(isl_train_options *o, double rate)
+{
+    NEED_OPTIONS(o);
+    if (!(rate >= 0 && rate <= 0.9))
+        return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
+                        "stochastic depth rate %g is outside [0, 0.9]", rate);
+    o->depth_rate = rate;
     return ISL_OK;
 }
 
@@ -872,6 +884,7 @@ static isl_status step(isl_trainer *t, const isl_train_batch *b, float *losses_o
         load_input(t, b);
         isl_train_net_set_dropout(t->net, t->opts.dropout, t->opts.dropout_whole, t->opts.seed,
                                   t->step + 1, t->first_crop);
+        isl_train_net_set_stochastic_depth(t->net, t->opts.depth_rate, t->opts.seed, t->step + 1);
         const isl_net_mode mode = frozen              ? ISL_NET_FROZEN_TRUNK
                                   : t->opts.freeze_bn ? ISL_NET_STORED_STATS
                                                       : ISL_NET_BATCH_STATS;
@@ -932,6 +945,7 @@ static isl_status estimate(isl_trainer *t, const isl_train_batch *b, int index)
         isl_train_net_set_sync(t->net, NULL);
     memset(t->active, 0, sizeof(int) * (size_t)t->params.num_heads);
     load_input(t, b);
+    isl_train_net_set_stochastic_depth(t->net, 0, 0, 0); /* the statistics of the whole net */
     /* The k-th batch (0-based) weighs 1 / (k + 1): the running mean of the batches. */
     return isl_train_net_forward(t->net, t->active, 1.0 / (index + 1.0), ISL_NET_BATCH_STATS);
 }

@@ -697,7 +697,7 @@ def _train_options(learning_rate: Optional[float], label_weight: Optional[float]
                    adam: Optional[Tuple[float, float, float]], threads: int,
                    freeze_trunk: bool, freeze_bn: bool, average_from: int,
                    weight_decay: Optional[float], dropout: float = 0.0,
-                   spatial_dropout: bool = False):
+                   spatial_dropout: bool = False, stochastic_depth: float = 0.0):
     options = _capi.isl_train_options_create()
     try:
         # Only what the caller set: the defaults live in the library.
@@ -719,6 +719,8 @@ def _train_options(learning_rate: Optional[float], label_weight: Optional[float]
             _capi.isl_train_options_set_weight_decay(options, float(weight_decay))
         if dropout or spatial_dropout:
             _capi.isl_train_options_set_dropout(options, float(dropout), int(bool(spatial_dropout)))
+        if stochastic_depth:
+            _capi.isl_train_options_set_stochastic_depth(options, float(stochastic_depth))
         if rate_drop is not None:
             step, rate = rate_drop
             _capi.isl_train_options_set_rate_drop(options, int(step), float(rate))
@@ -771,6 +773,12 @@ class Trainer(_Closable):
             uninterrupted one would.
         spatial_dropout: with ``dropout``, drop whole channels of a crop instead of single
             values.
+        stochastic_depth: in each step, each trunk module skips its expand-reduce branch
+            (keeping its residual path) with probability ``stochastic_depth * d / 32``, d
+            being its depth (1..32) on the path to the heads; a branch that runs is scaled
+            to match, so prediction needs no change (0 = none, at most 0.9). A function of
+            ``seed``, the step and the module: a resumed trainer skips what an
+            uninterrupted one would.
     """
 
     def __init__(self, model: Model, *, learning_rate: Optional[float] = None,
@@ -780,12 +788,13 @@ class Trainer(_Closable):
                  adam: Optional[Tuple[float, float, float]] = None, threads: int = 0,
                  freeze_trunk: bool = False, freeze_bn: bool = False, average_from: int = 0,
                  weight_decay: Optional[float] = None, dropout: float = 0.0,
-                 spatial_dropout: bool = False, _ptr=None) -> None:
+                 spatial_dropout: bool = False, stochastic_depth: float = 0.0,
+                 _ptr=None) -> None:
         self._lock = threading.Lock()
         self._ptr = None
         options = _train_options(learning_rate, label_weight, seed, bn_decay, rate_drop, adam,
                                  threads, freeze_trunk, freeze_bn, average_from, weight_decay,
-                                 dropout, spatial_dropout)
+                                 dropout, spatial_dropout, stochastic_depth)
         try:
             if _ptr is None:
                 if not isinstance(model, Model):

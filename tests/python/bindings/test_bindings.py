@@ -1130,6 +1130,36 @@ def test_dropout(islpy, bindings_tmp):
                 islpy.Trainer(model, dropout=bad)
 
 
+def test_stochastic_depth(islpy, bindings_tmp):
+    """Trainer(stochastic_depth=P): a step differs from the step without it and repeats
+    with the same seed; another seed skips other modules; a resumed trainer skips what an
+    uninterrupted one does; bad rates are refused."""
+    inputs, targets = train_batch()
+
+    def losses(checkpoint=None, **kw):
+        with tiny_model(islpy) as model:
+            with islpy.Trainer(model, learning_rate=1e-3, threads=THREADS, **kw) as t:
+                first = t.step(inputs, targets)
+                if checkpoint is not None:
+                    t.save(checkpoint)
+                return list(first.values()) + list(t.step(inputs, targets).values())
+
+    plain = losses(seed=3)
+    skipped = losses(seed=3, stochastic_depth=0.5)
+    assert skipped != plain
+    assert losses(seed=3, stochastic_depth=0.5) == skipped
+    assert losses(seed=4, stochastic_depth=0.5) != skipped
+    checkpoint = bindings_tmp / "depth.ckpt.h5"
+    losses(checkpoint, seed=3, stochastic_depth=0.5)
+    with islpy.Trainer.load(checkpoint, learning_rate=1e-3, seed=3, stochastic_depth=0.5,
+                            threads=THREADS) as resumed:
+        assert list(resumed.step(inputs, targets).values()) == skipped[len(skipped) // 2:]
+    for bad in (-0.1, 0.95, float("nan")):
+        with pytest.raises(islpy.InvalidArgumentError, match="stochastic depth rate"):
+            with tiny_model(islpy) as model:
+                islpy.Trainer(model, stochastic_depth=bad)
+
+
 def test_weight_decay(islpy, bindings_tmp):
     """Trainer(weight_decay=L): after one step every convolution weight is the undecayed
     step's minus lr * L times its initial value; biases, gamma and beta are the undecayed

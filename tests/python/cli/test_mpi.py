@@ -191,22 +191,24 @@ def test_two_ranks_equal_one_process_of_the_global_batch(mpirun, isl_bin, data, 
     assert np.quantile(d, 0.999) > 10 * 2e-5, np.quantile(d, 0.999)
 
 
+@pytest.mark.parametrize("option", [("--dropout", 0.5), ("--stochastic-depth", 0.5)])
 def test_two_ranks_with_dropout_equal_one_process(mpirun, run_isl, isl_bin, data, single,
-                                                  tmp_path):
+                                                  tmp_path, option):
     """Dropout masks are drawn per crop of the global batch (each rank's first crop is
     rank x batch): two ranks with dropout train what one process with dropout trains.
-    Before 0.14 every rank drew the mask of crops 0 and 1 for its own two crops."""
+    Before 0.14 every rank drew the mask of crops 0 and 1 for its own two crops. Stochastic
+    depth decides per module and step, alike on every rank."""
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     r = run_isl("train", "--dataset", data / "data.h5", "--model", data / "init.h5",
-                "--out", one, "--steps", STEPS, "--batch", 4, "--dropout", 0.5, *COMMON)
+                "--out", one, "--steps", STEPS, "--batch", 4, *option, *COMMON)
     assert r.returncode == 0, r.stderr
     r = mpirun(2, isl_bin, "train", "--dataset", data / "data.h5", "--model", data / "init.h5",
-               "--out", two, "--steps", STEPS, "--batch", 2, "--dropout", 0.5, *COMMON)
+               "--out", two, "--steps", STEPS, "--batch", 2, *option, *COMMON)
     assert r.returncode == 0, r.stderr
     np.testing.assert_allclose(logged_losses(tmp_path / "two.log.csv"),
                                logged_losses(tmp_path / "one.log.csv"), atol=2e-5)
     assert_same_training(two, one, STEPS)
-    # The control: the dropout changed the training (the same run without it is far).
+    # The control: the option changed the training (the same run without it is far).
     d = weight_differences(one, single)
     assert np.quantile(d, 0.999) > 10 * 2e-5, np.quantile(d, 0.999)
 

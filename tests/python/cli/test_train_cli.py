@@ -193,7 +193,7 @@ def test_validation_margin_keeps_nearby_targets_out(run_isl, data, tmp_path, mar
 @pytest.mark.parametrize("jitter", [(), ("--contrast-jitter", "0.5"),
                                     ("--gamma-jitter", "0.3", "--blur", "1.5", "--noise", "0.03"),
                                     ("--scale-jitter", "0.2"), ("--dropout", "0.3"),
-                                    ("--spatial-dropout", "0.2")])
+                                    ("--spatial-dropout", "0.2"), ("--stochastic-depth", "0.5")])
 def test_resume_gives_the_same_run(run_isl, data, tmp_path, jitter):
     """Also with the photometric options, given again on --resume as the help says; they
     change the run (its losses differ from the plain run's)."""
@@ -442,6 +442,8 @@ def test_average_from_writes_the_weight_average(run_isl, data, tmp_path):
      "dropout rate 0.95"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--dropout", "0.1",
       "--spatial-dropout", "0.1"), 2, "one of --dropout and --spatial-dropout"),
+    (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--stochastic-depth", "0.95"), 2,
+     "stochastic depth rate 0.95"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--unlabelled-share", "0.5",
       "--label-weight", "1"), 2, "--label-weight below 1"),
     (("--model", "{d}/init.h5", "--dataset", "{d}/data.h5", "--validation-margin", "-1"), 2,
