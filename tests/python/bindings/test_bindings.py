@@ -1099,40 +1099,12 @@ def test_weight_average(islpy, bindings_tmp):
         assert resumed.average_count == 2
 
 
-def test_dropout(islpy, bindings_tmp):
-    """Trainer(dropout=P): a step differs from the step without dropout and repeats with
-    the same seed; another seed drops other values; whole channels differ again; a resumed
-    trainer drops what an uninterrupted one does; bad rates are refused."""
-    inputs, targets = train_batch()
-
-    def losses(checkpoint=None, **kw):
-        with tiny_model(islpy) as model:
-            with islpy.Trainer(model, learning_rate=1e-3, threads=THREADS, **kw) as t:
-                first = t.step(inputs, targets)
-                if checkpoint is not None:
-                    t.save(checkpoint)
-                return list(first.values()) + list(t.step(inputs, targets).values())
-
-    plain = losses(seed=3)
-    dropped = losses(seed=3, dropout=0.3)
-    assert dropped != plain
-    assert losses(seed=3, dropout=0.3) == dropped
-    assert losses(seed=4, dropout=0.3) != dropped
-    assert losses(seed=3, dropout=0.3, spatial_dropout=True) != dropped
-    checkpoint = bindings_tmp / "dropout.ckpt.h5"
-    losses(checkpoint, seed=3, dropout=0.3)
-    with islpy.Trainer.load(checkpoint, learning_rate=1e-3, seed=3, dropout=0.3,
-                            threads=THREADS) as resumed:
-        assert list(resumed.step(inputs, targets).values()) == dropped[len(dropped) // 2:]
-    for bad in (-0.1, 0.95, float("nan")):
-        with pytest.raises(islpy.InvalidArgumentError, match="dropout rate"):
-            with tiny_model(islpy) as model:
-                islpy.Trainer(model, dropout=bad)
-
-
-def test_stochastic_depth(islpy, bindings_tmp):
-    """Trainer(stochastic_depth=P): a step differs from the step without it and repeats
-    with the same seed; another seed skips other modules; a resumed trainer skips what an
+@pytest.mark.parametrize("option, refusal", [("dropout", "dropout rate"),
+                                             ("stochastic_depth", "stochastic depth rate")])
+def test_dropout_and_stochastic_depth(islpy, bindings_tmp, option, refusal):
+    """Trainer(dropout=P), Trainer(stochastic_depth=P): a step differs from the step
+    without it and repeats with the same seed; another seed drops other values (skips
+    other modules); whole channels differ again; a resumed trainer drops what an
     uninterrupted one does; bad rates are refused."""
     inputs, targets = train_batch()
 
@@ -1144,20 +1116,23 @@ def test_stochastic_depth(islpy, bindings_tmp):
                     t.save(checkpoint)
                 return list(first.values()) + list(t.step(inputs, targets).values())
 
+    rate = {option: 0.3}
     plain = losses(seed=3)
-    skipped = losses(seed=3, stochastic_depth=0.5)
-    assert skipped != plain
-    assert losses(seed=3, stochastic_depth=0.5) == skipped
-    assert losses(seed=4, stochastic_depth=0.5) != skipped
-    checkpoint = bindings_tmp / "depth.ckpt.h5"
-    losses(checkpoint, seed=3, stochastic_depth=0.5)
-    with islpy.Trainer.load(checkpoint, learning_rate=1e-3, seed=3, stochastic_depth=0.5,
-                            threads=THREADS) as resumed:
-        assert list(resumed.step(inputs, targets).values()) == skipped[len(skipped) // 2:]
+    dropped = losses(seed=3, **rate)
+    assert dropped != plain
+    assert losses(seed=3, **rate) == dropped
+    assert losses(seed=4, **rate) != dropped
+    if option == "dropout":
+        assert losses(seed=3, **rate, spatial_dropout=True) != dropped
+    checkpoint = bindings_tmp / f"{option}.ckpt.h5"
+    losses(checkpoint, seed=3, **rate)
+    with islpy.Trainer.load(checkpoint, learning_rate=1e-3, seed=3, threads=THREADS,
+                            **rate) as resumed:
+        assert list(resumed.step(inputs, targets).values()) == dropped[len(dropped) // 2:]
     for bad in (-0.1, 0.95, float("nan")):
-        with pytest.raises(islpy.InvalidArgumentError, match="stochastic depth rate"):
+        with pytest.raises(islpy.InvalidArgumentError, match=refusal):
             with tiny_model(islpy) as model:
-                islpy.Trainer(model, stochastic_depth=bad)
+                islpy.Trainer(model, **{option: bad})
 
 
 def test_weight_decay(islpy, bindings_tmp):
