@@ -520,8 +520,11 @@ static void check_stochastic_depth(int stored)
     }
     printf("  gradients: max %.3e, largest difference %.2e; reduce weights %.3e, %.2e\n",
            ref[0], err[0], ref[1], err[1]);
-    ck_assert(ref[0] > 0 && err[0] < 1e-4 * ref[0]);
-    ck_assert(ref[1] > 0 && err[1] < 1e-4 * ref[1]);
+    /* With batch statistics the rounding reaches 3e-4 of the largest gradient on AVX2
+     * (staged nChw8c kernels; 3e-5 with AVX-512); a wrong scale is off by at least
+     * its skip probability, 1/64 here. */
+    ck_assert(ref[0] > 0 && err[0] < 1e-3 * ref[0]);
+    ck_assert(ref[1] > 0 && err[1] < 1e-3 * ref[1]);
     free(g1);
     free(g2);
     engine_close(&e1);
