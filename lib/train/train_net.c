@@ -1181,13 +1181,8 @@ static isl_status bnact_backward(const isl_train_net *n, isl_tt *dact, const isl
  * tower has 18 modules), 19..32 in the upper tower. */
 static int module_depth(const isl_arch *a, int i)
 {
-    const int up = ISL_UPPER_TOWER;
-    if (i >= a->tower_first[up])
-        return a->tower_count[0] + i - a->tower_first[up] + 1;
-    int s = 0;
-    while (s + 1 < ISL_NUM_TOWERS && i >= a->tower_first[s + 1])
-        s++;
-    return i - a->tower_first[s] + 1;
+    const int s = a->modules[i].tower;
+    return i - a->tower_first[s] + 1 + (s == ISL_UPPER_TOWER ? a->tower_count[0] : 0);
 }
 
 /* Whether module m skips its branch in this step, and else the survival probability. */
