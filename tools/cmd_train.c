@@ -182,8 +182,11 @@ static isl_status set_spatial_dropout(isl_train_options *o, double rate)
     return isl_train_options_set_dropout(o, rate, 1);
 }
 
+/* parse_trainer_option's answer for an option that is not the trainer's. */
+enum { NOT_A_TRAINER_OPTION = -1 };
+
 /* An option of the trainer: handed to its setter, whose checks make bad values usage
- * errors. */
+ * errors. Any other option: NOT_A_TRAINER_OPTION. */
 static int parse_trainer_option(isl_train_options *o, int id, const char *v)
 {
     static const struct {
@@ -204,6 +207,7 @@ static int parse_trainer_option(isl_train_options *o, int id, const char *v)
     uint64_t seed = 0;
     double x = 0;
     isl_status s = ISL_OK;
+    int known = 1;
     if (id == OPT_THREADS) {
         if (cli_parse_int("--threads", v, 0, 4096, &threads) != 0)
             return CLI_EXIT_USAGE;
@@ -212,13 +216,18 @@ static int parse_trainer_option(isl_train_options *o, int id, const char *v)
         if (cli_parse_u64("--seed", v, &seed) != 0)
             return CLI_EXIT_USAGE;
         s = isl_train_options_set_seed(o, seed);
+    } else {
+        known = 0;
     }
     for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
         if (reals[i].id == id) {
             if (cli_parse_double(reals[i].name, v, 0, reals[i].max, &x) != 0)
                 return CLI_EXIT_USAGE;
             s = reals[i].set(o, x);
+            known = 1;
         }
+    if (!known)
+        return NOT_A_TRAINER_OPTION;
     if (s != ISL_OK)
         return s == ISL_ERROR_INVALID_ARGUMENT ? cli_usage_error("%s", isl_last_error())
                                                : cli_library_error(s);
@@ -255,10 +264,9 @@ static int parse_option(train_args *a, int id, const char *v)
         if (a->dropout_given++)
             return cli_usage_error("give one of --dropout and --spatial-dropout, once");
     }
-    if (id == OPT_LR || id == OPT_LABEL_WEIGHT || id == OPT_BN_DECAY || id == OPT_WEIGHT_DECAY ||
-        id == OPT_DROPOUT || id == OPT_SPATIAL_DROPOUT || id == OPT_STOCHASTIC_DEPTH ||
-        id == OPT_THREADS || id == OPT_SEED)
-        return parse_trainer_option(a->options, id, v);
+    int rc = parse_trainer_option(a->options, id, v);
+    if (rc != NOT_A_TRAINER_OPTION)
+        return rc;
     struct { int id; const char *name; long long min, max, *out; } ints[] = {
         {OPT_CROP, "--crop", ISL_TILE_MIN, 4090, &a->crop},
         {OPT_BATCH, "--batch", 1, 4096, &a->batch},
