@@ -426,6 +426,7 @@ typedef struct run_state {
     cli_train_log log;
     int log_open;
     cli_dist *dist; /* the ranks of an MPI job (one process: rank 0 of 1) */
+    int ranks_diverged; /* every rank found it and ends alike: no MPI_Abort needed */
     double step_seconds; /* spent in isl_train_step, for the summary */
 } run_state;
 
@@ -508,6 +509,8 @@ static int check_ranks_agree(run_state *r)
         return cli_library_error(s);
     if (cli_dist_compare(r->dist, digest, (int)sizeof(digest), &differing) != 0)
         return cli_runtime_error("MPI failed comparing the ranks' states");
+    if (differing >= 0)
+        r->ranks_diverged = 1;
     if (differing >= 0 && !is_root(r)) /* every rank reaches this verdict; rank 0 tells it */
         return CLI_EXIT_RUNTIME;
     if (differing >= 0)
@@ -955,10 +958,11 @@ int cli_cmd_train(int argc, char **argv)
         return CLI_EXIT_RUNTIME;
     r.dist = &dist;
     rc = train(&r);
+    int agreed_end = r.ranks_diverged;
     run_free(&r);
-    /* A rank that fails ends the job: the others would wait for it. Interruptions are
-     * agreed on by all ranks. */
-    if (dist.size > 1 && rc != CLI_EXIT_OK && rc != CLI_EXIT_INTERRUPTED)
+    /* A rank that fails ends the job: the others would wait for it. Interruptions and
+     * diverged states are found by all ranks together, which end normally. */
+    if (dist.size > 1 && rc != CLI_EXIT_OK && rc != CLI_EXIT_INTERRUPTED && !agreed_end)
         cli_dist_abort(&dist, rc, "training failed (the message above)");
     cli_dist_finalize(&dist);
     return rc;
