@@ -15,11 +15,12 @@
 # LR, LR_DROP (STEP:RATE, empty for none; default 1e-4 for the last quarter of the
 # steps), BN_ARGS (how batch norms train; default frozen statistics estimated over 50
 # crops, and the mean of the weights of the second half; empty: batch statistics),
-# BN_DECAY, LABEL_WEIGHT, AUGMENT_ARGS, EXTRA_ARGS (more `isl train` options), THREADS
-# (default 1), ISL (the isl binary). The frozen recipe until 0.10.2: STEPS=600; the fast
-# recipe (batch statistics): STEPS=600 LR=3e-3 LR_DROP=450:3e-4 BN_ARGS=
-# scripts/cv-condition-b.sh; the plain recipe of issue #15: STEPS=1100 LR=3e-4 LR_DROP=
-# BN_ARGS= scripts/cv-condition-b.sh
+# BN_DECAY, LABEL_WEIGHT, STOCHASTIC_DEPTH (default 0.2 since 0.16.1), AUGMENT_ARGS,
+# EXTRA_ARGS (more `isl train` options), THREADS (default 1), ISL (the isl binary). Older
+# recipes, all with STOCHASTIC_DEPTH=0: that of 0.10.3 to 0.16.0 (nothing else); the
+# frozen recipe until 0.10.2: STEPS=600; the fast recipe (batch statistics): STEPS=600
+# LR=3e-3 LR_DROP=450:3e-4 BN_ARGS=; the plain recipe of issue #15: STEPS=1100 LR=3e-4
+# LR_DROP= BN_ARGS=
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,7 +56,8 @@ for seed in $seeds; do
     OMP_WAIT_POLICY=passive "$isl" train --dataset "$run/data.h5" "${start[@]}" \
       --out "$dir/model.h5" --steps "$steps" --crop "${CROP:-378}" \
       --batch "${BATCH:-1}" --lr "${LR:-1e-3}" "${drop[@]}" --bn-decay "${BN_DECAY:-0.99}" \
-      --label-weight "${LABEL_WEIGHT:-1}" --validation "$((fold * strip)),0,$strip,1024" \
+      --label-weight "${LABEL_WEIGHT:-1}" --stochastic-depth "${STOCHASTIC_DEPTH:-0.2}" \
+      --validation "$((fold * strip)),0,$strip,1024" \
       --validation-margin 121 --validate-every "${VALIDATE_EVERY:-250}" \
       --checkpoint-every 100 --seed "$seed" --threads "${THREADS:-1}" \
       $bn_args ${AUGMENT_ARGS:-} ${EXTRA_ARGS:-}

@@ -7,7 +7,9 @@
 # validation"), so no rows are held back here. The recipe ("frozen"): base depth 60, one
 # crop of 378 per step, label weight 1, batch-norm statistics estimated once over 50
 # training crops and frozen from the first step, Adam at 1e-3 dropped to 1e-4 at step
-# 900, 1,200 steps, and the mean of the weights of steps 600..1,200 written as the model.
+# 900, 1,200 steps, stochastic depth 0.2 (each residual branch skipped with probability
+# up to 0.2, deeper ones more often), and the mean of the weights of steps 600..1,200
+# written as the model.
 # STEPS=600 trains the recipe of 0.10.1 (drop and average scale with the steps). Run it
 # again after an interruption: it resumes from its checkpoint. About 26 minutes on one
 # idle core of an AMD EPYC (Zen 5), 40 beside two other runs on two cores, with one thread
@@ -41,7 +43,7 @@ OMP_WAIT_POLICY=passive "$isl" train --dataset "$run/data.h5" "${start[@]}" \
   --out "$run/model.h5" --steps "$steps" --crop 378 --batch 1 --label-weight 1 \
   --lr 1e-3 --lr-drop "$((steps * 3 / 4)):1e-4" --freeze-bn --bn-batches 50 \
   --average-from "$((steps / 2))" \
-  --weight-decay "${WEIGHT_DECAY:-0}" \
+  --weight-decay "${WEIGHT_DECAY:-0}" --stochastic-depth "${STOCHASTIC_DEPTH:-0.2}" \
   --checkpoint-every 50 --seed "$seed" --threads "${THREADS:-1}"
 cp "$run/model.h5" "$out.tmp" && mv "$out.tmp" "$out"
 echo "train-condition-b: wrote $out"
