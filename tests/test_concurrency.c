@@ -34,12 +34,6 @@
 
 static const char *const head_names[LABELS] = {"dapi_confocal", "tuj1_widefield"};
 
-static int long_tests(void)
-{
-    const char *v = getenv("ISL_LONG_TESTS");
-    return v && strcmp(v, "1") == 0;
-}
-
 static float input[NZ * IMG * IMG];
 
 static size_t head_size(int h) { (void)h; return (size_t)IMG * IMG; }
@@ -230,7 +224,8 @@ static int soak_cycles(void)
 #ifdef SANITIZED
     return 5; /* the sanitizers find a leak in one cycle; they also make RSS meaningless */
 #else
-    return long_tests() ? 10000 : 60;
+    const char *long_tests = getenv("ISL_LONG_TESTS");
+    return long_tests && strcmp(long_tests, "1") == 0 ? 10000 : 60;
 #endif
 }
 
