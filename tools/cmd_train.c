@@ -509,19 +509,18 @@ static int check_ranks_agree(run_state *r)
         return cli_library_error(s);
     if (cli_dist_compare(r->dist, digest, (int)sizeof(digest), &differing) != 0)
         return cli_runtime_error("MPI failed comparing the ranks' states");
-    if (differing >= 0)
-        r->ranks_diverged = 1;
-    if (differing >= 0 && !is_root(r)) /* every rank reaches this verdict; rank 0 tells it */
+    if (differing < 0)
+        return CLI_EXIT_OK;
+    r->ranks_diverged = 1;
+    if (!is_root(r)) /* every rank reaches this verdict; rank 0 tells it */
         return CLI_EXIT_RUNTIME;
-    if (differing >= 0)
-        return cli_runtime_error("after step %lld the state of rank %d (weights, optimizer) "
-                                 "differs from rank 0's: the ranks diverged (a hardware fault, "
-                                 "ranks started with different options, or an MPI whose sums "
-                                 "differ between ranks); nothing written: %s holds the last "
-                                 "state they agreed on, if any",
-                                 (long long)isl_trainer_step_count(r->trainer), differing,
-                                 r->checkpoint);
-    return CLI_EXIT_OK;
+    return cli_runtime_error("after step %lld the state of rank %d (weights, optimizer) "
+                             "differs from rank 0's: the ranks diverged (a hardware fault, "
+                             "ranks started with different options, or an MPI whose sums "
+                             "differ between ranks); nothing written: %s holds the last "
+                             "state they agreed on, if any",
+                             (long long)isl_trainer_step_count(r->trainer), differing,
+                             r->checkpoint);
 }
 
 static int save_checkpoint(run_state *r)
@@ -958,11 +957,10 @@ int cli_cmd_train(int argc, char **argv)
         return CLI_EXIT_RUNTIME;
     r.dist = &dist;
     rc = train(&r);
-    int agreed_end = r.ranks_diverged;
-    run_free(&r);
+    run_free(&r); /* frees what r points to; r.ranks_diverged stays */
     /* A rank that fails ends the job: the others would wait for it. Interruptions and
      * diverged states are found by all ranks together, which end normally. */
-    if (dist.size > 1 && rc != CLI_EXIT_OK && rc != CLI_EXIT_INTERRUPTED && !agreed_end)
+    if (dist.size > 1 && rc != CLI_EXIT_OK && rc != CLI_EXIT_INTERRUPTED && !r.ranks_diverged)
         cli_dist_abort(&dist, rc, "training failed (the message above)");
     cli_dist_finalize(&dist);
     return rc;
