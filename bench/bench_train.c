@@ -21,6 +21,8 @@
  *               [--freeze-bn 0|1]         1: stored batch-norm statistics (the folds' recipe)
  *               [--dropout P]             dropout of the heads' inputs (0: none)
  *               [--stochastic-depth P]    stochastic depth of the deepest module (0: none)
+ *               [--keep-activations 0|1]  1: keep the forward pass's BNAct outputs for the
+ *                                         backward pass (isl_train_options_set_keep_activations)
  *               [--model IN.h5]           train this model instead of a random one
  *               [--save-model OUT.h5]     write the initial model (for bench_train_torch.py)
  *               [--save-batch PREFIX]     write PREFIX.inputs.f32 / PREFIX.targets.f32 (raw
@@ -70,7 +72,7 @@ static void usage(void)
     fputs("usage: bench_train [--base 100] [--crop 250] [--batch 4] [--steps 5] [--warmup 2]\n"
           "                   [--threads 0] [--label-weight 0.5] [--seed 1] [--model IN.h5]\n"
           "                   [--save-model OUT.h5] [--save-batch PREFIX] [--freeze-bn 0|1]\n"
-          "                   [--dropout P] [--stochastic-depth P]\n"
+          "                   [--dropout P] [--stochastic-depth P] [--keep-activations 0|1]\n"
           "                   [--version]\n",
           stderr);
 }
@@ -78,6 +80,7 @@ static void usage(void)
 int main(int argc, char **argv)
 {
     int base = 100, crop = 250, batch = 4, steps = 5, warmup = 2, threads = 0, freeze_bn = 0;
+    int keep_acts = 0;
     double dropout = 0, depth = 0;
     double label_weight = 0.5;
     uint64_t seed = 1;
@@ -110,6 +113,7 @@ int main(int argc, char **argv)
         else if (!strcmp(k, "--freeze-bn")) freeze_bn = atoi(v);
         else if (!strcmp(k, "--dropout")) dropout = atof(v);
         else if (!strcmp(k, "--stochastic-depth")) depth = atof(v);
+        else if (!strcmp(k, "--keep-activations")) keep_acts = atoi(v);
         else if (!strcmp(k, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(k, "--model")) model_path = v;
         else if (!strcmp(k, "--save-model")) save_model = v;
@@ -178,6 +182,7 @@ int main(int argc, char **argv)
         isl_train_options_set_freeze_bn(o, freeze_bn) != ISL_OK ||
         isl_train_options_set_dropout(o, dropout, 0) != ISL_OK ||
         isl_train_options_set_stochastic_depth(o, depth) != ISL_OK ||
+        isl_train_options_set_keep_activations(o, keep_acts) != ISL_OK ||
         isl_trainer_create(m, o, &t) != ISL_OK) {
         fprintf(stderr, "bench_train: %s\n", isl_last_error());
         return 1;
@@ -223,11 +228,11 @@ int main(int argc, char **argv)
 
     int team = threads ? threads : omp_get_max_threads();
     const dnnl_version_t *dv = dnnl_version();
-    printf("isl_train_bench base=%d crop=%d batch=%d label_weight=%g freeze_bn=%d dropout=%g stochastic_depth=%g threads=%d steps=%d warmup=%d "
+    printf("isl_train_bench base=%d crop=%d batch=%d label_weight=%g freeze_bn=%d dropout=%g stochastic_depth=%g keep_activations=%d threads=%d steps=%d warmup=%d "
            "sec_per_step=%.4f sec_per_step_median=%.4f sec_per_step_min=%.4f steps_per_s=%.4f out_px_per_s=%.0f "
            "in_px_per_s=%.0f cpu_sec_per_step=%.4f peak_rss_mb=%ld fwd_gflop=%.2f gflops=%.1f "
            "warmup_seconds=%.2f loss_first=%.6f loss_last=%.6f isl=%s onednn=%d.%d.%d\n",
-           base, crop, batch, label_weight, freeze_bn, dropout, depth, team, steps, warmup, sps, median, per[0], 1.0 / sps,
+           base, crop, batch, label_weight, freeze_bn, dropout, depth, keep_acts, team, steps, warmup, sps, median, per[0], 1.0 / sps,
            (double)batch * out * out / sps, (double)batch * crop * crop / sps, cpu / steps,
            peak_rss_mb(), fwd_flop / 1e9, 3 * fwd_flop / sps / 1e9, warm_wall, loss_first,
            losses[nl - 1], isl_version_string(), dv->major, dv->minor, dv->patch);

@@ -103,7 +103,8 @@ static void engine_open(engine *e, isl_params *p, int input_grad)
     e->p = p;
     ck_assert_int_eq(isl_params_alloc(&e->g, BASE, NZ, LABELS, head_names, 1), 0);
     ck_assert_int_eq(dnnl_engine_create(&e->eng, dnnl_cpu, 0), dnnl_success);
-    ck_assert_msg(isl_train_net_create(p, &e->g, e->eng, BATCH, SIDE, SIDE, input_grad, &e->net) ==
+    ck_assert_msg(isl_train_net_create(p, &e->g, e->eng, BATCH, SIDE, SIDE,
+                                       input_grad ? ISL_NET_INPUT_GRAD : 0, &e->net) ==
                       ISL_OK,
                   "%s", isl_last_error());
 }
@@ -1344,6 +1345,68 @@ START_TEST(stochastic_depth_in_training)
 }
 END_TEST
 
+/* Keeping the activations (isl_train_options_set_keep_activations) changes no result: two
+ * steps with and without it give the same losses and the same model, bit for bit, with
+ * batch statistics; with frozen statistics, dropout of the heads' inputs and stochastic
+ * depth (the recipe's kind of step: the kept head inputs are the dropped ones); and with a
+ * frozen trunk and whole-channel dropout. The steps change the model, so equal models
+ * are not the trivial case. */
+static isl_trainer *keep_trainer(const isl_model *m, int variant, int keep)
+{
+    isl_train_options *o;
+    ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_seed(o, 7), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_learning_rate(o, 1e-3), ISL_OK);
+    ck_assert_int_eq(isl_train_options_set_keep_activations(o, keep), ISL_OK);
+    if (variant == 1) {
+        ck_assert_int_eq(isl_train_options_set_freeze_bn(o, 1), ISL_OK);
+        ck_assert_int_eq(isl_train_options_set_dropout(o, 0.3, 0), ISL_OK);
+        ck_assert_int_eq(isl_train_options_set_stochastic_depth(o, 0.5), ISL_OK);
+    } else if (variant == 2) {
+        ck_assert_int_eq(isl_train_options_set_freeze_trunk(o, 1), ISL_OK);
+        ck_assert_int_eq(isl_train_options_set_dropout(o, 0.3, 1), ISL_OK);
+    }
+    isl_trainer *t = NULL;
+    ck_assert_msg(isl_trainer_create(m, o, &t) == ISL_OK, "%s", isl_last_error());
+    isl_train_options_free(o);
+    return t;
+}
+
+START_TEST(kept_activations_change_nothing)
+{
+    static const char *const variants[] = {"batch statistics",
+                                           "frozen statistics, dropout, stochastic depth",
+                                           "frozen trunk, whole-channel dropout"};
+    isl_model *m = api_model(95);
+    batch *b1 = random_batch(96), *b2 = random_batch(97);
+    for (int v = 0; v < 3; v++) {
+        isl_trainer *recomputed = keep_trainer(m, v, 0), *kept = keep_trainer(m, v, 1);
+        float lr[LABELS + 3], lk[LABELS + 3];
+        for (int s = 0; s < 2; s++) {
+            step_ok(recomputed, s ? b2 : b1, lr);
+            step_ok(kept, s ? b2 : b1, lk);
+            test_assert_losses_equal(lr, lk, LABELS + 3);
+        }
+        isl_model *mr, *mk;
+        ck_assert_int_eq(isl_trainer_model(recomputed, &mr), ISL_OK);
+        ck_assert_int_eq(isl_trainer_model(kept, &mk), ISL_OK);
+        ck_assert_msg(!test_models_equal(m, mr), "%s: the steps changed nothing", variants[v]);
+        ck_assert_msg(test_models_equal(mr, mk), "%s: kept activations changed the model",
+                      variants[v]);
+        printf("kept activations, %s: second step's total loss %.6f both ways\n", variants[v],
+               lk[LABELS + 2]);
+        isl_model_free(mr);
+        isl_model_free(mk);
+        isl_trainer_free(recomputed);
+        isl_trainer_free(kept);
+    }
+    ck_assert_int_eq(isl_train_options_set_keep_activations(NULL, 1), ISL_ERROR_INVALID_ARGUMENT);
+    isl_model_free(m);
+    free(b1);
+    free(b2);
+}
+END_TEST
+
 START_TEST(invalid_batches_and_options)
 {
     isl_model *m = api_model(71);
@@ -1562,7 +1625,7 @@ static int dump(const char *model_path, const char *batch_path, const char *out_
         names[h] = p->heads[h].name;
     if (isl_params_alloc(&g, p->arch.base_depth, c.nz, c.L, names, 1) ||
         dnnl_engine_create(&eng, dnnl_cpu, 0) != dnnl_success ||
-        isl_train_net_create(p, &g, eng, c.B, c.H, c.W, 1, &net) != ISL_OK)
+        isl_train_net_create(p, &g, eng, c.B, c.H, c.W, ISL_NET_INPUT_GRAD, &net) != ISL_OK)
         goto done;
     size_t lab = (size_t)c.B * c.L * c.oh * c.ow;
     masks = malloc(lab + 1);
@@ -1647,6 +1710,7 @@ int main(int argc, char **argv)
                  {"dropout", dropout_in_training},
                  {"stochastic_depth_net", stochastic_depth_equals_scaled_branches},
                  {"stochastic_depth", stochastic_depth_in_training},
+                 {"keep_activations", kept_activations_change_nothing},
                  {"jit_kernels", train_net_uses_no_reference_kernels}};
     return test_run_cases("train", cases, sizeof(cases) / sizeof(cases[0]), 600);
 }

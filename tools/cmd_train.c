@@ -81,6 +81,9 @@ static const char train_help[] =
     "                           (default: the dataset wells' when they agree, else the\n"
     "                           initial model's)\n"
     "  --threads N              threads (0: all cores; default %d)\n"
+    "  --keep-activations       keep the forward pass's batch-norm outputs for the backward\n"
+    "                           pass instead of recomputing them: the same results, about\n"
+    "                           5%% less time a step for about 55%% more memory\n"
     "\n"
     "Outputs:\n"
     "  -o, --out PATH           trained model (required)\n"
@@ -106,7 +109,7 @@ enum { OPT_DATASET, OPT_MODEL, OPT_INIT_FROM, OPT_RESUME, OPT_ADD_HEAD, OPT_FREE
        OPT_BATCH, OPT_VALIDATION, OPT_VALIDATE_EVERY, OPT_NO_AUGMENT, OPT_STEPS, OPT_LR,
        OPT_LR_DROP, OPT_LABEL_WEIGHT, OPT_BN_DECAY, OPT_WEIGHT_DECAY, OPT_DROPOUT,
        OPT_SPATIAL_DROPOUT, OPT_STOCHASTIC_DEPTH, OPT_BN_BATCHES,
-       OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED,
+       OPT_FREEZE_BN, OPT_AVERAGE_FROM, OPT_SEED, OPT_KEEP_ACTIVATIONS,
        OPT_THREADS, OPT_CONTRAST, OPT_GAMMA, OPT_BLUR, OPT_NOISE, OPT_SCALE, OPT_VALIDATION_MARGIN,
        OPT_UNLABELLED,
        OPT_OUT, OPT_CHECKPOINT, OPT_CHECKPOINT_EVERY, OPT_LOG, OPT_BEST, OPT_COMM_TIMEOUT,
@@ -130,7 +133,7 @@ static const cli_option train_options[] = {
     {"log", 0, 1, OPT_LOG},                 {"best", 0, 1, OPT_BEST},
     {"contrast-jitter", 0, 1, OPT_CONTRAST}, {"validation-margin", 0, 1, OPT_VALIDATION_MARGIN},
     {"unlabelled-share", 0, 1, OPT_UNLABELLED}, {"comm-timeout", 0, 1, OPT_COMM_TIMEOUT},
-    {"pixel-size", 0, 1, OPT_PIXEL},
+    {"pixel-size", 0, 1, OPT_PIXEL},       {"keep-activations", 0, 0, OPT_KEEP_ACTIVATIONS},
     {"gamma-jitter", 0, 1, OPT_GAMMA},      {"blur", 0, 1, OPT_BLUR},
     {"noise", 0, 1, OPT_NOISE},             {"scale-jitter", 0, 1, OPT_SCALE},
     {"bucket-mb", 0, 1, OPT_BUCKET_MB},
@@ -142,7 +145,7 @@ static const cli_option train_options[] = {
 typedef struct train_args {
     const char *dataset, *model, *resume, *add_heads, *out, *checkpoint, *log, *best;
     const char *validation[MAX_REGIONS];
-    int num_validation, freeze_trunk, freeze_bn, augment;
+    int num_validation, freeze_trunk, freeze_bn, augment, keep_activations;
     long long crop, batch, validate_every, validation_margin, steps, drop_step, bn_batches, average_from, threads,
         checkpoint_every;
     double lr, drop_rate, label_weight, contrast, gamma, blur, noise, scale, unlabelled, comm_timeout,
@@ -248,6 +251,7 @@ static int parse_option(train_args *a, int id, const char *v)
     case OPT_ADD_HEAD: a->add_heads = v; return 0;
     case OPT_FREEZE: a->freeze_trunk = 1; return 0;
     case OPT_FREEZE_BN: a->freeze_bn = 1; return 0;
+    case OPT_KEEP_ACTIVATIONS: a->keep_activations = 1; return 0;
     case OPT_NO_AUGMENT: a->augment = 0; return 0;
     case OPT_OUT: a->out = v; return 0;
     case OPT_CHECKPOINT: a->checkpoint = v; return 0;
@@ -786,6 +790,8 @@ static int setup(run_state *r)
         s = isl_train_options_set_freeze_trunk(o, 1);
     if (s == ISL_OK && a->freeze_bn)
         s = isl_train_options_set_freeze_bn(o, 1);
+    if (s == ISL_OK && a->keep_activations)
+        s = isl_train_options_set_keep_activations(o, 1);
     if (s == ISL_OK && a->average_from)
         s = isl_train_options_set_average_from(o, a->average_from);
     if (s == ISL_OK && a->drop_step)

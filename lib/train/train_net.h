@@ -26,13 +26,20 @@
 
 typedef struct isl_train_net isl_train_net;
 
+/* isl_train_net_create's flags. */
+enum {
+    ISL_NET_INPUT_GRAD = 1,       /* also the gradient with respect to the input (tests) */
+    ISL_NET_KEEP_ACTIVATIONS = 2, /* keep every BNAct output from the forward pass for the
+                                     backward pass instead of recomputing it there: the
+                                     same results, bit for bit, less work, more memory */
+};
+
 /* Builds the network for batches of `batch` crops of height x width (each 250 + 16m).
  * params and grad (same architecture and heads) must outlive the net and keep their
  * arrays: the net reads weights from params, writes running statistics into params and
- * gradients into grad. input_grad: also compute the gradient with respect to the input
- * (for tests). */
+ * gradients into grad. flags: ISL_NET_*. */
 isl_status isl_train_net_create(isl_params *params, isl_params *grad, dnnl_engine_t engine,
-                                 int batch, int height, int width, int input_grad,
+                                 int batch, int height, int width, int flags,
                                  isl_train_net **out);
 void isl_train_net_free(isl_train_net *net);
 /* The implementation names of the net's oneDNN primitives (for tests): fills up to max,

@@ -32,6 +32,7 @@ struct isl_train_options {
     double dropout;     /* of the heads' inputs; 0: none */
     int dropout_whole;  /* whole channels of an image (spatial dropout) */
     double depth_rate;  /* stochastic depth of the deepest module; 0: none */
+    int keep_activations;
 };
 
 static const isl_train_options default_options = {
@@ -46,6 +47,7 @@ static const isl_train_options default_options = {
     .dropout = 0,
     .dropout_whole = 0,
     .depth_rate = 0,
+    .keep_activations = 0,
 };
 
 /* One parameter array with its gradient and Adam moments. */
@@ -184,6 +186,13 @@ isl_status isl_train_options_set_stochastic_depth(isl_train_options *o, double r
         return isl_fail(ISL_ERROR_INVALID_ARGUMENT,
                         "stochastic depth rate %g is outside [0, 0.9]", rate);
     o->depth_rate = rate;
+    return ISL_OK;
+}
+
+isl_status isl_train_options_set_keep_activations(isl_train_options *o, int keep)
+{
+    NEED_OPTIONS(o);
+    o->keep_activations = keep != 0;
     return ISL_OK;
 }
 
@@ -595,7 +604,9 @@ static isl_status ensure_net(isl_trainer *t, const isl_train_batch *b)
     isl_train_net_free(n);
     t->net = NULL;
     return isl_train_net_create(&t->params, &t->grad, t->engine, b->batch_size, b->height,
-                                b->width, 0, &t->net);
+                                b->width,
+                                t->opts.keep_activations ? ISL_NET_KEEP_ACTIVATIONS : 0,
+                                &t->net);
 }
 
 static isl_loss_batch loss_batch(const isl_trainer *t, const isl_train_batch *b)

@@ -697,7 +697,8 @@ def _train_options(learning_rate: Optional[float], label_weight: Optional[float]
                    adam: Optional[Tuple[float, float, float]], threads: int,
                    freeze_trunk: bool, freeze_bn: bool, average_from: int,
                    weight_decay: Optional[float], dropout: float = 0.0,
-                   spatial_dropout: bool = False, stochastic_depth: float = 0.0):
+                   spatial_dropout: bool = False, stochastic_depth: float = 0.0,
+                   keep_activations: bool = False):
     options = _capi.isl_train_options_create()
     try:
         # Only what the caller set: the defaults live in the library.
@@ -721,6 +722,8 @@ def _train_options(learning_rate: Optional[float], label_weight: Optional[float]
             _capi.isl_train_options_set_dropout(options, float(dropout), int(bool(spatial_dropout)))
         if stochastic_depth:
             _capi.isl_train_options_set_stochastic_depth(options, float(stochastic_depth))
+        if keep_activations:
+            _capi.isl_train_options_set_keep_activations(options, 1)
         if rate_drop is not None:
             step, rate = rate_drop
             _capi.isl_train_options_set_rate_drop(options, int(step), float(rate))
@@ -779,6 +782,9 @@ class Trainer(_Closable):
             to match, so prediction needs no change (0 = none, at most 0.9). A function of
             ``seed``, the step and the module: a resumed trainer skips what an
             uninterrupted one would.
+        keep_activations: keep every batch norm's output from the forward pass for the
+            backward pass instead of recomputing it: the same results bit for bit, about
+            5% less time a step for about 55% more memory (docs/performance.md).
     """
 
     def __init__(self, model: Model, *, learning_rate: Optional[float] = None,
@@ -789,12 +795,12 @@ class Trainer(_Closable):
                  freeze_trunk: bool = False, freeze_bn: bool = False, average_from: int = 0,
                  weight_decay: Optional[float] = None, dropout: float = 0.0,
                  spatial_dropout: bool = False, stochastic_depth: float = 0.0,
-                 _ptr=None) -> None:
+                 keep_activations: bool = False, _ptr=None) -> None:
         self._lock = threading.Lock()
         self._ptr = None
         options = _train_options(learning_rate, label_weight, seed, bn_decay, rate_drop, adam,
                                  threads, freeze_trunk, freeze_bn, average_from, weight_decay,
-                                 dropout, spatial_dropout, stochastic_depth)
+                                 dropout, spatial_dropout, stochastic_depth, keep_activations)
         try:
             if _ptr is None:
                 if not isinstance(model, Model):

@@ -1135,6 +1135,43 @@ def test_dropout_and_stochastic_depth(islpy, bindings_tmp, option, refusal):
                 islpy.Trainer(model, **{option: bad})
 
 
+def test_keep_activations(islpy, bindings_tmp):
+    """Trainer(keep_activations=True) trains bit for bit as without it (the library keeps
+    the forward pass's batch-norm outputs instead of recomputing them), with stochastic
+    depth, dropout and frozen statistics too; the steps do change the weights."""
+    import h5py
+
+    inputs, targets = train_batch()
+
+    def arrays(path):
+        out = {}
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda k, o: out.__setitem__(k, o[()])
+                         if isinstance(o, h5py.Dataset) and o.dtype.kind == "f" else None)
+        return out
+
+    def run(name, **kw):
+        path = bindings_tmp / ("keep-%s.h5" % name)
+        with tiny_model(islpy) as model:
+            with islpy.Trainer(model, learning_rate=1e-3, seed=3, threads=THREADS, **kw) as t:
+                losses = [list(t.step(inputs, targets).values()) for _ in range(2)]
+                with t.model() as trained:
+                    trained.save(path)
+        return losses, arrays(path)
+
+    with tiny_model(islpy) as model:
+        model.save(bindings_tmp / "keep-init.h5")
+    initial = arrays(bindings_tmp / "keep-init.h5")
+    for i, kw in enumerate(({}, {"stochastic_depth": 0.5, "dropout": 0.3, "freeze_bn": True})):
+        losses, trained = run("recomputed%d" % i, **kw)
+        kept_losses, kept = run("kept%d" % i, keep_activations=True, **kw)
+        assert kept_losses == losses
+        assert trained.keys() == kept.keys() == initial.keys()
+        for k in trained:
+            np.testing.assert_array_equal(kept[k], trained[k], err_msg=k)
+        assert any(not np.array_equal(initial[k], trained[k]) for k in initial)
+
+
 def test_weight_decay(islpy, bindings_tmp):
     """Trainer(weight_decay=L): after one step every convolution weight is the undecayed
     step's minus lr * L times its initial value; biases, gamma and beta are the undecayed

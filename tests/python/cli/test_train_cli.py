@@ -221,6 +221,31 @@ def test_resume_gives_the_same_run(run_isl, data, tmp_path, jitter):
         np.testing.assert_array_equal(ma[k], mb[k], err_msg=k)
 
 
+def test_keep_activations_changes_nothing(run_isl, data, tmp_path):
+    """--keep-activations (the forward pass's batch-norm outputs kept for the backward
+    pass) gives the run of the same command without it, bit for bit, also when only the
+    resumed half keeps them: losses in the log and the model's arrays."""
+    opts = ("--stochastic-depth", "0.5", "--dropout", "0.3")
+    plain, kept, mixed = tmp_path / "plain.h5", tmp_path / "kept.h5", tmp_path / "mixed.h5"
+    for out, extra in ((plain, ()), (kept, ("--keep-activations",))):
+        r = train(run_isl, data, out, "--model", data / "init.h5", *opts, *extra)
+        assert r.returncode == 0, r.stderr
+    r = train(run_isl, data, mixed, "--model", data / "init.h5", *opts, steps=3)
+    assert r.returncode == 0, r.stderr
+    r = train(run_isl, data, mixed, "--resume", tmp_path / "mixed.checkpoint.h5", *opts,
+              "--keep-activations")
+    assert r.returncode == 0, r.stderr
+    cols = ("loss_a", "loss_b", "loss_autoencoder", "loss_total")
+    logs = [read_log(tmp_path / f"{name}.log.csv")[0] for name in ("plain", "kept", "mixed")]
+    assert [[s[c] for c in cols] for s in logs[1]] == [[s[c] for c in cols] for s in logs[0]]
+    assert [[s[c] for c in cols] for s in logs[2]] == [[s[c] for c in cols] for s in logs[0]]
+    reference = model_arrays(plain)
+    for other in (kept, mixed):
+        arrays = model_arrays(other)
+        for k in reference:
+            np.testing.assert_array_equal(arrays[k], reference[k], err_msg=k)
+
+
 @pytest.fixture(scope="module")
 def sparse(tmp_path_factory, run_isl):
     """The well of `data` with label 'a' known in a 2 x 2 block only ('dot'), or in one
