@@ -389,8 +389,8 @@ ISL_API isl_status isl_train_options_set_stochastic_depth(isl_train_options *o, 
  *  backward pass instead of recomputing it there (default 0: recompute). The results are
  *  the same bit for bit; a step takes about 5% less time and about 55% more working
  *  memory (base 60, crops of 378, one thread: 1.8 GB instead of 1.2; docs/performance.md,
- *  "Kept activations"). Not kept in checkpoints: a run resumed with or without it
- *  continues the same. */
+ *  "Kept activations"); with a frozen trunk only the heads keep theirs. Not kept in
+ *  checkpoints: a run resumed with or without it continues the same. */
 ISL_API isl_status isl_train_options_set_keep_activations(isl_train_options *o, int keep);
 /** Weight w of the label loss in the total w * label + (1 - w) * autoencoder (default 0.5).
  *  1 trains without the autoencoder head (models without one need 1). */

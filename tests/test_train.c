@@ -1353,23 +1353,15 @@ END_TEST
  * are not the trivial case. */
 static isl_trainer *keep_trainer(const isl_model *m, int variant, int keep)
 {
-    isl_train_options *o;
-    ck_assert_int_eq(isl_train_options_create(&o), ISL_OK);
-    ck_assert_int_eq(isl_train_options_set_seed(o, 7), ISL_OK);
-    ck_assert_int_eq(isl_train_options_set_learning_rate(o, 1e-3), ISL_OK);
+    isl_train_options *o = dropout_options(7, variant ? 0.3 : -1, variant == 2);
     ck_assert_int_eq(isl_train_options_set_keep_activations(o, keep), ISL_OK);
     if (variant == 1) {
         ck_assert_int_eq(isl_train_options_set_freeze_bn(o, 1), ISL_OK);
-        ck_assert_int_eq(isl_train_options_set_dropout(o, 0.3, 0), ISL_OK);
         ck_assert_int_eq(isl_train_options_set_stochastic_depth(o, 0.5), ISL_OK);
     } else if (variant == 2) {
         ck_assert_int_eq(isl_train_options_set_freeze_trunk(o, 1), ISL_OK);
-        ck_assert_int_eq(isl_train_options_set_dropout(o, 0.3, 1), ISL_OK);
     }
-    isl_trainer *t = NULL;
-    ck_assert_msg(isl_trainer_create(m, o, &t) == ISL_OK, "%s", isl_last_error());
-    isl_train_options_free(o);
-    return t;
+    return test_trainer_create(m, o);
 }
 
 START_TEST(kept_activations_change_nothing)

@@ -63,7 +63,7 @@ typedef struct module {
     isl_tt conv, pool; /* expand conv output, maxpool output (in/down only) */
     isl_tt out;        /* r + residual (up: before the crop) */
     isl_tt next;       /* next module's input: out, or for up its 2-pixel crop */
-    isl_tt act1, act2; /* BNAct outputs: the module's own (keep_acts), else shared scratch */
+    isl_tt act1, act2; /* BNAct outputs: the module's own (keep_module_acts), else shared scratch */
     int skipped;       /* stochastic depth: the branch r is skipped in this step */
     float keep;        /* else its survival probability (r is scaled by 1 / keep) */
     /* Gradients (shared scratch buffers, assigned once in backward order). */
@@ -89,7 +89,8 @@ struct isl_train_net {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
     int batch, in_h, in_w, out_h, out_w, num_z, input_grad;
-    int keep_acts; /* each module keeps its BNAct outputs from the forward to the backward */
+    int keep_module_acts; /* modules keep their BNAct outputs from forward to backward */
+    int keep_head_acts;   /* heads keep theirs (the dropped one, with dropout) */
 
     float *input, *dinput;    /* plain nchw */
     isl_tt in_blk, din_blk;   /* the same, blocked: oneDNN's backward-weights of a 1x1
@@ -614,7 +615,7 @@ static isl_status plan_module(isl_train_net *n, module *m, const isl_tt *x)
     }
     keep_max(&n->n_dact, &m->act1);
     keep_max(&n->n_dact, &m->act2);
-    if (n->keep_acts) {
+    if (n->keep_module_acts) {
         ISL_CHECK(alloc_tt(n, &m->act1));
         ISL_CHECK(alloc_tt(n, &m->act2));
     } else {
@@ -685,7 +686,7 @@ static isl_status plan_shapes(isl_train_net *n)
         hd->act = isl_tt_make(B, 2 * a->trunk_ch, n->out_h, n->out_w, NULL);
         hd->logits = isl_tt_make(B, hd->out_ch, n->out_h, n->out_w, NULL);
         keep_max(&n->n_dact, &hd->act);
-        if (n->keep_acts)
+        if (n->keep_head_acts)
             ISL_CHECK(alloc_tt(n, &hd->act));
         else
             keep_max(&n->n_act, &hd->act);
@@ -716,7 +717,7 @@ static void assign_scratch(isl_train_net *n)
     float *const *g = n->g_buf;
     for (int i = 0; i < a->num_modules; i++) {
         module *m = &n->mods[i];
-        if (!n->keep_acts)
+        if (!n->keep_module_acts)
             m->act1.v = m->act2.v = n->s_act;
         m->dact1 = like(&m->act1, n->s_dact);
         m->dact2 = like(&m->act2, n->s_dact);
@@ -747,7 +748,7 @@ static void assign_scratch(isl_train_net *n)
         }
     }
     for (int h = 0; h < n->num_heads; h++) {
-        if (!n->keep_acts)
+        if (!n->keep_head_acts)
             n->heads[h].act.v = n->s_act;
         n->heads[h].dact = like(&n->heads[h].act, n->s_dact);
     }
@@ -960,7 +961,8 @@ isl_status isl_train_net_create(isl_params *params, isl_params *grad, dnnl_engin
     n->num_z = params->arch.num_z;
     n->num_heads = params->num_heads;
     n->input_grad = (flags & ISL_NET_INPUT_GRAD) != 0;
-    n->keep_acts = (flags & ISL_NET_KEEP_ACTIVATIONS) != 0;
+    n->keep_module_acts = (flags & ISL_NET_KEEP_MODULE_ACTIVATIONS) != 0;
+    n->keep_head_acts = (flags & ISL_NET_KEEP_HEAD_ACTIVATIONS) != 0;
     n->stage8 = isl_cpu_block_channels() == 8;
     isl_status s = create(n);
     if (s != ISL_OK) {
@@ -1347,13 +1349,13 @@ static isl_status module_backward(isl_train_net *n, module *m)
     if (m->keep < 1) /* r's gradient is dout / keep; restored for the residual below */
         isl_tk_scale(&m->dout, 1 / m->keep);
     /* Reduce: r = conv1x1(BNAct(e)). */
-    if (!n->keep_acts)
+    if (!n->keep_module_acts)
         ISL_CHECK(bnact(n, e, ne, &mp->bn2, m->mean2, m->invstd2, &m->act2));
     ISL_CHECK(conv_backward(n, &m->reduce));
     ISL_CHECK(bnact_backward(n, &m->dact2, &m->act2, e, ne, m->mean2, m->invstd2, &mp->bn2, de,
                              overwrite, &mg->bn2));
     /* Expand: conv(BNAct(x)), and maxpool(x). */
-    if (!n->keep_acts)
+    if (!n->keep_module_acts)
         ISL_CHECK(bnact(n, &m->x, 1, &mp->bn1, m->mean1, m->invstd1, &m->act1));
     ISL_CHECK(conv_backward(n, &m->expand));
     if (!up) {
@@ -1397,12 +1399,12 @@ isl_status isl_train_net_backward(isl_train_net *n)
             continue;
         const isl_bn_params *bn = &n->p->heads[h].bn;
         ISL_CHECK(run_reorder(n, &hd->from_plain, hd->m_plain, hd->m_blk, "gradient reorder"));
-        if (!n->keep_acts)
+        if (!n->keep_head_acts)
             ISL_CHECK(head_bnact(n, trunk, bn, &hd->act));
         if (n->dropout > 0) {
             /* The convolution saw the dropped input; the batch norm's backward wants the
              * gradient of the whole one and, for its ReLU and tanh, the input itself. */
-            if (!n->keep_acts)
+            if (!n->keep_head_acts)
                 head_dropout(n, h, &hd->act);
             ISL_CHECK(conv_backward(n, &hd->cv));
             head_dropout(n, h, &hd->dact);

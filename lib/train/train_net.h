@@ -29,9 +29,11 @@ typedef struct isl_train_net isl_train_net;
 /* isl_train_net_create's flags. */
 enum {
     ISL_NET_INPUT_GRAD = 1,       /* also the gradient with respect to the input (tests) */
-    ISL_NET_KEEP_ACTIVATIONS = 2, /* keep every BNAct output from the forward pass for the
-                                     backward pass instead of recomputing it there: the
-                                     same results, bit for bit, less work, more memory */
+    /* Keep BNAct outputs from the forward pass for the backward pass instead of
+     * recomputing them there: the same results, bit for bit, less work, more memory. */
+    ISL_NET_KEEP_MODULE_ACTIVATIONS = 2, /* the trunk's (useless if it is never trained) */
+    ISL_NET_KEEP_HEAD_ACTIVATIONS = 4,
+    ISL_NET_KEEP_ACTIVATIONS = ISL_NET_KEEP_MODULE_ACTIVATIONS | ISL_NET_KEEP_HEAD_ACTIVATIONS,
 };
 
 /* Builds the network for batches of `batch` crops of height x width (each 250 + 16m).

@@ -32,7 +32,7 @@ struct isl_train_options {
     double dropout;     /* of the heads' inputs; 0: none */
     int dropout_whole;  /* whole channels of an image (spatial dropout) */
     double depth_rate;  /* stochastic depth of the deepest module; 0: none */
-    int keep_activations;
+    int keep_activations; /* BNAct outputs kept for the backward pass, not recomputed */
 };
 
 static const isl_train_options default_options = {
@@ -603,10 +603,11 @@ static isl_status ensure_net(isl_trainer *t, const isl_train_batch *b)
         return ISL_OK;
     isl_train_net_free(n);
     t->net = NULL;
+    int flags = 0;
+    if (t->opts.keep_activations) /* a frozen trunk has no backward pass to keep them for */
+        flags = t->opts.freeze_trunk ? ISL_NET_KEEP_HEAD_ACTIVATIONS : ISL_NET_KEEP_ACTIVATIONS;
     return isl_train_net_create(&t->params, &t->grad, t->engine, b->batch_size, b->height,
-                                b->width,
-                                t->opts.keep_activations ? ISL_NET_KEEP_ACTIVATIONS : 0,
-                                &t->net);
+                                b->width, flags, &t->net);
 }
 
 static isl_loss_batch loss_batch(const isl_trainer *t, const isl_train_batch *b)
