@@ -213,6 +213,24 @@ def test_two_ranks_with_dropout_equal_one_process(mpirun, run_isl, isl_bin, data
     assert np.quantile(d, 0.999) > 10 * 2e-5, np.quantile(d, 0.999)
 
 
+def test_two_ranks_keeping_activations_equal_one_process(mpirun, run_isl, isl_bin, data,
+                                                          tmp_path):
+    """--keep-activations changes nothing over MPI either: two ranks keeping the forward
+    pass's activations train what one process recomputing them trains, with dropout (the
+    kept head inputs are the dropped ones) and stochastic depth."""
+    options = ("--dropout", 0.5, "--stochastic-depth", 0.5, *COMMON)
+    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
+    r = run_isl("train", "--dataset", data / "data.h5", "--model", data / "init.h5",
+                "--out", one, "--steps", STEPS, "--batch", 4, *options)
+    assert r.returncode == 0, r.stderr
+    r = mpirun(2, isl_bin, "train", "--dataset", data / "data.h5", "--model", data / "init.h5",
+               "--out", two, "--steps", STEPS, "--batch", 2, "--keep-activations", *options)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(logged_losses(tmp_path / "two.log.csv"),
+                               logged_losses(tmp_path / "one.log.csv"), atol=2e-5)
+    assert_same_training(two, one, STEPS)
+
+
 def test_resume_with_a_different_rank_count(mpirun, run_isl, isl_bin, data, single, tmp_path):
     """Two ranks of batch 2 for a step, then one process of batch 4: the same global
     batch, so the same crops and the same model as one process all along."""
