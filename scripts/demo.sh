@@ -2,7 +2,7 @@
 # Installs what isl needs, builds it, and predicts fluorescence labels for the bundled
 # demo stack (a 256 x 256 crop of a real phase-contrast z-stack, 13 planes) with the
 # bundled trained model, averaging the predictions of the stack and its three mirror
-# images (--flip-average: better images for 4x the time). Prints where the images went;
+# images (--flip-average: 4x the time, seconds on this crop). Prints where the images went;
 # preview.tif among them is the picture to open first (input, the three labels, and in
 # magenta where they cannot be trusted).
 set -euo pipefail
