@@ -63,7 +63,7 @@ typedef struct module {
     isl_tt conv, pool; /* expand conv output, maxpool output (in/down only) */
     isl_tt out;        /* r + residual (up: before the crop) */
     isl_tt next;       /* next module's input: out, or for up its 2-pixel crop */
-    isl_tt act1, act2; /* BNAct outputs: the module's own (keep_module_acts), else shared scratch */
+    isl_tt act1, act2; /* BNAct outputs: its own (keep_module_acts), else shared scratch */
     int skipped;       /* stochastic depth: the branch r is skipped in this step */
     float keep;        /* else its survival probability (r is scaled by 1 / keep) */
     /* Gradients (shared scratch buffers, assigned once in backward order). */
