@@ -191,19 +191,25 @@ def test_two_ranks_equal_one_process_of_the_global_batch(mpirun, isl_bin, data, 
     assert np.quantile(d, 0.999) > 10 * 2e-5, np.quantile(d, 0.999)
 
 
-@pytest.mark.parametrize("option", [("--dropout", 0.5), ("--stochastic-depth", 0.5)])
+@pytest.mark.parametrize("option,ranks_only", [
+    (("--dropout", 0.5), ()),
+    (("--stochastic-depth", 0.5), ()),
+    (("--dropout", 0.5, "--stochastic-depth", 0.5), ("--keep-activations",)),
+])
 def test_two_ranks_with_dropout_equal_one_process(mpirun, run_isl, isl_bin, data, single,
-                                                  tmp_path, option):
+                                                  tmp_path, option, ranks_only):
     """Dropout masks are drawn per crop of the global batch (each rank's first crop is
     rank x batch): two ranks with dropout train what one process with dropout trains.
     Before 0.14 every rank drew the mask of crops 0 and 1 for its own two crops. Stochastic
-    depth decides per module and step, alike on every rank."""
+    depth decides per module and step, alike on every rank. `ranks_only` is given to the
+    ranks alone: --keep-activations changes nothing over MPI either (the kept head inputs
+    are the dropped ones)."""
     one, two = tmp_path / "one.h5", tmp_path / "two.h5"
     r = run_isl("train", "--dataset", data / "data.h5", "--model", data / "init.h5",
                 "--out", one, "--steps", STEPS, "--batch", 4, *option, *COMMON)
     assert r.returncode == 0, r.stderr
     r = mpirun(2, isl_bin, "train", "--dataset", data / "data.h5", "--model", data / "init.h5",
-               "--out", two, "--steps", STEPS, "--batch", 2, *option, *COMMON)
+               "--out", two, "--steps", STEPS, "--batch", 2, *ranks_only, *option, *COMMON)
     assert r.returncode == 0, r.stderr
     np.testing.assert_allclose(logged_losses(tmp_path / "two.log.csv"),
                                logged_losses(tmp_path / "one.log.csv"), atol=2e-5)
@@ -211,24 +217,6 @@ def test_two_ranks_with_dropout_equal_one_process(mpirun, run_isl, isl_bin, data
     # The control: the option changed the training (the same run without it is far).
     d = weight_differences(one, single)
     assert np.quantile(d, 0.999) > 10 * 2e-5, np.quantile(d, 0.999)
-
-
-def test_two_ranks_keeping_activations_equal_one_process(mpirun, run_isl, isl_bin, data,
-                                                          tmp_path):
-    """--keep-activations changes nothing over MPI either: two ranks keeping the forward
-    pass's activations train what one process recomputing them trains, with dropout (the
-    kept head inputs are the dropped ones) and stochastic depth."""
-    options = ("--dropout", 0.5, "--stochastic-depth", 0.5, *COMMON)
-    one, two = tmp_path / "one.h5", tmp_path / "two.h5"
-    r = run_isl("train", "--dataset", data / "data.h5", "--model", data / "init.h5",
-                "--out", one, "--steps", STEPS, "--batch", 4, *options)
-    assert r.returncode == 0, r.stderr
-    r = mpirun(2, isl_bin, "train", "--dataset", data / "data.h5", "--model", data / "init.h5",
-               "--out", two, "--steps", STEPS, "--batch", 2, "--keep-activations", *options)
-    assert r.returncode == 0, r.stderr
-    np.testing.assert_allclose(logged_losses(tmp_path / "two.log.csv"),
-                               logged_losses(tmp_path / "one.log.csv"), atol=2e-5)
-    assert_same_training(two, one, STEPS)
 
 
 def test_resume_with_a_different_rank_count(mpirun, run_isl, isl_bin, data, single, tmp_path):
