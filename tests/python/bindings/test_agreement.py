@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from model_files import unseal
 from .conftest import SOURCE_DIR, THREADS, python_env, run
 
 EXAMPLE = SOURCE_DIR / "examples" / "agreement.py"
@@ -20,10 +21,10 @@ CROP = (0, 0, 128, 128)  # y, x, h, w of the demo stack: cells, not only backgro
 def perturbed_copy(source, path, scale, seed):
     """source with every floating-point array multiplied by exp(scale * N(0, 1)), signs
     kept so variances stay positive: with a small scale, a model that predicts nearly as
-    source does, with a large one a model unlike it. The file's checksum record no longer
-    holds, so its user block is zeroed (a file without a record, docs/security.md)."""
+    source does, with a large one a model unlike it."""
     h5py = pytest.importorskip("h5py")
     shutil.copy(source, path)
+    unseal(path, require_record=True)
     rng = np.random.default_rng(seed)
     with h5py.File(path, "r+") as f:
         def perturb(_, obj):
@@ -31,8 +32,6 @@ def perturbed_copy(source, path, scale, seed):
                 a = obj[()]
                 obj[...] = (a * np.exp(scale * rng.standard_normal(a.shape))).astype(a.dtype)
         f.visititems(perturb)
-    with open(path, "r+b") as f:
-        f.write(bytes(512))
     return path
 
 

@@ -17,19 +17,13 @@ import numpy as np
 import pytest
 import tifffile
 
+from model_files import unseal
+
 ADDRESS_LIMIT = 1 << 30  # 1 GiB: isl must refuse the claims below without allocating them
 
 
 def limited():
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_LIMIT, ADDRESS_LIMIT))
-
-
-def strip_record(path):
-    """Zero isl's checksum record: the file then reads as written by another program."""
-    with open(path, "r+b") as f:
-        assert f.read(7) == b"ISLSUM1"
-        f.seek(0)
-        f.write(bytes(512))
 
 
 def assert_clean_error(r, *needles):
@@ -56,7 +50,7 @@ def test_info_reports_the_checksum(run_isl, tiny_model, tmp_path):
 
     plain = tmp_path / "plain.h5"
     shutil.copy(tiny_model, plain)
-    strip_record(plain)
+    unseal(plain, require_record=True)
     r = run_isl("model", "info", plain)
     assert r.returncode == 0, r.stderr
     assert "checksum:            none (file not written by isl >= 0.7)\n" in r.stdout
@@ -154,7 +148,7 @@ def edit_huge_claims(f, tmp_path):
 def test_crafted_models_are_refused(run_isl, tiny_model, tmp_path, edit, needles):
     path = tmp_path / "crafted.h5"
     shutil.copy(tiny_model, path)
-    strip_record(path)
+    unseal(path, require_record=True)
     with h5py.File(path, "r+") as f:
         edit(f, tmp_path)
     assert_clean_error(run_isl("model", "info", path, preexec_fn=limited), str(path), *needles)
@@ -164,7 +158,7 @@ def test_variable_length_strings_of_older_files_still_load(run_isl, tiny_model, 
     """h5py and isl < 0.7 write variable-length strings: read for compatibility."""
     path = tmp_path / "vlen.h5"
     shutil.copy(tiny_model, path)
-    strip_record(path)
+    unseal(path, require_record=True)
     with h5py.File(path, "r+") as f:
         f.attrs["format"] = "isl-model"
         f.attrs["heads"] = ["dapi_confocal", "autoencoder"]
@@ -252,7 +246,7 @@ def test_dataset_claiming_huge_wells_is_refused(run_isl, small_dataset, tmp_path
     chunk index, refused before the stack is allocated."""
     path = tmp_path / "huge.h5"
     shutil.copy(small_dataset, path)
-    strip_record(path)
+    unseal(path, require_record=True)
     with h5py.File(path, "r+") as f:
         del f["wells/000/stack"]
         f.create_dataset("wells/000/stack", shape=(3, 30000, 30000), dtype="<f4",
@@ -341,7 +335,7 @@ def test_filter_plugins_are_never_loaded(run_isl, tiny_model, small_dataset, tmp
                                   (small_dataset, "wells/000/stack", "dataset")):
         crafted = tmp_path / f"{command}.h5"
         shutil.copy(source, crafted)
-        strip_record(crafted)
+        unseal(crafted, require_record=True)
         with h5py.File(crafted, "r+") as f:
             data = f[path][()] * 0 if command == "model" else zeros
             del f[path]

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from model_files import unseal
+
 HEADS = "dapi_confocal,nfh_confocal"
 
 
@@ -26,12 +28,6 @@ def info(run_isl, path):
     r = run_isl("model", "info", path, "--json")
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
-
-
-def unseal(path):
-    """Zeroes the checksum block so that h5py may edit the file (docs/model-format.md)."""
-    with open(path, "r+b") as f:
-        f.write(bytes(512))
 
 
 def test_model_init_records_pixel_size(run_isl, tmp_path):
@@ -56,7 +52,7 @@ def test_model_init_records_pixel_size(run_isl, tmp_path):
 def test_attribute_written_by_others(run_isl, tmp_path):
     """The reader takes the attribute as h5py writes it and refuses impossible values."""
     m = init(run_isl, tmp_path / "m.h5")
-    unseal(m)
+    unseal(m, require_record=True)
     with h5py.File(m, "r+") as f:
         f.attrs["pixel_size_um"] = np.float32(0.5)
     assert info(run_isl, m)["pixel_size_um"] == 0.5

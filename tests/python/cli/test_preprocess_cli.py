@@ -10,6 +10,8 @@ import pytest
 import scipy.ndimage as ndi
 import tifffile
 
+from model_files import unseal
+
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
@@ -209,8 +211,7 @@ def test_raw_camera_stack_predicts_as_its_preprocessed_twin(run_isl, tmp_path):
     r = run_isl("preprocess", "--input", tmp_path / "raw.tif", "-o", tmp_path / "twin.tif")
     assert r.returncode == 0, r.stderr
     shutil.copy(model, tmp_path / "global.h5")
-    with open(tmp_path / "global.h5", "r+b") as f:  # drop the checksum record: edited below
-        f.write(bytes(512))
+    unseal(tmp_path / "global.h5", require_record=True)
     with h5py.File(tmp_path / "global.h5", "r+") as f:
         f.attrs["input_normalization"] = "global"
     outs = {}
