@@ -26,6 +26,10 @@ GOLDEN_DIR = Path(os.environ.get("ISL_GOLDEN_DIR", str(SHARED_DIR / "testdata" /
 PYTHON_PACKAGE_DIR = BUILD_DIR / "bindings" / "python"
 JAVA_DIR = BUILD_DIR / "bindings" / "java"
 EXAMPLES_BUILD_DIR = BUILD_DIR / "examples"
+# The bundled model, its label heads, and the demo stack (a crop of the real well).
+BUNDLED_MODEL = SOURCE_DIR / "examples" / "data" / "condition-b.h5"
+BUNDLED_HEADS = ("dapi_confocal", "map2_confocal", "nfh_confocal")
+DEMO_STACK = SOURCE_DIR / "examples" / "data" / "demo_z13.tif"
 
 # Heads of the golden model; the small random models use the same names.
 LABEL_HEADS = ("dapi_confocal", "nfh_confocal")

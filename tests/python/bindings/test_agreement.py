@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from model_files import unseal
+from .conftest import BUNDLED_MODEL as MODEL, DEMO_STACK as STACK
 from .conftest import SOURCE_DIR, THREADS, python_env, run
 
 EXAMPLE = SOURCE_DIR / "examples" / "agreement.py"
-MODEL = SOURCE_DIR / "examples" / "data" / "condition-b.h5"
-STACK = SOURCE_DIR / "examples" / "data" / "demo_z13.tif"
 CROP = (0, 0, 128, 128)  # y, x, h, w of the demo stack: cells, not only background
 
 

@@ -15,12 +15,10 @@ import sys
 import numpy as np
 import pytest
 
+from .conftest import BUNDLED_HEADS as LABELS, BUNDLED_MODEL as MODEL, DEMO_STACK as STACK
 from .conftest import SOURCE_DIR, THREADS, run
 
 EXAMPLE = SOURCE_DIR / "examples" / "cv_report.py"
-MODEL = SOURCE_DIR / "examples" / "data" / "condition-b.h5"
-STACK = SOURCE_DIR / "examples" / "data" / "demo_z13.tif"
-LABELS = ("dapi_confocal", "map2_confocal", "nfh_confocal")
 STRIP = 160
 
 

@@ -13,10 +13,8 @@ import re
 
 import pytest
 
+from .conftest import BUNDLED_HEADS as LABELS, BUNDLED_MODEL as MODEL
 from .conftest import SOURCE_DIR as REPO, islpy  # noqa: F401  (fixtures)
-
-MODEL = REPO / "examples" / "data" / "condition-b.h5"
-LABELS = ("dapi_confocal", "map2_confocal", "nfh_confocal")
 
 
 def readme_figures():
