@@ -5,9 +5,9 @@ and its CSV, against the same measures computed here from the issue's definition
 
 The "well" is 256 x 640 pixels built from the demo stack (the stack, its mirror image and
 half of it again), so folds 0 and 1 hold out different content; the targets are made so
-that every measure is far from trivial: DAPI the prediction shifted by 40 columns, with noise (the
-model's bright nuclei fall on dark target: painted), MAP2 the prediction with noise, NFH
-a smoothed input plane.
+that every measure is far from trivial: DAPI the prediction shifted by 40 columns, with
+noise (the model's bright nuclei fall on dark target: painted), MAP2 the prediction with
+noise, NFH a smoothed input plane.
 """
 import shutil
 import sys
@@ -116,7 +116,7 @@ def test_cv_report_figures_match_the_definitions(well, tmp_path):
     assert "folds [0, 1] only" in result.stdout
 
 
-def test_cv_report_ensemble_of_one_models_copies_scores_as_the_model(well):
+def test_cv_report_ensemble_of_copies_of_one_model_scores_as_the_model(well):
     """Two seeds of fold 0 hold the same model: their ensemble predicts what either does."""
     data, runs, _, _ = well
     result = run([sys.executable, EXAMPLE, runs, "--data", data, "--ensemble",
