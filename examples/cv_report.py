@@ -111,8 +111,14 @@ def main():
     runs = []
     for d in sorted(glob.glob(os.path.join(args.run, "fold*-seed*"))):
         m = re.search(r"fold(\d+)-seed(\d+)$", d)
-        if m and os.path.isfile(os.path.join(d, args.model_name)):
-            runs.append((int(m.group(1)), int(m.group(2)), os.path.join(d, args.model_name)))
+        if not m:
+            continue
+        if not os.path.isfile(os.path.join(d, args.model_name)):
+            # A run still training (or stopped) has no model yet: say so, not silently.
+            print("cv_report: skipping %s: no %s (still training?)"
+                  % (os.path.basename(d), args.model_name), file=sys.stderr)
+            continue
+        runs.append((int(m.group(1)), int(m.group(2)), os.path.join(d, args.model_name)))
     if not runs:
         sys.exit("cv_report: no fold*-seed*/%s under %s" % (args.model_name, args.run))
     jobs = [(fold, seed, [path]) for fold, seed, path in runs]

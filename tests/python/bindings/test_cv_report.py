@@ -63,6 +63,7 @@ def well(islpy, tmp_path_factory):
     for fold, seed in ((0, 1), (1, 1), (0, 2)):
         (runs / ("fold%d-seed%d" % (fold, seed))).mkdir(parents=True)
         shutil.copy(MODEL, runs / ("fold%d-seed%d" % (fold, seed)) / "model.h5")
+    (runs / "fold1-seed2").mkdir()  # a run still training: no model.h5 yet
     # The targets as cv_report reads them: 16-bit pages scaled to 0..1.
     read = {n: as_u16(t).astype(np.float32) / 65535.0 for n, t in targets.items()}
     return data, runs, pred, read
@@ -114,6 +115,7 @@ def test_cv_report_figures_match_the_definitions(well, tmp_path):
     with Image.open(png) as im:  # targets, an 8-pixel gap, the out-of-fold predictions
         assert im.size == (640 + 8 + 640, 256)
     assert "folds [0, 1] only" in result.stdout
+    assert "skipping fold1-seed2: no model.h5" in result.stderr
 
 
 def test_cv_report_ensemble_of_copies_of_one_model_scores_as_the_model(well):
