@@ -22,18 +22,13 @@ FAILED_GAP or more below the next, that one as the model to leave out of an ense
 heads; a constant median image counts as r = 0.
 """
 import argparse
-import os
 import sys
 
 import numpy as np
 import tifffile
 
-try:
-    import isl
-except ImportError:  # run from a source tree built in build/
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
-                                    "build", "bindings", "python"))
-    import isl  # noqa: E402
+import _isl_path  # noqa: F401  (finds build/ from a source tree)
+import isl
 
 # On the strip folds of the real well, the one failed run of twelve agreed 0.054 less than
 # the next model of its fold; on the other folds the least agreeing model was at most

@@ -39,14 +39,11 @@ import sys
 import numpy as np
 from PIL import Image
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-try:
-    import isl
-except ImportError:  # run from a source tree built in build/
-    sys.path.insert(0, os.path.join(HERE, "..", "build", "bindings", "python"))
-    import isl  # noqa: E402
+import _isl_path  # noqa: F401  (finds build/ from a source tree)
+import isl
+from validation_figure import LABELS, read_pages  # (this folder)
 
-from validation_figure import LABELS, read_pages  # noqa: E402  (this folder)
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 SHORT = {"dapi_confocal": "DAPI", "map2_confocal": "MAP2", "nfh_confocal": "NFH"}
 STRIP = 160

@@ -7,7 +7,8 @@ Writes OUT_PREFIX_<head>_<stat>.tif (float32, intensities in [0, 1]) for every l
 and OUT_PREFIX_overlay.png: the middle transmitted-light plane in gray with the first head
 (e.g. predicted nuclei) in blue.
 
-Needs the isl package (PYTHONPATH=build/bindings/python in a build tree), tifffile and PIL.
+Needs the isl package (installed, or found in build/bindings/python of a source tree by
+_isl_path.py), tifffile and PIL.
 """
 import argparse
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+import _isl_path  # noqa: F401  (finds build/ from a source tree)
 import isl
 
 

@@ -18,17 +18,14 @@ instead (scripts/cv-condition-b.sh, examples/cv_report.py; docs/training.md).
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 
+import _isl_path  # noqa: F401  (finds build/ from a source tree)
+import isl
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-try:
-    import isl
-except ImportError:  # run from a source tree built in build/
-    sys.path.insert(0, os.path.join(HERE, "..", "build", "bindings", "python"))
-    import isl  # noqa: E402
 
 LABELS = ("dapi_confocal", "map2_confocal", "nfh_confocal")
 ROWS, COLS = slice(768, 1024), slice(0, 640)

@@ -15,19 +15,15 @@ docs/training.md, "The bundled model since 0.8").
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 from PIL import Image
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-try:
-    import isl
-except ImportError:  # run from a source tree built in build/
-    sys.path.insert(0, os.path.join(HERE, "..", "build", "bindings", "python"))
-    import isl  # noqa: E402
+import _isl_path  # noqa: F401  (finds build/ from a source tree)
+import isl
+from validation_figure import LABELS, read_pages, to_u8  # (this folder)
 
-from validation_figure import LABELS, read_pages, to_u8  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 LABELLED = 640
 

@@ -22,6 +22,7 @@ from .conftest import (  # noqa: F401  (fixtures)
     BUILD_DIR,
     EXAMPLES_BUILD_DIR,
     LABEL_HEADS,
+    PYTHON_PACKAGE_DIR,
     SMALL_SHAPE,
     SOURCE_DIR,
     THREADS,
@@ -707,6 +708,23 @@ def test_python_example(small_model_file, small_stack_file, small_prediction, bi
     for head in LABEL_HEADS:
         mean = tifffile.imread(str(prefix) + "_%s_mean.tif" % head)
         assert np.array_equal(mean, small_prediction[head]["mean"])
+
+
+@pytest.mark.parametrize("script", ["predict.py", "agreement.py", "cv_report.py",
+                                    "validation_figure.py", "whole_field_figure.py"])
+def test_examples_find_isl_of_the_source_tree(islpy, script, bindings_tmp):
+    """Without PYTHONPATH, an example run from a source tree imports the isl of build/
+    (examples/_isl_path.py)."""
+    if PYTHON_PACKAGE_DIR != (SOURCE_DIR / "build" / "bindings" / "python").resolve():
+        pytest.skip("the build directory is not <source>/build, where the examples look")
+    env = {k: v for k, v in python_env().items() if k != "PYTHONPATH"}
+    installed = subprocess.run([sys.executable, "-c", "import isl"], env=env,
+                               cwd=bindings_tmp, capture_output=True)
+    if installed.returncode == 0:
+        pytest.skip("an installed isl is importable: the examples would not need build/")
+    result = run([sys.executable, SOURCE_DIR / "examples" / script, "--help"], env=env,
+                 cwd=bindings_tmp)
+    assert result.stdout.startswith("usage: %s" % script)
 
 
 def test_c_example(small_model_file, small_stack_file, small_prediction, bindings_tmp):
