@@ -13,7 +13,9 @@
 # STEPS=600 trains the recipe of 0.10.1 (drop and average scale with the steps). Run it
 # again after an interruption: it resumes from its checkpoint. About 26 minutes on one
 # idle core of an AMD EPYC (Zen 5), 40 beside two other runs on two cores, with one thread
-# (THREADS=1, the default: oneDNN's backward passes spin at their barriers).
+# (THREADS=1, the default, which wrote the bundled model). THREADS=2 finishes about 1.5x
+# sooner on two idle cores, a model not bit for bit the same (docs/performance.md, "One
+# run per core or one run with every core").
 # KEEP_ACTIVATIONS=1 (the default) keeps the forward pass's batch-norm outputs for the
 # backward pass: the same model bit for bit, about 5% sooner, 1.8 GB instead of 1.2 (0:
 # recompute them, as isl before 0.17 did).
