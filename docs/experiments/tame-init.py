@@ -19,5 +19,9 @@ shutil.copyfile(src, dst)
 with h5py.File(dst, "r+") as f:
     for module in f["modules"].values():
         module["reduce/weight"][...] = module["reduce/weight"][()] * alpha
-with open(dst, "r+b") as f:  # the 512-byte user block holding the checksum record
-    f.write(bytes(512))
+# Zero the 512-byte user block holding isl's checksum record. A file another program
+# wrote has no record: its HDF5 superblock starts at byte 0 and must stay.
+with open(dst, "r+b") as f:
+    if f.read(8) == b"ISLSUM1\0":
+        f.seek(0)
+        f.write(bytes(512))
